@@ -1,0 +1,27 @@
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SubmitRequest(_message.Message):
+    __slots__ = ("pem_chain",)
+    PEM_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    pem_chain: bytes
+    def __init__(self, pem_chain: _Optional[bytes] = ...) -> None: ...
+
+class SubmitReply(_message.Message):
+    __slots__ = ("serial_hex", "not_after")
+    SERIAL_HEX_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    serial_hex: str
+    not_after: str
+    def __init__(self, serial_hex: _Optional[str] = ..., not_after: _Optional[str] = ...) -> None: ...
+
+class RetireRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RetireReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
