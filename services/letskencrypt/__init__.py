@@ -1,0 +1,1 @@
+"""letskencrypt: a privilege-separated ACME (RFC 8555) client."""

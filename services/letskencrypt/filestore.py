@@ -1,0 +1,537 @@
+"""The certificate directory: cert.pem, chain.pem and fullchain.pem, replaced
+together so that a reader (nginx, ...) never sees a mix of two sets.
+
+Layout inside the certificate directory:
+
+    .sets/<id>/{cert.pem,chain.pem,fullchain.pem}   complete sets, mode 0444
+    .live -> .sets/<id>                             the current set
+    cert.pem -> .live/cert.pem                      stable names for readers
+    chain.pem -> .live/chain.pem
+    fullchain.pem -> .live/fullchain.pem
+
+A new set is written and fsynced under `.sets/.tmp-<id>`, renamed to
+`.sets/<id>`, and then published by renaming a fresh symlink over `.live`: one
+atomic rename switches all three files.  A crash at any instant therefore
+leaves either the complete old set or the complete new set visible; the
+leftovers are removed by `recover`, which runs before every change.
+
+A certificate directory written by an older tool holds regular files at the
+stable names.  The first install copies them into `.sets/legacy-<id>/`,
+points `.live` there, and only then replaces each regular file with its
+symlink, so readers keep seeing the same bytes throughout.  If the directory
+already has a `.live` but a regular file at a stable name, that file is
+backed up the same way, but its replacement is not atomic with the rest.
+
+Every operation goes through a descriptor of the certificate directory,
+with O_NOFOLLOW and fixed names, so a symlink planted in the directory
+cannot redirect a write or a removal outside it.
+"""
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import secrets
+import stat
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from letskencrypt.certs import parse_pem_chain
+from letskencrypt.errors import CertificateRejected, FileStoreError, InputError
+
+CERT = "cert.pem"
+CHAIN = "chain.pem"
+FULLCHAIN = "fullchain.pem"
+CERT_FILES = (CERT, CHAIN, FULLCHAIN)
+SETS = ".sets"
+LIVE = ".live"
+LEGACY_PREFIX = "legacy-"
+TEMP_PREFIX = ".tmp-"
+MAX_BACKUPS = 5
+FILE_MODE = 0o444
+DIR_MODE = 0o755
+MAX_FILE_BYTES = 1024 * 1024
+MAX_CERT_BYTES = 256 * 1024
+
+_SET_ID_RE = re.compile(r"(?:legacy-)?\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{4}")
+_TEMP_LINK_RE = re.compile(r"\.(?:live|cert\.pem|chain\.pem|fullchain\.pem)\.tmp-[0-9a-f]{8}")
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_SUBDIR_FLAGS = _DIR_FLAGS | os.O_NOFOLLOW
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+# --- small fd-relative helpers ----------------------------------------------
+
+
+class _EntryError(Exception):
+    """A problem with one entry; CertDir adds the directory to the message."""
+
+
+def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _readlink(name: str, dir_fd: int) -> str | None:
+    try:
+        return os.readlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # exists but is not a symlink
+            return None
+        raise
+
+
+def _open_subdir(name: str, dir_fd: int) -> int:
+    """Open a subdirectory, refusing a symlink in its place."""
+    return os.open(name, _SUBDIR_FLAGS, dir_fd=dir_fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_file(name: str, dir_fd: int, limit: int) -> bytes:
+    fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _EntryError(f"{name} is not a regular file")
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise _EntryError(f"{name} is larger than {limit} bytes")
+    return data
+
+
+def _write_file(dir_fd: int, name: str, data: bytes) -> None:
+    """Write `name` in `dir_fd` as a complete mode-0444 file, via a temp file."""
+    temp = f"{TEMP_PREFIX}{name}-{secrets.token_hex(4)}"
+    fd = os.open(temp, _CREATE_FLAGS, 0o600, dir_fd=dir_fd)
+    try:
+        _write_all(fd, data)
+        # fchmod before fsync, so that the mode is as durable as the data.
+        os.fchmod(fd, FILE_MODE)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(temp, dir_fd=dir_fd)
+        raise
+    os.close(fd)
+    os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def _replace_symlink(dir_fd: int, name: str, target: str) -> None:
+    """Atomically make `name` a symlink to `target` (whatever was there before)."""
+    temp = f".{name.lstrip('.')}.tmp-{secrets.token_hex(4)}"
+    os.symlink(target, temp, dir_fd=dir_fd)
+    try:
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        os.unlink(temp, dir_fd=dir_fd)
+        raise
+
+
+def _remove_tree(parent_fd: int, name: str, depth: int = 0) -> None:
+    """Remove `name` and, if a directory, its contents; never follows a symlink."""
+    st = _lstat(name, parent_fd)
+    if st is None:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=parent_fd)
+        return
+    if depth > 8:
+        raise _EntryError(f"{name}: directory nesting too deep to remove")
+    fd = _open_subdir(name, parent_fd)
+    try:
+        for entry in os.listdir(fd):
+            _remove_tree(fd, entry, depth + 1)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def _new_set_id(prefix: str = "") -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{prefix}{stamp}-{secrets.token_hex(2)}"
+
+
+def _age_key(set_id: str) -> str:
+    """Sort key: the timestamp, legacy sets among the others."""
+    return set_id.removeprefix(LEGACY_PREFIX)
+
+
+def _is_complete(sets_fd: int, set_id: str) -> bool:
+    try:
+        fd = _open_subdir(set_id, sets_fd)
+    except OSError:
+        return False
+    try:
+        for name in CERT_FILES:
+            st = _lstat(name, fd)
+            if st is None or not stat.S_ISREG(st.st_mode):
+                return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def _build_set(sets_fd: int, files: dict[str, bytes], prefix: str = "") -> str:
+    """Write `files` into a new, fully fsynced set directory; return its id."""
+    set_id = _new_set_id(prefix)
+    temp = TEMP_PREFIX + set_id
+    os.mkdir(temp, DIR_MODE, dir_fd=sets_fd)
+    try:
+        fd = _open_subdir(temp, sets_fd)
+        try:
+            os.fchmod(fd, DIR_MODE)  # mkdir's mode is subject to umask
+            for name, data in files.items():
+                _write_file(fd, name, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, set_id, src_dir_fd=sets_fd, dst_dir_fd=sets_fd)
+    except Exception:
+        # E.g. a full disk: leave nothing behind (recover would, later).
+        with contextlib.suppress(OSError, _EntryError):
+            _remove_tree(sets_fd, temp)
+        raise
+    os.fsync(sets_fd)
+    return set_id
+
+
+def _check_pem(data: bytes, what: str, allow_empty: bool) -> int:
+    """Count the certificates in `data`, refusing anything that is not PEM."""
+    if not data and allow_empty:
+        return 0
+    try:
+        return len(parse_pem_chain(data, MAX_CERT_BYTES))
+    except CertificateRejected as exc:
+        raise InputError(f"{what} rejected: {exc}") from None
+
+
+def _make_files(cert_pem: bytes, chain_pem: bytes) -> dict[str, bytes]:
+    if _check_pem(cert_pem, CERT, allow_empty=False) != 1:
+        raise InputError(f"{CERT} must hold exactly one certificate")
+    _check_pem(chain_pem, CHAIN, allow_empty=True)
+    separator = b"" if cert_pem.endswith(b"\n") else b"\n"
+    return {CERT: cert_pem, CHAIN: chain_pem, FULLCHAIN: cert_pem + separator + chain_pem}
+
+
+# --- the certificate directory ----------------------------------------------
+
+
+class CertDir:
+    """A certificate directory, opened once; every operation is relative to it."""
+
+    def __init__(self, path: str, create: bool = False) -> None:
+        self.path = path
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, DIR_MODE)
+        try:
+            self.fd = os.open(path, _DIR_FLAGS)
+        except FileNotFoundError:
+            raise FileStoreError(f"certificate directory {path}: no such directory") from None
+        except OSError as exc:
+            raise FileStoreError(f"certificate directory {path}: {exc.strerror}") from None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "CertDir":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _error(self, message: str) -> FileStoreError:
+        return FileStoreError(f"certificate directory {self.path}: {message}")
+
+    @contextlib.contextmanager
+    def _errors_named(self) -> Iterator[None]:
+        """Turn low-level failures into one FileStoreError naming the directory."""
+        try:
+            yield
+        except _EntryError as exc:
+            raise self._error(str(exc)) from None
+        except OSError as exc:
+            name = f": {exc.filename}" if exc.filename else ""
+            raise self._error(f"{exc.strerror}{name}") from None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._error("busy (is another letskencrypt running?)") from None
+        try:
+            with self._errors_named():
+                yield
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    # --- inspection ---
+
+    def _open_sets(self) -> int | None:
+        """Open `.sets` if it exists; refuse anything but a real directory."""
+        st = _lstat(SETS, self.fd)
+        if st is None:
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            raise self._error(f"{SETS} is not a directory (a symlink?), refusing to use it")
+        return _open_subdir(SETS, self.fd)
+
+    def _create_sets(self) -> int:
+        fd = self._open_sets()
+        if fd is not None:
+            return fd
+        os.mkdir(SETS, DIR_MODE, dir_fd=self.fd)
+        fd = _open_subdir(SETS, self.fd)
+        os.fchmod(fd, DIR_MODE)  # mkdir's mode is subject to umask
+        os.fsync(self.fd)
+        return fd
+
+    def _live_id(self) -> str | None:
+        """The id of the set `.live` points to, or None if none (or foreign)."""
+        target = _readlink(LIVE, self.fd)
+        if target is None or not target.startswith(SETS + "/"):
+            return None
+        set_id = target[len(SETS) + 1 :]
+        return set_id if _SET_ID_RE.fullmatch(set_id) else None
+
+    def _preflight(self) -> list[str]:
+        """Refuse entries we must not replace; return stable names that are regular files."""
+        live = _lstat(LIVE, self.fd)
+        if live is not None and not stat.S_ISLNK(live.st_mode):
+            raise self._error(f"{LIVE} exists and is not a symlink, refusing to replace it")
+        legacy: list[str] = []
+        for name in CERT_FILES:
+            st = _lstat(name, self.fd)
+            if st is None or stat.S_ISLNK(st.st_mode):
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                raise self._error(f"{name} is neither a file nor a symlink, refusing to replace it")
+            legacy.append(name)
+        return legacy
+
+    # --- recovery ---
+
+    def _remove_temp_links(self) -> None:
+        removed = False
+        for name in os.listdir(self.fd):
+            if _TEMP_LINK_RE.fullmatch(name):
+                st = _lstat(name, self.fd)
+                if st is not None and stat.S_ISLNK(st.st_mode):
+                    os.unlink(name, dir_fd=self.fd)
+                    removed = True
+        if removed:
+            os.fsync(self.fd)
+
+    def _is_leftover(self, sets_fd: int, name: str, live_id: str | None) -> bool:
+        """A set being written when a crash came, or half removed."""
+        if name.startswith(TEMP_PREFIX):
+            return True
+        return (
+            _SET_ID_RE.fullmatch(name) is not None
+            and not name.startswith(LEGACY_PREFIX)
+            and name != live_id
+            and not _is_complete(sets_fd, name)
+        )
+
+    def _recover(self) -> None:
+        self._remove_temp_links()
+        sets_fd = self._open_sets()
+        if sets_fd is None:
+            return
+        try:
+            live_id = self._live_id()
+            leftovers = [n for n in os.listdir(sets_fd) if self._is_leftover(sets_fd, n, live_id)]
+            for name in leftovers:
+                _remove_tree(sets_fd, name)
+            if leftovers:
+                os.fsync(sets_fd)
+        finally:
+            os.close(sets_fd)
+
+    def recover(self) -> None:
+        """Remove what an interrupted install or removal left behind."""
+        with self._locked():
+            self._recover()
+
+    # --- install ---
+
+    def _switch_live(self, set_id: str) -> None:
+        _replace_symlink(self.fd, LIVE, f"{SETS}/{set_id}")
+        os.fsync(self.fd)
+
+    def _adopt_legacy(self, sets_fd: int, legacy: list[str]) -> None:
+        """Back up regular files at the stable names into a legacy set."""
+        files = {name: _read_file(name, self.fd, MAX_FILE_BYTES) for name in legacy}
+        legacy_id = _build_set(sets_fd, files, LEGACY_PREFIX)
+        if _lstat(LIVE, self.fd) is None:
+            # The stable links will then show exactly the bytes readers saw.
+            self._switch_live(legacy_id)
+
+    def _ensure_links(self) -> None:
+        changed = False
+        for name in CERT_FILES:
+            target = f"{LIVE}/{name}"
+            if _readlink(name, self.fd) != target:
+                _replace_symlink(self.fd, name, target)
+                changed = True
+        if changed:
+            os.fsync(self.fd)
+
+    def _retire(self, sets_fd: int, previous: str | None, current: str, backup: bool) -> None:
+        if not backup:
+            if previous and previous != current and not previous.startswith(LEGACY_PREFIX):
+                _remove_tree(sets_fd, previous)
+        else:
+            backups = sorted(
+                (n for n in os.listdir(sets_fd) if _SET_ID_RE.fullmatch(n) and n != current),
+                key=_age_key,
+            )
+            for name in backups[: max(0, len(backups) - MAX_BACKUPS)]:
+                _remove_tree(sets_fd, name)
+        os.fsync(sets_fd)
+
+    def install(self, cert_pem: bytes, chain_pem: bytes, backup: bool = False) -> str:
+        """Publish a new set (fullchain = cert + chain); return the new set's id.
+
+        With `backup`, the previous set is kept (at most MAX_BACKUPS are);
+        otherwise it is removed once the new one is live.
+        """
+        files = _make_files(cert_pem, chain_pem)
+        with self._locked():
+            self._recover()
+            legacy = self._preflight()
+            sets_fd = self._create_sets()
+            try:
+                new_id = _build_set(sets_fd, files)
+                if legacy:
+                    self._adopt_legacy(sets_fd, legacy)
+                previous = self._live_id()
+                # Links first: on a first install they dangle until .live
+                # appears, so all three files appear at once.
+                self._ensure_links()
+                self._switch_live(new_id)
+                self._retire(sets_fd, previous, new_id, backup)
+            finally:
+                os.close(sets_fd)
+        return new_id
+
+    # --- removal and reading ---
+
+    def remove_set(self, backup: bool = False) -> None:
+        """Remove the current set (for revocation): `.live` first, so all three
+        names disappear at once, then the stable names and the set itself.
+        With `backup`, other (older) sets are kept, otherwise all are removed."""
+        with self._locked():
+            self._recover()
+            live = _lstat(LIVE, self.fd)
+            if live is not None and not stat.S_ISLNK(live.st_mode):
+                raise self._error(f"{LIVE} exists and is not a symlink, refusing to remove it")
+            current = self._live_id()
+            if live is not None:
+                os.unlink(LIVE, dir_fd=self.fd)
+                os.fsync(self.fd)
+            for name in CERT_FILES:
+                st = _lstat(name, self.fd)
+                if st is not None and not stat.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=self.fd)
+            os.fsync(self.fd)
+            self._remove_sets(current, keep_others=backup)
+
+    def _remove_sets(self, current: str | None, keep_others: bool) -> None:
+        sets_fd = self._open_sets()
+        if sets_fd is None:
+            return
+        try:
+            for name in os.listdir(sets_fd):
+                if name == current or (not keep_others and _SET_ID_RE.fullmatch(name)):
+                    _remove_tree(sets_fd, name)
+            os.fsync(sets_fd)
+            empty = not os.listdir(sets_fd)
+        finally:
+            os.close(sets_fd)
+        if empty:
+            os.rmdir(SETS, dir_fd=self.fd)
+            os.fsync(self.fd)
+
+    def _read_live(self, set_id: str) -> bytes | None:
+        try:
+            sets_fd = _open_subdir(SETS, self.fd)
+            try:
+                set_fd = _open_subdir(set_id, sets_fd)
+            finally:
+                os.close(sets_fd)
+        except FileNotFoundError:
+            return None  # .live dangles: no current set
+        try:
+            return _read_file(CERT, set_fd, MAX_FILE_BYTES)
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(set_fd)
+
+    def _read_current(self) -> bytes | None:
+        if _lstat(LIVE, self.fd) is not None:
+            set_id = self._live_id()
+            if set_id is None:
+                raise self._error(f"{LIVE} does not point into {SETS}/, refusing to follow it")
+            return self._read_live(set_id)
+        st = _lstat(CERT, self.fd)
+        if st is None or _readlink(CERT, self.fd) == f"{LIVE}/{CERT}":
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            raise self._error(f"{CERT} is neither a regular file nor our symlink")
+        return _read_file(CERT, self.fd, MAX_FILE_BYTES)
+
+    def read_current(self) -> bytes | None:
+        """The current cert.pem, or None if there is none.  Reads only inside
+        the directory: through `.live` when it is ours, else a regular file."""
+        with self._errors_named():
+            return self._read_current()
+
+
+# --- path-based conveniences ------------------------------------------------
+
+
+def install(certdir: str, cert_pem: bytes, chain_pem: bytes, backup: bool = False) -> str:
+    """Open `certdir` and install a new set in it; see CertDir.install."""
+    with CertDir(certdir) as directory:
+        return directory.install(cert_pem, chain_pem, backup)
+
+
+def remove_set(certdir: str, backup: bool = False) -> None:
+    """Open `certdir` and remove its current set; see CertDir.remove_set."""
+    with CertDir(certdir) as directory:
+        directory.remove_set(backup)
+
+
+def recover(certdir: str) -> None:
+    """Open `certdir` and clean up after an interrupted operation."""
+    with CertDir(certdir) as directory:
+        directory.recover()
+
+
+def read_current(certdir_path: str) -> bytes | None:
+    """The current cert.pem of `certdir_path`, or None if there is none."""
+    with CertDir(certdir_path) as directory:
+        return directory.read_current()

@@ -1,0 +1,398 @@
+"""Private keys on disk, JWK/JWS (RFC 7515/7517/7518/7638) and CSRs."""
+
+import base64
+import errno
+import hashlib
+import json
+import os
+import re
+import secrets
+import stat
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+from letskencrypt.errors import InputError, KeyFileError, KeyFileMissing
+from letskencrypt.validate import validate_domains
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+KEY_TYPES = ("rsa2048", "rsa3072", "rsa4096", "ecdsa256", "ecdsa384")
+MAX_KEY_FILE_SIZE = 64 * 1024
+MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 8192
+KEY_FILE_MODE = 0o400
+KEY_DIR_MODE = 0o700
+
+_RSA_BITS = {"rsa2048": 2048, "rsa3072": 3072, "rsa4096": 4096}
+_EC_CURVES: dict[str, type[ec.EllipticCurve]] = {
+    "ecdsa256": ec.SECP256R1,
+    "ecdsa384": ec.SECP384R1,
+}
+# curve name -> (JWK "crv", JWS "alg", coordinate size in bytes, hash)
+_CURVE_PARAMS: dict[str, tuple[str, str, int, type[hashes.HashAlgorithm]]] = {
+    "secp256r1": ("P-256", "ES256", 32, hashes.SHA256),
+    "secp384r1": ("P-384", "ES384", 48, hashes.SHA384),
+}
+_B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+# --- base64url --------------------------------------------------------------
+
+
+def b64url(data: bytes) -> str:
+    """Base64url-encode without padding (RFC 7515 §2)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(s: str) -> bytes:
+    """Decode unpadded base64url, rejecting any other alphabet or padding."""
+    if not isinstance(s, str) or not _B64URL_RE.fullmatch(s) or len(s) % 4 == 1:
+        raise InputError(f"invalid base64url string {s[:60]!r}")
+    data = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+    if b64url(data) != s:
+        # Non-zero trailing bits: several strings would decode the same.
+        raise InputError(f"non-canonical base64url string {s[:60]!r}")
+    return data
+
+
+# --- key generation and files ----------------------------------------------
+
+
+def generate_key(key_type: str) -> PrivateKey:
+    """Generate a new private key of one of KEY_TYPES."""
+    if key_type in _RSA_BITS:
+        return rsa.generate_private_key(public_exponent=65537, key_size=_RSA_BITS[key_type])
+    if key_type in _EC_CURVES:
+        return ec.generate_private_key(_EC_CURVES[key_type]())
+    raise InputError(f"unknown key type {key_type!r} (choose from {', '.join(KEY_TYPES)})")
+
+
+def _check_key(key: object, label: str) -> PrivateKey:
+    """Accept only the key types and sizes ACME CAs and we support."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
+            raise KeyFileError(
+                f"{label}: RSA key size {key.key_size} not supported "
+                f"(must be {MIN_RSA_BITS}..{MAX_RSA_BITS} bits)"
+            )
+        return key
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        if key.curve.name not in _CURVE_PARAMS:
+            raise KeyFileError(
+                f"{label}: EC curve {key.curve.name} not supported (use P-256 or P-384)"
+            )
+        return key
+    raise KeyFileError(f"{label}: unsupported key type {type(key).__name__} (use RSA or EC)")
+
+
+def _open_key_file(path: str, label: str, create_flag: str) -> int:
+    try:
+        return os.open(path, _READ_FLAGS)
+    except FileNotFoundError:
+        raise KeyFileMissing(f"{label}: no such file (use {create_flag} to create it)") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KeyFileError(f"{label}: is a symbolic link, refusing to follow it") from None
+        raise KeyFileError(f"{label}: cannot open: {exc.strerror}") from None
+
+
+def _read_key_file(fd: int, label: str) -> bytes:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyFileError(f"{label}: not a regular file")
+    if st.st_size > MAX_KEY_FILE_SIZE:
+        raise KeyFileError(f"{label}: too large ({st.st_size} bytes, at most {MAX_KEY_FILE_SIZE})")
+    chunks: list[bytes] = []
+    total = 0
+    # Read one byte past the cap in case the file grew after fstat.
+    while total <= MAX_KEY_FILE_SIZE:
+        chunk = os.read(fd, MAX_KEY_FILE_SIZE + 1 - total)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total > MAX_KEY_FILE_SIZE:
+        raise KeyFileError(f"{label}: too large (more than {MAX_KEY_FILE_SIZE} bytes)")
+    return b"".join(chunks)
+
+
+def _parse_key(data: bytes, label: str) -> PrivateKey:
+    if b"-----BEGIN" not in data:
+        raise KeyFileError(f"{label}: not a PEM private key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise KeyFileError(f"{label}: encrypted keys are not supported") from None
+    except UnsupportedAlgorithm:
+        raise KeyFileError(f"{label}: unsupported key algorithm") from None
+    except ValueError:
+        raise KeyFileError(f"{label}: not a valid PEM private key") from None
+    return _check_key(key, label)
+
+
+def load_key(path: str, what: str = "account key", create_flag: str = "-n") -> PrivateKey:
+    """Load an unencrypted PEM RSA or EC private key; never follows a symlink.
+
+    `what` and `create_flag` only shape error messages, e.g.
+    "account key /x/y: no such file (use -n to create it)".
+    """
+    label = f"{what} {path}"
+    fd = _open_key_file(path, label, create_flag)
+    try:
+        data = _read_key_file(fd, label)
+    finally:
+        os.close(fd)
+    return _parse_key(data, label)
+
+
+def _make_parents(directory: str) -> None:
+    """Create missing directories down to `directory`, each with mode 0700."""
+    missing: list[str] = []
+    current = directory
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, KEY_DIR_MODE)
+        except FileExistsError:
+            continue
+        parent_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(parent_fd)
+        finally:
+            os.close(parent_fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _write_exclusive(dir_fd: int, name: str, pem: bytes, label: str) -> None:
+    """Write `pem` to a new mode-0400 file `name` in `dir_fd`, fsynced."""
+    try:
+        fd = os.open(name, _CREATE_FLAGS, KEY_FILE_MODE, dir_fd=dir_fd)
+    except FileExistsError:
+        raise KeyFileError(f"{label}: already exists, refusing to overwrite it") from None
+    except OSError as exc:
+        raise KeyFileError(f"{label}: cannot create: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, KEY_FILE_MODE)  # the creation mode is subject to umask
+        _write_all(fd, pem)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(name, dir_fd=dir_fd)
+        raise
+    os.close(fd)
+
+
+def _link_exclusive(dir_fd: int, temp_name: str, name: str, label: str) -> bool:
+    """Give the complete temp file its final name, failing if that name exists.
+
+    Returns False if the file system cannot make hard links.
+    """
+    try:
+        os.link(temp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        raise KeyFileError(f"{label}: already exists, refusing to overwrite it") from None
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.EOPNOTSUPP):
+            return False
+        raise KeyFileError(f"{label}: cannot create: {exc.strerror}") from None
+    return True
+
+
+def _store_key(dir_fd: int, name: str, pem: bytes, label: str) -> None:
+    temp_name = f".key-{secrets.token_hex(8)}.tmp"
+    _write_exclusive(dir_fd, temp_name, pem, label)
+    try:
+        linked = _link_exclusive(dir_fd, temp_name, name, label)
+    finally:
+        os.unlink(temp_name, dir_fd=dir_fd)
+    if not linked:
+        # No hard links here: exclusive create of the final name instead,
+        # which a crash in mid-write could leave incomplete.
+        _write_exclusive(dir_fd, name, pem, label)
+    os.fsync(dir_fd)
+
+
+def create_key(path: str, key_type: str, what: str = "key") -> PrivateKey:
+    """Generate a key and store it as PKCS#8 PEM in a new mode-0400 file.
+
+    Missing parent directories are created with mode 0700.  The key is written
+    to an exclusive (O_EXCL|O_NOFOLLOW) temporary file, fsynced and then
+    hard-linked to `path`, so that `path` never exists with partial content,
+    even after a crash; the link fails if `path` already exists, even as a
+    dangling symlink.
+    """
+    label = f"{what} {path}"
+    key = generate_key(key_type)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        _make_parents(directory)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise KeyFileError(
+            f"{label}: cannot create directory {directory}: {exc.strerror}"
+        ) from None
+    try:
+        _store_key(dir_fd, name, pem, label)
+    finally:
+        os.close(dir_fd)
+    return key
+
+
+def load_or_create_key(
+    path: str, create: bool, key_type: str, what: str, create_flag: str
+) -> tuple[PrivateKey, bool]:
+    """Load the key at `path`; if missing and `create`, create it.
+
+    Returns (key, created).
+    """
+    try:
+        return load_key(path, what, create_flag), False
+    except KeyFileMissing:
+        if not create:
+            raise
+    try:
+        return create_key(path, key_type, what), True
+    except KeyFileError:
+        # Lost a creation race: another process made it in the meantime.
+        if os.path.lexists(path):
+            return load_key(path, what, create_flag), False
+        raise
+
+
+# --- JWK / JWS --------------------------------------------------------------
+
+
+def _public(key: PrivateKey | PublicKey) -> PublicKey:
+    if isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        return key.public_key()
+    if isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+        return key
+    raise InputError(f"unsupported key type {type(key).__name__} (use RSA or EC)")
+
+
+def _curve_params(curve: ec.EllipticCurve) -> tuple[str, str, int, type[hashes.HashAlgorithm]]:
+    try:
+        return _CURVE_PARAMS[curve.name]
+    except KeyError:
+        raise InputError(f"unsupported EC curve {curve.name} (use P-256 or P-384)") from None
+
+
+def _int_bytes(value: int, size: int | None = None) -> bytes:
+    """Big-endian bytes: minimal length, or left-padded to `size`."""
+    length = size if size is not None else max(1, (value.bit_length() + 7) // 8)
+    return value.to_bytes(length, "big")
+
+
+def jwk(public_key: PrivateKey | PublicKey) -> dict[str, str]:
+    """Return the public JWK (RFC 7517/7518) with only the required members."""
+    pub = _public(public_key)
+    if isinstance(pub, rsa.RSAPublicKey):
+        numbers = pub.public_numbers()
+        return {
+            "e": b64url(_int_bytes(numbers.e)),
+            "kty": "RSA",
+            "n": b64url(_int_bytes(numbers.n)),
+        }
+    crv, _alg, size, _hash = _curve_params(pub.curve)
+    point = pub.public_numbers()
+    return {
+        "crv": crv,
+        "kty": "EC",
+        "x": b64url(_int_bytes(point.x, size)),
+        "y": b64url(_int_bytes(point.y, size)),
+    }
+
+
+def thumbprint(public_key: PrivateKey | PublicKey) -> str:
+    """RFC 7638 JWK thumbprint: SHA-256 of the canonical JWK JSON, base64url."""
+    canonical = json.dumps(jwk(public_key), sort_keys=True, separators=(",", ":"))
+    return b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+def jws_alg(key: PrivateKey | PublicKey) -> str:
+    """The JWS "alg" for a key: RS256, ES256 or ES384."""
+    pub = _public(key)
+    if isinstance(pub, rsa.RSAPublicKey):
+        return "RS256"
+    return _curve_params(pub.curve)[1]
+
+
+def _sign(key: PrivateKey, signing_input: bytes) -> bytes:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        _crv, _alg, size, hash_cls = _curve_params(key.curve)
+        der = key.sign(signing_input, ec.ECDSA(hash_cls()))
+        r, s = decode_dss_signature(der)
+        # JWS wants fixed-width r || s (RFC 7518 §3.4), not DER.
+        return _int_bytes(r, size) + _int_bytes(s, size)
+    raise InputError(f"cannot sign with key type {type(key).__name__} (use RSA or EC)")
+
+
+def sign_jws(
+    key: PrivateKey, protected: dict[str, object], payload: bytes | None
+) -> dict[str, str]:
+    """Sign as flattened JWS JSON; payload None means POST-as-GET (empty payload).
+
+    The "alg" header is always derived from the key, overriding any given one.
+    """
+    header = dict(protected)
+    header["alg"] = jws_alg(key)
+    protected_b64 = b64url(json.dumps(header, separators=(",", ":")).encode("utf-8"))
+    payload_b64 = "" if payload is None else b64url(payload)
+    signature = _sign(key, f"{protected_b64}.{payload_b64}".encode("ascii"))
+    return {"protected": protected_b64, "payload": payload_b64, "signature": b64url(signature)}
+
+
+# --- CSR --------------------------------------------------------------------
+
+
+def build_csr(key: PrivateKey, names: list[str]) -> bytes:
+    """DER CSR for `names` (all in subjectAltName; CN = first if ≤ 64 chars)."""
+    names = validate_domains(names)
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise InputError(f"cannot sign a CSR with key type {type(key).__name__} (use RSA or EC)")
+    subject: list[x509.NameAttribute] = []
+    if len(names[0]) <= 64:  # ub-common-name (RFC 5280)
+        subject.append(x509.NameAttribute(NameOID.COMMON_NAME, names[0]))
+    builder = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name(subject))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+        )
+    )
+    csr = builder.sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.DER)
+
+
+def public_key_der(key_or_public: PrivateKey | PublicKey) -> bytes:
+    """SubjectPublicKeyInfo DER of a key (private keys are reduced to public)."""
+    return _public(key_or_public).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

@@ -1,0 +1,127 @@
+"""Whether a certificate must be issued, renewed, or is still good."""
+
+import enum
+import os
+import stat
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+
+from letskencrypt.certs import cert_dns_names
+from letskencrypt.errors import CertificateFileError
+
+MAX_CERT_FILE_BYTES = 256 * 1024
+SHORT_LIFETIME = timedelta(days=10)
+MIN_RENEWAL_WINDOW = timedelta(days=3)
+
+
+class Decision(enum.Enum):
+    ISSUE = "issue"
+    RENEW = "renew"
+    UP_TO_DATE = "up to date"
+
+
+def renewal_window(cert: x509.Certificate) -> timedelta:
+    """How long before notAfter renewal becomes due.
+
+    A third of the lifetime (half for certificates of 10 days or less, so
+    that short-lived ones are not renewed almost at once), never under 3 days.
+    """
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    fraction = lifetime / 2 if lifetime <= SHORT_LIFETIME else lifetime / 3
+    return max(fraction, MIN_RENEWAL_WINDOW)
+
+
+def _format_duration(delta: timedelta) -> str:
+    seconds = int(abs(delta).total_seconds())
+    days, seconds = divmod(seconds, 86400)
+    hours, seconds = divmod(seconds, 3600)
+    if days:
+        return f"{days}d{hours}h"
+    return f"{hours}h{seconds // 60}m"
+
+
+def _names_changed(actual: list[str], wanted: list[str]) -> str | None:
+    added = sorted(set(wanted) - set(actual))
+    removed = sorted(set(actual) - set(wanted))
+    if not added and not removed:
+        return None
+    parts = []
+    if added:
+        parts.append(f"adding {added}")
+    if removed:
+        parts.append(f"removing {removed}")
+    return "names changed: " + ", ".join(parts)
+
+
+def decide(
+    cert: x509.Certificate | None, names: list[str], now: datetime, force: bool
+) -> tuple[Decision, str]:
+    """Decide what to do about the current certificate; returns (decision, reason).
+
+    A naive `now` is taken as UTC.
+    """
+    if cert is None:
+        return Decision.ISSUE, "no certificate yet"
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    changed = _names_changed(cert_dns_names(cert), [name.lower() for name in names])
+    if changed:
+        return Decision.RENEW, changed
+    not_after = cert.not_valid_after_utc
+    remaining = not_after - now
+    window = renewal_window(cert)
+    if remaining <= timedelta(0):
+        return Decision.RENEW, f"expired {_format_duration(remaining)} ago ({not_after})"
+    if remaining < window:
+        return Decision.RENEW, (
+            f"expires in {_format_duration(remaining)} ({not_after}), "
+            f"renewal is due {_format_duration(window)} before"
+        )
+    if force:
+        return Decision.RENEW, "forced"
+    return Decision.UP_TO_DATE, (
+        f"valid for {_format_duration(remaining)} more ({not_after}), "
+        f"renewal due in {_format_duration(remaining - window)}"
+    )
+
+
+def _read_limited(path: str, max_bytes: int) -> bytes | None:
+    # Follows symlinks on purpose: cert.pem is a symlink managed by fileproc.
+    # O_NONBLOCK keeps a FIFO planted at the path from blocking the open.
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CertificateFileError(f"certificate {path}: cannot open: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CertificateFileError(f"certificate {path}: not a regular file")
+        data = b""
+        while len(data) <= max_bytes:
+            chunk = os.read(fd, max_bytes + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise CertificateFileError(f"certificate {path}: larger than {max_bytes} bytes")
+    return data
+
+
+def load_certificate_file(
+    path: str, max_bytes: int = MAX_CERT_FILE_BYTES
+) -> x509.Certificate | None:
+    """The first certificate of a PEM file, or None if there is no file."""
+    data = _read_limited(path, max_bytes)
+    if data is None:
+        return None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise CertificateFileError(f"certificate {path}: no PEM certificate in the file")
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise CertificateFileError(f"certificate {path}: not a valid PEM certificate") from None

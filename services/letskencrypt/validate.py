@@ -1,0 +1,180 @@
+"""Validation of untrusted input: domain names, ACME tokens, terminal text."""
+
+import ipaddress
+import re
+import unicodedata
+
+from letskencrypt.errors import InputError
+
+MAX_NAME_LENGTH = 253
+MAX_LABEL_LENGTH = 63
+MAX_DOMAINS = 100
+MAX_TOKEN_LENGTH = 256
+THUMBPRINT_LENGTH = 43  # b64url of a SHA-256 digest, no padding
+
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+_B64URL_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+# ESC-introduced sequences are replaced as a whole so that no fragment of
+# e.g. a colour code or an OSC 8 hyperlink survives: CSI (ESC [ ... final),
+# terminated OSC/DCS/APC/PM strings (ended by BEL or ST), and two-byte
+# escapes.  An unterminated string only loses its ESC and introducer, so a
+# hostile server cannot hide the rest of its message.
+_ESCAPE_RE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]?"
+    r"|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)"
+    r"|\x1b[ -~]?"
+)
+# NEL (U+0085) and the Unicode line/paragraph separators count as newlines.
+_NEWLINES_RE = re.compile("[\r\n\x85\u2028\u2029]+")
+# Cc: C0, DEL, C1.  Cf: bidi overrides, zero-width chars, etc.
+# Cs: lone surrogates, which would crash a UTF-8 terminal writer.
+_UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Cs"))
+
+
+def _quote(value: str) -> str:
+    """Render untrusted input for inclusion in an error message."""
+    return repr(safe_text(value, 80))
+
+
+def _domain_error(name: str, reason: str) -> InputError:
+    return InputError(f"invalid domain name {_quote(name)}: {reason}")
+
+
+def _is_ip_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _check_punycode(label: str) -> str | None:
+    """Return a reason if an 'xn--' label is not valid punycode."""
+    # (A body decoding to plain ASCII would end in '-', rejected earlier.)
+    try:
+        label[4:].encode("ascii").decode("punycode")
+    except UnicodeError:
+        return f"label {label!r} is not valid punycode"
+    return None
+
+
+def _check_label(label: str) -> str | None:
+    """Return the reason why a label is invalid, or None if it is fine."""
+    if not label:
+        return "empty label"
+    if len(label) > MAX_LABEL_LENGTH:
+        return f"label {label!r} is longer than {MAX_LABEL_LENGTH} characters"
+    bad = sorted(set(label) - _LABEL_CHARS)
+    if bad:
+        return f"label {label!r} contains invalid character {bad[0]!r}"
+    if label.startswith("-") or label.endswith("-"):
+        return f"label {label!r} starts or ends with '-'"
+    if label.startswith("xn--"):
+        return _check_punycode(label)
+    return None
+
+
+def validate_domain(name: str) -> str:
+    """Return `name` lower-cased without a trailing dot, or raise InputError."""
+    if not isinstance(name, str):
+        raise InputError(f"domain name must be a string, not {type(name).__name__}")
+    if not name:
+        raise _domain_error(name, "empty name")
+    if not name.isascii():
+        raise _domain_error(
+            name, "non-ASCII characters (give internationalised names as punycode 'xn--...')"
+        )
+    normalised = name.lower()
+    if normalised.endswith("."):
+        normalised = normalised[:-1]
+    if "*" in normalised:
+        raise _domain_error(name, "wildcard names are not supported")
+    if _is_ip_address(normalised):
+        raise _domain_error(name, "IP addresses are not supported")
+    if len(normalised) > MAX_NAME_LENGTH:
+        raise _domain_error(name, f"longer than {MAX_NAME_LENGTH} characters")
+    labels = normalised.split(".")
+    for label in labels:
+        reason = _check_label(label)
+        if reason:
+            raise _domain_error(name, reason)
+    if len(labels) < 2:
+        raise _domain_error(name, "at least two labels are required")
+    if labels[-1].isdigit():
+        raise _domain_error(name, f"top-level label {labels[-1]!r} is all-numeric")
+    return normalised
+
+
+def validate_domains(names: list[str]) -> list[str]:
+    """Validate and normalise a list of names, keeping their order."""
+    if not names:
+        raise InputError("no domain names given")
+    if len(names) > MAX_DOMAINS:
+        raise InputError(f"too many domain names: {len(names)} (at most {MAX_DOMAINS})")
+    result: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        normalised = validate_domain(name)
+        if normalised in seen:
+            raise InputError(f"duplicate domain name {normalised!r}")
+        seen.add(normalised)
+        result.append(normalised)
+    return result
+
+
+def validate_token(token: str) -> str:
+    """Return an ACME challenge token unchanged if it is safe, else raise."""
+    if not isinstance(token, str):
+        raise InputError(f"challenge token must be a string, not {type(token).__name__}")
+    if not token:
+        raise InputError("invalid challenge token: empty")
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InputError(
+            f"invalid challenge token: {len(token)} characters (at most {MAX_TOKEN_LENGTH})"
+        )
+    if not _B64URL_RE.fullmatch(token):
+        raise InputError(f"invalid challenge token {_quote(token)}: only [A-Za-z0-9_-] allowed")
+    return token
+
+
+def validate_key_authorization(token: str, key_authorization: str) -> str:
+    """Check that `key_authorization` is `token` + '.' + a JWK thumbprint."""
+    validate_token(token)
+    if not isinstance(key_authorization, str):
+        raise InputError(
+            f"key authorization must be a string, not {type(key_authorization).__name__}"
+        )
+    prefix = token + "."
+    if not key_authorization.startswith(prefix):
+        raise InputError(
+            f"key authorization {_quote(key_authorization)} does not start with the token"
+        )
+    thumbprint = key_authorization[len(prefix) :]
+    if len(thumbprint) != THUMBPRINT_LENGTH or not _B64URL_RE.fullmatch(thumbprint):
+        raise InputError(
+            f"key authorization {_quote(key_authorization)}: thumbprint must be "
+            f"{THUMBPRINT_LENGTH} base64url characters"
+        )
+    return key_authorization
+
+
+def _replace_unsafe(text: str) -> str:
+    return "".join("?" if unicodedata.category(ch) in _UNSAFE_CATEGORIES else ch for ch in text)
+
+
+def safe_text(s: str, limit: int = 500) -> str:
+    """Make untrusted text safe to print on a terminal.
+
+    Newlines (and tabs) become single spaces; escape sequences, other control
+    characters and invisible format/bidi characters become '?'; the result is
+    at most `limit` characters, ending in '…' when it was truncated.
+    """
+    if limit < 1:
+        raise ValueError(f"safe_text limit must be positive, got {limit}")
+    text = _NEWLINES_RE.sub(" ", str(s)).replace("\t", " ")
+    text = _ESCAPE_RE.sub("?", text)
+    text = _replace_unsafe(text)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text

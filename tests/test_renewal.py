@@ -1,0 +1,154 @@
+import os
+from datetime import timedelta
+
+import pytest
+from letskencrypt.errors import CertificateFileError
+from letskencrypt.renewal import Decision, decide, load_certificate_file, renewal_window
+
+from tests.certfactory import LEAF_KEY, NOW, make_cert, make_pki, pem
+
+NAMES = ["a.example", "b.example"]
+SECOND = timedelta(seconds=1)
+
+
+@pytest.fixture(scope="module")
+def pki():
+    return make_pki()
+
+
+def _cert(pki, days, names=NAMES, hours=0):
+    return pki.leaf(names, not_before=NOW, not_after=NOW + timedelta(days=days, hours=hours))
+
+
+@pytest.mark.parametrize(
+    ("days", "window"),
+    [
+        (90, timedelta(days=30)),  # a third
+        (30, timedelta(days=10)),
+        (10, timedelta(days=5)),  # ≤ 10 days: a half
+        (6, timedelta(days=3)),
+        (4, timedelta(days=3)),  # half would be 2 days: never under 3
+        (1, timedelta(days=3)),
+    ],
+)
+def test_renewal_window(pki, days, window):
+    assert renewal_window(_cert(pki, days)) == window
+
+
+@pytest.mark.parametrize("days", [90, 6, 4])
+def test_boundaries(pki, days):
+    cert = _cert(pki, days)
+    due = cert.not_valid_after_utc - renewal_window(cert)
+    assert decide(cert, NAMES, due, force=False)[0] is Decision.UP_TO_DATE
+    assert decide(cert, NAMES, due - timedelta(hours=1), force=False)[0] is Decision.UP_TO_DATE
+    decision, reason = decide(cert, NAMES, due + SECOND, force=False)
+    assert decision is Decision.RENEW
+    assert reason.startswith("expires in")
+
+
+def test_90_day_numbers(pki):
+    cert = _cert(pki, 90)
+    assert decide(cert, NAMES, NOW + timedelta(days=60), False)[0] is Decision.UP_TO_DATE
+    assert decide(cert, NAMES, NOW + timedelta(days=60) + SECOND, False)[0] is Decision.RENEW
+
+
+def test_6_day_numbers(pki):
+    cert = _cert(pki, 6)
+    assert decide(cert, NAMES, NOW + timedelta(days=3), False)[0] is Decision.UP_TO_DATE
+    assert decide(cert, NAMES, NOW + timedelta(days=3) + SECOND, False)[0] is Decision.RENEW
+
+
+def test_4_day_numbers(pki):
+    cert = _cert(pki, 4)
+    # Half the lifetime (2 days) is below the 3-day floor: due after 1 day.
+    assert decide(cert, NAMES, NOW + timedelta(days=1), False)[0] is Decision.UP_TO_DATE
+    assert decide(cert, NAMES, NOW + timedelta(days=1) + SECOND, False)[0] is Decision.RENEW
+
+
+def test_fresh_is_up_to_date(pki):
+    decision, reason = decide(_cert(pki, 90), NAMES, NOW, force=False)
+    assert decision is Decision.UP_TO_DATE
+    assert reason.startswith("valid for 90d0h more")
+    assert "renewal due in 60d0h" in reason
+
+
+def test_expired(pki):
+    decision, reason = decide(_cert(pki, 90), NAMES, NOW + timedelta(days=91), force=False)
+    assert decision is Decision.RENEW
+    assert reason.startswith("expired 1d0h ago")
+
+
+def test_no_certificate_is_issue():
+    assert decide(None, NAMES, NOW, force=False) == (Decision.ISSUE, "no certificate yet")
+    assert decide(None, NAMES, NOW, force=True)[0] is Decision.ISSUE
+
+
+def test_names_changed(pki):
+    cert = _cert(pki, 90)
+    decision, reason = decide(cert, ["a.example", "c.example"], NOW, force=False)
+    assert decision is Decision.RENEW
+    assert reason == "names changed: adding ['c.example'], removing ['b.example']"
+    assert decide(cert, ["a.example"], NOW, False)[1] == "names changed: removing ['b.example']"
+    assert decide(cert, [*NAMES, "c.example"], NOW, False)[1] == (
+        "names changed: adding ['c.example']"
+    )
+
+
+def test_names_compare_case_and_order_insensitively(pki):
+    cert = _cert(pki, 90)
+    assert decide(cert, ["B.example", "A.EXAMPLE"], NOW, False)[0] is Decision.UP_TO_DATE
+
+
+def test_force(pki):
+    assert decide(_cert(pki, 90), NAMES, NOW, force=True) == (Decision.RENEW, "forced")
+
+
+def test_naive_now(pki):
+    cert = _cert(pki, 90)
+    assert decide(cert, NAMES, NOW.replace(tzinfo=None), False)[0] is Decision.UP_TO_DATE
+
+
+# --- load_certificate_file ---------------------------------------------------
+
+
+def test_load_missing_is_none(tmp_path):
+    assert load_certificate_file(str(tmp_path / "cert.pem")) is None
+    dangling = tmp_path / "dangling.pem"
+    dangling.symlink_to(tmp_path / "nowhere")
+    assert load_certificate_file(str(dangling)) is None
+
+
+def test_load_first_certificate_through_symlink(tmp_path, pki):
+    cert = _cert(pki, 90)
+    real = tmp_path / "real.pem"
+    real.write_bytes(pem(cert, pki.intermediate))
+    link = tmp_path / "cert.pem"
+    link.symlink_to(real)
+    assert load_certificate_file(str(link)) == cert
+
+
+def test_load_errors_name_the_file(tmp_path):
+    path = tmp_path / "cert.pem"
+    path.write_bytes(b"hello")
+    with pytest.raises(CertificateFileError, match=f"certificate {path}: no PEM certificate"):
+        load_certificate_file(str(path))
+    path.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    with pytest.raises(CertificateFileError, match=f"certificate {path}: not a valid PEM"):
+        load_certificate_file(str(path))
+    path.write_bytes(b"x" * 101)
+    with pytest.raises(CertificateFileError, match=f"certificate {path}: larger than 100 bytes"):
+        load_certificate_file(str(path), max_bytes=100)
+    with pytest.raises(CertificateFileError, match=f"certificate {tmp_path}: not a regular file"):
+        load_certificate_file(str(tmp_path))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(CertificateFileError, match="not a regular file"):
+        load_certificate_file(str(fifo))
+
+
+def test_load_cert_without_san(tmp_path, pki):
+    cert = make_cert("x", "intermediate", LEAF_KEY.public_key(), LEAF_KEY, ca=False)
+    path = tmp_path / "cert.pem"
+    path.write_bytes(pem(cert))
+    loaded = load_certificate_file(str(path))
+    assert decide(loaded, NAMES, NOW, False)[0] is Decision.RENEW
