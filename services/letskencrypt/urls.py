@@ -1,0 +1,28 @@
+"""URL rules shared by netproc and acctproc: https only, and one origin."""
+
+from urllib.parse import urlsplit
+
+from letskencrypt.errors import InputError
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an https URL, or InputError."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 443
+    except ValueError as error:
+        raise InputError(f"invalid URL {url[:200]!r}: {error}") from None
+    if parts.scheme != "https":
+        raise InputError(f"URL {url[:200]!r} is not https")
+    if not parts.hostname or parts.username is not None or parts.password is not None:
+        raise InputError(f"URL {url[:200]!r} has no host or carries credentials")
+    return (parts.scheme, parts.hostname.lower(), port)
+
+
+def require_same_origin(url: str, base: str, what: str) -> str:
+    """Return `url` if it is https on the same origin as `base`, else raise."""
+    if len(url) > 2048:
+        raise InputError(f"{what} URL is longer than 2048 characters")
+    if origin(url) != origin(base):
+        raise InputError(f"{what} URL {url[:200]!r} is not on the CA's origin {base[:200]!r}")
+    return url

@@ -1,0 +1,1133 @@
+"""Tests for letskencrypt.acme: pure helpers, a scripted fake CA, hostile local
+HTTPS servers, and end-to-end issuance against a real pebble on loopback."""
+
+from __future__ import annotations
+
+import datetime
+import http.server
+import json
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from letskencrypt import keys
+from letskencrypt.acme import (
+    AcmeClient,
+    AcmeError,
+    HttpResponse,
+    Transport,
+    check_url,
+    format_problem,
+    parse_retry_after,
+    validate_nonce,
+)
+from letskencrypt.errors import LetskencryptError
+from requests.structures import CaseInsensitiveDict
+
+from tests.pebble import Pebble
+
+BASE = "https://ca.test"
+DIRECTORY = {
+    "newNonce": f"{BASE}/nonce",
+    "newAccount": f"{BASE}/acct",
+    "newOrder": f"{BASE}/order",
+    "revokeCert": f"{BASE}/revoke",
+    "meta": {"termsOfService": "https://elsewhere.test/tos.pdf"},
+}
+
+
+# --- format_problem -----------------------------------------------------------
+
+
+def test_format_problem_basic():
+    line = format_problem(
+        {"type": "urn:ietf:params:acme:error:rateLimited", "detail": "too many"}, 429
+    )
+    assert line == "HTTP 429: rateLimited: too many"
+
+
+def test_format_problem_strips_escapes_and_newlines():
+    line = format_problem(
+        {
+            "type": "urn:ietf:params:acme:error:malformed\x1b[31m",
+            "detail": "bad\x1b]0;owned\x07 thing\nsecond line\r\x1b[2J\u202e",
+        },
+        400,
+    )
+    assert "\x1b" not in line
+    assert "\n" not in line and "\r" not in line
+    assert "\u202e" not in line and "\x07" not in line
+    assert "second line" in line
+    assert line.startswith("HTTP 400: malformed")
+
+
+def test_format_problem_subproblems():
+    line = format_problem(
+        {
+            "type": "urn:ietf:params:acme:error:rejectedIdentifier",
+            "detail": "Some names were rejected",
+            "subproblems": [
+                {
+                    "type": "urn:ietf:params:acme:error:caa",
+                    "detail": "CAA forbids\x1b[0m",
+                    "identifier": {"type": "dns", "value": "a.example"},
+                },
+                {"type": "urn:ietf:params:acme:error:dns", "identifier": "nonsense"},
+                "not a dict",
+            ],
+        },
+        403,
+    )
+    assert "rejectedIdentifier: Some names were rejected" in line
+    assert "[dns:a.example] caa: CAA forbids" in line
+    assert "[(no identifier)] dns" in line
+    assert "(+1 more subproblems)" in line
+    assert "\x1b" not in line and "\n" not in line
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [
+        None,
+        "",
+        b"\xff\xfe garbage",
+        "<html>\n<h1>502 Bad Gateway</h1>\x1b[5m</html>",
+        ["a", "list"],
+        42,
+        {"type": 5, "detail": ["x"], "subproblems": "no"},
+        {},
+    ],
+)
+def test_format_problem_garbage(problem: object):
+    line = format_problem(problem, 502)
+    assert line.startswith("HTTP 502: ")
+    assert len(line) > len("HTTP 502: ")
+    assert "\n" not in line and "\x1b" not in line
+
+
+def test_format_problem_is_bounded():
+    line = format_problem({"type": "x", "detail": "A" * 100_000}, 500)
+    assert len(line) < 1000
+    assert len(format_problem("B" * 100_000, 500)) < 300
+
+
+def test_format_problem_without_status():
+    assert format_problem({"type": "urn:x:y", "detail": "d"}, 0) == "urn:x:y: d"
+
+
+# --- nonces, URLs, Retry-After ------------------------------------------------
+
+
+@pytest.mark.parametrize("nonce", ["abc", "A-_z09", "x" * 128])
+def test_validate_nonce_accepts(nonce: str):
+    assert validate_nonce(nonce) == nonce
+
+
+@pytest.mark.parametrize("nonce", ["", "x" * 129, "abc=", "a b", "a+b/c", "ü", "a\x1b[1m", None, 5])
+def test_validate_nonce_rejects(nonce: object):
+    with pytest.raises(AcmeError):
+        validate_nonce(nonce)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"{BASE}/x", f"{BASE}:443/x", "https://CA.test/x?y=1", f"{BASE}"],
+)
+def test_check_url_same_origin(url: str):
+    assert check_url(url, f"{BASE}/dir", "test") == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://ca.test/x",
+        "ftp://ca.test/x",
+        "https://ca.test:8443/x",
+        "https://evil.test/x",
+        "https://ca.test.evil.test/x",
+        "https://user@ca.test/x",
+        "https://evil.test\\@ca.test/x",
+        "https://ca.test/x y",
+        "https://ca.test/\x00",
+        "https://ca.test:99999/x",
+        "//ca.test/x",
+        "/relative",
+        "https://ca.test/" + "a" * 3000,
+        "",
+        None,
+        ["https://ca.test/x"],
+    ],
+)
+def test_check_url_rejects(url: object):
+    with pytest.raises(AcmeError):
+        check_url(url, f"{BASE}/dir", "test")
+
+
+def test_parse_retry_after():
+    now = datetime.datetime(2015, 10, 21, 7, 28, 0, tzinfo=datetime.UTC)
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after(" 3 ") == 3.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now=now) == 30.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now=now) == 0.0
+    assert parse_retry_after("-5") is None
+    assert parse_retry_after("1.5") is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("") is None
+    assert parse_retry_after("9" * 5000) >= 1e8  # no int() blow-up
+
+
+# --- a scripted fake CA (no network) -----------------------------------------
+
+
+def response(status: int = 200, body: object = None, nonce: str | None = "n0", **headers: str):
+    raw = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    hdrs = CaseInsensitiveDict({k.replace("_", "-"): v for k, v in headers.items()})
+    if nonce is not None:
+        hdrs["Replay-Nonce"] = nonce
+    return HttpResponse(status, hdrs, raw)
+
+
+class ScriptedTransport:
+    def __init__(self, *responses: HttpResponse):
+        self.responses = [response(200, DIRECTORY, nonce=None), *responses]
+        self.calls: list[tuple[str, str, dict[str, str], int | None]] = []
+
+    def request(self, method, url, *, body=None, headers=None, max_body=None):
+        self.calls.append((method, url, dict(headers or {}), max_body))
+        if not self.responses:
+            raise AssertionError(f"unexpected {method} {url}")
+        return self.responses.pop(0)
+
+
+class RecordingSigner:
+    def __init__(self):
+        self.calls: list[tuple[str, str, str | None, bytes | None]] = []
+
+    def sign(self, url, nonce, kid, payload):
+        self.calls.append((url, nonce, kid, payload))
+        return {"protected": "p", "payload": "", "signature": "s"}
+
+
+def scripted(*responses: HttpResponse, **kwargs: Any):
+    transport = ScriptedTransport(*responses)
+    signer = RecordingSigner()
+    sleeps: list[float] = []
+    lines: list[str] = []
+    client = AcmeClient(
+        transport,  # type: ignore[arg-type]
+        signer,
+        f"{BASE}/dir",
+        log=lines.append,
+        sleep=sleeps.append,
+        **kwargs,
+    )
+    client.kid = f"{BASE}/acct/1"
+    return client, transport, signer, sleeps, lines
+
+
+BAD_NONCE = {"type": "urn:ietf:params:acme:error:badNonce", "detail": "stale"}
+
+
+def test_directory_validation():
+    client, *_ = scripted()
+    directory = client.directory()
+    assert directory.new_order == f"{BASE}/order"
+    assert directory.terms_of_service == "https://elsewhere.test/tos.pdf"
+    assert client.directory() is directory  # cached, one GET
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"newNonce": "http://ca.test/nonce"},
+        {"newAccount": "https://evil.test/acct"},
+        {"newOrder": None},
+        {"newOrder": ["x"]},
+        {"revokeCert": "https://ca.test:444/revoke"},
+    ],
+)
+def test_directory_rejects_bad_urls(change: dict[str, Any]):
+    client, transport, *_ = scripted()
+    transport.responses[0] = response(200, {**DIRECTORY, **change}, nonce=None)
+    with pytest.raises(AcmeError):
+        client.directory()
+
+
+@pytest.mark.parametrize("body", [b"[1,2]", b"not json", b"[" * 100_000, b'{"newNonce": 1}'])
+def test_directory_rejects_garbage(body: bytes):
+    client, transport, *_ = scripted()
+    transport.responses[0] = response(200, body, nonce=None)
+    with pytest.raises(AcmeError):
+        client.directory()
+
+
+def test_post_retries_bad_nonce_with_fresh_nonce():
+    client, transport, signer, _, lines = scripted(
+        response(200, nonce="first"),  # HEAD newNonce
+        response(400, BAD_NONCE, nonce="second"),
+        response(400, BAD_NONCE, nonce="third"),
+        response(200, {"ok": True}, nonce="fourth"),
+    )
+    result = client.post(f"{BASE}/x", {"a": 1}, client.kid)
+    assert json.loads(result.body) == {"ok": True}
+    assert [call[1] for call in signer.calls] == ["first", "second", "third"]
+    assert [call[0] for call in transport.calls] == ["GET", "HEAD", "POST", "POST", "POST"]
+    assert transport.calls[2][2]["Content-Type"] == "application/jose+json"
+    assert sum("nonce" in line for line in lines) == 2
+    assert client._nonce == "fourth"
+
+
+def test_post_gives_up_after_five_bad_nonces():
+    client, _, signer, *_ = scripted(
+        response(200), *[response(400, BAD_NONCE, nonce=f"n{i}") for i in range(6)]
+    )
+    with pytest.raises(AcmeError, match="badNonce") as info:
+        client.post(f"{BASE}/x", None, client.kid)
+    assert info.value.problem_type == "urn:ietf:params:acme:error:badNonce"
+    assert len(signer.calls) == 6
+
+
+def test_post_heads_new_nonce_when_error_has_none():
+    client, transport, signer, *_ = scripted(
+        response(200, nonce="a"),
+        response(400, BAD_NONCE, nonce=None),
+        response(200, nonce="b"),  # HEAD again
+        response(200, {}),
+    )
+    client.post(f"{BASE}/x", None, client.kid)
+    assert [c[0] for c in transport.calls] == ["GET", "HEAD", "POST", "HEAD", "POST"]
+    assert [c[1] for c in signer.calls] == ["a", "b"]
+
+
+def test_post_rejects_invalid_nonce_header():
+    client, *_ = scripted(response(200, nonce="bad nonce!"))
+    with pytest.raises(AcmeError, match="Replay-Nonce"):
+        client.post(f"{BASE}/x", None, client.kid)
+
+
+def test_post_honours_retry_after_on_busy():
+    client, _, signer, sleeps, _ = scripted(
+        response(200),
+        response(503, {"type": "about:blank", "detail": "busy"}, Retry_After="7"),
+        response(429, {"type": "urn:ietf:params:acme:error:rateLimited"}),
+        response(500, b"<html>oops</html>"),
+        response(201, {}),
+    )
+    client.post(f"{BASE}/x", {}, client.kid)
+    assert sleeps == [7.0, 2.0, 4.0]  # Retry-After, then backoff without one
+    assert len(signer.calls) == 4
+
+
+def test_post_busy_retries_are_bounded():
+    client, _, _, sleeps, _ = scripted(
+        response(200), *[response(503, {"type": "x"}, Retry_After="1") for _ in range(4)]
+    )
+    with pytest.raises(AcmeError, match="HTTP 503") as info:
+        client.post(f"{BASE}/x", {}, client.kid)
+    assert info.value.status == 503
+    assert sleeps == [1.0, 1.0, 1.0]
+
+
+def test_post_retry_after_beyond_cap_fails_fast():
+    client, _, _, sleeps, _ = scripted(
+        response(200), response(429, {"type": "x", "detail": "slow down"}, Retry_After="3600")
+    )
+    with pytest.raises(AcmeError, match="retry after 3600"):
+        client.post(f"{BASE}/x", {}, client.kid)
+    assert sleeps == []
+
+
+def test_post_refuses_other_origin_before_signing():
+    client, transport, signer, *_ = scripted()
+    with pytest.raises(AcmeError):
+        client.post("https://evil.test/x", {}, client.kid)
+    assert signer.calls == [] and transport.calls == []
+
+
+def test_post_error_is_formatted():
+    client, *_ = scripted(
+        response(200),
+        response(403, {"type": "urn:ietf:params:acme:error:unauthorized", "detail": "no\x1b[1m"}),
+    )
+    with pytest.raises(AcmeError) as info:
+        client.post(f"{BASE}/x", {}, client.kid)
+    assert str(info.value) == "HTTP 403: unauthorized: no?"
+
+
+def test_account_lookup_then_create():
+    missing = {"type": "urn:ietf:params:acme:error:accountDoesNotExist"}
+    client, _, signer, _, lines = scripted(
+        response(200),
+        response(400, missing),
+        response(201, {"status": "valid"}, Location=f"{BASE}/acct/7"),
+    )
+    client.kid = None
+    assert client.account(["mailto:a@example.com"]) == f"{BASE}/acct/7"
+    payloads = [json.loads(call[3]) for call in signer.calls]
+    assert payloads == [
+        {"onlyReturnExisting": True},
+        {"termsOfServiceAgreed": True, "contact": ["mailto:a@example.com"]},
+    ]
+    assert all(call[2] is None for call in signer.calls)  # JWK, not kid
+    assert client.kid == f"{BASE}/acct/7"
+    assert any("created" in line for line in lines)
+
+
+def test_account_lookup_only():
+    missing = {"type": "urn:ietf:params:acme:error:accountDoesNotExist"}
+    client, *_ = scripted(response(200), response(400, missing))
+    with pytest.raises(AcmeError, match="no account"):
+        client.account([], create=False)
+
+
+@pytest.mark.parametrize("location", [None, "https://evil.test/acct/1", "http://ca.test/acct/1"])
+def test_account_location_must_be_same_origin(location: str | None):
+    headers = {} if location is None else {"Location": location}
+    client, *_ = scripted(response(200), response(200, {"status": "valid"}, **headers))
+    with pytest.raises(AcmeError):
+        client.account([])
+
+
+ORDER = {
+    "status": "pending",
+    "identifiers": [{"type": "dns", "value": "a.test"}],
+    "authorizations": [f"{BASE}/authz/1"],
+    "finalize": f"{BASE}/order/1/finalize",
+}
+
+
+def test_new_order_parses():
+    client, _, signer, *_ = scripted(
+        response(200), response(201, ORDER, Location=f"{BASE}/order/1")
+    )
+    order = client.new_order(["a.test"])
+    assert order.url == f"{BASE}/order/1"
+    assert order.authorizations == (f"{BASE}/authz/1",)
+    assert order.certificate is None
+    assert json.loads(signer.calls[0][3]) == {"identifiers": [{"type": "dns", "value": "a.test"}]}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"status": "weird"},
+        {"status": 1},
+        {"authorizations": f"{BASE}/authz/1"},
+        {"authorizations": []},
+        {"authorizations": [1]},
+        {"authorizations": ["https://evil.test/authz/1"]},
+        {"finalize": "http://ca.test/finalize"},
+        {"finalize": None},
+        {"certificate": "https://evil.test/cert"},
+    ],
+)
+def test_new_order_rejects_bad_fields(change: dict[str, Any]):
+    client, *_ = scripted(
+        response(200), response(201, {**ORDER, **change}, Location=f"{BASE}/order/1")
+    )
+    with pytest.raises(AcmeError):
+        client.new_order(["a.test"])
+
+
+def authz(authz_status: str = "pending", **challenge: Any) -> dict[str, Any]:
+    return {
+        "status": authz_status,
+        "identifier": {"type": "dns", "value": "a.test"},
+        "challenges": [
+            {"type": "dns-01", "url": f"{BASE}/chall/0", "token": "!!", "status": "pending"},
+            {
+                "type": "http-01",
+                "url": f"{BASE}/chall/1",
+                "token": "tok_en-1",
+                "status": "pending",
+                **challenge,
+            },
+        ],
+    }
+
+
+def test_authorization_selects_http01():
+    client, *_ = scripted(response(200), response(200, authz()))
+    result = client.authorization(f"{BASE}/authz/1")
+    assert result.identifier == "dns:a.test"
+    assert result.challenge is not None
+    assert result.challenge.url == f"{BASE}/chall/1"
+    assert result.challenge.token == "tok_en-1"
+
+
+@pytest.mark.parametrize(
+    "challenge",
+    [
+        {"token": "../../etc/passwd"},
+        {"token": ""},
+        {"token": None},
+        {"url": "https://evil.test/chall/1"},
+        {"status": "bogus"},
+    ],
+)
+def test_authorization_rejects_bad_challenge(challenge: dict[str, Any]):
+    client, *_ = scripted(response(200), response(200, authz(**challenge)))
+    with pytest.raises(AcmeError):
+        client.authorization(f"{BASE}/authz/1")
+
+
+def test_poll_honours_clamped_retry_after():
+    client, _, _, sleeps, _ = scripted(
+        response(200),
+        response(200, {"status": "pending"}, Retry_After="0"),
+        response(200, {"status": "pending"}, Retry_After="3"),
+        response(200, {"status": "pending"}, Retry_After="9999"),
+        response(200, {"status": "pending"}),
+        response(200, {"status": "valid"}),
+        poll_min=0.5,
+        poll_max=5.0,
+    )
+    result = client.poll(f"{BASE}/authz/1", {"valid"}, {"invalid"})
+    assert result["status"] == "valid"
+    assert sleeps == [0.5, 3.0, 5.0, 0.5]
+
+
+def test_poll_total_timeout():
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    client, *_ = scripted(
+        response(200),
+        *[response(200, {"status": "processing"}, Retry_After="10") for _ in range(10)],
+        poll_max=60.0,
+    )
+    client._sleep = sleep
+    client._clock = lambda: now[0]
+    with pytest.raises(AcmeError, match="still processing after 25 s"):
+        client.poll(f"{BASE}/order/1", {"valid"}, {"invalid"}, total_timeout=25)
+    assert now[0] == 20.0
+
+
+def test_poll_invalid_authz_reports_challenge_error():
+    failed = authz(
+        "invalid",
+        status="invalid",
+        error={
+            "type": "urn:ietf:params:acme:error:unauthorized",
+            "detail": "Invalid response from http://a.test/.well-known/acme-challenge/x\x1b[2J",
+        },
+    )
+    client, *_ = scripted(response(200), response(200, failed))
+    with pytest.raises(AcmeError) as info:
+        client.poll(f"{BASE}/authz/1", {"valid"}, {"invalid"})
+    message = str(info.value)
+    assert "dns:a.test" in message and "is invalid" in message
+    assert "http-01 challenge: unauthorized: Invalid response" in message
+    assert "\x1b" not in message
+
+
+def test_finalize_requires_certificate_url():
+    ready = {**ORDER, "status": "ready"}
+    client, _, signer, *_ = scripted(response(200), response(200, {**ORDER, "status": "valid"}))
+    order = client._order(f"{BASE}/order/1", ready)
+    with pytest.raises(AcmeError, match="no certificate URL"):
+        client.finalize(order, b"\x30\x03csr")
+    assert json.loads(signer.calls[0][3]) == {"csr": keys.b64url(b"\x30\x03csr")}
+
+
+def test_finalize_polls_until_valid():
+    valid = {**ORDER, "status": "valid", "certificate": f"{BASE}/cert/1"}
+    client, _, _, sleeps, _ = scripted(
+        response(200),
+        response(200, {**ORDER, "status": "processing"}),
+        response(200, {**ORDER, "status": "processing"}, Retry_After="2"),
+        response(200, valid),
+    )
+    order = client._order(f"{BASE}/order/1", {**ORDER, "status": "ready"})
+    final = client.finalize(order, b"csr")
+    assert final.certificate == f"{BASE}/cert/1"
+    assert sleeps == [2.0]
+
+
+def test_download_checks_pem_and_asks_for_chain():
+    client, transport, *_ = scripted(response(200), response(200, b"<html>not a cert</html>"))
+    with pytest.raises(AcmeError, match="not PEM"):
+        client.download(f"{BASE}/cert/1")
+    _, _, headers, max_body = transport.calls[-1]
+    assert headers["Accept"] == "application/pem-certificate-chain"
+    assert max_body == 256 * 1024
+
+
+@pytest.mark.parametrize("reason", [-1, 7, 11, "1"])
+def test_revoke_rejects_bad_reason(reason: Any):
+    client, *_ = scripted()
+    with pytest.raises(AcmeError, match="reason"):
+        client.revoke(b"der", reason=reason)
+
+
+def test_calls_need_an_account():
+    client, *_ = scripted()
+    client.kid = None
+    with pytest.raises(AcmeError, match="account"):
+        client.new_order(["a.test"])
+
+
+def test_acme_error_is_a_letskencrypt_error():
+    assert issubclass(AcmeError, LetskencryptError)
+
+
+# --- hostile HTTPS servers on 127.0.0.1 ---------------------------------------
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def make_ca(common_name: str = "test CA") -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def make_leaf(ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], names: list[str], tmp: Path):
+    ca_key, ca_cert = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(names[0]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+Route = Callable[["Handler"], None]
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: HostileServer.Server
+
+    def _dispatch(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.request_body = self.rfile.read(length) if length else b""
+        self.server.owner.seen.append((self.command, self.path, dict(self.headers)))
+        route = self.server.owner.routes.get(self.path.split("?")[0])
+        if route is None:
+            self.reply(404, b"{}")
+        else:
+            route(self)
+
+    do_GET = do_POST = do_HEAD = _dispatch
+
+    def reply(self, status: int, body: bytes, **headers: str) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key.replace("_", "-"), value)
+        if "Content_Length" not in headers:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class HostileServer:
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        owner: HostileServer
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            pass  # clients that hang up on us are the point of these tests
+
+    def __init__(self, cert_path: Path, key_path: Path):
+        self.routes: dict[str, Route] = {}
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
+        self.httpd = self.Server(("127.0.0.1", 0), Handler)
+        self.httpd.owner = self
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_path, key_path)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def url(self, path: str, host: str = "acme.test") -> str:
+        return f"https://{host}:{self.port}{path}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class LoopbackResolver:
+    def __init__(self, addresses: list[str] | None = None):
+        self.addresses = addresses or ["127.0.0.1"]
+        self.calls: list[str] = []
+
+    def resolve(self, host: str) -> list[str]:
+        self.calls.append(host)
+        return list(self.addresses)
+
+
+@pytest.fixture(scope="module")
+def test_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    return make_ca()
+
+
+@pytest.fixture
+def server(tmp_path: Path, test_ca):
+    srv = HostileServer(*make_leaf(test_ca, ["acme.test"], tmp_path))
+    srv.ca_pem = test_ca[1].public_bytes(serialization.Encoding.PEM)
+    yield srv
+    srv.close()
+
+
+def transport_for(server: HostileServer, **kwargs: Any) -> Transport:
+    resolver = kwargs.pop("resolver", None) or LoopbackResolver()
+    return Transport(resolver, server.ca_pem, **kwargs)
+
+
+def ok(handler: Handler) -> None:
+    handler.reply(200, b'{"ok": true}', Content_Type="application/json")
+
+
+def test_transport_pins_resolver_and_verifies_name(server: HostileServer):
+    def echo(handler: Handler) -> None:
+        handler.reply(200, handler.headers.get("User-Agent", "").encode())
+
+    server.routes["/ua"] = echo
+    resolver = LoopbackResolver()
+    transport = transport_for(server, resolver=resolver)
+    # acme.test has no DNS entry: only our resolver can make this work.
+    first = transport.request("GET", server.url("/ua"))
+    second = transport.request("GET", server.url("/ua"))
+    assert first.status == 200 and first.body.startswith(b"letskencrypt/")
+    assert second.body == first.body
+    assert resolver.calls == ["acme.test"]  # cached for the transport's life
+    _, _, headers = server.seen[0]
+    assert headers["Host"] == f"acme.test:{server.port}"
+    assert headers["Accept-Encoding"] == "identity"
+
+
+def test_transport_tries_addresses_in_order(server: HostileServer):
+    server.routes["/ok"] = ok
+    # Nothing listens on ::1 at this port, so the second address must be used.
+    transport = transport_for(server, resolver=LoopbackResolver(["::1", "127.0.0.1"]))
+    assert transport.request("GET", server.url("/ok")).status == 200
+
+
+def test_transport_reports_unreachable_addresses(server: HostileServer):
+    transport = transport_for(server, resolver=LoopbackResolver(["::1"]))
+    with pytest.raises(AcmeError, match="cannot connect"):
+        transport.request("GET", server.url("/ok"))
+
+
+@pytest.mark.parametrize("answer", [[], ["not-an-ip"], "127.0.0.1"])
+def test_transport_rejects_bad_resolver_answers(server: HostileServer, answer: Any):
+    resolver = LoopbackResolver()
+    resolver.resolve = lambda host: answer  # type: ignore[method-assign]
+    with pytest.raises(AcmeError, match="resolver"):
+        transport_for(server, resolver=resolver).request("GET", server.url("/ok"))
+
+
+def test_transport_checks_certificate_host_name(server: HostileServer):
+    server.routes["/ok"] = ok
+    with pytest.raises(AcmeError, match=r"(?i)certificate"):
+        transport_for(server).request("GET", server.url("/ok", host="other.test"))
+
+
+def test_transport_trusts_only_given_anchors(server: HostileServer):
+    server.routes["/ok"] = ok
+    other_ca = make_ca("unrelated CA")[1].public_bytes(serialization.Encoding.PEM)
+    transport = Transport(LoopbackResolver(), other_ca)
+    with pytest.raises(AcmeError, match=r"(?i)certificate"):
+        transport.request("GET", server.url("/ok"))
+
+
+def test_transport_rejects_bad_trust_anchors():
+    with pytest.raises(AcmeError, match="trust anchors"):
+        Transport(LoopbackResolver(), b"not a pem")
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/x", "ftp://acme.test/x", "acme.test/x"])
+def test_transport_https_only(url: str):
+    resolver = LoopbackResolver()
+    transport = Transport(resolver, make_ca()[1].public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(AcmeError, match="https"):
+        transport.request("GET", url)
+    assert resolver.calls == []
+
+
+def test_transport_ignores_proxy_environment(server: HostileServer, monkeypatch):
+    server.routes["/ok"] = ok
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    assert transport_for(server).request("GET", server.url("/ok")).status == 200
+
+
+def test_transport_refuses_redirect(server: HostileServer):
+    def redirect(handler: Handler) -> None:
+        handler.reply(302, b"", Location=server.url("/ok"))
+
+    server.routes["/old"] = redirect
+    server.routes["/ok"] = ok
+    with pytest.raises(AcmeError, match="redirect"):
+        transport_for(server).request("GET", server.url("/old"))
+    assert [path for _, path, _ in server.seen] == ["/old"]
+
+
+def test_transport_body_cap_declared(server: HostileServer):
+    server.routes["/big"] = lambda h: h.reply(200, b"x" * (1024 * 1024 + 1))
+    with pytest.raises(AcmeError, match="1048576-byte limit"):
+        transport_for(server).request("GET", server.url("/big"))
+
+
+def test_transport_body_cap_streamed(server: HostileServer):
+    def chunked(handler: Handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        chunk = b"y" * 16384
+        try:
+            for _ in range(100):
+                handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            handler.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass
+
+    server.routes["/chunked"] = chunked
+    with pytest.raises(AcmeError, match="65536-byte limit"):
+        transport_for(server, max_body=65536).request("GET", server.url("/chunked"))
+
+
+def test_transport_body_cap_per_request(server: HostileServer):
+    server.routes["/mid"] = lambda h: h.reply(200, b"z" * 5000)
+    transport = transport_for(server)
+    assert len(transport.request("GET", server.url("/mid")).body) == 5000
+    with pytest.raises(AcmeError, match="limit"):
+        transport.request("GET", server.url("/mid"), max_body=4096)
+
+
+def test_transport_refuses_compressed_body(server: HostileServer):
+    server.routes["/gz"] = lambda h: h.reply(200, b"\x1f\x8b...", Content_Encoding="gzip")
+    with pytest.raises(AcmeError, match="Content-Encoding"):
+        transport_for(server).request("GET", server.url("/gz"))
+
+
+def _drip(handler: Handler, data: bytes) -> None:
+    stop = time.monotonic() + 5
+    try:
+        for byte in data:
+            if time.monotonic() > stop:
+                return
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            time.sleep(0.02)
+    except OSError:
+        return
+
+
+def test_transport_deadline_on_dripping_body(server: HostileServer):
+    def drip_body(handler: Handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        _drip(handler, b"d" * 100000)
+
+    server.routes["/drip"] = drip_body
+    transport = transport_for(server, read_timeout=5.0, deadline=0.5)
+    start = time.monotonic()
+    with pytest.raises(AcmeError, match=r"no answer within 0\.5 s"):
+        transport.request("GET", server.url("/drip"))
+    assert time.monotonic() - start < 2.5
+
+
+def test_transport_deadline_on_dripping_headers(server: HostileServer):
+    def drip_headers(handler: Handler) -> None:
+        _drip(handler, b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"s" * 5000 + b"\r\n\r\n")
+
+    server.routes["/drip"] = drip_headers
+    transport = transport_for(server, read_timeout=5.0, deadline=0.5)
+    start = time.monotonic()
+    with pytest.raises(AcmeError, match="no answer within"):
+        transport.request("GET", server.url("/drip"))
+    assert time.monotonic() - start < 2.5
+    # The transport stays usable after a request was cut off.
+    server.routes["/ok"] = ok
+    assert transport.request("GET", server.url("/ok")).status == 200
+
+
+def test_transport_deadline_on_dripping_tls_handshake():
+    """A server that starts a 16 KiB TLS record and drips it must not hold us."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)  # ClientHello
+            conn.sendall(b"\x16\x03\x03\x40\x00")  # handshake record, 16 KiB
+            stop = time.monotonic() + 5
+            try:
+                while time.monotonic() < stop:
+                    conn.sendall(b"\x00")
+                    time.sleep(0.02)
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    transport = Transport(
+        LoopbackResolver(),
+        make_ca()[1].public_bytes(serialization.Encoding.PEM),
+        read_timeout=5.0,
+        deadline=0.5,
+    )
+    start = time.monotonic()
+    try:
+        with pytest.raises(AcmeError, match="no answer within"):
+            transport.request("GET", f"https://acme.test:{port}/")
+        assert time.monotonic() - start < 2.5
+    finally:
+        listener.close()
+
+
+def test_transport_opens_no_files(server: HostileServer):
+    """netproc reads the CA bundle before dropping privileges: no file access,
+    and no trust anchors beyond the PEM we were given."""
+    server.routes["/ok"] = ok
+    opened: list[object] = []
+    recording = threading.Event()
+
+    def hook(event: str, args: tuple[object, ...]) -> None:
+        if event == "open" and recording.is_set() and threading.current_thread() is main:
+            opened.append(args[0])
+
+    main = threading.current_thread()
+    sys.addaudithook(hook)  # cannot be removed; inert once `recording` is cleared
+    recording.set()
+    try:
+        transport = transport_for(server)
+        transport.request("GET", server.url("/ok"))
+        transport.request("HEAD", server.url("/ok"))
+    finally:
+        recording.clear()
+    assert opened == []
+    # requests would load its CA bundle into the context; only our anchor may be there.
+    context = transport._session.get_adapter(server.url("/ok"))._context
+    assert context.cert_store_stats()["x509_ca"] == 1
+
+
+def test_transport_read_timeout(server: HostileServer):
+    def silent(handler: Handler) -> None:
+        time.sleep(2)
+
+    server.routes["/silent"] = silent
+    start = time.monotonic()
+    with pytest.raises(AcmeError):
+        transport_for(server, read_timeout=0.3).request("GET", server.url("/silent"))
+    assert time.monotonic() - start < 1.5
+
+
+def _directory(server: HostileServer, **change: str) -> bytes:
+    directory = {
+        "newNonce": server.url("/nonce"),
+        "newAccount": server.url("/acct"),
+        "newOrder": server.url("/order"),
+    }
+    directory.update(change)
+    return json.dumps(directory).encode()
+
+
+def test_client_refuses_http_url_in_directory(server: HostileServer):
+    body = _directory(server, newNonce=f"http://acme.test:{server.port}/nonce")
+    server.routes["/dir"] = lambda h: h.reply(200, body)
+    client = AcmeClient(transport_for(server), RecordingSigner(), server.url("/dir"))
+    with pytest.raises(AcmeError, match="not https"):
+        client.directory()
+
+
+@pytest.mark.parametrize("host", ["elsewhere.test", "acme.test:1"])
+def test_client_refuses_other_origin_in_directory(server: HostileServer, host: str):
+    body = _directory(server, newOrder=f"https://{host}/order")
+    server.routes["/dir"] = lambda h: h.reply(200, body)
+    client = AcmeClient(transport_for(server), RecordingSigner(), server.url("/dir"))
+    with pytest.raises(AcmeError, match="origin"):
+        client.directory()
+
+
+def test_client_refuses_other_origin_location(server: HostileServer):
+    nonce = {"Replay-Nonce": "abc"}
+    server.routes["/dir"] = lambda h: h.reply(200, _directory(server))
+    server.routes["/nonce"] = lambda h: h.reply(200, b"", **nonce)
+    server.routes["/acct"] = lambda h: h.reply(
+        200, b'{"status": "valid"}', Location="https://elsewhere.test/acct/1", **nonce
+    )
+    client = AcmeClient(transport_for(server), RecordingSigner(), server.url("/dir"))
+    with pytest.raises(AcmeError, match="origin"):
+        client.account([])
+    methods = [(method, path) for method, path, _ in server.seen]
+    assert methods == [("GET", "/dir"), ("HEAD", "/nonce"), ("POST", "/acct")]
+    assert server.seen[2][2]["Content-Type"] == "application/jose+json"
+
+
+# --- end to end against pebble ------------------------------------------------
+
+
+class KeySigner:
+    """In-process stand-in for acctproc."""
+
+    def __init__(self, key: keys.PrivateKey):
+        self.key = key
+        self.jwk = keys.jwk(key.public_key())
+
+    def sign(self, url, nonce, kid, payload):
+        protected: dict[str, object] = {"nonce": nonce, "url": url}
+        if kid is None:
+            protected["jwk"] = self.jwk
+        else:
+            protected["kid"] = kid
+        return keys.sign_jws(self.key, protected, payload)
+
+
+@pytest.fixture(
+    scope="module",
+    params=[{"PEBBLE_AUTHZREUSE": "100"}, {"PEBBLE_WFE_NONCEREJECT": "50"}],
+    ids=["pebble", "nonce-reject-50"],
+)
+def pebble(request: pytest.FixtureRequest):
+    with Pebble(env=request.param) as instance:
+        yield instance
+
+
+def test_end_to_end(pebble: Pebble):
+    nonce_reject = "PEBBLE_WFE_NONCEREJECT" in pebble.env
+    ca_pem = Path(pebble.ca_bundle).read_bytes()
+    account_key = keys.generate_key("ecdsa256")
+    lines: list[str] = []
+
+    def client() -> AcmeClient:
+        return AcmeClient(
+            Transport(LoopbackResolver(), ca_pem),
+            KeySigner(account_key),
+            pebble.directory_url,
+            log=lines.append,
+            # At 50 % rejection, 5 retries fail one request in 64: too flaky.
+            bad_nonce_retries=40 if nonce_reject else 5,
+            poll_min=0.05,
+            poll_max=0.5,
+            poll_timeout=30,
+        )
+
+    acme = client()
+    kid = acme.account(["mailto:admin@letskencrypt.test"])
+    assert client().account([], create=False) == kid
+
+    names = ["a.letskencrypt.test", "b.letskencrypt.test"]
+    cert_key = keys.generate_key("ecdsa256")
+    published: dict[str, str] = {}
+
+    def publish(token: str, key_authorization: str) -> None:
+        published[token] = key_authorization
+        pebble.put_challenge(token, key_authorization)
+
+    def withdraw(token: str) -> None:
+        (pebble.challenge_dir / token).unlink()
+
+    before = pebble.request_count()
+    pem = acme.issue(
+        names,
+        lambda: keys.build_csr(cert_key, names),
+        publish,
+        withdraw,
+        keys.thumbprint(account_key),
+    )
+    if not nonce_reject:
+        assert pebble.request_count() - before < 25
+    assert len(published) == 2
+    assert all(ka.endswith("." + keys.thumbprint(account_key)) for ka in published.values())
+    assert list(pebble.challenge_dir.iterdir()) == []
+
+    chain = x509.load_pem_x509_certificates(pem)
+    leaf = chain[0]
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(san.get_values_for_type(x509.DNSName)) == names
+    assert keys.public_key_der(leaf.public_key()) == keys.public_key_der(cert_key)
+
+    if not nonce_reject:  # pebble reuses valid authorizations: nothing to publish
+        published.clear()
+        acme.issue(
+            names,
+            lambda: keys.build_csr(cert_key, names),
+            publish,
+            withdraw,
+            keys.thumbprint(account_key),
+        )
+        assert published == {}
+
+    assert pebble.cert_status(leaf.serial_number) == "Valid"
+    acme.revoke(leaf.public_bytes(serialization.Encoding.DER), reason=4)
+    assert pebble.cert_status(leaf.serial_number) == "Revoked"
+    if nonce_reject:
+        assert any("rejected our nonce" in line for line in lines)
+
+
+def test_end_to_end_ca_error_is_formatted(pebble: Pebble):
+    """A CA error on a real server comes back formatted, with its type."""
+    ca_pem = Path(pebble.ca_bundle).read_bytes()
+    account_key = keys.generate_key("ecdsa256")
+    acme = AcmeClient(
+        Transport(LoopbackResolver(), ca_pem),
+        KeySigner(account_key),
+        pebble.directory_url,
+        bad_nonce_retries=40,
+    )
+    with pytest.raises(AcmeError, match="no ACME account"):
+        acme.new_order(["c.letskencrypt.test"])
+    acme.account([])
+    with pytest.raises(AcmeError) as info:
+        acme.new_order(["not a domain!"])
+    assert info.value.status == 400
+    assert info.value.problem_type is not None
+    assert str(info.value).startswith("HTTP 400: ")
