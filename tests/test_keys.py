@@ -225,7 +225,8 @@ def test_create_key_then_load(tmp_path, key_type):
     st = os.lstat(path)
     assert stat.S_ISREG(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o400
-    assert stat.S_IMODE(os.stat(tmp_path / "acct").st_mode) == 0o700
+    # The key's own directory is private; missing parents above it stay traversable.
+    assert stat.S_IMODE(os.stat(tmp_path / "acct").st_mode) == 0o755
     assert stat.S_IMODE(os.stat(tmp_path / "acct" / "sub").st_mode) == 0o700
     with open(path, "rb") as file:
         assert file.read().startswith(b"-----BEGIN PRIVATE KEY-----")

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 
 from letskencrypt.certs import parse_pem_chain
 from letskencrypt.errors import CertificateRejected, FileStoreError, InputError
+from letskencrypt.fsutil import make_directories
 
 CERT = "cert.pem"
 CHAIN = "chain.pem"
@@ -240,8 +241,7 @@ class CertDir:
     def __init__(self, path: str, create: bool = False) -> None:
         self.path = path
         if create:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(path, DIR_MODE)
+            make_directories(path, DIR_MODE)
         try:
             self.fd = os.open(path, _DIR_FLAGS)
         except FileNotFoundError:

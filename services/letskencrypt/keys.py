@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from letskencrypt.errors import InputError, KeyFileError, KeyFileMissing
+from letskencrypt.fsutil import make_directories
 from letskencrypt.validate import validate_domains
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -154,28 +155,6 @@ def load_key(path: str, what: str = "account key", create_flag: str = "-n") -> P
     return _parse_key(data, label)
 
 
-def _make_parents(directory: str) -> None:
-    """Create missing directories down to `directory`, each with mode 0700."""
-    missing: list[str] = []
-    current = directory
-    while not os.path.isdir(current):
-        missing.append(current)
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    for path in reversed(missing):
-        try:
-            os.mkdir(path, KEY_DIR_MODE)
-        except FileExistsError:
-            continue
-        parent_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(parent_fd)
-        finally:
-            os.close(parent_fd)
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -250,7 +229,7 @@ def create_key(path: str, key_type: str, what: str = "key") -> PrivateKey:
     )
     directory, name = os.path.split(os.path.abspath(path))
     try:
-        _make_parents(directory)
+        make_directories(directory, KEY_DIR_MODE)
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise KeyFileError(

@@ -1,0 +1,181 @@
+"""letskencrypt: the command line.  Validates everything it is given, then hands
+each role only its own settings and starts the eight of them (native mode).
+
+Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
+2 nothing to do (no request reached the CA).
+"""
+
+import argparse
+import os
+import pwd
+import sys
+from typing import NoReturn
+
+from letskencrypt.errors import InputError
+from letskencrypt.keys import KEY_TYPES
+from letskencrypt.supervisor import RunUser, Supervisor
+from letskencrypt.urls import origin
+from letskencrypt.validate import safe_text, validate_domains
+
+LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
+LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+DEFAULT_CERT_DIR = "/etc/ssl/acme"
+DEFAULT_DOMAIN_KEY = "/etc/ssl/acme/private/privkey.pem"
+DEFAULT_ACCOUNT_KEY = "/etc/acme/privkey.pem"
+DEFAULT_CHALLENGE_DIR = "/var/www/acme"
+EXIT_FAILED = 1
+MAX_CONTACTS = 10
+# RFC 5280 revocation reasons that ACME accepts (7 is unused in RFC 5280).
+REVOCATION_REASONS = {
+    "unspecified": 0,
+    "keyCompromise": 1,
+    "affiliationChanged": 3,
+    "superseded": 4,
+    "cessationOfOperation": 5,
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad usage is a failure (1), not argparse's 2, which means "nothing to do"."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"letskencrypt: {safe_text(message)} (see --help)\n")
+        sys.exit(EXIT_FAILED)
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="letskencrypt",
+        description="Get, renew and revoke TLS certificates over ACME (RFC 8555) "
+        "with eight isolated processes.",
+        epilog="Exit status: 0 certificate changed, 1 failure, 2 nothing to do.",
+    )
+    add = parser.add_argument
+    add("-b", "--backup", action="store_true", help="keep the previous certificate set")
+    add("-F", "--force", action="store_true", help="renew even if the certificate is current")
+    add("-n", "--new-account-key", action="store_true", help="create the account key if missing")
+    add("-N", "--new-domain-key", action="store_true", help="create the domain key if missing")
+    add("-r", "--revoke", action="store_true", help="revoke the current certificate")
+    add("-s", "--staging", action="store_true", help="use Let's Encrypt's staging server")
+    add("-v", "--verbose", action="count", default=0, help="more output (-vv: debug)")
+    add("-C", "--challenge-dir", default=DEFAULT_CHALLENGE_DIR, metavar="DIR",
+        help=f"http-01 challenge directory (default {DEFAULT_CHALLENGE_DIR})")
+    add("-c", "--cert-dir", default=DEFAULT_CERT_DIR, metavar="DIR",
+        help=f"certificate directory (default {DEFAULT_CERT_DIR})")
+    add("-f", "--account-key", default=DEFAULT_ACCOUNT_KEY, metavar="FILE",
+        help=f"account private key (default {DEFAULT_ACCOUNT_KEY})")
+    add("-k", "--domain-key", default=DEFAULT_DOMAIN_KEY, metavar="FILE",
+        help=f"domain private key (default {DEFAULT_DOMAIN_KEY})")
+    add("--server", metavar="URL",
+        help="ACME directory URL, https only (default: Let's Encrypt production)")
+    add("--ca-bundle", metavar="FILE",
+        help="trust anchors for the CA's TLS certificate (default: the system's)")
+    add("--contact", action="append", default=[], metavar="URI",
+        help="account contact, e.g. mailto:admin@example.org (repeatable)")
+    add("--key-type", choices=KEY_TYPES, default="ecdsa256",
+        help="type of newly created keys (default ecdsa256)")
+    add("--revoke-reason", choices=sorted(REVOCATION_REASONS), metavar="REASON",
+        help="revocation reason: " + ", ".join(sorted(REVOCATION_REASONS)))
+    add("--user", default="nobody",
+        help="unprivileged user the roles run as when started as root (default nobody)")
+    add("domains", nargs="+", metavar="domain", help="primary domain, then alternative names")
+    return parser
+
+
+def check_contact(contact: str) -> str:
+    if "@" in contact and ":" not in contact:
+        contact = f"mailto:{contact}"
+    if not contact.startswith(("mailto:", "https:")) or len(contact) > 320:
+        raise InputError(f"invalid contact {safe_text(contact, 80)!r}: use mailto:ADDRESS")
+    if not contact.isprintable() or not contact.isascii() or " " in contact:
+        raise InputError(f"invalid contact {safe_text(contact, 80)!r}")
+    return contact
+
+
+def check_directory_url(args: argparse.Namespace) -> str:
+    if args.server and args.staging:
+        raise InputError("give either -s or --server, not both")
+    url = args.server or (LETSENCRYPT_STAGING if args.staging else LETSENCRYPT_PRODUCTION)
+    origin(url)
+    return url
+
+
+def check_readable_file(path: str, what: str) -> str:
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"{what} {path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{what} {path}: not readable")
+    return path
+
+
+def run_user(name: str) -> RunUser | None:
+    """Roles drop to this user only when we are root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise InputError(f"no such user {name!r} (--user)") from None
+    if entry.pw_uid == 0:
+        raise InputError(f"--user {name} is root; give an unprivileged user")
+    return RunUser(entry.pw_uid, entry.pw_gid)
+
+
+def role_settings(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    names = validate_domains(args.domains)
+    directory_url = check_directory_url(args)
+    ca_bundle = check_readable_file(args.ca_bundle, "CA bundle") if args.ca_bundle else None
+    contacts = [check_contact(c) for c in args.contact]
+    if len(contacts) > MAX_CONTACTS:
+        raise InputError(f"at most {MAX_CONTACTS} contacts")
+    if args.revoke_reason and not args.revoke:
+        raise InputError("--revoke-reason goes with -r")
+    cert_dir = os.path.abspath(args.cert_dir)
+    return {
+        "netproc": {
+            "directory_url": directory_url,
+            "ca_bundle": ca_bundle,
+            "contact": contacts,
+            "names": names,
+            "revoke": args.revoke,
+            "revoke_reason": REVOCATION_REASONS.get(args.revoke_reason or ""),
+        },
+        "acctproc": {
+            "key_path": os.path.abspath(args.account_key),
+            "create": args.new_account_key,
+            "key_type": args.key_type,
+            "directory_url": directory_url,
+        },
+        "keyproc": {
+            "key_path": os.path.abspath(args.domain_key),
+            "create": args.new_domain_key,
+            "key_type": args.key_type,
+            "names": names,
+        },
+        "dnsproc": {},
+        "chngproc": {"challenge_dir": os.path.abspath(args.challenge_dir)},
+        "revokeproc": {
+            "cert_path": os.path.join(cert_dir, "cert.pem"),
+            "names": names,
+            "force": args.force,
+        },
+        "certproc": {},
+        "fileproc": {"cert_dir": cert_dir, "backup": args.backup},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = role_settings(args)
+        user = run_user(args.user)
+    except InputError as error:
+        sys.stderr.write(f"letskencrypt: {error}\n")
+        sys.exit(EXIT_FAILED)
+    supervisor = Supervisor(settings=settings, verbosity=args.verbose, run_user=user)
+    sys.exit(supervisor.run())
+
+
+if __name__ == "__main__":
+    main()

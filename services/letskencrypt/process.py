@@ -1,0 +1,158 @@
+"""What every role process does before it serves: read its configuration from
+the supervisor, name itself, stop core dumps, drop privileges, and report.
+
+The supervisor writes one JSON object to the role's standard input and closes
+it, so nothing of the configuration shows in `ps` or the environment.
+"""
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from letskencrypt.validate import safe_text
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
+MAX_CONFIG_BYTES = 64 * 1024
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass
+class RoleConfig:
+    """The part of the configuration every role shares, plus its own settings."""
+
+    role: str
+    run_dir: str
+    verbosity: int = 0
+    # Set when started as root and this role must drop to an unprivileged user.
+    uid: int | None = None
+    gid: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class Logger:
+    """One line per message on stderr, prefixed with the role, safe for a terminal."""
+
+    def __init__(self, role: str, verbosity: int) -> None:
+        self.role = role
+        self.verbosity = verbosity
+
+    def error(self, message: str) -> None:
+        self._write(message)
+
+    def info(self, message: str) -> None:
+        if self.verbosity >= 1:
+            self._write(message)
+
+    def debug(self, message: str) -> None:
+        if self.verbosity >= 2:
+            self._write(message)
+
+    def _write(self, message: str) -> None:
+        sys.stderr.write(f"letskencrypt: {self.role}: {safe_text(message, 2000)}\n")
+        sys.stderr.flush()
+
+
+def _prctl(option: int, value: int | bytes) -> None:
+    if _libc.prctl(option, value, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+def set_process_name(name: str) -> None:
+    """Make the role's name what `ps -o comm` and `/proc/<pid>/comm` show."""
+    _prctl(PR_SET_NAME, name.encode()[:15])
+
+
+def read_config(role: str) -> RoleConfig:
+    """Read the JSON configuration the supervisor wrote to our stdin, then let stdin go."""
+    raw = os.read(0, MAX_CONFIG_BYTES + 1)
+    chunks = [raw]
+    while raw and sum(map(len, chunks)) <= MAX_CONFIG_BYTES:
+        raw = os.read(0, MAX_CONFIG_BYTES + 1)
+        chunks.append(raw)
+    data = b"".join(chunks)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise SystemExit(f"letskencrypt: {role}: configuration larger than 64 KiB")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    document = json.loads(data)
+    return RoleConfig(
+        role=role,
+        run_dir=document["run_dir"],
+        verbosity=int(document.get("verbosity", 0)),
+        uid=document.get("uid"),
+        gid=document.get("gid"),
+        settings=document.get("settings", {}),
+    )
+
+
+def harden() -> None:
+    """No core files and not dumpable: neither a crash nor a same-user ptrace can
+    read this process's memory (where the key holders keep the keys)."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _prctl(PR_SET_DUMPABLE, 0)
+
+
+def drop_privileges(config: RoleConfig) -> None:
+    """Become the unprivileged run user if the supervisor asked us to (started as root)."""
+    if config.uid is None or config.gid is None:
+        return
+    os.setgroups([])
+    os.setresgid(config.gid, config.gid, config.gid)
+    os.setresuid(config.uid, config.uid, config.uid)
+    if os.getuid() == 0 or os.geteuid() == 0:
+        raise SystemExit(f"letskencrypt: {config.role}: could not drop root privileges")
+
+
+def die_with_parent() -> None:
+    """Exit if the supervisor dies, so no role outlives the run. Set after any
+    change of credentials, which clears it."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:
+        os._exit(1)
+
+
+def start(role: str) -> tuple[RoleConfig, Logger]:
+    """The common opening of every role's main(): name, config, hardening."""
+    set_process_name(role)
+    # Ctrl-C reaches the whole process group; the supervisor decides what happens.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    config = read_config(role)
+    # Sockets and files we create are for our peer (same group), not for others.
+    os.umask(0o007)
+    harden()
+    return config, Logger(role, config.verbosity)
+
+
+def confine(config: RoleConfig) -> None:
+    """Called by each role once it has opened what it needs and before it serves."""
+    drop_privileges(config)
+    # A change of credentials resets both of these.
+    harden()
+    die_with_parent()
+
+
+def run_role(role: str, body: Callable[[RoleConfig, Logger], int]) -> None:
+    """Run a role's body and turn our errors into one line and exit status 1."""
+    from letskencrypt.errors import LetskencryptError
+
+    config, log = start(role)
+    try:
+        code = body(config, log)
+    except LetskencryptError as error:
+        log.error(str(error))
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: gRPC's threads can make it slow or noisy.
+    os._exit(code)

@@ -1,0 +1,86 @@
+"""certproc: refuses any certificate that is not for our key and our names.
+
+Holds: nothing.  Network: none.
+Serves: Certificate on the `cert` edge (from netproc).
+Calls: KeyInfo on the `keyinfo` edge (keyproc: the public key and names of
+this run) and Files on the `file` edge (fileproc: the writer).
+netproc is the role most exposed to attack, so the expected key and names
+come from keyproc, and only a chain that passes every check reaches fileproc.
+"""
+
+import grpc
+
+from letskencrypt import process, rpc
+from letskencrypt.certs import check_chain, parse_pem_chain, split_leaf_and_chain
+from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.v1 import (
+    certificate_pb2,
+    certificate_pb2_grpc,
+    files_pb2,
+    files_pb2_grpc,
+    keyinfo_pb2,
+    keyinfo_pb2_grpc,
+)
+
+
+class CertificateService(certificate_pb2_grpc.CertificateServicer):
+    def __init__(self, key_info: grpc.Channel, files: grpc.Channel, log: Logger) -> None:
+        self.key_info = keyinfo_pb2_grpc.KeyInfoStub(key_info)
+        self.files = files_pb2_grpc.FilesStub(files)
+        self.log = log.error
+        self.info = log.info
+
+    @rpc.guarded
+    def Submit(
+        self, request: certificate_pb2.SubmitRequest, context: grpc.ServicerContext
+    ) -> certificate_pb2.SubmitReply:
+        chain = parse_pem_chain(request.pem_chain)
+        expected = rpc.call(self.key_info.Describe, keyinfo_pb2.KeyInfoRequest(), peer="keyproc")
+        check_chain(chain, expected.public_key_der, list(expected.names))
+        leaf_pem, chain_pem = split_leaf_and_chain(request.pem_chain)
+        rpc.call(
+            self.files.Install,
+            files_pb2.InstallRequest(certificate_pem=leaf_pem, chain_pem=chain_pem),
+            peer="fileproc",
+        )
+        leaf = chain[0]
+        self.info(f"installed certificate serial {leaf.serial_number:x}")
+        return certificate_pb2.SubmitReply(
+            serial_hex=f"{leaf.serial_number:x}",
+            not_after=leaf.not_valid_after_utc.isoformat(),
+        )
+
+    @rpc.guarded
+    def Retire(
+        self, request: certificate_pb2.RetireRequest, context: grpc.ServicerContext
+    ) -> certificate_pb2.RetireReply:
+        rpc.call(self.files.Remove, files_pb2.RemoveRequest(), peer="fileproc")
+        return certificate_pb2.RetireReply()
+
+
+def run(config: RoleConfig, log: Logger) -> int:
+    process.confine(config)
+    key_info = rpc.connect(config.run_dir, "keyinfo")
+    files = rpc.connect(config.run_dir, "file")
+    failed = rpc.serve_until_stopped(
+        config.run_dir,
+        {
+            "cert": [
+                (
+                    certificate_pb2_grpc.add_CertificateServicer_to_server,
+                    CertificateService(key_info, files, log),
+                )
+            ]
+        },
+    )
+    # fileproc has no edge to netproc: the end of the run reaches it through us.
+    rpc.stop_peer(files, "fileproc", failed)
+    return 0
+
+
+def main() -> None:
+    process.run_role("certproc", run)
+
+
+if __name__ == "__main__":
+    main()

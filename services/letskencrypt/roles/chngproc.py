@@ -1,0 +1,134 @@
+"""chngproc: publishes http-01 key authorisations in the challenge directory.
+
+Holds: write access to the challenge directory, nothing else.
+Network: none.  Serves: Challenge on the `chng` edge.
+File names are validated base64url tokens (no `/`, no `..`), files are written
+through a descriptor of the directory and renamed into place, so a caller
+cannot make chngproc write anywhere else.  Every file written is removed when
+the run ends, whether it succeeded or not.
+"""
+
+import contextlib
+import os
+import secrets
+import threading
+
+import grpc
+
+from letskencrypt import process, rpc
+from letskencrypt.errors import InputError
+from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.v1 import challenge_pb2, challenge_pb2_grpc
+from letskencrypt.validate import validate_key_authorization, validate_token
+
+# One authorisation per name, at most 100 names in an order.
+MAX_FILES = 100
+
+
+class ChallengeDirectory:
+    """The challenge directory, opened once; remembers every file it wrote."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise InputError(f"challenge directory {path}: no such directory") from None
+        except NotADirectoryError:
+            raise InputError(f"challenge directory {path}: not a directory") from None
+        except PermissionError:
+            raise InputError(f"challenge directory {path}: permission denied") from None
+        self.written: set[str] = set()
+        self.lock = threading.Lock()
+
+    def publish(self, token: str, key_authorization: str) -> None:
+        with self.lock:
+            if token not in self.written and len(self.written) >= MAX_FILES:
+                raise InputError(f"more than {MAX_FILES} challenge files in one run")
+            temporary = f".{token}.{secrets.token_hex(8)}.tmp"
+            fd = os.open(
+                temporary,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o444,
+                dir_fd=self.fd,
+            )
+            try:
+                os.fchmod(fd, 0o444)
+                os.write(fd, key_authorization.encode("ascii"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            # rename replaces a planted symlink itself, never its target.
+            os.rename(temporary, token, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            self.written.add(token)
+
+    def withdraw(self, token: str) -> None:
+        with self.lock:
+            if token not in self.written:
+                raise InputError("no challenge file was written for this token")
+            self._remove(token)
+            self.written.discard(token)
+
+    def withdraw_all(self) -> None:
+        with self.lock:
+            for token in sorted(self.written):
+                self._remove(token)
+            self.written.clear()
+
+    def _remove(self, token: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(token, dir_fd=self.fd)
+
+
+class ChallengeService(challenge_pb2_grpc.ChallengeServicer):
+    def __init__(self, directory: ChallengeDirectory, log: Logger) -> None:
+        self.directory = directory
+        self.log = log.error
+        self.debug = log.debug
+
+    @rpc.guarded
+    def Publish(
+        self, request: challenge_pb2.PublishRequest, context: grpc.ServicerContext
+    ) -> challenge_pb2.PublishReply:
+        token = validate_token(request.token)
+        key_authorization = validate_key_authorization(token, request.key_authorization)
+        self.directory.publish(token, key_authorization)
+        self.debug(f"published {self.directory.path}/{token}")
+        return challenge_pb2.PublishReply()
+
+    @rpc.guarded
+    def Withdraw(
+        self, request: challenge_pb2.WithdrawRequest, context: grpc.ServicerContext
+    ) -> challenge_pb2.WithdrawReply:
+        token = validate_token(request.token)
+        self.directory.withdraw(token)
+        self.debug(f"withdrew {self.directory.path}/{token}")
+        return challenge_pb2.WithdrawReply()
+
+
+def run(config: RoleConfig, log: Logger) -> int:
+    directory = ChallengeDirectory(config.settings["challenge_dir"])
+    process.confine(config)
+    try:
+        rpc.serve_until_stopped(
+            config.run_dir,
+            {
+                "chng": [
+                    (
+                        challenge_pb2_grpc.add_ChallengeServicer_to_server,
+                        ChallengeService(directory, log),
+                    )
+                ]
+            },
+        )
+    finally:
+        directory.withdraw_all()
+    return 0
+
+
+def main() -> None:
+    process.run_role("chngproc", run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""dnsproc: turns a host name into at most eight addresses for netproc.
+
+Holds: nothing but the system's resolver configuration.
+Network: DNS only (in containers it shares netproc's namespace).
+Serves: Resolver on the `dns` edge.  It answers questions, nothing else.
+"""
+
+import ipaddress
+import socket
+
+import grpc
+
+from letskencrypt import process, rpc
+from letskencrypt.errors import InputError
+from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.v1 import resolver_pb2, resolver_pb2_grpc
+
+MAX_ADDRESSES = 8
+LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def check_host(host: str) -> str:
+    """A host name as it may appear in an https URL: an IP literal or LDH labels
+    (one label allowed, for `localhost` and internal CAs)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    name = host.lower().removesuffix(".")
+    if not 0 < len(name) <= 253:
+        raise InputError("host name is empty or longer than 253 characters")
+    for label in name.split("."):
+        if not 0 < len(label) <= 63 or not set(label) <= LDH:
+            raise InputError(f"invalid host name {host[:100]!r}")
+        if label.startswith("-") or label.endswith("-"):
+            raise InputError(f"invalid host name {host[:100]!r}")
+    return name
+
+
+def resolve(host: str) -> list[str]:
+    try:
+        answers = socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise InputError(f"cannot resolve {host}: {error.strerror}") from None
+    addresses: list[str] = []
+    for family, _type, _proto, _name, sockaddr in answers:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        address = str(sockaddr[0])
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise InputError(f"{host} has no IPv4 or IPv6 address")
+    return addresses[:MAX_ADDRESSES]
+
+
+class ResolverService(resolver_pb2_grpc.ResolverServicer):
+    def __init__(self, log: Logger) -> None:
+        self.log = log.error
+        self.debug = log.debug
+
+    @rpc.guarded
+    def Resolve(
+        self, request: resolver_pb2.ResolveRequest, context: grpc.ServicerContext
+    ) -> resolver_pb2.ResolveReply:
+        host = check_host(request.host)
+        addresses = resolve(host)
+        self.debug(f"{host} -> {' '.join(addresses)}")
+        return resolver_pb2.ResolveReply(addresses=addresses)
+
+
+def run(config: RoleConfig, log: Logger) -> int:
+    process.confine(config)
+    rpc.serve_until_stopped(
+        config.run_dir,
+        {"dns": [(resolver_pb2_grpc.add_ResolverServicer_to_server, ResolverService(log))]},
+    )
+    return 0
+
+
+def main() -> None:
+    process.run_role("dnsproc", run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""fileproc: the only writer of the certificate directory.
+
+Holds: write access to the certificate directory, nothing else.
+Network: none.  Serves: Files on the `file` edge (from certproc only).
+File names are fixed; every write goes through a descriptor of the directory
+with O_NOFOLLOW, and a new set of cert.pem, chain.pem and fullchain.pem
+replaces the old one in a single rename (see filestore), so a crash leaves
+either the whole old set or the whole new set.
+"""
+
+import grpc
+
+from letskencrypt import process, rpc
+from letskencrypt.errors import InputError
+from letskencrypt.filestore import CertDir
+from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.v1 import files_pb2, files_pb2_grpc
+
+MAX_PEM = 128 * 1024
+PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+
+
+def check_pem(data: bytes, what: str, allow_empty: bool) -> bytes:
+    """fileproc trusts certproc's checks but not its bytes: stay plain PEM text."""
+    if len(data) > MAX_PEM:
+        raise InputError(f"{what} larger than {MAX_PEM} bytes")
+    if not data:
+        if allow_empty:
+            return data
+        raise InputError(f"{what} is empty")
+    if not data.startswith(PEM_CERTIFICATE) or not data.isascii():
+        raise InputError(f"{what} is not a PEM certificate")
+    return data
+
+
+class FilesService(files_pb2_grpc.FilesServicer):
+    def __init__(self, directory: CertDir, backup: bool, log: Logger) -> None:
+        self.directory = directory
+        self.backup = backup
+        self.log = log.error
+        self.info = log.info
+
+    @rpc.guarded
+    def Install(
+        self, request: files_pb2.InstallRequest, context: grpc.ServicerContext
+    ) -> files_pb2.InstallReply:
+        certificate = check_pem(request.certificate_pem, "certificate", allow_empty=False)
+        chain = check_pem(request.chain_pem, "chain", allow_empty=True)
+        self.directory.install(certificate, chain, backup=self.backup)
+        self.info(f"wrote cert.pem, chain.pem and fullchain.pem in {self.directory.path}")
+        return files_pb2.InstallReply()
+
+    @rpc.guarded
+    def Remove(
+        self, request: files_pb2.RemoveRequest, context: grpc.ServicerContext
+    ) -> files_pb2.RemoveReply:
+        self.directory.remove_set(backup=self.backup)
+        self.info(f"removed the certificate files in {self.directory.path}")
+        return files_pb2.RemoveReply()
+
+
+def run(config: RoleConfig, log: Logger) -> int:
+    settings = config.settings
+    directory = CertDir(settings["cert_dir"], create=True)
+    process.confine(config)
+    rpc.serve_until_stopped(
+        config.run_dir,
+        {
+            "file": [
+                (
+                    files_pb2_grpc.add_FilesServicer_to_server,
+                    FilesService(directory, settings["backup"], log),
+                )
+            ]
+        },
+    )
+    return 0
+
+
+def main() -> None:
+    process.run_role("fileproc", run)
+
+
+if __name__ == "__main__":
+    main()

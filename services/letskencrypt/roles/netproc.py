@@ -1,0 +1,193 @@
+"""netproc: drives the run and is the only role that talks to the CA.
+
+Holds: nothing on disk but the CA trust anchors (read once, at start).
+Network: yes, HTTPS to the CA only, to addresses that dnsproc gives it.
+Serves nothing; calls acctproc (signatures), keyproc (CSR), dnsproc
+(addresses), chngproc (challenge files), revokeproc (is a certificate due?)
+and certproc (check and install).  It never sees a private key: an attacker
+who owns it can ask acctproc for signatures on the CA's origin and hand
+certproc a chain, which certproc checks against keyproc's key and names.
+
+Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
+2 nothing to do, and then no request at all reached the CA.
+"""
+
+import ssl
+
+import grpc
+
+from letskencrypt import acme, process, rpc
+from letskencrypt.errors import InputError, LetskencryptError
+from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.v1 import (
+    account_pb2,
+    account_pb2_grpc,
+    certificate_pb2,
+    certificate_pb2_grpc,
+    challenge_pb2,
+    challenge_pb2_grpc,
+    domainkey_pb2,
+    domainkey_pb2_grpc,
+    renewal_pb2,
+    renewal_pb2_grpc,
+    resolver_pb2,
+    resolver_pb2_grpc,
+)
+
+EXIT_CHANGED = 0
+EXIT_FAILED = 1
+EXIT_NOTHING_TO_DO = 2
+MAX_CA_BUNDLE = 4 * 1024 * 1024
+# Signing and CSR building on the key holders: RSA 4096 takes a moment.
+KEY_DEADLINE = 20.0
+
+
+class RemoteSigner:
+    """acme.Signer backed by acctproc."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.stub = account_pb2_grpc.AccountStub(channel)
+
+    def sign(self, url: str, nonce: str, kid: str | None, payload: bytes | None) -> dict[str, str]:
+        request = account_pb2.SignRequest(
+            url=url, nonce=nonce, kid=kid or "", payload=payload or b"", post_as_get=payload is None
+        )
+        reply = rpc.call(self.stub.Sign, request, peer="acctproc", timeout=KEY_DEADLINE)
+        return {
+            "protected": reply.protected,
+            "payload": reply.payload,
+            "signature": reply.signature,
+        }
+
+    def thumbprint(self) -> str:
+        reply = rpc.call(self.stub.Describe, account_pb2.DescribeRequest(), peer="acctproc")
+        return reply.thumbprint
+
+
+class RemoteResolver:
+    """acme.Resolver backed by dnsproc."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.stub = resolver_pb2_grpc.ResolverStub(channel)
+
+    def resolve(self, host: str) -> list[str]:
+        reply = rpc.call(self.stub.Resolve, resolver_pb2.ResolveRequest(host=host), peer="dnsproc")
+        return list(reply.addresses)[:8]
+
+
+class Peers:
+    """netproc's channels to the six roles it drives."""
+
+    EDGES = ("acct", "key", "dns", "chng", "rvk", "cert")
+
+    def __init__(self, run_dir: str) -> None:
+        self.channels = {edge: rpc.connect(run_dir, edge) for edge in self.EDGES}
+        self.signer = RemoteSigner(self.channels["acct"])
+        self.resolver = RemoteResolver(self.channels["dns"])
+        self.domain_key = domainkey_pb2_grpc.DomainKeyStub(self.channels["key"])
+        self.challenge = challenge_pb2_grpc.ChallengeStub(self.channels["chng"])
+        self.renewal = renewal_pb2_grpc.RenewalStub(self.channels["rvk"])
+        self.certificate = certificate_pb2_grpc.CertificateStub(self.channels["cert"])
+
+    def csr(self) -> bytes:
+        reply = rpc.call(
+            self.domain_key.Csr, domainkey_pb2.CsrRequest(), peer="keyproc", timeout=KEY_DEADLINE
+        )
+        return reply.der
+
+    def publish(self, token: str, key_authorization: str) -> None:
+        request = challenge_pb2.PublishRequest(token=token, key_authorization=key_authorization)
+        rpc.call(self.challenge.Publish, request, peer="chngproc")
+
+    def withdraw(self, token: str) -> None:
+        request = challenge_pb2.WithdrawRequest(token=token)
+        rpc.call(self.challenge.Withdraw, request, peer="chngproc")
+
+    def stop_all(self, failed: bool) -> None:
+        for edge, channel in self.channels.items():
+            rpc.stop_peer(channel, rpc.EDGES[edge].server, failed)
+
+
+def load_trust_anchors(path: str | None) -> bytes:
+    """Read the CA bundle now: after confine() the file may be out of reach."""
+    if path is None:
+        path = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
+    try:
+        with open(path, "rb") as bundle:
+            data = bundle.read(MAX_CA_BUNDLE + 1)
+    except OSError as error:
+        raise InputError(f"CA bundle {path}: {error.strerror}") from None
+    if len(data) > MAX_CA_BUNDLE:
+        raise InputError(f"CA bundle {path}: larger than 4 MiB")
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise InputError(f"CA bundle {path}: no PEM certificate in it")
+    return data
+
+
+def obtain(peers: Peers, settings: dict, log: Logger) -> int:
+    """Issue or renew, unless revokeproc says the current certificate is fine."""
+    check = rpc.call(peers.renewal.Check, renewal_pb2.CheckRequest(), peer="revokeproc")
+    if check.decision == renewal_pb2.DECISION_UP_TO_DATE:
+        log.info(f"certificate is up to date: {check.reason}")
+        return EXIT_NOTHING_TO_DO
+    if check.decision not in (renewal_pb2.DECISION_ISSUE, renewal_pb2.DECISION_RENEW):
+        raise InputError("revokeproc gave no decision")
+    log.info(check.reason)
+    client = connect_ca(peers, settings, log)
+    client.account(settings["contact"])
+    pem_chain = client.issue(
+        settings["names"],
+        csr_provider=peers.csr,
+        publish=peers.publish,
+        withdraw=peers.withdraw,
+        thumbprint=peers.signer.thumbprint(),
+    )
+    reply = rpc.call(
+        peers.certificate.Submit,
+        certificate_pb2.SubmitRequest(pem_chain=pem_chain),
+        peer="certproc",
+    )
+    log.info(f"certificate serial {reply.serial_hex} valid until {reply.not_after}")
+    return EXIT_CHANGED
+
+
+def revoke(peers: Peers, settings: dict, log: Logger) -> int:
+    """Revoke the current certificate with the account key, then remove its files."""
+    current = rpc.call(peers.renewal.Current, renewal_pb2.CurrentRequest(), peer="revokeproc")
+    if not current.certificate_der:
+        raise InputError("there is no certificate to revoke")
+    client = connect_ca(peers, settings, log)
+    client.account(settings["contact"])
+    client.revoke(current.certificate_der, settings.get("revoke_reason"))
+    log.info("certificate revoked")
+    rpc.call(peers.certificate.Retire, certificate_pb2.RetireRequest(), peer="certproc")
+    return EXIT_CHANGED
+
+
+def connect_ca(peers: Peers, settings: dict, log: Logger) -> acme.AcmeClient:
+    transport = acme.Transport(peers.resolver, settings["ca_pem"])
+    return acme.AcmeClient(transport, peers.signer, settings["directory_url"], log=log.info)
+
+
+def run(config: RoleConfig, log: Logger) -> int:
+    settings = dict(config.settings)
+    settings["ca_pem"] = load_trust_anchors(settings.get("ca_bundle"))
+    process.confine(config)
+    peers = Peers(config.run_dir)
+    code = EXIT_FAILED
+    try:
+        rpc.wait_ready(peers.channels)
+        code = revoke(peers, settings, log) if settings["revoke"] else obtain(peers, settings, log)
+    except LetskencryptError as error:
+        log.error(str(error))
+    finally:
+        peers.stop_all(failed=code == EXIT_FAILED)
+    return code
+
+
+def main() -> None:
+    process.run_role("netproc", run)
+
+
+if __name__ == "__main__":
+    main()

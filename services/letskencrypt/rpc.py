@@ -1,0 +1,232 @@
+"""gRPC over unix sockets: the one place where roles serve and call each other.
+
+Each edge of the process graph has its own directory holding one socket; only
+the two roles of that edge are told about it (and, in containers, mount it).
+Every server caps message sizes and concurrency, every call has a deadline,
+and every failure surfaces as a one-line `RpcError` naming the peer.
+"""
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from letskencrypt.errors import LetskencryptError
+from letskencrypt.v1 import lifecycle_pb2, lifecycle_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One channel of the graph: `client` calls `server` on `<run_dir>/<name>/sock`."""
+
+    name: str
+    client: str
+    server: str
+    max_message: int
+
+
+KIB = 1024
+EDGES: dict[str, Edge] = {
+    edge.name: edge
+    for edge in (
+        Edge("acct", "netproc", "acctproc", 64 * KIB),
+        Edge("key", "netproc", "keyproc", 64 * KIB),
+        Edge("dns", "netproc", "dnsproc", 4 * KIB),
+        Edge("chng", "netproc", "chngproc", 4 * KIB),
+        Edge("rvk", "netproc", "revokeproc", 64 * KIB),
+        # A PEM chain from the CA is capped at 256 KiB; leave room for framing.
+        Edge("cert", "netproc", "certproc", 320 * KIB),
+        Edge("file", "certproc", "fileproc", 320 * KIB),
+        Edge("keyinfo", "certproc", "keyproc", 16 * KIB),
+    )
+}
+
+ROLES = (
+    "netproc",
+    "acctproc",
+    "keyproc",
+    "dnsproc",
+    "chngproc",
+    "certproc",
+    "fileproc",
+    "revokeproc",
+)
+
+DEFAULT_DEADLINE = 30.0
+READY_TIMEOUT = 20.0
+
+
+class RpcError(LetskencryptError):
+    """A call to another role failed; the message names the role and the reason."""
+
+
+def socket_path(run_dir: str, edge: str) -> str:
+    return os.path.join(run_dir, edge, "sock")
+
+
+def edges_served_by(role: str) -> list[Edge]:
+    return [edge for edge in EDGES.values() if edge.server == role]
+
+
+def edges_called_by(role: str) -> list[Edge]:
+    return [edge for edge in EDGES.values() if edge.client == role]
+
+
+# --- server side -----------------------------------------------------------------
+
+
+class Stopper(lifecycle_pb2_grpc.LifecycleServicer):
+    """Serves Lifecycle.Stop; `wait()` returns once the run is over."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.failed = False
+
+    def Stop(
+        self, request: lifecycle_pb2.StopRequest, context: grpc.ServicerContext
+    ) -> lifecycle_pb2.StopReply:
+        self.stop(failed=request.failed)
+        return lifecycle_pb2.StopReply()
+
+    def stop(self, failed: bool) -> None:
+        self.failed = self.failed or failed
+        self._event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+
+Registrar = Callable[[Any, grpc.Server], None]
+
+
+def serve(
+    run_dir: str,
+    edge_name: str,
+    servicers: Iterable[tuple[Registrar, Any]],
+    stopper: Stopper,
+) -> grpc.Server:
+    """Bind `servicers` (plus Lifecycle) on the edge's socket and start serving."""
+    edge = EDGES[edge_name]
+    path = socket_path(run_dir, edge_name)
+    if os.path.lexists(path):
+        os.unlink(path)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix=edge_name),
+        options=[
+            ("grpc.max_receive_message_length", edge.max_message),
+            ("grpc.max_send_message_length", edge.max_message),
+            ("grpc.max_metadata_size", 8 * KIB),
+        ],
+        maximum_concurrent_rpcs=4,
+    )
+    for register, servicer in servicers:
+        register(servicer, server)
+    lifecycle_pb2_grpc.add_LifecycleServicer_to_server(stopper, server)
+    server.add_insecure_port(f"unix:{path}")
+    server.start()
+    return server
+
+
+def serve_until_stopped(
+    run_dir: str, services: dict[str, list[tuple[Registrar, Any]]]
+) -> bool:
+    """Serve each edge's servicers until told to stop (Lifecycle.Stop or SIGTERM).
+
+    Returns whether the run failed, so roles can clean up accordingly.
+    """
+    stopper = Stopper()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stopper.stop(failed=True))
+    servers = [serve(run_dir, edge, servicers, stopper) for edge, servicers in services.items()]
+    while not stopper.wait(0.5):
+        pass
+    for server in servers:
+        server.stop(grace=1.0).wait(2.0)
+    return stopper.failed
+
+
+Request = TypeVar("Request")
+Reply = TypeVar("Reply")
+Handler = Callable[[Any, Request, grpc.ServicerContext], Reply]
+
+
+def guarded(handler: Handler[Request, Reply]) -> Handler[Request, Reply]:
+    """Turn our errors into INVALID_ARGUMENT with their message; hide anything else."""
+
+    def wrapper(self: Any, request: Request, context: grpc.ServicerContext) -> Reply:
+        try:
+            return handler(self, request, context)
+        except LetskencryptError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except Exception as error:
+            log_error = getattr(self, "log", None)
+            if callable(log_error):
+                log_error(f"internal error in {handler.__name__}: {error!r}")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        raise AssertionError("unreachable: context.abort raises")
+
+    wrapper.__name__ = handler.__name__
+    wrapper.__doc__ = handler.__doc__
+    return wrapper
+
+
+# --- client side -----------------------------------------------------------------
+
+
+def connect(run_dir: str, edge_name: str) -> grpc.Channel:
+    edge = EDGES[edge_name]
+    return grpc.insecure_channel(
+        f"unix:{socket_path(run_dir, edge_name)}",
+        options=[
+            ("grpc.max_receive_message_length", edge.max_message),
+            ("grpc.max_send_message_length", edge.max_message),
+            ("grpc.enable_retries", 0),
+        ],
+    )
+
+
+def wait_ready(channels: dict[str, grpc.Channel], timeout: float = READY_TIMEOUT) -> None:
+    """Block until every channel's server is up, or fail naming the missing role."""
+    pending = {name: grpc.channel_ready_future(ch) for name, ch in channels.items()}
+    for name, ready in pending.items():
+        try:
+            ready.result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise RpcError(
+                f"{EDGES[name].server} did not come up within {timeout:.0f} s"
+            ) from None
+
+
+def call(
+    method: Callable[..., Reply],
+    request: Any,
+    *,
+    peer: str,
+    timeout: float = DEFAULT_DEADLINE,
+) -> Reply:
+    """Call one RPC with a deadline; a failure becomes an RpcError naming `peer`."""
+    try:
+        return method(request, timeout=timeout, wait_for_ready=True)
+    except grpc.RpcError as error:
+        code = error.code() if hasattr(error, "code") else None
+        details = error.details() if hasattr(error, "details") else str(error)
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise RpcError(f"{peer}: {details}") from None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise RpcError(f"{peer} did not answer within {timeout:.0f} s") from None
+        if code == grpc.StatusCode.UNAVAILABLE:
+            raise RpcError(f"{peer} is not reachable (did it exit?)") from None
+        name = code.name if code is not None else "error"
+        raise RpcError(f"{peer}: {name.lower()}: {details}") from None
+
+
+def stop_peer(channel: grpc.Channel, peer: str, failed: bool, timeout: float = 5.0) -> None:
+    """Tell a role the run is over; a role already gone is not an error."""
+    stub = lifecycle_pb2_grpc.LifecycleStub(channel)
+    with contextlib.suppress(grpc.RpcError):
+        stub.Stop(lifecycle_pb2.StopRequest(failed=failed), timeout=timeout)

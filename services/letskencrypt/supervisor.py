@@ -1,0 +1,192 @@
+"""Native mode: start the eight roles as eight OS processes and see the run through.
+
+The supervisor holds nothing: it makes a private socket directory with one
+sub-directory per edge, starts each role with only the settings it needs
+(written to the role's stdin), and waits.  netproc's exit status is the
+run's; if any other role dies first, every role is stopped and the run
+fails naming it.  No role outlives the supervisor (each has a parent-death
+signal, and the supervisor kills what is left on the way out).
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from letskencrypt.rpc import EDGES, ROLES
+
+# Roles that must keep root to write into root-owned directories; every
+# other role drops to the run user when started as root.
+KEEPS_ROOT = frozenset({"chngproc", "fileproc"})
+# How long the roles get to stop by themselves once netproc is done.
+STOP_GRACE = 5.0
+KILL_GRACE = 3.0
+POLL_INTERVAL = 0.02
+EXIT_FAILED = 1
+# netproc's own: changed, failed, nothing to do.
+EXIT_CODES = (0, 1, 2)
+# Only what Python and the C library need; nothing of the caller's environment
+# (proxies, credentials) reaches a role.
+PASSED_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "SSL_CERT_FILE")
+
+
+@dataclass
+class RunUser:
+    uid: int
+    gid: int
+
+
+@dataclass
+class Supervisor:
+    settings: dict[str, dict[str, Any]]
+    verbosity: int = 0
+    run_user: RunUser | None = None
+    run_dir: str = ""
+    children: dict[int, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    interrupted: bool = False
+
+    def run(self) -> int:
+        self.run_dir = self.make_run_dir()
+        previous = {
+            signum: signal.signal(signum, self.on_signal)
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        }
+        try:
+            for role in ROLES:
+                self.start(role)
+            return self.wait()
+        finally:
+            self.kill_all(signal.SIGKILL)
+            self.reap(timeout=KILL_GRACE)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def make_run_dir(self) -> str:
+        run_dir = tempfile.mkdtemp(prefix="letskencrypt-")
+        group = self.run_user.gid if self.run_user else None
+        if group is not None:
+            # The unprivileged roles get in through the group; no one else does.
+            os.chown(run_dir, 0, group)
+            os.chmod(run_dir, 0o710)  # noqa: S103 - group only, see above
+        for edge in EDGES:
+            path = os.path.join(run_dir, edge)
+            os.mkdir(path, 0o700)
+            if group is not None:
+                os.chown(path, 0, group)
+                # setgid: a socket made by a role that kept root still gets
+                # the run group, so its unprivileged peer can connect.
+                os.chmod(path, 0o2770)  # noqa: S103 - group only, see above
+        return run_dir
+
+    def start(self, role: str) -> None:
+        document: dict[str, Any] = {
+            "run_dir": self.run_dir,
+            "verbosity": self.verbosity,
+            "settings": self.settings.get(role, {}),
+        }
+        if self.run_user is not None and role not in KEEPS_ROOT:
+            document["uid"] = self.run_user.uid
+            document["gid"] = self.run_user.gid
+        environment = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"letskencrypt.roles.{role}"],
+            stdin=subprocess.PIPE,
+            env=environment,
+            close_fds=True,
+            cwd="/",
+        )
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(document).encode())
+        process.stdin.close()
+        self.processes[role] = process
+        self.children[process.pid] = role
+
+    def wait(self) -> int:
+        """Wait for netproc; stop everything early if another role dies first."""
+        netproc_status: int | None = None
+        stop_deadline: float | None = None
+        while self.children:
+            if self.interrupted:
+                self.report("interrupted")
+                return self.abort()
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                if stop_deadline is not None and time.monotonic() > stop_deadline:
+                    self.report(f"{', '.join(self.children.values())} did not stop; terminating")
+                    self.kill_all(signal.SIGTERM)
+                    self.reap(timeout=KILL_GRACE)
+                    break
+                time.sleep(POLL_INTERVAL)
+                continue
+            role = self.children.pop(pid, None)
+            if role is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            self.processes[role].returncode = code
+            if role == "netproc":
+                if code not in EXIT_CODES:
+                    self.report_death(role, code)
+                    return self.abort()
+                netproc_status = code
+                stop_deadline = time.monotonic() + STOP_GRACE
+            elif code != 0 and netproc_status is None:
+                self.report_death(role, code)
+                return self.abort()
+            elif code != 0:
+                self.report_death(role, code)
+                netproc_status = EXIT_FAILED
+        return EXIT_FAILED if netproc_status is None else netproc_status
+
+    def abort(self) -> int:
+        # netproc first, so it does not go on to report the consequences.
+        netproc = self.processes.get("netproc")
+        if netproc is not None and netproc.pid in self.children:
+            os.kill(netproc.pid, signal.SIGKILL)
+        # The others get SIGTERM: chngproc removes its files on the way out.
+        self.kill_all(signal.SIGTERM)
+        self.reap(timeout=STOP_GRACE)
+        return EXIT_FAILED
+
+    def report_death(self, role: str, code: int) -> None:
+        if code < 0:
+            self.report(f"{role} was killed by signal {signal.Signals(-code).name}")
+        elif self.verbosity >= 1 or code != 1:
+            # Status 1 comes with the role's own one-line message.
+            self.report(f"{role} exited with status {code}")
+
+    def report(self, message: str) -> None:
+        sys.stderr.write(f"letskencrypt: {message}\n")
+        sys.stderr.flush()
+
+    def kill_all(self, signum: int) -> None:
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def reap(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.children and time.monotonic() < deadline:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                time.sleep(POLL_INTERVAL)
+                continue
+            role = self.children.pop(pid, None)
+            if role is not None:
+                self.processes[role].returncode = os.waitstatus_to_exitcode(status)
+        if self.children:
+            self.kill_all(signal.SIGKILL)
+            for pid in list(self.children):
+                os.waitpid(pid, 0)
+                self.children.pop(pid)
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        self.interrupted = True

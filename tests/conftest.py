@@ -1,0 +1,96 @@
+"""Shared fixtures: a real pebble on loopback and a way to run `letskencrypt`."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.pebble import Pebble
+
+ROOT = Path(__file__).resolve().parent.parent
+LETSKENCRYPT = str(Path(sys.executable).parent / "letskencrypt")
+RUN_TIMEOUT = 120
+
+
+@pytest.fixture(scope="session")
+def pebble() -> Iterator[Pebble]:
+    # Pebble's defaults stay on: 5% of nonces are rejected (exercising our
+    # badNonce retry) and half of the valid authorisations are reused.
+    with Pebble() as server:
+        os.chmod(server.challenge_dir, 0o755)
+        yield server
+
+
+@dataclass
+class Paths:
+    """One client's files: keys, certificates and the challenge directory."""
+
+    base: Path
+    challenge_dir: Path
+
+    @property
+    def cert_dir(self) -> Path:
+        return self.base / "certs"
+
+    @property
+    def account_key(self) -> Path:
+        return self.base / "account" / "privkey.pem"
+
+    @property
+    def domain_key(self) -> Path:
+        return self.cert_dir / "private" / "privkey.pem"
+
+    def snapshot(self) -> dict[str, str]:
+        """sha256 of every file under base (following the cert symlinks)."""
+        digests = {}
+        for path in sorted(self.base.rglob("*")):
+            if path.is_file():
+                digests[str(path.relative_to(self.base))] = hashlib.sha256(
+                    path.read_bytes()
+                ).hexdigest()
+        return digests
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def paths(tmp_path: Path, pebble: Pebble) -> Paths:
+    tmp_path.chmod(0o755)
+    return Paths(base=tmp_path, challenge_dir=pebble.challenge_dir)
+
+
+def run_client(
+    pebble: Pebble,
+    paths: Paths,
+    *args: str,
+    server: str | None = None,
+    timeout: float = RUN_TIMEOUT,
+) -> Result:
+    argv = [
+        LETSKENCRYPT,
+        "--server",
+        server or pebble.directory_url,
+        "--ca-bundle",
+        pebble.ca_bundle,
+        "-C",
+        str(paths.challenge_dir),
+        "-c",
+        str(paths.cert_dir),
+        "-f",
+        str(paths.account_key),
+        "-k",
+        str(paths.domain_key),
+        *args,
+    ]
+    completed = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    return Result(completed.returncode, completed.stdout, completed.stderr)

@@ -1,0 +1,236 @@
+"""End to end, native mode: the real `letskencrypt` against a real pebble."""
+
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from tests.conftest import LETSKENCRYPT, Paths, run_client
+from tests.pebble import Pebble
+
+ROLES = {
+    "netproc", "acctproc", "keyproc", "dnsproc",
+    "chngproc", "certproc", "fileproc", "revokeproc",
+}
+
+
+def leaf(paths: Paths) -> x509.Certificate:
+    return x509.load_pem_x509_certificate((paths.cert_dir / "cert.pem").read_bytes())
+
+
+def names_of(certificate: x509.Certificate) -> list[str]:
+    san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return sorted(san.get_values_for_type(x509.DNSName))
+
+
+def assert_installed(paths: Paths, names: list[str]) -> x509.Certificate:
+    certificate = leaf(paths)
+    assert names_of(certificate) == sorted(names)
+    chain = x509.load_pem_x509_certificates((paths.cert_dir / "chain.pem").read_bytes())
+    full = x509.load_pem_x509_certificates((paths.cert_dir / "fullchain.pem").read_bytes())
+    assert full == [certificate, *chain]
+    certificate.verify_directly_issued_by(chain[0])
+    key = load_pem_private_key(paths.domain_key.read_bytes(), None)
+    assert certificate.public_key() == key.public_key()
+    for name in ("cert.pem", "chain.pem", "fullchain.pem"):
+        assert stat.S_IMODE((paths.cert_dir / name).stat().st_mode) == 0o444
+    return certificate
+
+
+def assert_challenges_cleaned(paths: Paths) -> None:
+    assert list(paths.challenge_dir.iterdir()) == []
+
+
+def test_issue_renew_and_revoke_ecdsa(pebble: Pebble, paths: Paths) -> None:
+    names = ["a.example.org", "b.example.org"]
+    first = run_client(pebble, paths, "-n", "-N", *names)
+    assert first.code == 0, first.stderr
+    certificate = assert_installed(paths, names)
+    assert_challenges_cleaned(paths)
+    for key in (paths.account_key, paths.domain_key):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o400
+        assert isinstance(load_pem_private_key(key.read_bytes(), None), ec.EllipticCurvePrivateKey)
+
+    # Nothing to do: exit 2, and not one request reaches the CA.
+    before = pebble.request_count()
+    again = run_client(pebble, paths, *names)
+    assert again.code == 2, again.stderr
+    assert pebble.request_count() == before
+    assert leaf(paths) == certificate
+
+    # -F forces a new certificate.
+    forced = run_client(pebble, paths, "-F", *names)
+    assert forced.code == 0, forced.stderr
+    renewed = assert_installed(paths, names)
+    assert renewed.serial_number != certificate.serial_number
+
+    # A changed list of names means a renewal without -F.
+    changed = [*names, "c.example.org"]
+    grown = run_client(pebble, paths, *changed)
+    assert grown.code == 0, grown.stderr
+    latest = assert_installed(paths, changed)
+    assert_challenges_cleaned(paths)
+
+    # -r revokes the current certificate and removes the files.
+    keys_before = {p: p.read_bytes() for p in (paths.account_key, paths.domain_key)}
+    revoked = run_client(pebble, paths, "-r", *changed)
+    assert revoked.code == 0, revoked.stderr
+    assert pebble.cert_status(latest.serial_number) == "Revoked"
+    for name in ("cert.pem", "chain.pem", "fullchain.pem"):
+        assert not (paths.cert_dir / name).exists()
+    assert {p: p.read_bytes() for p in keys_before} == keys_before
+
+    # Nothing left to revoke.
+    nothing = run_client(pebble, paths, "-r", *changed)
+    assert nothing.code == 1
+    assert "no certificate to revoke" in nothing.stderr
+
+
+@pytest.mark.parametrize("key_type", ["rsa2048", "ecdsa384"])
+def test_issue_with_other_key_types(pebble: Pebble, paths: Paths, key_type: str) -> None:
+    names = [f"{key_type}.example.org", f"www.{key_type}.example.org"]
+    result = run_client(pebble, paths, "-n", "-N", "--key-type", key_type, *names)
+    assert result.code == 0, result.stderr
+    assert_installed(paths, names)
+    key = load_pem_private_key(paths.account_key.read_bytes(), None)
+    expected = rsa.RSAPrivateKey if key_type.startswith("rsa") else ec.EllipticCurvePrivateKey
+    assert isinstance(key, expected)
+
+
+def issued(pebble: Pebble, paths: Paths, *names: str) -> dict[str, str]:
+    result = run_client(pebble, paths, "-n", "-N", *names)
+    assert result.code == 0, result.stderr
+    return paths.snapshot()
+
+
+def test_missing_account_key_without_n(pebble: Pebble, paths: Paths) -> None:
+    before = issued(pebble, paths, "keys.example.org")
+    paths.account_key.rename(paths.account_key.with_suffix(".moved"))
+    before = paths.snapshot()
+    result = run_client(pebble, paths, "-F", "keys.example.org")
+    assert result.code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(paths.account_key) in lines[0] and "-n" in lines[0]
+    assert paths.snapshot() == before
+
+
+def test_missing_domain_key_without_n(pebble: Pebble, paths: Paths) -> None:
+    result = run_client(pebble, paths, "-n", "nokey.example.org")
+    assert result.code == 1
+    assert str(paths.domain_key) in result.stderr and "-N" in result.stderr
+    assert not paths.domain_key.exists()
+
+
+@pytest.mark.parametrize(
+    "bad", ["-bad.example.org", "a..example.org", "exa mple.org", "x" * 64 + ".org", "localhost"]
+)
+def test_bad_domain_name(pebble: Pebble, paths: Paths, bad: str) -> None:
+    before = pebble.request_count()
+    started = time.monotonic()
+    result = run_client(pebble, paths, "-n", "-N", "--", "good.example.org", bad)
+    assert result.code == 1
+    assert "invalid domain name" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - started < 5
+    assert pebble.request_count() == before
+    assert not paths.account_key.exists()
+
+
+def test_unreachable_server(pebble: Pebble, paths: Paths) -> None:
+    before = issued(pebble, paths, "down.example.org")
+    # A loopback port with nothing listening on it.
+    result = run_client(pebble, paths, "-F", "down.example.org", server="https://127.0.0.1:9/dir")
+    assert result.code == 1
+    assert "127.0.0.1" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert paths.snapshot() == before
+    assert_challenges_cleaned(paths)
+
+
+def test_usage_errors_exit_1(pebble: Pebble, paths: Paths) -> None:
+    for args in (["--key-type", "dsa", "x.example.org"], ["--server", "http://127.0.0.1/dir",
+                 "x.example.org"], []):
+        result = run_client(pebble, paths, *args)
+        assert result.code == 1, (args, result.stderr)
+        assert result.stderr.startswith("letskencrypt: ")
+
+
+def processes_under(parent: int) -> dict[int, tuple[str, int]]:
+    """pid -> (comm, uid) of the live children of `parent`."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if int(fields.get("PPid", "0")) == parent:
+            found[int(entry.name)] = (fields["Name"].strip(), int(fields["Uid"].split()[0]))
+    return found
+
+
+def start_client(pebble: Pebble, paths: Paths, *args: str) -> subprocess.Popen[str]:
+    argv = [
+        LETSKENCRYPT, "--server", pebble.directory_url, "--ca-bundle", pebble.ca_bundle,
+        "-C", str(paths.challenge_dir), "-c", str(paths.cert_dir),
+        "-f", str(paths.account_key), "-k", str(paths.domain_key), *args,
+    ]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def watch_roles(client: subprocess.Popen[str]) -> dict[int, tuple[str, int]]:
+    seen: dict[int, tuple[str, int]] = {}
+    while client.poll() is None:
+        seen.update(processes_under(client.pid))
+        time.sleep(0.01)
+    return seen
+
+
+def test_eight_roles_are_eight_processes(pebble: Pebble, paths: Paths) -> None:
+    client = start_client(pebble, paths, "-n", "-N", "procs.example.org")
+    seen = watch_roles(client)
+    _, stderr = client.communicate()
+    assert client.returncode == 0, stderr
+    names = sorted(name for name, _uid in seen.values())
+    assert names == sorted(ROLES), seen
+    assert len(seen) == 8
+    if os.geteuid() == 0:
+        # Started as root: only the two directory writers keep root.
+        for name, uid in seen.values():
+            assert (uid == 0) == (name in {"chngproc", "fileproc"}), (name, uid)
+    assert processes_under(client.pid) == {}
+    for pid in seen:
+        assert not Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.parametrize("victim", ["keyproc", "chngproc", "netproc"])
+def test_a_dying_role_fails_the_run(pebble: Pebble, paths: Paths, victim: str) -> None:
+    before = issued(pebble, paths, "dies.example.org")
+    client = start_client(pebble, paths, "-F", "dies.example.org")
+    deadline = time.monotonic() + 20
+    killed = None
+    while killed is None and time.monotonic() < deadline and client.poll() is None:
+        for pid, (name, _uid) in processes_under(client.pid).items():
+            if name == victim:
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+        time.sleep(0.005)
+    _, stderr = client.communicate(timeout=60)
+    assert killed is not None
+    assert client.returncode == 1
+    assert victim in stderr
+    assert processes_under(client.pid) == {}
+    # Killed before it could install anything, or after: never a mix.
+    after = paths.snapshot()
+    assert after == before or after.keys() == before.keys()
+    assert_challenges_cleaned(paths)
