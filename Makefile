@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 # Debian's interpreter: the same one the container images carry.
 SYSTEM_PYTHON := /usr/bin/python3
-APT_PACKAGES  := pebble python3-venv python3-dev
+APT_PACKAGES  := pebble python3-venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all setup system-packages demo test lint proto clean
