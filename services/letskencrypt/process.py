@@ -152,6 +152,9 @@ def run_role(role: str, body: Callable[[RoleConfig, Logger], int]) -> None:
     except LetskencryptError as error:
         log.error(str(error))
         code = 1
+    except Exception as error:  # one line, never a traceback
+        log.error(f"internal error: {error!r}")
+        code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: gRPC's threads can make it slow or noisy.

@@ -41,7 +41,8 @@ def resolve(host: str) -> list[str]:
     try:
         answers = socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
-        raise InputError(f"cannot resolve {host}: {error.strerror}") from None
+        # netproc adds the host name: say only why.
+        raise InputError(str(error.strerror)) from None
     addresses: list[str] = []
     for family, _type, _proto, _name, sockaddr in answers:
         if family not in (socket.AF_INET, socket.AF_INET6):
