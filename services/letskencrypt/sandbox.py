@@ -1,0 +1,639 @@
+"""The self-sandbox every role applies to itself in `process.confine()`, once it
+has opened what it needs and dropped privileges, and before it serves.
+
+In this order:
+
+1. `no_new_privs`: nothing the role could execute gains privileges (set-uid
+   binaries, file capabilities); Landlock and seccomp require it anyway.
+2. Landlock: the file system shrinks to the role's own paths.  Everyone reads
+   the Python installation and the shared libraries; each server may make its
+   sockets in its own edge directories; chngproc writes in the challenge
+   directory, fileproc writes (but does not read) in the certificate
+   directory, revokeproc reads it, netproc reads the trust anchors and dnsproc
+   the resolver's configuration.  Nobody may execute anything.  The six roles
+   without a network may not bind or connect TCP either, and no role may
+   connect to an abstract unix socket or signal a process outside its own
+   sandbox (where the kernel's Landlock ABI has these).
+3. seccomp: every role but netproc and dnsproc may create unix sockets only;
+   all roles are denied execve, ptrace, mounts, namespaces, kernel modules,
+   keyrings, bpf, io_uring, changing modes, owners or extended attributes by
+   path, and similar, with EPERM.  The filter is loaded with the
+   thread-synchronising flag, and `apply` checks that the role has no second
+   thread anyway: Landlock binds only the calling thread.
+
+A layer the kernel lacks is logged and skipped; `apply` returns what it could
+not apply, and with `strict` raises SandboxError instead (the role exits 1).
+Each entry of that list starts with one of FEATURES and a colon.
+`letskencrypt sandbox-check` (sandbox_check.py) shows what holds on a machine.
+"""
+
+import contextlib
+import ctypes
+import ctypes.util
+import enum
+import errno
+import os
+import platform
+import socket
+import stat
+import sys
+import sysconfig
+from dataclasses import dataclass
+from typing import Any
+
+import letskencrypt
+from letskencrypt.errors import LetskencryptError
+from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.rpc import edges_served_by
+
+NO_NEW_PRIVS = "no_new_privs"
+THREAD_CHECK = "thread check"
+LANDLOCK = "landlock"
+LANDLOCK_TRUNCATE = "landlock truncate"
+LANDLOCK_IOCTL = "landlock ioctl"
+LANDLOCK_NETWORK = "landlock network"
+LANDLOCK_SCOPES = "landlock scopes"
+SECCOMP = "seccomp"
+FEATURES = (
+    NO_NEW_PRIVS,
+    THREAD_CHECK,
+    LANDLOCK,
+    LANDLOCK_TRUNCATE,
+    LANDLOCK_IOCTL,
+    LANDLOCK_NETWORK,
+    LANDLOCK_SCOPES,
+    SECCOMP,
+)
+# Without these the sandbox has a hole worth a line on every run; the others
+# are refinements of newer kernels, reported with -v.
+ESSENTIAL = frozenset({NO_NEW_PRIVS, THREAD_CHECK, LANDLOCK, SECCOMP})
+
+NETWORK_ROLES = frozenset({"netproc", "dnsproc"})
+
+
+class SandboxError(LetskencryptError):
+    """The sandbox could not be applied as required."""
+
+
+# --- prctl --------------------------------------------------------------------
+
+PR_GET_DUMPABLE = 3
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.prctl.restype = ctypes.c_int
+
+
+def _check(result: int) -> int:
+    if result < 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+    return result
+
+
+def prctl(option: int, value: int = 0) -> int:
+    args = (ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    return _check(_libc.prctl(ctypes.c_int(option), *args))
+
+
+def set_no_new_privs() -> None:
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def thread_count() -> int | None:
+    """Threads of this process (the kernel's view: gRPC's C threads count too),
+    None without /proc."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+# --- Landlock -----------------------------------------------------------------
+#
+# A small ctypes binding of our own: the `landlock` package on PyPI is an alpha
+# pre-release (1.0.0.dev5) whose error check reads a possibly stale errno
+# instead of the return value, and it knows neither the network rules (ABI 4)
+# nor the scopes (ABI 6) used here.  Three system calls, numbered alike on
+# every architecture, are all there is.
+
+SYS_LANDLOCK_CREATE_RULESET = 444
+SYS_LANDLOCK_ADD_RULE = 445
+SYS_LANDLOCK_RESTRICT_SELF = 446
+LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
+LANDLOCK_RULE_PATH_BENEATH = 1
+
+
+class Fs(enum.IntFlag):
+    """LANDLOCK_ACCESS_FS_*: what may be done beneath a path."""
+
+    EXECUTE = 1 << 0
+    WRITE_FILE = 1 << 1
+    READ_FILE = 1 << 2
+    READ_DIR = 1 << 3
+    REMOVE_DIR = 1 << 4
+    REMOVE_FILE = 1 << 5
+    MAKE_CHAR = 1 << 6
+    MAKE_DIR = 1 << 7
+    MAKE_REG = 1 << 8
+    MAKE_SOCK = 1 << 9
+    MAKE_FIFO = 1 << 10
+    MAKE_BLOCK = 1 << 11
+    MAKE_SYM = 1 << 12
+    REFER = 1 << 13  # ABI 2: rename or link across directories
+    TRUNCATE = 1 << 14  # ABI 3
+    IOCTL_DEV = 1 << 15  # ABI 5
+
+
+ABI_1_FS = Fs((1 << 13) - 1)
+# The rights a rule on a file (not a directory) may carry.
+FILE_RIGHTS = Fs.EXECUTE | Fs.WRITE_FILE | Fs.READ_FILE | Fs.TRUNCATE | Fs.IOCTL_DEV
+NET_BIND_TCP = 1 << 0  # ABI 4
+NET_CONNECT_TCP = 1 << 1
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
+SCOPE_SIGNAL = 1 << 1
+
+READ = Fs.READ_FILE | Fs.READ_DIR
+
+
+class RulesetAttr(ctypes.Structure):
+    _fields_ = (
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    )
+
+
+class PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = (("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32))
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version, 0 if it has none (or it is disabled)."""
+    result = _libc.syscall(
+        ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET),
+        ctypes.c_void_p(None),
+        ctypes.c_size_t(0),
+        ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION),
+    )
+    return max(result, 0)
+
+
+def handled_fs(abi: int) -> Fs:
+    handled = ABI_1_FS
+    if abi >= 2:
+        handled |= Fs.REFER
+    if abi >= 3:
+        handled |= Fs.TRUNCATE
+    if abi >= 5:
+        handled |= Fs.IOCTL_DEV
+    return handled
+
+
+@dataclass(frozen=True)
+class Rule:
+    path: str
+    access: Fs
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What one role may do; everything else Landlock and seccomp deny."""
+
+    rules: tuple[Rule, ...]
+    network: bool
+
+
+def python_paths() -> list[str]:
+    """Where the interpreter and our packages are: lazy imports read them."""
+    paths = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
+    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
+        with contextlib.suppress(KeyError):
+            paths.append(sysconfig.get_paths()[name])
+    # `python -m` puts the working directory first on sys.path; roles run in
+    # "/", and the working directory is no place of code anyway.
+    cwd = os.getcwd()
+    paths += [entry for entry in sys.path if entry and os.path.abspath(entry) != cwd]
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(letskencrypt.__file__)))
+    paths.append(package_root)
+    return paths
+
+
+# Shared libraries (glibc loads libgcc_s when a thread exits, NSS modules on
+# a lookup), the loader's cache, time zones, the number of CPUs (gRPC sizes
+# its pools by it) and the listen backlog (gRPC's servers).
+SYSTEM_READ = (
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/local/lib",
+    "/lib",
+    "/lib64",
+    "/etc/ld.so.cache",
+    "/usr/share/zoneinfo",
+    "/etc/localtime",
+    "/sys/devices/system/cpu/online",
+    "/proc/sys/net/core/somaxconn",
+)
+# The resolver's configuration, for getaddrinfo in dnsproc.
+RESOLVER_FILES = (
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/gai.conf",
+    "/etc/host.conf",
+)
+# OpenSSL's configuration and the system's trust anchors, for netproc (not
+# /etc/ssl/private).
+TLS_PATHS = ("/etc/ssl/openssl.cnf", "/etc/ssl/certs")
+
+
+def profile(config: RoleConfig) -> Profile:
+    """The role's paths, from its settings (see cli.role_settings)."""
+    role, settings = config.role, config.settings
+    rules = [Rule(path, READ) for path in (*python_paths(), *SYSTEM_READ)]
+    rules.append(Rule(os.devnull, Fs.READ_FILE | Fs.WRITE_FILE))
+    rules.append(Rule("/dev/urandom", Fs.READ_FILE))
+    for edge in edges_served_by(role):
+        # grpc removes a stale socket before binding, and its own on shutdown.
+        rules.append(Rule(os.path.join(config.run_dir, edge.name), Fs.MAKE_SOCK | Fs.REMOVE_FILE))
+    if role == "netproc":
+        tls = [*TLS_PATHS, *filter(None, map(os.environ.get, ("SSL_CERT_FILE", "SSL_CERT_DIR")))]
+        rules += [Rule(path, READ) for path in tls]
+    elif role == "dnsproc":
+        rules += [Rule(path, Fs.READ_FILE) for path in RESOLVER_FILES]
+    elif role == "chngproc":
+        rules.append(
+            Rule(settings["challenge_dir"], Fs.MAKE_REG | Fs.WRITE_FILE | Fs.REMOVE_FILE)
+        )
+    elif role == "fileproc":
+        rules += fileproc_rules(settings["cert_dir"])
+    elif role == "revokeproc":
+        rules += revokeproc_rules(os.path.dirname(settings["cert_path"]))
+    return Profile(tuple(rules), network=role in NETWORK_ROLES)
+
+
+def revokeproc_rules(cert_dir: str) -> list[Rule]:
+    """Read the certificate sets only: cert.pem -> .live/cert.pem ->
+    .sets/<id>/cert.pem (symlinks are resolved without any Landlock right).
+    Not the whole directory, where the domain key often lives (private/).
+    The native supervisor creates .sets; without it (a container, whose
+    certificate volume holds no key) the directory is the rule."""
+    sets = os.path.join(cert_dir, ".sets")
+    if not os.path.isdir(sets) or os.path.islink(sets):
+        return [Rule(cert_dir, Fs.READ_FILE)]
+    rules = [Rule(sets, Fs.READ_FILE)]
+    for name in ("cert.pem", "chain.pem", "fullchain.pem"):
+        path = os.path.join(cert_dir, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            rules.append(Rule(path, Fs.READ_FILE))
+    return rules
+
+
+def fileproc_rules(cert_dir: str) -> list[Rule]:
+    """Write, but not read, in the certificate directory: the domain key often
+    lives beneath it (private/privkey.pem) and fileproc keeps root.  The only
+    files it reads are certificates an older tool left at the stable names."""
+    rules = [
+        Rule(
+            cert_dir,
+            Fs.READ_DIR
+            | Fs.WRITE_FILE
+            | Fs.MAKE_REG
+            | Fs.MAKE_DIR
+            | Fs.MAKE_SYM
+            | Fs.REMOVE_FILE
+            | Fs.REMOVE_DIR
+            | Fs.REFER,
+        )
+    ]
+    for name in ("cert.pem", "chain.pem", "fullchain.pem"):
+        path = os.path.join(cert_dir, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            rules.append(Rule(path, Fs.READ_FILE))
+    return rules
+
+
+@dataclass
+class OpenProfile:
+    """A profile with its paths opened (O_PATH), ready for Landlock.
+
+    process.confine opens them before dropping privileges: a role may hold a
+    directory open (revokeproc) below parents its run user cannot traverse.
+    """
+
+    paths: list[tuple[int, Fs]]
+    network: bool
+
+    def close(self) -> None:
+        for fd, _access in self.paths:
+            os.close(fd)
+        self.paths.clear()
+
+
+def open_profile(config: RoleConfig, log: Logger) -> OpenProfile:
+    role_profile = profile(config)
+    opened = OpenProfile([], role_profile.network)
+    for rule in role_profile.rules:
+        if os.path.abspath(rule.path) == "/":
+            opened.close()
+            raise SandboxError("refusing a Landlock rule for / (a broken setting?)")
+        try:
+            fd = os.open(rule.path, os.O_PATH | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            log.debug(f"sandbox: {rule.path} is missing or out of reach, no rule for it")
+            continue
+        opened.paths.append((fd, rule.access))
+    return opened
+
+
+def apply_landlock(opened: OpenProfile, abi: int) -> None:
+    handled = handled_fs(abi)
+    attr = RulesetAttr(handled_access_fs=handled)
+    if abi >= 4 and not opened.network:
+        # Handled with no rule allowing any port: no TCP bind or connect at all.
+        attr.handled_access_net = NET_BIND_TCP | NET_CONNECT_TCP
+    if abi >= 6:
+        attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
+    ruleset = _check(
+        _libc.syscall(
+            ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+            ctypes.c_uint32(0),
+        )
+    )
+    try:
+        for fd, access in opened.paths:
+            _add_path_rule(ruleset, fd, access & handled)
+        _check(
+            _libc.syscall(
+                ctypes.c_long(SYS_LANDLOCK_RESTRICT_SELF),
+                ctypes.c_int(ruleset),
+                ctypes.c_uint32(0),
+            )
+        )
+    finally:
+        os.close(ruleset)
+
+
+def _add_path_rule(ruleset: int, fd: int, access: Fs) -> None:
+    if not stat.S_ISDIR(os.fstat(fd).st_mode):
+        access &= FILE_RIGHTS
+    if not access:
+        return
+    attr = PathBeneathAttr(allowed_access=access, parent_fd=fd)
+    _check(
+        _libc.syscall(
+            ctypes.c_long(SYS_LANDLOCK_ADD_RULE),
+            ctypes.c_int(ruleset),
+            ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+            ctypes.byref(attr),
+            ctypes.c_uint32(0),
+        )
+    )
+
+
+def landlock_gaps(abi: int) -> list[str]:
+    """What this kernel's Landlock ABI cannot restrict."""
+    if abi == 0:
+        return [f"{LANDLOCK}: the kernel has no Landlock (Linux >= 5.13 with landlock in lsm=)"]
+    gaps = []
+    for feature, needed, what in (
+        (LANDLOCK_TRUNCATE, 3, "truncating files"),
+        (LANDLOCK_NETWORK, 4, "TCP bind and connect"),
+        (LANDLOCK_IOCTL, 5, "ioctl on devices"),
+        (LANDLOCK_SCOPES, 6, "abstract unix sockets and signals to other processes"),
+    ):
+        if abi < needed:
+            gaps.append(f"{feature}: {what} not restricted (Landlock ABI {abi} < {needed})")
+    return gaps
+
+
+# --- seccomp --------------------------------------------------------------------
+
+# Denied to every role.  Beyond the obvious: io_uring performs operations
+# (even socket creation) that no seccomp filter sees; open_by_handle_at opens
+# a file by inode, around Landlock's paths, for a role that kept root; the
+# new mount API is mount by other names; and Landlock does not govern modes,
+# owners or extended attributes, which a role that kept root could otherwise
+# change on any file (the roles change modes through descriptors only: fchmod).
+DENIED_SYSCALLS = (
+    "execve",
+    "execveat",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_getfd",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+    "unshare",
+    "setns",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+    "add_key",
+    "request_key",
+    "keyctl",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "open_by_handle_at",
+    "chmod",
+    "fchmodat",
+    "fchmodat2",
+    "chown",
+    "lchown",
+    "fchownat",
+    "setxattr",
+    "lsetxattr",
+    "removexattr",
+    "lremovexattr",
+    "setxattrat",
+    "removexattrat",
+    "open_tree_attr",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "acct",
+    "quotactl",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "sethostname",
+    "setdomainname",
+    "syslog",
+    "iopl",
+    "ioperm",
+    "vhangup",
+)
+# Newer than the libseccomp of Debian 12 knows by name; the numbers are those
+# of the architectures' shared table (x86_64, aarch64).
+LATER_SYSCALLS = {"fchmodat2": 452, "setxattrat": 463, "removexattrat": 466, "open_tree_attr": 467}
+SHARED_TABLE_MACHINES = frozenset({"x86_64", "aarch64"})
+# clone() may create namespaces like unshare(); clone3() hides its flags in
+# memory a filter cannot read, so it answers ENOSYS and glibc falls back to
+# clone() (as container runtimes do).
+CLONE_NAMESPACE_FLAGS = (
+    0x00020000,  # CLONE_NEWNS
+    0x02000000,  # CLONE_NEWCGROUP
+    0x04000000,  # CLONE_NEWUTS
+    0x08000000,  # CLONE_NEWIPC
+    0x10000000,  # CLONE_NEWUSER
+    0x20000000,  # CLONE_NEWPID
+    0x40000000,  # CLONE_NEWNET
+)
+# Socket families a role may create; every other one is EPERM.
+UNIX_ONLY = frozenset({socket.AF_UNIX})
+# glibc's getaddrinfo asks the kernel over netlink which address families
+# are configured.
+NETWORK_FAMILIES = frozenset({socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK})
+AF_LIMIT = 64
+
+
+def _import_pyseccomp() -> Any:
+    """pyseccomp, or an OSError/RuntimeError/ImportError if it cannot work here.
+
+    pyseccomp finds libc and libseccomp with ctypes.util.find_library, which
+    runs /sbin/ldconfig: slow, and missing from distroless images, where the
+    dynamic loader still finds both by their sonames.
+    """
+    original = ctypes.util.find_library
+    sonames = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+
+    def find_library(name: str) -> str | None:
+        return sonames.get(name) or original(name)
+
+    ctypes.util.find_library = find_library
+    try:
+        import pyseccomp
+    finally:
+        ctypes.util.find_library = original
+    return pyseccomp
+
+
+def build_filter(network: bool) -> Any:
+    seccomp = _import_pyseccomp()
+    denied = seccomp.ERRNO(errno.EPERM)
+    rules = seccomp.SyscallFilter(seccomp.ALLOW)
+    # Threads that exist already get the filter too (we also check there are none).
+    rules.set_attr(seccomp.Attr.CTL_TSYNC, 1)
+    for name in DENIED_SYSCALLS:
+        number = seccomp.resolve_syscall(seccomp.Arch.NATIVE, name)
+        if number < 0 and platform.machine() in SHARED_TABLE_MACHINES:
+            number = LATER_SYSCALLS.get(name, -1)
+        if number >= 0:  # a call this architecture has
+            rules.add_rule(denied, number)
+    for flag in CLONE_NAMESPACE_FLAGS:
+        rules.add_rule(denied, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+    if seccomp.resolve_syscall(seccomp.Arch.NATIVE, "clone3") >= 0:
+        rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    allowed = NETWORK_FAMILIES if network else UNIX_ONLY
+    for call in ("socket", "socketpair"):
+        for family in range(AF_LIMIT):
+            if family not in allowed:
+                rules.add_rule(denied, call, seccomp.Arg(0, seccomp.EQ, family))
+        rules.add_rule(denied, call, seccomp.Arg(0, seccomp.GE, AF_LIMIT))
+    return rules
+
+
+def seccomp_mode() -> int | None:
+    """The `Seccomp:` line of /proc/self/status (2: a filter), None if unknown."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Seccomp:"):
+                return int(line.split()[1])
+    return None
+
+
+# --- all together ---------------------------------------------------------------
+
+
+def apply(
+    config: RoleConfig, log: Logger, strict: bool, opened: OpenProfile | None = None
+) -> list[str]:
+    """Confine this process to the role's profile; return what could not be applied.
+
+    `opened`: the profile's paths, opened earlier (see OpenProfile); else now.
+    """
+    if opened is None:
+        opened = open_profile(config, log)
+    try:
+        gaps = _apply(opened, log)
+    finally:
+        opened.close()
+    _report(gaps, log, strict)
+    return gaps
+
+
+def _apply(opened: OpenProfile, log: Logger) -> list[str]:
+    gaps: list[str] = []
+    try:
+        set_no_new_privs()
+    except OSError as error:
+        gaps.append(f"{NO_NEW_PRIVS}: {error.strerror}")
+    threads = thread_count()
+    if threads is None:
+        gaps.append(f"{THREAD_CHECK}: no /proc to count this process's threads")
+    elif threads != 1:
+        # Landlock would leave the other threads free: a bug of ours, not the kernel's.
+        raise SandboxError(f"sandbox: {threads} threads exist before confinement; want 1")
+    # Built before Landlock shuts the file system: it loads libseccomp.
+    seccomp_filter, refused = _build_seccomp(opened.network)
+    gaps += refused
+    abi = landlock_abi()
+    gaps += landlock_gaps(abi)
+    if abi:
+        try:
+            apply_landlock(opened, abi)
+        except OSError as error:
+            gaps.append(f"{LANDLOCK}: the kernel refused the rules ({error.strerror})")
+    if seccomp_filter is not None:
+        try:
+            seccomp_filter.load()
+        except OSError as error:
+            gaps.append(f"{SECCOMP}: the kernel refused the filter ({error.strerror})")
+    return gaps
+
+
+def _build_seccomp(network: bool) -> tuple[Any, list[str]]:
+    try:
+        return build_filter(network), []
+    except (ImportError, RuntimeError, OSError) as error:
+        return None, [f"{SECCOMP}: libseccomp is not usable here ({error})"]
+
+
+def _report(gaps: list[str], log: Logger, strict: bool) -> None:
+    if not gaps:
+        log.debug("sandbox: no_new_privs, Landlock and seccomp in force")
+        return
+    if strict:
+        raise SandboxError("sandbox incomplete (--strict): " + "; ".join(gaps))
+    essential = [gap for gap in gaps if feature_of(gap) in ESSENTIAL]
+    if essential:
+        log.error("sandbox: not applied: " + "; ".join(essential))
+    refinements = [gap for gap in gaps if feature_of(gap) not in ESSENTIAL]
+    if refinements:
+        log.info("sandbox: not applied: " + "; ".join(refinements))
+
+
+def feature_of(gap: str) -> str:
+    """Which of FEATURES an entry of apply()'s list is about."""
+    return gap.partition(":")[0]
