@@ -1,31 +1,543 @@
-"""acctproc: holds the account key and signs ACME requests for netproc.
+"""acctproc: holds the account key and signs only what this run asked for.
 
-Holds: the account private key (read, or created with mode 0400 under -n).
+Holds: the account private key (read, or created with mode 0400 under -n),
+and the audit log (opened for appending before the sandbox closes).
 Network: none.  Serves: Account on the `acct` edge.
-A netproc under an attacker's control can obtain signatures, but only for
-URLs on the CA directory's origin, and never the key itself.
+
+acctproc never sees the CA's directory, so it judges each request by its
+payload (RFC 8555): a netproc under an attacker's control gets signatures
+only for URLs on the directory's origin, for the kinds of request this
+run's operation needs (see POLICY), for orders and CSRs naming exactly this
+run's names, and never the key itself.  Every request, signed or refused,
+is one JSON line in the audit log, which netproc cannot reach.
 """
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import os
+import stat
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from letskencrypt import keys, process, rpc
+from letskencrypt.b64 import b64url_decode
 from letskencrypt.errors import InputError
 from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.urls import require_same_origin
 from letskencrypt.v1 import account_pb2, account_pb2_grpc
+from letskencrypt.validate import safe_text
 
 MAX_PAYLOAD = 32 * 1024
 MAX_NONCE = 128
+MAX_URL = 2048
+MAX_IDENTIFIERS = 100
+MAX_CSR = 16 * 1024
+MAX_CERTIFICATE = 16 * 1024
+MAX_TIMESTAMP = 64
 BASE64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+# Printable ASCII without space: what the protected header's url and kid may hold.
+URL_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
+AUDIT_LOG_NAME = "audit.log"
+AUDIT_LOG_MODE = 0o600
+AUDIT_FLAGS = (
+    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+)
+
+# --- what a run may have signed ------------------------------------------------------
+
+# The operations a run can be (cli.role_settings says which).  Only "issue"
+# and "revoke" exist on the command line so far; the others name what a
+# future key rollover, account deactivation or contact update would need.
+ISSUE, REVOKE = "issue", "revoke"
+ROLLOVER, DEACTIVATE, UPDATE_ACCOUNT = "rollover", "deactivate", "update-account"
+OPERATIONS = (ISSUE, REVOKE, ROLLOVER, DEACTIVATE, UPDATE_ACCOUNT)
+
+# The kinds of request, told apart by their payload (and by kid for
+# termsOfServiceAgreed, which a newAccount and an account update share).
+POST_AS_GET = "post-as-get"
+NEW_ACCOUNT = "newAccount"
+NEW_ORDER = "newOrder"
+CHALLENGE = "challenge"
+FINALIZE = "finalize"
+REVOKE_CERT = "revokeCert"
+ACCOUNT_UPDATE = "accountUpdate"
+DEACTIVATION = "deactivate"
+KEY_CHANGE = "keyChange"
+UNKNOWN = "unknown"
+MALFORMED = "malformed"
+
+# kind -> the operations whose runs may have it signed.  Anything else,
+# UNKNOWN and MALFORMED included, is refused.
+POLICY: dict[str, frozenset[str]] = {
+    POST_AS_GET: frozenset(OPERATIONS),
+    NEW_ACCOUNT: frozenset(OPERATIONS),
+    NEW_ORDER: frozenset({ISSUE}),
+    CHALLENGE: frozenset({ISSUE}),
+    FINALIZE: frozenset({ISSUE}),
+    REVOKE_CERT: frozenset({REVOKE}),
+    ACCOUNT_UPDATE: frozenset({UPDATE_ACCOUNT}),
+    DEACTIVATION: frozenset({DEACTIVATE}),
+    KEY_CHANGE: frozenset({ROLLOVER}),
+}
+# newAccount is the only request signed with the JWK embedded (acctproc
+# holds no certificate key, so no revokeCert by certificate key either).
+EMBEDS_JWK = frozenset({NEW_ACCOUNT})
+
+NEW_ACCOUNT_FIELDS = frozenset({"termsOfServiceAgreed", "onlyReturnExisting", "contact"})
+NEW_ORDER_FIELDS = frozenset({"identifiers", "notBefore", "notAfter"})
+REVOKE_FIELDS = frozenset({"certificate", "reason"})
+ACCOUNT_UPDATE_FIELDS = frozenset({"contact", "termsOfServiceAgreed"})
+JWS_FIELDS = frozenset({"protected", "payload", "signature"})
+# RFC 5280 CRLReason values; 7 is unused.
+REVOCATION_REASONS = frozenset({0, 1, 2, 3, 4, 5, 6, 8, 9, 10})
+
+
+class Refused(InputError):
+    """acctproc will not sign this request; `kind` is what it looked like."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"refused to sign {kind}: {reason}")
+        self.kind = kind
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Request:
+    """One Sign call, as netproc sent it."""
+
+    url: str
+    nonce: str
+    kid: str
+    payload: bytes
+    post_as_get: bool
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """What this run may have signed: from acctproc's own settings, never netproc."""
+
+    operation: str
+    names: tuple[str, ...]
+    contact: tuple[str, ...]
+    directory_url: str
+    account_jwk: dict[str, str]
+    account_public_key_der: bytes
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], key: keys.PrivateKey) -> "RunPolicy":
+        operation = settings.get("operation")
+        if operation not in OPERATIONS:
+            raise InputError(f"unknown operation {safe_text(str(operation), 40)!r} in settings")
+        names = settings.get("names")
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(name, str) and name for name in names)
+        ):
+            raise InputError("settings give no names for this run")
+        contact = settings.get("contact") or []
+        if not isinstance(contact, list) or not all(isinstance(c, str) for c in contact):
+            raise InputError("settings give a malformed contact list")
+        return cls(
+            operation=operation,
+            names=tuple(names),
+            contact=tuple(contact),
+            directory_url=settings["directory_url"],
+            account_jwk=keys.jwk(key.public_key()),
+            account_public_key_der=keys.public_key_der(key),
+        )
+
+    def judge(self, request: Request) -> str:
+        """The request's kind if it may be signed; Refused (naming the kind) if not."""
+        document = parse_payload(request)
+        kind = classify(document, has_kid=bool(request.kid))
+        refuse = Refuser(kind)
+        check_envelope(request, self.directory_url, refuse)
+        if kind == UNKNOWN:
+            shown = ", ".join(sorted(safe_text(k, 40) for k in document or {})[:8])
+            raise refuse(f"not an ACME request acctproc signs (fields: {shown})")
+        if kind in EMBEDS_JWK and request.kid:
+            raise refuse("must be signed with the JWK embedded, not with a kid")
+        if kind not in EMBEDS_JWK and not request.kid:
+            raise refuse("needs the account URL (kid); only newAccount embeds the JWK")
+        if self.operation not in POLICY[kind]:
+            raise refuse(f"not part of this run (operation {self.operation})")
+        self.check_content(kind, document, request, refuse)
+        return kind
+
+    def check_content(
+        self, kind: str, document: dict[str, Any] | None, request: Request, refuse: "Refuser"
+    ) -> None:
+        if document is None or kind == CHALLENGE:
+            return
+        if kind == NEW_ACCOUNT:
+            self.check_new_account(document, refuse)
+        elif kind == NEW_ORDER:
+            self.check_new_order(document, refuse)
+        elif kind == FINALIZE:
+            self.check_finalize(document, refuse)
+        elif kind == REVOKE_CERT:
+            self.check_revocation(document, refuse)
+        elif kind == ACCOUNT_UPDATE:
+            self.check_account_update(document, refuse)
+        elif kind == DEACTIVATION:
+            if len(document) != 1 or document["status"] != "deactivated" or (
+                request.url != request.kid
+            ):
+                raise refuse('only {"status": "deactivated"} posted to the account URL')
+        elif kind == KEY_CHANGE:
+            self.check_key_change(document, request, refuse)
+
+    # -- one check per kind --
+
+    def check_contact(self, contact: object, refuse: "Refuser") -> None:
+        if not isinstance(contact, list) or tuple(contact) != self.contact:
+            raise refuse("contact differs from the configured --contact")
+
+    def check_new_account(self, document: dict[str, Any], refuse: "Refuser") -> None:
+        if "externalAccountBinding" in document:
+            raise refuse("external account binding is not supported")
+        extra = set(document) - NEW_ACCOUNT_FIELDS
+        if extra:
+            raise refuse(f"unexpected field {safe_text(sorted(extra)[0], 40)!r}")
+        if "onlyReturnExisting" in document:
+            if len(document) != 1 or document["onlyReturnExisting"] is not True:
+                raise refuse('a lookup is exactly {"onlyReturnExisting": true}')
+            return
+        if document.get("termsOfServiceAgreed") is not True:
+            raise refuse("termsOfServiceAgreed must be true")
+        if "contact" in document:
+            self.check_contact(document["contact"], refuse)
+
+    def check_new_order(self, document: dict[str, Any], refuse: "Refuser") -> None:
+        extra = set(document) - NEW_ORDER_FIELDS
+        if extra:
+            raise refuse(f"unexpected field {safe_text(sorted(extra)[0], 40)!r}")
+        for field in ("notBefore", "notAfter"):
+            value = document.get(field)
+            if value is not None and (
+                not isinstance(value, str) or not 0 < len(value) <= MAX_TIMESTAMP
+            ):
+                raise refuse(f"{field} is not a timestamp")
+        identifiers = document["identifiers"]
+        if not isinstance(identifiers, list) or not 0 < len(identifiers) <= MAX_IDENTIFIERS:
+            raise refuse(f"identifiers is not a list of 1 to {MAX_IDENTIFIERS} identifiers")
+        values: list[str] = []
+        for identifier in identifiers:
+            if (
+                not isinstance(identifier, dict)
+                or set(identifier) != {"type", "value"}
+                or not isinstance(identifier["value"], str)
+            ):
+                raise refuse('each identifier must be exactly {"type", "value"}')
+            if identifier["type"] != "dns":
+                raise refuse(
+                    f"identifier type {safe_text(str(identifier['type']), 20)!r} is not dns"
+                )
+            values.append(identifier["value"])
+        self.check_names(values, "identifiers", refuse)
+
+    def check_names(self, names: list[str], what: str, refuse: "Refuser") -> None:
+        if len(set(names)) != len(names) or set(names) != set(self.names):
+            raise refuse(
+                f"{what} {show_names(names)} are not this run's names {show_names(self.names)}"
+            )
+
+    def check_finalize(self, document: dict[str, Any], refuse: "Refuser") -> None:
+        if set(document) != {"csr"}:
+            raise refuse("a finalize payload is exactly {\"csr\"}")
+        der = decode_base64url(document["csr"], MAX_CSR, "csr", refuse)
+        try:
+            csr = x509.load_der_x509_csr(der)
+            signed = csr.is_signature_valid
+            public_key = csr.public_key()
+        except (ValueError, TypeError, x509.UnsupportedGeneralNameType):
+            raise refuse("csr is not a DER certificate signing request") from None
+        except UnsupportedAlgorithm:
+            raise refuse("csr uses an unsupported key or signature") from None
+        if not signed:
+            raise refuse("csr signature does not verify")
+        try:
+            key_der = public_key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        except (ValueError, UnsupportedAlgorithm):
+            raise refuse("csr key is of an unsupported type") from None
+        if key_der == self.account_public_key_der:
+            raise refuse("csr is for the account key, which must never be a certificate key")
+        names = csr_names(csr, refuse)
+        self.check_names(names, "csr names", refuse)
+        for attribute in csr.subject:
+            if attribute.oid != x509.NameOID.COMMON_NAME or attribute.value not in self.names:
+                raise refuse("csr subject holds something other than one of this run's names")
+
+    def check_revocation(self, document: dict[str, Any], refuse: "Refuser") -> None:
+        extra = set(document) - REVOKE_FIELDS
+        if extra:
+            raise refuse(f"unexpected field {safe_text(sorted(extra)[0], 40)!r}")
+        reason = document.get("reason", 0)
+        if type(reason) is not int or reason not in REVOCATION_REASONS:
+            raise refuse("reason is not an RFC 5280 revocation reason")
+        der = decode_base64url(document["certificate"], MAX_CERTIFICATE, "certificate", refuse)
+        try:
+            certificate = x509.load_der_x509_certificate(der)
+            san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            names = [name.lower() for name in san.value.get_values_for_type(x509.DNSName)]
+        except x509.ExtensionNotFound:
+            raise refuse("certificate has no subjectAltName") from None
+        except ValueError:
+            raise refuse("certificate is not a DER certificate") from None
+        self.check_names(names, "certificate names", refuse)
+
+    def check_account_update(self, document: dict[str, Any], refuse: "Refuser") -> None:
+        extra = set(document) - ACCOUNT_UPDATE_FIELDS
+        if extra:
+            raise refuse(f"unexpected field {safe_text(sorted(extra)[0], 40)!r}")
+        if "termsOfServiceAgreed" in document and document["termsOfServiceAgreed"] is not True:
+            raise refuse("termsOfServiceAgreed must be true")
+        if "contact" in document:
+            self.check_contact(document["contact"], refuse)
+
+    def check_key_change(
+        self, document: dict[str, Any], request: Request, refuse: "Refuser"
+    ) -> None:
+        """RFC 8555 7.3.5: the inner JWS, by the new key, names our account and key."""
+        if set(document) != JWS_FIELDS or not all(isinstance(v, str) for v in document.values()):
+            raise refuse("the payload is not a flattened JWS")
+        try:
+            inner_header = json.loads(b64url_decode(document["protected"]))
+            inner_payload = json.loads(b64url_decode(document["payload"]))
+        except (InputError, ValueError):
+            raise refuse("the inner JWS does not decode") from None
+        if (
+            not isinstance(inner_header, dict)
+            or not isinstance(inner_header.get("jwk"), dict)
+            or inner_header.get("url") != request.url
+            or {"kid", "nonce"} & set(inner_header)
+        ):
+            raise refuse("the inner JWS header must embed the new JWK and the same url")
+        if inner_header["jwk"] == self.account_jwk:
+            raise refuse("the new key is the account key")
+        if inner_payload != {"account": request.kid, "oldKey": self.account_jwk}:
+            raise refuse("the inner payload must name this account and its key")
+
+
+class Refuser:
+    """Makes the Refused of one kind (a callable, so checks read `raise refuse(...)`)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __call__(self, reason: str) -> Refused:
+        return Refused(self.kind, reason)
+
+
+def show_names(names: Iterable[str]) -> str:
+    shown = [repr(name) for name in sorted(safe_text(name, 100) for name in names)]
+    if len(shown) > 5:
+        shown = [*shown[:5], f"... ({len(shown)} in all)"]
+    return "[" + ", ".join(shown) + "]"
+
+
+def parse_payload(request: Request) -> dict[str, Any] | None:
+    """The payload as one JSON object (None for POST-as-GET); Refused as MALFORMED."""
+    refuse = Refuser(MALFORMED)
+    if request.post_as_get:
+        if request.payload:
+            raise refuse("a POST-as-GET carries an empty payload")
+        return None
+    if len(request.payload) > MAX_PAYLOAD:
+        raise refuse(f"payload larger than {MAX_PAYLOAD} bytes")
+    try:
+        document = json.loads(
+            request.payload.decode("utf-8"),
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constant,
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise refuse("payload is not JSON") from None
+    except _DuplicateKey as error:
+        raise refuse(f"payload repeats the field {safe_text(str(error), 40)!r}") from None
+    if not isinstance(document, dict):
+        raise refuse("payload is not a JSON object")
+    return document
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Two parsers may keep different copies of a repeated field: refuse them."""
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise _DuplicateKey(key)
+        document[key] = value
+    return document
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def classify(document: dict[str, Any] | None, has_kid: bool) -> str:
+    """What an RFC 8555 request with this payload is (see POLICY)."""
+    if document is None:
+        return POST_AS_GET
+    fields = set(document)
+    if not fields:
+        return CHALLENGE
+    if fields & JWS_FIELDS:
+        return KEY_CHANGE
+    if "identifiers" in fields:
+        return NEW_ORDER
+    if "csr" in fields:
+        return FINALIZE
+    if "certificate" in fields:
+        return REVOKE_CERT
+    if "status" in fields:
+        return DEACTIVATION
+    if fields & {"onlyReturnExisting", "externalAccountBinding"}:
+        return NEW_ACCOUNT
+    if "termsOfServiceAgreed" in fields and not has_kid:
+        return NEW_ACCOUNT
+    if fields & ACCOUNT_UPDATE_FIELDS:
+        return ACCOUNT_UPDATE
+    return UNKNOWN
+
+
+def check_envelope(request: Request, directory_url: str, refuse: Refuser) -> None:
+    """The protected header's url, kid and nonce."""
+    check_url(request.url, directory_url, "request", refuse)
+    if request.kid:
+        check_url(request.kid, directory_url, "account", refuse)
+    nonce = request.nonce
+    if not 0 < len(nonce) <= MAX_NONCE or not set(nonce) <= BASE64URL:
+        raise refuse("nonce is not base64url of at most 128 characters")
+
+
+def check_url(url: str, directory_url: str, what: str, refuse: Refuser) -> None:
+    if not 0 < len(url) <= MAX_URL or not set(url) <= URL_CHARS:
+        raise refuse(f"{what} URL is empty, longer than {MAX_URL} or not printable ASCII")
+    try:
+        require_same_origin(url, directory_url, what)
+    except InputError as error:
+        raise refuse(str(error)) from None
+
+
+def decode_base64url(value: object, limit: int, what: str, refuse: Refuser) -> bytes:
+    if not isinstance(value, str) or not 0 < len(value) <= limit * 4 // 3 + 4:
+        raise refuse(f"{what} is not base64url of at most {limit} bytes")
+    try:
+        return b64url_decode(value)
+    except InputError:
+        raise refuse(f"{what} is not base64url") from None
+
+
+def csr_names(csr: x509.CertificateSigningRequest, refuse: Refuser) -> list[str]:
+    """The CSR's DNS names; refused if it asks for anything else."""
+    try:
+        extensions = list(csr.extensions)
+    except (ValueError, x509.UnsupportedGeneralNameType):
+        raise refuse("csr has malformed extensions") from None
+    names: list[str] = []
+    for extension in extensions:
+        if not isinstance(extension.value, x509.SubjectAlternativeName):
+            raise refuse(f"csr asks for an extension other than subjectAltName "
+                         f"({extension.oid.dotted_string})")
+        for general_name in extension.value:
+            if not isinstance(general_name, x509.DNSName):
+                raise refuse("csr subjectAltName holds something other than DNS names")
+            names.append(general_name.value)
+    return names
+
+
+# --- the audit log ---------------------------------------------------------------
+
+
+class AuditLog:
+    """One JSON line per Sign request, appended through a descriptor opened
+    before the sandbox: netproc never learns where it is, and cannot write it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: str, account_key_path: str) -> "AuditLog":
+        try:
+            # O_NONBLOCK: a FIFO planted at the path must not hang us.
+            fd = os.open(path, AUDIT_FLAGS | os.O_NONBLOCK, AUDIT_LOG_MODE)
+        except OSError as error:
+            raise InputError(f"audit log {path}: {error.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise InputError(f"audit log {path}: not a regular file")
+            if info.st_nlink != 1:
+                raise InputError(f"audit log {path}: has other hard links, refusing it")
+            with contextlib.suppress(FileNotFoundError):
+                key = os.stat(account_key_path)
+                if (key.st_dev, key.st_ino) == (info.st_dev, info.st_ino):
+                    raise InputError(f"audit log {path} is the account key")
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd)
+
+    def record(
+        self, url: str, kind: str, payload: bytes, decision: str, reason: str | None = None
+    ) -> None:
+        entry: dict[str, str] = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "url": url[:MAX_URL],
+            "kind": kind,
+            "payload_sha256": hashlib.sha256(payload).hexdigest(),
+            "decision": decision,
+        }
+        if reason is not None:
+            entry["reason"] = safe_text(reason, 500)
+        line = json.dumps(entry, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+        with self.lock:
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(self.fd, view) :]
+                os.fsync(self.fd)
+            except OSError as error:
+                # No record, no signature.
+                raise InputError(f"cannot write the audit log: {error.strerror}") from None
+
+
+def default_audit_log(account_key_path: str) -> str:
+    return os.path.join(os.path.dirname(account_key_path), AUDIT_LOG_NAME)
+
+
+# --- the service -------------------------------------------------------------------
 
 
 class AccountService(account_pb2_grpc.AccountServicer):
-    def __init__(self, key: keys.PrivateKey, directory_url: str, log: Logger) -> None:
+    def __init__(
+        self, key: keys.PrivateKey, policy: RunPolicy, audit: AuditLog, log: Logger
+    ) -> None:
         self.key = key
-        self.directory_url = directory_url
+        self.policy = policy
+        self.audit = audit
         self.log = log.error
+        self.info = log.info
         self.jwk = keys.jwk(key.public_key())
         self.thumbprint = keys.thumbprint(key.public_key())
 
@@ -43,47 +555,45 @@ class AccountService(account_pb2_grpc.AccountServicer):
     def Sign(
         self, request: account_pb2.SignRequest, context: grpc.ServicerContext
     ) -> account_pb2.SignReply:
-        require_same_origin(request.url, self.directory_url, "request")
-        if request.kid:
-            require_same_origin(request.kid, self.directory_url, "account")
-        if not 0 < len(request.nonce) <= MAX_NONCE or not set(request.nonce) <= BASE64URL:
-            raise InputError("nonce is not base64url of at most 128 characters")
-        payload: bytes | None = None
-        if not request.post_as_get:
-            payload = check_payload(request.payload)
-        protected: dict[str, object] = {"nonce": request.nonce, "url": request.url}
-        if request.kid:
-            protected["kid"] = request.kid
+        asked = Request(
+            url=request.url,
+            nonce=request.nonce,
+            kid=request.kid,
+            payload=request.payload,
+            post_as_get=request.post_as_get,
+        )
+        try:
+            kind = self.policy.judge(asked)
+        except Refused as refusal:
+            self.audit.record(asked.url, refusal.kind, asked.payload, "refused", refusal.reason)
+            self.info(str(refusal))
+            raise
+        protected: dict[str, object] = {"nonce": asked.nonce, "url": asked.url}
+        if asked.kid:
+            protected["kid"] = asked.kid
         else:
             protected["jwk"] = self.jwk
-        jws = keys.sign_jws(self.key, protected, payload)
+        jws = keys.sign_jws(self.key, protected, None if asked.post_as_get else asked.payload)
+        # Recorded before netproc can use it: no line, no signature.
+        self.audit.record(asked.url, kind, asked.payload, "signed")
         return account_pb2.SignReply(
             protected=jws["protected"], payload=jws["payload"], signature=jws["signature"]
         )
 
 
-def check_payload(payload: bytes) -> bytes:
-    """Sign only what an ACME request can be: one JSON object of bounded size."""
-    if len(payload) > MAX_PAYLOAD:
-        raise InputError(f"payload larger than {MAX_PAYLOAD} bytes")
-    try:
-        document = json.loads(payload)
-    except (UnicodeDecodeError, ValueError):
-        raise InputError("payload is not JSON") from None
-    if not isinstance(document, dict):
-        raise InputError("payload is not a JSON object")
-    return payload
-
-
 def run(config: RoleConfig, log: Logger) -> int:
     settings = config.settings
+    key_path = settings["key_path"]
     key, created = keys.load_or_create_key(
-        settings["key_path"], settings["create"], settings["key_type"], "account key", "-n"
+        key_path, settings["create"], settings["key_type"], "account key", "-n"
     )
     if created:
-        log.info(f"created account key {settings['key_path']}")
+        log.info(f"created account key {key_path}")
+    policy = RunPolicy.from_settings(settings, key)
+    # Opened while we may still reach it: the sandbox keeps the descriptor.
+    audit = AuditLog.open(settings.get("audit_log") or default_audit_log(key_path), key_path)
     process.confine(config)
-    service = AccountService(key, settings["directory_url"], log)
+    service = AccountService(key, policy, audit, log)
     rpc.serve_until_stopped(
         config.run_dir, {"acct": [(account_pb2_grpc.add_AccountServicer_to_server, service)]}
     )

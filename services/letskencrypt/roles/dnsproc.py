@@ -6,6 +6,7 @@ Serves: Resolver on the `dns` edge.  It answers questions, nothing else.
 """
 
 import ipaddress
+import re
 import socket
 
 import grpc
@@ -17,6 +18,8 @@ from letskencrypt.v1 import resolver_pb2, resolver_pb2_grpc
 
 MAX_ADDRESSES = 8
 LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+# A last label the C library's inet_aton would take for a number.
+NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 
 
 def check_host(host: str) -> str:
@@ -29,11 +32,16 @@ def check_host(host: str) -> str:
     name = host.lower().removesuffix(".")
     if not 0 < len(name) <= 253:
         raise InputError("host name is empty or longer than 253 characters")
-    for label in name.split("."):
+    labels = name.split(".")
+    for label in labels:
         if not 0 < len(label) <= 63 or not set(label) <= LDH:
             raise InputError(f"invalid host name {host[:100]!r}")
         if label.startswith("-") or label.endswith("-"):
             raise InputError(f"invalid host name {host[:100]!r}")
+    if NUMERIC_LABEL.fullmatch(labels[-1]):
+        # 127.1, 0x7f.1, 2130706433: the C resolver reads these as IPv4
+        # addresses, which nothing else here would call them.
+        raise InputError(f"host name {host[:100]!r} ends in a number")
     return name
 
 

@@ -1,0 +1,570 @@
+"""acctproc signs only what the run asked for: the classifier, the policy, the
+audit log and the settings that feed them (see roles/acctproc.py)."""
+
+import hashlib
+import ipaddress
+import json
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from letskencrypt import cli, container, keys
+from letskencrypt.b64 import b64url, b64url_decode
+from letskencrypt.errors import InputError
+from letskencrypt.process import Logger
+from letskencrypt.roles import acctproc
+from letskencrypt.roles.acctproc import (
+    AccountService,
+    AuditLog,
+    Refused,
+    Request,
+    RunPolicy,
+    classify,
+)
+from letskencrypt.v1 import account_pb2
+
+from tests import certfactory
+
+DIRECTORY = "https://ca.test/dir"
+KID = "https://ca.test/acct/1"
+NONCE = "bm9uY2U"
+NAMES = ["a.example.org", "b.example.org"]
+CONTACT = ["mailto:admin@example.org"]
+ACCOUNT_KEY = keys.generate_key("ecdsa256")
+DOMAIN_KEY = keys.generate_key("ecdsa256")
+OTHER_KEY = keys.generate_key("ecdsa256")
+
+
+def policy(operation: str = "issue", names: list[str] = NAMES) -> RunPolicy:
+    settings = {
+        "operation": operation,
+        "names": list(names),
+        "contact": CONTACT,
+        "directory_url": DIRECTORY,
+    }
+    return RunPolicy.from_settings(settings, ACCOUNT_KEY)
+
+
+def request(
+    payload: Any = None,
+    *,
+    kid: str = KID,
+    url: str = "https://ca.test/some/where",
+    nonce: str = NONCE,
+    post_as_get: bool | None = None,
+) -> Request:
+    """payload: None (POST-as-GET), bytes (as they are) or a JSON document."""
+    if post_as_get is None:
+        post_as_get = payload is None
+    if payload is None:
+        raw = b""
+    elif isinstance(payload, bytes):
+        raw = payload
+    else:
+        raw = json.dumps(payload).encode()
+    return Request(url=url, nonce=nonce, kid=kid, payload=raw, post_as_get=post_as_get)
+
+
+def order(*names: str, kind: str = "dns") -> dict[str, Any]:
+    return {"identifiers": [{"type": kind, "value": name} for name in names]}
+
+
+def csr(
+    names: list[str] = NAMES,
+    key: ec.EllipticCurvePrivateKey = DOMAIN_KEY,
+    *,
+    extra_san: list[x509.GeneralName] | None = None,
+    extension: x509.ExtensionType | None = None,
+    subject: list[x509.NameAttribute] | None = None,
+) -> bytes:
+    if subject is None:
+        subject = [x509.NameAttribute(NameOID.COMMON_NAME, names[0])]
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(subject))
+    general: list[x509.GeneralName] = [x509.DNSName(name) for name in names]
+    builder = builder.add_extension(
+        x509.SubjectAlternativeName(general + (extra_san or [])), critical=False
+    )
+    if extension is not None:
+        builder = builder.add_extension(extension, critical=True)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def finalize(der: bytes) -> dict[str, str]:
+    return {"csr": b64url(der)}
+
+
+def certificate_der(names: list[str]) -> bytes:
+    pki = certfactory.make_pki()
+    return pki.leaf(names).public_bytes(serialization.Encoding.DER)
+
+
+def revocation(names: list[str] = NAMES, **extra: Any) -> dict[str, Any]:
+    return {"certificate": b64url(certificate_der(names)), **extra}
+
+
+def key_change(
+    *, account: str = KID, old: dict[str, str] | None = None, url: str = "https://ca.test/kc",
+    new_key: ec.EllipticCurvePrivateKey = OTHER_KEY,
+) -> dict[str, str]:
+    inner = {"account": account, "oldKey": old or keys.jwk(ACCOUNT_KEY.public_key())}
+    header = {"jwk": keys.jwk(new_key.public_key()), "url": url}
+    return keys.sign_jws(new_key, header, json.dumps(inner).encode())
+
+
+def judge(p: RunPolicy, r: Request) -> str:
+    return p.judge(r)
+
+
+def refused(p: RunPolicy, r: Request, kind: str, reason: str) -> None:
+    with pytest.raises(Refused, match=reason) as info:
+        p.judge(r)
+    assert info.value.kind == kind
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith(f"refused to sign {kind}: ")
+
+
+# --- the classifier -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("document", "has_kid", "kind"),
+    [
+        (None, True, "post-as-get"),
+        ({}, True, "challenge"),
+        ({"onlyReturnExisting": True}, False, "newAccount"),
+        ({"termsOfServiceAgreed": True, "contact": CONTACT}, False, "newAccount"),
+        ({"termsOfServiceAgreed": True}, True, "accountUpdate"),
+        ({"contact": CONTACT}, True, "accountUpdate"),
+        ({"contact": CONTACT}, False, "accountUpdate"),
+        ({"externalAccountBinding": {}}, False, "newAccount"),
+        (order(*NAMES), True, "newOrder"),
+        ({"csr": "x"}, True, "finalize"),
+        ({"certificate": "x", "reason": 1}, True, "revokeCert"),
+        ({"status": "deactivated"}, True, "deactivate"),
+        ({"protected": "a", "payload": "b", "signature": "c"}, True, "keyChange"),
+        ({"payload": "b"}, True, "keyChange"),
+        ({"hello": "world"}, True, "unknown"),
+    ],
+)
+def test_classify(document: dict[str, Any] | None, has_kid: bool, kind: str) -> None:
+    assert classify(document, has_kid) == kind
+
+
+def test_every_kind_has_a_policy_row() -> None:
+    assert set(acctproc.POLICY) == {
+        "post-as-get", "newAccount", "newOrder", "challenge", "finalize",
+        "revokeCert", "accountUpdate", "deactivate", "keyChange",
+    }  # fmt: skip
+    issue = {kind for kind, ops in acctproc.POLICY.items() if "issue" in ops}
+    revoke = {kind for kind, ops in acctproc.POLICY.items() if "revoke" in ops}
+    assert issue == {"post-as-get", "newAccount", "newOrder", "challenge", "finalize"}
+    assert revoke == {"post-as-get", "newAccount", "revokeCert"}
+
+
+# --- an issue run: what it signs ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "req", "kind"),
+    [
+        ("post-as-get", request(None), "post-as-get"),
+        ("lookup", request({"onlyReturnExisting": True}, kid=""), "newAccount"),
+        ("register", request({"termsOfServiceAgreed": True, "contact": CONTACT}, kid=""),
+         "newAccount"),
+        ("register-no-contact", request({"termsOfServiceAgreed": True}, kid=""), "newAccount"),
+        ("order", request(order(*NAMES)), "newOrder"),
+        ("order-other-order", request(order(*reversed(NAMES))), "newOrder"),
+        ("order-with-dates", request({**order(*NAMES), "notBefore": "2026-01-01T00:00:00Z",
+                                      "notAfter": "2026-02-01T00:00:00Z"}), "newOrder"),
+        ("challenge", request({}), "challenge"),
+        ("finalize", request(finalize(keys.build_csr(DOMAIN_KEY, NAMES))), "finalize"),
+        ("kid-with-port", request(None, kid="https://ca.test:443/acct/1"), "post-as-get"),
+    ],
+)
+def test_issue_run_signs(name: str, req: Request, kind: str) -> None:
+    assert judge(policy("issue"), req) == kind
+
+
+# --- an issue run: what it refuses -------------------------------------------------
+
+BAD_SIGNATURE_CSR = bytearray(csr())
+BAD_SIGNATURE_CSR[-1] ^= 0x01
+
+ISSUE_REFUSALS = [
+    # (id, request, kind, reason)
+    ("revoke-in-issue-run", request(revocation()), "revokeCert", "not part of this run"),
+    ("key-change", request(key_change()), "keyChange", "not part of this run"),
+    ("deactivate-account", request({"status": "deactivated"}, url=KID), "deactivate",
+     "not part of this run"),
+    ("update-contact", request({"contact": ["mailto:evil@example.net"]}, url=KID),
+     "accountUpdate", "not part of this run"),
+    ("agree-new-terms", request({"termsOfServiceAgreed": True}, url=KID), "accountUpdate",
+     "not part of this run"),
+    ("unknown-fields", request({"hello": "world"}), "unknown", "not an ACME request"),
+    ("order-other-names", request(order("evil.example.net")), "newOrder",
+     "not this run's names"),
+    ("order-subset", request(order(NAMES[0])), "newOrder", "not this run's names"),
+    ("order-superset", request(order(*NAMES, "evil.example.net")), "newOrder",
+     "not this run's names"),
+    ("order-duplicate", request(order(*NAMES, NAMES[0])), "newOrder", "not this run's names"),
+    ("order-upper-case", request(order(*(n.upper() for n in NAMES))), "newOrder",
+     "not this run's names"),
+    ("order-ip", request(order(*NAMES, "192.0.2.1", kind="ip")), "newOrder", "not dns"),
+    ("order-extra-identifier-field",
+     request({"identifiers": [{"type": "dns", "value": n, "x": 1} for n in NAMES]}),
+     "newOrder", "exactly"),
+    ("order-extra-field", request({**order(*NAMES), "replaces": "abc"}), "newOrder",
+     "unexpected field 'replaces'"),
+    ("order-empty", request({"identifiers": []}), "newOrder", "not a list"),
+    ("order-not-list", request({"identifiers": "a.example.org"}), "newOrder", "not a list"),
+    ("order-bad-date", request({**order(*NAMES), "notAfter": 5}), "newOrder", "timestamp"),
+    ("order-without-kid", request(order(*NAMES), kid=""), "newOrder", "needs the account URL"),
+    ("finalize-other-names", request(finalize(csr(["evil.example.net"]))), "finalize",
+     "not this run's names"),
+    ("finalize-subset", request(finalize(csr([NAMES[0]]))), "finalize", "not this run's names"),
+    ("finalize-extra-ip",
+     request(finalize(csr(extra_san=[x509.IPAddress(ipaddress.ip_address("192.0.2.1"))]))),
+     "finalize", "other than DNS names"),
+    ("finalize-account-key", request(finalize(csr(key=ACCOUNT_KEY))), "finalize",
+     "account key"),
+    ("finalize-ca-extension",
+     request(finalize(csr(extension=x509.BasicConstraints(ca=True, path_length=None)))),
+     "finalize", "extension other than subjectAltName"),
+    ("finalize-other-subject",
+     request(finalize(csr(subject=[x509.NameAttribute(NameOID.COMMON_NAME, "evil.example.net")]))),
+     "finalize", "subject"),
+    ("finalize-bad-signature", request(finalize(bytes(BAD_SIGNATURE_CSR))), "finalize",
+     "signature|not a DER"),
+    ("finalize-not-der", request(finalize(b"\x30\x03abc")), "finalize", "not a DER"),
+    ("finalize-not-base64url", request({"csr": "a+b/c="}), "finalize", "not base64url"),
+    ("finalize-extra-field", request({**finalize(csr()), "x": 1}), "finalize", "exactly"),
+    ("new-account-with-kid", request({"onlyReturnExisting": True}), "newAccount",
+     "JWK embedded"),
+    ("new-account-other-contact",
+     request({"termsOfServiceAgreed": True, "contact": ["mailto:evil@example.net"]}, kid=""),
+     "newAccount", "contact differs"),
+    ("new-account-terms-false", request({"termsOfServiceAgreed": False}, kid=""), "newAccount",
+     "must be true"),
+    ("new-account-eab", request({"termsOfServiceAgreed": True, "externalAccountBinding": {}},
+                                kid=""), "newAccount", "external account binding"),
+    ("new-account-lookup-one", request({"onlyReturnExisting": 1}, kid=""), "newAccount",
+     "exactly"),
+    ("new-account-lookup-plus", request({"onlyReturnExisting": True, "contact": CONTACT},
+                                        kid=""), "newAccount", "exactly"),
+    ("post-as-get-without-kid", request(None, kid=""), "post-as-get", "needs the account URL"),
+    ("post-as-get-with-payload", request(b"{}", post_as_get=True), "malformed",
+     "empty payload"),
+    ("not-json", request(b"not json"), "malformed", "not JSON"),
+    ("empty-payload", request(b"", post_as_get=False), "malformed", "not JSON"),
+    ("json-array", request(b"[1, 2]"), "malformed", "not a JSON object"),
+    ("json-nan", request(b'{"reason": NaN}'), "malformed", "not JSON"),
+    ("not-utf8", request(b'{"x": "\xff"}'), "malformed", "not JSON"),
+    ("duplicate-keys", request(b'{"identifiers": [], "identifiers": []}'), "malformed",
+     "repeats the field 'identifiers'"),
+    ("oversized", request(b'{"x": "' + b"a" * (33 * 1024) + b'"}'), "malformed",
+     "larger than"),
+    ("other-origin", request({}, url="https://evil.test/x"), "challenge", "origin"),
+    ("other-port", request({}, url="https://ca.test:8443/x"), "challenge", "origin"),
+    ("http", request({}, url="http://ca.test/x"), "challenge", "not https"),
+    ("credentials", request({}, url="https://user@ca.test/x"), "challenge", "credentials"),
+    ("kid-other-origin", request({}, kid="https://evil.test/acct/1"), "challenge", "origin"),
+    ("kid-http", request({}, kid="http://ca.test/acct/1"), "challenge", "not https"),
+    ("url-with-space", request({}, url="https://ca.test/a b"), "challenge", "printable"),
+    ("url-with-newline", request({}, url="https://ca.test/a\nb"), "challenge", "printable"),
+    ("url-too-long", request({}, url="https://ca.test/" + "a" * 2100), "challenge", "longer"),
+    ("url-empty", request({}, url=""), "challenge", "empty"),
+    ("nonce-bad", request({}, nonce="a b"), "challenge", "nonce"),
+    ("nonce-empty", request({}, nonce=""), "challenge", "nonce"),
+]
+
+
+@pytest.mark.parametrize(
+    ("req", "kind", "reason"),
+    [case[1:] for case in ISSUE_REFUSALS],
+    ids=[case[0] for case in ISSUE_REFUSALS],
+)
+def test_issue_run_refuses(req: Request, kind: str, reason: str) -> None:
+    refused(policy("issue"), req, kind, reason)
+
+
+# --- a revocation run -------------------------------------------------------------------
+
+
+def test_revoke_run_signs_the_lookup_and_the_revocation() -> None:
+    p = policy("revoke")
+    assert judge(p, request({"onlyReturnExisting": True}, kid="")) == "newAccount"
+    assert judge(p, request(None)) == "post-as-get"
+    assert judge(p, request(revocation())) == "revokeCert"
+    assert judge(p, request(revocation(reason=4))) == "revokeCert"
+    assert judge(p, request(revocation(list(reversed(NAMES)), reason=0))) == "revokeCert"
+
+
+REVOKE_REFUSALS = [
+    ("order", request(order(*NAMES)), "newOrder", "not part of this run"),
+    ("challenge", request({}), "challenge", "not part of this run"),
+    ("finalize", request(finalize(csr())), "finalize", "not part of this run"),
+    ("other-names", request(revocation(["evil.example.net"])), "revokeCert",
+     "not this run's names"),
+    ("reason-7", request(revocation(reason=7)), "revokeCert", "revocation reason"),
+    ("reason-bool", request(revocation(reason=True)), "revokeCert", "revocation reason"),
+    ("reason-string", request(revocation(reason="4")), "revokeCert", "revocation reason"),
+    ("extra-field", request(revocation(x=1)), "revokeCert", "unexpected field"),
+    ("not-a-certificate", request({"certificate": b64url(b"\x30\x00")}), "revokeCert",
+     "not a DER certificate"),
+    ("key-change", request(key_change()), "keyChange", "not part of this run"),
+    ("deactivate", request({"status": "deactivated"}, url=KID), "deactivate",
+     "not part of this run"),
+]
+
+
+@pytest.mark.parametrize(
+    ("req", "kind", "reason"),
+    [case[1:] for case in REVOKE_REFUSALS],
+    ids=[case[0] for case in REVOKE_REFUSALS],
+)
+def test_revoke_run_refuses(req: Request, kind: str, reason: str) -> None:
+    refused(policy("revoke"), req, kind, reason)
+
+
+# --- the operations that have no command line yet ------------------------------------
+
+
+def test_rollover_run() -> None:
+    p = policy("rollover")
+    url = "https://ca.test/kc"
+    assert judge(p, request(key_change(url=url), url=url)) == "keyChange"
+    refused(p, request(key_change(url=url), url="https://ca.test/other"), "keyChange", "url")
+    refused(p, request(key_change(url=url, account="https://ca.test/acct/2"), url=url),
+            "keyChange", "name this account")
+    refused(p, request(key_change(url=url, new_key=ACCOUNT_KEY), url=url), "keyChange",
+            "the new key is the account key")
+    refused(p, request({"protected": 1, "payload": "", "signature": ""}, url=url), "keyChange",
+            "flattened JWS")
+    refused(p, request(order(*NAMES)), "newOrder", "not part of this run")
+
+
+def test_deactivate_run() -> None:
+    p = policy("deactivate")
+    assert judge(p, request({"status": "deactivated"}, url=KID)) == "deactivate"
+    # An authorization is deactivated the same way, at its own URL: not this run.
+    refused(p, request({"status": "deactivated"}, url="https://ca.test/authz/1"), "deactivate",
+            "account URL")
+    refused(p, request({"status": "valid"}, url=KID), "deactivate", "deactivated")
+    refused(p, request({"contact": CONTACT}, url=KID), "accountUpdate", "not part of this run")
+
+
+def test_update_account_run() -> None:
+    p = policy("update-account")
+    assert judge(p, request({"contact": CONTACT}, url=KID)) == "accountUpdate"
+    assert judge(p, request({"termsOfServiceAgreed": True}, url=KID)) == "accountUpdate"
+    refused(p, request({"contact": ["mailto:evil@example.net"]}, url=KID), "accountUpdate",
+            "contact differs")
+    refused(p, request({"contact": CONTACT, "status": "deactivated"}, url=KID), "deactivate",
+            "not part of this run")
+    refused(p, request({"contact": CONTACT}, kid=""), "accountUpdate", "needs the account URL")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"operation": "steal", "names": NAMES}, "unknown operation"),
+        ({"names": NAMES}, "unknown operation"),
+        ({"operation": "issue"}, "no names"),
+        ({"operation": "issue", "names": []}, "no names"),
+        ({"operation": "issue", "names": NAMES, "contact": "mailto:x@example.org"}, "contact"),
+    ],
+)
+def test_policy_needs_its_settings(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        RunPolicy.from_settings({"directory_url": DIRECTORY, **settings}, ACCOUNT_KEY)
+
+
+# --- the audit log ---------------------------------------------------------------------
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_audit_log_is_created_0600_and_appends(tmp_path: Path) -> None:
+    key = tmp_path / "privkey.pem"
+    key.write_bytes(b"key")
+    path = tmp_path / "audit.log"
+    path.write_text('{"earlier": true}\n')
+    path.chmod(0o600)
+    log = AuditLog.open(str(path), str(key))
+    log.record("https://ca.test/x\n", "newOrder", b"{}", "refused", "no\x1b[31m")
+    log.record("https://ca.test/y", "post-as-get", b"", "signed")
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and lines[0] == '{"earlier": true}'
+    first, second = (json.loads(line) for line in lines[1:])
+    assert first["url"] == "https://ca.test/x\n" and first["decision"] == "refused"
+    assert "\x1b" not in first["reason"]
+    assert second == {
+        "time": second["time"],
+        "url": "https://ca.test/y",
+        "kind": "post-as-get",
+        "payload_sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "decision": "signed",
+    }
+    assert second["time"].endswith("Z") and "T" in second["time"]
+    fresh = tmp_path / "fresh.log"
+    AuditLog.open(str(fresh), str(key))
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+
+
+def test_audit_log_refuses_what_is_not_its_own_file(tmp_path: Path) -> None:
+    key = tmp_path / "privkey.pem"
+    key.write_bytes(b"key")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"outside\n")
+    link = tmp_path / "link.log"
+    link.symlink_to(outside)
+    with pytest.raises(InputError, match="audit log"):
+        AuditLog.open(str(link), str(key))
+    fifo = tmp_path / "fifo.log"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="audit log"):
+        AuditLog.open(str(fifo), str(key))  # and does not hang
+    with pytest.raises(InputError, match="is the account key"):
+        AuditLog.open(str(key), str(key))
+    hard = tmp_path / "hard.log"
+    os.link(outside, hard)
+    with pytest.raises(InputError, match="hard links"):
+        AuditLog.open(str(hard), str(key))
+    assert outside.read_bytes() == b"outside\n"
+    assert key.read_bytes() == b"key"
+
+
+class Aborted(Exception):
+    pass
+
+
+class FakeContext:
+    def __init__(self) -> None:
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.code, self.details = code, details
+        raise Aborted(details)
+
+
+def test_sign_records_every_request_and_refuses_with_invalid_argument(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    service = AccountService(
+        ACCOUNT_KEY, policy("issue"), AuditLog.open(str(path), str(tmp_path / "k")),
+        Logger("acctproc", 0),
+    )
+    good = account_pb2.SignRequest(
+        url="https://ca.test/order", nonce=NONCE, kid=KID,
+        payload=json.dumps(order(*NAMES)).encode(),
+    )
+    reply = service.Sign(good, FakeContext())
+    header = json.loads(b64url_decode(reply.protected))
+    assert header == {"nonce": NONCE, "url": good.url, "kid": KID, "alg": "ES256"}
+    assert json.loads(b64url_decode(reply.payload)) == order(*NAMES)
+
+    bad = account_pb2.SignRequest(
+        url="https://ca.test/order", nonce=NONCE, kid=KID,
+        payload=json.dumps(order("evil.example.net")).encode(),
+    )
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        service.Sign(bad, context)
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert context.details.startswith("refused to sign newOrder: identifiers ['evil.example.net']")
+
+    lookup = account_pb2.SignRequest(
+        url="https://ca.test/new-acct", nonce=NONCE, payload=b'{"onlyReturnExisting": true}'
+    )
+    embedded = json.loads(b64url_decode(service.Sign(lookup, FakeContext()).protected))
+    assert embedded["jwk"] == keys.jwk(ACCOUNT_KEY.public_key()) and "kid" not in embedded
+
+    lines = read_lines(path)
+    assert [(e["kind"], e["decision"]) for e in lines] == [
+        ("newOrder", "signed"), ("newOrder", "refused"), ("newAccount", "signed"),
+    ]
+    assert lines[1]["reason"].startswith("identifiers ['evil.example.net']")
+    assert "reason" not in lines[0]
+    assert lines[0]["payload_sha256"] == hashlib.sha256(good.payload).hexdigest()
+
+
+def test_no_record_no_signature(tmp_path: Path) -> None:
+    read_only = os.open(os.devnull, os.O_RDONLY)
+    service = AccountService(ACCOUNT_KEY, policy("issue"), AuditLog(read_only),
+                             Logger("acctproc", 0))
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        service.Sign(account_pb2.SignRequest(url="https://ca.test/x", nonce=NONCE, kid=KID,
+                                             post_as_get=True), context)
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "audit log" in context.details
+    os.close(read_only)
+
+
+def test_concurrent_records_stay_whole_lines(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog.open(str(path), str(tmp_path / "k"))
+
+    def write() -> None:
+        for _ in range(50):
+            log.record("https://ca.test/" + "x" * 1000, "post-as-get", b"", "signed")
+
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(read_lines(path)) == 200
+
+
+# --- the settings: from the command line and the container entry point ---------------
+
+
+def settings_for(*argv: str) -> dict[str, dict[str, object]]:
+    return cli.role_settings(cli.build_parser().parse_args(list(argv)))
+
+
+def test_cli_gives_acctproc_the_run_and_netproc_no_audit_log(tmp_path: Path) -> None:
+    key = str(tmp_path / "acct" / "privkey.pem")
+    settings = settings_for("-f", key, "--contact", CONTACT[0], *NAMES)
+    acct = settings["acctproc"]
+    assert acct["operation"] == "issue"
+    assert acct["names"] == NAMES
+    assert acct["contact"] == CONTACT
+    assert acct["audit_log"] == str(tmp_path / "acct" / "audit.log")
+    for role, own in settings.items():
+        if role != "acctproc":
+            assert "audit.log" not in json.dumps(own), role
+    assert settings_for("-r", "-f", key, *NAMES)["acctproc"]["operation"] == "revoke"
+    custom = settings_for("-f", key, "--audit-log", str(tmp_path / "x.log"), *NAMES)
+    assert custom["acctproc"]["audit_log"] == str(tmp_path / "x.log")
+
+
+@pytest.mark.parametrize("which", ["account", "domain"])
+def test_cli_refuses_a_key_as_audit_log(tmp_path: Path, which: str) -> None:
+    account, domain = str(tmp_path / "a.pem"), str(tmp_path / "d.pem")
+    target = account if which == "account" else domain
+    with pytest.raises(InputError, match="audit-log"):
+        settings_for("-f", account, "-k", domain, "--audit-log", target, *NAMES)
+
+
+def test_container_acctproc_gets_the_run_through_cli() -> None:
+    config = container.role_config(
+        "acctproc", {"DOMAINS": " ".join(NAMES), "CONTACT": CONTACT[0]}
+    )
+    assert config.settings["operation"] == "issue"
+    assert config.settings["names"] == NAMES
+    assert config.settings["contact"] == CONTACT
+    assert config.settings["audit_log"] == "/etc/acme/audit.log"
+    netproc = container.role_config("netproc", {"DOMAINS": " ".join(NAMES)})
+    assert "audit" not in json.dumps(netproc.settings)
