@@ -12,10 +12,9 @@ import sys
 from typing import NoReturn
 
 from letskencrypt.errors import InputError
-from letskencrypt.keys import KEY_TYPES
 from letskencrypt.supervisor import RunUser, Supervisor
 from letskencrypt.urls import origin
-from letskencrypt.validate import safe_text, validate_domains
+from letskencrypt.validate import KEY_TYPES, safe_text, validate_domains
 
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -25,6 +24,8 @@ DEFAULT_ACCOUNT_KEY = "/etc/acme/privkey.pem"
 DEFAULT_CHALLENGE_DIR = "/var/www/acme"
 EXIT_FAILED = 1
 MAX_CONTACTS = 10
+DEFAULT_INTERVAL = 12 * 3600.0
+DEFAULT_BACKOFF = 60.0
 # RFC 5280 revocation reasons that ACME accepts (7 is unused in RFC 5280).
 REVOCATION_REASONS = {
     "unspecified": 0,
@@ -76,6 +77,20 @@ def build_parser() -> Parser:
         help="type of newly created keys (default ecdsa256)")
     add("--revoke-reason", choices=sorted(REVOCATION_REASONS), metavar="REASON",
         help="revocation reason: " + ", ".join(sorted(REVOCATION_REASONS)))
+    add("--daemon", action="store_true",
+        help="keep running: check on a schedule and renew when due (exit 0 on SIGTERM)")
+    add("--interval", type=float, default=DEFAULT_INTERVAL, metavar="SECONDS",
+        help=f"daemon: time between checks (default {DEFAULT_INTERVAL:.0f})")
+    add("--jitter", type=float, metavar="SECONDS",
+        help="daemon: random extra wait, 0..SECONDS (default: a tenth of the interval)")
+    add("--backoff", type=float, metavar="SECONDS",
+        help=f"daemon: first wait after a failure, doubling up to the interval "
+        f"(default {DEFAULT_BACKOFF:.0f}, or the interval if shorter)")
+    add("--strict", action="store_true",
+        help="fail when the kernel lacks a sandbox feature (default: log it and go on)")
+    add("--audit-log", metavar="FILE",
+        help="acctproc's log of every signature request "
+        "(default: audit.log next to the account key)")
     add("--user", default="nobody",
         help="unprivileged user the roles run as when started as root (default nobody)")
     add("domains", nargs="+", metavar="domain", help="primary domain, then alternative names")
@@ -109,6 +124,31 @@ def check_readable_file(path: str, what: str) -> str:
     return path
 
 
+def check_schedule(args: argparse.Namespace) -> dict[str, float]:
+    if args.revoke:
+        raise InputError("--daemon does not go with -r")
+    interval = args.interval
+    if not 1 <= interval <= 30 * 86400:
+        raise InputError("--interval must be between 1 second and 30 days")
+    jitter = interval / 10 if args.jitter is None else args.jitter
+    backoff = min(DEFAULT_BACKOFF, interval) if args.backoff is None else args.backoff
+    if not 0 <= jitter <= interval:
+        raise InputError("--jitter must be between 0 and the interval")
+    if not 1 <= backoff <= interval:
+        raise InputError("--backoff must be between 1 second and the interval")
+    return {"interval": interval, "jitter": jitter, "backoff": backoff}
+
+
+def check_audit_log(path: str | None, account_key: str, domain_key: str) -> str:
+    """acctproc's audit log: by default next to the account key, never a key."""
+    if path is None:
+        return os.path.join(os.path.dirname(account_key), "audit.log")
+    path = os.path.abspath(path)
+    if path in (account_key, domain_key) or os.path.isdir(path):
+        raise InputError(f"--audit-log {path}: give a file that is not a key")
+    return path
+
+
 def run_user(name: str) -> RunUser | None:
     """Roles drop to this user only when we are root."""
     if os.geteuid() != 0:
@@ -132,7 +172,10 @@ def role_settings(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     if args.revoke_reason and not args.revoke:
         raise InputError("--revoke-reason goes with -r")
     cert_dir = os.path.abspath(args.cert_dir)
-    return {
+    account_key = os.path.abspath(args.account_key)
+    audit_log = check_audit_log(args.audit_log, account_key, os.path.abspath(args.domain_key))
+    daemon = check_schedule(args) if args.daemon else None
+    settings: dict[str, dict[str, object]] = {
         "netproc": {
             "directory_url": directory_url,
             "ca_bundle": ca_bundle,
@@ -140,12 +183,18 @@ def role_settings(args: argparse.Namespace) -> dict[str, dict[str, object]]:
             "names": names,
             "revoke": args.revoke,
             "revoke_reason": REVOCATION_REASONS.get(args.revoke_reason or ""),
+            "daemon": daemon,
         },
         "acctproc": {
-            "key_path": os.path.abspath(args.account_key),
+            "key_path": account_key,
             "create": args.new_account_key,
             "key_type": args.key_type,
             "directory_url": directory_url,
+            # What acctproc may sign: only what this run asked for.
+            "operation": "revoke" if args.revoke else "issue",
+            "names": names,
+            "contact": contacts,
+            "audit_log": audit_log,
         },
         "keyproc": {
             "key_path": os.path.abspath(args.domain_key),
@@ -163,10 +212,18 @@ def role_settings(args: argparse.Namespace) -> dict[str, dict[str, object]]:
         "certproc": {},
         "fileproc": {"cert_dir": cert_dir, "backup": args.backup},
     }
+    for role in settings.values():
+        role["strict"] = args.strict
+    return settings
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["sandbox-check"]:
+        from letskencrypt import sandbox_check  # it builds on this module
+
+        sandbox_check.main(arguments[1:])
+    args = build_parser().parse_args(arguments)
     try:
         settings = role_settings(args)
         user = run_user(args.user)

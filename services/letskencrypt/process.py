@@ -1,5 +1,6 @@
 """What every role process does before it serves: read its configuration from
-the supervisor, name itself, stop core dumps, drop privileges, and report.
+the supervisor, name itself, stop core dumps, drop privileges, sandbox itself
+(sandbox.py), and report.
 
 The supervisor writes one JSON object to the role's standard input and closes
 it, so nothing of the configuration shows in `ps` or the environment.
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from letskencrypt import rpc
 from letskencrypt.validate import safe_text
 
 PR_SET_PDEATHSIG = 1
@@ -36,6 +38,11 @@ class RoleConfig:
     uid: int | None = None
     gid: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    # Started by the native supervisor (dies with it), not a container runtime.
+    supervised: bool = True
+    supervisor_pid: int | None = None
+    # edge -> secret shared with the role at the other end (native mode only).
+    edge_tokens: dict[str, str] = field(default_factory=dict)
 
 
 class Logger:
@@ -93,6 +100,8 @@ def read_config(role: str) -> RoleConfig:
         uid=document.get("uid"),
         gid=document.get("gid"),
         settings=document.get("settings", {}),
+        edge_tokens=document.get("edge_tokens", {}),
+        supervisor_pid=document.get("supervisor_pid"),
     )
 
 
@@ -114,39 +123,64 @@ def drop_privileges(config: RoleConfig) -> None:
         raise SystemExit(f"letskencrypt: {config.role}: could not drop root privileges")
 
 
-def die_with_parent() -> None:
+# chngproc must remove its files from the web root even when the supervisor
+# is killed outright: it gets SIGTERM (see serve_until_stopped), the rest SIGKILL.
+PARENT_DEATH_SIGNAL = {"chngproc": signal.SIGTERM}
+
+
+def die_with_parent(config: RoleConfig) -> None:
     """Exit if the supervisor dies, so no role outlives the run. Set after any
-    change of credentials, which clears it."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:
+    change of credentials, which clears it; the supervisor set it at birth."""
+    _prctl(PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL.get(config.role, signal.SIGKILL))
+    # Compared with the supervisor's pid, not 1: a subreaper may have adopted us.
+    if config.supervisor_pid is not None and os.getppid() != config.supervisor_pid:
         os._exit(1)
 
 
-def start(role: str) -> tuple[RoleConfig, Logger]:
-    """The common opening of every role's main(): name, config, hardening."""
+def start(role: str, config: RoleConfig | None = None) -> tuple[RoleConfig, Logger]:
+    """The common opening of every role's main(): name, config, hardening.
+
+    Under the native supervisor the configuration comes on stdin; a container
+    entry point builds it from the environment and passes it in.
+    """
     set_process_name(role)
-    # Ctrl-C reaches the whole process group; the supervisor decides what happens.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    config = read_config(role)
+    if config is None:
+        # Ctrl-C reaches the whole process group; the supervisor decides.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        config = read_config(role)
+    rpc.use_edge_tokens(config.edge_tokens)
     # Sockets and files we create are for our peer (same group), not for others.
     os.umask(0o007)
     harden()
     return config, Logger(role, config.verbosity)
 
 
-def confine(config: RoleConfig) -> None:
-    """Called by each role once it has opened what it needs and before it serves."""
+def confine(config: RoleConfig) -> list[str]:
+    """Called by each role once it has opened what it needs and before it serves.
+
+    Returns what of the sandbox the kernel could not apply (see sandbox.apply).
+    """
+    from letskencrypt import sandbox  # it builds on this module
+
+    log = Logger(config.role, config.verbosity)
+    # While we may still reach every path of the role's profile.
+    opened = sandbox.open_profile(config, log)
     drop_privileges(config)
     # A change of credentials resets both of these.
     harden()
-    die_with_parent()
+    if config.supervised:
+        die_with_parent(config)
+    strict = bool(config.settings.get("strict", False))
+    return sandbox.apply(config, log, strict, opened)
 
 
-def run_role(role: str, body: Callable[[RoleConfig, Logger], int]) -> None:
+def run_role(
+    role: str, body: Callable[[RoleConfig, Logger], int], config: RoleConfig | None = None
+) -> None:
     """Run a role's body and turn our errors into one line and exit status 1."""
     from letskencrypt.errors import LetskencryptError
 
-    config, log = start(role)
+    config, log = start(role, config)
     try:
         code = body(config, log)
     except LetskencryptError as error:

@@ -7,10 +7,11 @@ and every failure surfaces as a one-line `RpcError` naming the peer.
 """
 
 import contextlib
+import hmac
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -78,6 +79,70 @@ def edges_called_by(role: str) -> list[Edge]:
     return [edge for edge in EDGES.values() if edge.client == role]
 
 
+# --- edge tokens -----------------------------------------------------------------
+#
+# In native mode the unprivileged roles share one user, so file permissions
+# cannot stop a role from connecting to a socket of an edge it is not on.
+# The supervisor therefore gives each edge a random token, known only to the
+# edge's two roles; the server refuses every call without it.  In containers
+# each edge's socket lives on a volume only its two ends mount, and no token
+# is configured.
+
+TOKEN_METADATA = "letskencrypt-edge-token"  # noqa: S105 - a header name
+_edge_tokens: dict[str, str] = {}
+
+
+def use_edge_tokens(tokens: Mapping[str, str]) -> None:
+    """Remember this role's edge tokens (from its configuration)."""
+    _edge_tokens.clear()
+    _edge_tokens.update(tokens)
+
+
+class _RequireToken(grpc.ServerInterceptor):
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+        def refuse(_request: Any, context: grpc.ServicerContext) -> None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "not a peer on this edge")
+
+        self._refusal = grpc.unary_unary_rpc_method_handler(refuse)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        supplied = str(metadata.get(TOKEN_METADATA, "")).encode()
+        if hmac.compare_digest(supplied, self._token):
+            return continuation(handler_call_details)
+        return self._refusal
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, details: grpc.ClientCallDetails, metadata: list[tuple[str, str]]) -> None:
+        self.method = details.method
+        self.timeout = details.timeout
+        self.metadata = metadata
+        self.credentials = details.credentials
+        self.wait_for_ready = details.wait_for_ready
+        self.compression = details.compression
+
+
+class _SendToken(grpc.UnaryUnaryClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        metadata = [*(client_call_details.metadata or ()), (TOKEN_METADATA, self._token)]
+        return continuation(_CallDetails(client_call_details, metadata), request)
+
+
 # --- server side -----------------------------------------------------------------
 
 
@@ -124,6 +189,7 @@ def serve(
             ("grpc.max_metadata_size", 8 * KIB),
         ],
         maximum_concurrent_rpcs=4,
+        interceptors=[_RequireToken(token)] if (token := _edge_tokens.get(edge_name)) else [],
     )
     for register, servicer in servicers:
         register(servicer, server)
@@ -180,7 +246,7 @@ def guarded(handler: Handler[Request, Reply]) -> Handler[Request, Reply]:
 
 def connect(run_dir: str, edge_name: str) -> grpc.Channel:
     edge = EDGES[edge_name]
-    return grpc.insecure_channel(
+    channel = grpc.insecure_channel(
         f"unix:{socket_path(run_dir, edge_name)}",
         options=[
             ("grpc.max_receive_message_length", edge.max_message),
@@ -188,6 +254,8 @@ def connect(run_dir: str, edge_name: str) -> grpc.Channel:
             ("grpc.enable_retries", 0),
         ],
     )
+    token = _edge_tokens.get(edge_name)
+    return grpc.intercept_channel(channel, _SendToken(token)) if token else channel
 
 
 def wait_ready(channels: dict[str, grpc.Channel], timeout: float = READY_TIMEOUT) -> None:

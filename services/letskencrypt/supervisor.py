@@ -5,21 +5,26 @@ sub-directory per edge, starts each role with only the settings it needs
 (written to the role's stdin), and waits.  netproc's exit status is the
 run's; if any other role dies first, every role is stopped and the run
 fails naming it.  No role outlives the supervisor (each has a parent-death
-signal, and the supervisor kills what is left on the way out).
+signal from birth, and the supervisor kills what is left on the way out);
+chngproc's is SIGTERM, so that it removes its files first.
 """
 
 import contextlib
+import ctypes
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from letskencrypt.fsutil import make_directories
 from letskencrypt.rpc import EDGES, ROLES
 
 # Roles that must keep root to write into root-owned directories; every
@@ -27,6 +32,7 @@ from letskencrypt.rpc import EDGES, ROLES
 KEEPS_ROOT = frozenset({"chngproc", "fileproc"})
 # How long the roles get to stop by themselves once netproc is done.
 STOP_GRACE = 5.0
+CERT_DIR_MODE = 0o755
 KILL_GRACE = 3.0
 POLL_INTERVAL = 0.02
 EXIT_FAILED = 1
@@ -35,6 +41,27 @@ EXIT_CODES = (0, 1, 2)
 # Only what Python and the C library need; nothing of the caller's environment
 # (proxies, credentials) reaches a role.
 PASSED_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "SSL_CERT_FILE")
+PR_SET_PDEATHSIG = 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def dies_with(supervisor: int) -> Callable[[], None]:
+    """A child's pre-exec step: get SIGKILL when `supervisor` dies, from birth.
+
+    The role sets its parent-death signal again once it has confined itself
+    (a change of credentials clears it), but it takes a second or two to get
+    there, and its check for a dead parent then (`getppid() == 1`) misses an
+    orphan adopted by a subreaper (systemd, tini -s, ...): a supervisor
+    killed during that time would leave the roles to do the run on their own.
+    """
+
+    def preexec() -> None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != supervisor:
+            os._exit(EXIT_FAILED)
+
+    return preexec
 
 
 @dataclass
@@ -52,9 +79,20 @@ class Supervisor:
     children: dict[int, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     interrupted: bool = False
+    # One secret per edge, given only to its two roles (see rpc.py).
+    edge_tokens: dict[str, str] = field(
+        default_factory=lambda: {name: secrets.token_urlsafe(32) for name in EDGES}
+    )
 
     def run(self) -> int:
         self.run_dir = self.make_run_dir()
+        # revokeproc holds the certificate directory open from the start, so it
+        # must exist before fileproc gets to create it.
+        cert_dir = self.settings["fileproc"]["cert_dir"]
+        make_directories(cert_dir, CERT_DIR_MODE)
+        # revokeproc's sandbox lets it read the sets there, not the directory
+        # (where the domain key often lives): the sets' directory must exist.
+        make_directories(os.path.join(cert_dir, ".sets"), CERT_DIR_MODE)
         previous = {
             signum: signal.signal(signum, self.on_signal)
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -88,14 +126,6 @@ class Supervisor:
         return run_dir
 
     def start(self, role: str) -> None:
-        document: dict[str, Any] = {
-            "run_dir": self.run_dir,
-            "verbosity": self.verbosity,
-            "settings": self.settings.get(role, {}),
-        }
-        if self.run_user is not None and role not in KEEPS_ROOT:
-            document["uid"] = self.run_user.uid
-            document["gid"] = self.run_user.gid
         environment = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
         process = subprocess.Popen(
             [sys.executable, "-m", f"letskencrypt.roles.{role}"],
@@ -103,19 +133,44 @@ class Supervisor:
             env=environment,
             close_fds=True,
             cwd="/",
+            preexec_fn=dies_with(os.getpid()),
         )
         assert process.stdin is not None
-        process.stdin.write(json.dumps(document).encode())
+        process.stdin.write(json.dumps(self.role_document(role)).encode())
         process.stdin.close()
         self.processes[role] = process
         self.children[process.pid] = role
+
+    def role_document(self, role: str) -> dict[str, Any]:
+        """What a role is told on its stdin: its own settings and edges only."""
+        document: dict[str, Any] = {
+            "run_dir": self.run_dir,
+            "supervisor_pid": os.getpid(),
+            "verbosity": self.verbosity,
+            "settings": self.settings.get(role, {}),
+            "edge_tokens": {
+                name: token
+                for name, token in self.edge_tokens.items()
+                if role in (EDGES[name].client, EDGES[name].server)
+            },
+        }
+        if self.run_user is not None and role not in KEEPS_ROOT:
+            document["uid"] = self.run_user.uid
+            document["gid"] = self.run_user.gid
+        return document
 
     def wait(self) -> int:
         """Wait for netproc; stop everything early if another role dies first."""
         netproc_status: int | None = None
         stop_deadline: float | None = None
         while self.children:
-            if self.interrupted:
+            if self.interrupted and netproc_status is None and stop_deadline is None:
+                # netproc stops the others itself (a daemon exits 0); a
+                # one-shot netproc dies of the signal and the run fails.
+                self.interrupted = False
+                self.kill_all(signal.SIGTERM, only="netproc")
+                stop_deadline = time.monotonic() + STOP_GRACE
+            elif self.interrupted:
                 self.report("interrupted")
                 return self.abort()
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -167,8 +222,10 @@ class Supervisor:
         sys.stderr.write(f"letskencrypt: {message}\n")
         sys.stderr.flush()
 
-    def kill_all(self, signum: int) -> None:
-        for pid in list(self.children):
+    def kill_all(self, signum: int, only: str | None = None) -> None:
+        for pid, role in list(self.children.items()):
+            if only is not None and role != only:
+                continue
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 

@@ -108,6 +108,7 @@ class ChallengeService(challenge_pb2_grpc.ChallengeServicer):
 
 def run(config: RoleConfig, log: Logger) -> int:
     directory = ChallengeDirectory(config.settings["challenge_dir"])
+    # Also when the supervisor is killed outright: see PARENT_DEATH_SIGNAL.
     process.confine(config)
     try:
         rpc.serve_until_stopped(
