@@ -86,12 +86,13 @@ def decide(
     )
 
 
-def _read_limited(path: str, max_bytes: int) -> bytes | None:
+def _read_limited(path: str, max_bytes: int, dir_fd: int | None) -> bytes | None:
     # Follows symlinks on purpose: cert.pem is a symlink managed by fileproc.
     # O_NONBLOCK keeps a FIFO planted at the path from blocking the open.
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+    name = path if dir_fd is None else os.path.basename(path)
     try:
-        fd = os.open(path, flags)
+        fd = os.open(name, flags, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -113,10 +114,14 @@ def _read_limited(path: str, max_bytes: int) -> bytes | None:
 
 
 def load_certificate_file(
-    path: str, max_bytes: int = MAX_CERT_FILE_BYTES
+    path: str, max_bytes: int = MAX_CERT_FILE_BYTES, dir_fd: int | None = None
 ) -> x509.Certificate | None:
-    """The first certificate of a PEM file, or None if there is no file."""
-    data = _read_limited(path, max_bytes)
+    """The first certificate of a PEM file, or None if there is no file.
+
+    With `dir_fd` (a descriptor of the file's directory, opened before the
+    caller dropped privileges) only the last component is looked up.
+    """
+    data = _read_limited(path, max_bytes, dir_fd)
     if data is None:
         return None
     if b"-----BEGIN CERTIFICATE-----" not in data:

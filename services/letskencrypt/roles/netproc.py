@@ -9,10 +9,15 @@ who owns it can ask acctproc for signatures on the CA's origin and hand
 certproc a chain, which certproc checks against keyproc's key and names.
 
 Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
-2 nothing to do, and then no request at all reached the CA.
+2 nothing to do, and then no request at all reached the CA.  In daemon mode
+it checks on a schedule (interval plus random jitter), backs off after a
+failure (doubling, up to the interval), and exits 0 on SIGTERM.
 """
 
+import random
+import signal
 import ssl
+import threading
 
 import grpc
 
@@ -169,6 +174,29 @@ def connect_ca(peers: Peers, settings: dict, log: Logger) -> acme.AcmeClient:
     return acme.AcmeClient(transport, peers.signer, settings["directory_url"], log=log.info)
 
 
+def keep_renewing(peers: Peers, settings: dict, log: Logger) -> int:
+    """Daemon mode: check, renew when due, wait, until SIGTERM."""
+    schedule = settings["daemon"]
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
+    failures = 0
+    while not stopping.is_set():
+        try:
+            if obtain(peers, settings, log) == EXIT_CHANGED:
+                log.error("installed a new certificate")
+            failures = 0
+            delay = schedule["interval"] + random.uniform(0, schedule["jitter"])  # noqa: S311
+        except LetskencryptError as error:
+            failures += 1
+            backoff = schedule["backoff"] * 2 ** min(failures - 1, 30)
+            delay = min(backoff, schedule["interval"]) * random.uniform(0.75, 1.0)  # noqa: S311
+            log.error(f"{error} (attempt {failures}; next in {delay:.0f} s)")
+        log.info(f"next check in {delay:.0f} s")
+        stopping.wait(delay)
+    log.info("stopping on SIGTERM")
+    return 0
+
+
 def run(config: RoleConfig, log: Logger) -> int:
     settings = dict(config.settings)
     settings["ca_pem"] = load_trust_anchors(settings.get("ca_bundle"))
@@ -176,8 +204,13 @@ def run(config: RoleConfig, log: Logger) -> int:
     peers = Peers(config.run_dir)
     code = EXIT_FAILED
     try:
-        rpc.wait_ready(peers.channels)
-        code = revoke(peers, settings, log) if settings["revoke"] else obtain(peers, settings, log)
+        rpc.wait_ready(peers.channels, settings.get("ready_timeout", rpc.READY_TIMEOUT))
+        if settings["revoke"]:
+            code = revoke(peers, settings, log)
+        elif settings.get("daemon"):
+            code = keep_renewing(peers, settings, log)
+        else:
+            code = obtain(peers, settings, log)
     except LetskencryptError as error:
         log.error(str(error))
     finally:

@@ -1,11 +1,13 @@
 """revokeproc: reads the current certificate and says whether a new one is due.
 
-Holds: read access to the current certificate (read once, at start).
+Holds: read access to the current certificate (read again for every question,
+so a long-running pod sees the certificate fileproc installed since).
 Network: none.  Serves: Renewal on the `rvk` edge.
 The names and the -F switch come from its own configuration, so netproc
 cannot talk it into or out of a renewal; it only learns the answer.
 """
 
+import os
 from datetime import UTC, datetime
 
 import grpc
@@ -13,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from letskencrypt import process, rpc
+from letskencrypt.errors import InputError
 from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.renewal import Decision, decide, load_certificate_file
 from letskencrypt.v1 import renewal_pb2, renewal_pb2_grpc
@@ -26,19 +29,26 @@ DECISIONS = {
 
 class RenewalService(renewal_pb2_grpc.RenewalServicer):
     def __init__(
-        self, certificate: x509.Certificate | None, names: list[str], force: bool, log: Logger
+        self, cert_dir_fd: int, cert_path: str, names: list[str], force: bool, log: Logger
     ) -> None:
-        self.certificate = certificate
+        self.cert_dir_fd = cert_dir_fd
+        self.cert_path = cert_path
         self.names = names
         self.force = force
         self.log = log.error
         self.info = log.info
 
+    def read_certificate(self) -> x509.Certificate | None:
+        return load_certificate_file(self.cert_path, dir_fd=self.cert_dir_fd)
+
     @rpc.guarded
     def Check(
         self, request: renewal_pb2.CheckRequest, context: grpc.ServicerContext
     ) -> renewal_pb2.CheckReply:
-        decision, reason = decide(self.certificate, self.names, datetime.now(UTC), self.force)
+        certificate = self.read_certificate()
+        decision, reason = decide(certificate, self.names, datetime.now(UTC), self.force)
+        # -F forces one renewal, not one per check of a long-running pod.
+        self.force = False
         self.info(f"{decision.name.lower().replace('_', ' ')}: {reason}")
         return renewal_pb2.CheckReply(decision=DECISIONS[decision], reason=reason)
 
@@ -46,18 +56,25 @@ class RenewalService(renewal_pb2_grpc.RenewalServicer):
     def Current(
         self, request: renewal_pb2.CurrentRequest, context: grpc.ServicerContext
     ) -> renewal_pb2.CurrentReply:
-        if self.certificate is None:
+        certificate = self.read_certificate()
+        if certificate is None:
             return renewal_pb2.CurrentReply()
-        return renewal_pb2.CurrentReply(
-            certificate_der=self.certificate.public_bytes(Encoding.DER)
-        )
+        return renewal_pb2.CurrentReply(certificate_der=certificate.public_bytes(Encoding.DER))
 
 
 def run(config: RoleConfig, log: Logger) -> int:
     settings = config.settings
-    certificate = load_certificate_file(settings["cert_path"])
+    cert_path = settings["cert_path"]
+    cert_dir = os.path.dirname(cert_path)
+    # Opened while we may still traverse the directories above it.
+    try:
+        cert_dir_fd = os.open(cert_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        raise InputError(f"certificate directory {cert_dir}: {error.strerror}") from None
     process.confine(config)
-    service = RenewalService(certificate, settings["names"], settings["force"], log)
+    service = RenewalService(cert_dir_fd, cert_path, settings["names"], settings["force"], log)
+    # An unreadable certificate fails the run before anything else happens.
+    service.read_certificate()
     rpc.serve_until_stopped(
         config.run_dir, {"rvk": [(renewal_pb2_grpc.add_RenewalServicer_to_server, service)]}
     )

@@ -1,0 +1,148 @@
+"""Container mode: one role per container, configured from the environment.
+
+Every container of the pod (compose or Kubernetes) runs
+`python3 -m letskencrypt.container ROLE`.  The settings are built exactly as
+the command line builds them, from these variables:
+
+    DOMAINS          space-separated names, the first is the primary (required)
+    ACME_SERVER      ACME directory URL (default: Let's Encrypt production)
+    CONTACT          space-separated contact URIs (mailto:...)
+    KEY_TYPE         type of keys created on the first run (default ecdsa256)
+    FORCE            1: renew even if the certificate is current
+    BACKUP           1: keep the previous certificate set
+    DAEMON           1: keep running and renew on a schedule (sidecar)
+    RENEW_INTERVAL, RENEW_JITTER, RENEW_BACKOFF   daemon schedule, seconds
+    STRICT           1: a sandbox feature the kernel lacks is fatal
+    VERBOSE          0, 1 or 2
+    NOTHING_TO_DO_EXIT   netproc's status when nothing was due (default 2; a
+                     Kubernetes Job wants 0, or every quiet night is a failure)
+    READY_TIMEOUT    seconds netproc waits for the other roles (default 120)
+
+Paths inside the containers are fixed, and equal to the native defaults:
+the sockets under /run/letskencrypt/<edge>/, the account key in /etc/acme,
+the domain key in /etc/ssl/acme/private, certificates in /etc/ssl/acme, the
+challenge directory /var/www/acme, and netproc's CA bundle at
+/etc/letskencrypt/ca.pem when mounted (else the image's system bundle).
+Missing keys are created on the first run, as `-n -N` would.
+"""
+
+import importlib
+import os
+import sys
+from collections.abc import Callable, Mapping
+
+from letskencrypt import cli, process
+from letskencrypt.errors import InputError
+from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.rpc import ROLES
+
+RUN_DIR = "/run/letskencrypt"
+CA_BUNDLE = "/etc/letskencrypt/ca.pem"
+EXIT_FAILED = 1
+EXIT_NOTHING_TO_DO = 2
+# Containers start in any order and images may still be pulled.
+READY_TIMEOUT = 120.0
+RoleBody = Callable[[RoleConfig, Logger], int]
+TRUE = frozenset({"1", "true", "yes", "on"})
+FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def flag(environ: Mapping[str, str], name: str) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise InputError(f"{name} must be 1 or 0, not {value[:20]!r}")
+
+
+def command_line(role: str, environ: Mapping[str, str]) -> list[str]:
+    """The command line that a native run with this environment would have."""
+    argv = ["-n", "-N"]
+    if "ACME_SERVER" in environ:
+        argv += ["--server", environ["ACME_SERVER"]]
+    if role == "netproc" and os.path.exists(CA_BUNDLE):
+        argv += ["--ca-bundle", CA_BUNDLE]
+    for contact in environ.get("CONTACT", "").split():
+        argv += ["--contact", contact]
+    if environ.get("KEY_TYPE"):
+        argv += ["--key-type", environ["KEY_TYPE"]]
+    for name, option in (("FORCE", "-F"), ("BACKUP", "-b"), ("DAEMON", "--daemon")):
+        if flag(environ, name):
+            argv.append(option)
+    if flag(environ, "STRICT"):
+        argv.append("--strict")
+    for name, option in (
+        ("RENEW_INTERVAL", "--interval"),
+        ("RENEW_JITTER", "--jitter"),
+        ("RENEW_BACKOFF", "--backoff"),
+    ):
+        if environ.get(name):
+            argv += [option, environ[name]]
+    verbosity = environ.get("VERBOSE", "0").strip()
+    if verbosity not in ("0", "1", "2"):
+        raise InputError(f"VERBOSE must be 0, 1 or 2, not {verbosity[:20]!r}")
+    argv += ["-v"] * int(verbosity)
+    domains = environ.get("DOMAINS", "").split()
+    if not domains:
+        raise InputError("DOMAINS is empty: give the names to certify, space-separated")
+    return [*argv, "--", *domains]
+
+
+def role_config(role: str, environ: Mapping[str, str]) -> RoleConfig:
+    if role not in ROLES:
+        raise InputError(f"unknown role {role[:40]!r}; one of {', '.join(ROLES)}")
+    args = cli.build_parser().parse_args(command_line(role, environ))
+    settings = cli.role_settings(args)[role]
+    if role == "netproc":
+        settings["ready_timeout"] = seconds(environ, "READY_TIMEOUT", READY_TIMEOUT)
+    return RoleConfig(
+        role=role, run_dir=RUN_DIR, verbosity=args.verbose, settings=settings, supervised=False
+    )
+
+
+def seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        value = float(environ.get(name, default))
+    except ValueError:
+        raise InputError(f"{name} must be a number of seconds") from None
+    if not 1 <= value <= 3600:
+        raise InputError(f"{name} must be between 1 and 3600 seconds")
+    return value
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = sys.argv[1:] if argv is None else argv
+    if len(arguments) != 1:
+        sys.stderr.write("usage: python3 -m letskencrypt.container ROLE\n")
+        sys.exit(EXIT_FAILED)
+    role = arguments[0]
+    try:
+        config = role_config(role, os.environ)
+    except InputError as error:
+        sys.stderr.write(f"letskencrypt: {role[:40]}: {error}\n")
+        sys.exit(EXIT_FAILED)
+    module = importlib.import_module(f"letskencrypt.roles.{role}")
+    body = module.run
+    if role == "netproc":
+        body = remap_nothing_to_do(body, nothing_to_do_exit(os.environ))
+    process.run_role(role, body, config)
+
+
+def nothing_to_do_exit(environ: Mapping[str, str]) -> int:
+    value = environ.get("NOTHING_TO_DO_EXIT", str(EXIT_NOTHING_TO_DO)).strip()
+    if value not in ("0", "2"):
+        raise SystemExit(f"letskencrypt: NOTHING_TO_DO_EXIT must be 0 or 2, not {value[:20]!r}")
+    return int(value)
+
+
+def remap_nothing_to_do(body: RoleBody, status: int) -> RoleBody:
+    def run(config: RoleConfig, log: Logger) -> int:
+        code = body(config, log)
+        return status if code == EXIT_NOTHING_TO_DO else code
+
+    return run
+
+
+if __name__ == "__main__":
+    main()
