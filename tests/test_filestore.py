@@ -91,9 +91,9 @@ def test_backup_keeps_previous_and_prunes_to_five(tmp_path, sets):
     ids = [install(tmp_path, sets[i % 4], backup=True) for i in range(8)]
     assert read_trio(tmp_path) == trio(sets[7 % 4])
     assert set_dirs(tmp_path) == sorted(ids[-6:])  # live set + 5 backups
-    # Without -b, only the previous set goes; older backups stay.
+    # Without -b only the live set is kept.
     latest = install(tmp_path, sets[0])
-    assert set_dirs(tmp_path) == sorted([*ids[-6:-1], latest])
+    assert set_dirs(tmp_path) == [latest]
 
 
 def test_empty_chain(tmp_path, sets):
@@ -129,7 +129,7 @@ def test_install_rejects_bad_input(tmp_path, sets, cert, chain, reason):
         cert = sets[0][0] + sets[1][0]
     with pytest.raises(InputError, match=reason):
         install(tmp_path, (cert, chain))
-    assert os.listdir(tmp_path) == []
+    assert [n for n in os.listdir(tmp_path) if n != filestore.GENERATION] == []
 
 
 def test_missing_directory(tmp_path):
@@ -219,12 +219,12 @@ def test_remove_set_without_backups(tmp_path, sets):
     install(tmp_path, sets[0], backup=True)
     install(tmp_path, sets[1], backup=True)
     filestore.remove_set(str(tmp_path))
-    assert os.listdir(tmp_path) == []
+    assert [n for n in os.listdir(tmp_path) if n != filestore.GENERATION] == []
 
 
 def test_remove_set_on_empty_and_legacy_directories(tmp_path, sets):
     filestore.remove_set(str(tmp_path))
-    assert os.listdir(tmp_path) == []
+    assert [n for n in os.listdir(tmp_path) if n != filestore.GENERATION] == []
     (tmp_path / "cert.pem").write_bytes(sets[0][0])
     (tmp_path / "other.txt").write_bytes(b"not ours")
     filestore.remove_set(str(tmp_path))

@@ -37,15 +37,17 @@ import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from letskencrypt.certs import parse_pem_chain
 from letskencrypt.errors import CertificateRejected, FileStoreError, InputError
 from letskencrypt.fsutil import make_directories
+from letskencrypt.pem import certificate_ders
 
 CERT = "cert.pem"
 CHAIN = "chain.pem"
 FULLCHAIN = "fullchain.pem"
 CERT_FILES = (CERT, CHAIN, FULLCHAIN)
 SETS = ".sets"
+# Rewritten after every change of the set: what a web server watches to reload.
+GENERATION = ".generation"
 LIVE = ".live"
 LEGACY_PREFIX = "legacy-"
 TEMP_PREFIX = ".tmp-"
@@ -57,6 +59,7 @@ MAX_CERT_BYTES = 256 * 1024
 
 _SET_ID_RE = re.compile(r"(?:legacy-)?\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{4}")
 _TEMP_LINK_RE = re.compile(r"\.(?:live|cert\.pem|chain\.pem|fullchain\.pem)\.tmp-[0-9a-f]{8}")
+_TEMP_GENERATION_RE = re.compile(r"\.tmp-\.generation-[0-9a-f]{8}")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _SUBDIR_FLAGS = _DIR_FLAGS | os.O_NOFOLLOW
@@ -215,11 +218,15 @@ def _build_set(sets_fd: int, files: dict[str, bytes], prefix: str = "") -> str:
 
 
 def _check_pem(data: bytes, what: str, allow_empty: bool) -> int:
-    """Count the certificates in `data`, refusing anything that is not PEM."""
+    """Count the certificates in `data`, refusing anything that is not PEM.
+
+    A check of the text and of the DER framing only (see pem): certproc has
+    verified the chain, and fileproc carries no X.509 parser.
+    """
     if not data and allow_empty:
         return 0
     try:
-        return len(parse_pem_chain(data, MAX_CERT_BYTES))
+        return len(certificate_ders(data, MAX_CERT_BYTES))
     except CertificateRejected as exc:
         raise InputError(f"{what} rejected: {exc}") from None
 
@@ -333,13 +340,19 @@ class CertDir:
     # --- recovery ---
 
     def _remove_temp_links(self) -> None:
+        """Temporary symlinks and generation files that a crash left behind."""
         removed = False
         for name in os.listdir(self.fd):
-            if _TEMP_LINK_RE.fullmatch(name):
-                st = _lstat(name, self.fd)
-                if st is not None and stat.S_ISLNK(st.st_mode):
-                    os.unlink(name, dir_fd=self.fd)
-                    removed = True
+            is_temp_link = _TEMP_LINK_RE.fullmatch(name) is not None
+            is_temp_generation = _TEMP_GENERATION_RE.fullmatch(name) is not None
+            st = _lstat(name, self.fd) if is_temp_link or is_temp_generation else None
+            if st is None:
+                continue
+            if (is_temp_link and stat.S_ISLNK(st.st_mode)) or (
+                is_temp_generation and stat.S_ISREG(st.st_mode)
+            ):
+                os.unlink(name, dir_fd=self.fd)
+                removed = True
         if removed:
             os.fsync(self.fd)
 
@@ -369,10 +382,42 @@ class CertDir:
         finally:
             os.close(sets_fd)
 
+    def _repair_generation(self) -> None:
+        """A crash between the switch of .live and the write of .generation
+        leaves the web server's signal naming the old set: name the live one."""
+        live_id = self._live_id()
+        if live_id is None:
+            return
+        wanted = f"{live_id}\n".encode()
+        try:
+            current = _read_file(GENERATION, self.fd, 4096)
+        except (FileNotFoundError, _EntryError):
+            current = b""
+        if current != wanted:
+            _write_file(self.fd, GENERATION, wanted)
+
     def recover(self) -> None:
         """Remove what an interrupted install or removal left behind."""
         with self._locked():
             self._recover()
+
+    def tidy(self, backup: bool) -> None:
+        """recover(), then keep only what the backup policy keeps: without
+        backups, the live set alone (a crash may have left another behind)."""
+        with self._locked():
+            self._recover()
+            # Reads .generation: fileproc's sandbox allows that only at start.
+            self._repair_generation()
+            live_id = self._live_id()
+            sets_fd = self._open_sets()
+            if live_id is None or sets_fd is None:
+                if sets_fd is not None:
+                    os.close(sets_fd)
+                return
+            try:
+                self._retire(sets_fd, live_id, backup)
+            finally:
+                os.close(sets_fd)
 
     # --- install ---
 
@@ -398,10 +443,19 @@ class CertDir:
         if changed:
             os.fsync(self.fd)
 
-    def _retire(self, sets_fd: int, previous: str | None, current: str, backup: bool) -> None:
+    def _retire(self, sets_fd: int, current: str, backup: bool) -> None:
         if not backup:
-            if previous and previous != current and not previous.startswith(LEGACY_PREFIX):
-                _remove_tree(sets_fd, previous)
+            # Not only the previous set: a crash may have left complete sets
+            # that never went live, or a previous one that was never retired.
+            stale = [
+                name
+                for name in os.listdir(sets_fd)
+                if _SET_ID_RE.fullmatch(name)
+                and name != current
+                and not name.startswith(LEGACY_PREFIX)
+            ]
+            for name in stale:
+                _remove_tree(sets_fd, name)
         else:
             backups = sorted(
                 (n for n in os.listdir(sets_fd) if _SET_ID_RE.fullmatch(n) and n != current),
@@ -414,8 +468,8 @@ class CertDir:
     def install(self, cert_pem: bytes, chain_pem: bytes, backup: bool = False) -> str:
         """Publish a new set (fullchain = cert + chain); return the new set's id.
 
-        With `backup`, the previous set is kept (at most MAX_BACKUPS are);
-        otherwise it is removed once the new one is live.
+        With `backup`, the previous sets are kept (at most MAX_BACKUPS);
+        otherwise only the new one remains once it is live.
         """
         files = _make_files(cert_pem, chain_pem)
         with self._locked():
@@ -426,12 +480,12 @@ class CertDir:
                 new_id = _build_set(sets_fd, files)
                 if legacy:
                     self._adopt_legacy(sets_fd, legacy)
-                previous = self._live_id()
                 # Links first: on a first install they dangle until .live
                 # appears, so all three files appear at once.
                 self._ensure_links()
                 self._switch_live(new_id)
-                self._retire(sets_fd, previous, new_id, backup)
+                _write_file(self.fd, GENERATION, f"{new_id}\n".encode())
+                self._retire(sets_fd, new_id, backup)
             finally:
                 os.close(sets_fd)
         return new_id
@@ -457,6 +511,8 @@ class CertDir:
                     os.unlink(name, dir_fd=self.fd)
             os.fsync(self.fd)
             self._remove_sets(current, keep_others=backup)
+            if live is not None:
+                _write_file(self.fd, GENERATION, b"removed\n")
 
     def _remove_sets(self, current: str | None, keep_others: bool) -> None:
         sets_fd = self._open_sets()

@@ -62,6 +62,8 @@ class FilesService(files_pb2_grpc.FilesServicer):
 def run(config: RoleConfig, log: Logger) -> int:
     settings = config.settings
     directory = CertDir(settings["cert_dir"], create=True)
+    # Whatever an earlier crash left half done is finished before we serve.
+    directory.tidy(settings["backup"])
     process.confine(config)
     rpc.serve_until_stopped(
         config.run_dir,
