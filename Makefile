@@ -5,15 +5,23 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 # Debian's interpreter: the same one the container images carry.
 SYSTEM_PYTHON := /usr/bin/python3
-APT_PACKAGES  := pebble python3-venv
+# libseccomp2: the roles' seccomp filters (through pyseccomp).
+APT_PACKAGES  := pebble python3-venv libseccomp2
+# Podman and what it needs on these hosts (runc: crun fails on cgroup v1 hybrid);
+# python3-pip installs the images' wheels with the interpreter the images carry.
+CONTAINER_PACKAGES := podman runc uidmap slirp4netns fuse-overlayfs python3-pip
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Every podman call made from here (and from the tests) uses the project's
+# settings: runc, and rlimits within this machine's hard limits.
+export CONTAINERS_CONF := $(CURDIR)/deploy/podman/containers.conf
 
-.PHONY: all setup system-packages demo test lint proto clean
+.PHONY: all setup system-packages container-tools images demo test lint proto clean
 
 all: test
 
-system-packages:
-	@missing=""; for p in $(APT_PACKAGES); do \
+# Install the Debian packages in $(1) that are missing (nothing when all are there).
+define apt_install
+	@missing=""; for p in $(1); do \
 	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -21,6 +29,19 @@ system-packages:
 	    $(SUDO) apt-get update -q && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
+endef
+
+system-packages:
+	$(call apt_install,$(APT_PACKAGES))
+
+container-tools:
+	$(call apt_install,$(CONTAINER_PACKAGES))
+
+# One minimal image per role, localhost/letskencrypt-<role>:latest, on a
+# distroless-style base built offline from Debian packages.  Reruns rebuild
+# only what changed (see tools/build_images.py).
+images: container-tools
+	$(SYSTEM_PYTHON) tools/build_images.py $(if $(BASE_IMAGE),--base-image "$(BASE_IMAGE)")
 
 $(VENV)/.installed: pyproject.toml | system-packages
 	$(SYSTEM_PYTHON) -m venv $(VENV)
@@ -33,7 +54,7 @@ setup: system-packages $(VENV)/.installed
 demo: setup
 	./tools/demo.sh
 
-test: setup lint
+test: setup lint images
 	$(PYTHON) -m pytest -q
 
 lint:
@@ -43,4 +64,4 @@ proto: setup
 	$(PYTHON) tools/genproto.py
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache
+	rm -rf $(VENV) demo .pytest_cache build

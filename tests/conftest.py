@@ -15,6 +15,19 @@ from tests.pebble import Pebble
 ROOT = Path(__file__).resolve().parent.parent
 LETSKENCRYPT = str(Path(sys.executable).parent / "letskencrypt")
 RUN_TIMEOUT = 120
+BUILD_TIMEOUT = 1800
+
+
+@pytest.fixture(scope="session")
+def built_images() -> None:
+    """`make images`: quick when nothing changed, a rebuild when the code did,
+    so the container tests never run yesterday's images."""
+    subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), "images"],
+        check=True,
+        timeout=BUILD_TIMEOUT,
+        env={k: v for k, v in os.environ.items() if k != "BASE_IMAGE"},
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,81 +1,47 @@
 """Checks on the certificate chain a CA sent; all of it is treated as hostile."""
 
-import binascii
-import re
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from letskencrypt import pem
 from letskencrypt.errors import CertificateRejected
 from letskencrypt.validate import safe_text
 
-MAX_CHAIN_BYTES = 256 * 1024
-MAX_CHAIN_CERTS = 10
+MAX_CHAIN_BYTES = pem.MAX_CHAIN_BYTES
+MAX_CHAIN_CERTS = pem.MAX_CHAIN_CERTS
 CLOCK_SKEW = timedelta(minutes=5)
 
-_BEGIN = "-----BEGIN CERTIFICATE-----"
-_END = "-----END CERTIFICATE-----"
-_WHITESPACE = " \t\r\n"
-_BASE64_BODY_RE = re.compile(r"[A-Za-z0-9+/=\s]*")
-_ANY_BEGIN_RE = re.compile(r"-----BEGIN ([^-\r\n]{0,40})-----")
-
-
-def _unexpected(text: str, pos: int) -> CertificateRejected:
-    other = _ANY_BEGIN_RE.match(text, pos)
-    if other:
-        return CertificateRejected(
-            f"unexpected PEM block {safe_text(other.group(1), 40)!r} "
-            "(only CERTIFICATE blocks are allowed)"
-        )
-    snippet = safe_text(text[pos : pos + 30], 30)
-    return CertificateRejected(f"unexpected data at offset {pos} of the PEM chain: {snippet!r}")
-
-
-def _decode_block(body: str, index: int) -> x509.Certificate:
-    if not _BASE64_BODY_RE.fullmatch(body):
-        raise CertificateRejected(f"certificate {index}: PEM body is not plain base64")
-    try:
-        der = binascii.a2b_base64("".join(body.split()), strict_mode=True)
-    except binascii.Error:
-        raise CertificateRejected(f"certificate {index}: invalid base64 in PEM body") from None
-    try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError:
-        raise CertificateRejected(f"certificate {index}: not a valid DER certificate") from None
+# What cryptography parses only when first asked for, and the errors it then
+# raises: a malformed name or extension must fail here as CertificateRejected,
+# not as a ValueError in the middle of check_chain or later in certproc.
+_LAZY_PARTS = ("subject", "issuer", "extensions", "not_valid_before_utc", "not_valid_after_utc")
+_PARSE_ERRORS = (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
 
 
 def parse_pem_chain(
     data: bytes, max_bytes: int = MAX_CHAIN_BYTES, max_certs: int = MAX_CHAIN_CERTS
 ) -> list[x509.Certificate]:
     """Parse a PEM chain made of CERTIFICATE blocks and whitespace only."""
-    if len(data) > max_bytes:
-        raise CertificateRejected(f"PEM chain too large: {len(data)} bytes (at most {max_bytes})")
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise CertificateRejected(f"PEM chain has a non-ASCII byte at offset {exc.start}") from None
     certificates: list[x509.Certificate] = []
-    pos = 0
-    while True:
-        while pos < len(text) and text[pos] in _WHITESPACE:
-            pos += 1
-        if pos == len(text):
-            break
-        if not text.startswith(_BEGIN, pos):
-            raise _unexpected(text, pos)
-        if len(certificates) == max_certs:
-            raise CertificateRejected(f"PEM chain has more than {max_certs} certificates")
-        end = text.find(_END, pos)
-        if end < 0:
-            raise CertificateRejected(f"certificate {len(certificates)}: no END CERTIFICATE line")
-        body = text[pos + len(_BEGIN) : end]
-        certificates.append(_decode_block(body, len(certificates)))
-        pos = end + len(_END)
-    if not certificates:
-        raise CertificateRejected("PEM chain contains no certificate")
+    for index, der in enumerate(pem.certificate_ders(data, max_bytes, max_certs)):
+        try:
+            certificate = x509.load_der_x509_certificate(der)
+        except (ValueError, x509.InvalidVersion):  # the latter is no ValueError
+            raise CertificateRejected(f"certificate {index}: not a valid DER certificate") from None
+        _parse_lazy_parts(certificate, index)
+        certificates.append(certificate)
     return certificates
+
+
+def _parse_lazy_parts(certificate: x509.Certificate, index: int) -> None:
+    for part in _LAZY_PARTS:
+        try:
+            getattr(certificate, part)
+        except _PARSE_ERRORS:
+            raise CertificateRejected(f"certificate {index}: malformed {part}") from None
 
 
 def cert_dns_names(cert: x509.Certificate) -> list[str]:
@@ -84,7 +50,7 @@ def cert_dns_names(cert: x509.Certificate) -> list[str]:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
-    except ValueError as exc:
+    except _PARSE_ERRORS as exc:
         raise CertificateRejected(f"certificate has malformed extensions: {exc}") from None
     return [name.lower() for name in san.value.get_values_for_type(x509.DNSName)]
 
@@ -143,7 +109,7 @@ def _check_not_ca(leaf: x509.Certificate) -> None:
         constraints = leaf.extensions.get_extension_for_class(x509.BasicConstraints)
     except x509.ExtensionNotFound:
         return
-    except ValueError as exc:
+    except _PARSE_ERRORS as exc:
         raise CertificateRejected(f"certificate has malformed extensions: {exc}") from None
     if constraints.value.ca:
         raise CertificateRejected("certificate is a CA certificate, not an end-entity one")

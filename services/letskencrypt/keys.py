@@ -1,11 +1,9 @@
 """Private keys on disk, JWK/JWS (RFC 7515/7517/7518/7638) and CSRs."""
 
-import base64
 import errno
 import hashlib
 import json
 import os
-import re
 import secrets
 import stat
 
@@ -16,14 +14,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from letskencrypt.b64 import b64url
+from letskencrypt.b64 import b64url_decode as b64url_decode
 from letskencrypt.errors import InputError, KeyFileError, KeyFileMissing
 from letskencrypt.fsutil import make_directories
-from letskencrypt.validate import validate_domains
+from letskencrypt.validate import KEY_TYPES, validate_domains
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
-KEY_TYPES = ("rsa2048", "rsa3072", "rsa4096", "ecdsa256", "ecdsa384")
 MAX_KEY_FILE_SIZE = 64 * 1024
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192
@@ -40,29 +39,9 @@ _CURVE_PARAMS: dict[str, tuple[str, str, int, type[hashes.HashAlgorithm]]] = {
     "secp256r1": ("P-256", "ES256", 32, hashes.SHA256),
     "secp384r1": ("P-384", "ES384", 48, hashes.SHA384),
 }
-_B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-# --- base64url --------------------------------------------------------------
-
-
-def b64url(data: bytes) -> str:
-    """Base64url-encode without padding (RFC 7515 §2)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64url_decode(s: str) -> bytes:
-    """Decode unpadded base64url, rejecting any other alphabet or padding."""
-    if not isinstance(s, str) or not _B64URL_RE.fullmatch(s) or len(s) % 4 == 1:
-        raise InputError(f"invalid base64url string {s[:60]!r}")
-    data = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
-    if b64url(data) != s:
-        # Non-zero trailing bits: several strings would decode the same.
-        raise InputError(f"non-canonical base64url string {s[:60]!r}")
-    return data
 
 
 # --- key generation and files ----------------------------------------------

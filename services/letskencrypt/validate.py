@@ -11,6 +11,9 @@ MAX_LABEL_LENGTH = 63
 MAX_DOMAINS = 100
 MAX_TOKEN_LENGTH = 256
 THUMBPRINT_LENGTH = 43  # b64url of a SHA-256 digest, no padding
+# The keys keys.py can create; named here so that the command line (and the
+# container entry point of roles without the cryptography wheel) can check them.
+KEY_TYPES = ("rsa2048", "rsa3072", "rsa4096", "ecdsa256", "ecdsa384")
 
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]+")

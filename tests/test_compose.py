@@ -1,0 +1,221 @@
+"""compose.yaml under real podman-compose, against pebble on the host's loopback.
+
+Every container's security settings are read back from `podman inspect`.
+"""
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from tests.conftest import ROOT
+from tests.pebble import Pebble
+
+PODMAN_COMPOSE = str(Path(sys.executable).parent / "podman-compose")
+CONTAINERS_CONF = str(ROOT / "deploy" / "podman" / "containers.conf")
+ROLES = (
+    "netproc", "acctproc", "keyproc", "dnsproc",
+    "chngproc", "certproc", "fileproc", "revokeproc",
+)
+EDGES = {
+    "acct": ("netproc", "acctproc"),
+    "key": ("netproc", "keyproc"),
+    "dns": ("netproc", "dnsproc"),
+    "chng": ("netproc", "chngproc"),
+    "rvk": ("netproc", "revokeproc"),
+    "cert": ("netproc", "certproc"),
+    "file": ("certproc", "fileproc"),
+    "keyinfo": ("certproc", "keyproc"),
+}
+RUN_TIMEOUT = 240
+
+
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["podman", *args], capture_output=True, text=True, check=check,
+        env={**os.environ, "CONTAINERS_CONF": CONTAINERS_CONF}, timeout=RUN_TIMEOUT,
+    )
+
+
+@dataclass
+class Pod:
+    project: str
+    pebble: Pebble
+    dirs: dict[str, Path]
+
+    def environment(self, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "CONTAINERS_CONF": CONTAINERS_CONF,
+            "DOMAINS": "compose.example.org www.compose.example.org",
+            "ACME_SERVER": self.pebble.directory_url,
+            "ACME_CA_BUNDLE": self.pebble.ca_bundle,
+            "NETPROC_NETWORK": "host",
+            "CERT_DIR": str(self.dirs["certs"]),
+            "CHALLENGE_DIR": str(self.dirs["challenge"]),
+            "ACCOUNT_KEY_DIR": str(self.dirs["account"]),
+            "DOMAIN_KEY_DIR": str(self.dirs["domain-key"]),
+            "VERBOSE": "1",
+            **extra,
+        }
+
+    def compose(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PODMAN_COMPOSE, "-p", self.project, "-f", str(ROOT / "compose.yaml"), *args],
+            capture_output=True, text=True, env=self.environment(**extra), timeout=RUN_TIMEOUT,
+            check=False,
+        )
+
+    def up(self, **extra: str) -> subprocess.CompletedProcess[str]:
+        return self.compose("up", "--abort-on-container-exit", "--exit-code-from", "netproc",
+                            **extra)
+
+    def containers(self) -> dict[str, dict]:
+        listing = podman("ps", "-a", "--format", "json",
+                         "--filter", f"label=io.podman.compose.project={self.project}")
+        found = {}
+        for entry in json.loads(listing.stdout or "[]"):
+            service = entry["Labels"]["com.docker.compose.service"]
+            found[service] = json.loads(podman("inspect", entry["Id"]).stdout)[0]
+        return found
+
+
+@pytest.fixture(scope="module")
+def pod(
+    pebble: Pebble, tmp_path_factory: pytest.TempPathFactory, built_images: None
+) -> Iterator[Pod]:
+    base = tmp_path_factory.mktemp("compose")
+    base.chmod(0o755)
+    dirs = {name: base / name for name in ("certs", "account", "domain-key")}
+    for path in dirs.values():
+        # Host directories owned by root with open permissions must do.
+        path.mkdir()
+        path.chmod(0o777)
+    dirs["challenge"] = pebble.challenge_dir
+    pebble.challenge_dir.chmod(0o777)
+    project = f"lkt{secrets.token_hex(4)}"
+    pod = Pod(project, pebble, dirs)
+    try:
+        yield pod
+    finally:
+        pod.compose("down", "-v", "-t", "2")
+        leftovers = podman("ps", "-a", "-q", "--filter",
+                           f"label=io.podman.compose.project={project}").stdout.split()
+        if leftovers:
+            podman("rm", "-f", *leftovers, check=False)
+        volumes = podman(
+            "volume", "ls", "-q", "--filter", f"label=io.podman.compose.project={project}"
+        ).stdout.split()
+        if volumes:
+            podman("volume", "rm", "-f", *volumes, check=False)
+        pebble.challenge_dir.chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def leaf(pod: Pod) -> x509.Certificate:
+    return x509.load_pem_x509_certificate((pod.dirs["certs"] / "cert.pem").read_bytes())
+
+
+def test_compose_issues_then_has_nothing_to_do_then_forces(pod: Pod) -> None:
+    started = time.monotonic()
+    first = pod.up()
+    elapsed = time.monotonic() - started
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    certificate = leaf(pod)
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(names.get_values_for_type(x509.DNSName)) == [
+        "compose.example.org", "www.compose.example.org",
+    ]
+    print(f"podman-compose up to certificate on disk: {elapsed:.1f} s")
+    for key in (pod.dirs["account"] / "privkey.pem", pod.dirs["domain-key"] / "privkey.pem"):
+        assert oct(key.stat().st_mode & 0o777) == oct(0o400)
+    assert list(pod.dirs["challenge"].iterdir()) == []
+    # Every container stopped by itself.
+    containers = pod.containers()
+    assert sorted(containers) == sorted(ROLES)
+    for service, info in containers.items():
+        assert not info["State"]["Running"], service
+
+    again = pod.up()
+    assert again.returncode == 2, again.stdout[-3000:] + again.stderr[-3000:]
+    assert leaf(pod) == certificate
+
+    forced = pod.up(FORCE="1")
+    assert forced.returncode == 0, forced.stdout[-3000:] + forced.stderr[-3000:]
+    assert leaf(pod).serial_number != certificate.serial_number
+
+
+def mounts_of(info: dict) -> dict[str, tuple[str, bool]]:
+    """destination -> (volume name or host path, read-write)"""
+    return {
+        mount["Destination"]: (mount.get("Name") or mount["Source"], mount["RW"])
+        for mount in info["Mounts"]
+    }
+
+
+def test_every_container_is_locked_down(pod: Pod) -> None:
+    containers = pod.containers()
+    if not containers:
+        assert pod.up().returncode in (0, 2)
+        containers = pod.containers()
+    netproc_id = containers["netproc"]["Id"]
+    for service, info in containers.items():
+        host = info["HostConfig"]
+        assert host["ReadonlyRootfs"] is True, service
+        assert info["EffectiveCaps"] in (None, []), (service, info["EffectiveCaps"])
+        assert info["BoundingCaps"] in (None, []), (service, info["BoundingCaps"])
+        assert "no-new-privileges" in " ".join(host["SecurityOpt"] or []), service
+        assert info["Config"]["User"] == "65532:65532", service
+        assert host["Init"] is True, service
+        assert host["Memory"] > 0 and host["PidsLimit"] > 0, service
+        expected_network = {"netproc": "host", "dnsproc": f"container:{netproc_id}"}
+        assert host["NetworkMode"] == expected_network.get(service, "none"), service
+
+
+def test_each_container_mounts_exactly_its_edges(pod: Pod) -> None:
+    containers = pod.containers()
+    if not containers:
+        assert pod.up().returncode in (0, 2)
+        containers = pod.containers()
+    for service, info in containers.items():
+        expected: dict[str, tuple[str, bool]] = {
+            f"/run/letskencrypt/{edge}": (f"{pod.project}_{edge}", True)
+            for edge, ends in EDGES.items()
+            if service in ends
+        }
+        extra = {
+            "netproc": {"/etc/letskencrypt/ca.pem": (pod.pebble.ca_bundle, False)},
+            "acctproc": {"/etc/acme": (str(pod.dirs["account"]), True)},
+            "keyproc": {"/etc/ssl/acme/private": (str(pod.dirs["domain-key"]), True)},
+            "chngproc": {"/var/www/acme": (str(pod.dirs["challenge"]), True)},
+            "revokeproc": {"/etc/ssl/acme": (str(pod.dirs["certs"]), False)},
+            "fileproc": {"/etc/ssl/acme": (str(pod.dirs["certs"]), True)},
+        }
+        expected.update(extra.get(service, {}))
+        assert mounts_of(info) == expected, service
+
+
+def test_a_role_without_network_cannot_connect(pod: Pod) -> None:
+    port = pod.pebble.directory_url.split(":")[2].split("/")[0]
+    # pebble listens on the host's 127.0.0.1; a role's own namespace has only lo.
+    probe = (
+        "import socket\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=3)\n"
+        "    print('CONNECTED 127.0.0.1')\n"
+        "except OSError as error:\n"
+        "    print('refused 127.0.0.1', error)\n"
+    )
+    for service in ("acctproc", "keyproc", "fileproc"):
+        result = pod.compose("run", "--rm", "--entrypoint", "python3", service, "-c", probe)
+        assert "CONNECTED" not in result.stdout, (service, result.stdout, result.stderr)
+        assert "refused 127.0.0.1" in result.stdout, (service, result.stdout, result.stderr)

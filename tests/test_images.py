@@ -1,0 +1,341 @@
+"""The container images of `make images`: one per role, on a distroless-style base.
+
+Each image runs as uid 65532, has no shell and no package manager, works on
+a read-only root with no capabilities and no network, and holds only the
+wheels its role imports (tools/build_images.py, ROLE_WHEELS).  The first test
+needs no podman: it proves on the host that every role's code imports without
+the wheels its image lacks.  The others use real podman; the session fixture
+runs `make images`, which installs podman and builds what is missing or out
+of date.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTAINERS_CONF = ROOT / "deploy" / "podman" / "containers.conf"
+SIZES_FILE = ROOT / "build" / "image-sizes.txt"
+RUN_TIMEOUT = 120
+# What `podman run` gets in compose.yaml and Kubernetes, more or less.
+HARDENED = (
+    "--rm",
+    "--read-only",
+    "--cap-drop=ALL",
+    "--security-opt=no-new-privileges",
+    "--network=none",
+    "--user",
+    "65532",
+)
+MISSING_DOMAINS = "DOMAINS is empty"
+# What no image may have: a shell, a package manager, an installer.
+FORBIDDEN_PROGRAMS = ("sh", "bash", "dash", "busybox", "apt", "apt-get", "dpkg", "pip", "pip3")
+
+
+def _load_build_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("build_images", ROOT / "tools/build_images.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["build_images"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+build_images = _load_build_tool()
+ROLES: tuple[str, ...] = build_images.ROLES
+ROLE_WHEELS: dict[str, tuple[str, ...]] = build_images.ROLE_WHEELS
+OPTIONAL_MODULES: dict[str, frozenset[str]] = build_images.OPTIONAL_MODULES
+
+
+def absent_wheels(role: str) -> list[str]:
+    return sorted(set(OPTIONAL_MODULES) - set(ROLE_WHEELS[role]))
+
+
+# --- on the host: the import graph matches the images ------------------------
+
+IMPORT_PROBE = textwrap.dedent(
+    """
+    import importlib, importlib.abc, json, os, sys
+
+    role, blocked = sys.argv[1], frozenset(filter(None, sys.argv[2].split(",")))
+
+    class NotInTheImage(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] in blocked:
+                raise ModuleNotFoundError(f"No module named {name!r} in this image", name=name)
+            return None
+
+    sys.meta_path.insert(0, NotInTheImage())
+    importlib.import_module(f"letskencrypt.roles.{role}")
+    from letskencrypt import container
+
+    os.environ.pop("DOMAINS", None)
+    try:
+        container.main([role])
+        code = None
+    except SystemExit as exit:
+        code = exit.code
+    loaded = sorted({name.partition(".")[0] for name in sys.modules})
+    print(json.dumps({"code": code, "loaded": loaded}))
+    """
+)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_imports_without_unneeded_wheels(role):
+    """The role module and the container entry point import with the wheels
+    its image lacks made unimportable, and they do use each wheel it has."""
+    blocked = sorted(set().union(*(OPTIONAL_MODULES[w] for w in absent_wheels(role))))
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE, role, ",".join(blocked)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        env={k: v for k, v in os.environ.items() if k != "DOMAINS"},
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["code"] == 1
+    assert result.stderr.startswith(f"letskencrypt: {role}: {MISSING_DOMAINS}")
+    for wheel in ROLE_WHEELS[role]:
+        assert wheel in report["loaded"], f"{role} gets {wheel} but does not import it"
+
+
+def test_every_role_has_an_image_definition():
+    for role in ROLES:
+        text = (ROOT / "Dockerfiles" / role / "Containerfile").read_text()
+        assert "ARG BASE_IMAGE=localhost/letskencrypt-base:latest\nFROM ${BASE_IMAGE}\n" in text
+        entrypoint = json.dumps(["python3", "-m", "letskencrypt.container", role])
+        assert f"\nENTRYPOINT {entrypoint}\n" in text
+        assert "\nUSER 65532:65532\n" in text
+
+
+# --- the images, under real podman ----------------------------------------------
+
+
+def podman(*args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(CONTAINERS_CONF))}
+    return subprocess.run(
+        ["podman", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def python_in(image: str, script: str, *options: str) -> subprocess.CompletedProcess[str]:
+    """Run `python3 -c script` in the image, hardened as in production."""
+    return podman("run", *HARDENED, *options, "--entrypoint", "python3", image, "-c", script)
+
+
+@pytest.fixture(scope="session")
+def images(built_images: None) -> dict[str, dict]:
+    """Every image's config, once `make images` has run (see conftest)."""
+    names = [build_images.BASE_IMAGE, *(build_images.image_name(role) for role in ROLES)]
+    result = podman("image", "inspect", *names)
+    assert result.returncode == 0, result.stderr
+    return dict(zip(names, json.loads(result.stdout), strict=True))
+
+
+def image(role: str) -> str:
+    return build_images.image_name(role)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_image_config(images, role):
+    config = images[image(role)]["Config"]
+    assert config["User"] == "65532:65532"
+    assert config["Entrypoint"] == ["python3", "-m", "letskencrypt.container", role]
+    assert not config.get("Cmd")
+    assert config["WorkingDir"] == "/"
+    assert config["Labels"]["io.letskencrypt.role"] == role
+    assert config["Labels"]["org.opencontainers.image.title"] == f"letskencrypt-{role}"
+    # The role's own layer on top of the base, nothing else.
+    base_layers = images[build_images.BASE_IMAGE]["RootFS"]["Layers"]
+    layers = images[image(role)]["RootFS"]["Layers"]
+    assert layers[: len(base_layers)] == base_layers
+    assert len(layers) == len(base_layers) + 1
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_no_shell(images, role):
+    result = podman("run", "--rm", "--network=none", "--entrypoint", "/bin/sh", image(role))
+    assert result.returncode != 0
+    assert "no such file or directory" in result.stderr.lower()
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_missing_domains_fails_in_one_line(images, role):
+    """The entry point runs on a read-only root as 65532, no capabilities, no
+    network: Python, the role's imports and the configuration check work."""
+    result = podman("run", *HARDENED, image(role))
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"letskencrypt: {role}: {MISSING_DOMAINS}")
+
+
+IMAGE_PROBE = textwrap.dedent(
+    """
+    import importlib.metadata, importlib.util, json, os, shutil, sys
+    import letskencrypt.roles.{role}
+
+    def installed(distribution):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    def uncompiled(top):
+        for directory, _subdirs, files in os.walk(top):
+            for name in files:
+                path = os.path.join(directory, name)
+                if name.endswith(".py") and not os.path.exists(
+                    importlib.util.cache_from_source(path)
+                ):
+                    yield path
+
+    path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    print(json.dumps({{
+        "ids": [os.getuid(), os.getgid(), os.geteuid()],
+        "modules": {{m: importlib.util.find_spec(m) is not None for m in {modules}}},
+        "missing": [d for d in {distributions} if installed(d) is None],
+        "programs": [p for p in {programs} if shutil.which(p, path=path)],
+        "uncompiled": [p for top in sys.path if top.startswith("/usr/")
+                       for p in uncompiled(top)][:20],
+    }}))
+    """
+)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_imports_in_its_image(images, role):
+    """The role module imports inside its image, which has its wheels and no
+    other optional one, every module compiled (nothing is ever written), and
+    nothing to run."""
+    modules = sorted(set().union(*OPTIONAL_MODULES.values()) - {"_cffi_backend", "pycparser"})
+    distributions = [
+        build_images.requirement_name(r) for r in build_images.role_requirements(role)
+    ]
+    script = IMAGE_PROBE.format(
+        role=role,
+        modules=modules,
+        distributions=[*distributions, "letskencrypt"],
+        programs=list(FORBIDDEN_PROGRAMS),
+    )
+    # No --user: the image's own user.
+    result = python_in(image(role), script)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ids"] == [65532, 65532, 65532]
+    expected = {m: False for m in modules}
+    for wheel in ROLE_WHEELS[role]:
+        expected.update({m: True for m in OPTIONAL_MODULES[wheel] if m in expected})
+    assert report["modules"] == expected
+    # Every dependency of pyproject.toml that this role gets (grpcio, protobuf,
+    # the sandbox's, ...) is installed.
+    assert report["missing"] == []
+    assert report["programs"] == []
+    assert report["uncompiled"] == []
+
+
+@pytest.mark.parametrize("role", [r for r in ROLES if "cryptography" not in ROLE_WHEELS[r]])
+def test_cryptography_is_not_in_the_image(images, role):
+    result = python_in(image(role), "import cryptography")
+    assert result.returncode == 1
+    assert "ModuleNotFoundError: No module named 'cryptography'" in result.stderr
+
+
+def test_base_image(images):
+    base = images[build_images.BASE_IMAGE]["Config"]
+    assert base["User"] == "65532:65532"
+    assert base["Entrypoint"] == ["python3"]
+    script = textwrap.dedent(
+        """
+        import ctypes, os, pwd, socket, ssl, stat, zoneinfo
+        assert pwd.getpwuid(65532).pw_name == "nonroot"
+        assert stat.S_IMODE(os.stat("/tmp").st_mode) == 0o1777
+        context = ssl.create_default_context()
+        assert context.cert_store_stats()["x509_ca"] > 100
+        assert socket.getservbyname("https") == 443
+        zoneinfo.ZoneInfo("Europe/Paris")
+        ctypes.CDLL("libstdc++.so.6")
+        ctypes.CDLL("libseccomp.so.2")
+        assert not os.path.exists("/usr/bin/openssl")
+        print("ok")
+        """
+    )
+    result = python_in(build_images.BASE_IMAGE, script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok\n"
+
+
+def test_grpc_and_crypto_work_read_only(images):
+    """gRPC (libstdc++) serves on a unix socket in /tmp; keys and signatures
+    work in a key holder's image; netproc's TLS has the system's anchors."""
+    grpc_script = textwrap.dedent(
+        """
+        from concurrent import futures
+        import grpc
+        server = grpc.server(futures.ThreadPoolExecutor(1))
+        server.add_insecure_port("unix:/tmp/probe.sock")
+        server.start()
+        channel = grpc.insecure_channel("unix:/tmp/probe.sock")
+        grpc.channel_ready_future(channel).result(timeout=10)
+        server.stop(0)
+        print("ok")
+        """
+    )
+    result = python_in(image("fileproc"), grpc_script)
+    assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
+    key_script = textwrap.dedent(
+        """
+        from letskencrypt import keys
+        key = keys.generate_key("ecdsa256")
+        jws = keys.sign_jws(key, {"nonce": "n", "url": "https://ca.test/x"}, b"{}")
+        assert keys.build_csr(key, ["a.example"])
+        print("ok")
+        """
+    )
+    result = python_in(image("acctproc"), key_script)
+    assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
+    tls_script = textwrap.dedent(
+        """
+        import ssl, requests
+        from letskencrypt.roles import netproc
+        context = ssl.create_default_context()
+        context.load_verify_locations(cadata=netproc.load_trust_anchors(None).decode())
+        assert context.cert_store_stats()["x509_ca"] > 100
+        requests.Session()
+        print("ok")
+        """
+    )
+    result = python_in(image("netproc"), tls_script)
+    assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
+
+
+def test_image_sizes(images):
+    """Record each image's size and the total of distinct layers; fail on a
+    gross regression (the base is ~55 MB, a role's own layer 23-41 MB)."""
+    names = [build_images.BASE_IMAGE, *(image(role) for role in ROLES)]
+    rows, total = build_images.image_sizes(names)
+    lines = [f"{'image':<42} {'size':>9} {'own layer':>10}"]
+    lines += [f"{r.name:<42} {r.size / 1e6:6.1f} MB {r.own / 1e6:7.1f} MB" for r in rows]
+    lines.append(f"{'distinct layers, total':<42} {total / 1e6:6.1f} MB")
+    SIZES_FILE.parent.mkdir(exist_ok=True)
+    SIZES_FILE.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    base, *roles = rows
+    assert base.size < 80e6
+    for row in roles:
+        assert row.own < 60e6, row
+    own = {role: row.own for role, row in zip(ROLES, roles, strict=True)}
+    lean = [own[role] for role in ROLES if not ROLE_WHEELS[role]]
+    with_crypto = [own[role] for role in ROLES if "cryptography" in ROLE_WHEELS[role]]
+    assert max(lean) < min(with_crypto)
