@@ -5,8 +5,10 @@ Network: yes, HTTPS to the CA only, to addresses that dnsproc gives it.
 Serves nothing; calls acctproc (signatures), keyproc (CSR), dnsproc
 (addresses), chngproc (challenge files), revokeproc (is a certificate due?)
 and certproc (check and install).  It never sees a private key: an attacker
-who owns it can ask acctproc for signatures on the CA's origin and hand
-certproc a chain, which certproc checks against keyproc's key and names.
+who owns it can ask acctproc only for the signatures acctproc's own policy
+allows for this run (this run's names, the CA's origin, no key change or
+revocation unless asked), and can hand certproc a chain, which certproc
+checks against keyproc's key and names.
 
 Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
 2 nothing to do, and then no request at all reached the CA.  In daemon mode
