@@ -559,7 +559,7 @@ def test_finalize_polls_until_valid():
 
 def test_download_checks_pem_and_asks_for_chain():
     client, transport, *_ = scripted(response(200), response(200, b"<html>not a cert</html>"))
-    with pytest.raises(AcmeError, match="not PEM"):
+    with pytest.raises(AcmeError, match="unusable certificate chain"):
         client.download(f"{BASE}/cert/1")
     _, _, headers, max_body = transport.calls[-1]
     assert headers["Accept"] == "application/pem-certificate-chain"

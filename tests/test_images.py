@@ -2,7 +2,9 @@
 
 Each image runs as uid 65532, has no shell and no package manager, works on
 a read-only root with no capabilities and no network, and holds only the
-wheels its role imports (tools/build_images.py, ROLE_WHEELS).  The first test
+wheels its role imports (tools/build_images.py, ROLE_WHEELS).  The wheels
+come in shared layers (the runtime images of RUNTIMES there), so each set is
+stored once, and a role's own layer is its code only.  The first test
 needs no podman: it proves on the host that every role's code imports without
 the wheels its image lacks.  The others use real podman; the session fixture
 runs `make images`, which installs podman and builds what is missing or out
@@ -52,6 +54,13 @@ build_images = _load_build_tool()
 ROLES: tuple[str, ...] = build_images.ROLES
 ROLE_WHEELS: dict[str, tuple[str, ...]] = build_images.ROLE_WHEELS
 OPTIONAL_MODULES: dict[str, frozenset[str]] = build_images.OPTIONAL_MODULES
+RUNTIMES: dict = build_images.RUNTIMES
+# Every distinct layer of the eight role images, stored once: the base
+# (~55 MB), grpcio+protobuf (~22 MB), cryptography (~18 MB), requests (~3 MB)
+# and eight code layers (~1 MB each).  Before the wheels were shared: ~313 MB.
+MAX_UNIQUE_LAYERS = 150e6
+# A role's own layer: the letskencrypt package, compiled, and no wheel.
+MAX_ROLE_LAYER = 2e6
 
 
 def absent_wheels(role: str) -> list[str]:
@@ -110,12 +119,26 @@ def test_role_imports_without_unneeded_wheels(role):
 
 
 def test_every_role_has_an_image_definition():
+    """Each role is built on the runtime that holds exactly its wheels, and
+    the runtimes on each other, the first on BASE_IMAGE (which may be an
+    upstream base)."""
     for role in ROLES:
         text = (ROOT / "Dockerfiles" / role / "Containerfile").read_text()
-        assert "ARG BASE_IMAGE=localhost/letskencrypt-base:latest\nFROM ${BASE_IMAGE}\n" in text
+        runtime = build_images.role_runtime(role)
+        assert build_images.runtime_wheels(runtime) == frozenset(ROLE_WHEELS[role])
+        parent = build_images.runtime_image(runtime)
+        assert f"ARG RUNTIME_IMAGE={parent}\nFROM ${{RUNTIME_IMAGE}}\n" in text
         entrypoint = json.dumps(["python3", "-m", "letskencrypt.container", role])
         assert f"\nENTRYPOINT {entrypoint}\n" in text
         assert "\nUSER 65532:65532\n" in text
+    for name, runtime in RUNTIMES.items():
+        text = (ROOT / "Dockerfiles" / f"runtime-{name}" / "Containerfile").read_text()
+        if runtime.parent is None:
+            assert f"ARG BASE_IMAGE={build_images.BASE_IMAGE}\nFROM ${{BASE_IMAGE}}\n" in text
+        else:
+            parent = build_images.runtime_image(runtime.parent)
+            assert f"ARG PARENT_IMAGE={parent}\nFROM ${{PARENT_IMAGE}}\n" in text
+        assert "COPY --chown=0:0 site/ /usr/local/lib/python3.11/dist-packages/\n" in text
 
 
 # --- the images, under real podman ----------------------------------------------
@@ -136,7 +159,7 @@ def python_in(image: str, script: str, *options: str) -> subprocess.CompletedPro
 @pytest.fixture(scope="session")
 def images(built_images: None) -> dict[str, dict]:
     """Every image's config, once `make images` has run (see conftest)."""
-    names = [build_images.BASE_IMAGE, *(build_images.image_name(role) for role in ROLES)]
+    names = build_images.all_images(build_images.BASE_IMAGE)
     result = podman("image", "inspect", *names)
     assert result.returncode == 0, result.stderr
     return dict(zip(names, json.loads(result.stdout), strict=True))
@@ -155,11 +178,16 @@ def test_image_config(images, role):
     assert config["WorkingDir"] == "/"
     assert config["Labels"]["io.letskencrypt.role"] == role
     assert config["Labels"]["org.opencontainers.image.title"] == f"letskencrypt-{role}"
-    # The role's own layer on top of the base, nothing else.
-    base_layers = images[build_images.BASE_IMAGE]["RootFS"]["Layers"]
+    # The layers of its runtime (the base's, then one per wheel set), then
+    # the role's own, nothing else.
+    runtime = build_images.role_runtime(role)
+    parent_layers = images[build_images.BASE_IMAGE]["RootFS"]["Layers"]
+    for name in build_images.runtime_chain(runtime):
+        layers = images[build_images.runtime_image(name)]["RootFS"]["Layers"]
+        assert layers[:-1] == parent_layers, name
+        parent_layers = layers
     layers = images[image(role)]["RootFS"]["Layers"]
-    assert layers[: len(base_layers)] == base_layers
-    assert len(layers) == len(base_layers) + 1
+    assert layers[:-1] == parent_layers
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -320,22 +348,41 @@ def test_grpc_and_crypto_work_read_only(images):
     assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
 
 
+def test_layers_are_shared(images):
+    """Each wheel set is one layer, shared by the role images that need it;
+    a role's own layer is small (its code only; equal code may give equal
+    layers); all eight role images together take well under what eight
+    separate stacks of wheels did."""
+    roles = [image(role) for role in ROLES]
+    layers = build_images.image_layers(roles)
+    for name in roles:
+        # `podman history` sizes the same layers that `podman image inspect`
+        # counts (its Size adds a few kB of metadata).
+        assert [layer for layer, _size in layers[name]] == images[name]["RootFS"]["Layers"]
+        metadata = images[name]["Size"] - sum(size for _layer, size in layers[name])
+        assert 0 <= metadata < 100e3, (name, metadata)
+    total = build_images.unique_layers_size(layers)
+    assert total < MAX_UNIQUE_LAYERS, f"{total / 1e6:.1f} MB of distinct layers"
+    for role in ROLES:
+        _layer, size = layers[image(role)][-1]
+        assert size < MAX_ROLE_LAYER, f"{role}'s own layer: {size / 1e6:.1f} MB"
+    # Each runtime's own layer is in exactly the roles that have its wheels.
+    for name in RUNTIMES:
+        layer = images[build_images.runtime_image(name)]["RootFS"]["Layers"][-1]
+        users = {r for r in ROLES if layer in images[image(r)]["RootFS"]["Layers"]}
+        wanted = {r for r in ROLES if build_images.runtime_wheels(name) <= set(ROLE_WHEELS[r])}
+        assert users == wanted, name
+
+
 def test_image_sizes(images):
-    """Record each image's size and the total of distinct layers; fail on a
-    gross regression (the base is ~55 MB, a role's own layer 23-41 MB)."""
-    names = [build_images.BASE_IMAGE, *(image(role) for role in ROLES)]
-    rows, total = build_images.image_sizes(names)
-    lines = [f"{'image':<42} {'size':>9} {'own layer':>10}"]
-    lines += [f"{r.name:<42} {r.size / 1e6:6.1f} MB {r.own / 1e6:7.1f} MB" for r in rows]
-    lines.append(f"{'distinct layers, total':<42} {total / 1e6:6.1f} MB")
+    """Record each image's layers and the total of distinct layers; fail on a
+    gross regression (the base is ~55 MB)."""
+    report = build_images.sizes_report(build_images.all_images(build_images.BASE_IMAGE))
     SIZES_FILE.parent.mkdir(exist_ok=True)
-    SIZES_FILE.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    base, *roles = rows
-    assert base.size < 80e6
-    for row in roles:
-        assert row.own < 60e6, row
-    own = {role: row.own for role, row in zip(ROLES, roles, strict=True)}
-    lean = [own[role] for role in ROLES if not ROLE_WHEELS[role]]
-    with_crypto = [own[role] for role in ROLES if "cryptography" in ROLE_WHEELS[role]]
+    SIZES_FILE.write_text(report)
+    print(report)
+    size = {name: config["Size"] for name, config in images.items()}
+    assert size[build_images.BASE_IMAGE] < 80e6
+    lean = [size[image(role)] for role in ROLES if not ROLE_WHEELS[role]]
+    with_crypto = [size[image(role)] for role in ROLES if "cryptography" in ROLE_WHEELS[role]]
     assert max(lean) < min(with_crypto)

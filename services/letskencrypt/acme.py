@@ -21,7 +21,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -29,15 +29,15 @@ from urllib.parse import urljoin
 
 import requests
 import urllib3
-from cryptography import x509
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
 
-from letskencrypt import keys
-from letskencrypt.errors import InputError, LetskencryptError
+from letskencrypt import pem
+from letskencrypt.b64 import b64url
+from letskencrypt.errors import CertificateRejected, InputError, LetskencryptError
 from letskencrypt.urls import origin
 from letskencrypt.validate import safe_text, validate_key_authorization, validate_token
 
@@ -53,6 +53,8 @@ MAX_ADDRESSES = 8
 MAX_AUTHORIZATIONS = 100
 MAX_BAD_NONCE_RETRIES = 5
 MAX_BUSY_RETRIES = 3
+DEFAULT_POLL_TIMEOUT = 300.0
+MAX_RETRY_AFTER = 10**10  # seconds; larger delay-seconds are read as this
 
 AUTHZ_FAILED = frozenset({"invalid", "deactivated", "expired", "revoked"})
 ORDER_STATUSES = frozenset({"pending", "ready", "processing", "valid", "invalid"})
@@ -105,7 +107,8 @@ class Resolver(Protocol):
 
 
 def _short_type(value: object) -> str:
-    if not isinstance(value, str) or not value:
+    # The bare prefix is no type either: it would leave nothing to show.
+    if not isinstance(value, str) or not value.removeprefix(ERROR_PREFIX):
         return "(no type)"
     return safe_text(value.removeprefix(ERROR_PREFIX), 100)
 
@@ -187,7 +190,10 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():
-        return float(int(value[:9]))  # more than 9 digits is years: still "too long"
+        # Exact up to 10**10 s (centuries), that cap beyond: a long string of
+        # digits is still "too long", never cut down to a shorter wait.
+        digits = value.lstrip("0") or "0"
+        return float(min(int(digits[:11]), MAX_RETRY_AFTER))
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -392,6 +398,20 @@ class _PinnedAdapter(HTTPAdapter):
         return
 
 
+class _NoRedirectSession(requests.Session):
+    """A Session that never looks at a redirect.
+
+    Even with allow_redirects=False, requests walks a 3xx answer through
+    resolve_redirects() to offer it as `Response.next`, and that reads the
+    whole body into memory first, before our size cap and unbounded but for
+    the deadline: a CA answering 302 with an endless body could fill the
+    memory.  Transport.request() reports the 3xx itself.
+    """
+
+    def resolve_redirects(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        return iter(())
+
+
 def _tls_context(ca_pem: bytes) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and host name
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -421,7 +441,7 @@ class Transport:
         self._timeouts = (connect_timeout, read_timeout)
         self._deadline = deadline
         self.max_body = max_body
-        self._session = requests.Session()
+        self._session = _NoRedirectSession()
         self._session.trust_env = False  # no proxies or .netrc from the environment
         self._session.max_redirects = 0
         self._session.headers.clear()
@@ -562,13 +582,17 @@ class Authz:
     challenge: Challenge | None  # the http-01 one, if offered
 
 
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1] in "aeiou" else f"a {noun}"
+
+
 def _json_object(response: HttpResponse, what: str) -> dict[str, Any]:
     try:
         document = json.loads(response.body)
     except (ValueError, RecursionError):
-        raise AcmeError(f"CA sent a {what} that is not JSON") from None
+        raise AcmeError(f"CA sent {_a(what)} that is not JSON") from None
     if not isinstance(document, dict):
-        raise AcmeError(f"CA sent a {what} that is not a JSON object")
+        raise AcmeError(f"CA sent {_a(what)} that is not a JSON object")
     return document
 
 
@@ -582,14 +606,14 @@ def _problem(response: HttpResponse) -> object:
 def _string(document: Mapping[str, Any], key: str, what: str) -> str:
     value = document.get(key)
     if not isinstance(value, str):
-        raise AcmeError(f"CA sent a {what} without a string {key!r}")
+        raise AcmeError(f"CA sent {_a(what)} without a string {key!r}")
     return value
 
 
 def _status(document: Mapping[str, Any], allowed: frozenset[str], what: str) -> str:
     status = _string(document, "status", what)
     if status not in allowed:
-        raise AcmeError(f"CA sent a {what} with unknown status {safe_text(status, 40)!r}")
+        raise AcmeError(f"CA sent {_a(what)} with unknown status {safe_text(status, 40)!r}")
     return status
 
 
@@ -634,7 +658,7 @@ class AcmeClient:
         bad_nonce_retries: int = MAX_BAD_NONCE_RETRIES,
         poll_min: float = 1.0,
         poll_max: float = 60.0,
-        poll_timeout: float = 300.0,
+        poll_timeout: float = DEFAULT_POLL_TIMEOUT,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -890,7 +914,7 @@ class AcmeClient:
 
     def finalize(self, order: Order, csr_der: bytes) -> Order:
         """Submit the CSR and wait until the order is valid and has a certificate URL."""
-        response = self.post(order.finalize, {"csr": keys.b64url(csr_der)}, self._require_kid())
+        response = self.post(order.finalize, {"csr": b64url(csr_der)}, self._require_kid())
         final = self._order(order.url, _json_object(response, "order"))
         if final.status != "valid":
             self._log(f"order {order.url}: {final.status}, waiting")
@@ -909,9 +933,10 @@ class AcmeClient:
             max_body=MAX_CERTIFICATE_BODY,
         )
         try:
-            count = len(x509.load_pem_x509_certificates(response.body))
-        except ValueError:
-            raise AcmeError("CA sent a certificate chain that is not PEM certificates") from None
+            # Text and DER framing only: certproc parses and checks the chain.
+            count = len(pem.certificate_ders(response.body, MAX_CERTIFICATE_BODY))
+        except CertificateRejected as error:
+            raise AcmeError(f"CA sent an unusable certificate chain: {error}") from None
         self._log(f"downloaded a chain of {count} certificate(s)")
         return response.body
 
@@ -919,7 +944,7 @@ class AcmeClient:
         revoke_cert = self.directory().revoke_cert
         if revoke_cert is None:
             raise AcmeError("the CA's directory offers no revokeCert")
-        payload: dict[str, Any] = {"certificate": keys.b64url(cert_der)}
+        payload: dict[str, Any] = {"certificate": b64url(cert_der)}
         if reason is not None:
             if not isinstance(reason, int) or not 0 <= reason <= 10 or reason == 7:
                 raise AcmeError(f"invalid revocation reason {reason!r} (RFC 5280: 0-6, 8-10)")
@@ -943,6 +968,14 @@ class AcmeClient:
         /.well-known/acme-challenge/<token>; `withdraw(token)` removes it again.
         """
         order = self.new_order(names)
+        # One authorization per identifier (RFC 8555 section 7.1.3): more would
+        # have us prove control of names nobody asked for, each one a challenge
+        # file and up to poll_timeout of waiting.
+        if len(order.authorizations) > len(names):
+            raise AcmeError(
+                f"CA sent an order with {len(order.authorizations)} authorizations "
+                f"for {len(names)} names"
+            )
         if order.status == "invalid":
             raise AcmeError(_failure(order.url, order.status, {"error": order.error}))
         if order.status == "pending":

@@ -26,6 +26,7 @@ EXIT_FAILED = 1
 MAX_CONTACTS = 10
 DEFAULT_INTERVAL = 12 * 3600.0
 DEFAULT_BACKOFF = 60.0
+DEFAULT_POLL_TIMEOUT = 300.0
 # RFC 5280 revocation reasons that ACME accepts (7 is unused in RFC 5280).
 REVOCATION_REASONS = {
     "unspecified": 0,
@@ -86,6 +87,9 @@ def build_parser() -> Parser:
     add("--backoff", type=float, metavar="SECONDS",
         help=f"daemon: first wait after a failure, doubling up to the interval "
         f"(default {DEFAULT_BACKOFF:.0f}, or the interval if shorter)")
+    add("--poll-timeout", type=float, default=DEFAULT_POLL_TIMEOUT, metavar="SECONDS",
+        help="longest wait for the CA to validate or issue "
+        f"(default {DEFAULT_POLL_TIMEOUT:.0f})")
     add("--strict", action="store_true",
         help="fail when the kernel lacks a sandbox feature (default: log it and go on)")
     add("--audit-log", metavar="FILE",
@@ -122,6 +126,12 @@ def check_readable_file(path: str, what: str) -> str:
     if not os.access(path, os.R_OK):
         raise InputError(f"{what} {path}: not readable")
     return path
+
+
+def check_poll_timeout(seconds: float) -> float:
+    if not 5 <= seconds <= 3600:
+        raise InputError("--poll-timeout must be between 5 and 3600 seconds")
+    return seconds
 
 
 def check_schedule(args: argparse.Namespace) -> dict[str, float]:
@@ -184,6 +194,7 @@ def role_settings(args: argparse.Namespace) -> dict[str, dict[str, object]]:
             "revoke": args.revoke,
             "revoke_reason": REVOCATION_REASONS.get(args.revoke_reason or ""),
             "daemon": daemon,
+            "poll_timeout": check_poll_timeout(args.poll_timeout),
         },
         "acctproc": {
             "key_path": account_key,
@@ -231,7 +242,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"letskencrypt: {error}\n")
         sys.exit(EXIT_FAILED)
     supervisor = Supervisor(settings=settings, verbosity=args.verbose, run_user=user)
-    sys.exit(supervisor.run())
+    try:
+        status = supervisor.run()
+    except InputError as error:
+        sys.stderr.write(f"letskencrypt: {error}\n")
+        sys.exit(EXIT_FAILED)
+    except OSError as error:
+        sys.stderr.write(f"letskencrypt: {error.filename or ''}: {error.strerror}\n")
+        sys.exit(EXIT_FAILED)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,11 @@ def load_certificate_file(
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise CertificateFileError(f"certificate {path}: no PEM certificate in the file")
     try:
-        return x509.load_pem_x509_certificate(data)
-    except ValueError:
+        certificate = x509.load_pem_x509_certificate(data)
+        # Parsed lazily by cryptography: a malformed part must fail here.
+        certificate.extensions  # noqa: B018
+        certificate.not_valid_after_utc  # noqa: B018
+    except (ValueError, x509.InvalidVersion, x509.DuplicateExtension,
+            x509.UnsupportedGeneralNameType):
         raise CertificateFileError(f"certificate {path}: not a valid PEM certificate") from None
+    return certificate

@@ -24,8 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from letskencrypt.errors import InputError
 from letskencrypt.fsutil import make_directories
-from letskencrypt.rpc import EDGES, ROLES
+from letskencrypt.rpc import EDGES, ROLES, socket_path
 
 # Roles that must keep root to write into root-owned directories; every
 # other role drops to the run user when started as root.
@@ -33,6 +34,8 @@ KEEPS_ROOT = frozenset({"chngproc", "fileproc"})
 # How long the roles get to stop by themselves once netproc is done.
 STOP_GRACE = 5.0
 CERT_DIR_MODE = 0o755
+# sun_path holds 108 bytes, the last one a NUL.
+MAX_SOCKET_PATH = 107
 KILL_GRACE = 3.0
 POLL_INTERVAL = 0.02
 EXIT_FAILED = 1
@@ -110,6 +113,13 @@ class Supervisor:
 
     def make_run_dir(self) -> str:
         run_dir = tempfile.mkdtemp(prefix="letskencrypt-")
+        longest = max(len(socket_path(run_dir, edge).encode()) for edge in EDGES)
+        if longest > MAX_SOCKET_PATH:
+            os.rmdir(run_dir)
+            raise InputError(
+                f"socket paths under {run_dir} would be {longest} bytes, more than unix "
+                f"sockets allow ({MAX_SOCKET_PATH}): set TMPDIR to a shorter directory"
+            )
         group = self.run_user.gid if self.run_user else None
         if group is not None:
             # The unprivileged roles get in through the group; no one else does.

@@ -295,7 +295,8 @@ class RunPolicy:
             names = [name.lower() for name in san.value.get_values_for_type(x509.DNSName)]
         except x509.ExtensionNotFound:
             raise refuse("certificate has no subjectAltName") from None
-        except ValueError:
+        except (ValueError, x509.InvalidVersion, x509.DuplicateExtension,
+                x509.UnsupportedGeneralNameType):
             raise refuse("certificate is not a DER certificate") from None
         self.check_names(names, "certificate names", refuse)
 

@@ -173,7 +173,13 @@ def revoke(peers: Peers, settings: dict, log: Logger) -> int:
 
 def connect_ca(peers: Peers, settings: dict, log: Logger) -> acme.AcmeClient:
     transport = acme.Transport(peers.resolver, settings["ca_pem"])
-    return acme.AcmeClient(transport, peers.signer, settings["directory_url"], log=log.info)
+    return acme.AcmeClient(
+        transport,
+        peers.signer,
+        settings["directory_url"],
+        log=log.info,
+        poll_timeout=settings.get("poll_timeout", acme.DEFAULT_POLL_TIMEOUT),
+    )
 
 
 def keep_renewing(peers: Peers, settings: dict, log: Logger) -> int:
