@@ -40,20 +40,11 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from letskencrypt.rpc import ROLES
 
 from tests.conftest import LETSKENCRYPT, Paths
 from tests.pebble import REQUEST_LINE_RE, Pebble
 
-ROLES = (
-    "netproc",
-    "acctproc",
-    "keyproc",
-    "dnsproc",
-    "chngproc",
-    "certproc",
-    "fileproc",
-    "revokeproc",
-)
 SUPERVISOR = "supervisor"
 TARGETS = (*ROLES, SUPERVISOR)
 CERT_FILES = ("cert.pem", "chain.pem", "fullchain.pem")
