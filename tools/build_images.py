@@ -9,17 +9,29 @@ BASE_PACKAGES, fetched with `apt-get download` and unpacked with `dpkg-deb`
 into a root directory; what the maintainer scripts would have done is done
 here (CA bundle, ld.so.cache, the python3 link, users, /tmp, compiled
 stdlib); the tree is tarred and added to an empty image
-(Dockerfiles/base/Containerfile).  Each role's image
-(Dockerfiles/<role>/Containerfile) adds one layer: the letskencrypt package
-and the wheels of ROLE_WHEELS, installed with Debian's python3.11 (the image's
-own interpreter) and compiled, since the root file system is read-only.
+(Dockerfiles/base/Containerfile).
+
+The wheels come in a chain of RUNTIMES, tagged images that each add one
+layer holding one set of wheels, so that a set is stored once however many
+roles use it: runtime-grpc (Dockerfiles/runtime-grpc) adds to the base what
+every role needs (grpcio, protobuf, the sandbox's), runtime-crypto and
+runtime-net add cryptography or requests (and their dependencies) on top of
+runtime-grpc.  All of them go to the one site directory of the image, where
+no layer overwrites another's files.  Each role's image
+(Dockerfiles/<role>/Containerfile) is the runtime holding exactly the wheels
+of ROLE_WHEELS plus one small layer: the letskencrypt package.  Everything is
+installed with Debian's python3.11 (the image's own interpreter) and
+compiled, since the root file system is read-only.
 
 Downloads are cached under build/cache.  Every image carries a label with a
 hash of its inputs (the base: this file, its Containerfile and the exact
-.debs; a role: this file, its Containerfile, the base image, the wheels and
-the package sources); an image whose label matches is not rebuilt.  With
---base-image the roles are built on that image instead (for instance
-gcr.io/distroless/python3-debian12:nonroot, pulled beforehand).
+.debs; a runtime: this file, its Containerfile, its parent image, the wheels;
+a role: this file, its Containerfile, its runtime image and the package
+sources); an image whose label matches is not rebuilt, so a change of the
+code rebuilds only the roles' top layers.  Images that lose their tag to a
+rebuild are removed.  With --base-image the runtimes are built on that image
+instead (for instance gcr.io/distroless/python3-debian12:nonroot, pulled
+beforehand).
 """
 
 import argparse
@@ -120,6 +132,28 @@ OPTIONAL_MODULES: dict[str, frozenset[str]] = {
     "requests": frozenset({"requests", "urllib3", "idna", "charset_normalizer", "certifi"}),
 }
 
+
+@dataclass(frozen=True)
+class Runtime:
+    """An image of the chain that carries the wheels: its parent's wheels
+    plus one layer with the optional wheels `adds` and their dependencies
+    (for the first, every dependency that is not optional)."""
+
+    name: str
+    parent: str | None  # a runtime's name; None: the base image
+    adds: tuple[str, ...]
+
+
+# Parents first.  Every role's set of ROLE_WHEELS must be one runtime's.
+RUNTIMES: dict[str, Runtime] = {
+    runtime.name: runtime
+    for runtime in (
+        Runtime("grpc", None, ()),
+        Runtime("crypto", "grpc", ("cryptography",)),
+        Runtime("net", "grpc", ("requests",)),
+    )
+}
+
 # Kept of /usr/share/doc: the licences.
 _DOC_KEEP = re.compile(r"copyright")
 _PRUNED_DIRS = (
@@ -142,6 +176,32 @@ _PRUNED_DIRS = (
 
 def image_name(role: str) -> str:
     return f"localhost/letskencrypt-{role}:latest"
+
+
+def runtime_image(name: str) -> str:
+    return f"localhost/letskencrypt-runtime-{name}:latest"
+
+
+def runtime_wheels(name: str) -> frozenset[str]:
+    """The optional wheels of a runtime, its ancestors' included."""
+    runtime = RUNTIMES[name]
+    inherited = runtime_wheels(runtime.parent) if runtime.parent else frozenset()
+    return inherited | frozenset(runtime.adds)
+
+
+def role_runtime(role: str) -> str:
+    """The runtime that holds exactly the role's wheels."""
+    wanted = frozenset(ROLE_WHEELS[role])
+    for name in RUNTIMES:
+        if runtime_wheels(name) == wanted:
+            return name
+    raise SystemExit(f"no runtime in RUNTIMES holds exactly {role}'s wheels {sorted(wanted)}")
+
+
+def runtime_chain(name: str) -> list[str]:
+    """The runtime and its ancestors, the first built first."""
+    parent = RUNTIMES[name].parent
+    return [*(runtime_chain(parent) if parent else []), name]
 
 
 def log(message: str) -> None:
@@ -487,7 +547,7 @@ def build_rootfs(debs: Sequence[Path], target: Path) -> None:
         write_tar(root, target)
 
 
-# --- wheels and the per-role site-packages ------------------------------------
+# --- wheels: the runtimes' layers, and the roles' package layer --------------
 
 
 @functools.cache
@@ -503,14 +563,25 @@ def requirement_name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", match.group(0)).lower()
 
 
-def role_requirements(role: str) -> list[str]:
-    """The project's dependencies that go into this role's image."""
+def requirements_with(wheels: Iterable[str]) -> list[str]:
+    """The project's dependencies that are not optional, and of the optional
+    ones those in `wheels`."""
+    chosen = frozenset(wheels)
     return [
         requirement
         for requirement in project()["dependencies"]
         if requirement_name(requirement) not in OPTIONAL_WHEELS
-        or requirement_name(requirement) in ROLE_WHEELS[role]
+        or requirement_name(requirement) in chosen
     ]
+
+
+def role_requirements(role: str) -> list[str]:
+    """The project's dependencies that are in this role's image."""
+    return requirements_with(ROLE_WHEELS[role])
+
+
+def runtime_requirements(name: str) -> list[str]:
+    return requirements_with(runtime_wheels(name))
 
 
 def fetch_wheels() -> str:
@@ -539,13 +610,15 @@ def fetch_wheels() -> str:
     return digest(sorted(p.name for p in WHEEL_CACHE.glob("*.whl")))
 
 
-def stage_wheels(role: str, site: Path, key: str) -> None:
-    """Install the role's wheels into `site` and compile them, unless the
-    wheels of the last staging (recorded next to `site`) had the same key."""
-    stamp = site.parent / "wheels.key"
-    if stamp.exists() and stamp.read_text() == key and site.is_dir():
-        return
-    stamp.unlink(missing_ok=True)
+def runtime_dir(name: str) -> Path:
+    """build/runtimes/NAME: full/, what the image's site directory holds
+    (every wheel of the runtime and its ancestors), and context/site/, the
+    part of it that this runtime's layer adds."""
+    return BUILD / "runtimes" / name
+
+
+def install_wheels(requirements: Sequence[str], site: Path) -> None:
+    """Install from the wheel cache only into `site`, and compile."""
     shutil.rmtree(site, ignore_errors=True)
     site.mkdir(parents=True)
     run(
@@ -567,20 +640,89 @@ def stage_wheels(role: str, site: Path, key: str) -> None:
             "--no-warn-script-location",
             "--target",
             str(site),
-            *role_requirements(role),
+            *requirements,
         ]
     )
     # Console scripts: nothing could run them in an image without a shell.
     shutil.rmtree(site / "bin", ignore_errors=True)
     compile_tree(site, SITE_PACKAGES)
+
+
+def link_difference(full: Path, below: Path | None, layer: Path) -> None:
+    """Fill `layer` with hard links to the files of `full` that `below` (the
+    parent's full site directory) lacks.  A file both have must be the same,
+    or the layer would replace a file of the parent's: the wheel sets must
+    agree on their shared dependencies.  Compiled files of equal sources are
+    left to the parent's layer (marshal output need not be byte-identical)."""
+    shutil.rmtree(layer, ignore_errors=True)
+    layer.mkdir(parents=True)
+    for path in sorted(full.rglob("*")):
+        relative = path.relative_to(full)
+        if below is not None and (below / relative).exists():
+            other = below / relative
+            if path.is_dir() or path.suffix == ".pyc":
+                continue
+            if path.read_bytes() != other.read_bytes():
+                raise SystemExit(
+                    f"{relative} differs between runtime layers: the wheel sets disagree"
+                )
+            continue
+        target = layer / relative
+        if path.is_symlink():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(os.readlink(path))
+        elif path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+
+
+def stage_runtime(name: str, wheels: str) -> Path:
+    """Stage the runtime's layer in runtime_dir(name)/context, its ancestors
+    first; nothing is redone when the key of the last staging matches."""
+    runtime = RUNTIMES[name]
+    below = stage_runtime(runtime.parent, wheels) / "full" if runtime.parent else None
+    directory = runtime_dir(name)
+    full, layer, stamp = directory / "full", directory / "context" / "site", directory / "key"
+    key = digest(
+        [
+            Path(__file__).read_bytes(),
+            wheels,
+            *runtime_requirements(name),
+            *(runtime_requirements(runtime.parent) if runtime.parent else []),
+        ]
+    )
+    if stamp.exists() and stamp.read_text() == key and full.is_dir() and layer.is_dir():
+        return directory
+    stamp.unlink(missing_ok=True)
+    install_wheels(runtime_requirements(name), full)
+    link_difference(full, below, layer)
     stamp.write_text(key)
+    return directory
 
 
-def stage_package(site: Path) -> None:
-    """Replace the letskencrypt package in `site` with the current sources."""
+def distributions(site: Path) -> list[str]:
+    return sorted(
+        p.name.split("-")[0]
+        for p in site.glob("*.dist-info")
+        if p.is_dir() and not p.name.startswith("letskencrypt-")
+    )
+
+
+def stage_package(sources: str) -> Path:
+    """Stage build/package/site: the letskencrypt package of the current
+    sources, compiled, and nothing else; the build context of every role's
+    image.  Nothing is redone when the key of the last staging matches."""
+    context = BUILD / "package"
+    site, stamp = context / "site", context / "key"
+    key = digest([Path(__file__).read_bytes(), sources])
+    if stamp.exists() and stamp.read_text() == key and site.is_dir():
+        return context
+    stamp.unlink(missing_ok=True)
+    shutil.rmtree(site, ignore_errors=True)
+    site.mkdir(parents=True)
     meta = project()
-    for old in [site / "letskencrypt", *site.glob("letskencrypt-*.dist-info")]:
-        shutil.rmtree(old, ignore_errors=True)
     shutil.copytree(
         PACKAGE_SOURCE,
         site / "letskencrypt",
@@ -595,6 +737,8 @@ def stage_package(site: Path) -> None:
     )
     (info / "INSTALLER").write_text("build_images\n")
     compile_tree(site / "letskencrypt", f"{SITE_PACKAGES}/letskencrypt")
+    stamp.write_text(key)
+    return context
 
 
 # --- images -------------------------------------------------------------------
@@ -613,22 +757,27 @@ def image_labels() -> dict[str, tuple[str, str]]:
 
 def podman_build(
     containerfile: Path, context: Path, tag: str, labels: dict[str, str], args: dict[str, str]
-) -> None:
+) -> str:
+    """Build one image, which adds one layer to its parent (--layers=false:
+    no intermediate image is left behind); return its id."""
     command = ["build", "--pull=never", "--layers=false", "-q", "-f", str(containerfile), "-t", tag]
     for key, value in labels.items():
         command += ["--label", f"{key}={value}"]
     for key, value in args.items():
         command += ["--build-arg", f"{key}={value}"]
-    podman(*command, str(context), capture=True)
+    output = podman(*command, str(context), capture=True).split()
+    if not output:
+        raise SystemExit(f"podman build of {tag} printed no image id")
+    return output[-1]
 
 
-def build_base(force: bool) -> str:
+def build_base(images: dict[str, tuple[str, str]], force: bool) -> str:
     containerfile = DOCKERFILES / "base" / "Containerfile"
     debs = base_debs()
     key = digest(
         [Path(__file__).read_bytes(), containerfile.read_bytes(), *(d.filename for d in debs)]
     )
-    current = image_labels().get(BASE_IMAGE)
+    current = images.get(BASE_IMAGE)
     if current and current[1] == key and not force:
         return current[0]
     started = time.monotonic()
@@ -637,93 +786,153 @@ def build_base(force: bool) -> str:
     rootfs = context / "rootfs.tar"
     rootfs.unlink(missing_ok=True)
     build_rootfs(fetch(debs), rootfs)
-    podman_build(containerfile, context, BASE_IMAGE, {INPUTS_LABEL: key}, {})
+    image_id = podman_build(containerfile, context, BASE_IMAGE, {INPUTS_LABEL: key}, {})
     log(f"built {BASE_IMAGE} ({len(debs)} packages) in {time.monotonic() - started:.1f} s")
-    return image_labels()[BASE_IMAGE][0]
+    return image_id
 
 
-def build_role(role: str, base: str, base_id: str, wheels: str, sources: str, force: bool) -> None:
-    containerfile = DOCKERFILES / role / "Containerfile"
-    requirements = role_requirements(role)
+def build_runtime(
+    name: str,
+    parent: tuple[str, str],
+    wheels: str,
+    images: dict[str, tuple[str, str]],
+    force: bool,
+) -> str:
+    """Build runtime `name` on `parent` (image name, id); return its id."""
+    runtime = RUNTIMES[name]
+    containerfile = DOCKERFILES / f"runtime-{name}" / "Containerfile"
+    requirements = runtime_requirements(name)
     key = digest(
         [
             Path(__file__).read_bytes(),
             containerfile.read_bytes(),
-            base,
-            base_id,
+            *parent,
             wheels,
-            sources,
             *requirements,
         ]
     )
+    tag = runtime_image(name)
+    current = images.get(tag)
+    if current and current[1] == key and not force:
+        return current[0]
+    started = time.monotonic()
+    directory = stage_runtime(name, wheels)
+    labels = {
+        INPUTS_LABEL: key,
+        "io.letskencrypt.wheels": " ".join(distributions(directory / "full")),
+    }
+    # The first runtime's parent is the base (an upstream one with --base-image).
+    arg = "PARENT_IMAGE" if runtime.parent else "BASE_IMAGE"
+    image_id = podman_build(containerfile, directory / "context", tag, labels, {arg: parent[0]})
+    log(f"built {tag} in {time.monotonic() - started:.1f} s")
+    return image_id
+
+
+def build_role(
+    role: str,
+    runtime: tuple[str, str],
+    sources: str,
+    force: bool,
+    images: dict[str, tuple[str, str]],
+) -> None:
+    """Build the role's image: its runtime (image name, id) plus the package."""
+    containerfile = DOCKERFILES / role / "Containerfile"
+    key = digest([Path(__file__).read_bytes(), containerfile.read_bytes(), *runtime, sources])
     tag = image_name(role)
-    current = image_labels().get(tag)
+    current = images.get(tag)
     if current and current[1] == key and not force:
         return
     started = time.monotonic()
-    context = BUILD / "roles" / role
-    site = context / "site"
-    if force:
-        (context / "wheels.key").unlink(missing_ok=True)
-    stage_wheels(role, site, digest([Path(__file__).read_bytes(), wheels, *requirements]))
-    stage_package(site)
-    wheel_names = sorted(
-        p.name.split("-")[0]
-        for p in site.glob("*.dist-info")
-        if p.is_dir() and not p.name.startswith("letskencrypt-")
-    )
-    labels = {INPUTS_LABEL: key, "io.letskencrypt.wheels": " ".join(wheel_names)}
-    build_args = {"BASE_IMAGE": base, "VERSION": project()["version"]}
+    # The context holds the package only: the role's layer is its code.
+    context = stage_package(sources)
+    # io.letskencrypt.wheels comes with the runtime's labels.
+    labels = {INPUTS_LABEL: key}
+    build_args = {"RUNTIME_IMAGE": runtime[0], "VERSION": project()["version"]}
     podman_build(containerfile, context, tag, labels, build_args)
     log(f"built {tag} in {time.monotonic() - started:.1f} s")
 
 
-@dataclass(frozen=True)
-class ImageSize:
-    name: str
-    size: int  # all of its layers
-    own: int  # its layers that no image listed before it has
+# --- sizes --------------------------------------------------------------------
 
 
-def image_sizes(names: Sequence[str]) -> tuple[list[ImageSize], int]:
-    """Sizes of the images and the total of their distinct layers (what a
-    registry or the local store holds once).  List the base first."""
+def image_layers(names: Sequence[str]) -> dict[str, list[tuple[str, int]]]:
+    """Each image's layers, the lowest first: (diff id, uncompressed size).
+
+    `podman history` sizes the layers (on the history entry that made each;
+    entries that made none are empty), `podman image inspect` names them."""
     inspected = json.loads(podman("image", "inspect", *names, capture=True))
-    layer_sizes: dict[str, int] = {}
-    rows = []
+    result = {}
     for name, image in zip(names, inspected, strict=True):
         layers = image["RootFS"]["Layers"]
-        known = sum(layer_sizes[layer] for layer in layers if layer in layer_sizes)
-        new = [layer for layer in layers if layer not in layer_sizes]
-        own = image["Size"] - known
-        for layer in new:
-            # Layers are not sized one by one; put the new bytes on the last.
-            layer_sizes[layer] = own if layer == new[-1] else 0
-        rows.append(ImageSize(name, image["Size"], own))
-    return rows, sum(layer_sizes.values())
+        history = json.loads(podman("history", "--format", "json", name, capture=True))
+        sizes = [entry["size"] for entry in reversed(history) if entry["size"] > 0]
+        if len(sizes) != len(layers):
+            raise SystemExit(f"{name}: {len(layers)} layers, but {len(sizes)} sized in history")
+        result[name] = list(zip(layers, sizes, strict=True))
+    return result
 
 
-def print_sizes(names: Sequence[str]) -> None:
-    rows, total = image_sizes(names)
-    width = max(len(row.name) for row in rows)
-    sys.stdout.write(f"{'image':<{width}}  {'size':>9}  {'own layers':>10}\n")
-    for row in rows:
-        size, own = f"{row.size / 1e6:7.1f} MB", f"{row.own / 1e6:7.1f} MB"
-        sys.stdout.write(f"{row.name:<{width}}  {size}  {own:>10}\n")
-    sys.stdout.write(f"{'distinct layers, total':<{width}}  {total / 1e6:7.1f} MB\n")
+def unique_layers_size(layers: dict[str, list[tuple[str, int]]]) -> int:
+    """What the images take once stored together: each distinct layer once."""
+    return sum(dict(layer for image in layers.values() for layer in image).values())
+
+
+def sizes_report(names: Sequence[str]) -> str:
+    """A table of the images, their layers (`*`: first seen in this row)
+    and the total of distinct layers; list parents before their children."""
+    layers = image_layers(names)
+    seen: set[str] = set()
+    width = max(len(name) for name in names)
+    lines = [f"{'image':<{width}}  {'size':>8}  layers in MB, lowest first (*: new in this row)"]
+    for name in names:
+        cells = []
+        for layer, size in layers[name]:
+            cells.append(f"{size / 1e6:.1f}{'' if layer in seen else '*'}")
+            seen.add(layer)
+        total = sum(size for _layer, size in layers[name])
+        lines.append(f"{name:<{width}}  {total / 1e6:5.1f} MB  {' + '.join(cells)}")
+    lines.append(
+        f"{'distinct layers, total':<{width}}  {unique_layers_size(layers) / 1e6:5.1f} MB"
+        f"  ({len(seen)} layers)"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def all_images(base: str) -> list[str]:
+    """Every image of a build, parents first."""
+    return [
+        base,
+        *(runtime_image(name) for name in RUNTIMES),
+        *(image_name(role) for role in ROLES),
+    ]
 
 
 def build(roles: Sequence[str], base: str, force: bool) -> None:
+    images = image_labels()
     if base == BASE_IMAGE:
-        base_id = build_base(force)
+        base_id = build_base(images, force)
     else:
         base_id = podman("image", "inspect", "--format", "{{.Id}}", base, capture=True).strip()
     wheels = fetch_wheels()
     sources = digest([tree_digest(PACKAGE_SOURCE), (ROOT / "pyproject.toml").read_bytes()])
+    if force:
+        for stamp in [BUILD / "package" / "key", *(runtime_dir(n) / "key" for n in RUNTIMES)]:
+            stamp.unlink(missing_ok=True)
+    # Left by earlier versions, which staged every wheel once per role.
+    shutil.rmtree(BUILD / "roles", ignore_errors=True)
+    built: dict[str, str] = {}
     for role in roles:
-        build_role(role, base, base_id, wheels, sources, force)
-    # Images that lost their tag to a rebuild.
-    podman("image", "prune", "-f", "--filter", "label=" + INPUTS_LABEL, capture=True)
+        for name in runtime_chain(role_runtime(role)):
+            if name not in built:
+                parent = RUNTIMES[name].parent
+                below = (runtime_image(parent), built[parent]) if parent else (base, base_id)
+                built[name] = build_runtime(name, below, wheels, images, force)
+        runtime = role_runtime(role)
+        build_role(role, (runtime_image(runtime), built[runtime]), sources, force, images)
+    # Images that lost their tag to a rebuild: a role's, then the runtime it
+    # was built on, which only becomes dangling once that role is gone.
+    while podman("image", "prune", "-f", "--filter", "label=" + INPUTS_LABEL, capture=True).strip():
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -740,15 +949,18 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(args.roles) - set(ROLES))
     if unknown:
         parser.error(f"unknown role {unknown[0]!r}; one of {', '.join(ROLES)}")
-    missing = [r for r in ROLES if not (DOCKERFILES / r / "Containerfile").exists()]
+    definitions = [*ROLES, *(f"runtime-{name}" for name in RUNTIMES)]
+    missing = [d for d in definitions if not (DOCKERFILES / d / "Containerfile").exists()]
     if missing:
         raise SystemExit(f"no Containerfile for {', '.join(missing)}")
+    for role in ROLES:
+        role_runtime(role)
     started = time.monotonic()
     with build_lock():
         build(args.roles or ROLES, args.base_image, args.force)
     log(f"images up to date ({time.monotonic() - started:.1f} s)")
     if args.sizes:
-        print_sizes([args.base_image, *(image_name(role) for role in ROLES)])
+        sys.stdout.write(sizes_report(all_images(args.base_image)))
 
 
 if __name__ == "__main__":
