@@ -219,3 +219,32 @@ def test_a_role_without_network_cannot_connect(pod: Pod) -> None:
         result = pod.compose("run", "--rm", "--entrypoint", "python3", service, "-c", probe)
         assert "CONNECTED" not in result.stdout, (service, result.stdout, result.stderr)
         assert "refused 127.0.0.1" in result.stdout, (service, result.stdout, result.stderr)
+
+
+def test_compose_daemon_renews_when_due_and_stops_cleanly(pod: Pod) -> None:
+    """DAEMON=1: the pod stays up, renews when the certificate goes away,
+    rewrites .generation for the web server, and stops with status 0."""
+    generation = pod.dirs["certs"] / ".generation"
+    up = pod.compose("up", "-d", DAEMON="1", RENEW_INTERVAL="2", RENEW_BACKOFF="1")
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    try:
+        deadline = time.monotonic() + 90
+        while not (pod.dirs["certs"] / "cert.pem").exists() or not generation.exists():
+            assert time.monotonic() < deadline, "no certificate from the daemon"
+            time.sleep(0.2)
+        first = generation.read_text()
+        running = pod.containers()
+        assert all(info["State"]["Running"] for info in running.values()), running.keys()
+        # The certificate goes away (as if expired): the next check renews.
+        (pod.dirs["certs"] / ".live").unlink()
+        while generation.read_text() == first or not (pod.dirs["certs"] / "cert.pem").exists():
+            assert time.monotonic() < deadline, "the daemon did not renew"
+            time.sleep(0.2)
+    finally:
+        stopped = pod.compose("stop", "-t", "20")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    containers = pod.containers()
+    for service, info in containers.items():
+        assert not info["State"]["Running"], service
+    assert containers["netproc"]["State"]["ExitCode"] == 0
+    assert list(pod.dirs["challenge"].iterdir()) == []
