@@ -61,7 +61,6 @@ import contextlib
 import datetime
 import hashlib
 import http.server
-import ipaddress
 import json
 import re
 import secrets
@@ -79,7 +78,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from tests import tlsfactory
 
 __all__ = ["CHAIN_VARIANTS", "DELETE", "STAGES", "HostileCA", "Material", "Misbehaviour"]
 
@@ -161,48 +162,8 @@ class Misbehaviour:
 # --- key material -------------------------------------------------------------
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
-
-
-def _ca_certificate(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
-) -> x509.Certificate:
-    issuer_name = issuer[0].subject if issuer else _name(subject)
-    signing_key = issuer[1] if issuer else key
-    now = _now()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    return builder.sign(signing_key, hashes.SHA256())
 
 
 def _server_context(
@@ -210,39 +171,9 @@ def _server_context(
 ) -> ssl.SSLContext:
     """A TLS server context for 127.0.0.1, 127.0.0.2 and localhost."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(issuer[0].subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.2")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(issuer[1], hashes.SHA256())
-    )
-    cert_path, key_path = stem.with_suffix(".pem"), stem.with_suffix(".key")
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
+    certificate = tlsfactory.server_certificate(issuer, key, ("127.0.0.1", "127.0.0.2"))
+    cert_path = tlsfactory.write_certificate(stem.with_suffix(".pem"), certificate)
+    key_path = tlsfactory.write_key(stem.with_suffix(".key"), key)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
     return context
@@ -268,19 +199,21 @@ class Material:
     def create(cls, workdir: Path) -> Material:
         workdir.mkdir(parents=True, exist_ok=True)
         tls_key = ec.generate_private_key(ec.SECP256R1())
-        tls_ca = _ca_certificate("hostile CA TLS root", tls_key)
+        tls_ca = tlsfactory.ca_certificate("hostile CA TLS root", tls_key)
         ca_bundle = workdir / "tls-ca.pem"
         ca_bundle.write_bytes(tls_ca.public_bytes(serialization.Encoding.PEM))
         context = _server_context(workdir / "tls-server", (tls_ca, tls_key))
         # Right names, but from a CA the client was not given.
         stranger_tls_key = ec.generate_private_key(ec.SECP256R1())
-        stranger_tls = _ca_certificate("hostile CA TLS root", stranger_tls_key)
+        stranger_tls = tlsfactory.ca_certificate("hostile CA TLS root", stranger_tls_key)
         untrusted = _server_context(workdir / "tls-untrusted", (stranger_tls, stranger_tls_key))
 
         root_key = ec.generate_private_key(ec.SECP384R1())
-        root = _ca_certificate("hostile ACME root", root_key)
+        root = tlsfactory.ca_certificate("hostile ACME root", root_key)
         intermediate_key = ec.generate_private_key(ec.SECP256R1())
-        intermediate = _ca_certificate("hostile ACME issuer", intermediate_key, (root, root_key))
+        intermediate = tlsfactory.ca_certificate(
+            "hostile ACME issuer", intermediate_key, (root, root_key)
+        )
         stranger_key = ec.generate_private_key(ec.SECP256R1())
         impostor_key = ec.generate_private_key(ec.SECP256R1())
         return cls(
@@ -291,8 +224,10 @@ class Material:
             root=root,
             intermediate=intermediate,
             intermediate_key=intermediate_key,
-            stranger=_ca_certificate("somebody else's CA", stranger_key),
-            impostor=_ca_certificate("hostile ACME issuer", impostor_key, (root, root_key)),
+            stranger=tlsfactory.ca_certificate("somebody else's CA", stranger_key),
+            impostor=tlsfactory.ca_certificate(
+                "hostile ACME issuer", impostor_key, (root, root_key)
+            ),
             other_key=ec.generate_private_key(ec.SECP256R1()),
         )
 
@@ -315,7 +250,7 @@ class Material:
             )
         return (
             x509.CertificateBuilder()
-            .subject_name(_name(names[0]))
+            .subject_name(tlsfactory.name(names[0]))
             .issuer_name(self.intermediate.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())

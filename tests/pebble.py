@@ -20,9 +20,7 @@ import argparse
 import atexit
 import contextlib
 import ctypes
-import datetime
 import http.server
-import ipaddress
 import json
 import os
 import re
@@ -39,10 +37,9 @@ from pathlib import Path
 from types import TracebackType
 
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests import tlsfactory
 
 __all__ = ["Pebble", "PebbleError", "main"]
 
@@ -124,81 +121,15 @@ def _free_ports(count: int, udp_too: int = 0) -> list[int]:
 
 def _write_tls_material(workdir: Path) -> tuple[Path, Path, Path]:
     """Create a throwaway CA and a localhost server cert; return (ca, cert, key)."""
-    now = datetime.datetime.now(datetime.UTC)
-    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=7)
-
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "letskencrypt test pebble CA")])
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
+    ca_cert = tlsfactory.ca_certificate("letskencrypt test pebble CA", ca_key, path_length=0)
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.IPAddress(ipaddress.ip_address("::1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
+    cert = tlsfactory.server_certificate((ca_cert, ca_key), key)
+    return (
+        tlsfactory.write_certificate(workdir / "ca.pem", ca_cert),
+        tlsfactory.write_certificate(workdir / "server-cert.pem", cert),
+        tlsfactory.write_key(workdir / "server-key.pem", key),
     )
-
-    ca_path = workdir / "ca.pem"
-    cert_path = workdir / "server-cert.pem"
-    key_path = workdir / "server-key.pem"
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return ca_path, cert_path, key_path
 
 
 class _ChallengeServer(http.server.ThreadingHTTPServer):
