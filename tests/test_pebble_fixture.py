@@ -7,7 +7,6 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,11 +23,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from tests.pebble import Pebble
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("pebble") is None or shutil.which("pebble-challtestsrv") is None,
-    reason="pebble / pebble-challtestsrv not installed",
-)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

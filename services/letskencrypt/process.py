@@ -25,6 +25,7 @@ PR_SET_NAME = 15
 MAX_CONFIG_BYTES = 64 * 1024
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.prctl.restype = ctypes.c_int
 
 
 @dataclass
@@ -68,15 +69,20 @@ class Logger:
         sys.stderr.flush()
 
 
-def _prctl(option: int, value: int | bytes) -> None:
-    if _libc.prctl(option, value, 0, 0, 0) != 0:
+def prctl(option: int, value: int | bytes = 0) -> int:
+    """prctl(2) with one argument; the one wrapper every module uses."""
+    argument = value if isinstance(value, bytes) else ctypes.c_ulong(value)
+    zero = ctypes.c_ulong(0)
+    result = _libc.prctl(ctypes.c_int(option), argument, zero, zero, zero)
+    if result < 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
+    return result
 
 
 def set_process_name(name: str) -> None:
     """Make the role's name what `ps -o comm` and `/proc/<pid>/comm` show."""
-    _prctl(PR_SET_NAME, name.encode()[:15])
+    prctl(PR_SET_NAME, name.encode()[:15])
 
 
 def read_config(role: str) -> RoleConfig:
@@ -109,7 +115,7 @@ def harden() -> None:
     """No core files and not dumpable: neither a crash nor a same-user ptrace can
     read this process's memory (where the key holders keep the keys)."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    _prctl(PR_SET_DUMPABLE, 0)
+    prctl(PR_SET_DUMPABLE, 0)
 
 
 def drop_privileges(config: RoleConfig) -> None:
@@ -131,7 +137,7 @@ PARENT_DEATH_SIGNAL = {"chngproc": signal.SIGTERM}
 def die_with_parent(config: RoleConfig) -> None:
     """Exit if the supervisor dies, so no role outlives the run. Set after any
     change of credentials, which clears it; the supervisor set it at birth."""
-    _prctl(PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL.get(config.role, signal.SIGKILL))
+    prctl(PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL.get(config.role, signal.SIGKILL))
     # Compared with the supervisor's pid, not 1: a subreaper may have adopted us.
     if config.supervisor_pid is not None and os.getppid() != config.supervisor_pid:
         os._exit(1)

@@ -43,7 +43,7 @@ from typing import Any
 
 import letskencrypt
 from letskencrypt.errors import LetskencryptError
-from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.process import Logger, RoleConfig, prctl
 from letskencrypt.rpc import edges_served_by
 
 NO_NEW_PRIVS = "no_new_privs"
@@ -83,7 +83,6 @@ PR_GET_NO_NEW_PRIVS = 39
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-_libc.prctl.restype = ctypes.c_int
 
 
 def _check(result: int) -> int:
@@ -91,11 +90,6 @@ def _check(result: int) -> int:
         error = ctypes.get_errno()
         raise OSError(error, os.strerror(error))
     return result
-
-
-def prctl(option: int, value: int = 0) -> int:
-    args = (ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
-    return _check(_libc.prctl(ctypes.c_int(option), *args))
 
 
 def set_no_new_privs() -> None:

@@ -97,7 +97,7 @@ PTRACE_DETACH = 17
 CLONE_NEWUSER = 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MNT_DETACH = 2
-PR_SET_DUMPABLE = 4
+
 SYS_IO_URING_SETUP = 425
 
 
@@ -143,7 +143,7 @@ def start_victim() -> tuple[int, int]:
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
             # Dropping privileges made the probe, and so us, not dumpable.
-            _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+            process.prctl(process.PR_SET_DUMPABLE, 1)
             os.write(ready_write, b".")
             os.read(read_end, 1)
         finally:
@@ -488,8 +488,8 @@ def role_specific(config: process.RoleConfig, prepared: Prepared, world: World) 
 def own_state() -> dict[str, Any]:
     # The sandbox hides /proc/self: the parent reads the threads' status.
     return {
-        "dumpable": sandbox.prctl(sandbox.PR_GET_DUMPABLE),
-        "no_new_privs": sandbox.prctl(sandbox.PR_GET_NO_NEW_PRIVS),
+        "dumpable": process.prctl(sandbox.PR_GET_DUMPABLE),
+        "no_new_privs": process.prctl(sandbox.PR_GET_NO_NEW_PRIVS),
     }
 
 

@@ -10,7 +10,6 @@ chngproc's is SIGTERM, so that it removes its files first.
 """
 
 import contextlib
-import ctypes
 import json
 import os
 import secrets
@@ -26,6 +25,7 @@ from typing import Any
 
 from letskencrypt.errors import InputError
 from letskencrypt.fsutil import make_directories
+from letskencrypt.process import PR_SET_PDEATHSIG, prctl
 from letskencrypt.rpc import EDGES, ROLES, socket_path
 
 # Roles that must keep root to write into root-owned directories; every
@@ -44,9 +44,6 @@ EXIT_CODES = (0, 1, 2)
 # Only what Python and the C library need; nothing of the caller's environment
 # (proxies, credentials) reaches a role.
 PASSED_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "SSL_CERT_FILE")
-PR_SET_PDEATHSIG = 1
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def dies_with(supervisor: int) -> Callable[[], None]:
@@ -60,7 +57,7 @@ def dies_with(supervisor: int) -> Callable[[], None]:
     """
 
     def preexec() -> None:
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != supervisor:
             os._exit(EXIT_FAILED)
 
