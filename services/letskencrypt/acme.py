@@ -38,7 +38,7 @@ from urllib3.exceptions import NewConnectionError
 from letskencrypt import pem
 from letskencrypt.b64 import b64url
 from letskencrypt.errors import CertificateRejected, InputError, LetskencryptError
-from letskencrypt.urls import origin
+from letskencrypt.urls import origin, well_formed
 from letskencrypt.validate import safe_text, validate_key_authorization, validate_token
 
 ERROR_PREFIX = "urn:ietf:params:acme:error:"
@@ -47,7 +47,6 @@ ACCOUNT_DOES_NOT_EXIST = ERROR_PREFIX + "accountDoesNotExist"
 
 MAX_BODY = 1024 * 1024
 MAX_CERTIFICATE_BODY = 256 * 1024
-MAX_URL_LENGTH = 2048
 MAX_NONCE_LENGTH = 128
 MAX_ADDRESSES = 8
 MAX_AUTHORIZATIONS = 100
@@ -63,11 +62,6 @@ CHALLENGE_STATUSES = frozenset({"pending", "processing", "valid", "invalid"})
 
 _BASE64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _URLLIB3_PREFIX = re.compile(r"^\w+\(host='[^']*', port=\d+\): ")
-# Printable ASCII minus space and the characters that URL parsers disagree on;
-# a URL that two parsers read differently could pass our origin check and
-# still be fetched from elsewhere.
-_URL_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - set('\\"<>^`{|}')
-
 
 def _package_version() -> str:
     try:
@@ -171,7 +165,7 @@ def check_url(url: object, base: str, what: str) -> str:
     if not isinstance(url, str):
         raise AcmeError(f"CA sent a {type(url).__name__} as {what} URL, not a string")
     shown = safe_text(url, 200)
-    if not 0 < len(url) <= MAX_URL_LENGTH or not set(url) <= _URL_CHARS:
+    if not well_formed(url):
         raise AcmeError(f"CA sent a malformed {what} URL {shown!r}")
     try:
         if origin(url) != origin(base):

@@ -4,6 +4,17 @@ from urllib.parse import urlsplit
 
 from letskencrypt.errors import InputError
 
+MAX_URL_LENGTH = 2048
+# Printable ASCII minus space and the characters that URL parsers disagree on:
+# a URL two parsers read differently could pass an origin check and still be
+# fetched from elsewhere.
+URL_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - set('\\"<>^`{|}')
+
+
+def well_formed(url: str) -> bool:
+    """Not empty, not too long, and only characters every parser reads alike."""
+    return 0 < len(url) <= MAX_URL_LENGTH and set(url) <= URL_CHARS
+
 
 def origin(url: str) -> tuple[str, str, int]:
     """(scheme, host, port) of an https URL, or InputError."""
@@ -21,8 +32,8 @@ def origin(url: str) -> tuple[str, str, int]:
 
 def require_same_origin(url: str, base: str, what: str) -> str:
     """Return `url` if it is https on the same origin as `base`, else raise."""
-    if len(url) > 2048:
-        raise InputError(f"{what} URL is longer than 2048 characters")
+    if len(url) > MAX_URL_LENGTH:
+        raise InputError(f"{what} URL is longer than {MAX_URL_LENGTH} characters")
     if origin(url) != origin(base):
         raise InputError(f"{what} URL {url[:200]!r} is not on the CA's origin {base[:200]!r}")
     return url

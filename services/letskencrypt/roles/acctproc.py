@@ -33,20 +33,18 @@ from letskencrypt import keys, process, rpc
 from letskencrypt.b64 import b64url_decode
 from letskencrypt.errors import InputError
 from letskencrypt.process import Logger, RoleConfig
-from letskencrypt.urls import require_same_origin
+from letskencrypt.urls import MAX_URL_LENGTH, require_same_origin, well_formed
 from letskencrypt.v1 import account_pb2, account_pb2_grpc
 from letskencrypt.validate import safe_text
 
 MAX_PAYLOAD = 32 * 1024
 MAX_NONCE = 128
-MAX_URL = 2048
 MAX_IDENTIFIERS = 100
 MAX_CSR = 16 * 1024
 MAX_CERTIFICATE = 16 * 1024
 MAX_TIMESTAMP = 64
 BASE64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 # Printable ASCII without space: what the protected header's url and kid may hold.
-URL_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
 AUDIT_LOG_NAME = "audit.log"
 AUDIT_LOG_MODE = 0o600
 AUDIT_FLAGS = (
@@ -429,8 +427,11 @@ def check_envelope(request: Request, directory_url: str, refuse: Refuser) -> Non
 
 
 def check_url(url: str, directory_url: str, what: str, refuse: Refuser) -> None:
-    if not 0 < len(url) <= MAX_URL or not set(url) <= URL_CHARS:
-        raise refuse(f"{what} URL is empty, longer than {MAX_URL} or not printable ASCII")
+    if not well_formed(url):
+        raise refuse(
+            f"{what} URL is empty, longer than {MAX_URL_LENGTH}, not printable ASCII "
+            "or has characters URL parsers read differently"
+        )
     try:
         require_same_origin(url, directory_url, what)
     except InputError as error:
@@ -504,7 +505,7 @@ class AuditLog:
     ) -> None:
         entry: dict[str, str] = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "url": url[:MAX_URL],
+            "url": url[:MAX_URL_LENGTH],
             "kind": kind,
             "payload_sha256": hashlib.sha256(payload).hexdigest(),
             "decision": decision,
