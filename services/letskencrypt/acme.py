@@ -39,7 +39,7 @@ from letskencrypt import pem
 from letskencrypt.b64 import b64url
 from letskencrypt.errors import CertificateRejected, InputError, LetskencryptError
 from letskencrypt.urls import origin, well_formed
-from letskencrypt.validate import safe_text, validate_key_authorization, validate_token
+from letskencrypt.validate import is_nonce, safe_text, validate_key_authorization, validate_token
 
 ERROR_PREFIX = "urn:ietf:params:acme:error:"
 BAD_NONCE = ERROR_PREFIX + "badNonce"
@@ -47,7 +47,6 @@ ACCOUNT_DOES_NOT_EXIST = ERROR_PREFIX + "accountDoesNotExist"
 
 MAX_BODY = 1024 * 1024
 MAX_CERTIFICATE_BODY = 256 * 1024
-MAX_NONCE_LENGTH = 128
 MAX_ADDRESSES = 8
 MAX_AUTHORIZATIONS = 100
 MAX_BAD_NONCE_RETRIES = 5
@@ -60,7 +59,6 @@ ORDER_STATUSES = frozenset({"pending", "ready", "processing", "valid", "invalid"
 AUTHZ_STATUSES = AUTHZ_FAILED | {"pending", "valid"}
 CHALLENGE_STATUSES = frozenset({"pending", "processing", "valid", "invalid"})
 
-_BASE64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _URLLIB3_PREFIX = re.compile(r"^\w+\(host='[^']*', port=\d+\): ")
 
 def _package_version() -> str:
@@ -147,11 +145,7 @@ def format_problem(problem: object, status: int) -> str:
 
 def validate_nonce(value: object) -> str:
     """A Replay-Nonce: non-empty base64url of at most 128 characters."""
-    if (
-        not isinstance(value, str)
-        or not 0 < len(value) <= MAX_NONCE_LENGTH
-        or not set(value) <= _BASE64URL
-    ):
+    if not is_nonce(value):
         shown = safe_text(value, 60) if isinstance(value, str) else type(value).__name__
         raise AcmeError(f"CA sent an invalid Replay-Nonce {shown!r}")
     return value

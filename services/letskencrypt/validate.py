@@ -15,6 +15,8 @@ THUMBPRINT_LENGTH = 43  # b64url of a SHA-256 digest, no padding
 # container entry point of roles without the cryptography wheel) can check them.
 KEY_TYPES = ("rsa2048", "rsa3072", "rsa4096", "ecdsa256", "ecdsa384")
 
+MAX_NONCE_LENGTH = 128
+
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -124,6 +126,15 @@ def validate_domains(names: list[str]) -> list[str]:
         seen.add(normalised)
         result.append(normalised)
     return result
+
+
+def is_nonce(value: object) -> bool:
+    """An ACME Replay-Nonce: non-empty base64url of at most 128 characters."""
+    return (
+        isinstance(value, str)
+        and len(value) <= MAX_NONCE_LENGTH
+        and _B64URL_RE.fullmatch(value) is not None
+    )
 
 
 def validate_token(token: str) -> str:

@@ -35,16 +35,13 @@ from letskencrypt.errors import InputError
 from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.urls import MAX_URL_LENGTH, require_same_origin, well_formed
 from letskencrypt.v1 import account_pb2, account_pb2_grpc
-from letskencrypt.validate import safe_text
+from letskencrypt.validate import is_nonce, safe_text
 
 MAX_PAYLOAD = 32 * 1024
-MAX_NONCE = 128
 MAX_IDENTIFIERS = 100
 MAX_CSR = 16 * 1024
 MAX_CERTIFICATE = 16 * 1024
 MAX_TIMESTAMP = 64
-BASE64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-# Printable ASCII without space: what the protected header's url and kid may hold.
 AUDIT_LOG_NAME = "audit.log"
 AUDIT_LOG_MODE = 0o600
 AUDIT_FLAGS = (
@@ -422,7 +419,7 @@ def check_envelope(request: Request, directory_url: str, refuse: Refuser) -> Non
     if request.kid:
         check_url(request.kid, directory_url, "account", refuse)
     nonce = request.nonce
-    if not 0 < len(nonce) <= MAX_NONCE or not set(nonce) <= BASE64URL:
+    if not is_nonce(nonce):
         raise refuse("nonce is not base64url of at most 128 characters")
 
 
