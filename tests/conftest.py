@@ -56,7 +56,7 @@ class Paths:
 
     @property
     def domain_key(self) -> Path:
-        return self.cert_dir / "private" / "privkey.pem"
+        return self.base / "domain" / "privkey.pem"
 
     def snapshot(self) -> dict[str, str]:
         """sha256 of every file under base (following the cert symlinks)."""

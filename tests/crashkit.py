@@ -302,7 +302,7 @@ class DirState:
         return [*self.temp_entries, *self.incomplete_sets]
 
 
-KNOWN_TOP = {*CERT_FILES, ".live", ".sets", ".generation", "private"}
+KNOWN_TOP = {*CERT_FILES, ".live", ".sets", ".generation"}
 
 
 def dir_state(cert_dir: Path) -> DirState:

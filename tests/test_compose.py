@@ -195,7 +195,7 @@ def test_each_container_mounts_exactly_its_edges(pod: Pod) -> None:
         extra = {
             "netproc": {"/etc/letskencrypt/ca.pem": (pod.pebble.ca_bundle, False)},
             "acctproc": {"/etc/acme": (str(pod.dirs["account"]), True)},
-            "keyproc": {"/etc/ssl/acme/private": (str(pod.dirs["domain-key"]), True)},
+            "keyproc": {"/etc/ssl/private/acme": (str(pod.dirs["domain-key"]), True)},
             "chngproc": {"/var/www/acme": (str(pod.dirs["challenge"]), True)},
             "revokeproc": {"/etc/ssl/acme": (str(pod.dirs["certs"]), False)},
             "fileproc": {"/etc/ssl/acme": (str(pod.dirs["certs"]), True)},

@@ -60,7 +60,7 @@ KILL_AFTER = 60.0  # beyond a case's bound, before the run is killed
 APPEND_ONLY = ("account/audit.log",)
 PROTECTED = (
     "account/privkey.pem",
-    "certs/private/privkey.pem",
+    "domain/privkey.pem",
     "certs/cert.pem",
     "certs/chain.pem",
     "certs/fullchain.pem",
@@ -562,7 +562,7 @@ def client_argv(ca: HostileCA, material: Material, root: Path, *args: str) -> li
         "-f",
         str(root / "account" / "privkey.pem"),
         "-k",
-        str(root / "certs" / "private" / "privkey.pem"),
+        str(root / "domain" / "privkey.pem"),
         *args,
         *NAMES,
     ]

@@ -128,7 +128,7 @@ class Pod:
 
     @property
     def domain_key(self) -> Path:
-        return self.base / "certs" / "private" / "privkey.pem"
+        return self.base / "domain" / "privkey.pem"
 
     @property
     def cert_dir(self) -> Path:
@@ -238,7 +238,7 @@ def command_line(base: Path, *extra: str) -> list[str]:
         "-C", str(base / "challenge"),
         "-c", str(base / "certs"),
         "-f", str(base / "account" / "privkey.pem"),
-        "-k", str(base / "certs" / "private" / "privkey.pem"),
+        "-k", str(base / "domain" / "privkey.pem"),
         "--contact", CONTACT,
         "-n", "-N",
         *extra,

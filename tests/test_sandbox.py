@@ -21,7 +21,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from letskencrypt import cli, rpc, sandbox, sandbox_check
+from letskencrypt import cli, namespace, rpc, sandbox, sandbox_check
 from letskencrypt.process import RoleConfig
 from letskencrypt.rpc import ROLES
 from letskencrypt.sandbox_check import ATTEMPTS, Identity
@@ -74,12 +74,28 @@ EXPECTED = {
     "environ": "EACCES",
     "signal": "EPERM",
     "abstract": "EPERM",
+    "named_socket": "ENOENT",
     "mount": "EPERM",
     "unshare": "EPERM",
     "io_uring": "EPERM",
 }
+# In its private namespaces (namespace.py) a role does not even see the path
+# or the peer: the namespace answers before Landlock would.
+EXPECTED_IN_NAMESPACES = {
+    **{key: "ENOENT" for key in ("read", "account_key", "domain_key", "write", "create")},
+    **{key: "ENOENT" for key in ("mem", "environ")},
+    "abstract": "ECONNREFUSED",
+}
 # Denied to an unprivileged user with or without the sandbox.
 NEEDS_PRIVILEGE = {"mount", "packet"}
+
+
+def expected(key: str, role: str, namespaces: bool) -> str:
+    if not namespaces or key not in EXPECTED_IN_NAMESPACES:
+        return EXPECTED[key]
+    if key == "abstract" and role in sandbox.NETWORK_ROLES:
+        return EXPECTED[key]  # the host's network namespace: Landlock's scope
+    return EXPECTED_IN_NAMESPACES[key]
 
 
 def test_every_attempt_has_an_expected_errno() -> None:
@@ -95,9 +111,28 @@ def test_this_kernel_has_every_layer() -> None:
 # --- probes: the real profile, then every forbidden action ---------------------------
 
 
-@pytest.fixture(scope="module")
-def reports() -> dict[str, dict]:
-    return sandbox_check.run_probes(RUN_USER)
+@pytest.fixture(scope="module", params=[True, False], ids=["namespaces", "no-namespaces"])
+def reports(request: pytest.FixtureRequest) -> Iterator[dict[str, dict]]:
+    """Probes with every layer, and without the namespaces: what Landlock and
+    seccomp hold alone."""
+    with namespaces_turned(on=request.param):
+        reports = sandbox_check.run_probes(RUN_USER)
+    for report in reports.values():
+        report["namespaces"] = request.param
+    yield reports
+
+
+@contextlib.contextmanager
+def namespaces_turned(on: bool) -> Iterator[None]:
+    saved = os.environ.pop(namespace.DISABLE_VARIABLE, None)
+    if not on:
+        os.environ[namespace.DISABLE_VARIABLE] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(namespace.DISABLE_VARIABLE, None)
+        if saved is not None:
+            os.environ[namespace.DISABLE_VARIABLE] = saved
 
 
 def probe_uid(role: str) -> int:
@@ -111,7 +146,8 @@ def test_forbidden_actions_fail_with_the_right_errno(reports: dict, role: str) -
     report = reports[role]
     assert "crashed" not in report, report
     assert report["uid"] == probe_uid(role)
-    missing = {sandbox.feature_of(gap) for gap in report["gaps"]}
+    missing = sandbox_check.missing_layers(report)
+    assert (sandbox.NAMESPACES in missing) != report["namespaces"], report["gaps"]
     for attempt in ATTEMPTS:
         after = report["after"][attempt.key]
         if role in attempt.allowed_for:
@@ -119,7 +155,8 @@ def test_forbidden_actions_fail_with_the_right_errno(reports: dict, role: str) -
             continue
         if attempt.layers <= missing:
             continue  # this kernel lacks the layer: test_this_kernel_has_every_layer fails
-        assert after == EXPECTED[attempt.key], (attempt.key, after, report["stderr"])
+        wanted = expected(attempt.key, role, report["namespaces"])
+        assert after == wanted, (attempt.key, after, report["stderr"])
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -156,7 +193,7 @@ def test_probe_state(reports: dict, role: str) -> None:
 def test_fileproc_writes_but_cannot_read_the_domain_key(reports: dict) -> None:
     report = reports["fileproc"]
     assert report["before"]["domain_key"] == "ok"
-    assert report["after"]["domain_key"] == "EACCES"
+    assert report["after"]["domain_key"] == ("ENOENT" if report["namespaces"] else "EACCES")
     assert report["works"] == sandbox_check.WORKS
 
 
@@ -183,15 +220,10 @@ def test_profiles_grant_each_role_its_own_paths_only(tmp_path: Path) -> None:
     assert challenge == sandbox.Fs.MAKE_REG | sandbox.Fs.WRITE_FILE | sandbox.Fs.REMOVE_FILE
     fileproc = rules_beyond_common("fileproc", tmp_path)
     assert not fileproc[str(tmp_path / "certs")] & sandbox.Fs.READ_FILE
-    # Without .sets (a container, whose certificate volume holds no key): the directory.
-    assert rules_beyond_common("revokeproc", tmp_path)[str(tmp_path / "certs")] == (
-        sandbox.Fs.READ_FILE
-    )
-    # With it (the native supervisor makes it): the sets only, not private/.
-    (tmp_path / "certs" / ".sets").mkdir(parents=True)
+    # Read the certificates only (no key may live beneath the directory).
     revokeproc = rules_beyond_common("revokeproc", tmp_path)
     assert revokeproc == {
-        str(tmp_path / "certs" / ".sets"): sandbox.Fs.READ_FILE,
+        str(tmp_path / "certs"): sandbox.Fs.READ_FILE,
         str(run / "rvk"): sandbox.Fs.MAKE_SOCK | sandbox.Fs.REMOVE_FILE,
     }
     for role in ROLES:
@@ -536,7 +568,7 @@ def test_sandbox_check_fails_when_a_restriction_does_not_hold() -> None:
     rows, broken, weak = sandbox_check.table({"certproc": report})
     assert broken and weak
     assert ["read a file outside", "NOT ENFORCED"] in rows
-    lacking = report | {"gaps": ["landlock: none here"]}
+    lacking = report | {"gaps": ["landlock: none here", "namespaces: none here"]}
     rows, broken, weak = sandbox_check.table({"certproc": lacking})
     assert not broken and weak
     assert ["read a file outside", "not available"] in rows

@@ -33,14 +33,14 @@ set -x
 "$ROOT/.venv/bin/letskencrypt" -v -n -N \
     --server "$DIRECTORY_URL" --ca-bundle "$CA_BUNDLE" \
     -C "$DEMO/challenge" -c "$DEMO/certs" \
-    -f "$DEMO/account/privkey.pem" -k "$DEMO/certs/private/privkey.pem" \
+    -f "$DEMO/account/privkey.pem" -k "$DEMO/domain/privkey.pem" \
     demo.example.org www.demo.example.org
 set +x
 
 echo
 echo "demo: certificate issued through netproc, acctproc, keyproc, dnsproc, chngproc,"
 echo "      revokeproc, certproc and fileproc:"
-ls -l "$DEMO/certs/" "$DEMO/certs/private/" "$DEMO/account/"
+ls -l "$DEMO/certs/" "$DEMO/domain/" "$DEMO/account/"
 "$PYTHON" - "$DEMO/certs/fullchain.pem" <<'PY'
 import sys
 from cryptography import x509
@@ -57,8 +57,8 @@ status=0
 "$ROOT/.venv/bin/letskencrypt" -v \
     --server "$DIRECTORY_URL" --ca-bundle "$CA_BUNDLE" \
     -C "$DEMO/challenge" -c "$DEMO/certs" \
-    -f "$DEMO/account/privkey.pem" -k "$DEMO/certs/private/privkey.pem" \
+    -f "$DEMO/account/privkey.pem" -k "$DEMO/domain/privkey.pem" \
     demo.example.org www.demo.example.org || status=$?
 echo "demo: exit status $status"
 [ "$status" = 2 ]
-echo "demo: files are in $DEMO/certs (keys in $DEMO/account and $DEMO/certs/private)"
+echo "demo: files are in $DEMO/certs (keys in $DEMO/account and $DEMO/domain)"

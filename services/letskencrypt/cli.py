@@ -6,12 +6,16 @@ Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
 """
 
 import argparse
+import contextlib
+import errno
 import os
 import pwd
 import sys
 from typing import NoReturn
 
 from letskencrypt.errors import InputError
+from letskencrypt.fsutil import fsync_directory, make_directories
+from letskencrypt.keys import KEY_DIR_MODE, KEY_FILE_MODE, MAX_KEY_FILE_SIZE
 from letskencrypt.supervisor import RunUser, Supervisor
 from letskencrypt.urls import origin
 from letskencrypt.validate import KEY_TYPES, safe_text, validate_domains
@@ -19,7 +23,12 @@ from letskencrypt.validate import KEY_TYPES, safe_text, validate_domains
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 DEFAULT_CERT_DIR = "/etc/ssl/acme"
-DEFAULT_DOMAIN_KEY = "/etc/ssl/acme/private/privkey.pem"
+# Outside the certificate directory, which fileproc writes, and the
+# challenge directory, which chngproc writes: see check_key_places.
+DEFAULT_DOMAIN_KEY = "/etc/ssl/private/acme/privkey.pem"
+# The default until keys had to live outside the certificate directory;
+# main() moves a key found there to DEFAULT_DOMAIN_KEY.
+FORMER_DEFAULT_DOMAIN_KEY = "/etc/ssl/acme/private/privkey.pem"
 DEFAULT_ACCOUNT_KEY = "/etc/acme/privkey.pem"
 DEFAULT_CHALLENGE_DIR = "/var/www/acme"
 EXIT_FAILED = 1
@@ -159,6 +168,60 @@ def check_audit_log(path: str | None, account_key: str, domain_key: str) -> str:
     return path
 
 
+def is_within(path: str, directory: str) -> bool:
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return os.path.commonpath([path, directory]) == directory
+
+
+def check_key_places(keys: dict[str, str], written: dict[str, str]) -> None:
+    """No key (nor the audit log) inside a directory that a role writes: that
+    role could remove, rename or replace it."""
+    for what, path in keys.items():
+        for where, directory in written.items():
+            if is_within(path, directory):
+                raise InputError(
+                    f"{what} {path} is inside the {where} {directory}: keep keys outside "
+                    f"it (the default domain key is {DEFAULT_DOMAIN_KEY})"
+                )
+
+
+def move_former_default_domain_key(args: argparse.Namespace) -> str | None:
+    """A domain key at the former default place moves to the new default;
+    returns a line to tell the operator, or None."""
+    if args.domain_key != DEFAULT_DOMAIN_KEY or os.path.lexists(DEFAULT_DOMAIN_KEY):
+        return None
+    if not os.path.isfile(FORMER_DEFAULT_DOMAIN_KEY):
+        return None
+    make_directories(os.path.dirname(DEFAULT_DOMAIN_KEY), KEY_DIR_MODE)
+    try:
+        os.link(FORMER_DEFAULT_DOMAIN_KEY, DEFAULT_DOMAIN_KEY)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        copy_key(FORMER_DEFAULT_DOMAIN_KEY, DEFAULT_DOMAIN_KEY)
+    fsync_directory(os.path.dirname(DEFAULT_DOMAIN_KEY))
+    # Only once the new one is durable.
+    os.unlink(FORMER_DEFAULT_DOMAIN_KEY)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(FORMER_DEFAULT_DOMAIN_KEY))
+    return (
+        f"moved the domain key from {FORMER_DEFAULT_DOMAIN_KEY} to {DEFAULT_DOMAIN_KEY}: "
+        "keys no longer live in the certificate directory"
+    )
+
+
+def copy_key(source: str, target: str) -> None:
+    with open(source, "rb") as key:
+        data = key.read(MAX_KEY_FILE_SIZE + 1)
+    if len(data) > MAX_KEY_FILE_SIZE:
+        raise InputError(f"{source}: larger than a key")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(target, flags, KEY_FILE_MODE), "wb") as copy:
+        copy.write(data)
+        copy.flush()
+        os.fsync(copy.fileno())
+
+
 def run_user(name: str) -> RunUser | None:
     """Roles drop to this user only when we are root."""
     if os.geteuid() != 0:
@@ -182,8 +245,14 @@ def role_settings(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     if args.revoke_reason and not args.revoke:
         raise InputError("--revoke-reason goes with -r")
     cert_dir = os.path.abspath(args.cert_dir)
+    challenge_dir = os.path.abspath(args.challenge_dir)
     account_key = os.path.abspath(args.account_key)
-    audit_log = check_audit_log(args.audit_log, account_key, os.path.abspath(args.domain_key))
+    domain_key = os.path.abspath(args.domain_key)
+    audit_log = check_audit_log(args.audit_log, account_key, domain_key)
+    check_key_places(
+        {"account key": account_key, "domain key": domain_key, "audit log": audit_log},
+        {"certificate directory": cert_dir, "challenge directory": challenge_dir},
+    )
     daemon = check_schedule(args) if args.daemon else None
     settings: dict[str, dict[str, object]] = {
         "netproc": {
@@ -208,13 +277,13 @@ def role_settings(args: argparse.Namespace) -> dict[str, dict[str, object]]:
             "audit_log": audit_log,
         },
         "keyproc": {
-            "key_path": os.path.abspath(args.domain_key),
+            "key_path": domain_key,
             "create": args.new_domain_key,
             "key_type": args.key_type,
             "names": names,
         },
         "dnsproc": {},
-        "chngproc": {"challenge_dir": os.path.abspath(args.challenge_dir)},
+        "chngproc": {"challenge_dir": challenge_dir},
         "revokeproc": {
             "cert_path": os.path.join(cert_dir, "cert.pem"),
             "names": names,
@@ -238,6 +307,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = role_settings(args)
         user = run_user(args.user)
+        moved = move_former_default_domain_key(args)
+        if moved:
+            sys.stderr.write(f"letskencrypt: {moved}\n")
+    except OSError as error:
+        sys.stderr.write(f"letskencrypt: moving the domain key: {error.strerror}\n")
+        sys.exit(EXIT_FAILED)
     except InputError as error:
         sys.stderr.write(f"letskencrypt: {error}\n")
         sys.exit(EXIT_FAILED)

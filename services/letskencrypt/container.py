@@ -20,7 +20,7 @@ the command line builds them, from these variables:
 
 Paths inside the containers are fixed, and equal to the native defaults:
 the sockets under /run/letskencrypt/<edge>/, the account key in /etc/acme,
-the domain key in /etc/ssl/acme/private, certificates in /etc/ssl/acme, the
+the domain key in /etc/ssl/private/acme, certificates in /etc/ssl/acme, the
 challenge directory /var/www/acme, and netproc's CA bundle at
 /etc/letskencrypt/ca.pem when mounted (else the image's system bundle).
 Missing keys are created on the first run, as `-n -N` would.

@@ -6,6 +6,7 @@ The supervisor writes one JSON object to the role's standard input and closes
 it, so nothing of the configuration shows in `ps` or the environment.
 """
 
+import contextlib
 import ctypes
 import json
 import os
@@ -153,6 +154,9 @@ def start(role: str, config: RoleConfig | None = None) -> tuple[RoleConfig, Logg
     if config is None:
         # Ctrl-C reaches the whole process group; the supervisor decides.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if os.geteuid() != 0:
+            # While this process holds nothing: see namespace.enter_user_namespace.
+            enter_user_namespace()
         config = read_config(role)
     rpc.use_edge_tokens(config.edge_tokens)
     # Sockets and files we create are for our peer (same group), not for others.
@@ -161,23 +165,43 @@ def start(role: str, config: RoleConfig | None = None) -> tuple[RoleConfig, Logg
     return config, Logger(role, config.verbosity)
 
 
+def enter_user_namespace() -> None:
+    """A native role started by an ordinary user; a refusal is reported by confine()."""
+    from letskencrypt import namespace  # it builds on this module
+
+    if not namespace.disabled():
+        with contextlib.suppress(namespace.Unavailable):
+            namespace.enter_user_namespace()
+
+
 def confine(config: RoleConfig) -> list[str]:
     """Called by each role once it has opened what it needs and before it serves.
 
     Returns what of the sandbox the kernel could not apply (see sandbox.apply).
     """
-    from letskencrypt import sandbox  # it builds on this module
+    from letskencrypt import namespace, sandbox  # they build on this module
 
     log = Logger(config.role, config.verbosity)
     # While we may still reach every path of the role's profile.
     opened = sandbox.open_profile(config, log)
+    namespace_gaps: list[str] = []
+    if config.supervised and namespace.disabled():
+        namespace_gaps.append(f"{sandbox.NAMESPACES}: turned off by {namespace.DISABLE_VARIABLE}")
+    elif config.supervised:
+        # A container runtime gives each role its own namespaces already.
+        try:
+            namespace.enter(sandbox.mirrors(config), opened.network, config.run_dir)
+        except namespace.Unavailable as error:
+            namespace_gaps.append(f"{sandbox.NAMESPACES}: {error.strerror}")
+        except OSError as error:
+            raise sandbox.SandboxError(f"sandbox: {error.strerror}") from None
     drop_privileges(config)
     # A change of credentials resets both of these.
     harden()
     if config.supervised:
         die_with_parent(config)
     strict = bool(config.settings.get("strict", False))
-    return sandbox.apply(config, log, strict, opened)
+    return sandbox.apply(config, log, strict, opened, tuple(namespace_gaps))
 
 
 def run_role(

@@ -43,10 +43,12 @@ from typing import Any
 
 import letskencrypt
 from letskencrypt.errors import LetskencryptError
+from letskencrypt.namespace import Mirror
 from letskencrypt.process import Logger, RoleConfig, prctl
-from letskencrypt.rpc import edges_served_by
+from letskencrypt.rpc import edges_called_by, edges_served_by
 
 NO_NEW_PRIVS = "no_new_privs"
+NAMESPACES = "namespaces"
 THREAD_CHECK = "thread check"
 LANDLOCK = "landlock"
 LANDLOCK_TRUNCATE = "landlock truncate"
@@ -55,6 +57,7 @@ LANDLOCK_NETWORK = "landlock network"
 LANDLOCK_SCOPES = "landlock scopes"
 SECCOMP = "seccomp"
 FEATURES = (
+    NAMESPACES,
     NO_NEW_PRIVS,
     THREAD_CHECK,
     LANDLOCK,
@@ -66,7 +69,7 @@ FEATURES = (
 )
 # Without these the sandbox has a hole worth a line on every run; the others
 # are refinements of newer kernels, reported with -v.
-ESSENTIAL = frozenset({NO_NEW_PRIVS, THREAD_CHECK, LANDLOCK, SECCOMP})
+ESSENTIAL = frozenset({NAMESPACES, NO_NEW_PRIVS, THREAD_CHECK, LANDLOCK, SECCOMP})
 
 NETWORK_ROLES = frozenset({"netproc", "dnsproc"})
 
@@ -269,26 +272,44 @@ def profile(config: RoleConfig) -> Profile:
     return Profile(tuple(rules), network=role in NETWORK_ROLES)
 
 
+# Any of these makes a path writable in the role's private mount namespace.
+WRITE_ACCESS = (
+    Fs.WRITE_FILE
+    | Fs.REMOVE_DIR
+    | Fs.REMOVE_FILE
+    | Fs.MAKE_CHAR
+    | Fs.MAKE_DIR
+    | Fs.MAKE_REG
+    | Fs.MAKE_SOCK
+    | Fs.MAKE_FIFO
+    | Fs.MAKE_BLOCK
+    | Fs.MAKE_SYM
+    | Fs.REFER
+    | Fs.TRUNCATE
+)
+
+
+def mirrors(config: RoleConfig) -> list[Mirror]:
+    """What the role's private mount namespace shows (see namespace.py): the
+    paths of its Landlock profile, writable only where the profile writes,
+    and the directories of the edges it calls (connect() needs no write
+    access to the mount)."""
+    shown = [Mirror(rule.path, bool(rule.access & WRITE_ACCESS)) for rule in profile(config).rules]
+    for edge in edges_called_by(config.role):
+        shown.append(Mirror(os.path.join(config.run_dir, edge.name), writable=False))
+    return shown
+
+
 def revokeproc_rules(cert_dir: str) -> list[Rule]:
-    """Read the certificate sets only: cert.pem -> .live/cert.pem ->
-    .sets/<id>/cert.pem (symlinks are resolved without any Landlock right).
-    Not the whole directory, where the domain key often lives (private/).
-    The native supervisor creates .sets; without it (a container, whose
-    certificate volume holds no key) the directory is the rule."""
-    sets = os.path.join(cert_dir, ".sets")
-    if not os.path.isdir(sets) or os.path.islink(sets):
-        return [Rule(cert_dir, Fs.READ_FILE)]
-    rules = [Rule(sets, Fs.READ_FILE)]
-    for name in ("cert.pem", "chain.pem", "fullchain.pem"):
-        path = os.path.join(cert_dir, name)
-        if os.path.isfile(path) and not os.path.islink(path):
-            rules.append(Rule(path, Fs.READ_FILE))
-    return rules
+    """Read the certificates (cert.pem -> .live/cert.pem -> .sets/<id>/cert.pem;
+    symlinks are resolved without any Landlock right).  No key lives beneath
+    the certificate directory: cli.check_key_places refuses one."""
+    return [Rule(cert_dir, Fs.READ_FILE)]
 
 
 def fileproc_rules(cert_dir: str) -> list[Rule]:
-    """Write, but not read, in the certificate directory: the domain key often
-    lives beneath it (private/privkey.pem) and fileproc keeps root.  The only
+    """Write, but not read, in the certificate directory (what it writes it
+    has been handed; no key lives there, see cli.check_key_places).  The only
     files it reads are certificates an older tool left at the stable names."""
     rules = [
         Rule(
@@ -561,16 +582,21 @@ def seccomp_mode() -> int | None:
 
 
 def apply(
-    config: RoleConfig, log: Logger, strict: bool, opened: OpenProfile | None = None
+    config: RoleConfig,
+    log: Logger,
+    strict: bool,
+    opened: OpenProfile | None = None,
+    earlier_gaps: tuple[str, ...] = (),
 ) -> list[str]:
     """Confine this process to the role's profile; return what could not be applied.
 
     `opened`: the profile's paths, opened earlier (see OpenProfile); else now.
+    `earlier_gaps`: what the steps before (namespaces) could not apply.
     """
     if opened is None:
         opened = open_profile(config, log)
     try:
-        gaps = _apply(opened, log)
+        gaps = [*earlier_gaps, *_apply(opened, log)]
     finally:
         opened.close()
     _report(gaps, log, strict)

@@ -49,6 +49,7 @@ from letskencrypt.sandbox import (
     LANDLOCK,
     LANDLOCK_NETWORK,
     LANDLOCK_SCOPES,
+    NAMESPACES,
     NETWORK_ROLES,
     SECCOMP,
 )
@@ -70,10 +71,11 @@ WORKS = "works"
 RUN = "run"
 CHALLENGE = "challenge"
 CERTS = "certs"
-DOMAIN_KEY = "certs/private/privkey.pem"
+DOMAIN_KEY = "domain/privkey.pem"
 ACCOUNT_KEY = "account/privkey.pem"
 OUTSIDE_FILE = "outside/outside.txt"
 OUTSIDE_DIR = "outside"
+NAMED_SOCKET = "outside/sock"
 MOUNT_POINT = "outside/mnt"
 NEW_CERTIFICATE = "input/cert.pem"
 FAKE_KEY = b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
@@ -121,6 +123,7 @@ class World:
     victim_address: int | None
     abstract_name: bytes
     abstract_listener: socket.socket
+    named_listener: socket.socket
     tcp_listener: socket.socket
     # Made before the sandbox: Landlock's network rules bind connect(), not socket().
     tcp_sockets: list[socket.socket]
@@ -170,12 +173,25 @@ def build_world(base: Path) -> World:
     abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     abstract.bind(abstract_name)
     abstract.listen(8)
+    # Like a D-Bus, systemd or container engine socket: a path any user may connect to.
+    named = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    named.bind(str(base / NAMED_SOCKET))
+    os.chmod(base / NAMED_SOCKET, 0o777)  # noqa: S103 - the bait, by design
+    named.listen(8)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     spares = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(3)]
     return World(
-        base, victim, lifeline, first_mapping(victim), abstract_name, abstract, listener, spares
+        base,
+        victim,
+        lifeline,
+        first_mapping(victim),
+        abstract_name,
+        abstract,
+        named,
+        listener,
+        spares,
     )
 
 
@@ -276,6 +292,11 @@ def connect_abstract(world: World) -> None:
         client.connect(world.abstract_name)
 
 
+def connect_named(world: World) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(str(world.base / NAMED_SOCKET))
+
+
 def mount_tmpfs(world: World) -> None:
     target = str(world.base / MOUNT_POINT).encode()
     flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
@@ -308,24 +329,27 @@ class Attempt:
     allowed_for: frozenset[str] = frozenset()
 
 
-FS = frozenset({LANDLOCK})
-EACCES = frozenset({errno.EACCES})
+# A role's own network namespace (namespace.py): only the roles without network get one.
+NETWORK_NAMESPACE = "network namespace"
+# Paths: Landlock refuses them (EACCES), the role's mount namespace does not have them (ENOENT).
+FS = frozenset({LANDLOCK, NAMESPACES})
+HIDDEN = frozenset({errno.EACCES, errno.ENOENT})
 EPERM = frozenset({errno.EPERM})
-EITHER = frozenset({errno.EPERM, errno.EACCES})
+EITHER = frozenset({errno.EPERM, errno.EACCES, errno.ENOENT})
 BY_SECCOMP = frozenset({SECCOMP})
 
 ATTEMPTS = (
-    Attempt("read", "read a file outside", lambda w: read_file(w.base / OUTSIDE_FILE), FS, EACCES),
+    Attempt("read", "read a file outside", lambda w: read_file(w.base / OUTSIDE_FILE), FS, HIDDEN),
     Attempt(
-        "account_key", "read the account key", lambda w: read_file(w.base / ACCOUNT_KEY), FS, EACCES
+        "account_key", "read the account key", lambda w: read_file(w.base / ACCOUNT_KEY), FS, HIDDEN
     ),
     # The default domain key lies beneath the certificate directory; revokeproc
     # reads only the certificate sets there (.sets), fileproc only writes.
     Attempt(
-        "domain_key", "read the domain key", lambda w: read_file(w.base / DOMAIN_KEY), FS, EACCES
+        "domain_key", "read the domain key", lambda w: read_file(w.base / DOMAIN_KEY), FS, HIDDEN
     ),
-    Attempt("write", "open a file outside for writing", open_for_writing, FS, EACCES),
-    Attempt("create", "create a file outside", create_file, FS, EACCES),
+    Attempt("write", "open a file outside for writing", open_for_writing, FS, HIDDEN),
+    Attempt("create", "create a file outside", create_file, FS, HIDDEN),
     Attempt("chmod", "chmod a file outside", change_mode, BY_SECCOMP, EPERM),
     Attempt(
         "inet_tcp",
@@ -378,8 +402,10 @@ ATTEMPTS = (
         "tcp_connect",
         "TCP connect (socket made before)",
         tcp_connect,
+        # Made before the sandbox, the socket belongs to the host's network
+        # namespace: only Landlock stops it.
         frozenset({LANDLOCK_NETWORK}),
-        EACCES,
+        frozenset({errno.EACCES}),
         NETWORK_ROLES,
     ),
     Attempt("execve", "execve /bin/true", execute, frozenset({SECCOMP, LANDLOCK}), EITHER),
@@ -393,8 +419,18 @@ ATTEMPTS = (
         "abstract",
         "connect an abstract unix socket",
         connect_abstract,
-        frozenset({LANDLOCK_SCOPES}),
-        EPERM,
+        # Abstract names belong to a network namespace: a new one has none.
+        frozenset({LANDLOCK_SCOPES, NETWORK_NAMESPACE}),
+        frozenset({errno.EPERM, errno.ECONNREFUSED}),
+    ),
+    # Landlock does not govern connect() to a named socket: only the role's
+    # mount namespace, where the path does not exist, stops it.
+    Attempt(
+        "named_socket",
+        "connect a unix socket outside",
+        connect_named,
+        frozenset({NAMESPACES}),
+        frozenset({errno.ENOENT}),
     ),
     Attempt("mount", "mount tmpfs", mount_tmpfs, BY_SECCOMP, EPERM),
     Attempt("unshare", "unshare a user namespace", unshare_user, BY_SECCOMP, EPERM),
@@ -511,6 +547,7 @@ def probe(role: str, base: Path) -> dict[str, Any]:
         "role": role,
         "uid": os.getuid(),
         "gaps": gaps,
+        "supervised": config.supervised,
         "before": before,
         "after": after,
         "works": works,
@@ -563,6 +600,7 @@ def make_base(top: Path, role: str, identity: Identity) -> Path:
     for edge in rpc.EDGES:
         (base / RUN / edge).mkdir(parents=True, mode=0o700)
     (base / CHALLENGE).mkdir(mode=0o755)
+    (base / CERTS).mkdir(mode=0o755)
     (base / MOUNT_POINT).mkdir(parents=True, mode=0o700)
     write(base / OUTSIDE_FILE, b"outside the role's paths\n", 0o600)
     write(base / ACCOUNT_KEY, FAKE_KEY, 0o400)
@@ -663,8 +701,16 @@ class Cell:
     weak: bool = False
 
 
-def judge(attempt: Attempt, report: dict[str, Any]) -> Cell:
+def missing_layers(report: dict[str, Any]) -> set[str]:
+    """The layers not in force for the probe's role."""
     missing = {sandbox.feature_of(gap) for gap in report["gaps"]}
+    if NAMESPACES in missing or report["role"] in NETWORK_ROLES or not report.get("supervised"):
+        missing.add(NETWORK_NAMESPACE)
+    return missing
+
+
+def judge(attempt: Attempt, report: dict[str, Any]) -> Cell:
+    missing = missing_layers(report)
     applied = bool(attempt.layers - missing)
     after = report["after"][attempt.key]
     star = "*" if report["before"][attempt.key] != "ok" else ""

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from letskencrypt import namespace
 from letskencrypt.errors import InputError
 from letskencrypt.fsutil import make_directories
 from letskencrypt.process import PR_SET_PDEATHSIG, prctl
@@ -43,7 +44,16 @@ EXIT_FAILED = 1
 EXIT_CODES = (0, 1, 2)
 # Only what Python and the C library need; nothing of the caller's environment
 # (proxies, credentials) reaches a role.
-PASSED_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "SSL_CERT_FILE")
+PASSED_ENVIRONMENT = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "PYTHONPATH",
+    "SSL_CERT_FILE",
+    namespace.DISABLE_VARIABLE,
+)
 
 
 def dies_with(supervisor: int) -> Callable[[], None]:
@@ -90,9 +100,6 @@ class Supervisor:
         # must exist before fileproc gets to create it.
         cert_dir = self.settings["fileproc"]["cert_dir"]
         make_directories(cert_dir, CERT_DIR_MODE)
-        # revokeproc's sandbox lets it read the sets there, not the directory
-        # (where the domain key often lives): the sets' directory must exist.
-        make_directories(os.path.join(cert_dir, ".sets"), CERT_DIR_MODE)
         previous = {
             signum: signal.signal(signum, self.on_signal)
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -118,8 +125,11 @@ class Supervisor:
                 f"sockets allow ({MAX_SOCKET_PATH}): set TMPDIR to a shorter directory"
             )
         group = self.run_user.gid if self.run_user else None
-        if group is not None:
-            # The unprivileged roles get in through the group; no one else does.
+        if group is not None and namespace.available() is not None:
+            # Without namespaces of their own (see namespace.py) the
+            # unprivileged roles get in through the group.  With them, each
+            # role mounts its own edges while still root, and the directory
+            # stays closed to everyone else in that group.
             os.chown(run_dir, 0, group)
             os.chmod(run_dir, 0o710)  # noqa: S103 - group only, see above
         for edge in EDGES:

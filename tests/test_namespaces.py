@@ -1,0 +1,168 @@
+"""Each native role lives in namespaces of its own (namespace.py): it sees
+only its own paths, and the roles without network have no network at all.
+And no key may live where a role writes (cli.check_key_places)."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from letskencrypt import cli, namespace, rpc
+from letskencrypt.errors import InputError
+from letskencrypt.rpc import ROLES
+from letskencrypt.sandbox import NETWORK_ROLES
+
+from tests.test_sandbox import base, call_the_service, start_role, wait_for_socket  # noqa: F401
+
+
+def own_namespace(kind: str, pid: int | str = "self") -> str:
+    return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+
+def visible_edges(role: str) -> set[str]:
+    return {edge.name for edge in rpc.EDGES.values() if role in (edge.client, edge.server)}
+
+
+@pytest.mark.parametrize("role", [role for role in ROLES if role != "netproc"])
+def test_a_running_role_sees_only_its_own_paths(base: Path, role: str) -> None:  # noqa: F811
+    process = start_role(role, base)
+    try:
+        wait_for_socket(process)
+        call_the_service(process)
+        pid = process.process.pid
+        assert own_namespace("mnt", pid) != own_namespace("mnt")
+        assert own_namespace("ipc", pid) != own_namespace("ipc")
+        if role in NETWORK_ROLES:
+            assert own_namespace("net", pid) == own_namespace("net")
+        else:
+            assert own_namespace("net", pid) != own_namespace("net")
+        root = Path(f"/proc/{pid}/root")
+        top = set(os.listdir(root))
+        assert not {"run", "home", "root", "var", "boot"} & top, top
+        assert set(os.listdir(root / "dev")) == {"null", "urandom"}
+        assert set(os.listdir(root / "proc")) == {str(pid), "self", "sys"}
+        run_dir = str(process.base / "run")
+        assert set(os.listdir(str(root) + run_dir)) == visible_edges(role)
+        # The role's view of /tmp is not the host's.
+        assert set(os.listdir(root / "tmp")) <= {Path(run_dir).parts[2]}
+        code, stderr = process.stop()
+    finally:
+        if process.process.poll() is None:
+            process.process.kill()
+            process.process.wait()
+    assert code == 0, stderr
+
+
+def test_a_role_cannot_reach_a_socket_of_the_host(base: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The socket exists and is open to all, yet the role's root has no such path."""
+    process = start_role("chngproc", base)
+    bait = Path("/tmp") / f"letskencrypt-bait-{os.getpid()}.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(str(bait))
+        bait.chmod(0o777)
+        listener.listen(1)
+        wait_for_socket(process)
+        assert not os.path.lexists(f"/proc/{process.process.pid}/root{bait}")
+        process.stop()
+    finally:
+        listener.close()
+        bait.unlink(missing_ok=True)
+        if process.process.poll() is None:
+            process.process.kill()
+            process.process.wait()
+
+
+def test_namespaces_are_available_here() -> None:
+    """As root and (through a user namespace) as an ordinary user."""
+    assert namespace.available() is None
+    code = "from letskencrypt import namespace; print(namespace.available())"
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+        capture_output=True, text=True, check=True, cwd="/",
+    )  # fmt: skip
+    assert result.stdout.strip() == "None", result
+
+
+def test_the_switch_turns_them_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(namespace.DISABLE_VARIABLE, "1")
+    assert "turned off" in (namespace.available() or "")
+
+
+# --- keys out of the directories that roles write ------------------------------------
+
+
+def settings_for(tmp_path: Path, *extra: str) -> dict:
+    argv = ["--server", "https://ca.example/dir", "-C", str(tmp_path / "challenge"),
+            "-c", str(tmp_path / "certs"), "-f", str(tmp_path / "account.pem"),
+            "-k", str(tmp_path / "keys" / "domain.pem"), *extra, "example.org"]  # fmt: skip
+    return cli.role_settings(cli.build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    ("option", "place", "what"),
+    [
+        ("-k", "certs/private/privkey.pem", "domain key"),
+        ("-k", "certs/privkey.pem", "domain key"),
+        ("-k", "challenge/key.pem", "domain key"),
+        ("-f", "certs/account.pem", "account key"),
+        ("--audit-log", "certs/audit.log", "audit log"),
+    ],
+)
+def test_a_key_inside_a_written_directory_is_refused(
+    tmp_path: Path, option: str, place: str, what: str
+) -> None:
+    with pytest.raises(InputError, match=f"^{what} .* is inside the"):
+        settings_for(tmp_path, option, str(tmp_path / place))
+
+
+def test_a_key_reached_through_a_symlink_is_refused_too(tmp_path: Path) -> None:
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "keys-link").symlink_to(tmp_path / "certs")
+    with pytest.raises(InputError, match="inside the certificate directory"):
+        settings_for(tmp_path, "-k", str(tmp_path / "keys-link" / "domain.pem"))
+
+
+def test_the_refusal_comes_before_any_role_starts(tmp_path: Path) -> None:
+    argv = ["--server", "https://127.0.0.1:9/dir", "-C", str(tmp_path / "ch"),
+            "-c", str(tmp_path / "certs"), "-f", str(tmp_path / "a.pem"),
+            "-k", str(tmp_path / "certs" / "private" / "k.pem"),
+            "-n", "-N", "example.org"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "letskencrypt.cli", *argv],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "domain key" in result.stderr and "inside the certificate directory" in result.stderr
+    assert not (tmp_path / "certs").exists()
+
+
+def test_the_default_domain_key_is_outside_the_default_directories() -> None:
+    for directory in (cli.DEFAULT_CERT_DIR, cli.DEFAULT_CHALLENGE_DIR):
+        assert not cli.is_within(cli.DEFAULT_DOMAIN_KEY, directory)
+        assert not cli.is_within(cli.DEFAULT_ACCOUNT_KEY, directory)
+
+
+def test_a_key_at_the_former_default_place_moves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    former = tmp_path / "certs" / "private" / "privkey.pem"
+    new = tmp_path / "private" / "acme" / "privkey.pem"
+    former.parent.mkdir(parents=True)
+    former.write_bytes(b"key bytes")
+    former.chmod(0o400)
+    monkeypatch.setattr(cli, "FORMER_DEFAULT_DOMAIN_KEY", str(former))
+    monkeypatch.setattr(cli, "DEFAULT_DOMAIN_KEY", str(new))
+    args = cli.build_parser().parse_args(["-k", str(new), "example.org"])
+    message = cli.move_former_default_domain_key(args)
+    assert message is not None and str(new) in message
+    assert new.read_bytes() == b"key bytes"
+    assert new.stat().st_mode & 0o777 == 0o400
+    assert not former.exists() and not former.parent.exists()
+    # Once moved, or with a key of the operator's choosing, nothing happens.
+    assert cli.move_former_default_domain_key(args) is None
+    other = cli.build_parser().parse_args(["-k", str(tmp_path / "x.pem"), "example.org"])
+    assert cli.move_former_default_domain_key(other) is None
