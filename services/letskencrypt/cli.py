@@ -14,8 +14,13 @@ import sys
 from typing import NoReturn
 
 from letskencrypt.errors import InputError
-from letskencrypt.fsutil import fsync_directory, make_directories
-from letskencrypt.keys import KEY_DIR_MODE, KEY_FILE_MODE, MAX_KEY_FILE_SIZE
+from letskencrypt.fsutil import (
+    KEY_DIR_MODE,
+    KEY_FILE_MODE,
+    MAX_KEY_FILE_SIZE,
+    fsync_directory,
+    make_directories,
+)
 from letskencrypt.supervisor import RunUser, Supervisor
 from letskencrypt.urls import origin
 from letskencrypt.validate import KEY_TYPES, safe_text, validate_domains

@@ -5,6 +5,10 @@ import os
 # Directories above a key or the certificate directory: others must be able
 # to traverse them (a web server reads the certificates).
 PARENT_MODE = 0o755
+# Keys: created exclusively, readable by their owner only, in a private directory.
+KEY_FILE_MODE = 0o400
+KEY_DIR_MODE = 0o700
+MAX_KEY_FILE_SIZE = 64 * 1024
 
 
 def make_directories(path: str, mode: int) -> None:

@@ -17,17 +17,14 @@ from cryptography.x509.oid import NameOID
 from letskencrypt.b64 import b64url
 from letskencrypt.b64 import b64url_decode as b64url_decode
 from letskencrypt.errors import InputError, KeyFileError, KeyFileMissing
-from letskencrypt.fsutil import make_directories
+from letskencrypt.fsutil import KEY_DIR_MODE, KEY_FILE_MODE, MAX_KEY_FILE_SIZE, make_directories
 from letskencrypt.validate import KEY_TYPES, validate_domains
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
-MAX_KEY_FILE_SIZE = 64 * 1024
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192
-KEY_FILE_MODE = 0o400
-KEY_DIR_MODE = 0o700
 
 _RSA_BITS = {"rsa2048": 2048, "rsa3072": 3072, "rsa4096": 4096}
 _EC_CURVES: dict[str, type[ec.EllipticCurve]] = {
