@@ -199,6 +199,16 @@ def serve(
     return server
 
 
+_after_serving: Callable[[], object] | None = None
+
+
+def after_serving(hook: Callable[[], object] | None) -> None:
+    """Have serve_until_stopped call `hook` once every socket is bound
+    (process.confine sets it: the sandbox's second stage)."""
+    global _after_serving  # one per process, like the edge tokens
+    _after_serving = hook
+
+
 def serve_until_stopped(
     run_dir: str, services: dict[str, list[tuple[Registrar, Any]]]
 ) -> bool:
@@ -209,6 +219,8 @@ def serve_until_stopped(
     stopper = Stopper()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stopper.stop(failed=True))
     servers = [serve(run_dir, edge, servicers, stopper) for edge, servicers in services.items()]
+    if _after_serving is not None:
+        _after_serving()
     while not stopper.wait(0.5):
         pass
     for server in servers:
