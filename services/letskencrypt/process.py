@@ -79,6 +79,8 @@ class RoleConfig:
     supervisor_pid: int | None = None
     # edge -> secret shared with the role at the other end (native mode only).
     edge_tokens: dict[str, str] = field(default_factory=dict)
+    # edge -> secret by which the server proves itself to the client (rpc.py).
+    server_tokens: dict[str, str] = field(default_factory=dict)
 
 
 class Logger:
@@ -142,6 +144,7 @@ def read_config(role: str) -> RoleConfig:
         gid=document.get("gid"),
         settings=document.get("settings", {}),
         edge_tokens=document.get("edge_tokens", {}),
+        server_tokens=document.get("server_tokens", {}),
         supervisor_pid=document.get("supervisor_pid"),
     )
 
@@ -268,7 +271,7 @@ def start(role: str, config: RoleConfig | None = None) -> tuple[RoleConfig, Logg
         # Ctrl-C reaches the whole process group; the supervisor decides.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         config = read_config(role)
-    rpc.use_edge_tokens(config.edge_tokens)
+    rpc.use_edge_tokens(config.edge_tokens, config.server_tokens)
     # Sockets and files we create are for our peer (same group), not for others.
     os.umask(0o007)
     harden()

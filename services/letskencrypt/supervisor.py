@@ -96,6 +96,10 @@ class Supervisor:
     edge_tokens: dict[str, str] = field(
         default_factory=lambda: {name: secrets.token_urlsafe(32) for name in EDGES}
     )
+    # And one by which each edge's server proves itself to its client.
+    server_tokens: dict[str, str] = field(
+        default_factory=lambda: {name: secrets.token_urlsafe(32) for name in EDGES}
+    )
 
     def run(self) -> int:
         self.run_dir = self.make_run_dir()
@@ -180,6 +184,11 @@ class Supervisor:
             "edge_tokens": {
                 name: token
                 for name, token in self.edge_tokens.items()
+                if role in (EDGES[name].client, EDGES[name].server)
+            },
+            "server_tokens": {
+                name: token
+                for name, token in self.server_tokens.items()
                 if role in (EDGES[name].client, EDGES[name].server)
             },
         }
