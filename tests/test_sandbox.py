@@ -21,7 +21,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from letskencrypt import cli, rpc, sandbox, sandbox_check
+from letskencrypt import cli, process, rpc, sandbox, sandbox_check
 from letskencrypt.process import RoleConfig
 from letskencrypt.rpc import ROLES
 from letskencrypt.sandbox_check import ATTEMPTS, Identity
@@ -72,14 +72,30 @@ EXPECTED = {
     "ptrace": "EPERM",
     "mem": "EACCES",
     "environ": "EACCES",
-    "signal": "EPERM",
+    "tty": "EACCES",
+    "tiocsti": "EPERM",
+    "signal_parent": "EPERM",
+    "signal_init": "EPERM",
     "abstract": "EPERM",
+    "named": "EPERM",
     "mount": "EPERM",
     "unshare": "EPERM",
     "io_uring": "EPERM",
+    "signal": "EPERM",
+    "signal_all": "EPERM",
 }
-# Denied to an unprivileged user with or without the sandbox.
-NEEDS_PRIVILEGE = {"mount", "packet"}
+# Denied to an unprivileged user with or without the sandbox (TIOCSTI on a
+# terminal that is not one's own needs CAP_SYS_ADMIN; the parent is root's).
+NEEDS_PRIVILEGE = {"mount", "packet", "tiocsti", "signal_parent", "signal_init"}
+# Denied before the sandbox to everyone: a role has no controlling terminal.
+NEVER = {"tty": "ENXIO"}
+
+
+def expected(role: str, key: str) -> str:
+    """The errno, for roles whose second stage (sandbox.seal) stops connect()."""
+    if key == "tcp_connect" and sandbox.serves_only(role) and role not in sandbox.NETWORK_ROLES:
+        return "EPERM"
+    return EXPECTED[key]
 
 
 def test_every_attempt_has_an_expected_errno() -> None:
@@ -119,7 +135,7 @@ def test_forbidden_actions_fail_with_the_right_errno(reports: dict, role: str) -
             continue
         if attempt.layers <= missing:
             continue  # this kernel lacks the layer: test_this_kernel_has_every_layer fails
-        assert after == EXPECTED[attempt.key], (attempt.key, after, report["stderr"])
+        assert after == expected(role, attempt.key), (attempt.key, after, report["stderr"])
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -128,7 +144,9 @@ def test_the_same_actions_work_without_the_sandbox(reports: dict, role: str) -> 
     report = reports[role]
     privileged = report["uid"] == 0
     for attempt in ATTEMPTS:
-        if attempt.key in NEEDS_PRIVILEGE and not privileged:
+        if attempt.key in NEVER:
+            assert report["before"][attempt.key] == NEVER[attempt.key]
+        elif attempt.key in NEEDS_PRIVILEGE and not privileged:
             assert report["before"][attempt.key] == "EPERM"
         else:
             assert report["before"][attempt.key] == "ok", (attempt.key, report["before"])
@@ -149,8 +167,20 @@ def test_probe_state(reports: dict, role: str) -> None:
     assert state["dumpable"] == 0
     assert state["no_new_privs"] == 1
     assert state["threads"]
+    # The second stage stacks a filter on the first in the roles that only serve.
+    filters = "2" if sandbox.serves_only(role) else "1"
     for thread in state["threads"]:
-        assert thread == {"Seccomp": "2", "NoNewPrivs": "1"}
+        assert thread == {"Seccomp": "2", "NoNewPrivs": "1", "Seccomp_filters": filters}
+    assert state["capabilities"] == dict.fromkeys(process.CAPABILITY_SETS, 0)
+    assert state["session"] is True
+    assert state["tty_nr"] == 0
+    assert not any(map(sandbox_check.is_terminal, state["stdio"])), state["stdio"]
+
+
+def test_roles_that_only_serve_are_sealed() -> None:
+    """The second stage (sandbox.seal) is for exactly the roles that call no one."""
+    sealed = {role for role in ROLES if sandbox.serves_only(role)}
+    assert sealed == {"acctproc", "keyproc", "dnsproc", "chngproc", "fileproc", "revokeproc"}
 
 
 def test_fileproc_writes_but_cannot_read_the_domain_key(reports: dict) -> None:
@@ -527,10 +557,15 @@ def test_sandbox_check_fails_when_a_restriction_does_not_hold() -> None:
         "before": {a.key: "ok" for a in ATTEMPTS},
         "after": {a.key: EXPECTED[a.key] for a in ATTEMPTS} | {"read": "ok"},
         "works": sandbox_check.WORKS,
+        "uid": 65534,
         "state": {
             "dumpable": 0,
             "no_new_privs": 1,
             "threads": [{"Seccomp": "2", "NoNewPrivs": "1"}],
+            "capabilities": dict.fromkeys(process.CAPABILITY_SETS, 0),
+            "session": True,
+            "tty_nr": 0,
+            "stdio": ["/dev/null", "pipe:[1]", "/tmp/x"],
         },
     }
     rows, broken, weak = sandbox_check.table({"certproc": report})

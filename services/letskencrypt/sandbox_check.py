@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import fcntl
 import itertools
 import json
 import os
@@ -40,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from letskencrypt import cli, filestore, process, rpc, sandbox
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.roles.chngproc import ChallengeDirectory
@@ -51,12 +54,14 @@ from letskencrypt.sandbox import (
     LANDLOCK_SCOPES,
     NETWORK_ROLES,
     SECCOMP,
+    SECCOMP_SOCKETS,
+    TIOCSTI,
 )
 from letskencrypt.supervisor import KEEPS_ROOT, PASSED_ENVIRONMENT
 from letskencrypt.v1 import lifecycle_pb2, lifecycle_pb2_grpc
 
 NAME = "sandbox-check.example"
-WATCHED_STATUS = ("Seccomp", "NoNewPrivs")
+WATCHED_STATUS = ("Seccomp", "NoNewPrivs", "Seccomp_filters")
 PROBE_TIMEOUT = 60.0
 EXIT_FAILED = 1
 
@@ -75,6 +80,12 @@ ACCOUNT_KEY = "account/privkey.pem"
 OUTSIDE_FILE = "outside/outside.txt"
 OUTSIDE_DIR = "outside"
 MOUNT_POINT = "outside/mnt"
+NAMED_SOCKET = "outside/named.sock"
+# Not a layer of the sandbox: the supervisor starts each role in a session
+# of its own, without a terminal (and so does this check).
+SESSION = "session"
+# Where each role's probe lets the sandbox-check's own end of it be seen.
+CLIENT_ROLES = frozenset(role for role in ROLES if rpc.edges_called_by(role))
 NEW_CERTIFICATE = "input/cert.pem"
 FAKE_KEY = b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
 # Self-signed for NAME, valid 2026-2126: what fileproc installs and revokeproc
@@ -124,7 +135,13 @@ class World:
     tcp_listener: socket.socket
     # Made before the sandbox: Landlock's network rules bind connect(), not socket().
     tcp_sockets: list[socket.socket]
+    named_path: str
+    named_listener: socket.socket
+    # A pseudo-terminal (not ours: we have none) to push input into.
+    terminal: int
     serial: Iterator[int] = dataclasses.field(default_factory=itertools.count)
+    # Set once the probe has applied the sandbox.
+    confined: bool = False
 
 
 def start_victim() -> tuple[int, int]:
@@ -174,9 +191,15 @@ def build_world(base: Path) -> World:
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     spares = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(3)]
+    named_path = str(base / NAMED_SOCKET)
+    named = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    named.bind(named_path)
+    named.listen(8)
+    _controller, terminal = os.openpty()
     return World(
-        base, victim, lifeline, first_mapping(victim), abstract_name, abstract, listener, spares
-    )
+        base, victim, lifeline, first_mapping(victim), abstract_name, abstract, listener, spares,
+        named_path, named, terminal,
+    )  # fmt: skip
 
 
 def read_file(path: Path) -> None:
@@ -268,12 +291,54 @@ def read_environ(world: World) -> None:
 
 
 def send_signal(world: World) -> None:
-    os.kill(world.victim, signal.SIGCONT)
+    """SIGTERM to another process of the same user (a peer role), once confined;
+    signal 0 (a check of permission only) before."""
+    os.kill(world.victim, signal.SIGTERM if world.confined else 0)
+
+
+def signal_parent(_world: World) -> None:
+    os.kill(os.getppid(), 0)
+
+
+def signal_init(_world: World) -> None:
+    os.kill(1, 0)
+
+
+def signal_everyone(world: World) -> None:
+    """kill(-1, SIGTERM) once confined, and only when kill(-1, 0) is denied
+    already: the check must never take down the machine.  Signal 0 before."""
+    os.kill(-1, 0)
+    if world.confined:
+        os.kill(-1, signal.SIGTERM)
+
+
+def open_terminal(_world: World) -> None:
+    os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC))
+
+
+def push_input(world: World) -> None:
+    """TIOCSTI (a keystroke into the terminal's input) on a pseudo-terminal
+    and on stdin, stdout and stderr; fails unless one of them went through."""
+    error: OSError | None = None
+    for fd in (world.terminal, 0, 1, 2):
+        try:
+            fcntl.ioctl(fd, TIOCSTI, b" ")
+            return
+        except OSError as failure:
+            if error is None or error.errno == errno.ENOTTY:
+                error = failure
+    assert error is not None
+    raise error
 
 
 def connect_abstract(world: World) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.connect(world.abstract_name)
+
+
+def connect_named(world: World) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(world.named_path)
 
 
 def mount_tmpfs(world: World) -> None:
@@ -313,6 +378,9 @@ EACCES = frozenset({errno.EACCES})
 EPERM = frozenset({errno.EPERM})
 EITHER = frozenset({errno.EPERM, errno.EACCES})
 BY_SECCOMP = frozenset({SECCOMP})
+SIGNALS = frozenset({SECCOMP, LANDLOCK_SCOPES})
+# No controlling terminal; or Landlock, which has no rule for /dev/tty.
+NO_TERMINAL = frozenset({errno.ENXIO, errno.EACCES})
 
 ATTEMPTS = (
     Attempt("read", "read a file outside", lambda w: read_file(w.base / OUTSIDE_FILE), FS, EACCES),
@@ -378,8 +446,9 @@ ATTEMPTS = (
         "tcp_connect",
         "TCP connect (socket made before)",
         tcp_connect,
-        frozenset({LANDLOCK_NETWORK}),
-        EACCES,
+        # Landlock's EACCES; or the second stage's EPERM (no connect() at all).
+        frozenset({LANDLOCK_NETWORK, SECCOMP_SOCKETS}),
+        EITHER,
         NETWORK_ROLES,
     ),
     Attempt("execve", "execve /bin/true", execute, frozenset({SECCOMP, LANDLOCK}), EITHER),
@@ -388,17 +457,33 @@ ATTEMPTS = (
     ),
     Attempt("mem", "read /proc/<pid>/mem", read_memory, FS, EITHER),
     Attempt("environ", "read /proc/<pid>/environ", read_environ, FS, EITHER),
-    Attempt("signal", "signal a process outside", send_signal, frozenset({LANDLOCK_SCOPES}), EPERM),
+    Attempt("tty", "open /dev/tty", open_terminal, frozenset({SESSION}), NO_TERMINAL),
+    Attempt("tiocsti", "ioctl TIOCSTI (any terminal)", push_input, BY_SECCOMP, EPERM),
+    Attempt("signal_parent", "kill(supervisor, 0)", signal_parent, SIGNALS, EPERM),
+    Attempt("signal_init", "kill(1, 0)", signal_init, SIGNALS, EPERM),
     Attempt(
         "abstract",
         "connect an abstract unix socket",
         connect_abstract,
-        frozenset({LANDLOCK_SCOPES}),
+        frozenset({LANDLOCK_SCOPES, SECCOMP_SOCKETS}),
         EPERM,
+    ),
+    Attempt(
+        "named",
+        "connect a foreign named unix socket",
+        connect_named,
+        frozenset({SECCOMP_SOCKETS}),
+        EPERM,
+        # They must connect to their peers' sockets; the private mount
+        # namespace, where set up, is what leaves them only those.
+        CLIENT_ROLES,
     ),
     Attempt("mount", "mount tmpfs", mount_tmpfs, BY_SECCOMP, EPERM),
     Attempt("unshare", "unshare a user namespace", unshare_user, BY_SECCOMP, EPERM),
     Attempt("io_uring", "io_uring_setup", io_uring, BY_SECCOMP, EPERM),
+    # Last: if the sandbox failed, the victim is gone.
+    Attempt("signal", "kill(peer, SIGTERM)", send_signal, SIGNALS, EPERM),
+    Attempt("signal_all", "kill(-1, SIGTERM)", signal_everyone, SIGNALS, EPERM),
 )
 
 
@@ -505,8 +590,14 @@ def probe(role: str, base: Path) -> dict[str, Any]:
     world = build_world(base)
     before = {attempt.key: outcome(attempt, world) for attempt in ATTEMPTS}
     gaps = process.confine(config)
-    after = {attempt.key: outcome(attempt, world) for attempt in ATTEMPTS}
     works = role_works(config, prepared, world)
+    # As a role does: serve, then the second stage (sandbox.seal).  The
+    # sandbox-check calls these servers from outside once it has our report.
+    for edge in edges_served_by(config.role):
+        rpc.serve(config.run_dir, edge.name, [], rpc.Stopper())
+    gaps += sandbox.seal(config, process.Logger(config.role, config.verbosity), strict=False)
+    world.confined = True
+    after = {attempt.key: outcome(attempt, world) for attempt in ATTEMPTS}
     return {
         "role": role,
         "uid": os.getuid(),
@@ -594,6 +685,8 @@ def run_probe(
             env=environment,
             cwd="/",
             pass_fds=(hold,),
+            # As the supervisor starts a role: a session of its own, no terminal.
+            start_new_session=True,
         )
         os.close(hold)
         watchdog = threading.Timer(PROBE_TIMEOUT, child.kill)
@@ -604,6 +697,7 @@ def run_probe(
             child.stdin.close()
             line = child.stdout.readline()
             threads = thread_status(child.pid) if line else []
+            outside = outside_view(child.pid, role, base) if line else {}
         finally:
             os.close(release)
             child.wait()
@@ -617,8 +711,43 @@ def run_probe(
         why = lines[-1] if lines else f"exit status {child.returncode}"
         return {"role": role, "crashed": why[:300]}
     result["state"]["threads"] = threads
+    result["state"].update(outside)
+    if result["works"] == WORKS and outside.get("serves") != WORKS:
+        result["works"] = outside.get("serves", "FAILED")
     result["stderr"] = log
     return result
+
+
+def outside_view(pid: int, role: str, base: Path) -> dict[str, Any]:
+    """What the probe cannot see of itself: its capability sets, its session
+    and terminal, and whether its sockets still serve under the second stage."""
+    view: dict[str, Any] = {}
+    with contextlib.suppress(OSError):
+        view["capabilities"] = process.capability_sets(pid)
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        view["session"] = int(fields[3]) != os.getsid(0) and int(fields[3]) == pid
+        view["tty_nr"] = int(fields[4])
+    links = []
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    view["stdio"] = links
+    try:
+        for edge in edges_served_by(role):
+            path = rpc.socket_path(str(base / RUN), edge.name)
+            with grpc.insecure_channel(f"unix:{path}") as channel:
+                lifecycle_pb2_grpc.LifecycleStub(channel).Stop(
+                    lifecycle_pb2.StopRequest(), timeout=10, wait_for_ready=True
+                )
+        view["serves"] = WORKS
+    except grpc.RpcError as error:
+        view["serves"] = f"FAILED after the second stage: {error.code()}"
+    return view
+
+
+def is_terminal(link: str) -> bool:
+    return link.startswith(("/dev/pts/", "/dev/tty", "/dev/console"))
 
 
 def thread_status(pid: int) -> list[dict[str, str]]:
@@ -665,6 +794,8 @@ class Cell:
 
 def judge(attempt: Attempt, report: dict[str, Any]) -> Cell:
     missing = {sandbox.feature_of(gap) for gap in report["gaps"]}
+    if not sandbox.serves_only(report["role"]):
+        missing.add(SECCOMP_SOCKETS)  # no second stage for a client (sandbox.seal)
     applied = bool(attempt.layers - missing)
     after = report["after"][attempt.key]
     star = "*" if report["before"][attempt.key] != "ok" else ""
@@ -679,9 +810,28 @@ def judge(attempt: Attempt, report: dict[str, Any]) -> Cell:
     return Cell(f"? {after}"[:24], weak=True)
 
 
+BOUNDING_KEPT = "†"
+
+
 def judge_state(key: str, report: dict[str, Any]) -> Cell:
     state = report["state"]
     threads = state["threads"]
+    if key == "capabilities":
+        sets = state.get("capabilities", {})
+        if sets and not any(sets.values()):
+            return Cell(ENFORCED)
+        # Only root can empty the bounding set; without execve it is of no use.
+        held = bool(sets) and report["uid"] != 0 and not any(
+            value for name, value in sets.items() if name != "CapBnd"
+        )
+        return Cell(ENFORCED + BOUNDING_KEPT) if held else Cell(NOT_ENFORCED, True, True)
+    if key == "session":
+        held = (
+            state.get("session") is True
+            and state.get("tty_nr") == 0
+            and not any(map(is_terminal, state.get("stdio", [])))
+        )
+        return Cell(ENFORCED) if held else Cell(NOT_ENFORCED, broken=True, weak=True)
     if key == "dumpable":
         held = state["dumpable"] == 0
     elif key == "no_new_privs":
@@ -699,6 +849,8 @@ STATE_ROWS = (
     ("dumpable", "not dumpable"),
     ("no_new_privs", "no_new_privs (every thread)"),
     ("seccomp", "seccomp filter (threads)"),
+    ("capabilities", "no capabilities (5 sets)"),
+    ("session", "own session, no terminal"),
 )
 
 
@@ -745,6 +897,9 @@ def headline(reports: dict[str, Any], user: cli.RunUser | None) -> str:
     seccomp_state = "libseccomp " + ("usable" if sandbox_has_seccomp(reports) else "NOT usable")
     abi = sandbox.landlock_abi()
     landlock_state = f"Landlock ABI {abi}" if abi else "no Landlock"
+    kernel = sandbox.kernel_landlock_abi()
+    if abi != kernel:
+        landlock_state += f" ({sandbox.ABI_VARIABLE}; the kernel has {kernel})"
     if user is None:
         who = f"as uid {os.getuid()}"
     else:
@@ -760,9 +915,19 @@ def sandbox_has_seccomp(reports: dict[str, Any]) -> bool:
 
 
 def footnotes(reports: dict[str, Any], verbose: bool) -> list[str]:
-    notes = [
-        "* denied before the sandbox too (the probe's user lacks the privilege): shows little",
-    ]
+    notes = []
+    if any(
+        "capabilities" in report.get("state", {}) and report["uid"] != 0
+        and report["state"]["capabilities"].get("CapBnd")
+        for report in reports.values()
+    ):  # fmt: skip
+        notes.append(
+            f"{BOUNDING_KEPT} all but the bounding set empty: only root can empty that, and "
+            "with no_new_privs and no execve it gives nothing"
+        )
+    notes.append(
+        "* denied before the sandbox too (the probe's user lacks the privilege): shows little"
+    )
     for role, report in reports.items():
         if "crashed" in report:
             notes.append(f"{role}: probe crashed: {report['crashed']}")
