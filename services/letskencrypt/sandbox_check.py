@@ -794,6 +794,8 @@ class Cell:
 
 def judge(attempt: Attempt, report: dict[str, Any]) -> Cell:
     missing = {sandbox.feature_of(gap) for gap in report["gaps"]}
+    if LANDLOCK in missing:  # no Landlock at all: none of its refinements either
+        missing |= LANDLOCK_LAYERS
     if not sandbox.serves_only(report["role"]):
         missing.add(SECCOMP_SOCKETS)  # no second stage for a client (sandbox.seal)
     applied = bool(attempt.layers - missing)
@@ -811,6 +813,9 @@ def judge(attempt: Attempt, report: dict[str, Any]) -> Cell:
 
 
 BOUNDING_KEPT = "†"
+LANDLOCK_LAYERS = frozenset(
+    {LANDLOCK, sandbox.LANDLOCK_TRUNCATE, sandbox.LANDLOCK_IOCTL, LANDLOCK_NETWORK, LANDLOCK_SCOPES}
+)
 
 
 def judge_state(key: str, report: dict[str, Any]) -> Cell:
