@@ -3,11 +3,14 @@ roles share a user, so each edge carries a secret only its two ends know."""
 
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -15,7 +18,16 @@ import pytest
 from letskencrypt import rpc
 from letskencrypt.rpc import EDGES, ROLES
 from letskencrypt.supervisor import PASSED_ENVIRONMENT, Supervisor
-from letskencrypt.v1 import account_pb2, account_pb2_grpc
+from letskencrypt.v1 import (
+    account_pb2,
+    account_pb2_grpc,
+    certificate_pb2,
+    certificate_pb2_grpc,
+    keyinfo_pb2,
+    keyinfo_pb2_grpc,
+)
+
+from tests.certfactory import make_pki, pem
 
 
 def test_each_role_learns_only_the_tokens_of_its_own_edges() -> None:
@@ -93,3 +105,128 @@ def test_a_call_without_the_edge_token_is_refused(acctproc: tuple[str, str]) -> 
     channel = rpc.connect(run_dir, "acct")
     assert describe(channel).thumbprint
     channel.close()
+
+
+# --- the server proves itself too ---------------------------------------------------
+
+
+class FakeKeyInfo(keyinfo_pb2_grpc.KeyInfoServicer):
+    """An impostor on keyproc's socket: answers with a key of its choosing."""
+
+    def __init__(self, client_token: str | None, server_token: str | None) -> None:
+        self.client_token = client_token
+        self.server_token = server_token
+        self.calls = 0
+
+    def Describe(
+        self, request: keyinfo_pb2.KeyInfoRequest, context: grpc.ServicerContext
+    ) -> keyinfo_pb2.KeyInfoReply:
+        self.calls += 1
+        supplied = dict(context.invocation_metadata()).get(rpc.TOKEN_METADATA)
+        if self.client_token is not None:
+            # It even knows the caller's token (stolen from the client's side).
+            assert supplied == self.client_token
+        if self.server_token is not None:
+            context.send_initial_metadata(((rpc.SERVER_TOKEN_METADATA, self.server_token),))
+        return keyinfo_pb2.KeyInfoReply(public_key_der=b"attacker's key", names=["evil.example"])
+
+
+def fake_server(path: str, servicer: keyinfo_pb2_grpc.KeyInfoServicer) -> grpc.Server:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    keyinfo_pb2_grpc.add_KeyInfoServicer_to_server(servicer, server)
+    server.add_insecure_port(f"unix:{path}")
+    server.start()
+    return server
+
+
+@pytest.mark.parametrize(
+    ("knows_client_token", "sends"), [(False, None), (True, None), (True, "s" * 43)]
+)
+def test_a_server_without_the_server_token_is_not_believed(
+    tmp_path: Path, knows_client_token: bool, sends: str | None
+) -> None:
+    client_token, server_token = "c" * 43, "S" * 43
+    (tmp_path / "keyinfo").mkdir()
+    impostor = FakeKeyInfo(client_token if knows_client_token else None, sends)
+    server = fake_server(rpc.socket_path(str(tmp_path), "keyinfo"), impostor)
+    rpc.use_edge_tokens({"keyinfo": client_token}, {"keyinfo": server_token})
+    try:
+        with rpc.connect(str(tmp_path), "keyinfo") as channel:
+            stub = keyinfo_pb2_grpc.KeyInfoStub(channel)
+            with pytest.raises(rpc.RpcError, match=r"^keyproc on edge keyinfo failed to auth"):
+                rpc.call(stub.Describe, keyinfo_pb2.KeyInfoRequest(), peer="keyproc")
+        assert impostor.calls == 1
+    finally:
+        rpc.use_edge_tokens({})
+        server.stop(None)
+
+
+def test_the_real_server_sends_its_token_to_callers_only(tmp_path: Path) -> None:
+    """rpc.serve sends the server token to a caller with the edge token, and
+    nothing to a stranger (who could otherwise replay it as an impostor)."""
+    (tmp_path / "keyinfo").mkdir()
+    rpc.use_edge_tokens({"keyinfo": "c" * 43}, {"keyinfo": "S" * 43})
+    servicer = FakeKeyInfo(None, None)
+    server = rpc.serve(
+        str(tmp_path), "keyinfo",
+        [(keyinfo_pb2_grpc.add_KeyInfoServicer_to_server, servicer)], rpc.Stopper(),
+    )  # fmt: skip
+    try:
+        with rpc.connect(str(tmp_path), "keyinfo") as channel:
+            stub = keyinfo_pb2_grpc.KeyInfoStub(channel)
+            reply = rpc.call(stub.Describe, keyinfo_pb2.KeyInfoRequest(), peer="keyproc")
+            assert reply.names == ["evil.example"]
+        with grpc.insecure_channel(f"unix:{rpc.socket_path(str(tmp_path), 'keyinfo')}") as raw:
+            call = keyinfo_pb2_grpc.KeyInfoStub(raw).Describe.with_call
+            with pytest.raises(grpc.RpcError) as refused:
+                call(keyinfo_pb2.KeyInfoRequest(), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert rpc.SERVER_TOKEN_METADATA not in dict(refused.value.initial_metadata() or ())
+    finally:
+        rpc.use_edge_tokens({})
+        server.stop(None)
+
+
+def test_certproc_refuses_an_impostor_keyproc(tmp_path: Path) -> None:
+    """The real certproc, its keyinfo socket taken by an impostor that knows
+    certproc's edge token: the chain is refused naming keyproc, and nothing
+    reaches fileproc."""
+    base = Path(tempfile.mkdtemp(prefix="lk-impostor-"))
+    for edge in ("cert", "keyinfo", "file"):
+        (base / edge).mkdir()
+    client = {edge: secrets.token_urlsafe(32) for edge in ("cert", "keyinfo", "file")}
+    server = {edge: secrets.token_urlsafe(32) for edge in ("cert", "keyinfo", "file")}
+    impostor = FakeKeyInfo(client["keyinfo"], "wrong")
+    fake = fake_server(rpc.socket_path(str(base), "keyinfo"), impostor)
+    document = {
+        "run_dir": str(base),
+        "settings": {"names": ["a.example.org"]},
+        "edge_tokens": client,
+        "server_tokens": server,
+    }
+    environment = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "letskencrypt.roles.certproc"],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=environment, cwd="/",
+    )  # fmt: skip
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(document).encode())
+    process.stdin.close()
+    rpc.use_edge_tokens({"cert": client["cert"]}, {"cert": server["cert"]})
+    try:
+        with rpc.connect(str(base), "cert") as channel:
+            stub = certificate_pb2_grpc.CertificateStub(channel)
+            pki = make_pki()
+            chain = pem(pki.leaf(["a.example.org"])) + pem(pki.intermediate)
+            with pytest.raises(rpc.RpcError) as refused:
+                rpc.call(stub.Submit, certificate_pb2.SubmitRequest(pem_chain=chain),
+                         peer="certproc")  # fmt: skip
+        assert "keyproc on edge keyinfo failed to authenticate" in str(refused.value)
+        assert impostor.calls == 1
+        assert not os.path.exists(rpc.socket_path(str(base), "file"))
+    finally:
+        rpc.use_edge_tokens({})
+        process.terminate()
+        process.wait(timeout=10)
+        fake.stop(None)
+        shutil.rmtree(base, ignore_errors=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from letskencrypt import cli, namespace, rpc, sandbox, sandbox_check
+from letskencrypt import cli, namespace, process, rpc, sandbox, sandbox_check
 from letskencrypt.process import RoleConfig
 from letskencrypt.rpc import ROLES
 from letskencrypt.sandbox_check import ATTEMPTS, Identity
@@ -72,30 +72,47 @@ EXPECTED = {
     "ptrace": "EPERM",
     "mem": "EACCES",
     "environ": "EACCES",
-    "signal": "EPERM",
+    "tty": "EACCES",
+    "tiocsti": "EPERM",
+    "signal_parent": "EPERM",
+    "signal_init": "EPERM",
     "abstract": "EPERM",
-    "named_socket": "ENOENT",
+    "named": "EPERM",
     "mount": "EPERM",
     "unshare": "EPERM",
     "io_uring": "EPERM",
+    "signal": "EPERM",
+    "signal_all": "EPERM",
 }
 # In its private namespaces (namespace.py) a role does not even see the path
 # or the peer: the namespace answers before Landlock would.
 EXPECTED_IN_NAMESPACES = {
     **{key: "ENOENT" for key in ("read", "account_key", "domain_key", "write", "create")},
-    **{key: "ENOENT" for key in ("mem", "environ")},
-    "abstract": "ECONNREFUSED",
+    **{key: "ENOENT" for key in ("mem", "environ", "tty")},
 }
-# Denied to an unprivileged user with or without the sandbox.
-NEEDS_PRIVILEGE = {"mount", "packet"}
+# Denied to an unprivileged user with or without the sandbox (TIOCSTI on a
+# terminal that is not one's own needs CAP_SYS_ADMIN; the parent is root's).
+NEEDS_PRIVILEGE = {"mount", "packet", "tiocsti", "signal_parent", "signal_init"}
+# Denied before the sandbox to everyone: a role has no controlling terminal.
+NEVER = {"tty": "ENXIO"}
 
 
-def expected(key: str, role: str, namespaces: bool) -> str:
-    if not namespaces or key not in EXPECTED_IN_NAMESPACES:
-        return EXPECTED[key]
-    if key == "abstract" and role in sandbox.NETWORK_ROLES:
-        return EXPECTED[key]  # the host's network namespace: Landlock's scope
-    return EXPECTED_IN_NAMESPACES[key]
+def expected(role: str, key: str, namespaces: bool) -> str:
+    """The errno of the layer that stops the action first: the second stage
+    (sandbox.seal: no connect() at all for the roles that only serve), else
+    the namespaces, else Landlock."""
+    seals = sandbox.serves_only(role)
+    if key == "tcp_connect" and seals and role not in sandbox.NETWORK_ROLES:
+        return "EPERM"
+    if namespaces and key == "named" and not seals:
+        return "ENOENT"
+    if namespaces and key == "abstract" and role not in sandbox.NETWORK_ROLES and not seals:
+        return "ECONNREFUSED"
+    if namespaces and key in EXPECTED_IN_NAMESPACES:
+        return EXPECTED_IN_NAMESPACES[key]
+    return EXPECTED[key]
+
+
 
 
 def test_every_attempt_has_an_expected_errno() -> None:
@@ -155,7 +172,7 @@ def test_forbidden_actions_fail_with_the_right_errno(reports: dict, role: str) -
             continue
         if attempt.layers <= missing:
             continue  # this kernel lacks the layer: test_this_kernel_has_every_layer fails
-        wanted = expected(attempt.key, role, report["namespaces"])
+        wanted = expected(role, attempt.key, report["namespaces"])
         assert after == wanted, (attempt.key, after, report["stderr"])
 
 
@@ -165,7 +182,9 @@ def test_the_same_actions_work_without_the_sandbox(reports: dict, role: str) -> 
     report = reports[role]
     privileged = report["uid"] == 0
     for attempt in ATTEMPTS:
-        if attempt.key in NEEDS_PRIVILEGE and not privileged:
+        if attempt.key in NEVER:
+            assert report["before"][attempt.key] == NEVER[attempt.key]
+        elif attempt.key in NEEDS_PRIVILEGE and not privileged:
             assert report["before"][attempt.key] == "EPERM"
         else:
             assert report["before"][attempt.key] == "ok", (attempt.key, report["before"])
@@ -186,8 +205,20 @@ def test_probe_state(reports: dict, role: str) -> None:
     assert state["dumpable"] == 0
     assert state["no_new_privs"] == 1
     assert state["threads"]
+    # The second stage stacks a filter on the first in the roles that only serve.
+    filters = "2" if sandbox.serves_only(role) else "1"
     for thread in state["threads"]:
-        assert thread == {"Seccomp": "2", "NoNewPrivs": "1"}
+        assert thread == {"Seccomp": "2", "NoNewPrivs": "1", "Seccomp_filters": filters}
+    assert state["capabilities"] == dict.fromkeys(process.CAPABILITY_SETS, 0)
+    assert state["session"] is True
+    assert state["tty_nr"] == 0
+    assert not any(map(sandbox_check.is_terminal, state["stdio"])), state["stdio"]
+
+
+def test_roles_that_only_serve_are_sealed() -> None:
+    """The second stage (sandbox.seal) is for exactly the roles that call no one."""
+    sealed = {role for role in ROLES if sandbox.serves_only(role)}
+    assert sealed == {"acctproc", "keyproc", "dnsproc", "chngproc", "fileproc", "revokeproc"}
 
 
 def test_fileproc_writes_but_cannot_read_the_domain_key(reports: dict) -> None:
@@ -559,10 +590,15 @@ def test_sandbox_check_fails_when_a_restriction_does_not_hold() -> None:
         "before": {a.key: "ok" for a in ATTEMPTS},
         "after": {a.key: EXPECTED[a.key] for a in ATTEMPTS} | {"read": "ok"},
         "works": sandbox_check.WORKS,
+        "uid": 65534,
         "state": {
             "dumpable": 0,
             "no_new_privs": 1,
             "threads": [{"Seccomp": "2", "NoNewPrivs": "1"}],
+            "capabilities": dict.fromkeys(process.CAPABILITY_SETS, 0),
+            "session": True,
+            "tty_nr": 0,
+            "stdio": ["/dev/null", "pipe:[1]", "/tmp/x"],
         },
     }
     rows, broken, weak = sandbox_check.table({"certproc": report})

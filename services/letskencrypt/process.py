@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import json
 import os
+import platform
 import resource
 import signal
 import sys
@@ -23,10 +24,43 @@ from letskencrypt.validate import safe_text
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_GET_SECUREBITS = 27
+PR_SET_SECUREBITS = 28
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
 MAX_CONFIG_BYTES = 64 * 1024
+
+# securebits(7): uid 0 gains nothing by execve, a change of uid does not touch
+# the capability sets, no capability is kept across setuid or raised into the
+# ambient set; each with its lock, so that not even root can undo them.
+SECBIT_NOROOT = 1 << 0
+SECBIT_NOROOT_LOCKED = 1 << 1
+SECBIT_NO_SETUID_FIXUP = 1 << 2
+SECBIT_NO_SETUID_FIXUP_LOCKED = 1 << 3
+SECBIT_KEEP_CAPS_LOCKED = 1 << 5
+SECBIT_NO_CAP_AMBIENT_RAISE = 1 << 6
+SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED = 1 << 7
+LOCKED_SECUREBITS = (
+    SECBIT_NOROOT
+    | SECBIT_NOROOT_LOCKED
+    | SECBIT_NO_SETUID_FIXUP
+    | SECBIT_NO_SETUID_FIXUP_LOCKED
+    | SECBIT_KEEP_CAPS_LOCKED
+    | SECBIT_NO_CAP_AMBIENT_RAISE
+    | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED
+)
+CAP_SETPCAP = 8
+SYS_CAPGET = {"x86_64": 125, "aarch64": 90}
+SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+# The five sets /proc/<pid>/status shows, all zero once a role is confined.
+CAPABILITY_SETS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.prctl.restype = ctypes.c_int
+_libc.syscall.restype = ctypes.c_long
 
 
 @dataclass
@@ -45,6 +79,8 @@ class RoleConfig:
     supervisor_pid: int | None = None
     # edge -> secret shared with the role at the other end (native mode only).
     edge_tokens: dict[str, str] = field(default_factory=dict)
+    # edge -> secret by which the server proves itself to the client (rpc.py).
+    server_tokens: dict[str, str] = field(default_factory=dict)
 
 
 class Logger:
@@ -108,6 +144,7 @@ def read_config(role: str) -> RoleConfig:
         gid=document.get("gid"),
         settings=document.get("settings", {}),
         edge_tokens=document.get("edge_tokens", {}),
+        server_tokens=document.get("server_tokens", {}),
         supervisor_pid=document.get("supervisor_pid"),
     )
 
@@ -123,11 +160,104 @@ def drop_privileges(config: RoleConfig) -> None:
     """Become the unprivileged run user if the supervisor asked us to (started as root)."""
     if config.uid is None or config.gid is None:
         return
+    # Only root may empty the bounding set: now, not after setresuid.
+    clear_bounding_set()
     os.setgroups([])
     os.setresgid(config.gid, config.gid, config.gid)
     os.setresuid(config.uid, config.uid, config.uid)
     if os.getuid() == 0 or os.geteuid() == 0:
         raise SystemExit(f"letskencrypt: {config.role}: could not drop root privileges")
+
+
+# --- capabilities ---------------------------------------------------------------
+#
+# A few prctl() calls and capset(): the bindings on PyPI (pyprctl 0.1.3, 2021;
+# python-prctl 1.8.1, 2020) are unmaintained, and this is all we need of them.
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    )
+
+
+def _capability_call(numbers: dict[str, int], data: ctypes.Array[_CapData]) -> None:
+    number = numbers.get(platform.machine())
+    if number is None:
+        raise OSError(0, f"capget/capset: unknown on {platform.machine()}")
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    if _libc.syscall(ctypes.c_long(number), ctypes.byref(header), data) < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+# Capability sets are 64 bits wide.
+MAX_CAPABILITY = 63
+
+
+def effective_capabilities() -> int:
+    data = (_CapData * 2)()
+    _capability_call(SYS_CAPGET, data)
+    return data[0].effective | data[1].effective << 32
+
+
+def last_capability() -> int:
+    """The highest capability number this kernel knows: PR_CAPBSET_READ says
+    EINVAL past it (a role's private /proc has no cap_last_cap)."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as last:
+            return int(last.read())
+    except (OSError, ValueError):
+        pass
+    capability = 0
+    while capability < MAX_CAPABILITY:
+        try:
+            prctl(PR_CAPBSET_READ, capability + 1)
+        except OSError:
+            break
+        capability += 1
+    return capability
+
+
+def clear_bounding_set() -> None:
+    """Empty the bounding set (needs CAP_SETPCAP): no execve could ever
+    regain a capability.  Without the privilege, leave it as it is."""
+    if not effective_capabilities() & 1 << CAP_SETPCAP:
+        return
+    for capability in range(last_capability() + 1):
+        if prctl(PR_CAPBSET_READ, capability) == 1:
+            prctl(PR_CAPBSET_DROP, capability)
+
+
+def drop_capabilities() -> None:
+    """Leave this process no capability at all, even as uid 0: bounding set
+    emptied, securebits set and locked (a role that keeps root gains nothing
+    by execve or setuid), ambient, effective, permitted, inheritable zero.
+    What a role that keeps root still has is the owner's rights on root's own
+    files; no CAP_DAC_OVERRIDE, no CAP_KILL, no CAP_SYS_ADMIN."""
+    if effective_capabilities() & 1 << CAP_SETPCAP:
+        clear_bounding_set()
+        prctl(PR_SET_SECUREBITS, prctl(PR_GET_SECUREBITS) | LOCKED_SECUREBITS)
+    with contextlib.suppress(OSError):  # before Linux 4.3 there is no ambient set
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    _capability_call(SYS_CAPSET, (_CapData * 2)())
+
+
+def capability_sets(pid: int | str = "self") -> dict[str, int]:
+    """The five capability sets of a process, from /proc/<pid>/status."""
+    sets = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in CAPABILITY_SETS:
+                sets[name] = int(value.strip(), 16)
+    return sets
 
 
 # chngproc must remove its files from the web root even when the supervisor
@@ -158,7 +288,7 @@ def start(role: str, config: RoleConfig | None = None) -> tuple[RoleConfig, Logg
             # While this process holds nothing: see namespace.enter_user_namespace.
             enter_user_namespace()
         config = read_config(role)
-    rpc.use_edge_tokens(config.edge_tokens)
+    rpc.use_edge_tokens(config.edge_tokens, config.server_tokens)
     # Sockets and files we create are for our peer (same group), not for others.
     os.umask(0o007)
     harden()
@@ -196,12 +326,16 @@ def confine(config: RoleConfig) -> list[str]:
         except OSError as error:
             raise sandbox.SandboxError(f"sandbox: {error.strerror}") from None
     drop_privileges(config)
+    drop_capabilities()
     # A change of credentials resets both of these.
     harden()
     if config.supervised:
         die_with_parent(config)
     strict = bool(config.settings.get("strict", False))
-    return sandbox.apply(config, log, strict, opened, tuple(namespace_gaps))
+    gaps = sandbox.apply(config, log, strict, opened, tuple(namespace_gaps))
+    # The second stage, once the role's servers have bound their sockets.
+    rpc.after_serving(lambda: sandbox.seal(config, log, strict))
+    return gaps
 
 
 def run_role(

@@ -87,20 +87,39 @@ def edges_called_by(role: str) -> list[Edge]:
 # edge's two roles; the server refuses every call without it.  In containers
 # each edge's socket lives on a volume only its two ends mount, and no token
 # is configured.
+#
+# The other way round, a role that binds a socket where the client expects its
+# peer's (the peer died, or a namespace was not set up) must not be believed:
+# each edge has a second secret, the server token, which the server sends in
+# the initial metadata of every reply to an authenticated caller (never to a
+# stranger, who could replay it), and the client checks before it uses the
+# reply.
 
 TOKEN_METADATA = "letskencrypt-edge-token"  # noqa: S105 - a header name
+SERVER_TOKEN_METADATA = "letskencrypt-server-token"  # noqa: S105 - a header name
 _edge_tokens: dict[str, str] = {}
+_server_tokens: dict[str, str] = {}
+# Failures that come from our side of the connection, not from a reply: they
+# carry no metadata, and call() reports them without the peer's details.
+LOCAL_FAILURES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
 
 
-def use_edge_tokens(tokens: Mapping[str, str]) -> None:
-    """Remember this role's edge tokens (from its configuration)."""
+def use_edge_tokens(
+    tokens: Mapping[str, str], server_tokens: Mapping[str, str] | None = None
+) -> None:
+    """Remember this role's edge tokens and server tokens (from its configuration)."""
     _edge_tokens.clear()
     _edge_tokens.update(tokens)
+    _server_tokens.clear()
+    _server_tokens.update(server_tokens or {})
 
 
 class _RequireToken(grpc.ServerInterceptor):
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, server_token: str | None = None) -> None:
         self._token = token.encode()
+        self._server_token = server_token
 
         def refuse(_request: Any, context: grpc.ServicerContext) -> None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "not a peer on this edge")
@@ -114,9 +133,27 @@ class _RequireToken(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         metadata = dict(handler_call_details.invocation_metadata or ())
         supplied = str(metadata.get(TOKEN_METADATA, "")).encode()
-        if hmac.compare_digest(supplied, self._token):
-            return continuation(handler_call_details)
-        return self._refusal
+        if not hmac.compare_digest(supplied, self._token):
+            return self._refusal
+        handler = continuation(handler_call_details)
+        if handler is None or self._server_token is None or handler.unary_unary is None:
+            return handler
+        return _authenticated(handler, self._server_token)
+
+
+def _authenticated(handler: grpc.RpcMethodHandler, server_token: str) -> grpc.RpcMethodHandler:
+    """`handler`, sending the server token before anything else of the reply."""
+    behaviour = handler.unary_unary
+
+    def send_token_first(request: Any, context: grpc.ServicerContext) -> Any:
+        context.send_initial_metadata(((SERVER_TOKEN_METADATA, server_token),))
+        return behaviour(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        send_token_first,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class _CallDetails(grpc.ClientCallDetails):
@@ -130,8 +167,10 @@ class _CallDetails(grpc.ClientCallDetails):
 
 
 class _SendToken(grpc.UnaryUnaryClientInterceptor):
-    def __init__(self, token: str) -> None:
+    def __init__(self, edge: str, token: str, server_token: str | None) -> None:
+        self._edge = edge
         self._token = token
+        self._server_token = server_token.encode() if server_token else None
 
     def intercept_unary_unary(
         self,
@@ -140,7 +179,26 @@ class _SendToken(grpc.UnaryUnaryClientInterceptor):
         request: Any,
     ) -> Any:
         metadata = [*(client_call_details.metadata or ()), (TOKEN_METADATA, self._token)]
-        return continuation(_CallDetails(client_call_details, metadata), request)
+        outcome = continuation(_CallDetails(client_call_details, metadata), request)
+        if self._server_token is not None:
+            self._check_server(outcome)
+        return outcome
+
+    def _check_server(self, outcome: Any) -> None:
+        """Raise RpcError unless the reply carries the edge's server token."""
+        code = outcome.code() if hasattr(outcome, "code") else None
+        if code in LOCAL_FAILURES:
+            return
+        try:
+            received = dict(outcome.initial_metadata() or ())
+        except Exception:  # no reply to speak of
+            received = {}
+        supplied = received.get(SERVER_TOKEN_METADATA, "")
+        supplied = supplied.encode() if isinstance(supplied, str) else bytes(supplied)
+        assert self._server_token is not None
+        if not hmac.compare_digest(supplied, self._server_token):
+            edge = EDGES[self._edge]
+            raise RpcError(f"{edge.server} on edge {edge.name} failed to authenticate")
 
 
 # --- server side -----------------------------------------------------------------
@@ -189,7 +247,11 @@ def serve(
             ("grpc.max_metadata_size", 8 * KIB),
         ],
         maximum_concurrent_rpcs=4,
-        interceptors=[_RequireToken(token)] if (token := _edge_tokens.get(edge_name)) else [],
+        interceptors=(
+            [_RequireToken(token, _server_tokens.get(edge_name))]
+            if (token := _edge_tokens.get(edge_name))
+            else []
+        ),
     )
     for register, servicer in servicers:
         register(servicer, server)
@@ -197,6 +259,16 @@ def serve(
     server.add_insecure_port(f"unix:{path}")
     server.start()
     return server
+
+
+_after_serving: Callable[[], object] | None = None
+
+
+def after_serving(hook: Callable[[], object] | None) -> None:
+    """Have serve_until_stopped call `hook` once every socket is bound
+    (process.confine sets it: the sandbox's second stage)."""
+    global _after_serving  # one per process, like the edge tokens
+    _after_serving = hook
 
 
 def serve_until_stopped(
@@ -209,6 +281,8 @@ def serve_until_stopped(
     stopper = Stopper()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stopper.stop(failed=True))
     servers = [serve(run_dir, edge, servicers, stopper) for edge, servicers in services.items()]
+    if _after_serving is not None:
+        _after_serving()
     while not stopper.wait(0.5):
         pass
     for server in servers:
@@ -255,7 +329,11 @@ def connect(run_dir: str, edge_name: str) -> grpc.Channel:
         ],
     )
     token = _edge_tokens.get(edge_name)
-    return grpc.intercept_channel(channel, _SendToken(token)) if token else channel
+    if not token:
+        return channel
+    return grpc.intercept_channel(
+        channel, _SendToken(edge_name, token, _server_tokens.get(edge_name))
+    )
 
 
 def wait_ready(channels: dict[str, grpc.Channel], timeout: float = READY_TIMEOUT) -> None:
@@ -296,5 +374,6 @@ def call(
 def stop_peer(channel: grpc.Channel, peer: str, failed: bool, timeout: float = 5.0) -> None:
     """Tell a role the run is over; a role already gone is not an error."""
     stub = lifecycle_pb2_grpc.LifecycleStub(channel)
-    with contextlib.suppress(grpc.RpcError):
+    # RpcError: whoever answered was not the peer; it is stopped or gone anyway.
+    with contextlib.suppress(grpc.RpcError, RpcError):
         stub.Stop(lifecycle_pb2.StopRequest(failed=failed), timeout=timeout)

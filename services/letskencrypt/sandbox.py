@@ -56,6 +56,7 @@ LANDLOCK_IOCTL = "landlock ioctl"
 LANDLOCK_NETWORK = "landlock network"
 LANDLOCK_SCOPES = "landlock scopes"
 SECCOMP = "seccomp"
+SECCOMP_SOCKETS = "seccomp sockets"
 FEATURES = (
     NAMESPACES,
     NO_NEW_PRIVS,
@@ -66,10 +67,13 @@ FEATURES = (
     LANDLOCK_NETWORK,
     LANDLOCK_SCOPES,
     SECCOMP,
+    SECCOMP_SOCKETS,
 )
 # Without these the sandbox has a hole worth a line on every run; the others
 # are refinements of newer kernels, reported with -v.
-ESSENTIAL = frozenset({NAMESPACES, NO_NEW_PRIVS, THREAD_CHECK, LANDLOCK, SECCOMP})
+ESSENTIAL = frozenset(
+    {NAMESPACES, NO_NEW_PRIVS, THREAD_CHECK, LANDLOCK, SECCOMP, SECCOMP_SOCKETS}
+)
 
 NETWORK_ROLES = frozenset({"netproc", "dnsproc"})
 
@@ -168,7 +172,13 @@ class PathBeneathAttr(ctypes.Structure):
     _fields_ = (("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32))
 
 
-def landlock_abi() -> int:
+# Set to N to use at most Landlock ABI N (0: as if the kernel had none), so
+# that an operator or a test sees what holds on an older kernel (Debian 12's
+# 6.1 has ABI 2).  Passed to the roles by the supervisor.
+ABI_VARIABLE = "LETSKENCRYPT_LANDLOCK_ABI"
+
+
+def kernel_landlock_abi() -> int:
     """The kernel's Landlock ABI version, 0 if it has none (or it is disabled)."""
     result = _libc.syscall(
         ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET),
@@ -177,6 +187,18 @@ def landlock_abi() -> int:
         ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION),
     )
     return max(result, 0)
+
+
+def landlock_abi() -> int:
+    """The Landlock ABI the sandbox uses: the kernel's, or less if ABI_VARIABLE
+    says so (a value that is not a whole number >= 0 is refused)."""
+    kernel = kernel_landlock_abi()
+    forced = os.environ.get(ABI_VARIABLE)
+    if forced is None or forced == "":
+        return kernel
+    if not forced.isascii() or not forced.isdigit():
+        raise SandboxError(f"{ABI_VARIABLE}={forced[:20]!r}: want a whole number >= 0")
+    return min(kernel, int(forced))
 
 
 def handled_fs(abi: int) -> Fs:
@@ -498,6 +520,10 @@ DENIED_SYSCALLS = (
     "iopl",
     "ioperm",
     "vhangup",
+    # A signal through a pid file descriptor; kill() and friends are limited
+    # to the role's own pid below.
+    "pidfd_open",
+    "pidfd_send_signal",
 )
 # Newer than the libseccomp of Debian 12 knows by name; the numbers are those
 # of the architectures' shared table (x86_64, aarch64).
@@ -521,6 +547,18 @@ UNIX_ONLY = frozenset({socket.AF_UNIX})
 # are configured.
 NETWORK_FAMILIES = frozenset({socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK})
 AF_LIMIT = 64
+# Signals: only to the role itself (kill permission goes by uid, and a role
+# that kept root could otherwise signal any process; Landlock's signal scope
+# needs ABI 6).  The first argument of each is the target pid or tgid.
+SIGNAL_SYSCALLS = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+# ioctl requests that push input into a terminal or drive the console: a role
+# holds no terminal (the supervisor gives it pipes), but deny them anyway.
+TIOCSTI = 0x5412
+TIOCLINUX = 0x541C
+DENIED_IOCTLS = (TIOCSTI, TIOCLINUX)
+# ioctl's request is an unsigned int: the kernel ignores the upper 32 bits of
+# the register, so the filter compares only the lower ones.
+LOWER_32 = 0xFFFFFFFF
 
 
 def _import_pyseccomp() -> Any:
@@ -544,7 +582,10 @@ def _import_pyseccomp() -> Any:
     return pyseccomp
 
 
-def build_filter(network: bool) -> Any:
+def build_filter(network: bool, pid: int | None = None) -> Any:
+    """The role's filter; `pid` (default: ours) is the only process it may signal."""
+    if pid is None:
+        pid = os.getpid()
     seccomp = _import_pyseccomp()
     denied = seccomp.ERRNO(errno.EPERM)
     rules = seccomp.SyscallFilter(seccomp.ALLOW)
@@ -560,6 +601,12 @@ def build_filter(network: bool) -> Any:
         rules.add_rule(denied, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     if seccomp.resolve_syscall(seccomp.Arch.NATIVE, "clone3") >= 0:
         rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    for call in SIGNAL_SYSCALLS:
+        # Any other value, 0 (the process group) and -1 (everyone) included;
+        # an argument with its upper 32 bits set is != pid too, and denied.
+        rules.add_rule(denied, call, seccomp.Arg(0, seccomp.NE, pid))
+    for request in DENIED_IOCTLS:
+        rules.add_rule(denied, "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, LOWER_32, request))
     allowed = NETWORK_FAMILIES if network else UNIX_ONLY
     for call in ("socket", "socketpair"):
         for family in range(AF_LIMIT):
@@ -652,6 +699,59 @@ def _report(gaps: list[str], log: Logger, strict: bool) -> None:
     refinements = [gap for gap in gaps if feature_of(gap) not in ESSENTIAL]
     if refinements:
         log.info("sandbox: not applied: " + "; ".join(refinements))
+
+
+# --- the second stage: once the role's sockets serve ----------------------------
+#
+# Landlock does not govern connect() to a named unix socket, and seccomp cannot
+# read the address connect() is given.  A role that only serves needs neither
+# to create nor to connect a unix socket once its servers have bound theirs
+# (accepting is accept4; gRPC's wake-ups are eventfds), so a second filter,
+# stacked on the first and synchronised to gRPC's threads, takes them away:
+# from a role without a network, socket(), socketpair() and connect()
+# altogether; from dnsproc, which connects UDP and TCP for DNS, unix sockets.
+#
+# Not for the clients (netproc, certproc): gRPC connects a channel lazily and
+# again after it went idle (grpc.client_idle_timeout_ms, 30 minutes by
+# default) or lost its connection, each time with socket(AF_UNIX); a daemon's
+# netproc uses its channel to acctproc once in two months.  Their edges are
+# kept apart by the edge tokens (both ways) and, where set up, the private
+# mount namespace in which only their peers' sockets exist.
+
+
+def serves_only(role: str) -> bool:
+    return bool(edges_served_by(role)) and not edges_called_by(role)
+
+
+def build_socket_filter(network: bool) -> Any:
+    seccomp = _import_pyseccomp()
+    denied = seccomp.ERRNO(errno.EPERM)
+    rules = seccomp.SyscallFilter(seccomp.ALLOW)
+    # gRPC's threads exist by now: every one of them gets the filter.
+    rules.set_attr(seccomp.Attr.CTL_TSYNC, 1)
+    rules.add_rule(denied, "socketpair")
+    if network:
+        rules.add_rule(denied, "socket", seccomp.Arg(0, seccomp.EQ, socket.AF_UNIX))
+    else:
+        rules.add_rule(denied, "socket")
+        rules.add_rule(denied, "connect")
+    return rules
+
+
+def seal(config: RoleConfig, log: Logger, strict: bool) -> list[str]:
+    """Once a server-only role's sockets are bound: no more unix sockets.
+    Returns what could not be applied (raises SandboxError with `strict`)."""
+    if not serves_only(config.role):
+        return []
+    gaps = []
+    try:
+        build_socket_filter(config.role in NETWORK_ROLES).load()
+    except (ImportError, RuntimeError, OSError) as error:
+        gaps.append(f"{SECCOMP_SOCKETS}: could not stop new unix sockets ({error})")
+    _report(gaps, log, strict)
+    if not gaps:
+        log.debug("sandbox: no new sockets from now on")
+    return gaps
 
 
 def feature_of(gap: str) -> str:

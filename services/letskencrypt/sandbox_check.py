@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import fcntl
 import itertools
 import json
 import os
@@ -40,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from letskencrypt import cli, filestore, process, rpc, sandbox
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.roles.chngproc import ChallengeDirectory
@@ -52,12 +55,14 @@ from letskencrypt.sandbox import (
     NAMESPACES,
     NETWORK_ROLES,
     SECCOMP,
+    SECCOMP_SOCKETS,
+    TIOCSTI,
 )
 from letskencrypt.supervisor import KEEPS_ROOT, PASSED_ENVIRONMENT
 from letskencrypt.v1 import lifecycle_pb2, lifecycle_pb2_grpc
 
 NAME = "sandbox-check.example"
-WATCHED_STATUS = ("Seccomp", "NoNewPrivs")
+WATCHED_STATUS = ("Seccomp", "NoNewPrivs", "Seccomp_filters")
 PROBE_TIMEOUT = 60.0
 EXIT_FAILED = 1
 
@@ -66,6 +71,7 @@ NOT_ENFORCED = "NOT ENFORCED"
 NOT_AVAILABLE = "not available"
 ALLOWED = "allowed"
 WORKS = "works"
+BY_THE_RUNTIME = "container's"
 
 # The layout of one role's probe directory.
 RUN = "run"
@@ -75,8 +81,13 @@ DOMAIN_KEY = "domain/privkey.pem"
 ACCOUNT_KEY = "account/privkey.pem"
 OUTSIDE_FILE = "outside/outside.txt"
 OUTSIDE_DIR = "outside"
-NAMED_SOCKET = "outside/sock"
 MOUNT_POINT = "outside/mnt"
+NAMED_SOCKET = "outside/named.sock"
+# Not a layer of the sandbox: the supervisor starts each role in a session
+# of its own, without a terminal (and so does this check).
+SESSION = "session"
+# Where each role's probe lets the sandbox-check's own end of it be seen.
+CLIENT_ROLES = frozenset(role for role in ROLES if rpc.edges_called_by(role))
 NEW_CERTIFICATE = "input/cert.pem"
 FAKE_KEY = b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
 # Self-signed for NAME, valid 2026-2126: what fileproc installs and revokeproc
@@ -123,11 +134,16 @@ class World:
     victim_address: int | None
     abstract_name: bytes
     abstract_listener: socket.socket
-    named_listener: socket.socket
     tcp_listener: socket.socket
     # Made before the sandbox: Landlock's network rules bind connect(), not socket().
     tcp_sockets: list[socket.socket]
+    named_path: str
+    named_listener: socket.socket
+    # A pseudo-terminal (not ours: we have none) to push input into.
+    terminal: int
     serial: Iterator[int] = dataclasses.field(default_factory=itertools.count)
+    # Set once the probe has applied the sandbox.
+    confined: bool = False
 
 
 def start_victim() -> tuple[int, int]:
@@ -173,26 +189,21 @@ def build_world(base: Path) -> World:
     abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     abstract.bind(abstract_name)
     abstract.listen(8)
-    # Like a D-Bus, systemd or container engine socket: a path any user may connect to.
-    named = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    named.bind(str(base / NAMED_SOCKET))
-    os.chmod(base / NAMED_SOCKET, 0o777)  # noqa: S103 - the bait, by design
-    named.listen(8)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     spares = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(3)]
+    # Like a D-Bus, systemd or container engine socket: a path any user may connect to.
+    named_path = str(base / NAMED_SOCKET)
+    named = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    named.bind(named_path)
+    os.chmod(named_path, 0o777)  # noqa: S103 - the bait, by design
+    named.listen(8)
+    _controller, terminal = os.openpty()
     return World(
-        base,
-        victim,
-        lifeline,
-        first_mapping(victim),
-        abstract_name,
-        abstract,
-        named,
-        listener,
-        spares,
-    )
+        base, victim, lifeline, first_mapping(victim), abstract_name, abstract, listener, spares,
+        named_path, named, terminal,
+    )  # fmt: skip
 
 
 def read_file(path: Path) -> None:
@@ -284,7 +295,44 @@ def read_environ(world: World) -> None:
 
 
 def send_signal(world: World) -> None:
-    os.kill(world.victim, signal.SIGCONT)
+    """SIGTERM to another process of the same user (a peer role), once confined;
+    signal 0 (a check of permission only) before."""
+    os.kill(world.victim, signal.SIGTERM if world.confined else 0)
+
+
+def signal_parent(_world: World) -> None:
+    os.kill(os.getppid(), 0)
+
+
+def signal_init(_world: World) -> None:
+    os.kill(1, 0)
+
+
+def signal_everyone(world: World) -> None:
+    """kill(-1, SIGTERM) once confined, and only when kill(-1, 0) is denied
+    already: the check must never take down the machine.  Signal 0 before."""
+    os.kill(-1, 0)
+    if world.confined:
+        os.kill(-1, signal.SIGTERM)
+
+
+def open_terminal(_world: World) -> None:
+    os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC))
+
+
+def push_input(world: World) -> None:
+    """TIOCSTI (a keystroke into the terminal's input) on a pseudo-terminal
+    and on stdin, stdout and stderr; fails unless one of them went through."""
+    error: OSError | None = None
+    for fd in (world.terminal, 0, 1, 2):
+        try:
+            fcntl.ioctl(fd, TIOCSTI, b" ")
+            return
+        except OSError as failure:
+            if error is None or error.errno == errno.ENOTTY:
+                error = failure
+    assert error is not None
+    raise error
 
 
 def connect_abstract(world: World) -> None:
@@ -294,7 +342,7 @@ def connect_abstract(world: World) -> None:
 
 def connect_named(world: World) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.connect(str(world.base / NAMED_SOCKET))
+        client.connect(world.named_path)
 
 
 def mount_tmpfs(world: World) -> None:
@@ -337,6 +385,10 @@ HIDDEN = frozenset({errno.EACCES, errno.ENOENT})
 EPERM = frozenset({errno.EPERM})
 EITHER = frozenset({errno.EPERM, errno.EACCES, errno.ENOENT})
 BY_SECCOMP = frozenset({SECCOMP})
+SIGNALS = frozenset({SECCOMP, LANDLOCK_SCOPES})
+# No controlling terminal; or Landlock, which has no rule for /dev/tty; or
+# the role's mount namespace, which has no /dev/tty.
+NO_TERMINAL = frozenset({errno.ENXIO, errno.EACCES, errno.ENOENT})
 
 ATTEMPTS = (
     Attempt("read", "read a file outside", lambda w: read_file(w.base / OUTSIDE_FILE), FS, HIDDEN),
@@ -403,9 +455,10 @@ ATTEMPTS = (
         "TCP connect (socket made before)",
         tcp_connect,
         # Made before the sandbox, the socket belongs to the host's network
-        # namespace: only Landlock stops it.
-        frozenset({LANDLOCK_NETWORK}),
-        frozenset({errno.EACCES}),
+        # namespace: Landlock's EACCES, or the second stage's EPERM (no
+        # connect() at all).
+        frozenset({LANDLOCK_NETWORK, SECCOMP_SOCKETS}),
+        EITHER,
         NETWORK_ROLES,
     ),
     Attempt("execve", "execve /bin/true", execute, frozenset({SECCOMP, LANDLOCK}), EITHER),
@@ -414,27 +467,35 @@ ATTEMPTS = (
     ),
     Attempt("mem", "read /proc/<pid>/mem", read_memory, FS, EITHER),
     Attempt("environ", "read /proc/<pid>/environ", read_environ, FS, EITHER),
-    Attempt("signal", "signal a process outside", send_signal, frozenset({LANDLOCK_SCOPES}), EPERM),
+    Attempt("tty", "open /dev/tty", open_terminal, frozenset({SESSION}), NO_TERMINAL),
+    Attempt("tiocsti", "ioctl TIOCSTI (any terminal)", push_input, BY_SECCOMP, EPERM),
+    Attempt("signal_parent", "kill(supervisor, 0)", signal_parent, SIGNALS, EPERM),
+    Attempt("signal_init", "kill(1, 0)", signal_init, SIGNALS, EPERM),
     Attempt(
         "abstract",
         "connect an abstract unix socket",
         connect_abstract,
-        # Abstract names belong to a network namespace: a new one has none.
-        frozenset({LANDLOCK_SCOPES, NETWORK_NAMESPACE}),
+        # Landlock's scope or the second stage (EPERM); abstract names
+        # belong to a network namespace, and a new one has none.
+        frozenset({LANDLOCK_SCOPES, SECCOMP_SOCKETS, NETWORK_NAMESPACE}),
         frozenset({errno.EPERM, errno.ECONNREFUSED}),
     ),
-    # Landlock does not govern connect() to a named socket: only the role's
+    # Landlock does not govern connect() to a named socket: the second stage
+    # (no connect() at all, for the roles that only serve) or the role's
     # mount namespace, where the path does not exist, stops it.
     Attempt(
-        "named_socket",
-        "connect a unix socket outside",
+        "named",
+        "connect a foreign named unix socket",
         connect_named,
-        frozenset({NAMESPACES}),
-        frozenset({errno.ENOENT}),
+        frozenset({SECCOMP_SOCKETS, NAMESPACES}),
+        frozenset({errno.EPERM, errno.ENOENT}),
     ),
     Attempt("mount", "mount tmpfs", mount_tmpfs, BY_SECCOMP, EPERM),
     Attempt("unshare", "unshare a user namespace", unshare_user, BY_SECCOMP, EPERM),
     Attempt("io_uring", "io_uring_setup", io_uring, BY_SECCOMP, EPERM),
+    # Last: if the sandbox failed, the victim is gone.
+    Attempt("signal", "kill(peer, SIGTERM)", send_signal, SIGNALS, EPERM),
+    Attempt("signal_all", "kill(-1, SIGTERM)", signal_everyone, SIGNALS, EPERM),
 )
 
 
@@ -541,8 +602,14 @@ def probe(role: str, base: Path) -> dict[str, Any]:
     world = build_world(base)
     before = {attempt.key: outcome(attempt, world) for attempt in ATTEMPTS}
     gaps = process.confine(config)
-    after = {attempt.key: outcome(attempt, world) for attempt in ATTEMPTS}
     works = role_works(config, prepared, world)
+    # As a role does: serve, then the second stage (sandbox.seal).  The
+    # sandbox-check calls these servers from outside once it has our report.
+    for edge in edges_served_by(config.role):
+        rpc.serve(config.run_dir, edge.name, [], rpc.Stopper())
+    gaps += sandbox.seal(config, process.Logger(config.role, config.verbosity), strict=False)
+    world.confined = True
+    after = {attempt.key: outcome(attempt, world) for attempt in ATTEMPTS}
     return {
         "role": role,
         "uid": os.getuid(),
@@ -632,6 +699,8 @@ def run_probe(
             env=environment,
             cwd="/",
             pass_fds=(hold,),
+            # As the supervisor starts a role: a session of its own, no terminal.
+            start_new_session=True,
         )
         os.close(hold)
         watchdog = threading.Timer(PROBE_TIMEOUT, child.kill)
@@ -642,6 +711,7 @@ def run_probe(
             child.stdin.close()
             line = child.stdout.readline()
             threads = thread_status(child.pid) if line else []
+            outside = outside_view(child.pid, role, base) if line else {}
         finally:
             os.close(release)
             child.wait()
@@ -655,8 +725,43 @@ def run_probe(
         why = lines[-1] if lines else f"exit status {child.returncode}"
         return {"role": role, "crashed": why[:300]}
     result["state"]["threads"] = threads
+    result["state"].update(outside)
+    if result["works"] == WORKS and outside.get("serves") != WORKS:
+        result["works"] = outside.get("serves", "FAILED")
     result["stderr"] = log
     return result
+
+
+def outside_view(pid: int, role: str, base: Path) -> dict[str, Any]:
+    """What the probe cannot see of itself: its capability sets, its session
+    and terminal, and whether its sockets still serve under the second stage."""
+    view: dict[str, Any] = {}
+    with contextlib.suppress(OSError):
+        view["capabilities"] = process.capability_sets(pid)
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        view["session"] = int(fields[3]) != os.getsid(0) and int(fields[3]) == pid
+        view["tty_nr"] = int(fields[4])
+    links = []
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    view["stdio"] = links
+    try:
+        for edge in edges_served_by(role):
+            path = rpc.socket_path(str(base / RUN), edge.name)
+            with grpc.insecure_channel(f"unix:{path}") as channel:
+                lifecycle_pb2_grpc.LifecycleStub(channel).Stop(
+                    lifecycle_pb2.StopRequest(), timeout=10, wait_for_ready=True
+                )
+        view["serves"] = WORKS
+    except grpc.RpcError as error:
+        view["serves"] = f"FAILED after the second stage: {error.code()}"
+    return view
+
+
+def is_terminal(link: str) -> bool:
+    return link.startswith(("/dev/pts/", "/dev/tty", "/dev/console"))
 
 
 def thread_status(pid: int) -> list[dict[str, str]]:
@@ -704,7 +809,15 @@ class Cell:
 def missing_layers(report: dict[str, Any]) -> set[str]:
     """The layers not in force for the probe's role."""
     missing = {sandbox.feature_of(gap) for gap in report["gaps"]}
-    if NAMESPACES in missing or report["role"] in NETWORK_ROLES or not report.get("supervised"):
+    if LANDLOCK in missing:  # no Landlock at all: none of its refinements either
+        missing |= LANDLOCK_LAYERS
+    if not sandbox.serves_only(report["role"]):
+        missing.add(SECCOMP_SOCKETS)  # no second stage for a client (sandbox.seal)
+    if not report.get("supervised", True):
+        # In a container the runtime's namespaces hold: the probe, inside
+        # them, cannot set up anything outside them to try.
+        missing.add(NAMESPACES)
+    if NAMESPACES in missing or report["role"] in NETWORK_ROLES:
         missing.add(NETWORK_NAMESPACE)
     return missing
 
@@ -719,15 +832,39 @@ def judge(attempt: Attempt, report: dict[str, Any]) -> Cell:
     if after == "ok":
         if applied:
             return Cell(NOT_ENFORCED, broken=True, weak=True)
+        if NAMESPACES in attempt.layers and not report.get("supervised", True):
+            return Cell(BY_THE_RUNTIME)
         return Cell(NOT_AVAILABLE, weak=True)
     if after in {errno.errorcode[code] for code in attempt.errnos}:
         return Cell(ENFORCED + star) if applied else Cell(NOT_AVAILABLE + star, weak=True)
     return Cell(f"? {after}"[:24], weak=True)
 
 
+BOUNDING_KEPT = "†"
+LANDLOCK_LAYERS = frozenset(
+    {LANDLOCK, sandbox.LANDLOCK_TRUNCATE, sandbox.LANDLOCK_IOCTL, LANDLOCK_NETWORK, LANDLOCK_SCOPES}
+)
+
+
 def judge_state(key: str, report: dict[str, Any]) -> Cell:
     state = report["state"]
     threads = state["threads"]
+    if key == "capabilities":
+        sets = state.get("capabilities", {})
+        if sets and not any(sets.values()):
+            return Cell(ENFORCED)
+        # Only root can empty the bounding set; without execve it is of no use.
+        held = bool(sets) and report["uid"] != 0 and not any(
+            value for name, value in sets.items() if name != "CapBnd"
+        )
+        return Cell(ENFORCED + BOUNDING_KEPT) if held else Cell(NOT_ENFORCED, True, True)
+    if key == "session":
+        held = (
+            state.get("session") is True
+            and state.get("tty_nr") == 0
+            and not any(map(is_terminal, state.get("stdio", [])))
+        )
+        return Cell(ENFORCED) if held else Cell(NOT_ENFORCED, broken=True, weak=True)
     if key == "dumpable":
         held = state["dumpable"] == 0
     elif key == "no_new_privs":
@@ -745,6 +882,8 @@ STATE_ROWS = (
     ("dumpable", "not dumpable"),
     ("no_new_privs", "no_new_privs (every thread)"),
     ("seccomp", "seccomp filter (threads)"),
+    ("capabilities", "no capabilities (5 sets)"),
+    ("session", "own session, no terminal"),
 )
 
 
@@ -791,6 +930,9 @@ def headline(reports: dict[str, Any], user: cli.RunUser | None) -> str:
     seccomp_state = "libseccomp " + ("usable" if sandbox_has_seccomp(reports) else "NOT usable")
     abi = sandbox.landlock_abi()
     landlock_state = f"Landlock ABI {abi}" if abi else "no Landlock"
+    kernel = sandbox.kernel_landlock_abi()
+    if abi != kernel:
+        landlock_state += f" ({sandbox.ABI_VARIABLE}; the kernel has {kernel})"
     if user is None:
         who = f"as uid {os.getuid()}"
     else:
@@ -806,9 +948,19 @@ def sandbox_has_seccomp(reports: dict[str, Any]) -> bool:
 
 
 def footnotes(reports: dict[str, Any], verbose: bool) -> list[str]:
-    notes = [
-        "* denied before the sandbox too (the probe's user lacks the privilege): shows little",
-    ]
+    notes = []
+    if any(
+        "capabilities" in report.get("state", {}) and report["uid"] != 0
+        and report["state"]["capabilities"].get("CapBnd")
+        for report in reports.values()
+    ):  # fmt: skip
+        notes.append(
+            f"{BOUNDING_KEPT} all but the bounding set empty: only root can empty that, and "
+            "with no_new_privs and no execve it gives nothing"
+        )
+    notes.append(
+        "* denied before the sandbox too (the probe's user lacks the privilege): shows little"
+    )
     for role, report in reports.items():
         if "crashed" in report:
             notes.append(f"{role}: probe crashed: {report['crashed']}")

@@ -27,6 +27,7 @@ from letskencrypt import namespace
 from letskencrypt.errors import InputError
 from letskencrypt.fsutil import make_directories
 from letskencrypt.process import PR_SET_PDEATHSIG, prctl
+from letskencrypt.relay import Relay
 from letskencrypt.rpc import EDGES, ROLES, socket_path
 
 # Roles that must keep root to write into root-owned directories; every
@@ -44,6 +45,7 @@ EXIT_FAILED = 1
 EXIT_CODES = (0, 1, 2)
 # Only what Python and the C library need; nothing of the caller's environment
 # (proxies, credentials) reaches a role.
+# LETSKENCRYPT_LANDLOCK_ABI: see sandbox.ABI_VARIABLE.
 PASSED_ENVIRONMENT = (
     "PATH",
     "LANG",
@@ -52,6 +54,7 @@ PASSED_ENVIRONMENT = (
     "TZ",
     "PYTHONPATH",
     "SSL_CERT_FILE",
+    "LETSKENCRYPT_LANDLOCK_ABI",
     namespace.DISABLE_VARIABLE,
 )
 
@@ -89,8 +92,14 @@ class Supervisor:
     children: dict[int, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     interrupted: bool = False
+    # The roles' stdout and stderr come here; see relay.py.
+    relay: Relay = field(default_factory=Relay)
     # One secret per edge, given only to its two roles (see rpc.py).
     edge_tokens: dict[str, str] = field(
+        default_factory=lambda: {name: secrets.token_urlsafe(32) for name in EDGES}
+    )
+    # And one by which each edge's server proves itself to its client.
+    server_tokens: dict[str, str] = field(
         default_factory=lambda: {name: secrets.token_urlsafe(32) for name in EDGES}
     )
 
@@ -114,6 +123,7 @@ class Supervisor:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.relay.close()
 
     def make_run_dir(self) -> str:
         run_dir = tempfile.mkdtemp(prefix="letskencrypt-")
@@ -144,17 +154,25 @@ class Supervisor:
 
     def start(self, role: str) -> None:
         environment = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
+        # Its own session, and pipes for stdio: a role never holds the operator's
+        # terminal (no TIOCSTI into the shell, no Ctrl-C of its own), and
+        # whatever it prints reaches the terminal only through the relay.
         process = subprocess.Popen(
             [sys.executable, "-m", f"letskencrypt.roles.{role}"],
             stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env=environment,
             close_fds=True,
             cwd="/",
+            start_new_session=True,
             preexec_fn=dies_with(os.getpid()),
         )
-        assert process.stdin is not None
+        assert process.stdin and process.stdout and process.stderr
         process.stdin.write(json.dumps(self.role_document(role)).encode())
         process.stdin.close()
+        self.relay.add(role, process.stdout)
+        self.relay.add(role, process.stderr)
         self.processes[role] = process
         self.children[process.pid] = role
 
@@ -168,6 +186,11 @@ class Supervisor:
             "edge_tokens": {
                 name: token
                 for name, token in self.edge_tokens.items()
+                if role in (EDGES[name].client, EDGES[name].server)
+            },
+            "server_tokens": {
+                name: token
+                for name, token in self.server_tokens.items()
                 if role in (EDGES[name].client, EDGES[name].server)
             },
         }
@@ -197,11 +220,13 @@ class Supervisor:
                     self.kill_all(signal.SIGTERM)
                     self.reap(timeout=KILL_GRACE)
                     break
-                time.sleep(POLL_INTERVAL)
+                self.relay.pump(POLL_INTERVAL)
                 continue
             role = self.children.pop(pid, None)
             if role is None:
                 continue
+            # Its last words before ours about its death.
+            self.relay.drain(role)
             code = os.waitstatus_to_exitcode(status)
             self.processes[role].returncode = code
             if role == "netproc":
@@ -236,8 +261,8 @@ class Supervisor:
             self.report(f"{role} exited with status {code}")
 
     def report(self, message: str) -> None:
-        sys.stderr.write(f"letskencrypt: {message}\n")
-        sys.stderr.flush()
+        # Through the relay's queue: in order with the roles' lines, never blocking.
+        self.relay.write(f"letskencrypt: {message}")
 
     def kill_all(self, signum: int, only: str | None = None) -> None:
         for pid, role in list(self.children.items()):
@@ -251,10 +276,11 @@ class Supervisor:
         while self.children and time.monotonic() < deadline:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
-                time.sleep(POLL_INTERVAL)
+                self.relay.pump(POLL_INTERVAL)
                 continue
             role = self.children.pop(pid, None)
             if role is not None:
+                self.relay.drain(role)
                 self.processes[role].returncode = os.waitstatus_to_exitcode(status)
         if self.children:
             self.kill_all(signal.SIGKILL)

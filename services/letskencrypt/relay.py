@@ -1,0 +1,190 @@
+"""The roles' output, read by the supervisor and copied to its own stderr.
+
+A role never holds the operator's terminal: its stdout and stderr are pipes to
+the supervisor, which reads them as they come (a role is never blocked by a
+slow reader) and writes each line on to its own stderr treated as hostile:
+control characters and escape sequences replaced (validate.safe_text), each
+line capped, each role's total volume capped.  Writes to our own stderr wait
+in a bounded queue until it can take them, so a hung terminal or a full pipe
+behind us does not stop the run either.  No threads: the supervisor forks.
+"""
+
+import contextlib
+import os
+import selectors
+import time
+from dataclasses import dataclass, field
+from typing import IO
+
+from letskencrypt.validate import safe_text
+
+MAX_LINE = 2000
+# A line longer than this (bytes, before decoding) is cut; the rest of it dropped.
+MAX_LINE_BYTES = 4 * MAX_LINE
+# Per role, over the whole run; then one line says the rest is dropped.
+MAX_VOLUME = 256 * 1024
+# What may wait for our own stderr; beyond it lines are dropped, and counted.
+MAX_PENDING = 1024 * 1024
+READ_SIZE = 64 * 1024
+WRITE_SIZE = 512
+FLUSH_TIMEOUT = 2.0
+
+
+@dataclass
+class _Stream:
+    role: str
+    file: IO[bytes]
+    buffer: bytearray = field(default_factory=bytearray)
+    # Inside a line longer than MAX_LINE_BYTES: drop up to its end.
+    skipping: bool = False
+
+
+class Relay:
+    def __init__(self, output: int = 2) -> None:
+        self.output = output
+        self.selector = selectors.PollSelector()
+        self.streams: dict[int, _Stream] = {}
+        self.volume: dict[str, int] = {}
+        self.pending = bytearray()
+        self.dropped = 0
+        self.writing = False
+
+    # --- reading the roles ---------------------------------------------------------
+
+    def add(self, role: str, file: IO[bytes]) -> None:
+        fd = file.fileno()
+        os.set_blocking(fd, False)
+        self.streams[fd] = _Stream(role, file)
+        self.selector.register(fd, selectors.EVENT_READ)
+
+    def pump(self, timeout: float) -> None:
+        """Wait up to `timeout` for output (or for our stderr to take some); handle it."""
+        if not self.streams and not self.pending:
+            time.sleep(timeout)
+            return
+        self._want_write(bool(self.pending))
+        for key, events in self.selector.select(timeout):
+            if key.fd == self.output:
+                self._write_some()
+            elif events & selectors.EVENT_READ:
+                self._read(key.fd)
+
+    def drain(self, role: str | None = None) -> None:
+        """Read what is there now from `role`'s pipes (every role's if None)."""
+        for fd, stream in list(self.streams.items()):
+            if role is None or stream.role == role:
+                while fd in self.streams and self._read(fd):
+                    pass
+
+    def _read(self, fd: int) -> bool:
+        """One read; whether there may be more."""
+        stream = self.streams[fd]
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            if stream.buffer and not stream.skipping:
+                self._line(stream.role, bytes(stream.buffer))
+            self._close(fd)
+            return False
+        stream.buffer += data
+        while True:
+            end = stream.buffer.find(b"\n")
+            if end < 0:
+                break
+            line = bytes(stream.buffer[:end])
+            del stream.buffer[: end + 1]
+            if stream.skipping:
+                stream.skipping = False
+            else:
+                self._line(stream.role, line)
+        if len(stream.buffer) > MAX_LINE_BYTES:
+            if not stream.skipping:
+                self._line(stream.role, bytes(stream.buffer[:MAX_LINE_BYTES]))
+            stream.buffer.clear()
+            stream.skipping = True
+        return True
+
+    def _close(self, fd: int) -> None:
+        self.selector.unregister(fd)
+        stream = self.streams.pop(fd)
+        with contextlib.suppress(OSError):
+            stream.file.close()
+
+    def _line(self, role: str, raw: bytes) -> None:
+        used = self.volume.get(role, 0)
+        if used > MAX_VOLUME:
+            return
+        self.volume[role] = used + len(raw) + 1
+        if used + len(raw) + 1 > MAX_VOLUME:
+            self.write(f"letskencrypt: {role}: more than {MAX_VOLUME // 1024} KiB of output; "
+                       "dropping the rest")  # fmt: skip
+            return
+        text = raw.decode("utf-8", errors="replace")
+        prefix = f"letskencrypt: {role}: "
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+        self.write(prefix + safe_text(text, MAX_LINE))
+
+    # --- writing ours -----------------------------------------------------------------
+
+    def write(self, line: str) -> None:
+        """Queue one line (ours, trusted) for our stderr; write what it takes now."""
+        data = (line + "\n").encode(errors="replace")
+        if len(self.pending) + len(data) > MAX_PENDING:
+            self.dropped += 1
+            return
+        self.pending += data
+        self._write_some()
+
+    def _want_write(self, wanted: bool) -> None:
+        if wanted == self.writing:
+            return
+        if wanted:
+            self.selector.register(self.output, selectors.EVENT_WRITE)
+        else:
+            self.selector.unregister(self.output)
+        self.writing = wanted
+
+    def _write_some(self) -> None:
+        """Write while our stderr takes it without blocking."""
+        while self.pending:
+            if not self._writable():
+                return
+            try:
+                written = os.write(self.output, self.pending[:WRITE_SIZE])
+            except BlockingIOError:
+                return
+            except OSError:  # no stderr at all: nothing to do but drop
+                self.pending.clear()
+                return
+            del self.pending[:written]
+        if self.dropped:
+            dropped, self.dropped = self.dropped, 0
+            self.write(f"letskencrypt: {dropped} lines of output dropped (stderr blocked)")
+
+    def _writable(self) -> bool:
+        poller = selectors.PollSelector()
+        try:
+            poller.register(self.output, selectors.EVENT_WRITE)
+            return bool(poller.select(0))
+        except (OSError, ValueError):
+            return True
+        finally:
+            poller.close()
+
+    def close(self) -> None:
+        """Read the rest, write what our stderr takes within FLUSH_TIMEOUT, close."""
+        self.drain()
+        deadline = time.monotonic() + FLUSH_TIMEOUT
+        while self.pending and time.monotonic() < deadline:
+            self._write_some()
+            if self.pending:
+                time.sleep(0.01)
+        for fd in list(self.streams):
+            self._close(fd)
+        self._want_write(False)
+        self.selector.close()
