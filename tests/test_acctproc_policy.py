@@ -5,8 +5,11 @@ import hashlib
 import ipaddress
 import json
 import os
+import shutil
 import stat
+import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from letskencrypt import cli, container, keys
+from letskencrypt import cli, container, keys, rpc
 from letskencrypt.b64 import b64url, b64url_decode
 from letskencrypt.errors import InputError
 from letskencrypt.process import Logger
@@ -24,12 +27,14 @@ from letskencrypt.roles import acctproc
 from letskencrypt.roles.acctproc import (
     AccountService,
     AuditLog,
+    KeyprocDomainKey,
     Refused,
     Request,
     RunPolicy,
     classify,
 )
-from letskencrypt.v1 import account_pb2
+from letskencrypt.roles.keyproc import KeyInfoService
+from letskencrypt.v1 import account_pb2, keyinfo_pb2, keyinfo_pb2_grpc
 
 from tests import certfactory
 
@@ -41,16 +46,29 @@ CONTACT = ["mailto:admin@example.org"]
 ACCOUNT_KEY = keys.generate_key("ecdsa256")
 DOMAIN_KEY = keys.generate_key("ecdsa256")
 OTHER_KEY = keys.generate_key("ecdsa256")
+RSA_KEY = keys.generate_key("rsa2048")
 
 
-def policy(operation: str = "issue", names: list[str] = NAMES) -> RunPolicy:
+DOMAIN_KEY_DER = keys.public_key_der(DOMAIN_KEY)
+
+
+def keyproc_says(der: bytes = DOMAIN_KEY_DER) -> Callable[[], bytes]:
+    """What keyproc answers on the keyacct edge (its public key), as a source."""
+    return lambda: der
+
+
+def policy(
+    operation: str = "issue",
+    names: list[str] = NAMES,
+    domain_key: Callable[[], bytes] | None = None,
+) -> RunPolicy:
     settings = {
         "operation": operation,
         "names": list(names),
         "contact": CONTACT,
         "directory_url": DIRECTORY,
     }
-    return RunPolicy.from_settings(settings, ACCOUNT_KEY)
+    return RunPolicy.from_settings(settings, ACCOUNT_KEY, domain_key or keyproc_says())
 
 
 def request(
@@ -235,6 +253,11 @@ ISSUE_REFUSALS = [
      "finalize", "other than DNS names"),
     ("finalize-account-key", request(finalize(csr(key=ACCOUNT_KEY))), "finalize",
      "account key"),
+    # Issue 7: netproc's own key, for exactly this run's names.
+    ("finalize-other-key", request(finalize(csr(key=OTHER_KEY))), "finalize",
+     "csr key is not the domain key held by keyproc"),
+    ("finalize-other-key-rsa", request(finalize(keys.build_csr(RSA_KEY, NAMES))), "finalize",
+     "csr key is not the domain key held by keyproc"),
     ("finalize-ca-extension",
      request(finalize(csr(extension=x509.BasicConstraints(ca=True, path_length=None)))),
      "finalize", "extension other than subjectAltName"),
@@ -384,7 +407,168 @@ def test_update_account_run() -> None:
 )
 def test_policy_needs_its_settings(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(InputError, match=message):
-        RunPolicy.from_settings({"directory_url": DIRECTORY, **settings}, ACCOUNT_KEY)
+        RunPolicy.from_settings(
+            {"directory_url": DIRECTORY, **settings}, ACCOUNT_KEY, keyproc_says()
+        )
+
+
+# --- the domain key: keyproc's word, not netproc's (issue 7) -------------------------
+
+
+class Unreachable:
+    """A domain key source whose keyproc does not answer; counts the attempts."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> bytes:
+        self.calls += 1
+        raise rpc.RpcError("keyproc is not reachable (did it exit?)")
+
+
+def test_finalize_for_our_names_with_another_key_is_refused() -> None:
+    """netproc's own key in a CSR for exactly this run's names: no signature."""
+    p = policy("issue")
+    for key in (OTHER_KEY, RSA_KEY):
+        refused(p, request(finalize(keys.build_csr(key, NAMES))), "finalize",
+                "csr key is not the domain key held by keyproc")
+    assert judge(p, request(finalize(keys.build_csr(DOMAIN_KEY, NAMES)))) == "finalize"
+    # Whatever keyproc says is the key, that one and only that one is signed.
+    q = policy("issue", domain_key=keyproc_says(keys.public_key_der(OTHER_KEY)))
+    assert judge(q, request(finalize(keys.build_csr(OTHER_KEY, NAMES)))) == "finalize"
+    refused(q, request(finalize(keys.build_csr(DOMAIN_KEY, NAMES))), "finalize",
+            "not the domain key")
+
+
+def test_finalize_is_refused_when_keyproc_cannot_be_reached() -> None:
+    source = Unreachable()
+    p = policy("issue", domain_key=source)
+    refused(p, request(finalize(keys.build_csr(DOMAIN_KEY, NAMES))), "finalize",
+            "cannot learn the domain key from keyproc: keyproc is not reachable")
+    assert source.calls == 1
+    # Nothing else of the run needs keyproc.
+    assert judge(p, request(order(*NAMES))) == "newOrder"
+    assert judge(p, request(None)) == "post-as-get"
+    # keyproc is asked only about a CSR that passed every other check.
+    refused(p, request(finalize(csr(["evil.example.net"]))), "finalize", "not this run's names")
+    refused(p, request(finalize(csr(key=ACCOUNT_KEY))), "finalize", "account key")
+    assert source.calls == 1
+
+
+def test_a_refusal_for_want_of_keyproc_is_audited(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    service = AccountService(
+        ACCOUNT_KEY, policy("issue", domain_key=Unreachable()),
+        AuditLog.open(str(path), str(tmp_path / "k")), Logger("acctproc", 0),
+    )
+    payload = json.dumps(finalize(keys.build_csr(DOMAIN_KEY, NAMES))).encode()
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        service.Sign(account_pb2.SignRequest(url="https://ca.test/finalize/1", nonce=NONCE,
+                                             kid=KID, payload=payload), context)
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    (entry,) = read_lines(path)
+    assert (entry["kind"], entry["decision"]) == ("finalize", "refused")
+    assert entry["reason"].startswith("cannot learn the domain key from keyproc")
+    assert entry["payload_sha256"] == hashlib.sha256(payload).hexdigest()
+
+
+class CountingKeyInfo(KeyInfoService):
+    """keyproc's own KeyInfo service, counting the calls."""
+
+    def __init__(self, public_key_der: bytes, names: list[str]) -> None:
+        super().__init__(public_key_der, names, Logger("keyproc", 0))
+        self.calls = 0
+
+    def Describe(
+        self, request: keyinfo_pb2.KeyInfoRequest, context: grpc.ServicerContext
+    ) -> keyinfo_pb2.KeyInfoReply:
+        self.calls += 1
+        return super().Describe(request, context)
+
+
+@pytest.fixture
+def run_dir() -> Iterator[str]:
+    """Short, for the 107 bytes of a unix socket path."""
+    path = tempfile.mkdtemp(prefix="lk-keyacct-")
+    os.mkdir(os.path.join(path, "keyacct"), 0o700)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def keyproc_on(run_dir: str, service: KeyInfoService) -> grpc.Server:
+    register = keyinfo_pb2_grpc.add_KeyInfoServicer_to_server
+    return rpc.serve(run_dir, "keyacct", [(register, service)], rpc.Stopper())
+
+
+def from_keyproc(run_dir: str, timeout: float = 5.0) -> KeyprocDomainKey:
+    return KeyprocDomainKey(
+        lambda: rpc.connect(run_dir, "keyacct"), NAMES, keys.public_key_der(ACCOUNT_KEY),
+        timeout=timeout,
+    )
+
+
+def test_the_domain_key_comes_from_keyproc_once(run_dir: str) -> None:
+    service = CountingKeyInfo(DOMAIN_KEY_DER, NAMES)
+    server = keyproc_on(run_dir, service)
+    source = from_keyproc(run_dir)
+    try:
+        p = policy("issue", domain_key=source)
+        assert judge(p, request(finalize(keys.build_csr(DOMAIN_KEY, NAMES)))) == "finalize"
+        refused(p, request(finalize(keys.build_csr(OTHER_KEY, NAMES))), "finalize",
+                "csr key is not the domain key held by keyproc")
+        assert judge(p, request(finalize(keys.build_csr(DOMAIN_KEY, NAMES)))) == "finalize"
+        assert service.calls == 1
+    finally:
+        source.close()
+        server.stop(None).wait(5)
+
+
+def test_keyproc_unreachable_refuses_until_it_answers(run_dir: str) -> None:
+    source = from_keyproc(run_dir, timeout=0.5)
+    p = policy("issue", domain_key=source)
+    good = request(finalize(keys.build_csr(DOMAIN_KEY, NAMES)))
+    try:
+        refused(p, good, "finalize", "cannot learn the domain key from keyproc: keyproc")
+        # A failure is not kept: once keyproc serves, the same request is signed.
+        server = keyproc_on(run_dir, CountingKeyInfo(DOMAIN_KEY_DER, NAMES))
+        try:
+            source.timeout = 5.0
+            assert judge(p, good) == "finalize"
+        finally:
+            server.stop(None).wait(5)
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize(
+    ("der", "names", "reason"),
+    [
+        (DOMAIN_KEY_DER, ["evil.example.net"], "keyproc's names .* are not this run's names"),
+        (DOMAIN_KEY_DER, [NAMES[0]], "not this run's names"),
+        (DOMAIN_KEY_DER, [*NAMES, "evil.example.net"], "not this run's names"),
+        (keys.public_key_der(ACCOUNT_KEY), NAMES, "is the account key"),
+        (b"", NAMES, "not a DER public key"),
+        (b"\x30\x03abc", NAMES, "not a DER public key"),
+        (DOMAIN_KEY_DER + b"\x00", NAMES, "not a DER public key|not in canonical DER"),
+    ],
+    ids=["other-names", "fewer-names", "more-names", "account-key", "empty", "not-der",
+         "trailing-byte"],
+)
+def test_a_keyproc_answer_that_is_not_this_run_refuses_finalize(
+    run_dir: str, der: bytes, names: list[str], reason: str
+) -> None:
+    server = keyproc_on(run_dir, CountingKeyInfo(der, names))
+    source = from_keyproc(run_dir)
+    try:
+        with pytest.raises(InputError, match=reason):
+            source()
+        refused(policy("issue", domain_key=source),
+                request(finalize(keys.build_csr(DOMAIN_KEY, NAMES))), "finalize",
+                "cannot learn the domain key from keyproc")
+    finally:
+        source.close()
+        server.stop(None).wait(5)
 
 
 # --- the audit log ---------------------------------------------------------------------

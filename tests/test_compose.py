@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
+from letskencrypt import rpc
 
 from tests.conftest import ROOT
 from tests.pebble import Pebble
@@ -35,6 +37,7 @@ EDGES = {
     "cert": ("netproc", "certproc"),
     "file": ("certproc", "fileproc"),
     "keyinfo": ("certproc", "keyproc"),
+    "keyacct": ("acctproc", "keyproc"),
 }
 RUN_TIMEOUT = 240
 
@@ -160,6 +163,30 @@ def mounts_of(info: dict) -> dict[str, tuple[str, bool]]:
         mount["Destination"]: (mount.get("Name") or mount["Source"], mount["RW"])
         for mount in info["Mounts"]
     }
+
+
+def test_the_graph_here_is_the_one_in_rpc() -> None:
+    """This file's copy of the graph (which test_kubernetes uses too) follows
+    rpc.EDGES: an edge added there must be placed in every deployment."""
+    assert {name: (e.client, e.server) for name, e in rpc.EDGES.items()} == EDGES
+    assert set(rpc.ROLES) == set(ROLES)
+
+
+def test_compose_file_mounts_each_edge_only_on_its_ends() -> None:
+    """Read from compose.yaml itself, without podman (the pod tests read it back
+    from `podman inspect`)."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    socket_volume = {"driver_opts": {"o": "uid=65532,gid=65532"}}
+    assert compose["volumes"] == dict.fromkeys(EDGES, socket_volume)
+    for service, spec in compose["services"].items():
+        sockets = {
+            volume.split(":")[0]: volume.split(":", 1)[1]
+            for volume in spec.get("volumes", [])
+            if volume.split(":")[0] in EDGES
+        }
+        assert sockets == {
+            edge: f"/run/letskencrypt/{edge}" for edge, ends in EDGES.items() if service in ends
+        }, service
 
 
 def test_every_container_is_locked_down(pod: Pod) -> None:

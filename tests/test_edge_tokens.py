@@ -1,6 +1,7 @@
 """No role can call a role it has no edge to: in native mode the unprivileged
 roles share a user, so each edge carries a secret only its two ends know."""
 
+import hashlib
 import json
 import os
 import secrets
@@ -12,10 +13,12 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
-from letskencrypt import rpc
+from letskencrypt import cli, keys, rpc
+from letskencrypt.b64 import b64url
 from letskencrypt.rpc import EDGES, ROLES
 from letskencrypt.supervisor import PASSED_ENVIRONMENT, Supervisor
 from letskencrypt.v1 import (
@@ -23,6 +26,8 @@ from letskencrypt.v1 import (
     account_pb2_grpc,
     certificate_pb2,
     certificate_pb2_grpc,
+    domainkey_pb2,
+    domainkey_pb2_grpc,
     keyinfo_pb2,
     keyinfo_pb2_grpc,
 )
@@ -41,6 +46,13 @@ def test_each_role_learns_only_the_tokens_of_its_own_edges() -> None:
         assert all(tokens[name] == supervisor.edge_tokens[name] for name in own)
     # dnsproc, say, knows nothing that opens acctproc's or keyproc's socket.
     assert set(supervisor.role_document("dnsproc")["edge_tokens"]) == {"dns"}
+    # acctproc asks keyproc for the domain key on an edge netproc cannot call.
+    assert set(supervisor.role_document("acctproc")["edge_tokens"]) == {"acct", "keyacct"}
+    assert set(supervisor.role_document("keyproc")["edge_tokens"]) == {
+        "key", "keyinfo", "keyacct"}  # fmt: skip
+    for role in ROLES:
+        if role not in ("acctproc", "keyproc"):
+            assert "keyacct" not in supervisor.role_document(role)["edge_tokens"], role
 
 
 @pytest.fixture
@@ -230,3 +242,131 @@ def test_certproc_refuses_an_impostor_keyproc(tmp_path: Path) -> None:
         process.wait(timeout=10)
         fake.stop(None)
         shutil.rmtree(base, ignore_errors=True)
+
+
+# --- acctproc -> keyproc: the domain key for a finalize (issue 7) ------------------
+
+NAMES = ["a.example.org", "b.example.org"]
+NONCE = "bm9uY2U"
+KID = "https://ca.example.org/acct/1"
+ATTACKER_KEY = keys.generate_key("ecdsa256")
+
+
+def start_role(role: str, run_dir: Path, settings: dict[str, Any],
+               tokens: dict[str, str]) -> subprocess.Popen[bytes]:
+    """As the supervisor starts a role (staying root when we are: no run user)."""
+    document = {"run_dir": str(run_dir), "settings": settings, "edge_tokens": tokens}
+    environment = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
+    process = subprocess.Popen(
+        [sys.executable, "-m", f"letskencrypt.roles.{role}"],
+        stdin=subprocess.PIPE, env=environment, cwd="/",
+    )
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(document).encode())
+    process.stdin.close()
+    return process
+
+
+def wait_for_socket(run_dir: Path, edge: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    path = rpc.socket_path(str(run_dir), edge)
+    while not os.path.exists(path):
+        assert process.poll() is None and time.monotonic() < deadline, edge
+        time.sleep(0.02)
+
+
+def stop(run_dir: Path, edge: str, process: subprocess.Popen[bytes]) -> None:
+    channel = rpc.connect(str(run_dir), edge)
+    rpc.stop_peer(channel, EDGES[edge].server, failed=False)
+    channel.close()
+    assert process.wait(timeout=15) == 0
+    # serve() removes a stale socket; make sure the next role's is its own.
+    path = rpc.socket_path(str(run_dir), edge)
+    if os.path.lexists(path):
+        os.unlink(path)
+
+
+def finalize(run_dir: Path, csr: bytes) -> account_pb2.SignReply:
+    payload = json.dumps({"csr": b64url(csr)}).encode()
+    with rpc.connect(str(run_dir), "acct") as channel:
+        stub = account_pb2_grpc.AccountStub(channel)
+        return stub.Sign(
+            account_pb2.SignRequest(url="https://ca.example.org/finalize/1", nonce=NONCE,
+                                    kid=KID, payload=payload),
+            timeout=30, wait_for_ready=True,
+        )
+
+
+def refused_finalize(run_dir: Path, csr: bytes) -> str:
+    with pytest.raises(grpc.RpcError) as refused:
+        finalize(run_dir, csr)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return str(refused.value.details())
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="lk-keyacct-"))
+    for edge in EDGES:
+        (base / edge).mkdir()
+    yield base
+    rpc.use_edge_tokens({})
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_acctproc_learns_the_domain_key_from_keyproc_over_its_own_edge(run_dir: Path) -> None:
+    """Real acctproc and keyproc, sandboxed, with the supervisor's kind of tokens:
+    a finalize is signed for keyproc's key only, and only while acctproc can
+    reach keyproc with the keyacct token."""
+    settings = cli.role_settings(cli.build_parser().parse_args([
+        "--server", "https://ca.example.org/dir", "-n", "-N",
+        "-f", str(run_dir / "account.pem"), "-k", str(run_dir / "domain.pem"),
+        "--audit-log", str(run_dir / "audit.log"), *NAMES,
+    ]))  # fmt: skip
+    tokens = {name: f"{name}-".ljust(43, "t") for name in EDGES}
+
+    def own(role: str, **override: str) -> dict[str, str]:
+        ends = {n: t for n, t in tokens.items() if role in (EDGES[n].client, EDGES[n].server)}
+        return {**ends, **override}
+
+    keyproc = start_role("keyproc", run_dir, settings["keyproc"], own("keyproc"))
+    wait_for_socket(run_dir, "keyacct", keyproc)
+    rpc.use_edge_tokens({"acct": tokens["acct"], "key": tokens["key"]})
+    with rpc.connect(str(run_dir), "key") as channel:
+        good_csr = domainkey_pb2_grpc.DomainKeyStub(channel).Csr(
+            domainkey_pb2.CsrRequest(), timeout=10, wait_for_ready=True).der
+    attacker_csr = keys.build_csr(ATTACKER_KEY, NAMES)
+
+    acctproc = start_role("acctproc", run_dir, settings["acctproc"], own("acctproc"))
+    wait_for_socket(run_dir, "acct", acctproc)
+    assert finalize(run_dir, good_csr).signature
+    assert "csr key is not the domain key held by keyproc" in refused_finalize(
+        run_dir, attacker_csr)
+    stop(run_dir, "acct", acctproc)
+
+    # An acctproc without keyproc's token on the keyacct edge learns nothing.
+    acctproc = start_role("acctproc", run_dir, settings["acctproc"],
+                          own("acctproc", keyacct="w".ljust(43, "w")))
+    wait_for_socket(run_dir, "acct", acctproc)
+    details = refused_finalize(run_dir, good_csr)
+    assert "cannot learn the domain key from keyproc" in details
+    assert "unauthenticated" in details
+    stop(run_dir, "acct", acctproc)
+
+    # keyproc gone: every finalize is refused, in bounded time (fail closed).
+    stop(run_dir, "key", keyproc)
+    acctproc = start_role("acctproc", run_dir, settings["acctproc"], own("acctproc"))
+    wait_for_socket(run_dir, "acct", acctproc)
+    started = time.monotonic()
+    assert "cannot learn the domain key from keyproc" in refused_finalize(run_dir, good_csr)
+    assert time.monotonic() - started < 20
+    stop(run_dir, "acct", acctproc)
+
+    audit = [json.loads(line) for line in (run_dir / "audit.log").read_text().splitlines()]
+    assert [(e["kind"], e["decision"]) for e in audit] == [
+        ("finalize", "signed"), ("finalize", "refused"), ("finalize", "refused"),
+        ("finalize", "refused"),
+    ]
+    attacker_payload = json.dumps({"csr": b64url(attacker_csr)}).encode()
+    assert audit[1]["payload_sha256"] == hashlib.sha256(attacker_payload).hexdigest()
+    assert audit[1]["reason"] == "csr key is not the domain key held by keyproc"

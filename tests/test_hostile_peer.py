@@ -93,6 +93,7 @@ PROBES = {
     "acct": "/letskencrypt.v1.Account/Describe",
     "key": "/letskencrypt.v1.DomainKey/Csr",
     "keyinfo": "/letskencrypt.v1.KeyInfo/Describe",
+    "keyacct": "/letskencrypt.v1.KeyInfo/Describe",
     "dns": "/letskencrypt.v1.Resolver/Resolve",
     "chng": "/letskencrypt.v1.Challenge/Withdraw",
     "rvk": "/letskencrypt.v1.Renewal/Check",
@@ -454,6 +455,7 @@ def _no_such_method(edge: str, service: str) -> Case:
 case("acct-no-export-method")(_no_such_method("acct", "Account"))
 case("key-no-export-method")(_no_such_method("key", "DomainKey"))
 case("keyinfo-no-export-method")(_no_such_method("keyinfo", "KeyInfo"))
+case("keyacct-no-export-method")(_no_such_method("keyacct", "KeyInfo"))
 
 
 @case("acct-describe-is-public")
@@ -569,6 +571,26 @@ case("acct-finalize-csr-our-key-other-names")(
 case("acct-finalize-csr-account-key")(
     _acct_refuses("account key", lambda p: json.dumps(
         {"csr": b64url(csr_der(account_key(p), NAMES))}).encode(), kind="finalize"))
+# Issue 7: netproc's own key in a CSR for exactly this run's names, which
+# acctproc once signed; the CA would have issued a certificate netproc holds.
+case("acct-finalize-csr-attacker-key-our-names")(
+    _acct_refuses("csr key is not the domain key held by keyproc", lambda p: json.dumps(
+        {"csr": b64url(csr_der(OTHER_KEY, NAMES))}).encode(), kind="finalize"))
+case("acct-finalize-keyproc-csr-with-attacker-key")(
+    _acct_refuses("csr key is not the domain key held by keyproc", lambda p: json.dumps(
+        {"csr": b64url(keys.build_csr(OTHER_KEY, NAMES))}).encode(), kind="finalize"))
+
+
+@case("acct-finalize-signs-keyprocs-own-csr")
+def _finalize_keyproc_csr(pod: Pod) -> None:
+    """The legitimate finalize still goes through: keyproc's CSR, as netproc gets it."""
+    csr = domainkey_pb2_grpc.DomainKeyStub(pod.channel("key")).Csr(
+        domainkey_pb2.CsrRequest(), timeout=TIMEOUT).der
+    body = json.dumps({"csr": b64url(csr)}).encode()
+    sign(pod, body, url="https://ca.test/finalize/1")
+    entry = audit_entries(pod)[-1]
+    assert (entry["kind"], entry["decision"]) == ("finalize", "signed")
+    assert entry["payload_sha256"] == hashlib.sha256(body).hexdigest()
 case("acct-url-other-origin")(
     _acct_refuses("origin", lambda p: b"{}", url="https://evil.test/chall/1"))
 case("acct-url-other-port")(

@@ -45,6 +45,8 @@ EDGES: dict[str, Edge] = {
         Edge("cert", "netproc", "certproc", 320 * KIB),
         Edge("file", "certproc", "fileproc", 320 * KIB),
         Edge("keyinfo", "certproc", "keyproc", 16 * KIB),
+        # The same KeyInfo for acctproc: it signs a finalize only for keyproc's key.
+        Edge("keyacct", "acctproc", "keyproc", 16 * KIB),
     )
 }
 

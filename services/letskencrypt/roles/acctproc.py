@@ -3,13 +3,17 @@
 Holds: the account private key (read, or created with mode 0400 under -n),
 and the audit log (opened for appending before the sandbox closes).
 Network: none.  Serves: Account on the `acct` edge.
+Calls: KeyInfo on the `keyacct` edge (keyproc: the domain public key and the
+names of this run), once, at the first finalize.
 
 acctproc never sees the CA's directory, so it judges each request by its
 payload (RFC 8555): a netproc under an attacker's control gets signatures
 only for URLs on the directory's origin, for the kinds of request this
 run's operation needs (see POLICY), for orders and CSRs naming exactly this
-run's names, and never the key itself.  Every request, signed or refused,
-is one JSON line in the audit log, which netproc cannot reach.
+run's names, for CSRs of the domain key that keyproc holds (learned from
+keyproc, never from netproc), and never the key itself.  Every request,
+signed or refused, is one JSON line in the audit log, which netproc cannot
+reach.
 """
 
 import contextlib
@@ -19,7 +23,7 @@ import json
 import os
 import stat
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,10 +35,10 @@ from cryptography.hazmat.primitives import serialization
 
 from letskencrypt import keys, process, rpc
 from letskencrypt.b64 import b64url_decode
-from letskencrypt.errors import InputError
+from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.urls import MAX_URL_LENGTH, require_same_origin, well_formed
-from letskencrypt.v1 import account_pb2, account_pb2_grpc
+from letskencrypt.v1 import account_pb2, account_pb2_grpc, keyinfo_pb2, keyinfo_pb2_grpc
 from letskencrypt.validate import is_nonce, safe_text
 
 MAX_PAYLOAD = 32 * 1024
@@ -47,6 +51,9 @@ AUDIT_LOG_MODE = 0o600
 AUDIT_FLAGS = (
     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 )
+# keyproc is up by the time of a finalize (netproc got the CSR from it), so
+# this is ample; it stays well below netproc's deadline for the Sign call.
+KEYPROC_DEADLINE = 10.0
 
 # --- what a run may have signed ------------------------------------------------------
 
@@ -117,6 +124,73 @@ class Request:
     post_as_get: bool
 
 
+# The domain public key (SubjectPublicKeyInfo DER) a finalize's CSR must
+# carry; raises a LetskencryptError when it cannot be known.
+DomainKeySource = Callable[[], bytes]
+
+
+class KeyprocDomainKey:
+    """The domain public key, as keyproc (not netproc) holds it.
+
+    Asked for over the `keyacct` edge at the first call and then kept: it is
+    fixed for the run.  The channel, too, is opened at the first call, which
+    comes from a serving thread, so after the sandbox (gRPC starts threads
+    when a channel is made).  A failure is not kept: the next finalize asks
+    again, and until keyproc answers every finalize is refused.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], grpc.Channel],
+        names: Iterable[str],
+        account_public_key_der: bytes,
+        timeout: float = KEYPROC_DEADLINE,
+    ) -> None:
+        self.connect = connect
+        self.names = tuple(names)
+        self.account_public_key_der = account_public_key_der
+        self.timeout = timeout
+        self.channel: grpc.Channel | None = None
+        self.key_der: bytes | None = None
+        self.lock = threading.Lock()
+
+    def __call__(self) -> bytes:
+        with self.lock:
+            if self.key_der is None:
+                self.key_der = self.fetch()
+            return self.key_der
+
+    def fetch(self) -> bytes:
+        if self.channel is None:
+            self.channel = self.connect()
+        stub = keyinfo_pb2_grpc.KeyInfoStub(self.channel)
+        reply = rpc.call(
+            stub.Describe, keyinfo_pb2.KeyInfoRequest(), peer="keyproc", timeout=self.timeout
+        )
+        der = reply.public_key_der
+        try:
+            canonical = keys.public_key_der(serialization.load_der_public_key(der))
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise InputError("keyproc's public key is not a DER public key") from None
+        if canonical != der:
+            raise InputError("keyproc's public key is not in canonical DER")
+        if der == self.account_public_key_der:
+            raise InputError("keyproc's public key is the account key")
+        # Both come from the run's configuration: a difference means a mix-up.
+        if tuple(reply.names) != self.names:
+            raise InputError(
+                f"keyproc's names {show_names(reply.names)} are not this run's names "
+                f"{show_names(self.names)}"
+            )
+        return der
+
+    def close(self) -> None:
+        with self.lock:
+            if self.channel is not None:
+                self.channel.close()
+                self.channel = None
+
+
 @dataclass(frozen=True)
 class RunPolicy:
     """What this run may have signed: from acctproc's own settings, never netproc."""
@@ -127,9 +201,12 @@ class RunPolicy:
     directory_url: str
     account_jwk: dict[str, str]
     account_public_key_der: bytes
+    domain_key: DomainKeySource
 
     @classmethod
-    def from_settings(cls, settings: dict[str, Any], key: keys.PrivateKey) -> "RunPolicy":
+    def from_settings(
+        cls, settings: dict[str, Any], key: keys.PrivateKey, domain_key: DomainKeySource
+    ) -> "RunPolicy":
         operation = settings.get("operation")
         if operation not in OPERATIONS:
             raise InputError(f"unknown operation {safe_text(str(operation), 40)!r} in settings")
@@ -150,6 +227,7 @@ class RunPolicy:
             directory_url=settings["directory_url"],
             account_jwk=keys.jwk(key.public_key()),
             account_public_key_der=keys.public_key_der(key),
+            domain_key=domain_key,
         )
 
     def judge(self, request: Request) -> str:
@@ -275,6 +353,15 @@ class RunPolicy:
         for attribute in csr.subject:
             if attribute.oid != x509.NameOID.COMMON_NAME or attribute.value not in self.names:
                 raise refuse("csr subject holds something other than one of this run's names")
+        # Last, as it may ask keyproc: the certificate's key must be the one
+        # keyproc holds, or a netproc that made its own key would hold the
+        # private half of a trusted certificate for our names.
+        try:
+            domain_key_der = self.domain_key()
+        except LetskencryptError as error:
+            raise refuse(f"cannot learn the domain key from keyproc: {error}") from None
+        if key_der != domain_key_der:
+            raise refuse("csr key is not the domain key held by keyproc")
 
     def check_revocation(self, document: dict[str, Any], refuse: "Refuser") -> None:
         extra = set(document) - REVOKE_FIELDS
@@ -588,7 +675,13 @@ def run(config: RoleConfig, log: Logger) -> int:
     )
     if created:
         log.info(f"created account key {key_path}")
-    policy = RunPolicy.from_settings(settings, key)
+    # No channel yet: it is made at the first finalize, after the sandbox.
+    domain_key = KeyprocDomainKey(
+        lambda: rpc.connect(config.run_dir, "keyacct"),
+        settings.get("names") or (),
+        keys.public_key_der(key),
+    )
+    policy = RunPolicy.from_settings(settings, key, domain_key)
     # Opened while we may still reach it: the sandbox keeps the descriptor.
     audit = AuditLog.open(settings.get("audit_log") or default_audit_log(key_path), key_path)
     process.confine(config)
@@ -596,6 +689,7 @@ def run(config: RoleConfig, log: Logger) -> int:
     rpc.serve_until_stopped(
         config.run_dir, {"acct": [(account_pb2_grpc.add_AccountServicer_to_server, service)]}
     )
+    domain_key.close()
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Holds: the domain private key (read, or created with mode 0400 under -N).
 Network: none.  Serves: DomainKey (the CSR) to netproc on the `key` edge, and
-KeyInfo (public key and names only) to certproc on the `keyinfo` edge.
+KeyInfo (public key and names only) to certproc on the `keyinfo` edge and to
+acctproc on the `keyacct` edge (acctproc signs a finalize only for this key).
 The names come from keyproc's own configuration, never from a caller, so a
 netproc under an attacker's control cannot get a CSR for other names.
 """
@@ -51,18 +52,15 @@ def run(config: RoleConfig, log: Logger) -> int:
     # Both answers are fixed for the run: compute them once, before serving.
     csr_der = keys.build_csr(key, names)
     public_key_der = keys.public_key_der(key)
+    key_info = KeyInfoService(public_key_der, names, log)
     rpc.serve_until_stopped(
         config.run_dir,
         {
             "key": [
                 (domainkey_pb2_grpc.add_DomainKeyServicer_to_server, DomainKeyService(csr_der, log))
             ],
-            "keyinfo": [
-                (
-                    keyinfo_pb2_grpc.add_KeyInfoServicer_to_server,
-                    KeyInfoService(public_key_der, names, log),
-                )
-            ],
+            "keyinfo": [(keyinfo_pb2_grpc.add_KeyInfoServicer_to_server, key_info)],
+            "keyacct": [(keyinfo_pb2_grpc.add_KeyInfoServicer_to_server, key_info)],
         },
     )
     return 0
