@@ -20,7 +20,7 @@ import pytest
 from letskencrypt import cli, keys, rpc
 from letskencrypt.b64 import b64url
 from letskencrypt.rpc import EDGES, ROLES
-from letskencrypt.supervisor import PASSED_ENVIRONMENT, Supervisor
+from letskencrypt.supervisor import Supervisor, role_environment
 from letskencrypt.v1 import (
     account_pb2,
     account_pb2_grpc,
@@ -75,7 +75,7 @@ def acctproc() -> Iterator[tuple[str, str]]:
         },
         "edge_tokens": {"acct": token},
     }
-    environment = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
+    environment = role_environment()
     process = subprocess.Popen(
         [sys.executable, "-m", "letskencrypt.roles.acctproc"],
         stdin=subprocess.PIPE, env=environment, cwd="/",
@@ -216,7 +216,7 @@ def test_certproc_refuses_an_impostor_keyproc(tmp_path: Path) -> None:
         "edge_tokens": client,
         "server_tokens": server,
     }
-    environment = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
+    environment = role_environment()
     process = subprocess.Popen(
         [sys.executable, "-m", "letskencrypt.roles.certproc"],
         stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=environment, cwd="/",
@@ -256,7 +256,7 @@ def start_role(role: str, run_dir: Path, settings: dict[str, Any],
                tokens: dict[str, str]) -> subprocess.Popen[bytes]:
     """As the supervisor starts a role (staying root when we are: no run user)."""
     document = {"run_dir": str(run_dir), "settings": settings, "edge_tokens": tokens}
-    environment = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
+    environment = role_environment()
     process = subprocess.Popen(
         [sys.executable, "-m", f"letskencrypt.roles.{role}"],
         stdin=subprocess.PIPE, env=environment, cwd="/",

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import NameOID
 from letskencrypt import cli, keys, rpc
 from letskencrypt.b64 import b64url
-from letskencrypt.supervisor import KEEPS_ROOT, PASSED_ENVIRONMENT, Supervisor
+from letskencrypt.supervisor import KEEPS_ROOT, Supervisor, role_environment
 from letskencrypt.v1 import (
     account_pb2,
     account_pb2_grpc,
@@ -153,7 +153,7 @@ class Pod:
         }
         if RUN_USER is not None and role not in KEEPS_ROOT:
             document["uid"], document["gid"] = RUN_USER.uid, RUN_USER.gid
-        environment = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
+        environment = role_environment()
         self.stderr[name] = self.base / "logs" / f"{name}.stderr"
         with open(self.stderr[name], "wb") as stderr:
             process = subprocess.Popen(

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from letskencrypt import cli, namespace, rpc
+from letskencrypt import cli, namespace, rpc, supervisor
 from letskencrypt.errors import InputError
 from letskencrypt.rpc import ROLES
 from letskencrypt.sandbox import NETWORK_ROLES
@@ -166,3 +166,12 @@ def test_a_key_at_the_former_default_place_moves(
     assert cli.move_former_default_domain_key(args) is None
     other = cli.build_parser().parse_args(["-k", str(tmp_path / "x.pem"), "example.org"])
     assert cli.move_former_default_domain_key(other) is None
+
+
+def test_the_callers_pythonpath_does_not_reach_a_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each entry of a role's sys.path is mirrored into its root and readable:
+    the roles get this package's own root and nothing of the caller's."""
+    monkeypatch.setenv("PYTHONPATH", "/root:/etc")
+    environment = supervisor.role_environment()
+    assert environment["PYTHONPATH"] == supervisor.PACKAGE_ROOT
+    assert Path(supervisor.PACKAGE_ROOT, "letskencrypt", "roles").is_dir()

@@ -25,7 +25,7 @@ from letskencrypt import cli, namespace, process, rpc, sandbox, sandbox_check
 from letskencrypt.process import RoleConfig
 from letskencrypt.rpc import ROLES
 from letskencrypt.sandbox_check import ATTEMPTS, Identity
-from letskencrypt.supervisor import KEEPS_ROOT, PASSED_ENVIRONMENT
+from letskencrypt.supervisor import KEEPS_ROOT, role_environment
 from letskencrypt.v1 import (
     account_pb2,
     account_pb2_grpc,
@@ -218,7 +218,8 @@ def test_probe_state(reports: dict, role: str) -> None:
 def test_roles_that_only_serve_are_sealed() -> None:
     """The second stage (sandbox.seal) is for exactly the roles that call no one."""
     sealed = {role for role in ROLES if sandbox.serves_only(role)}
-    assert sealed == {"acctproc", "keyproc", "dnsproc", "chngproc", "fileproc", "revokeproc"}
+    # acctproc asks keyproc for the domain key (the keyacct edge).
+    assert sealed == {"keyproc", "dnsproc", "chngproc", "fileproc", "revokeproc"}
 
 
 def test_fileproc_writes_but_cannot_read_the_domain_key(reports: dict) -> None:
@@ -385,7 +386,7 @@ class RoleProcess:
         document: dict[str, object] = {"run_dir": str(base / "run"), "settings": settings}
         if RUN_USER is not None and role not in KEEPS_ROOT:
             document["uid"], document["gid"] = RUN_USER.uid, RUN_USER.gid
-        environment = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
+        environment = role_environment()
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"letskencrypt.roles.{role}"],
             stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=environment, cwd="/",

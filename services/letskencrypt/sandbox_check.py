@@ -58,7 +58,7 @@ from letskencrypt.sandbox import (
     SECCOMP_SOCKETS,
     TIOCSTI,
 )
-from letskencrypt.supervisor import KEEPS_ROOT, PASSED_ENVIRONMENT
+from letskencrypt.supervisor import KEEPS_ROOT, role_environment
 from letskencrypt.v1 import lifecycle_pb2, lifecycle_pb2_grpc
 
 NAME = "sandbox-check.example"
@@ -687,7 +687,7 @@ def run_probe(
     document: dict[str, Any] = {"run_dir": str(base / RUN), "settings": settings}
     if drop_to is not None:
         document["uid"], document["gid"] = drop_to.uid, drop_to.gid
-    environment = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
+    environment = role_environment()
     hold, release = os.pipe()
     argv = ["--probe", role, str(base), str(hold)]
     with tempfile.TemporaryFile() as stderr:

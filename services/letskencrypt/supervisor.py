@@ -44,7 +44,7 @@ EXIT_FAILED = 1
 # netproc's own: changed, failed, nothing to do.
 EXIT_CODES = (0, 1, 2)
 # Only what Python and the C library need; nothing of the caller's environment
-# (proxies, credentials) reaches a role.
+# (proxies, credentials, PYTHONPATH) reaches a role.
 # LETSKENCRYPT_LANDLOCK_ABI: see sandbox.ABI_VARIABLE.
 PASSED_ENVIRONMENT = (
     "PATH",
@@ -52,11 +52,21 @@ PASSED_ENVIRONMENT = (
     "LC_ALL",
     "LC_CTYPE",
     "TZ",
-    "PYTHONPATH",
     "SSL_CERT_FILE",
     "LETSKENCRYPT_LANDLOCK_ABI",
     namespace.DISABLE_VARIABLE,
 )
+# Where this package is imported from: the one entry of a role's PYTHONPATH
+# (a role mirrors and may read every entry of its sys.path, so the caller's
+# PYTHONPATH is not passed on).
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def role_environment() -> dict[str, str]:
+    """The whole environment of a role process (and of sandbox-check's probes)."""
+    environment = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
+    environment["PYTHONPATH"] = PACKAGE_ROOT
+    return environment
 
 
 def dies_with(supervisor: int) -> Callable[[], None]:
@@ -153,7 +163,7 @@ class Supervisor:
         return run_dir
 
     def start(self, role: str) -> None:
-        environment = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
+        environment = role_environment()
         # Its own session, and pipes for stdio: a role never holds the operator's
         # terminal (no TIOCSTI into the shell, no Ctrl-C of its own), and
         # whatever it prints reaches the terminal only through the relay.
