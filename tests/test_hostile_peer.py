@@ -212,10 +212,9 @@ class Pod:
 
     def stop(self) -> dict[str, int]:
         """As netproc ends a run: Stop on each of its edges (certproc stops fileproc)."""
-        for name, run in (("run", "run"), ("acctproc@revoke", "revoke")):
-            for edge in ("acct", "key", "dns", "chng", "rvk", "cert"):
-                if name != "run" and edge != "acct":
-                    continue
+        for run, edges in (("run", ("acct", "key", "dns", "chng", "rvk", "cert")),
+                           ("revoke", ("acct",))):
+            for edge in edges:
                 with contextlib.suppress(KeyError):
                     rpc.stop_peer(self.channel(edge, run), rpc.EDGES[edge].server, failed=False)
         codes: dict[str, int] = {}
@@ -240,6 +239,7 @@ def command_line(base: Path, *extra: str) -> list[str]:
         "-f", str(base / "account" / "privkey.pem"),
         "-k", str(base / "certs" / "private" / "privkey.pem"),
         "--contact", CONTACT,
+        "--trust-anchors", str(base / "anchors.pem"),
         "-n", "-N",
         *extra,
         *NAMES,
@@ -259,6 +259,7 @@ def pod() -> Iterator[Pod]:
         (base / directory).mkdir(mode=0o755)
         (base / directory).chmod(0o755)
     (base / "outside" / "victim").write_bytes(VICTIM)
+    (base / "anchors.pem").write_bytes(to_pem(root()))
     for name in ("cert.pem", "chain.pem", "fullchain.pem"):
         (base / "outside" / "dir" / name).write_bytes(VICTIM)
     # The supervisor makes the certificate directory before any role starts.
@@ -297,6 +298,12 @@ def pod() -> Iterator[Pod]:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def root() -> x509.Certificate:
+    """The trust anchor of the pod (--trust-anchors)."""
+    return make_cert("root", "root", ROOT_KEY.public_key(), ROOT_KEY, ca=True,
+                     not_before=now() - timedelta(days=2), not_after=now() + timedelta(days=3650))
 
 
 def intermediate() -> x509.Certificate:
@@ -882,6 +889,31 @@ case("cert-expired")(_cert_refuses("expired", lambda p: to_pem(
 case("cert-is-a-ca")(_cert_refuses("CA certificate", lambda p: to_pem(
     leaf(_ours(p), NAMES, ca=True), intermediate())))
 case("cert-not-pem")(_cert_refuses("", lambda p: b"<html>502 Bad Gateway</html>"))
+# Not to one of the CA's trust anchors, or not a certificate a CA issues.
+case("cert-self-signed")(_cert_refuses("does not chain to a trust anchor", lambda p: to_pem(
+    make_cert("leaf", "leaf", _ours(p), domain_key(p), ca=False, names=NAMES,
+              not_before=now() - timedelta(hours=1), not_after=now() + timedelta(days=90)))))
+case("cert-from-an-unknown-ca")(_cert_refuses("does not chain to a trust anchor", lambda p: to_pem(
+    make_cert("leaf", "stranger", _ours(p), OTHER_KEY, ca=False, names=NAMES,
+              not_before=now() - timedelta(hours=1), not_after=now() + timedelta(days=90)),
+    make_cert("stranger", "stranger", OTHER_KEY.public_key(), OTHER_KEY, ca=True,
+              not_before=now() - timedelta(days=1), not_after=now() + timedelta(days=900)))))
+case("cert-leaf-only")(_cert_refuses("does not chain to a trust anchor", lambda p: to_pem(
+    leaf(_ours(p), NAMES))))
+case("cert-valid-100-years")(_cert_refuses("lifetime of 36500 days exceeds 398", lambda p: to_pem(
+    leaf(_ours(p), NAMES, not_before=now() - timedelta(hours=1),
+         not_after=now() - timedelta(hours=1) + timedelta(days=36500)), intermediate())))
+case("cert-not-yet-valid")(_cert_refuses("not valid yet", lambda p: to_pem(
+    leaf(_ours(p), NAMES, not_before=now() + timedelta(days=1),
+         not_after=now() + timedelta(days=91)), intermediate())))
+case("cert-intermediate-not-a-ca")(_cert_refuses("certificate 1 ('CN=intermediate') is not a CA",
+    lambda p: to_pem(leaf(_ours(p), NAMES), make_cert(
+        "intermediate", "root", INTERMEDIATE_KEY.public_key(), ROOT_KEY, ca=False,
+        not_before=now() - timedelta(days=1), not_after=now() + timedelta(days=900)))))
+case("cert-impostor-of-the-anchor")(_cert_refuses("names the trust anchor 'CN=root'",
+    lambda p: to_pem(leaf(_ours(p), NAMES), make_cert(
+        "intermediate", "root", INTERMEDIATE_KEY.public_key(), OTHER_KEY, ca=True,
+        not_before=now() - timedelta(days=1), not_after=now() + timedelta(days=900)))))
 case("cert-empty")(_cert_refuses("", lambda p: b""))
 case("cert-private-key-block")(_cert_refuses("PRIVATE KEY", lambda p: good_chain(p) +
     domain_key(p).private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

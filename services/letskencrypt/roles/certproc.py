@@ -1,17 +1,26 @@
-"""certproc: refuses any certificate that is not for our key and our names.
+"""certproc: refuses any certificate that is not for our key and our names, or
+that does not chain to one of the CA's trust anchors.
 
-Holds: nothing.  Network: none.
+Holds: the CA's trust anchors (PEM text in its settings).  Network: none.
 Serves: Certificate on the `cert` edge (from netproc).
 Calls: KeyInfo on the `keyinfo` edge (keyproc: the public key and names of
 this run) and Files on the `file` edge (fileproc: the writer).
 netproc is the role most exposed to attack, so the expected key and names
-come from keyproc, and only a chain that passes every check reaches fileproc.
+come from keyproc, the anchors from our own settings, and only a chain
+that passes every check reaches fileproc.
 """
 
 import grpc
+from cryptography import x509
 
 from letskencrypt import process, rpc
-from letskencrypt.certs import check_chain, parse_pem_chain, split_leaf_and_chain
+from letskencrypt.certs import (
+    check_chain,
+    parse_anchors,
+    parse_pem_chain,
+    split_leaf_and_chain,
+)
+from letskencrypt.errors import InputError
 from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.v1 import (
     certificate_pb2,
@@ -24,9 +33,16 @@ from letskencrypt.v1 import (
 
 
 class CertificateService(certificate_pb2_grpc.CertificateServicer):
-    def __init__(self, key_info: grpc.Channel, files: grpc.Channel, log: Logger) -> None:
+    def __init__(
+        self,
+        key_info: grpc.Channel,
+        files: grpc.Channel,
+        anchors: list[x509.Certificate],
+        log: Logger,
+    ) -> None:
         self.key_info = keyinfo_pb2_grpc.KeyInfoStub(key_info)
         self.files = files_pb2_grpc.FilesStub(files)
+        self.anchors = anchors
         self.log = log.error
         self.info = log.info
 
@@ -36,7 +52,7 @@ class CertificateService(certificate_pb2_grpc.CertificateServicer):
     ) -> certificate_pb2.SubmitReply:
         chain = parse_pem_chain(request.pem_chain)
         expected = rpc.call(self.key_info.Describe, keyinfo_pb2.KeyInfoRequest(), peer="keyproc")
-        check_chain(chain, expected.public_key_der, list(expected.names))
+        anchor = check_chain(chain, expected.public_key_der, list(expected.names), self.anchors)
         leaf_pem, chain_pem = split_leaf_and_chain(request.pem_chain)
         rpc.call(
             self.files.Install,
@@ -44,7 +60,10 @@ class CertificateService(certificate_pb2_grpc.CertificateServicer):
             peer="fileproc",
         )
         leaf = chain[0]
-        self.info(f"installed certificate serial {leaf.serial_number:x}")
+        self.info(
+            f"installed certificate serial {leaf.serial_number:x}, "
+            f"trust anchor {anchor.subject.rfc4514_string()}"
+        )
         return certificate_pb2.SubmitReply(
             serial_hex=f"{leaf.serial_number:x}",
             not_after=leaf.not_valid_after_utc.isoformat(),
@@ -58,7 +77,16 @@ class CertificateService(certificate_pb2_grpc.CertificateServicer):
         return certificate_pb2.RetireReply()
 
 
+def settings_of(config: RoleConfig) -> list[x509.Certificate]:
+    """The anchors, checked before anything is served."""
+    text = config.settings.get("trust_anchors")
+    if not isinstance(text, str) or not text:
+        raise InputError("no trust anchors configured")
+    return parse_anchors(text.encode("ascii", "replace"))
+
+
 def run(config: RoleConfig, log: Logger) -> int:
+    anchors = settings_of(config)
     process.confine(config)
     key_info = rpc.connect(config.run_dir, "keyinfo")
     files = rpc.connect(config.run_dir, "file")
@@ -68,7 +96,7 @@ def run(config: RoleConfig, log: Logger) -> int:
             "cert": [
                 (
                     certificate_pb2_grpc.add_CertificateServicer_to_server,
-                    CertificateService(key_info, files, log),
+                    CertificateService(key_info, files, anchors, log),
                 )
             ]
         },
