@@ -976,6 +976,37 @@ def _rvk_smuggled(pod: Pod) -> None:
     assert snapshot(pod) == before
 
 
+def _rvk_installed_forgery(forged: Callable[[Pod], x509.Certificate], reason: str) -> Case:
+    """What a compromised certproc could install is never "up to date"."""
+
+    def attack(pod: Pod) -> None:
+        stub = renewal_pb2_grpc.RenewalStub(pod.channel("rvk"))
+        try:
+            install(pod, to_pem(forged(pod)))
+            reply = stub.Check(renewal_pb2.CheckRequest(), timeout=TIMEOUT)
+            assert reply.decision == renewal_pb2.DECISION_RENEW, reply
+            assert reply.reason.startswith("installed certificate"), reply.reason
+            assert reason in reply.reason, reply.reason
+        finally:
+            restore_cert_dir(pod)
+        assert stub.Check(renewal_pb2.CheckRequest(), timeout=TIMEOUT).decision == (
+            renewal_pb2.DECISION_UP_TO_DATE)
+
+    return attack
+
+
+case("rvk-installed-self-signed-100-years")(_rvk_installed_forgery(lambda p: make_cert(
+    "leaf", "leaf", _ours(p), domain_key(p), ca=False, names=NAMES,
+    not_before=now() - timedelta(hours=1), not_after=now() + timedelta(days=36500)),
+    "lifetime of 36500 days exceeds 398 days"))
+case("rvk-installed-self-signed")(_rvk_installed_forgery(lambda p: make_cert(
+    "leaf", "leaf", _ours(p), domain_key(p), ca=False, names=NAMES,
+    not_before=now() - timedelta(hours=1), not_after=now() + timedelta(days=90)),
+    "does not chain to a trust anchor"))
+case("rvk-installed-leaf-without-its-chain")(_rvk_installed_forgery(
+    lambda p: leaf(_ours(p), NAMES), "does not chain to a trust anchor"))
+
+
 @case("rvk-current-is-the-public-certificate")
 def _rvk_current(pod: Pod) -> None:
     stub = renewal_pb2_grpc.RenewalStub(pod.channel("rvk"))
