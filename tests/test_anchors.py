@@ -166,3 +166,5 @@ def test_containers_read_a_mounted_anchors_file(tmp_path: Path, monkeypatch) -> 
     # compose mounts /dev/null there when no file is given: not a regular file, not used.
     monkeypatch.setattr(container, "TRUST_ANCHORS", os.devnull)
     assert "--trust-anchors" not in container.command_line("certproc", environ)
+    monkeypatch.setattr(container, "TRUST_ANCHORS", str(write(tmp_path / "empty.pem", b"")))
+    assert "--trust-anchors" not in container.command_line("certproc", environ)

@@ -24,8 +24,8 @@ the domain key in /etc/ssl/acme/private, certificates in /etc/ssl/acme, the
 challenge directory /var/www/acme, netproc's CA bundle at
 /etc/letskencrypt/ca.pem when mounted (else the image's system bundle), and
 the CA's trust anchors for certproc and revokeproc at
-/etc/letskencrypt/trust-anchors.pem when a regular file is mounted there
-(else Let's Encrypt's built-in roots, for its two servers only: any other
+/etc/letskencrypt/trust-anchors.pem when a non-empty regular file is
+mounted there (else Let's Encrypt's built-in roots, for its two servers only: any other
 ACME_SERVER makes those two roles refuse to start).  The other roles are not
 given the anchors and do not check them.
 Missing keys are created on the first run, as `-n -N` would.
@@ -71,8 +71,9 @@ def command_line(role: str, environ: Mapping[str, str]) -> list[str]:
         argv += ["--server", environ["ACME_SERVER"]]
     if role == "netproc" and os.path.exists(CA_BUNDLE):
         argv += ["--ca-bundle", CA_BUNDLE]
-    # A regular file only: compose mounts /dev/null there when none is given.
-    if role in ANCHOR_ROLES and os.path.isfile(TRUST_ANCHORS):
+    # A non-empty regular file only: compose mounts /dev/null there when
+    # none is given (an empty file would do as well).
+    if role in ANCHOR_ROLES and os.path.isfile(TRUST_ANCHORS) and os.path.getsize(TRUST_ANCHORS):
         argv += ["--trust-anchors", TRUST_ANCHORS]
     for contact in environ.get("CONTACT", "").split():
         argv += ["--contact", contact]
