@@ -68,6 +68,14 @@ def test_the_server_picks_the_built_in_roots(tmp_path: Path) -> None:
         ours.decode())
 
 
+def test_the_operation_is_each_roles_own() -> None:
+    for argv, operation in (((), "issue"), (("-r",), "revoke")):
+        got = settings(*argv)
+        for role in ("acctproc", "certproc", "fileproc"):
+            assert got[role]["operation"] == operation
+        assert "operation" not in got["netproc"]
+
+
 def test_another_ca_needs_trust_anchors() -> None:
     with pytest.raises(InputError, match=r"^https://ca\.test/dir is not Let's Encrypt: give "
                        r"the CA's root certificates with --trust-anchors FILE$"):
@@ -153,6 +161,7 @@ def test_containers_give_the_anchors_to_certproc_and_revokeproc_only() -> None:
             container.role_config(role, environ)
     # The others start without them.
     config = container.role_config("fileproc", environ)
+    assert config.settings["operation"] == "issue"
     assert "trust_anchors" not in config.settings
 
 

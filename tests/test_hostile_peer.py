@@ -213,7 +213,7 @@ class Pod:
     def stop(self) -> dict[str, int]:
         """As netproc ends a run: Stop on each of its edges (certproc stops fileproc)."""
         for run, edges in (("run", ("acct", "key", "dns", "chng", "rvk", "cert")),
-                           ("revoke", ("acct",))):
+                           ("revoke", ("acct", "file"))):
             for edge in edges:
                 with contextlib.suppress(KeyError):
                     rpc.stop_peer(self.channel(edge, run), rpc.EDGES[edge].server, failed=False)
@@ -277,8 +277,10 @@ def pod() -> Iterator[Pod]:
                      "certproc"):  # fmt: skip
             pod.start(role, settings[role], "run")
         pod.wait_for_sockets("run", list(PROBES))
+        # The roles of a revocation, as far as the cases need them.
         pod.start("acctproc", revoking["acctproc"], "revoke", name="acctproc@revoke")
-        pod.wait_for_sockets("revoke", ["acct"])
+        pod.start("fileproc", revoking["fileproc"], "revoke", name="fileproc@revoke")
+        pod.wait_for_sockets("revoke", ["acct", "file"])
         install_good_chain(pod)
         yield pod
     finally:
@@ -773,8 +775,8 @@ def _file_planted(make: Callable[[Pod], None], *, succeeds: bool, remove: bool =
         make(pod)
         before = snapshot(pod)
         try:
-            if remove:
-                stub = files_pb2_grpc.FilesStub(pod.channel("file"))
+            if remove:  # only a revocation removes anything
+                stub = files_pb2_grpc.FilesStub(pod.channel("file", "revoke"))
                 stub.Remove(files_pb2.RemoveRequest(), timeout=TIMEOUT)
             elif succeeds:
                 install(pod, _leaf_pem(pod), to_pem(intermediate()))
@@ -920,6 +922,37 @@ case("cert-private-key-block")(_cert_refuses("PRIVATE KEY", lambda p: good_chain
                                 serialization.NoEncryption())))
 case("cert-oversized-chain")(_cert_refuses("too large", lambda p: good_chain(p) +
     b"\n" * (300 * 1024)))
+
+
+# -- the run's operation is each role's own: nothing is removed in an issue run,
+# nothing installed in a revocation, whoever asks ---
+
+
+@case("cert-retire-in-an-issue-run")
+def _cert_retire_in_issue_run(pod: Pod) -> None:
+    stub = certificate_pb2_grpc.CertificateStub(pod.raw_channel("cert"))
+    refused(pod, lambda: stub.Retire(certificate_pb2.RetireRequest(), timeout=TIMEOUT),
+            "this is an issue run: no certificate is removed")
+    for name in ("cert.pem", "chain.pem", "fullchain.pem"):
+        assert (pod.cert_dir / name).is_file()
+
+
+@case("file-remove-in-an-issue-run")
+def _file_remove_in_issue_run(pod: Pod) -> None:
+    stub = files_pb2_grpc.FilesStub(pod.raw_channel("file"))
+    refused(pod, lambda: stub.Remove(files_pb2.RemoveRequest(), timeout=TIMEOUT),
+            "this is an issue run: no certificate is removed")
+    for name in ("cert.pem", "chain.pem", "fullchain.pem"):
+        assert (pod.cert_dir / name).is_file()
+
+
+@case("file-install-in-a-revoke-run")
+def _file_install_in_revoke_run(pod: Pod) -> None:
+    stub = files_pb2_grpc.FilesStub(pod.raw_channel("file", "revoke"))
+    request = files_pb2.InstallRequest(certificate_pem=_leaf_pem(pod),
+                                       chain_pem=to_pem(intermediate()))
+    refused(pod, lambda: stub.Install(request, timeout=TIMEOUT),
+            "this is a revoke run: no certificate is installed")
 
 
 # -- dnsproc: names that are not host names ---

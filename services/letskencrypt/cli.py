@@ -204,6 +204,7 @@ def role_settings(
     names = validate_domains(args.domains)
     directory_url = check_directory_url(args)
     anchor_pem = check_trust_anchors(args, directory_url) if trust_anchors else None
+    # What certproc, fileproc and acctproc may do: only what this run is for.
     operation = "revoke" if args.revoke else "issue"
     ca_bundle = check_readable_file(args.ca_bundle, "CA bundle") if args.ca_bundle else None
     contacts = [check_contact(c) for c in args.contact]
@@ -251,8 +252,8 @@ def role_settings(
             "force": args.force,
             "trust_anchors": anchor_pem,
         },
-        "certproc": {"trust_anchors": anchor_pem},
-        "fileproc": {"cert_dir": cert_dir, "backup": args.backup},
+        "certproc": {"operation": operation, "trust_anchors": anchor_pem},
+        "fileproc": {"cert_dir": cert_dir, "backup": args.backup, "operation": operation},
     }
     for role in settings.values():
         role["strict"] = args.strict
