@@ -55,6 +55,7 @@ def memory_kib(pid: int) -> tuple[int, int]:
 def one_run(pebble: Pebble, workdir: Path, args: list[str]) -> tuple[float, int, int, int]:
     argv = [
         LETSKENCRYPT, "--server", pebble.directory_url, "--ca-bundle", pebble.ca_bundle,
+        "--trust-anchors", pebble.trust_anchors,
         "-C", str(pebble.challenge_dir), "-c", str(workdir / "certs"),
         "-f", str(workdir / "account.pem"), "-k", str(workdir / "domain.pem"), *args,
     ]

@@ -95,6 +95,8 @@ def run_client(
         server or pebble.directory_url,
         "--ca-bundle",
         pebble.ca_bundle,
+        "--trust-anchors",
+        pebble.trust_anchors,
         "-C",
         str(paths.challenge_dir),
         "-c",

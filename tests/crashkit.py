@@ -363,6 +363,7 @@ class Lane:
             LETSKENCRYPT,
             "--server", self.pebble.directory_url,
             "--ca-bundle", self.pebble.ca_bundle,
+            "--trust-anchors", self.pebble.trust_anchors,
             "-C", str(p.challenge_dir),
             "-c", str(p.cert_dir),
             "-f", str(p.account_key),

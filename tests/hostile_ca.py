@@ -6,6 +6,7 @@ of an issuance or a revocation, and then to misbehave there in a chosen way.
     with HostileCA(material, bad, challenge_dir=path) as ca:
         ca.directory_url                     # https://127.0.0.1:<port>/dir
         material.ca_bundle                   # give this to --ca-bundle
+        material.trust_anchors               # and this to --trust-anchors
 
 It listens on 127.0.0.1 only, over HTTPS with a throwaway TLS CA, in threads
 of the calling process.  Every POST must be a flattened JWS: its protected
@@ -112,6 +113,12 @@ CHAIN_VARIANTS = (
     "oversized",  # a good chain padded with whitespace beyond 256 KiB
     "malformed-issuer",  # certificate-shaped DER whose issuer name does not parse
     "x509v2",  # the leaf claims version 2, which cryptography refuses to load
+    # Right key, right names, signatures that check: but not from this CA.
+    "self-signed",  # a leaf that names itself as its issuer, alone
+    "unknown-ca",  # a leaf from another CA, then that CA's certificate
+    "leaf-only",  # our intermediate's leaf without the intermediate
+    "century",  # from our intermediate, valid for 100 years
+    "not-yet-valid",  # from our intermediate, valid from tomorrow
 )
 MAX_REQUEST_BODY = 128 * 1024
 OVERSIZE = 2 * 1024 * 1024
@@ -185,6 +192,7 @@ class Material:
 
     workdir: Path
     ca_bundle: Path  # the TLS trust anchor the client is given
+    trust_anchors: Path  # the root of the issuing CA, for --trust-anchors
     tls_context: ssl.SSLContext
     untrusted_tls_context: ssl.SSLContext  # a server certificate from another CA
     root: x509.Certificate
@@ -192,6 +200,7 @@ class Material:
     intermediate_key: ec.EllipticCurvePrivateKey
     # Another CA, and one impersonating our intermediate (same name, other key).
     stranger: x509.Certificate
+    stranger_key: ec.EllipticCurvePrivateKey
     impostor: x509.Certificate
     other_key: ec.EllipticCurvePrivateKey
 
@@ -210,6 +219,8 @@ class Material:
 
         root_key = ec.generate_private_key(ec.SECP384R1())
         root = tlsfactory.ca_certificate("hostile ACME root", root_key)
+        trust_anchors = workdir / "trust-anchors.pem"
+        trust_anchors.write_bytes(root.public_bytes(serialization.Encoding.PEM))
         intermediate_key = ec.generate_private_key(ec.SECP256R1())
         intermediate = tlsfactory.ca_certificate(
             "hostile ACME issuer", intermediate_key, (root, root_key)
@@ -219,12 +230,14 @@ class Material:
         return cls(
             workdir=workdir,
             ca_bundle=ca_bundle,
+            trust_anchors=trust_anchors,
             tls_context=context,
             untrusted_tls_context=untrusted,
             root=root,
             intermediate=intermediate,
             intermediate_key=intermediate_key,
             stranger=tlsfactory.ca_certificate("somebody else's CA", stranger_key),
+            stranger_key=stranger_key,
             impostor=tlsfactory.ca_certificate(
                 "hostile ACME issuer", impostor_key, (root, root_key)
             ),
@@ -238,20 +251,23 @@ class Material:
         *,
         expired: bool = False,
         ca: bool = False,
+        starts: datetime.timedelta = datetime.timedelta(minutes=-1),
+        days: float = 90,
+        issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None = None,
     ) -> x509.Certificate:
-        """A leaf from our intermediate (or a broken variant of one)."""
+        """A leaf from our intermediate (or a broken variant of one): valid
+        from now + `starts` for `days`, or signed by `issuer` (name, key)."""
         now = _now()
         if expired:
             not_before, not_after = now - datetime.timedelta(days=91), now - datetime.timedelta(1)
         else:
-            not_before, not_after = (
-                now - datetime.timedelta(minutes=1),
-                now + datetime.timedelta(90),
-            )
+            not_before = now + starts
+            not_after = not_before + datetime.timedelta(days)
+        issuer_name, issuer_key = issuer or (self.intermediate.subject, self.intermediate_key)
         return (
             x509.CertificateBuilder()
             .subject_name(tlsfactory.name(names[0]))
-            .issuer_name(self.intermediate.subject)
+            .issuer_name(issuer_name)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before)
@@ -262,12 +278,10 @@ class Material:
             )
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    self.intermediate_key.public_key()
-                ),
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
                 critical=False,
             )
-            .sign(self.intermediate_key, hashes.SHA256())
+            .sign(issuer_key, hashes.SHA256())
         )
 
 
@@ -939,6 +953,20 @@ class HostileCA:
             return _pem_der(der[:at] + b"\x01" + der[at + 1 :]) + _pem(intermediate)
         if variant == "oversized":
             return good + b"\n" * (300 * 1024)
+        if variant == "self-signed":
+            itself = (tlsfactory.name(dns_names[0]), material.other_key)
+            return _pem(material.issue(leaf.public_key(), dns_names, issuer=itself))
+        if variant == "unknown-ca":
+            stranger = (material.stranger.subject, material.stranger_key)
+            foreign = material.issue(leaf.public_key(), dns_names, issuer=stranger)
+            return _pem(foreign, material.stranger)
+        if variant == "leaf-only":
+            return _pem(leaf)
+        if variant == "century":
+            return _pem(material.issue(leaf.public_key(), dns_names, days=36525), intermediate)
+        if variant == "not-yet-valid":
+            tomorrow = datetime.timedelta(days=1)
+            return _pem(material.issue(leaf.public_key(), dns_names, starts=tomorrow), intermediate)
         raise ValueError(f"unknown chain variant {variant!r}")
 
     def _revoke(self, jws: Jws) -> Reply:

@@ -5,13 +5,17 @@ Usage::
     with Pebble() as p:
         p.directory_url      # https://localhost:<port>/dir
         p.ca_bundle          # PEM file to trust for pebble's HTTPS API
+        p.trust_anchors      # PEM file of pebble's issuing roots (--trust-anchors)
         p.challenge_dir      # files named <token> here are served for http-01
 
 Everything lives in a private temporary directory that ``stop()`` removes.
 Only loopback addresses are ever bound or contacted.
 
 ``python -m tests.pebble`` runs one instance until SIGTERM/SIGINT and prints
-``KEY=value`` lines (``DIRECTORY_URL``, ``CA_BUNDLE``, ``CHALLENGE_DIR``, ...).
+``KEY=value`` lines (``DIRECTORY_URL``, ``CA_BUNDLE``, ``TRUST_ANCHORS``, ...).
+
+Pebble issues certificates valid for CERTIFICATE_VALIDITY (90 days, as Let's
+Encrypt's), not its default of five years, which the client refuses.
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ REQUEST_LINE_RE = re.compile(
 )
 
 START_TIMEOUT = 15.0
+CERTIFICATE_VALIDITY = 90 * 86400
+# Pebble makes one root, plus PEBBLE_ALTERNATE_ROOTS more.
+MAX_ROOTS = 8
 STOP_TIMEOUT = 5.0
 _START_ATTEMPTS = 3
 
@@ -201,6 +208,7 @@ class Pebble:
         self.workdir: Path | None = None
         self.challenge_dir: Path = Path()
         self.ca_bundle: str = ""
+        self.trust_anchors: str = ""
         self.config_path: Path | None = None
         self.log_path: Path | None = None
         self.api_port = self.management_port = self.http_port = self.tls_port = 0
@@ -358,6 +366,7 @@ class Pebble:
         return [
             f"DIRECTORY_URL={self.directory_url}",
             f"CA_BUNDLE={self.ca_bundle}",
+            f"TRUST_ANCHORS={self.trust_anchors}",
             f"CHALLENGE_DIR={self.challenge_dir}",
             f"MANAGEMENT_URL={self.management_url}",
             f"HTTP_PORT={self.http_port}",
@@ -436,6 +445,7 @@ class Pebble:
                 "tlsPort": self.tls_port,
                 "ocspResponderURL": "",
                 "externalAccountBindingRequired": False,
+                "certificateValidityPeriod": CERTIFICATE_VALIDITY,
             }
         }
         self.config_path = self.workdir / "pebble-config.json"
@@ -503,6 +513,7 @@ class Pebble:
                     resp = self._session.get(self.directory_url, timeout=2)
                     pebble_up = resp.status_code == 200
             if dns_up and pebble_up:
+                self._write_trust_anchors()
                 self._baseline_requests = len(REQUEST_LINE_RE.findall(self._read_log()))
                 return
             time.sleep(0.05)
@@ -511,6 +522,22 @@ class Pebble:
             f"(directory {'up' if pebble_up else 'down'}, dns {'up' if dns_up else 'down'}); "
             f"pebble log tail:\n{_tail(self._read_log())}"
         )
+
+    def _write_trust_anchors(self) -> None:
+        """Pebble's issuing roots (new at every start), from its management API."""
+        assert self.workdir is not None
+        roots = []
+        for index in range(MAX_ROOTS):
+            resp = self._mgmt_get(f"/roots/{index}")
+            if resp.status_code != 200:
+                break
+            roots.append(resp.text.strip() + "\n")
+        if not roots:
+            raise PebbleError("pebble serves no root at /roots/0")
+        path = self.workdir / "trust-anchors.pem"
+        path.write_text("".join(roots))
+        path.chmod(0o644)
+        self.trust_anchors = str(path)
 
     def _kill_processes(self) -> None:
         procs = [p for p in (self._pebble, self._challtestsrv) if p is not None]

@@ -3,12 +3,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from letskencrypt.certs import (
+    MAX_LIFETIME,
     cert_dns_names,
     check_chain,
+    parse_anchors,
     parse_pem_chain,
     split_leaf_and_chain,
+    trust_problem,
+    verify_path,
 )
 from letskencrypt.errors import CertificateRejected, LetskencryptError
 
@@ -17,6 +21,7 @@ from tests.certfactory import (
     LEAF_KEY,
     NOW,
     OTHER_KEY,
+    ROOT_KEY,
     make_cert,
     make_pki,
     pem,
@@ -26,9 +31,12 @@ from tests.certfactory import (
 NAMES = ["a.example", "b.example"]
 
 
+PKI = make_pki()
+
+
 @pytest.fixture(scope="module")
 def pki():
-    return make_pki()
+    return PKI
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +44,9 @@ def leaf(pki):
     return pki.leaf(NAMES)
 
 
-def _check(chain, names=NAMES, key=LEAF_KEY, now=NOW):
-    check_chain(chain, spki(key), names, now)
+def _check(chain, names=NAMES, key=LEAF_KEY, now=NOW, anchors=None):
+    """check_chain, by default to the root of the module's PKI."""
+    return check_chain(chain, spki(key), names, anchors or [PKI.root], now)
 
 
 def _rejected(chain, match, **kw):
@@ -137,15 +146,22 @@ def test_cert_dns_names(pki):
 
 
 def test_good_chain_accepted(pki, leaf):
-    _check([leaf, pki.intermediate])
-    _check([leaf, pki.intermediate, pki.root])
+    assert _check([leaf, pki.intermediate]) == pki.root
+    assert _check([leaf, pki.intermediate, pki.root]) == pki.root
     _check([leaf, pki.intermediate], names=["B.example", "a.example"])  # order-insensitive
-    _check([pki.leaf(NAMES)], names=NAMES)  # leaf only: nothing to link
 
 
 def test_default_now_is_current_time(pki):
-    fresh = pki.leaf(NAMES, not_before=datetime.now(UTC) - timedelta(minutes=1))
-    check_chain([fresh, pki.intermediate], spki(LEAF_KEY), NAMES)
+    now = datetime.now(UTC)
+    fresh = pki.leaf(NAMES, not_before=now - timedelta(minutes=1))
+    intermediate = make_cert("intermediate", "root", INTERMEDIATE_KEY.public_key(), ROOT_KEY,
+                             ca=True, not_before=now - timedelta(days=1))
+    root = make_cert("root", "root", ROOT_KEY.public_key(), ROOT_KEY, ca=True,
+                     not_before=now - timedelta(days=1))
+    check_chain([fresh, intermediate], spki(LEAF_KEY), NAMES, [root])
+    with pytest.raises(CertificateRejected, match="not valid yet"):
+        check_chain([fresh, pki.intermediate], spki(LEAF_KEY), NAMES, [pki.root],
+                    now - timedelta(days=365))
 
 
 def test_wrong_key(pki, leaf):
@@ -216,6 +232,149 @@ def test_leaf_must_not_be_ca(pki):
 
 def test_empty_chain():
     _rejected([], "empty")
+
+
+# --- the path to a trust anchor --------------------------------------------
+
+
+def test_leaf_signed_by_the_anchor_itself(pki):
+    direct = make_cert("leaf", "root", LEAF_KEY.public_key(), ROOT_KEY, ca=False, names=NAMES)
+    assert _check([direct]) == pki.root
+    # The anchor may be an intermediate, too: then the leaf alone is enough.
+    assert _check([pki.leaf(NAMES)], anchors=[pki.intermediate]) == pki.intermediate
+
+
+def test_leaf_only_is_refused(pki, leaf):
+    _rejected([leaf], r"does not chain to a trust anchor: no anchor issued certificate 0 "
+                      r"\(issuer 'CN=intermediate'\)")
+
+
+def test_self_signed_leaf_for_our_key_and_names(pki):
+    forged = make_cert("leaf", "leaf", LEAF_KEY.public_key(), LEAF_KEY, ca=False, names=NAMES)
+    _rejected([forged], "does not chain to a trust anchor")
+    _rejected([forged, pki.intermediate], "certificate 0 issuer 'CN=leaf' does not match")
+
+
+def test_unknown_ca(pki):
+    stranger = make_cert("stranger", "stranger", OTHER_KEY.public_key(), OTHER_KEY, ca=True)
+    foreign = make_cert("leaf", "stranger", LEAF_KEY.public_key(), OTHER_KEY, ca=False,
+                        names=NAMES)
+    _rejected([foreign, stranger], r"no anchor issued certificate 1 \(issuer 'CN=stranger'\)")
+    # Another root by the name of ours changes nothing.
+    fake_root = make_cert("root", "root", OTHER_KEY.public_key(), OTHER_KEY, ca=True)
+    fake_intermediate = make_cert("intermediate", "root", INTERMEDIATE_KEY.public_key(),
+                                  OTHER_KEY, ca=True)
+    _rejected([pki.leaf(NAMES), fake_intermediate, fake_root],
+              "certificate 1 names the trust anchor 'CN=root' as its issuer but is not signed")
+
+
+def test_intermediate_must_be_a_ca(pki):
+    not_ca = make_cert("intermediate", "root", INTERMEDIATE_KEY.public_key(), ROOT_KEY, ca=False)
+    _rejected([pki.leaf(NAMES), not_ca], r"certificate 1 \('CN=intermediate'\) is not a CA")
+
+
+def test_intermediate_must_be_allowed_to_sign_certificates(pki):
+    usage = x509.KeyUsage(True, False, False, False, False, False, True, False, False)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(pki.intermediate.subject)
+        .issuer_name(pki.root.subject)
+        .public_key(INTERMEDIATE_KEY.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=100))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+    )
+    crl_only = builder.sign(ROOT_KEY, hashes.SHA256())
+    _rejected([pki.leaf(NAMES), crl_only], "is not a CA certificate")
+
+
+def test_path_length(pki):
+    def ca(subject, issuer, key, signer, path_length):
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name.from_rfc4514_string(f"CN={subject}"))
+            .issuer_name(x509.Name.from_rfc4514_string(f"CN={issuer}"))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - timedelta(days=1))
+            .not_valid_after(NOW + timedelta(days=100))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+            .sign(signer, hashes.SHA256())
+        )
+
+    upper = ca("intermediate", "root", INTERMEDIATE_KEY, ROOT_KEY, 0)
+    lower = ca("lower", "intermediate", OTHER_KEY, INTERMEDIATE_KEY, None)
+    leaf = make_cert("leaf", "lower", LEAF_KEY.public_key(), OTHER_KEY, ca=False, names=NAMES)
+    _rejected([leaf, lower, upper], "certificate 2 allows 0 CA certificates below it, not 1")
+    strict_root = ca("root", "root", ROOT_KEY, ROOT_KEY, 0)
+    _rejected([pki.leaf(NAMES), pki.intermediate], "trust anchor 'CN=root' allows 0",
+              anchors=[strict_root])
+
+
+def test_every_certificate_on_the_path_is_valid_now(pki):
+    old = make_cert("intermediate", "root", INTERMEDIATE_KEY.public_key(), ROOT_KEY, ca=True,
+                    not_before=NOW - timedelta(days=900), not_after=NOW - timedelta(days=1))
+    _rejected([pki.leaf(NAMES), old], "certificate 1 has expired")
+    expired_root = make_cert("root", "root", ROOT_KEY.public_key(), ROOT_KEY, ca=True,
+                             not_before=NOW - timedelta(days=900),
+                             not_after=NOW - timedelta(days=1))
+    _rejected([pki.leaf(NAMES), pki.intermediate], "trust anchor 'CN=root' has expired",
+              anchors=[expired_root])
+
+
+def test_beyond_the_anchor_only_the_links_are_checked(pki, leaf):
+    """A cross-sign of the root by an older one, as CAs send: not on the path,
+    so it may have expired, but it must still sign what comes before it."""
+    cross = make_cert("root", "older root", ROOT_KEY.public_key(), OTHER_KEY, ca=True,
+                      not_before=NOW - timedelta(days=900), not_after=NOW - timedelta(days=1))
+    assert _check([leaf, pki.intermediate, cross]) == pki.root
+    lookalike = make_cert("root", "older root", OTHER_KEY.public_key(), OTHER_KEY, ca=True)
+    _rejected([leaf, pki.intermediate, lookalike], "certificate 1 is not signed by certificate 2")
+
+
+@pytest.mark.parametrize(
+    ("days", "accepted"), [(90, True), (398, True), (399, False), (36500, False)]
+)
+def test_lifetime(pki, days, accepted):
+    cert = pki.leaf(NAMES, not_before=NOW - timedelta(hours=1),
+                    not_after=NOW - timedelta(hours=1) + timedelta(days=days))
+    if accepted:
+        _check([cert, pki.intermediate])
+    else:
+        _rejected([cert, pki.intermediate], f"lifetime of {days} days exceeds 398 days")
+    assert timedelta(days=398) == MAX_LIFETIME
+
+
+def test_no_anchors_no_trust(pki, leaf):
+    with pytest.raises(CertificateRejected, match="no trust anchors"):
+        verify_path([leaf, pki.intermediate], [], NOW)
+
+
+def test_trust_problem(pki, leaf):
+    assert trust_problem([leaf, pki.intermediate], [pki.root], NOW) is None
+    assert "does not chain to a trust anchor" in trust_problem([leaf], [pki.root], NOW)
+    century = pki.leaf(NAMES, not_after=NOW + timedelta(days=36500))
+    assert "exceeds 398 days" in trust_problem([century, pki.intermediate], [pki.root], NOW)
+    early = pki.leaf(NAMES, not_before=NOW + timedelta(days=1))
+    assert "not valid yet" in trust_problem([early, pki.intermediate], [pki.root], NOW)
+    # An expired leaf is the renewal decision's business (it names the date).
+    expired = pki.leaf(NAMES, not_before=NOW - timedelta(days=90), not_after=NOW - timedelta(1))
+    assert trust_problem([expired, pki.intermediate], [pki.root], NOW) is None
+    assert trust_problem([], [pki.root], NOW) == "certificate chain is empty"
+
+
+def test_parse_anchors(pki, leaf):
+    assert parse_anchors(pem(pki.root, pki.intermediate)) == [pki.root, pki.intermediate]
+    with pytest.raises(CertificateRejected, match=r"trust anchor 1 \('CN=leaf'\) is not a CA"):
+        parse_anchors(pem(pki.root, leaf))
+    with pytest.raises(CertificateRejected, match="trust anchors: PEM chain has more than 8"):
+        parse_anchors(pem(*[pki.root] * 9))
+    with pytest.raises(CertificateRejected, match="trust anchors: PEM chain too large"):
+        parse_anchors(pem(pki.root) + b"\n" * (16 * 1024))
+    with pytest.raises(CertificateRejected, match="trust anchors: PEM chain contains no"):
+        parse_anchors(b"")
 
 
 def test_naive_now_is_utc(pki, leaf):

@@ -62,6 +62,7 @@ class Pod:
             "DOMAINS": "compose.example.org www.compose.example.org",
             "ACME_SERVER": self.pebble.directory_url,
             "ACME_CA_BUNDLE": self.pebble.ca_bundle,
+            "ACME_TRUST_ANCHORS": self.pebble.trust_anchors,
             "NETPROC_NETWORK": "host",
             "CERT_DIR": str(self.dirs["certs"]),
             "CHALLENGE_DIR": str(self.dirs["challenge"]),
@@ -224,7 +225,13 @@ def test_each_container_mounts_exactly_its_edges(pod: Pod) -> None:
             "acctproc": {"/etc/acme": (str(pod.dirs["account"]), True)},
             "keyproc": {"/etc/ssl/private/acme": (str(pod.dirs["domain-key"]), True)},
             "chngproc": {"/var/www/acme": (str(pod.dirs["challenge"]), True)},
-            "revokeproc": {"/etc/ssl/acme": (str(pod.dirs["certs"]), False)},
+            "revokeproc": {
+                "/etc/ssl/acme": (str(pod.dirs["certs"]), False),
+                "/etc/letskencrypt/trust-anchors.pem": (pod.pebble.trust_anchors, False),
+            },
+            "certproc": {
+                "/etc/letskencrypt/trust-anchors.pem": (pod.pebble.trust_anchors, False),
+            },
             "fileproc": {"/etc/ssl/acme": (str(pod.dirs["certs"]), True)},
         }
         expected.update(extra.get(service, {}))

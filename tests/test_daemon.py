@@ -69,7 +69,8 @@ def switch(pebble: Pebble) -> Iterator[Switch]:
 def start_daemon(pebble: Pebble, paths: Paths, server: str, *args: str) -> subprocess.Popen[str]:
     argv = [
         LETSKENCRYPT, "-v", "-n", "-N", "--daemon", "--server", server,
-        "--ca-bundle", pebble.ca_bundle, "-C", str(paths.challenge_dir),
+        "--ca-bundle", pebble.ca_bundle, "--trust-anchors", pebble.trust_anchors,
+        "-C", str(paths.challenge_dir),
         "-c", str(paths.cert_dir), "-f", str(paths.account_key), "-k", str(paths.domain_key),
         *args,
     ]

@@ -182,6 +182,7 @@ def processes_under(parent: int) -> dict[int, tuple[str, int]]:
 def start_client(pebble: Pebble, paths: Paths, *args: str) -> subprocess.Popen[str]:
     argv = [
         LETSKENCRYPT, "--server", pebble.directory_url, "--ca-bundle", pebble.ca_bundle,
+        "--trust-anchors", pebble.trust_anchors,
         "-C", str(paths.challenge_dir), "-c", str(paths.cert_dir),
         "-f", str(paths.account_key), "-k", str(paths.domain_key), *args,
     ]

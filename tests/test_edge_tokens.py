@@ -210,9 +210,15 @@ def test_certproc_refuses_an_impostor_keyproc(tmp_path: Path) -> None:
     server = {edge: secrets.token_urlsafe(32) for edge in ("cert", "keyinfo", "file")}
     impostor = FakeKeyInfo(client["keyinfo"], "wrong")
     fake = fake_server(rpc.socket_path(str(base), "keyinfo"), impostor)
+    pki = make_pki()
+    settings = {
+        "names": ["a.example.org"],
+        "operation": "issue",
+        "trust_anchors": pem(pki.root).decode(),
+    }
     document = {
         "run_dir": str(base),
-        "settings": {"names": ["a.example.org"]},
+        "settings": settings,
         "edge_tokens": client,
         "server_tokens": server,
     }
@@ -228,7 +234,6 @@ def test_certproc_refuses_an_impostor_keyproc(tmp_path: Path) -> None:
     try:
         with rpc.connect(str(base), "cert") as channel:
             stub = certificate_pb2_grpc.CertificateStub(channel)
-            pki = make_pki()
             chain = pem(pki.leaf(["a.example.org"])) + pem(pki.intermediate)
             with pytest.raises(rpc.RpcError) as refused:
                 rpc.call(stub.Submit, certificate_pb2.SubmitRequest(pem_chain=chain),
@@ -318,8 +323,10 @@ def test_acctproc_learns_the_domain_key_from_keyproc_over_its_own_edge(run_dir: 
     """Real acctproc and keyproc, sandboxed, with the supervisor's kind of tokens:
     a finalize is signed for keyproc's key only, and only while acctproc can
     reach keyproc with the keyacct token."""
+    anchors = run_dir / "anchors.pem"
+    anchors.write_bytes(pem(make_pki().root))
     settings = cli.role_settings(cli.build_parser().parse_args([
-        "--server", "https://ca.example.org/dir", "-n", "-N",
+        "--server", "https://ca.example.org/dir", "--trust-anchors", str(anchors), "-n", "-N",
         "-f", str(run_dir / "account.pem"), "-k", str(run_dir / "domain.pem"),
         "--audit-log", str(run_dir / "audit.log"), *NAMES,
     ]))  # fmt: skip

@@ -390,6 +390,35 @@ CASES = [
     ),
     Case("certificate-expired", chain("expired"), r"certproc: certificate has expired"),
     Case("certificate-is-a-ca", chain("ca-leaf"), r"certproc: certificate is a CA certificate"),
+    # -- the right key and names, but not a certificate of this CA's --
+    Case(
+        "certificate-self-signed",
+        chain("self-signed"),
+        r"certproc: certificate does not chain to a trust anchor: no anchor issued "
+        r"certificate 0 \(issuer 'CN=hostile\.example\.org'\)$",
+    ),
+    Case(
+        "certificate-from-an-unknown-ca",
+        chain("unknown-ca"),
+        r"certproc: certificate does not chain to a trust anchor: no anchor issued "
+        r"certificate 1 \(issuer \"CN=somebody else's CA\"\)$",
+    ),
+    Case(
+        "certificate-without-its-chain",
+        chain("leaf-only"),
+        r"certproc: certificate does not chain to a trust anchor: no anchor issued "
+        r"certificate 0 \(issuer 'CN=hostile ACME issuer'\)$",
+    ),
+    Case(
+        "certificate-valid-for-a-century",
+        chain("century"),
+        r"certproc: certificate lifetime of 36525 days exceeds 398 days$",
+    ),
+    Case(
+        "certificate-not-yet-valid",
+        chain("not-yet-valid"),
+        r"certproc: certificate is not valid yet \(notBefore ",
+    ),
     Case(
         "chain-of-eleven",
         chain("too-long"),
@@ -555,6 +584,8 @@ def client_argv(ca: HostileCA, material: Material, root: Path, *args: str) -> li
         ca.directory_url,
         "--ca-bundle",
         str(material.ca_bundle),
+        "--trust-anchors",
+        str(material.trust_anchors),
         "-C",
         str(root / "challenges"),
         "-c",

@@ -213,10 +213,9 @@ class Pod:
 
     def stop(self) -> dict[str, int]:
         """As netproc ends a run: Stop on each of its edges (certproc stops fileproc)."""
-        for name, run in (("run", "run"), ("acctproc@revoke", "revoke")):
-            for edge in ("acct", "key", "dns", "chng", "rvk", "cert"):
-                if name != "run" and edge != "acct":
-                    continue
+        for run, edges in (("run", ("acct", "key", "dns", "chng", "rvk", "cert")),
+                           ("revoke", ("acct", "file"))):
+            for edge in edges:
                 with contextlib.suppress(KeyError):
                     rpc.stop_peer(self.channel(edge, run), rpc.EDGES[edge].server, failed=False)
         codes: dict[str, int] = {}
@@ -241,6 +240,7 @@ def command_line(base: Path, *extra: str) -> list[str]:
         "-f", str(base / "account" / "privkey.pem"),
         "-k", str(base / "domain" / "privkey.pem"),
         "--contact", CONTACT,
+        "--trust-anchors", str(base / "anchors.pem"),
         "-n", "-N",
         *extra,
         *NAMES,
@@ -260,6 +260,7 @@ def pod() -> Iterator[Pod]:
         (base / directory).mkdir(mode=0o755)
         (base / directory).chmod(0o755)
     (base / "outside" / "victim").write_bytes(VICTIM)
+    (base / "anchors.pem").write_bytes(to_pem(root()))
     for name in ("cert.pem", "chain.pem", "fullchain.pem"):
         (base / "outside" / "dir" / name).write_bytes(VICTIM)
     # The supervisor makes the certificate directory before any role starts.
@@ -277,8 +278,10 @@ def pod() -> Iterator[Pod]:
                      "certproc"):  # fmt: skip
             pod.start(role, settings[role], "run")
         pod.wait_for_sockets("run", list(PROBES))
+        # The roles of a revocation, as far as the cases need them.
         pod.start("acctproc", revoking["acctproc"], "revoke", name="acctproc@revoke")
-        pod.wait_for_sockets("revoke", ["acct"])
+        pod.start("fileproc", revoking["fileproc"], "revoke", name="fileproc@revoke")
+        pod.wait_for_sockets("revoke", ["acct", "file"])
         install_good_chain(pod)
         yield pod
     finally:
@@ -298,6 +301,12 @@ def pod() -> Iterator[Pod]:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def root() -> x509.Certificate:
+    """The trust anchor of the pod (--trust-anchors)."""
+    return make_cert("root", "root", ROOT_KEY.public_key(), ROOT_KEY, ca=True,
+                     not_before=now() - timedelta(days=2), not_after=now() + timedelta(days=3650))
 
 
 def intermediate() -> x509.Certificate:
@@ -788,8 +797,8 @@ def _file_planted(make: Callable[[Pod], None], *, succeeds: bool, remove: bool =
         make(pod)
         before = snapshot(pod)
         try:
-            if remove:
-                stub = files_pb2_grpc.FilesStub(pod.channel("file"))
+            if remove:  # only a revocation removes anything
+                stub = files_pb2_grpc.FilesStub(pod.channel("file", "revoke"))
                 stub.Remove(files_pb2.RemoveRequest(), timeout=TIMEOUT)
             elif succeeds:
                 install(pod, _leaf_pem(pod), to_pem(intermediate()))
@@ -904,12 +913,68 @@ case("cert-expired")(_cert_refuses("expired", lambda p: to_pem(
 case("cert-is-a-ca")(_cert_refuses("CA certificate", lambda p: to_pem(
     leaf(_ours(p), NAMES, ca=True), intermediate())))
 case("cert-not-pem")(_cert_refuses("", lambda p: b"<html>502 Bad Gateway</html>"))
+# Not to one of the CA's trust anchors, or not a certificate a CA issues.
+case("cert-self-signed")(_cert_refuses("does not chain to a trust anchor", lambda p: to_pem(
+    make_cert("leaf", "leaf", _ours(p), domain_key(p), ca=False, names=NAMES,
+              not_before=now() - timedelta(hours=1), not_after=now() + timedelta(days=90)))))
+case("cert-from-an-unknown-ca")(_cert_refuses("does not chain to a trust anchor", lambda p: to_pem(
+    make_cert("leaf", "stranger", _ours(p), OTHER_KEY, ca=False, names=NAMES,
+              not_before=now() - timedelta(hours=1), not_after=now() + timedelta(days=90)),
+    make_cert("stranger", "stranger", OTHER_KEY.public_key(), OTHER_KEY, ca=True,
+              not_before=now() - timedelta(days=1), not_after=now() + timedelta(days=900)))))
+case("cert-leaf-only")(_cert_refuses("does not chain to a trust anchor", lambda p: to_pem(
+    leaf(_ours(p), NAMES))))
+case("cert-valid-100-years")(_cert_refuses("lifetime of 36500 days exceeds 398", lambda p: to_pem(
+    leaf(_ours(p), NAMES, not_before=now() - timedelta(hours=1),
+         not_after=now() - timedelta(hours=1) + timedelta(days=36500)), intermediate())))
+case("cert-not-yet-valid")(_cert_refuses("not valid yet", lambda p: to_pem(
+    leaf(_ours(p), NAMES, not_before=now() + timedelta(days=1),
+         not_after=now() + timedelta(days=91)), intermediate())))
+case("cert-intermediate-not-a-ca")(_cert_refuses("certificate 1 ('CN=intermediate') is not a CA",
+    lambda p: to_pem(leaf(_ours(p), NAMES), make_cert(
+        "intermediate", "root", INTERMEDIATE_KEY.public_key(), ROOT_KEY, ca=False,
+        not_before=now() - timedelta(days=1), not_after=now() + timedelta(days=900)))))
+case("cert-impostor-of-the-anchor")(_cert_refuses("names the trust anchor 'CN=root'",
+    lambda p: to_pem(leaf(_ours(p), NAMES), make_cert(
+        "intermediate", "root", INTERMEDIATE_KEY.public_key(), OTHER_KEY, ca=True,
+        not_before=now() - timedelta(days=1), not_after=now() + timedelta(days=900)))))
 case("cert-empty")(_cert_refuses("", lambda p: b""))
 case("cert-private-key-block")(_cert_refuses("PRIVATE KEY", lambda p: good_chain(p) +
     domain_key(p).private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())))
 case("cert-oversized-chain")(_cert_refuses("too large", lambda p: good_chain(p) +
     b"\n" * (300 * 1024)))
+
+
+# -- the run's operation is each role's own: nothing is removed in an issue run,
+# nothing installed in a revocation, whoever asks ---
+
+
+@case("cert-retire-in-an-issue-run")
+def _cert_retire_in_issue_run(pod: Pod) -> None:
+    stub = certificate_pb2_grpc.CertificateStub(pod.raw_channel("cert"))
+    refused(pod, lambda: stub.Retire(certificate_pb2.RetireRequest(), timeout=TIMEOUT),
+            "this is an issue run: no certificate is removed")
+    for name in ("cert.pem", "chain.pem", "fullchain.pem"):
+        assert (pod.cert_dir / name).is_file()
+
+
+@case("file-remove-in-an-issue-run")
+def _file_remove_in_issue_run(pod: Pod) -> None:
+    stub = files_pb2_grpc.FilesStub(pod.raw_channel("file"))
+    refused(pod, lambda: stub.Remove(files_pb2.RemoveRequest(), timeout=TIMEOUT),
+            "this is an issue run: no certificate is removed")
+    for name in ("cert.pem", "chain.pem", "fullchain.pem"):
+        assert (pod.cert_dir / name).is_file()
+
+
+@case("file-install-in-a-revoke-run")
+def _file_install_in_revoke_run(pod: Pod) -> None:
+    stub = files_pb2_grpc.FilesStub(pod.raw_channel("file", "revoke"))
+    request = files_pb2.InstallRequest(certificate_pem=_leaf_pem(pod),
+                                       chain_pem=to_pem(intermediate()))
+    refused(pod, lambda: stub.Install(request, timeout=TIMEOUT),
+            "this is a revoke run: no certificate is installed")
 
 
 # -- dnsproc: names that are not host names ---
@@ -964,6 +1029,37 @@ def _rvk_smuggled(pod: Pod) -> None:
     smuggled = pod.raw_call("rvk", PROBES["rvk"], b"\x08\x01\x12\x10evil.example.net")
     assert renewal_pb2.CheckReply.FromString(smuggled).decision == plain.decision
     assert snapshot(pod) == before
+
+
+def _rvk_installed_forgery(forged: Callable[[Pod], x509.Certificate], reason: str) -> Case:
+    """What a compromised certproc could install is never "up to date"."""
+
+    def attack(pod: Pod) -> None:
+        stub = renewal_pb2_grpc.RenewalStub(pod.channel("rvk"))
+        try:
+            install(pod, to_pem(forged(pod)))
+            reply = stub.Check(renewal_pb2.CheckRequest(), timeout=TIMEOUT)
+            assert reply.decision == renewal_pb2.DECISION_RENEW, reply
+            assert reply.reason.startswith("installed certificate"), reply.reason
+            assert reason in reply.reason, reply.reason
+        finally:
+            restore_cert_dir(pod)
+        assert stub.Check(renewal_pb2.CheckRequest(), timeout=TIMEOUT).decision == (
+            renewal_pb2.DECISION_UP_TO_DATE)
+
+    return attack
+
+
+case("rvk-installed-self-signed-100-years")(_rvk_installed_forgery(lambda p: make_cert(
+    "leaf", "leaf", _ours(p), domain_key(p), ca=False, names=NAMES,
+    not_before=now() - timedelta(hours=1), not_after=now() + timedelta(days=36500)),
+    "lifetime of 36500 days exceeds 398 days"))
+case("rvk-installed-self-signed")(_rvk_installed_forgery(lambda p: make_cert(
+    "leaf", "leaf", _ours(p), domain_key(p), ca=False, names=NAMES,
+    not_before=now() - timedelta(hours=1), not_after=now() + timedelta(days=90)),
+    "does not chain to a trust anchor"))
+case("rvk-installed-leaf-without-its-chain")(_rvk_installed_forgery(
+    lambda p: leaf(_ours(p), NAMES), "does not chain to a trust anchor"))
 
 
 @case("rvk-current-is-the-public-certificate")

@@ -76,6 +76,7 @@ def test_roles_hold_no_terminal_no_capability_and_ctrl_c_stops_the_run(
     argv = [
         LETSKENCRYPT, "-v", "-n", "-N", "--daemon", "--interval", "3600",
         "--server", pebble.directory_url, "--ca-bundle", pebble.ca_bundle,
+        "--trust-anchors", pebble.trust_anchors,
         "-C", str(paths.challenge_dir), "-c", str(paths.cert_dir),
         "-f", str(paths.account_key), "-k", str(paths.domain_key), "tty.example.org",
     ]  # fmt: skip

@@ -99,6 +99,7 @@ def test_volumes_follow_the_graph(workload: str) -> None:
     assert mounts["certificates"] - {"web"} == {"fileproc", "revokeproc"}
     assert mounts["challenge"] - {"web"} == {"chngproc"}
     assert mounts["ca-bundle"] == {"netproc"}
+    assert mounts["trust-anchors"] == {"certproc", "revokeproc"}
     netproc = next(c for c in spec["containers"] if c["name"] == "netproc")
     assert {m["name"] for m in netproc["volumeMounts"]} == {
         f"sock-{edge}" for edge, ends in EDGES.items() if "netproc" in ends
@@ -156,11 +157,12 @@ def test_cronjob_pod_gets_a_certificate_under_podman(
 ) -> None:
     tmp_path.chmod(0o755)
     dirs = {name: tmp_path / name for name in
-            ("account-key", "domain-key", "certificates", "ca-bundle")}
+            ("account-key", "domain-key", "certificates", "ca-bundle", "trust-anchors")}
     for path in dirs.values():
         path.mkdir()
         path.chmod(0o777)
     shutil.copy(pebble.ca_bundle, dirs["ca-bundle"] / "ca.pem")
+    shutil.copy(pebble.trust_anchors, dirs["trust-anchors"] / "trust-anchors.pem")
     dirs["challenge"] = pebble.challenge_dir
     pebble.challenge_dir.chmod(0o777)
     name = f"lkt-kube-{secrets.token_hex(3)}"

@@ -14,6 +14,7 @@ from letskencrypt.errors import InputError
 from letskencrypt.rpc import ROLES
 from letskencrypt.sandbox import NETWORK_ROLES
 
+from tests.certfactory import make_pki, pem
 from tests.test_sandbox import base, call_the_service, start_role, wait_for_socket  # noqa: F401
 
 
@@ -95,7 +96,10 @@ def test_the_switch_turns_them_off(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def settings_for(tmp_path: Path, *extra: str) -> dict:
-    argv = ["--server", "https://ca.example/dir", "-C", str(tmp_path / "challenge"),
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_bytes(pem(make_pki().root))
+    argv = ["--server", "https://ca.example/dir", "--trust-anchors", str(anchors),
+            "-C", str(tmp_path / "challenge"),
             "-c", str(tmp_path / "certs"), "-f", str(tmp_path / "account.pem"),
             "-k", str(tmp_path / "keys" / "domain.pem"), *extra, "example.org"]  # fmt: skip
     return cli.role_settings(cli.build_parser().parse_args(argv))
@@ -126,7 +130,10 @@ def test_a_key_reached_through_a_symlink_is_refused_too(tmp_path: Path) -> None:
 
 
 def test_the_refusal_comes_before_any_role_starts(tmp_path: Path) -> None:
-    argv = ["--server", "https://127.0.0.1:9/dir", "-C", str(tmp_path / "ch"),
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_bytes(pem(make_pki().root))
+    argv = ["--server", "https://127.0.0.1:9/dir", "--trust-anchors", str(anchors),
+            "-C", str(tmp_path / "ch"),
             "-c", str(tmp_path / "certs"), "-f", str(tmp_path / "a.pem"),
             "-k", str(tmp_path / "certs" / "private" / "k.pem"),
             "-n", "-N", "example.org"]  # fmt: skip

@@ -356,7 +356,7 @@ def test_mutated_certificates_are_rejected_cleanly(
     data = der_to_pem(leaf) + der_to_pem(intermediate) + to_pem(PKI.root)
     try:
         chain = parse_pem_chain(data)
-        check_chain(chain, spki(LEAF_KEY), NAMES_OF_LEAF, now=NOW)
+        check_chain(chain, spki(LEAF_KEY), NAMES_OF_LEAF, [PKI.root], now=NOW)
     except CertificateRejected as error:
         assert_terminal_safe(str(error))
         return
@@ -368,7 +368,7 @@ def test_mutated_certificates_are_rejected_cleanly(
 
 
 def test_the_good_chain_is_accepted() -> None:
-    check_chain(parse_pem_chain(GOOD_CHAIN), spki(LEAF_KEY), NAMES_OF_LEAF, now=NOW)
+    check_chain(parse_pem_chain(GOOD_CHAIN), spki(LEAF_KEY), NAMES_OF_LEAF, [PKI.root], now=NOW)
 
 
 # --- Retry-After ------------------------------------------------------------------------

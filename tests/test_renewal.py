@@ -3,7 +3,13 @@ from datetime import timedelta
 
 import pytest
 from letskencrypt.errors import CertificateFileError
-from letskencrypt.renewal import Decision, decide, load_certificate_file, renewal_window
+from letskencrypt.renewal import (
+    Decision,
+    decide,
+    load_certificate_file,
+    load_chain_file,
+    renewal_window,
+)
 
 from tests.certfactory import LEAF_KEY, NOW, make_cert, make_pki, pem
 
@@ -152,3 +158,26 @@ def test_load_cert_without_san(tmp_path, pki):
     path.write_bytes(pem(cert))
     loaded = load_certificate_file(str(path))
     assert decide(loaded, NAMES, NOW, False)[0] is Decision.RENEW
+
+
+# --- an installed certificate certproc would refuse is never current ---------
+
+
+def test_distrust_means_renew(pki):
+    reason = "certificate does not chain to a trust anchor: no anchor issued certificate 0"
+    decision, why = decide(_cert(pki, 90), NAMES, NOW, force=False, distrust=reason)
+    assert decision is Decision.RENEW
+    assert why == f"installed {reason}"
+    assert decide(None, NAMES, NOW, False, distrust=reason)[0] is Decision.ISSUE
+
+
+def test_load_chain_file(tmp_path, pki):
+    path = tmp_path / "chain.pem"
+    assert load_chain_file(str(path)) == []
+    path.write_bytes(b"")
+    assert load_chain_file(str(path)) == []
+    path.write_bytes(pem(pki.intermediate, pki.root))
+    assert load_chain_file(str(path)) == [pki.intermediate, pki.root]
+    path.write_bytes(pem(pki.intermediate) + b"junk")
+    with pytest.raises(CertificateFileError, match=f"chain {path}: unexpected data"):
+        load_chain_file(str(path))

@@ -31,7 +31,7 @@ echo "demo: pebble is up at $DIRECTORY_URL"
 
 set -x
 "$ROOT/.venv/bin/letskencrypt" -v -n -N \
-    --server "$DIRECTORY_URL" --ca-bundle "$CA_BUNDLE" \
+    --server "$DIRECTORY_URL" --ca-bundle "$CA_BUNDLE" --trust-anchors "$TRUST_ANCHORS" \
     -C "$DEMO/challenge" -c "$DEMO/certs" \
     -f "$DEMO/account/privkey.pem" -k "$DEMO/domain/privkey.pem" \
     demo.example.org www.demo.example.org
@@ -55,7 +55,7 @@ echo
 echo "demo: the same command again: the certificate is current, so exit 2 and no request"
 status=0
 "$ROOT/.venv/bin/letskencrypt" -v \
-    --server "$DIRECTORY_URL" --ca-bundle "$CA_BUNDLE" \
+    --server "$DIRECTORY_URL" --ca-bundle "$CA_BUNDLE" --trust-anchors "$TRUST_ANCHORS" \
     -C "$DEMO/challenge" -c "$DEMO/certs" \
     -f "$DEMO/account/privkey.pem" -k "$DEMO/domain/privkey.pem" \
     demo.example.org www.demo.example.org || status=$?

@@ -1,4 +1,19 @@
-"""Checks on the certificate chain a CA sent; all of it is treated as hostile."""
+"""Checks on the certificate chain a CA sent; all of it is treated as hostile.
+
+A chain is accepted only when it leads from the leaf to one of the CA's
+configured trust anchors (see anchors.py): certificate by certificate, in
+the order the CA sent them, each signed by the next, until one is signed by
+an anchor.  Every CA certificate on that path must be a CA (basicConstraints
+cA=true, keyCertSign if it has a keyUsage, within its pathLenConstraint), and
+every certificate on it, the anchor too, must be within its validity period
+now.  Certificates the CA sent beyond the one an anchor signed (a cross-sign
+of the root by an older one, say) must still each be signed by the next, but
+are not on the path: their dates and flags are not checked.
+
+Time: `CLOCK_SKEW` (5 minutes) either way, for this host's clock and the
+CA's.  The leaf may live at most `MAX_LIFETIME` (398 days, the CA/Browser
+Forum's limit) from notBefore to notAfter.
+"""
 
 from datetime import UTC, datetime, timedelta
 
@@ -7,12 +22,14 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from letskencrypt import pem
+from letskencrypt.anchors import MAX_ANCHOR_BYTES, MAX_ANCHORS
 from letskencrypt.errors import CertificateRejected
 from letskencrypt.validate import safe_text
 
 MAX_CHAIN_BYTES = pem.MAX_CHAIN_BYTES
 MAX_CHAIN_CERTS = pem.MAX_CHAIN_CERTS
 CLOCK_SKEW = timedelta(minutes=5)
+MAX_LIFETIME = timedelta(days=398)
 
 # What cryptography parses only when first asked for, and the errors it then
 # raises: a malformed name or extension must fail here as CertificateRejected,
@@ -95,52 +112,200 @@ def _check_link(child: x509.Certificate, issuer: x509.Certificate, index: int) -
         ) from None
 
 
-def _check_validity(leaf: x509.Certificate, now: datetime) -> None:
-    not_before = leaf.not_valid_before_utc
-    not_after = leaf.not_valid_after_utc
+def _show_name(name: x509.Name) -> str:
+    return repr(safe_text(name.rfc4514_string(), 200))
+
+
+def _check_dates(certificate: x509.Certificate, what: str, now: datetime) -> None:
+    not_before = certificate.not_valid_before_utc
+    not_after = certificate.not_valid_after_utc
     if now + CLOCK_SKEW < not_before:
-        raise CertificateRejected(f"certificate is not valid yet (notBefore {not_before})")
+        raise CertificateRejected(f"{what} is not valid yet (notBefore {not_before})")
     if now - CLOCK_SKEW > not_after:
-        raise CertificateRejected(f"certificate has expired (notAfter {not_after})")
+        raise CertificateRejected(f"{what} has expired (notAfter {not_after})")
+
+
+def _check_lifetime(leaf: x509.Certificate) -> None:
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    if lifetime > MAX_LIFETIME:
+        raise CertificateRejected(
+            f"certificate lifetime of {lifetime.days} days exceeds {MAX_LIFETIME.days} days"
+        )
+
+
+def _basic_constraints(certificate: x509.Certificate) -> x509.BasicConstraints | None:
+    try:
+        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+    except _PARSE_ERRORS as exc:
+        raise CertificateRejected(f"certificate has malformed extensions: {exc}") from None
 
 
 def _check_not_ca(leaf: x509.Certificate) -> None:
-    try:
-        constraints = leaf.extensions.get_extension_for_class(x509.BasicConstraints)
-    except x509.ExtensionNotFound:
-        return
-    except _PARSE_ERRORS as exc:
-        raise CertificateRejected(f"certificate has malformed extensions: {exc}") from None
-    if constraints.value.ca:
+    constraints = _basic_constraints(leaf)
+    if constraints is not None and constraints.ca:
         raise CertificateRejected("certificate is a CA certificate, not an end-entity one")
+
+
+def _is_ca(certificate: x509.Certificate) -> bool:
+    constraints = _basic_constraints(certificate)
+    if constraints is None or not constraints.ca:
+        return False
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return usage.key_cert_sign
+
+
+def _check_issuer(certificate: x509.Certificate, index: int, below: int) -> None:
+    """Certificate `index` of the chain issues certificates: a CA, allowed to
+    have `below` CA certificates under it on the path."""
+    if not _is_ca(certificate):
+        raise CertificateRejected(
+            f"certificate {index} ({_show_name(certificate.subject)}) is not a CA certificate"
+        )
+    constraints = _basic_constraints(certificate)
+    limit = constraints.path_length if constraints is not None else None
+    if limit is not None and below > limit:
+        raise CertificateRejected(
+            f"certificate {index} allows {limit} CA certificates below it, not {below}"
+        )
+
+
+def _check_anchor(anchor: x509.Certificate, below: int, now: datetime) -> None:
+    """The anchor that signed certificate `below` of the chain."""
+    constraints = _basic_constraints(anchor)
+    limit = constraints.path_length if constraints is not None else None
+    if limit is not None and below > limit:
+        raise CertificateRejected(
+            f"trust anchor {_show_name(anchor.subject)} allows {limit} CA certificates "
+            f"below it, not {below}"
+        )
+    _check_dates(anchor, f"trust anchor {_show_name(anchor.subject)}", now)
+
+
+def _signed_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _issuing_anchor(
+    certificate: x509.Certificate, index: int, anchors: list[x509.Certificate]
+) -> x509.Certificate | None:
+    """The anchor that signed `certificate`, None if no anchor has its issuer's name."""
+    named = [anchor for anchor in anchors if anchor.subject == certificate.issuer]
+    for anchor in named:
+        if _signed_by(certificate, anchor):
+            return anchor
+    if named:
+        raise CertificateRejected(
+            f"certificate {index} names the trust anchor {_show_name(certificate.issuer)} "
+            "as its issuer but is not signed by it"
+        )
+    return None
+
+
+def verify_path(
+    chain: list[x509.Certificate], anchors: list[x509.Certificate], now: datetime
+) -> x509.Certificate:
+    """The trust anchor that `chain` (leaf first, as the CA sent it) leads to.
+
+    CertificateRejected unless each certificate of the chain is signed by
+    the next, some certificate is signed by an anchor, the ones that sign up
+    to there are CA certificates within their path length, and they and the
+    anchor are valid at `now` (within CLOCK_SKEW).
+    """
+    if not chain:
+        raise CertificateRejected("certificate chain is empty")
+    if not anchors:
+        raise CertificateRejected("no trust anchors configured")
+    for index in range(len(chain) - 1):
+        _check_link(chain[index], chain[index + 1], index)
+    for index, certificate in enumerate(chain):
+        if index > 0:
+            _check_issuer(certificate, index, index - 1)
+        what = "certificate" if index == 0 else f"certificate {index}"
+        _check_dates(certificate, what, now)
+        anchor = _issuing_anchor(certificate, index, anchors)
+        if anchor is not None:
+            _check_anchor(anchor, index, now)
+            return anchor
+    raise CertificateRejected(
+        "certificate does not chain to a trust anchor: "
+        f"no anchor issued certificate {len(chain) - 1} "
+        f"(issuer {_show_name(chain[-1].issuer)})"
+    )
+
+
+def _utc(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    return now.replace(tzinfo=UTC) if now.tzinfo is None else now
 
 
 def check_chain(
     chain: list[x509.Certificate],
     expected_public_key_der: bytes,
     expected_names: list[str],
+    anchors: list[x509.Certificate],
     now: datetime | None = None,
-) -> None:
-    """Raise CertificateRejected unless `chain` is a fit for our key and names.
+) -> x509.Certificate:
+    """Raise CertificateRejected unless `chain` is a fit for our key and names
+    and leads to one of `anchors`; return that anchor.
 
     Checks: the leaf's key is ours, its DNS names are exactly the requested
-    ones, each certificate is signed by the next, the leaf is within its
-    validity period (±5 minutes) and is not a CA.  Trust in the root is left
-    to the TLS clients, as always.  A naive `now` is taken as UTC.
+    ones, it is not a CA, lives at most 398 days, and the chain leads to an
+    anchor (verify_path: signatures, names, CA flags, validity within
+    ±5 minutes).  A naive `now` is taken as UTC.
     """
     if not chain:
         raise CertificateRejected("certificate chain is empty")
-    if now is None:
-        now = datetime.now(UTC)
-    elif now.tzinfo is None:
-        now = now.replace(tzinfo=UTC)
+    now = _utc(now)
     leaf = chain[0]
     _check_key(leaf, expected_public_key_der)
     _check_names(leaf, expected_names)
-    for index in range(len(chain) - 1):
-        _check_link(chain[index], chain[index + 1], index)
-    _check_validity(leaf, now)
     _check_not_ca(leaf)
+    _check_lifetime(leaf)
+    return verify_path(chain, anchors, now)
+
+
+def trust_problem(
+    chain: list[x509.Certificate], anchors: list[x509.Certificate], now: datetime | None = None
+) -> str | None:
+    """Why an installed chain (leaf first) is not one certproc would accept,
+    or None.  Expiry of the leaf is left to the renewal decision."""
+    if not chain:
+        return "certificate chain is empty"
+    now = _utc(now)
+    leaf = chain[0]
+    try:
+        _check_not_ca(leaf)
+        _check_lifetime(leaf)
+        if now - CLOCK_SKEW > leaf.not_valid_after_utc:
+            return None  # expired: renewal says so, with the date
+        verify_path(chain, anchors, now)
+    except CertificateRejected as error:
+        return str(error)
+    return None
+
+
+def parse_anchors(data: bytes) -> list[x509.Certificate]:
+    """Trust anchors from PEM: 1 to MAX_ANCHORS CA certificates, nothing else."""
+    try:
+        anchors = parse_pem_chain(data, MAX_ANCHOR_BYTES, MAX_ANCHORS)
+    except CertificateRejected as error:
+        raise CertificateRejected(f"trust anchors: {error}") from None
+    for index, anchor in enumerate(anchors):
+        if not _is_ca(anchor):
+            raise CertificateRejected(
+                f"trust anchor {index} ({_show_name(anchor.subject)}) is not a CA certificate"
+            )
+    return anchors
 
 
 def split_leaf_and_chain(pem: bytes) -> tuple[bytes, bytes]:

@@ -13,6 +13,7 @@ import pwd
 import sys
 from typing import NoReturn
 
+from letskencrypt import anchors
 from letskencrypt.errors import InputError
 from letskencrypt.fsutil import (
     KEY_DIR_MODE,
@@ -27,6 +28,11 @@ from letskencrypt.validate import KEY_TYPES, safe_text, validate_domains
 
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+# The roots certproc and revokeproc trust when --trust-anchors is not given.
+BUILT_IN_ANCHORS = {
+    LETSENCRYPT_PRODUCTION: "letsencrypt-production.pem",
+    LETSENCRYPT_STAGING: "letsencrypt-staging.pem",
+}
 DEFAULT_CERT_DIR = "/etc/ssl/acme"
 # Outside the certificate directory, which fileproc writes, and the
 # challenge directory, which chngproc writes: see check_key_places.
@@ -85,7 +91,11 @@ def build_parser() -> Parser:
     add("--server", metavar="URL",
         help="ACME directory URL, https only (default: Let's Encrypt production)")
     add("--ca-bundle", metavar="FILE",
-        help="trust anchors for the CA's TLS certificate (default: the system's)")
+        help="CA certificates to verify the ACME server's HTTPS with (default: the system's)")
+    add("--trust-anchors", metavar="FILE",
+        help="the CA's root certificates (PEM): every certificate must chain to one "
+        "of them (default: Let's Encrypt's roots for its production and staging "
+        "servers; required for any other CA)")
     add("--contact", action="append", default=[], metavar="URI",
         help="account contact, e.g. mailto:admin@example.org (repeatable)")
     add("--key-type", choices=KEY_TYPES, default="ecdsa256",
@@ -140,6 +150,20 @@ def check_readable_file(path: str, what: str) -> str:
     if not os.access(path, os.R_OK):
         raise InputError(f"{what} {path}: not readable")
     return path
+
+
+def check_trust_anchors(args: argparse.Namespace, directory_url: str) -> str:
+    """The PEM text of the CA's roots: --trust-anchors, else Let's Encrypt's own."""
+    if args.trust_anchors:
+        path = os.path.abspath(args.trust_anchors)
+        return anchors.validate(anchors.read_file(path), f"--trust-anchors {path}")
+    built_in = BUILT_IN_ANCHORS.get(directory_url)
+    if built_in is None:
+        raise InputError(
+            f"{safe_text(directory_url, 200)} is not Let's Encrypt: give the CA's root "
+            "certificates with --trust-anchors FILE"
+        )
+    return anchors.validate(anchors.built_in(built_in), f"built-in {built_in}")
 
 
 def check_poll_timeout(seconds: float) -> float:
@@ -240,9 +264,16 @@ def run_user(name: str) -> RunUser | None:
     return RunUser(entry.pw_uid, entry.pw_gid)
 
 
-def role_settings(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+def role_settings(
+    args: argparse.Namespace, trust_anchors: bool = True
+) -> dict[str, dict[str, object]]:
+    """Each role's settings.  `trust_anchors=False` (a container of a role
+    that needs none) leaves the anchors out of certproc's and revokeproc's."""
     names = validate_domains(args.domains)
     directory_url = check_directory_url(args)
+    anchor_pem = check_trust_anchors(args, directory_url) if trust_anchors else None
+    # What certproc, fileproc and acctproc may do: only what this run is for.
+    operation = "revoke" if args.revoke else "issue"
     ca_bundle = check_readable_file(args.ca_bundle, "CA bundle") if args.ca_bundle else None
     contacts = [check_contact(c) for c in args.contact]
     if len(contacts) > MAX_CONTACTS:
@@ -276,7 +307,7 @@ def role_settings(args: argparse.Namespace) -> dict[str, dict[str, object]]:
             "key_type": args.key_type,
             "directory_url": directory_url,
             # What acctproc may sign: only what this run asked for.
-            "operation": "revoke" if args.revoke else "issue",
+            "operation": operation,
             "names": names,
             "contact": contacts,
             "audit_log": audit_log,
@@ -293,9 +324,10 @@ def role_settings(args: argparse.Namespace) -> dict[str, dict[str, object]]:
             "cert_path": os.path.join(cert_dir, "cert.pem"),
             "names": names,
             "force": args.force,
+            "trust_anchors": anchor_pem,
         },
-        "certproc": {},
-        "fileproc": {"cert_dir": cert_dir, "backup": args.backup},
+        "certproc": {"operation": operation, "trust_anchors": anchor_pem},
+        "fileproc": {"cert_dir": cert_dir, "backup": args.backup, "operation": operation},
     }
     for role in settings.values():
         role["strict"] = args.strict

@@ -21,8 +21,13 @@ the command line builds them, from these variables:
 Paths inside the containers are fixed, and equal to the native defaults:
 the sockets under /run/letskencrypt/<edge>/, the account key in /etc/acme,
 the domain key in /etc/ssl/private/acme, certificates in /etc/ssl/acme, the
-challenge directory /var/www/acme, and netproc's CA bundle at
-/etc/letskencrypt/ca.pem when mounted (else the image's system bundle).
+challenge directory /var/www/acme, netproc's CA bundle at
+/etc/letskencrypt/ca.pem when mounted (else the image's system bundle), and
+the CA's trust anchors for certproc and revokeproc at
+/etc/letskencrypt/trust-anchors.pem when a non-empty regular file is
+mounted there (else Let's Encrypt's built-in roots, for its two servers only: any other
+ACME_SERVER makes those two roles refuse to start).  The other roles are not
+given the anchors and do not check them.
 Missing keys are created on the first run, as `-n -N` would.
 """
 
@@ -38,6 +43,9 @@ from letskencrypt.rpc import ROLES
 
 RUN_DIR = "/run/letskencrypt"
 CA_BUNDLE = "/etc/letskencrypt/ca.pem"
+TRUST_ANCHORS = "/etc/letskencrypt/trust-anchors.pem"
+# The roles that verify certificates to the CA's roots.
+ANCHOR_ROLES = frozenset({"certproc", "revokeproc"})
 EXIT_FAILED = 1
 EXIT_NOTHING_TO_DO = 2
 # Containers start in any order and images may still be pulled.
@@ -63,6 +71,10 @@ def command_line(role: str, environ: Mapping[str, str]) -> list[str]:
         argv += ["--server", environ["ACME_SERVER"]]
     if role == "netproc" and os.path.exists(CA_BUNDLE):
         argv += ["--ca-bundle", CA_BUNDLE]
+    # A non-empty regular file only: compose mounts /dev/null there when
+    # none is given (an empty file would do as well).
+    if role in ANCHOR_ROLES and os.path.isfile(TRUST_ANCHORS) and os.path.getsize(TRUST_ANCHORS):
+        argv += ["--trust-anchors", TRUST_ANCHORS]
     for contact in environ.get("CONTACT", "").split():
         argv += ["--contact", contact]
     if environ.get("KEY_TYPE"):
@@ -93,7 +105,7 @@ def role_config(role: str, environ: Mapping[str, str]) -> RoleConfig:
     if role not in ROLES:
         raise InputError(f"unknown role {role[:40]!r}; one of {', '.join(ROLES)}")
     args = cli.build_parser().parse_args(command_line(role, environ))
-    settings = cli.role_settings(args)[role]
+    settings = cli.role_settings(args, trust_anchors=role in ANCHOR_ROLES)[role]
     if role == "netproc":
         settings["ready_timeout"] = seconds(environ, "READY_TIMEOUT", READY_TIMEOUT)
     return RoleConfig(

@@ -28,3 +28,7 @@ class CertificateFileError(LetskencryptError):
 
 class FileStoreError(LetskencryptError):
     """The certificate directory could not be updated or read safely."""
+
+
+class NotThisRun(LetskencryptError):
+    """A role was asked for what its run's operation (issue or revoke) does not do."""

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 
-from letskencrypt.certs import cert_dns_names
-from letskencrypt.errors import CertificateFileError
+from letskencrypt.certs import cert_dns_names, parse_pem_chain
+from letskencrypt.errors import CertificateFileError, CertificateRejected
 
 MAX_CERT_FILE_BYTES = 256 * 1024
 SHORT_LIFETIME = timedelta(days=10)
@@ -55,14 +55,22 @@ def _names_changed(actual: list[str], wanted: list[str]) -> str | None:
 
 
 def decide(
-    cert: x509.Certificate | None, names: list[str], now: datetime, force: bool
+    cert: x509.Certificate | None,
+    names: list[str],
+    now: datetime,
+    force: bool,
+    distrust: str | None = None,
 ) -> tuple[Decision, str]:
     """Decide what to do about the current certificate; returns (decision, reason).
 
+    `distrust` is why the installed chain is not one certproc would accept
+    (certs.trust_problem): such a certificate is never current.
     A naive `now` is taken as UTC.
     """
     if cert is None:
         return Decision.ISSUE, "no certificate yet"
+    if distrust:
+        return Decision.RENEW, f"installed {distrust}"
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     changed = _names_changed(cert_dns_names(cert), [name.lower() for name in names])
@@ -135,3 +143,17 @@ def load_certificate_file(
             x509.UnsupportedGeneralNameType):
         raise CertificateFileError(f"certificate {path}: not a valid PEM certificate") from None
     return certificate
+
+
+def load_chain_file(
+    path: str, max_bytes: int = MAX_CERT_FILE_BYTES, dir_fd: int | None = None
+) -> list[x509.Certificate]:
+    """Every certificate of a PEM chain file (chain.pem); none if there is no
+    file or it is empty (a leaf the anchor signed directly)."""
+    data = _read_limited(path, max_bytes, dir_fd)
+    if data is None or not data.strip():
+        return []
+    try:
+        return parse_pem_chain(data, max_bytes)
+    except CertificateRejected as error:
+        raise CertificateFileError(f"chain {path}: {error}") from None

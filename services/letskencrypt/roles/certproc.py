@@ -1,17 +1,28 @@
-"""certproc: refuses any certificate that is not for our key and our names.
+"""certproc: refuses any certificate that is not for our key and our names, or
+that does not chain to one of the CA's trust anchors.
 
-Holds: nothing.  Network: none.
+Holds: the CA's trust anchors (PEM text in its settings).  Network: none.
 Serves: Certificate on the `cert` edge (from netproc).
 Calls: KeyInfo on the `keyinfo` edge (keyproc: the public key and names of
 this run) and Files on the `file` edge (fileproc: the writer).
 netproc is the role most exposed to attack, so the expected key and names
-come from keyproc, and only a chain that passes every check reaches fileproc.
+come from keyproc, the anchors and the run's operation (issue or revoke)
+from our own settings, and only a chain that passes every check reaches
+fileproc: in an issue run nothing is ever removed, in a revoke run nothing
+is installed.
 """
 
 import grpc
+from cryptography import x509
 
 from letskencrypt import process, rpc
-from letskencrypt.certs import check_chain, parse_pem_chain, split_leaf_and_chain
+from letskencrypt.certs import (
+    check_chain,
+    parse_anchors,
+    parse_pem_chain,
+    split_leaf_and_chain,
+)
+from letskencrypt.errors import InputError, NotThisRun
 from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.v1 import (
     certificate_pb2,
@@ -22,11 +33,22 @@ from letskencrypt.v1 import (
     keyinfo_pb2_grpc,
 )
 
+OPERATIONS = ("issue", "revoke")
+
 
 class CertificateService(certificate_pb2_grpc.CertificateServicer):
-    def __init__(self, key_info: grpc.Channel, files: grpc.Channel, log: Logger) -> None:
+    def __init__(
+        self,
+        key_info: grpc.Channel,
+        files: grpc.Channel,
+        anchors: list[x509.Certificate],
+        operation: str,
+        log: Logger,
+    ) -> None:
         self.key_info = keyinfo_pb2_grpc.KeyInfoStub(key_info)
         self.files = files_pb2_grpc.FilesStub(files)
+        self.anchors = anchors
+        self.operation = operation
         self.log = log.error
         self.info = log.info
 
@@ -34,9 +56,11 @@ class CertificateService(certificate_pb2_grpc.CertificateServicer):
     def Submit(
         self, request: certificate_pb2.SubmitRequest, context: grpc.ServicerContext
     ) -> certificate_pb2.SubmitReply:
+        if self.operation != "issue":
+            raise NotThisRun(f"this is a {self.operation} run: no certificate is installed")
         chain = parse_pem_chain(request.pem_chain)
         expected = rpc.call(self.key_info.Describe, keyinfo_pb2.KeyInfoRequest(), peer="keyproc")
-        check_chain(chain, expected.public_key_der, list(expected.names))
+        anchor = check_chain(chain, expected.public_key_der, list(expected.names), self.anchors)
         leaf_pem, chain_pem = split_leaf_and_chain(request.pem_chain)
         rpc.call(
             self.files.Install,
@@ -44,7 +68,10 @@ class CertificateService(certificate_pb2_grpc.CertificateServicer):
             peer="fileproc",
         )
         leaf = chain[0]
-        self.info(f"installed certificate serial {leaf.serial_number:x}")
+        self.info(
+            f"installed certificate serial {leaf.serial_number:x}, "
+            f"trust anchor {anchor.subject.rfc4514_string()}"
+        )
         return certificate_pb2.SubmitReply(
             serial_hex=f"{leaf.serial_number:x}",
             not_after=leaf.not_valid_after_utc.isoformat(),
@@ -54,11 +81,27 @@ class CertificateService(certificate_pb2_grpc.CertificateServicer):
     def Retire(
         self, request: certificate_pb2.RetireRequest, context: grpc.ServicerContext
     ) -> certificate_pb2.RetireReply:
+        # netproc calls this once the CA accepted a revocation; in an issue
+        # run it is an attempt to delete the installed certificate.
+        if self.operation != "revoke":
+            raise NotThisRun(f"this is an {self.operation} run: no certificate is removed")
         rpc.call(self.files.Remove, files_pb2.RemoveRequest(), peer="fileproc")
         return certificate_pb2.RetireReply()
 
 
+def settings_of(config: RoleConfig) -> tuple[list[x509.Certificate], str]:
+    """The anchors and the operation, checked before anything is served."""
+    operation = config.settings.get("operation")
+    if operation not in OPERATIONS:
+        raise InputError(f"operation must be one of {', '.join(OPERATIONS)}")
+    text = config.settings.get("trust_anchors")
+    if not isinstance(text, str) or not text:
+        raise InputError("no trust anchors configured")
+    return parse_anchors(text.encode("ascii", "replace")), operation
+
+
 def run(config: RoleConfig, log: Logger) -> int:
+    anchors, operation = settings_of(config)
     process.confine(config)
     key_info = rpc.connect(config.run_dir, "keyinfo")
     files = rpc.connect(config.run_dir, "file")
@@ -68,7 +111,7 @@ def run(config: RoleConfig, log: Logger) -> int:
             "cert": [
                 (
                     certificate_pb2_grpc.add_CertificateServicer_to_server,
-                    CertificateService(key_info, files, log),
+                    CertificateService(key_info, files, anchors, operation, log),
                 )
             ]
         },

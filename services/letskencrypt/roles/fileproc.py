@@ -6,18 +6,21 @@ File names are fixed; every write goes through a descriptor of the directory
 with O_NOFOLLOW, and a new set of cert.pem, chain.pem and fullchain.pem
 replaces the old one in a single rename (see filestore), so a crash leaves
 either the whole old set or the whole new set.
+The run's operation comes from its own settings: Install only in an issue
+run, Remove only in a revoke run, whatever its caller asks.
 """
 
 import grpc
 
 from letskencrypt import process, rpc
-from letskencrypt.errors import InputError
+from letskencrypt.errors import InputError, NotThisRun
 from letskencrypt.filestore import CertDir
 from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.v1 import files_pb2, files_pb2_grpc
 
 MAX_PEM = 128 * 1024
 PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+OPERATIONS = ("issue", "revoke")
 
 
 def check_pem(data: bytes, what: str, allow_empty: bool) -> bytes:
@@ -34,9 +37,10 @@ def check_pem(data: bytes, what: str, allow_empty: bool) -> bytes:
 
 
 class FilesService(files_pb2_grpc.FilesServicer):
-    def __init__(self, directory: CertDir, backup: bool, log: Logger) -> None:
+    def __init__(self, directory: CertDir, backup: bool, operation: str, log: Logger) -> None:
         self.directory = directory
         self.backup = backup
+        self.operation = operation
         self.log = log.error
         self.info = log.info
 
@@ -44,6 +48,8 @@ class FilesService(files_pb2_grpc.FilesServicer):
     def Install(
         self, request: files_pb2.InstallRequest, context: grpc.ServicerContext
     ) -> files_pb2.InstallReply:
+        if self.operation != "issue":
+            raise NotThisRun(f"this is a {self.operation} run: no certificate is installed")
         certificate = check_pem(request.certificate_pem, "certificate", allow_empty=False)
         chain = check_pem(request.chain_pem, "chain", allow_empty=True)
         self.directory.install(certificate, chain, backup=self.backup)
@@ -54,6 +60,8 @@ class FilesService(files_pb2_grpc.FilesServicer):
     def Remove(
         self, request: files_pb2.RemoveRequest, context: grpc.ServicerContext
     ) -> files_pb2.RemoveReply:
+        if self.operation != "revoke":
+            raise NotThisRun(f"this is an {self.operation} run: no certificate is removed")
         self.directory.remove_set(backup=self.backup)
         self.info(f"removed the certificate files in {self.directory.path}")
         return files_pb2.RemoveReply()
@@ -61,6 +69,9 @@ class FilesService(files_pb2_grpc.FilesServicer):
 
 def run(config: RoleConfig, log: Logger) -> int:
     settings = config.settings
+    operation = settings.get("operation")
+    if operation not in OPERATIONS:
+        raise InputError(f"operation must be one of {', '.join(OPERATIONS)}")
     directory = CertDir(settings["cert_dir"], create=True)
     # Whatever an earlier crash left half done is finished before we serve.
     directory.tidy(settings["backup"])
@@ -71,7 +82,7 @@ def run(config: RoleConfig, log: Logger) -> int:
             "file": [
                 (
                     files_pb2_grpc.add_FilesServicer_to_server,
-                    FilesService(directory, settings["backup"], log),
+                    FilesService(directory, settings["backup"], operation, log),
                 )
             ]
         },

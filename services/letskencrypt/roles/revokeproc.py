@@ -3,8 +3,11 @@
 Holds: read access to the current certificate (read again for every question,
 so a long-running pod sees the certificate fileproc installed since).
 Network: none.  Serves: Renewal on the `rvk` edge.
-The names and the -F switch come from its own configuration, so netproc
-cannot talk it into or out of a renewal; it only learns the answer.
+The names, the -F switch and the CA's trust anchors come from its own
+configuration, so netproc cannot talk it into or out of a renewal; it only
+learns the answer.  A certificate whose chain (cert.pem, then chain.pem)
+does not lead to a trust anchor, that lives longer than 398 days or is not
+valid yet is never current: the answer is RENEW, saying why.
 """
 
 import os
@@ -15,9 +18,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from letskencrypt import process, rpc
-from letskencrypt.errors import InputError
+from letskencrypt.certs import parse_anchors, trust_problem
+from letskencrypt.errors import CertificateFileError, InputError
 from letskencrypt.process import Logger, RoleConfig
-from letskencrypt.renewal import Decision, decide, load_certificate_file
+from letskencrypt.renewal import Decision, decide, load_certificate_file, load_chain_file
 from letskencrypt.v1 import renewal_pb2, renewal_pb2_grpc
 
 DECISIONS = {
@@ -29,10 +33,18 @@ DECISIONS = {
 
 class RenewalService(renewal_pb2_grpc.RenewalServicer):
     def __init__(
-        self, cert_dir_fd: int, cert_path: str, names: list[str], force: bool, log: Logger
+        self,
+        cert_dir_fd: int,
+        cert_path: str,
+        names: list[str],
+        force: bool,
+        anchors: list[x509.Certificate],
+        log: Logger,
     ) -> None:
         self.cert_dir_fd = cert_dir_fd
         self.cert_path = cert_path
+        self.chain_path = os.path.join(os.path.dirname(cert_path), "chain.pem")
+        self.anchors = anchors
         self.names = names
         self.force = force
         self.log = log.error
@@ -41,12 +53,22 @@ class RenewalService(renewal_pb2_grpc.RenewalServicer):
     def read_certificate(self) -> x509.Certificate | None:
         return load_certificate_file(self.cert_path, dir_fd=self.cert_dir_fd)
 
+    def distrust(self, certificate: x509.Certificate, now: datetime) -> str | None:
+        """Why the installed set is not one certproc would accept, or None."""
+        try:
+            chain = load_chain_file(self.chain_path, dir_fd=self.cert_dir_fd)
+        except CertificateFileError as error:
+            return f"certificate chain is unusable: {error}"
+        return trust_problem([certificate, *chain], self.anchors, now)
+
     @rpc.guarded
     def Check(
         self, request: renewal_pb2.CheckRequest, context: grpc.ServicerContext
     ) -> renewal_pb2.CheckReply:
         certificate = self.read_certificate()
-        decision, reason = decide(certificate, self.names, datetime.now(UTC), self.force)
+        now = datetime.now(UTC)
+        distrust = None if certificate is None else self.distrust(certificate, now)
+        decision, reason = decide(certificate, self.names, now, self.force, distrust)
         # -F forces one renewal, not one per check of a long-running pod.
         self.force = False
         self.info(f"{decision.name.lower().replace('_', ' ')}: {reason}")
@@ -64,6 +86,10 @@ class RenewalService(renewal_pb2_grpc.RenewalServicer):
 
 def run(config: RoleConfig, log: Logger) -> int:
     settings = config.settings
+    text = settings.get("trust_anchors")
+    if not isinstance(text, str) or not text:
+        raise InputError("no trust anchors configured")
+    anchors = parse_anchors(text.encode("ascii", "replace"))
     cert_path = settings["cert_path"]
     cert_dir = os.path.dirname(cert_path)
     # Opened while we may still traverse the directories above it.
@@ -72,7 +98,9 @@ def run(config: RoleConfig, log: Logger) -> int:
     except OSError as error:
         raise InputError(f"certificate directory {cert_dir}: {error.strerror}") from None
     process.confine(config)
-    service = RenewalService(cert_dir_fd, cert_path, settings["names"], settings["force"], log)
+    service = RenewalService(
+        cert_dir_fd, cert_path, settings["names"], settings["force"], anchors, log
+    )
     # An unreadable certificate fails the run before anything else happens.
     service.read_certificate()
     rpc.serve_until_stopped(
