@@ -792,6 +792,10 @@ def netproc_cases() -> list[Case]:
              control("Describe", lambda a: _call(acct(a).Describe, account_pb2.DescribeRequest()))),
         Case("key-csr", EXPECT_ALLOWED, control("Csr", lambda a: len(a.peers.csr()))),
         Case("rvk-current", EXPECT_ALLOWED, control("Current", lambda a: len(_current_der(a)))),
+        Case("rvk-check", EXPECT_ALLOWED, control("Check", lambda a: _call(
+            a.peers.renewal.Check, renewal_pb2.CheckRequest()).reason)),
+        Case("dns-resolve", EXPECT_ALLOWED, control("Resolve", lambda a: a.peers.resolver.resolve(
+            a.target.pebble_host))),
         Case("acct-finalize-own-key", EXPECT_REFUSED, own_certificate, pending=KEYACCT_PENDING),
         Case("cert-submit-own-key-certificate", EXPECT_REFUSED, submit_own_key_certificate),
         Case("cert-submit-forged-leaf", EXPECT_REFUSED, submit_forged_leaf,
