@@ -168,7 +168,7 @@ class Supervisor:
         # terminal (no TIOCSTI into the shell, no Ctrl-C of its own), and
         # whatever it prints reaches the terminal only through the relay.
         process = subprocess.Popen(
-            [sys.executable, "-m", f"letskencrypt.roles.{role}"],
+            self.role_argv(role),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -185,6 +185,10 @@ class Supervisor:
         self.relay.add(role, process.stderr)
         self.processes[role] = process
         self.children[process.pid] = role
+
+    def role_argv(self, role: str) -> list[str]:
+        """The command line that starts `role` (the compromised-role tests swap one)."""
+        return [sys.executable, "-m", f"letskencrypt.roles.{role}"]
 
     def role_document(self, role: str) -> dict[str, Any]:
         """What a role is told on its stdin: its own settings and edges only."""
