@@ -231,6 +231,7 @@ class Arena:
         argv = [
             sys.executable, "-m", "tests.compromised_run", role, json.dumps(target.__dict__), "--",
             "--server", self.pebble.directory_url, "--ca-bundle", self.pebble.ca_bundle,
+            "--trust-anchors", self.pebble.trust_anchors,
             "-C", str(paths.challenge_dir), "-c", str(paths.cert_dir),
             "-f", str(paths.account_key), "-k", str(paths.domain_key),
             "-F", *NAMES,

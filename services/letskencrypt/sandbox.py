@@ -11,9 +11,10 @@ In this order:
    directory, fileproc writes (but does not read) in the certificate
    directory, revokeproc reads it, netproc reads the trust anchors and dnsproc
    the resolver's configuration.  Nobody may execute anything.  The six roles
-   without a network may not bind or connect TCP either, and no role may
-   connect to an abstract unix socket or signal a process outside its own
-   sandbox (where the kernel's Landlock ABI has these).
+   without a network may not bind or connect TCP either, dnsproc may connect
+   to port 53 only, and no role may connect to an abstract unix socket or
+   signal a process outside its own sandbox (where the kernel's Landlock ABI
+   has these).
 3. seccomp: every role but netproc and dnsproc may create unix sockets only;
    all roles are denied execve, ptrace, mounts, namespaces, kernel modules,
    keyrings, bpf, io_uring, changing modes, owners or extended attributes by
@@ -76,6 +77,11 @@ ESSENTIAL = frozenset(
 )
 
 NETWORK_ROLES = frozenset({"netproc", "dnsproc"})
+# dnsproc may reach DNS servers over TCP (answers too large for UDP), no
+# other port; netproc any (the CA's); the other roles none.  Landlock has no
+# rules for UDP, where dnsproc is free (it holds nothing to leak).
+DNS_PORT = 53
+TCP_PORTS: dict[str, tuple[int, ...] | None] = {"netproc": None, "dnsproc": (DNS_PORT,)}
 
 
 class SandboxError(LetskencryptError):
@@ -125,6 +131,7 @@ SYS_LANDLOCK_ADD_RULE = 445
 SYS_LANDLOCK_RESTRICT_SELF = 446
 LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
 LANDLOCK_RULE_PATH_BENEATH = 1
+LANDLOCK_RULE_NET_PORT = 2  # ABI 4
 
 
 class Fs(enum.IntFlag):
@@ -165,6 +172,11 @@ class RulesetAttr(ctypes.Structure):
         ("handled_access_net", ctypes.c_uint64),
         ("scoped", ctypes.c_uint64),
     )
+
+
+class NetPortAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = (("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64))
 
 
 class PathBeneathAttr(ctypes.Structure):
@@ -224,6 +236,8 @@ class Profile:
 
     rules: tuple[Rule, ...]
     network: bool
+    # The TCP ports it may connect to; None: any (netproc, to the CA).
+    tcp_ports: tuple[int, ...] | None = ()
 
 
 def python_paths() -> list[str]:
@@ -291,7 +305,7 @@ def profile(config: RoleConfig) -> Profile:
         rules += fileproc_rules(settings["cert_dir"])
     elif role == "revokeproc":
         rules += revokeproc_rules(os.path.dirname(settings["cert_path"]))
-    return Profile(tuple(rules), network=role in NETWORK_ROLES)
+    return Profile(tuple(rules), network=role in NETWORK_ROLES, tcp_ports=TCP_PORTS.get(role, ()))
 
 
 # Any of these makes a path writable in the role's private mount namespace.
@@ -363,6 +377,7 @@ class OpenProfile:
 
     paths: list[tuple[int, Fs]]
     network: bool
+    tcp_ports: tuple[int, ...] | None = ()
 
     def close(self) -> None:
         for fd, _access in self.paths:
@@ -372,7 +387,7 @@ class OpenProfile:
 
 def open_profile(config: RoleConfig, log: Logger) -> OpenProfile:
     role_profile = profile(config)
-    opened = OpenProfile([], role_profile.network)
+    opened = OpenProfile([], role_profile.network, role_profile.tcp_ports)
     for rule in role_profile.rules:
         if os.path.abspath(rule.path) == "/":
             opened.close()
@@ -389,8 +404,9 @@ def open_profile(config: RoleConfig, log: Logger) -> OpenProfile:
 def apply_landlock(opened: OpenProfile, abi: int) -> None:
     handled = handled_fs(abi)
     attr = RulesetAttr(handled_access_fs=handled)
-    if abi >= 4 and not opened.network:
-        # Handled with no rule allowing any port: no TCP bind or connect at all.
+    if abi >= 4 and opened.tcp_ports is not None:
+        # Handled, with rules for these ports only: no TCP bind at all, and
+        # connect to them alone (none for the roles without network).
         attr.handled_access_net = NET_BIND_TCP | NET_CONNECT_TCP
     if abi >= 6:
         attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
@@ -405,6 +421,9 @@ def apply_landlock(opened: OpenProfile, abi: int) -> None:
     try:
         for fd, access in opened.paths:
             _add_path_rule(ruleset, fd, access & handled)
+        if attr.handled_access_net:
+            for port in opened.tcp_ports or ():
+                _add_port_rule(ruleset, port)
         _check(
             _libc.syscall(
                 ctypes.c_long(SYS_LANDLOCK_RESTRICT_SELF),
@@ -427,6 +446,19 @@ def _add_path_rule(ruleset: int, fd: int, access: Fs) -> None:
             ctypes.c_long(SYS_LANDLOCK_ADD_RULE),
             ctypes.c_int(ruleset),
             ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+            ctypes.byref(attr),
+            ctypes.c_uint32(0),
+        )
+    )
+
+
+def _add_port_rule(ruleset: int, port: int) -> None:
+    attr = NetPortAttr(allowed_access=NET_CONNECT_TCP, port=port)
+    _check(
+        _libc.syscall(
+            ctypes.c_long(SYS_LANDLOCK_ADD_RULE),
+            ctypes.c_int(ruleset),
+            ctypes.c_int(LANDLOCK_RULE_NET_PORT),
             ctypes.byref(attr),
             ctypes.c_uint32(0),
         )

@@ -379,6 +379,8 @@ class Attempt:
 
 # A role's own network namespace (namespace.py): only the roles without network get one.
 NETWORK_NAMESPACE = "network namespace"
+# The second stage denies connect() itself only to the roles without network.
+SEALED_CONNECT = "second stage, connect"
 # Paths: Landlock refuses them (EACCES), the role's mount namespace does not have them (ENOENT).
 FS = frozenset({LANDLOCK, NAMESPACES})
 HIDDEN = frozenset({errno.EACCES, errno.ENOENT})
@@ -455,11 +457,11 @@ ATTEMPTS = (
         "TCP connect (socket made before)",
         tcp_connect,
         # Made before the sandbox, the socket belongs to the host's network
-        # namespace: Landlock's EACCES, or the second stage's EPERM (no
-        # connect() at all).
-        frozenset({LANDLOCK_NETWORK, SECCOMP_SOCKETS}),
+        # namespace: Landlock's EACCES (dnsproc: port 53 only), or the second
+        # stage's EPERM (no connect() at all).
+        frozenset({LANDLOCK_NETWORK, SEALED_CONNECT}),
         EITHER,
-        NETWORK_ROLES,
+        frozenset({"netproc"}),
     ),
     Attempt("execve", "execve /bin/true", execute, frozenset({SECCOMP, LANDLOCK}), EITHER),
     Attempt(
@@ -818,6 +820,8 @@ def missing_layers(report: dict[str, Any]) -> set[str]:
         missing |= LANDLOCK_LAYERS
     if not sandbox.serves_only(report["role"]):
         missing.add(SECCOMP_SOCKETS)  # no second stage for a client (sandbox.seal)
+    if SECCOMP_SOCKETS in missing or report["role"] in NETWORK_ROLES:
+        missing.add(SEALED_CONNECT)
     if not report.get("supervised", True):
         # In a container the runtime's namespaces hold: the probe, inside
         # them, cannot set up anything outside them to try.
