@@ -3,6 +3,7 @@ only its own paths, and the roles without network have no network at all.
 And no key may live where a role writes (cli.check_key_places)."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -182,3 +183,25 @@ def test_the_callers_pythonpath_does_not_reach_a_role(monkeypatch: pytest.Monkey
     environment = supervisor.role_environment()
     assert environment["PYTHONPATH"] == supervisor.PACKAGE_ROOT
     assert Path(supervisor.PACKAGE_ROOT, "letskencrypt", "roles").is_dir()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the run group exists when started as root")
+def test_the_run_directory_is_closed_to_the_run_group() -> None:
+    """With namespaces each role mounts its own edges while still root: no
+    one else, the run group included, can reach a socket to replace it."""
+    run_user = cli.run_user("nobody")
+    assert run_user is not None
+    started = supervisor.Supervisor(settings={}, run_user=run_user)
+    run_dir = started.make_run_dir()
+    try:
+        status = os.stat(run_dir)
+        assert (status.st_uid, status.st_mode & 0o777) == (0, 0o700)
+        code = f"import os; os.listdir({os.path.join(run_dir, 'acct')!r})"
+        denied = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             sys.executable, "-c", code],
+            capture_output=True, text=True, check=False, cwd="/",
+        )  # fmt: skip
+        assert denied.returncode != 0 and "PermissionError" in denied.stderr
+    finally:
+        shutil.rmtree(run_dir)
