@@ -201,10 +201,27 @@ def _capability_call(numbers: dict[str, int], data: ctypes.Array[_CapData]) -> N
 MAX_CAPABILITY = 63
 
 
-def effective_capabilities() -> int:
+def get_capabilities() -> tuple[int, int]:
+    """This thread's effective and permitted sets, without /proc."""
     data = (_CapData * 2)()
     _capability_call(SYS_CAPGET, data)
-    return data[0].effective | data[1].effective << 32
+    return (
+        data[0].effective | data[1].effective << 32,
+        data[0].permitted | data[1].permitted << 32,
+    )
+
+
+def set_capabilities(effective: int, permitted: int) -> None:
+    """capset(): these effective and permitted sets, no inheritable ones."""
+    data = (_CapData * 2)()
+    for index in range(2):
+        data[index].effective = (effective >> (32 * index)) & 0xFFFFFFFF
+        data[index].permitted = (permitted >> (32 * index)) & 0xFFFFFFFF
+    _capability_call(SYS_CAPSET, data)
+
+
+def effective_capabilities() -> int:
+    return get_capabilities()[0]
 
 
 def last_capability() -> int:
@@ -246,7 +263,7 @@ def drop_capabilities() -> None:
         prctl(PR_SET_SECUREBITS, prctl(PR_GET_SECUREBITS) | LOCKED_SECUREBITS)
     with contextlib.suppress(OSError):  # before Linux 4.3 there is no ambient set
         prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    _capability_call(SYS_CAPSET, (_CapData * 2)())
+    set_capabilities(0, 0)
 
 
 def capability_sets(pid: int | str = "self") -> dict[str, int]:
