@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from letskencrypt import cli, namespace, rpc, supervisor
+from letskencrypt import cli, namespace, rpc, sandbox, supervisor
 from letskencrypt.errors import InputError
 from letskencrypt.rpc import ROLES
 from letskencrypt.sandbox import NETWORK_ROLES
@@ -47,8 +47,11 @@ def test_a_running_role_sees_only_its_own_paths(base: Path, role: str) -> None: 
         assert set(os.listdir(root / "proc")) == {str(pid), "self", "sys"}
         run_dir = str(process.base / "run")
         assert set(os.listdir(str(root) + run_dir)) == visible_edges(role)
-        # The role's view of /tmp is not the host's.
-        assert set(os.listdir(root / "tmp")) <= {Path(run_dir).parts[2]}
+        # The role's view of /tmp is not the host's: only the run directory
+        # and, for a checkout under /tmp, the Python paths are mounted there.
+        mounted = [run_dir, *sandbox.python_paths()]
+        tops = {Path(path).parts[2] for path in mounted if Path(path).parts[1:2] == ("tmp",)}
+        assert set(os.listdir(root / "tmp")) <= tops
         code, stderr = process.stop()
     finally:
         if process.process.poll() is None:
