@@ -37,11 +37,12 @@ system-packages:
 container-tools:
 	$(call apt_install,$(CONTAINER_PACKAGES))
 
-# One minimal image per role, localhost/letskencrypt-<role>:latest, on a
-# distroless-style base built offline from Debian packages.  Reruns rebuild
-# only what changed (see tools/build_images.py).
+# One minimal image per role, localhost/letskencrypt-<role>:latest (or
+# $(IMAGE_PREFIX)<role>:latest), on a distroless-style base built offline from
+# Debian packages.  Reruns rebuild only what changed (see tools/build_images.py).
 images: container-tools
-	$(SYSTEM_PYTHON) tools/build_images.py $(if $(BASE_IMAGE),--base-image "$(BASE_IMAGE)")
+	$(SYSTEM_PYTHON) tools/build_images.py $(if $(BASE_IMAGE),--base-image "$(BASE_IMAGE)") \
+	    $(if $(IMAGE_PREFIX),--image-prefix "$(IMAGE_PREFIX)")
 
 $(VENV)/.installed: pyproject.toml | system-packages
 	$(SYSTEM_PYTHON) -m venv $(VENV)

@@ -8,7 +8,8 @@ stored once, and a role's own layer is its code only.  The first test
 needs no podman: it proves on the host that every role's code imports without
 the wheels its image lacks.  The others use real podman; the session fixture
 runs `make images`, which installs podman and builds what is missing or out
-of date.
+of date.  With IMAGE_PREFIX set (say localhost/lke-test-) the images built
+and checked are PREFIX<name>:latest, not localhost/letskencrypt-<name>:latest.
 """
 
 import importlib.util
@@ -51,6 +52,7 @@ def _load_build_tool() -> ModuleType:
 
 
 build_images = _load_build_tool()
+containerfile = build_images.containerfile
 ROLES: tuple[str, ...] = build_images.ROLES
 ROLE_WHEELS: dict[str, tuple[str, ...]] = build_images.ROLE_WHEELS
 OPTIONAL_MODULES: dict[str, frozenset[str]] = build_images.OPTIONAL_MODULES
@@ -120,25 +122,48 @@ def test_role_imports_without_unneeded_wheels(role):
 
 def test_every_role_has_an_image_definition():
     """Each role is built on the runtime that holds exactly its wheels, and
-    the runtimes on each other, the first on BASE_IMAGE (which may be an
-    upstream base)."""
+    the runtimes on each other, the first on the base (which may be an
+    upstream one): the templates, rendered as a build renders them."""
     for role in ROLES:
-        text = (ROOT / "Dockerfiles" / role / "Containerfile").read_text()
         runtime = build_images.role_runtime(role)
         assert build_images.runtime_wheels(runtime) == frozenset(ROLE_WHEELS[role])
-        parent = build_images.runtime_image(runtime)
-        assert f"ARG RUNTIME_IMAGE={parent}\nFROM ${{RUNTIME_IMAGE}}\n" in text
+        text = containerfile.role_containerfile(role, runtime, build_images.runtime_image(runtime))
+        assert f"\nFROM {build_images.runtime_image(runtime)}\n" in text
         entrypoint = json.dumps(["python3", "-m", "letskencrypt.container", role])
         assert f"\nENTRYPOINT {entrypoint}\n" in text
         assert "\nUSER 65532:65532\n" in text
+        assert f'io.letskencrypt.role="{role}"' in text
     for name, runtime in RUNTIMES.items():
-        text = (ROOT / "Dockerfiles" / f"runtime-{name}" / "Containerfile").read_text()
-        if runtime.parent is None:
-            assert f"ARG BASE_IMAGE={build_images.BASE_IMAGE}\nFROM ${{BASE_IMAGE}}\n" in text
-        else:
-            parent = build_images.runtime_image(runtime.parent)
-            assert f"ARG PARENT_IMAGE={parent}\nFROM ${{PARENT_IMAGE}}\n" in text
-        assert "COPY --chown=0:0 site/ /usr/local/lib/python3.11/dist-packages/\n" in text
+        parent = (
+            build_images.runtime_image(runtime.parent)
+            if runtime.parent
+            else build_images.BASE_IMAGE
+        )
+        text = containerfile.runtime_containerfile(name, parent)
+        assert f"\nFROM {parent}\n" in text
+        assert "\nCOPY --chown=0:0 site/ /usr/local/lib/python3.11/dist-packages/\n" in text
+        assert "\nUSER 65532:65532\n" in text
+
+
+def test_containerfiles_are_rendered_from_one_template(tmp_path):
+    """No role or runtime has a Containerfile of its own to drift from the
+    template; --containerfiles writes what a build would use, every
+    placeholder filled, and a value that could escape its quotes is refused."""
+    definitions = sorted(p.parent.name for p in (ROOT / "Dockerfiles").glob("*/Containerfile*"))
+    assert definitions == ["base", "role", "runtime"]
+    build_images.main(["--containerfiles", str(tmp_path), "--image-prefix", "localhost/x-"])
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == sorted(["base", *ROLES, *(f"runtime-{n}" for n in RUNTIMES)])
+    for path in tmp_path.glob("*/Containerfile"):
+        text = path.read_text()
+        assert "@" not in text, path
+        if path.parent.name != "base":
+            assert "\nFROM localhost/x-" in text, path
+    with pytest.raises(SystemExit, match="unsafe value"):
+        values = {"DESCRIPTION": "d", "RUNTIME": "r", "RUNTIME_IMAGE": "i", "VERSION": "1"}
+        containerfile.render(containerfile.ROLE_TEMPLATE, {**values, "ROLE": 'x" \\'})
+    with pytest.raises(SystemExit, match="placeholders"):
+        containerfile.render(containerfile.ROLE_TEMPLATE, {"ROLE": "x"})
 
 
 # --- the images, under real podman ----------------------------------------------
