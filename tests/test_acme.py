@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+import urllib3
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -31,7 +33,9 @@ from letskencrypt.acme import (
     parse_retry_after,
     validate_nonce,
 )
+from letskencrypt.acme.transport import PinnedAdapter
 from letskencrypt.errors import LetskencryptError
+from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from tests.pebble import Pebble
@@ -955,8 +959,24 @@ def test_transport_opens_no_files(server: HostileServer):
         recording.clear()
     assert opened == []
     # requests would load its CA bundle into the context; only our anchor may be there.
-    context = transport._session.get_adapter(server.url("/ok"))._context
+    context = transport._session.get_adapter(server.url("/ok")).context
     assert context.cert_store_stats()["x509_ca"] == 1
+
+
+def test_transport_uses_public_extension_points_only():
+    """The adapter overrides no private name of requests' HTTPAdapter, and the
+    session, pools and connections are requests' and urllib3's own classes."""
+    transport = Transport(LoopbackResolver(), make_ca()[1].public_bytes(serialization.Encoding.PEM))
+    adapter = transport._session.get_adapter("https://acme.test/")
+    assert isinstance(adapter, PinnedAdapter)
+    overridden = {name for name in vars(PinnedAdapter) if hasattr(HTTPAdapter, name)}
+    assert overridden - {"__init__", "__doc__", "__module__"} == {
+        "init_poolmanager",
+        "get_connection_with_tls_context",
+        "send",
+    }
+    assert type(transport._session) is requests.Session
+    assert type(adapter.poolmanager) is urllib3.PoolManager
 
 
 def test_transport_read_timeout(server: HostileServer):
