@@ -27,6 +27,7 @@ from letskencrypt.acme import (
     AcmeClient,
     AcmeError,
     HttpResponse,
+    Order,
     Transport,
     check_url,
     format_problem,
@@ -541,7 +542,7 @@ def test_poll_invalid_authz_reports_challenge_error():
 def test_finalize_requires_certificate_url():
     ready = {**ORDER, "status": "ready"}
     client, _, signer, *_ = scripted(response(200), response(200, {**ORDER, "status": "valid"}))
-    order = client._order(f"{BASE}/order/1", ready)
+    order = Order.from_json(f"{BASE}/order/1", ready, BASE)
     with pytest.raises(AcmeError, match="no certificate URL"):
         client.finalize(order, b"\x30\x03csr")
     assert json.loads(signer.calls[0][3]) == {"csr": keys.b64url(b"\x30\x03csr")}
@@ -555,7 +556,7 @@ def test_finalize_polls_until_valid():
         response(200, {**ORDER, "status": "processing"}, Retry_After="2"),
         response(200, valid),
     )
-    order = client._order(f"{BASE}/order/1", {**ORDER, "status": "ready"})
+    order = Order.from_json(f"{BASE}/order/1", {**ORDER, "status": "ready"}, BASE)
     final = client.finalize(order, b"csr")
     assert final.certificate == f"{BASE}/cert/1"
     assert sleeps == [2.0]

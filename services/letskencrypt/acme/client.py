@@ -216,12 +216,9 @@ class AcmeClient:
         payload = {"identifiers": [{"type": "dns", "value": name} for name in names]}
         response = self.post(new_order, payload, self._require_kid())
         url = self._location(response, new_order, "order")
-        order = self._order(url, json_object(response.body, "order"))
+        order = Order.from_json(url, json_object(response.body, "order"), self.directory_url)
         self._log(f"order {url}: {order.status}")
         return order
-
-    def _order(self, url: str, document: Mapping[str, Any]) -> Order:
-        return Order.from_json(url, document, self.directory_url)
 
     def authorization(self, url: str) -> Authorization:
         url = self._check(url, "authorization")
@@ -264,10 +261,12 @@ class AcmeClient:
     def finalize(self, order: Order, csr_der: bytes) -> Order:
         """Submit the CSR and wait until the order is valid and has a certificate URL."""
         response = self.post(order.finalize, {"csr": b64url(csr_der)}, self._require_kid())
-        final = self._order(order.url, json_object(response.body, "order"))
+        final = Order.from_json(order.url, json_object(response.body, "order"), self.directory_url)
         if final.status != "valid":
             self._log(f"order {order.url}: {final.status}, waiting")
-            final = self._order(order.url, self.poll(order.url, {"valid"}, {"invalid"}))
+            final = Order.from_json(
+                order.url, self.poll(order.url, {"valid"}, {"invalid"}), self.directory_url
+            )
         if final.certificate is None:
             raise AcmeError(f"order {order.url} is valid but has no certificate URL")
         return final
@@ -330,7 +329,9 @@ class AcmeClient:
         if order.status == "pending":
             for url in order.authorizations:
                 self._authorize(url, publish, withdraw, thumbprint)
-        order = self._order(order.url, self.poll(order.url, {"ready", "valid"}, {"invalid"}))
+        order = Order.from_json(
+            order.url, self.poll(order.url, {"ready", "valid"}, {"invalid"}), self.directory_url
+        )
         if order.status == "ready":
             order = self.finalize(order, csr_provider())
         if order.certificate is None:

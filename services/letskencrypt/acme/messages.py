@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.urls import origin, well_formed
@@ -100,7 +100,7 @@ class Problem:
     status: int
 
     @classmethod
-    def from_body(cls, body: bytes, status: int) -> "Problem":
+    def from_body(cls, body: bytes, status: int) -> Self:
         try:
             document: object = json.loads(body)
         except (ValueError, RecursionError):
@@ -228,7 +228,7 @@ class Directory:
     terms_of_service: str | None  # terminal-safe; shown, never fetched
 
     @classmethod
-    def from_json(cls, document: Mapping[str, Any], base: str) -> "Directory":
+    def from_json(cls, document: Mapping[str, Any], base: str) -> Self:
         def url(key: str) -> str:
             return check_url(document.get(key), base, f"directory {key}")
 
@@ -253,7 +253,7 @@ class Account:
     url: str  # the kid
 
     @classmethod
-    def from_json(cls, url: str, document: Mapping[str, Any]) -> "Account":
+    def from_json(cls, url: str, document: Mapping[str, Any]) -> Self:
         status = document.get("status")
         if status is not None and status != "valid":
             raise AcmeError(f"account {url} is {safe_text(str(status), 40)}")
@@ -270,7 +270,7 @@ class Order:
     error: object = None  # the CA's problem document, shown through format_problem
 
     @classmethod
-    def from_json(cls, url: str, document: Mapping[str, Any], base: str) -> "Order":
+    def from_json(cls, url: str, document: Mapping[str, Any], base: str) -> Self:
         status = _status(document, ORDER_STATUSES, "order")
         authorizations = document.get("authorizations")
         if (
@@ -305,7 +305,7 @@ class Challenge:
     error: object = None
 
     @classmethod
-    def from_json(cls, document: Mapping[str, Any], base: str) -> "Challenge":
+    def from_json(cls, document: Mapping[str, Any], base: str) -> Self:
         try:
             token = validate_token(document.get("token"))
         except InputError as error:
@@ -326,7 +326,7 @@ class Authorization:
     challenge: Challenge | None  # the http-01 one, if offered
 
     @classmethod
-    def from_json(cls, url: str, document: Mapping[str, Any], base: str) -> "Authorization":
+    def from_json(cls, url: str, document: Mapping[str, Any], base: str) -> Self:
         status = _status(document, AUTHZ_STATUSES, "authorization")
         identifier = identifier_text(document.get("identifier"))
         challenges = document.get("challenges")

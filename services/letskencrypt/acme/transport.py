@@ -26,7 +26,7 @@ import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import requests
 import urllib3
@@ -197,8 +197,7 @@ class PinnedAdapter(HTTPAdapter):
         pool = self.poolmanager.connection_from_host(
             address, port, "https", pool_kwargs={"server_hostname": host}
         )
-        assert isinstance(pool, HTTPSConnectionPool)
-        return pool
+        return cast(HTTPSConnectionPool, pool)
 
     def send(
         self,
