@@ -445,6 +445,18 @@ def test_new_order_rejects_bad_fields(change: dict[str, Any]):
         client.new_order(["a.test"])
 
 
+def test_issue_reports_an_invalid_order_with_its_problem():
+    problem = {"type": "urn:ietf:params:acme:error:rejectedIdentifier", "detail": "no\x1b[1m"}
+    client, _, signer, *_ = scripted(
+        response(200),
+        response(201, {**ORDER, "status": "invalid", "error": problem}, Location=f"{BASE}/order/1"),
+    )
+    with pytest.raises(AcmeError) as info:
+        client.issue(["a.test"], bytes, lambda _t, _k: None, lambda _t: None, "t" * 43)
+    assert str(info.value) == f"{BASE}/order/1 is invalid; rejectedIdentifier: no?"
+    assert len(signer.calls) == 1
+
+
 def authz(authz_status: str = "pending", **challenge: Any) -> dict[str, Any]:
     return {
         "status": authz_status,

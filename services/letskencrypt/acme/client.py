@@ -325,7 +325,8 @@ class AcmeClient:
                 f"for {len(names)} names"
             )
         if order.status == "invalid":
-            raise AcmeError(failure_text(order.url, order.status, {"error": order.error}))
+            reason = "" if order.error is None else f"; {order.error}"
+            raise AcmeError(safe_text(f"{order.url} is invalid{reason}", 3000))
         if order.status == "pending":
             for url in order.authorizations:
                 self._authorize(url, publish, withdraw, thumbprint)

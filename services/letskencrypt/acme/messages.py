@@ -267,7 +267,7 @@ class Order:
     authorizations: tuple[str, ...]
     finalize: str
     certificate: str | None = None
-    error: object = None  # the CA's problem document, shown through format_problem
+    error: str | None = None  # the CA's problem document, as format_problem's line
 
     @classmethod
     def from_json(cls, url: str, document: Mapping[str, Any], base: str) -> Self:
@@ -285,13 +285,14 @@ class Order:
         certificate = document.get("certificate")
         if certificate is not None:
             certificate = check_url(certificate, base, "certificate")
+        error = document.get("error")
         return cls(
             url=url,
             status=status,
             authorizations=urls,
             finalize=finalize,
             certificate=certificate,
-            error=document.get("error"),
+            error=None if error is None else format_problem(error, 0),
         )
 
 
@@ -302,7 +303,6 @@ class Challenge:
     url: str
     token: str  # safe as a file name: base64url, bounded
     status: str
-    error: object = None
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any], base: str) -> Self:
@@ -314,7 +314,6 @@ class Challenge:
             url=check_url(document.get("url"), base, "challenge"),
             token=token,
             status=_status(document, CHALLENGE_STATUSES, "challenge"),
-            error=document.get("error"),
         )
 
 
