@@ -34,7 +34,7 @@ from letskencrypt.acme import (
     parse_retry_after,
     validate_nonce,
 )
-from letskencrypt.acme.transport import PinnedAdapter
+from letskencrypt.acme.transport import PinnedAdapter, host_header
 from letskencrypt.errors import LetskencryptError
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
@@ -974,6 +974,19 @@ def test_transport_opens_no_files(server: HostileServer):
     # requests would load its CA bundle into the context; only our anchor may be there.
     context = transport._session.get_adapter(server.url("/ok")).context
     assert context.cert_store_stats()["x509_ca"] == 1
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "header"),
+    [
+        ("acme.test", 443, "acme.test"),
+        ("acme.test", 14000, "acme.test:14000"),
+        ("127.0.0.1", 443, "127.0.0.1"),
+        ("::1", 8443, "[::1]:8443"),
+    ],
+)
+def test_host_header_names_the_ca_not_the_address(host: str, port: int, header: str):
+    assert host_header(host, port) == header
 
 
 def test_transport_uses_public_extension_points_only():

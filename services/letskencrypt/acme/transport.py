@@ -211,9 +211,7 @@ class PinnedAdapter(HTTPAdapter):
         """Send to the host's addresses in turn until one accepts the connection."""
         host, port = _https_target(request.url or "")
         headers = CaseInsensitiveDict(request.headers)
-        # The pool's host is an address; the CA must see its own name.
-        bracketed = f"[{host}]" if ":" in host else host
-        headers["Host"] = bracketed if port == 443 else f"{bracketed}:{port}"
+        headers["Host"] = host_header(host, port)  # the pool's host is an address
         connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         failures = []
         for address in self.addresses.of(host):
@@ -240,6 +238,12 @@ class PinnedAdapter(HTTPAdapter):
                 continue
             return self.build_response(request, raw)
         raise _Unreachable(f"cannot connect to {host} port {port} ({'; '.join(failures)})")
+
+
+def host_header(host: str, port: int) -> str:
+    """The Host header http.client would send for `host` (no brackets) and `port`."""
+    bracketed = f"[{host}]" if ":" in host else host
+    return bracketed if port == 443 else f"{bracketed}:{port}"
 
 
 def _https_target(url: str) -> tuple[str, int]:
