@@ -82,6 +82,38 @@ class _Unreachable(urllib3.exceptions.HTTPError):
     """No address of the host accepted a connection."""
 
 
+class Addresses:
+    """The resolver's addresses for each host, asked once per transport."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self._resolver = resolver
+        self._cache: dict[str, list[str]] = {}
+
+    def of(self, host: str) -> list[str]:
+        host = host.lower().strip("[]").rstrip(".")
+        if host not in self._cache:
+            self._cache[host] = self._resolve(host)
+        return self._cache[host]
+
+    def _resolve(self, host: str) -> list[str]:
+        try:
+            answer = self._resolver.resolve(host)
+        except LetskencryptError as error:
+            raise AcmeError(f"cannot resolve {safe_text(host, 100)}: {error}") from None
+        if not isinstance(answer, list) or not answer:
+            raise AcmeError(f"resolver gave no address for {safe_text(host, 100)}")
+        addresses = []
+        for item in answer[:MAX_ADDRESSES]:
+            try:
+                addresses.append(str(ipaddress.ip_address(item)))
+            except ValueError:
+                raise AcmeError(
+                    f"resolver gave a non-address {safe_text(str(item), 60)!r} "
+                    f"for {safe_text(host, 100)}"
+                ) from None
+        return addresses
+
+
 # --- the wall-clock deadline --------------------------------------------------------
 
 
@@ -162,9 +194,7 @@ def _tls_context(ca_pem: bytes, watchdog: _Watchdog) -> ssl.SSLContext:
 class PinnedAdapter(HTTPAdapter):
     """https-only adapter: the resolver's addresses, our TLS context, no proxies."""
 
-    def __init__(
-        self, addresses: "Addresses", context: ssl.SSLContext, watchdog: _Watchdog
-    ) -> None:
+    def __init__(self, addresses: Addresses, context: ssl.SSLContext, watchdog: _Watchdog) -> None:
         self.addresses = addresses
         self.context = context
         self._watchdog = watchdog
@@ -233,8 +263,8 @@ class PinnedAdapter(HTTPAdapter):
                 )
             except urllib3.exceptions.ConnectTimeoutError as error:  # before any byte was sent
                 cause = error.__cause__
-                reason = (cause.strerror or str(cause)) if isinstance(cause, OSError) else error
-                failures.append(f"{address}: {reason}")
+                reason = cause.strerror or str(cause) if isinstance(cause, OSError) else None
+                failures.append(f"{address}: {reason or _describe(error)}")
                 continue
             return self.build_response(request, raw)
         raise _Unreachable(f"cannot connect to {host} port {port} ({'; '.join(failures)})")
@@ -251,38 +281,6 @@ def _https_target(url: str) -> tuple[str, int]:
     if parsed.scheme != "https" or not parsed.host:
         raise AcmeError(f"refusing non-https URL {safe_text(url, 200)!r}")
     return parsed.host.strip("[]").rstrip("."), parsed.port or 443
-
-
-class Addresses:
-    """The resolver's addresses for each host, asked once per transport."""
-
-    def __init__(self, resolver: Resolver) -> None:
-        self._resolver = resolver
-        self._cache: dict[str, list[str]] = {}
-
-    def of(self, host: str) -> list[str]:
-        host = host.lower().strip("[]").rstrip(".")
-        if host not in self._cache:
-            self._cache[host] = self._resolve(host)
-        return self._cache[host]
-
-    def _resolve(self, host: str) -> list[str]:
-        try:
-            answer = self._resolver.resolve(host)
-        except LetskencryptError as error:
-            raise AcmeError(f"cannot resolve {safe_text(host, 100)}: {error}") from None
-        if not isinstance(answer, list) or not answer:
-            raise AcmeError(f"resolver gave no address for {safe_text(host, 100)}")
-        addresses = []
-        for item in answer[:MAX_ADDRESSES]:
-            try:
-                addresses.append(str(ipaddress.ip_address(item)))
-            except ValueError:
-                raise AcmeError(
-                    f"resolver gave a non-address {safe_text(str(item), 60)!r} "
-                    f"for {safe_text(host, 100)}"
-                ) from None
-        return addresses
 
 
 def _refuse_redirect(response: requests.Response, **_kwargs: Any) -> requests.Response:
