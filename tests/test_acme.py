@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+import urllib3
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,13 +27,16 @@ from letskencrypt.acme import (
     AcmeClient,
     AcmeError,
     HttpResponse,
+    Order,
     Transport,
     check_url,
     format_problem,
     parse_retry_after,
     validate_nonce,
 )
+from letskencrypt.acme.transport import PinnedAdapter, host_header
 from letskencrypt.errors import LetskencryptError
+from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from tests.pebble import Pebble
@@ -440,6 +445,18 @@ def test_new_order_rejects_bad_fields(change: dict[str, Any]):
         client.new_order(["a.test"])
 
 
+def test_issue_reports_an_invalid_order_with_its_problem():
+    problem = {"type": "urn:ietf:params:acme:error:rejectedIdentifier", "detail": "no\x1b[1m"}
+    client, _, signer, *_ = scripted(
+        response(200),
+        response(201, {**ORDER, "status": "invalid", "error": problem}, Location=f"{BASE}/order/1"),
+    )
+    with pytest.raises(AcmeError) as info:
+        client.issue(["a.test"], bytes, lambda _t, _k: None, lambda _t: None, "t" * 43)
+    assert str(info.value) == f"{BASE}/order/1 is invalid; rejectedIdentifier: no?"
+    assert len(signer.calls) == 1
+
+
 def authz(authz_status: str = "pending", **challenge: Any) -> dict[str, Any]:
     return {
         "status": authz_status,
@@ -537,7 +554,7 @@ def test_poll_invalid_authz_reports_challenge_error():
 def test_finalize_requires_certificate_url():
     ready = {**ORDER, "status": "ready"}
     client, _, signer, *_ = scripted(response(200), response(200, {**ORDER, "status": "valid"}))
-    order = client._order(f"{BASE}/order/1", ready)
+    order = Order.from_json(f"{BASE}/order/1", ready, BASE)
     with pytest.raises(AcmeError, match="no certificate URL"):
         client.finalize(order, b"\x30\x03csr")
     assert json.loads(signer.calls[0][3]) == {"csr": keys.b64url(b"\x30\x03csr")}
@@ -551,7 +568,7 @@ def test_finalize_polls_until_valid():
         response(200, {**ORDER, "status": "processing"}, Retry_After="2"),
         response(200, valid),
     )
-    order = client._order(f"{BASE}/order/1", {**ORDER, "status": "ready"})
+    order = Order.from_json(f"{BASE}/order/1", {**ORDER, "status": "ready"}, BASE)
     final = client.finalize(order, b"csr")
     assert final.certificate == f"{BASE}/cert/1"
     assert sleeps == [2.0]
@@ -955,8 +972,37 @@ def test_transport_opens_no_files(server: HostileServer):
         recording.clear()
     assert opened == []
     # requests would load its CA bundle into the context; only our anchor may be there.
-    context = transport._session.get_adapter(server.url("/ok"))._context
+    context = transport._session.get_adapter(server.url("/ok")).context
     assert context.cert_store_stats()["x509_ca"] == 1
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "header"),
+    [
+        ("acme.test", 443, "acme.test"),
+        ("acme.test", 14000, "acme.test:14000"),
+        ("127.0.0.1", 443, "127.0.0.1"),
+        ("::1", 8443, "[::1]:8443"),
+    ],
+)
+def test_host_header_names_the_ca_not_the_address(host: str, port: int, header: str):
+    assert host_header(host, port) == header
+
+
+def test_transport_uses_public_extension_points_only():
+    """The adapter overrides no private name of requests' HTTPAdapter, and the
+    session, pools and connections are requests' and urllib3's own classes."""
+    transport = Transport(LoopbackResolver(), make_ca()[1].public_bytes(serialization.Encoding.PEM))
+    adapter = transport._session.get_adapter("https://acme.test/")
+    assert isinstance(adapter, PinnedAdapter)
+    overridden = {name for name in vars(PinnedAdapter) if hasattr(HTTPAdapter, name)}
+    assert overridden - {"__init__", "__doc__", "__module__"} == {
+        "init_poolmanager",
+        "get_connection_with_tls_context",
+        "send",
+    }
+    assert type(transport._session) is requests.Session
+    assert type(adapter.poolmanager) is urllib3.PoolManager
 
 
 def test_transport_read_timeout(server: HostileServer):

@@ -1,0 +1,45 @@
+"""The ACME (RFC 8555) engine of netproc, the only role that talks to the CA.
+
+netproc holds no private key and has no resolver of its own: requests are
+signed by a `Signer` (acctproc) and host names are resolved by a `Resolver`
+(dnsproc), both other processes.  Everything the CA sends is hostile input.
+
+- `messages`: the CA's documents, parsed and validated (and `AcmeError`);
+- `transport`: HTTPS through requests, pinned to the resolver's addresses,
+  bounded in size and time, never redirected;
+- `client`: the protocol flow, `AcmeClient`.
+"""
+
+from letskencrypt.acme.client import DEFAULT_POLL_TIMEOUT, AcmeClient, Signer
+from letskencrypt.acme.messages import (
+    AcmeError,
+    Authorization,
+    Challenge,
+    Directory,
+    Order,
+    Problem,
+    check_url,
+    format_problem,
+    parse_retry_after,
+    validate_nonce,
+)
+from letskencrypt.acme.transport import HttpResponse, Resolver, Transport
+
+__all__ = [
+    "DEFAULT_POLL_TIMEOUT",
+    "AcmeClient",
+    "AcmeError",
+    "Authorization",
+    "Challenge",
+    "Directory",
+    "HttpResponse",
+    "Order",
+    "Problem",
+    "Resolver",
+    "Signer",
+    "Transport",
+    "check_url",
+    "format_problem",
+    "parse_retry_after",
+    "validate_nonce",
+]

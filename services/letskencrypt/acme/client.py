@@ -1,0 +1,371 @@
+"""The ACME (RFC 8555) flow: directory, nonces, account, order, authorizations,
+http-01 challenges, finalize, polling with Retry-After, download, revoke.
+
+`AcmeClient` holds no private key and reads no CA document itself: requests
+are signed by a `Signer` (acctproc), sent through a `Transport`, and every
+answer is parsed by `letskencrypt.acme.messages`.
+"""
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+from urllib.parse import urljoin
+
+from letskencrypt import pem
+from letskencrypt.acme.messages import (
+    ACCOUNT_DOES_NOT_EXIST,
+    AUTHZ_FAILED,
+    BAD_NONCE,
+    Account,
+    AcmeError,
+    Authorization,
+    Directory,
+    Order,
+    Problem,
+    check_url,
+    failure_text,
+    json_object,
+    parse_retry_after,
+    string_field,
+    validate_nonce,
+)
+from letskencrypt.acme.transport import HttpResponse, Transport
+from letskencrypt.b64 import b64url
+from letskencrypt.errors import CertificateRejected, InputError
+from letskencrypt.validate import safe_text, validate_key_authorization
+
+MAX_CERTIFICATE_BODY = 256 * 1024
+MAX_BAD_NONCE_RETRIES = 5
+MAX_BUSY_RETRIES = 3
+DEFAULT_POLL_TIMEOUT = 300.0
+
+
+class Signer(Protocol):
+    def sign(self, url: str, nonce: str, kid: str | None, payload: bytes | None) -> dict[str, str]:
+        """Flattened JWS {protected,payload,signature}; kid None => the signer embeds
+        its JWK (newAccount); payload None => POST-as-GET (empty payload)."""
+        ...
+
+
+def _jws_body(jws: Mapping[str, str]) -> bytes:
+    try:
+        flattened = {key: jws[key] for key in ("protected", "payload", "signature")}
+    except (KeyError, TypeError):
+        raise AcmeError("the signer returned a malformed JWS") from None
+    if not all(isinstance(value, str) for value in flattened.values()):
+        raise AcmeError("the signer returned a malformed JWS")
+    return json.dumps(flattened).encode("ascii")
+
+
+class AcmeClient:
+    """One ACME account's conversation with one CA."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        signer: Signer,
+        directory_url: str,
+        *,
+        log: Callable[[str], None] | None = None,
+        max_wait: float = 60.0,
+        bad_nonce_retries: int = MAX_BAD_NONCE_RETRIES,
+        poll_min: float = 1.0,
+        poll_max: float = 60.0,
+        poll_timeout: float = DEFAULT_POLL_TIMEOUT,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.directory_url = check_url(directory_url, directory_url, "directory")
+        self.kid: str | None = None
+        self._transport = transport
+        self._signer = signer
+        self._log = log or (lambda _message: None)
+        self._max_wait = max_wait
+        self._bad_nonce_retries = bad_nonce_retries
+        self._poll_min = poll_min
+        self._poll_max = poll_max
+        self._poll_timeout = poll_timeout
+        self._sleep = sleep
+        self._clock = clock
+        self._directory: Directory | None = None
+        self._nonce: str | None = None
+
+    # -- directory and nonces --
+
+    def directory(self) -> Directory:
+        if self._directory is not None:
+            return self._directory
+        response = self._transport.request(
+            "GET", self.directory_url, headers={"Accept": "application/json"}
+        )
+        if response.status != 200:
+            raise Problem.from_body(response.body, response.status).error("directory: ")
+        document = json_object(response.body, "directory")
+        self._directory = Directory.from_json(document, self.directory_url)
+        self._log(f"directory {self.directory_url}")
+        return self._directory
+
+    def _check(self, url: object, what: str) -> str:
+        return check_url(url, self.directory_url, what)
+
+    def _remember_nonce(self, response: HttpResponse) -> None:
+        nonce = response.headers.get("Replay-Nonce")
+        self._nonce = None if nonce is None else validate_nonce(nonce)
+
+    def _take_nonce(self) -> str:
+        if self._nonce is None:
+            response = self._transport.request("HEAD", self.directory().new_nonce)
+            if response.status not in (200, 204):
+                raise AcmeError(f"newNonce: HTTP {response.status}", status=response.status)
+            self._remember_nonce(response)
+            if self._nonce is None:
+                raise AcmeError("newNonce: CA sent no Replay-Nonce")
+        nonce, self._nonce = self._nonce, None
+        return nonce
+
+    # -- signed requests --
+
+    def post(
+        self,
+        url: str,
+        payload: dict[str, Any] | None,
+        kid: str | None,
+        *,
+        accept: str | None = None,
+        max_body: int | None = None,
+    ) -> HttpResponse:
+        """Signed POST (payload None: POST-as-GET); retries badNonce and busy CAs."""
+        url = self._check(url, "request")
+        body = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/jose+json"}
+        if accept is not None:
+            headers["Accept"] = accept
+        bad_nonces = busy = 0
+        while True:
+            jws = self._signer.sign(url, self._take_nonce(), kid, body)
+            response = self._transport.request(
+                "POST", url, body=_jws_body(jws), headers=headers, max_body=max_body
+            )
+            self._remember_nonce(response)
+            if 200 <= response.status < 300:
+                return response
+            problem = Problem.from_body(response.body, response.status)
+            if problem.type == BAD_NONCE and bad_nonces < self._bad_nonce_retries:
+                bad_nonces += 1
+                self._log(f"CA rejected our nonce, retrying ({bad_nonces})")
+                continue
+            if (response.status == 429 or response.status >= 500) and busy < MAX_BUSY_RETRIES:
+                busy += 1
+                wait = self._busy_wait(response, busy, problem.message)
+                self._log(f"{problem.message}; retrying in {wait:g} s ({busy}/{MAX_BUSY_RETRIES})")
+                self._sleep(wait)
+                continue
+            raise problem.error()
+
+    def _busy_wait(self, response: HttpResponse, attempt: int, message: str) -> float:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if retry_after is None:
+            return min(float(2 ** (attempt - 1)), self._max_wait)
+        if retry_after > self._max_wait:
+            # Retrying earlier than asked only burns rate limit.
+            raise AcmeError(
+                f"{message}; CA asks to retry after {retry_after:.0f} s", status=response.status
+            )
+        return retry_after
+
+    def _location(self, response: HttpResponse, request_url: str, what: str) -> str:
+        location = response.headers.get("Location")
+        if location is None:
+            raise AcmeError(f"CA sent no Location for the {what}")
+        return self._check(urljoin(request_url, location), what)
+
+    def _require_kid(self) -> str:
+        if self.kid is None:
+            raise AcmeError("no ACME account: call account() first")
+        return self.kid
+
+    # -- account --
+
+    def account(self, contact: list[str], create: bool = True) -> str:
+        """Find (or, if `create`, register) the account for the signer's key; its kid."""
+        new_account = self.directory().new_account
+        created = False
+        try:
+            response = self.post(new_account, {"onlyReturnExisting": True}, None)
+        except AcmeError as error:
+            if error.problem_type != ACCOUNT_DOES_NOT_EXIST:
+                raise
+            if not create:
+                raise AcmeError("the CA has no account for this key") from None
+            payload: dict[str, Any] = {"termsOfServiceAgreed": True}
+            if contact:
+                payload["contact"] = list(contact)
+            response = self.post(new_account, payload, None)
+            created = True
+        kid = self._location(response, new_account, "account")
+        account = Account.from_json(kid, json_object(response.body, "account"))
+        self.kid = account.url
+        self._log(f"account {kid} {'created' if created else 'found'}")
+        return kid
+
+    # -- orders and authorizations --
+
+    def new_order(self, names: list[str]) -> Order:
+        new_order = self.directory().new_order
+        payload = {"identifiers": [{"type": "dns", "value": name} for name in names]}
+        response = self.post(new_order, payload, self._require_kid())
+        url = self._location(response, new_order, "order")
+        order = Order.from_json(url, json_object(response.body, "order"), self.directory_url)
+        self._log(f"order {url}: {order.status}")
+        return order
+
+    def authorization(self, url: str) -> Authorization:
+        url = self._check(url, "authorization")
+        response = self.post(url, None, self._require_kid())
+        document = json_object(response.body, "authorization")
+        return Authorization.from_json(url, document, self.directory_url)
+
+    def respond(self, challenge_url: str) -> None:
+        """Tell the CA the challenge response is in place."""
+        self.post(challenge_url, {}, self._require_kid())
+
+    def poll(
+        self, url: str, done: set[str], fail: set[str], *, total_timeout: float | None = None
+    ) -> dict[str, Any]:
+        """POST-as-GET `url` until its status is in `done` (returned) or `fail` (AcmeError).
+
+        Waits between polls follow Retry-After, clamped to [poll_min, poll_max].
+        """
+        url = self._check(url, "poll")
+        limit = self._poll_timeout if total_timeout is None else total_timeout
+        deadline = self._clock() + limit
+        while True:
+            response = self.post(url, None, self._require_kid())
+            document = json_object(response.body, "status document")
+            status = string_field(document, "status", "status document")
+            if status in done:
+                return document
+            if status in fail:
+                raise AcmeError(failure_text(url, status, document))
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            wait = min(max(retry_after or 0.0, self._poll_min), self._poll_max)
+            if self._clock() + wait > deadline:
+                raise AcmeError(
+                    f"{url} is still {safe_text(status, 40)} after {limit:g} s; giving up"
+                )
+            self._sleep(wait)
+
+    # -- certificate --
+
+    def finalize(self, order: Order, csr_der: bytes) -> Order:
+        """Submit the CSR and wait until the order is valid and has a certificate URL."""
+        response = self.post(order.finalize, {"csr": b64url(csr_der)}, self._require_kid())
+        final = Order.from_json(order.url, json_object(response.body, "order"), self.directory_url)
+        if final.status != "valid":
+            self._log(f"order {order.url}: {final.status}, waiting")
+            final = Order.from_json(
+                order.url, self.poll(order.url, {"valid"}, {"invalid"}), self.directory_url
+            )
+        if final.certificate is None:
+            raise AcmeError(f"order {order.url} is valid but has no certificate URL")
+        return final
+
+    def download(self, certificate_url: str) -> bytes:
+        """The PEM certificate chain (at most 256 KiB, every block a certificate)."""
+        response = self.post(
+            certificate_url,
+            None,
+            self._require_kid(),
+            accept="application/pem-certificate-chain",
+            max_body=MAX_CERTIFICATE_BODY,
+        )
+        try:
+            # Text and DER framing only: certproc parses and checks the chain.
+            count = len(pem.certificate_ders(response.body, MAX_CERTIFICATE_BODY))
+        except CertificateRejected as error:
+            raise AcmeError(f"CA sent an unusable certificate chain: {error}") from None
+        self._log(f"downloaded a chain of {count} certificate(s)")
+        return response.body
+
+    def revoke(self, cert_der: bytes, reason: int | None = None) -> None:
+        revoke_cert = self.directory().revoke_cert
+        if revoke_cert is None:
+            raise AcmeError("the CA's directory offers no revokeCert")
+        payload: dict[str, Any] = {"certificate": b64url(cert_der)}
+        if reason is not None:
+            if not isinstance(reason, int) or not 0 <= reason <= 10 or reason == 7:
+                raise AcmeError(f"invalid revocation reason {reason!r} (RFC 5280: 0-6, 8-10)")
+            payload["reason"] = reason
+        self.post(revoke_cert, payload, self._require_kid())
+        self._log("certificate revoked")
+
+    # -- the whole issuance --
+
+    def issue(
+        self,
+        names: list[str],
+        csr_provider: Callable[[], bytes],
+        publish: Callable[[str, str], None],
+        withdraw: Callable[[str], None],
+        thumbprint: str,
+    ) -> bytes:
+        """Order a certificate for `names`, prove control over http-01, return the PEM chain.
+
+        `publish(token, key_authorization)` must make the response reachable at
+        /.well-known/acme-challenge/<token>; `withdraw(token)` removes it again.
+        """
+        order = self.new_order(names)
+        # One authorization per identifier (RFC 8555 section 7.1.3): more would
+        # have us prove control of names nobody asked for, each one a challenge
+        # file and up to poll_timeout of waiting.
+        if len(order.authorizations) > len(names):
+            raise AcmeError(
+                f"CA sent an order with {len(order.authorizations)} authorizations "
+                f"for {len(names)} names"
+            )
+        if order.status == "invalid":
+            reason = "" if order.error is None else f"; {order.error}"
+            raise AcmeError(safe_text(f"{order.url} is invalid{reason}", 3000))
+        if order.status == "pending":
+            for url in order.authorizations:
+                self._authorize(url, publish, withdraw, thumbprint)
+        order = Order.from_json(
+            order.url, self.poll(order.url, {"ready", "valid"}, {"invalid"}), self.directory_url
+        )
+        if order.status == "ready":
+            order = self.finalize(order, csr_provider())
+        if order.certificate is None:
+            raise AcmeError(f"order {order.url} is valid but has no certificate URL")
+        return self.download(order.certificate)
+
+    def _authorize(
+        self,
+        url: str,
+        publish: Callable[[str, str], None],
+        withdraw: Callable[[str], None],
+        thumbprint: str,
+    ) -> None:
+        authz = self.authorization(url)
+        if authz.status == "valid":
+            self._log(f"{authz.identifier}: already authorized")
+            return
+        if authz.status != "pending":
+            raise AcmeError(f"authorization for {authz.identifier} is {authz.status}")
+        challenge = authz.challenge
+        if challenge is None:
+            raise AcmeError(f"the CA offers no http-01 challenge for {authz.identifier}")
+        try:
+            key_authorization = validate_key_authorization(
+                challenge.token, f"{challenge.token}.{thumbprint}"
+            )
+        except InputError as error:
+            raise AcmeError(str(error)) from None
+        publish(challenge.token, key_authorization)
+        try:
+            if challenge.status == "pending":
+                self.respond(challenge.url)
+            self.poll(authz.url, {"valid"}, set(AUTHZ_FAILED))
+        finally:
+            withdraw(challenge.token)
+        self._log(f"{authz.identifier}: authorized")

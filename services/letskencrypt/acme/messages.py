@@ -1,0 +1,339 @@
+"""What the CA sends, parsed and validated: problem documents, the directory,
+accounts, orders, authorizations, challenges, Replay-Nonce and Retry-After.
+
+Every CA message is hostile input.  Each type's `from_json` checks every field
+it keeps (types, sizes, status enums, and that every URL is https on the
+directory's origin) and raises `AcmeError` with one terminal-safe line naming
+what was wrong; nothing else in the package reads a CA document's fields.
+"""
+
+import email.utils
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Self
+
+from letskencrypt.errors import InputError, LetskencryptError
+from letskencrypt.urls import origin, well_formed
+from letskencrypt.validate import is_nonce, safe_text, validate_token
+
+ERROR_PREFIX = "urn:ietf:params:acme:error:"
+BAD_NONCE = ERROR_PREFIX + "badNonce"
+ACCOUNT_DOES_NOT_EXIST = ERROR_PREFIX + "accountDoesNotExist"
+
+MAX_AUTHORIZATIONS = 100
+MAX_RETRY_AFTER = 10**10  # seconds; larger delay-seconds are read as this
+
+AUTHZ_FAILED = frozenset({"invalid", "deactivated", "expired", "revoked"})
+ORDER_STATUSES = frozenset({"pending", "ready", "processing", "valid", "invalid"})
+AUTHZ_STATUSES = AUTHZ_FAILED | {"pending", "valid"}
+CHALLENGE_STATUSES = frozenset({"pending", "processing", "valid", "invalid"})
+
+
+class AcmeError(LetskencryptError):
+    """The CA answered with an error, or with something we refuse to accept."""
+
+    def __init__(
+        self, message: str, *, problem_type: str | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.problem_type = problem_type
+        self.status = status
+
+
+# --- problem documents (RFC 7807) --------------------------------------------
+
+
+def _short_type(value: object) -> str:
+    # The bare prefix is no type either: it would leave nothing to show.
+    if not isinstance(value, str) or not value.removeprefix(ERROR_PREFIX):
+        return "(no type)"
+    return safe_text(value.removeprefix(ERROR_PREFIX), 100)
+
+
+def _one_problem(problem: Mapping[Any, Any]) -> str:
+    text = _short_type(problem.get("type"))
+    detail = problem.get("detail")
+    if isinstance(detail, str) and detail:
+        text += ": " + safe_text(detail, 300)
+    return text
+
+
+def identifier_text(identifier: object) -> str:
+    """`type:value` of an ACME identifier, terminal-safe, whatever was sent."""
+    if not isinstance(identifier, dict):
+        return "(no identifier)"
+    kind, value = identifier.get("type"), identifier.get("value")
+    kind_text = safe_text(kind, 20) if isinstance(kind, str) else "?"
+    value_text = safe_text(value, 100) if isinstance(value, str) else "?"
+    return f"{kind_text}:{value_text}"
+
+
+def format_problem(problem: object, status: int) -> str:
+    """One terminal-safe line for an RFC 7807 problem document (status 0: none)."""
+    prefix = f"HTTP {status}: " if status else ""
+    if isinstance(problem, bytes):
+        problem = problem.decode("utf-8", "replace")
+    if not isinstance(problem, dict):
+        if problem is None or problem == "":
+            return f"{prefix}no error details"
+        text = problem if isinstance(problem, str) else repr(problem)
+        return prefix + "unexpected error body: " + safe_text(text, 200)
+    parts = [_one_problem(problem)]
+    subproblems = problem.get("subproblems")
+    if isinstance(subproblems, list):
+        shown = [p for p in subproblems if isinstance(p, dict)][:10]
+        for sub in shown:
+            parts.append(f"[{identifier_text(sub.get('identifier'))}] {_one_problem(sub)}")
+        if len(subproblems) > len(shown):
+            parts.append(f"(+{len(subproblems) - len(shown)} more subproblems)")
+    return safe_text(prefix + "; ".join(parts), 2000)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An error answer: its problem type (if the CA named one) and one safe line."""
+
+    type: str | None
+    message: str
+    status: int
+
+    @classmethod
+    def from_body(cls, body: bytes, status: int) -> Self:
+        try:
+            document: object = json.loads(body)
+        except (ValueError, RecursionError):
+            document = body.decode("utf-8", "replace")
+        kind = document.get("type") if isinstance(document, dict) else None
+        return cls(
+            type=kind if isinstance(kind, str) else None,
+            message=format_problem(document, status),
+            status=status,
+        )
+
+    def error(self, prefix: str = "") -> AcmeError:
+        return AcmeError(prefix + self.message, problem_type=self.type, status=self.status)
+
+
+# --- headers and URLs ----------------------------------------------------------
+
+
+def validate_nonce(value: object) -> str:
+    """A Replay-Nonce: non-empty base64url of at most 128 characters."""
+    if not is_nonce(value):
+        shown = safe_text(value, 60) if isinstance(value, str) else type(value).__name__
+        raise AcmeError(f"CA sent an invalid Replay-Nonce {shown!r}")
+    return value
+
+
+def check_url(url: object, base: str, what: str) -> str:
+    """Return `url` if it is an https URL on the same origin as `base`, else AcmeError.
+
+    A CA that points us at another host, scheme or port is treated as hostile.
+    """
+    if not isinstance(url, str):
+        raise AcmeError(f"CA sent a {type(url).__name__} as {what} URL, not a string")
+    shown = safe_text(url, 200)
+    if not well_formed(url):
+        raise AcmeError(f"CA sent a malformed {what} URL {shown!r}")
+    try:
+        if origin(url) != origin(base):
+            raise AcmeError(f"{what} URL {shown!r} is not on the CA's origin {base!r}")
+    except InputError as error:
+        raise AcmeError(f"unusable {what} URL: {error}") from None
+    return url
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date).
+
+    None when absent or unparseable; never negative.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        # Exact up to 10**10 s (centuries), that cap beyond: a long string of
+        # digits is still "too long", never cut down to a shorter wait.
+        digits = value.lstrip("0") or "0"
+        return float(min(int(digits[:11]), MAX_RETRY_AFTER))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+# --- JSON documents --------------------------------------------------------------
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1] in "aeiou" else f"a {noun}"
+
+
+def json_object(body: bytes, what: str) -> dict[str, Any]:
+    """The body as a JSON object, or AcmeError naming `what` it should have been."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        raise AcmeError(f"CA sent {_a(what)} that is not JSON") from None
+    if not isinstance(document, dict):
+        raise AcmeError(f"CA sent {_a(what)} that is not a JSON object")
+    return document
+
+
+def string_field(document: Mapping[str, Any], key: str, what: str) -> str:
+    value = document.get(key)
+    if not isinstance(value, str):
+        raise AcmeError(f"CA sent {_a(what)} without a string {key!r}")
+    return value
+
+
+def _status(document: Mapping[str, Any], allowed: frozenset[str], what: str) -> str:
+    status = string_field(document, "status", what)
+    if status not in allowed:
+        raise AcmeError(f"CA sent {_a(what)} with unknown status {safe_text(status, 40)!r}")
+    return status
+
+
+def failure_text(url: str, status: str, document: Mapping[str, Any]) -> str:
+    """Why an order or authorization failed, with the CA's problem documents."""
+    parts = [f"{url} is {safe_text(status, 40)}"]
+    if "identifier" in document:
+        parts[0] = f"{identifier_text(document['identifier'])}: " + parts[0]
+    if document.get("error") is not None:
+        parts.append(format_problem(document["error"], 0))
+    challenges = document.get("challenges")
+    if isinstance(challenges, list):
+        for challenge in challenges[:10]:
+            if isinstance(challenge, dict) and challenge.get("error") is not None:
+                kind = challenge.get("type")
+                kind_text = safe_text(kind, 20) if isinstance(kind, str) else "?"
+                parts.append(f"{kind_text} challenge: {format_problem(challenge['error'], 0)}")
+    return safe_text("; ".join(parts), 3000)
+
+
+# --- the resources ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Directory:
+    new_nonce: str
+    new_account: str
+    new_order: str
+    revoke_cert: str | None
+    terms_of_service: str | None  # terminal-safe; shown, never fetched
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any], base: str) -> Self:
+        def url(key: str) -> str:
+            return check_url(document.get(key), base, f"directory {key}")
+
+        revoke = document.get("revokeCert")
+        terms = None
+        meta = document.get("meta")
+        if isinstance(meta, dict) and isinstance(meta.get("termsOfService"), str):
+            terms = safe_text(meta["termsOfService"], 300)
+        return cls(
+            new_nonce=url("newNonce"),
+            new_account=url("newAccount"),
+            new_order=url("newOrder"),
+            revoke_cert=None if revoke is None else url("revokeCert"),
+            terms_of_service=terms,
+        )
+
+
+@dataclass(frozen=True)
+class Account:
+    """An account we may use: only a valid one (or one without a status) parses."""
+
+    url: str  # the kid
+
+    @classmethod
+    def from_json(cls, url: str, document: Mapping[str, Any]) -> Self:
+        status = document.get("status")
+        if status is not None and status != "valid":
+            raise AcmeError(f"account {url} is {safe_text(str(status), 40)}")
+        return cls(url=url)
+
+
+@dataclass(frozen=True)
+class Order:
+    url: str
+    status: str
+    authorizations: tuple[str, ...]
+    finalize: str
+    certificate: str | None = None
+    error: str | None = None  # the CA's problem document, as format_problem's line
+
+    @classmethod
+    def from_json(cls, url: str, document: Mapping[str, Any], base: str) -> Self:
+        status = _status(document, ORDER_STATUSES, "order")
+        authorizations = document.get("authorizations")
+        if (
+            not isinstance(authorizations, list)
+            or not 0 < len(authorizations) <= MAX_AUTHORIZATIONS
+        ):
+            raise AcmeError(
+                f"CA sent an order without a list of 1 to {MAX_AUTHORIZATIONS} authorizations"
+            )
+        urls = tuple(check_url(a, base, "authorization") for a in authorizations)
+        finalize = check_url(document.get("finalize"), base, "finalize")
+        certificate = document.get("certificate")
+        if certificate is not None:
+            certificate = check_url(certificate, base, "certificate")
+        error = document.get("error")
+        return cls(
+            url=url,
+            status=status,
+            authorizations=urls,
+            finalize=finalize,
+            certificate=certificate,
+            error=None if error is None else format_problem(error, 0),
+        )
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """An http-01 challenge: the only type netproc answers."""
+
+    url: str
+    token: str  # safe as a file name: base64url, bounded
+    status: str
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any], base: str) -> Self:
+        try:
+            token = validate_token(document.get("token"))
+        except InputError as error:
+            raise AcmeError(f"CA sent an unusable http-01 challenge: {error}") from None
+        return cls(
+            url=check_url(document.get("url"), base, "challenge"),
+            token=token,
+            status=_status(document, CHALLENGE_STATUSES, "challenge"),
+        )
+
+
+@dataclass(frozen=True)
+class Authorization:
+    url: str
+    status: str
+    identifier: str  # terminal-safe
+    challenge: Challenge | None  # the http-01 one, if offered
+
+    @classmethod
+    def from_json(cls, url: str, document: Mapping[str, Any], base: str) -> Self:
+        status = _status(document, AUTHZ_STATUSES, "authorization")
+        identifier = identifier_text(document.get("identifier"))
+        challenges = document.get("challenges")
+        if not isinstance(challenges, list):
+            raise AcmeError(f"authorization for {identifier} has no list of challenges")
+        challenge = None
+        for item in challenges:
+            if isinstance(item, dict) and item.get("type") == "http-01":
+                challenge = Challenge.from_json(item, base)
+                break
+        return cls(url=url, status=status, identifier=identifier, challenge=challenge)
