@@ -13,7 +13,7 @@ import pwd
 import sys
 from typing import NoReturn
 
-from letskencrypt import anchors
+from letskencrypt import anchors, fsutil
 from letskencrypt.errors import InputError
 from letskencrypt.fsutil import (
     KEY_DIR_MODE,
@@ -240,15 +240,13 @@ def move_former_default_domain_key(args: argparse.Namespace) -> str | None:
 
 
 def copy_key(source: str, target: str) -> None:
-    with open(source, "rb") as key:
-        data = key.read(MAX_KEY_FILE_SIZE + 1)
-    if len(data) > MAX_KEY_FILE_SIZE:
-        raise InputError(f"{source}: larger than a key")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    with os.fdopen(os.open(target, flags, KEY_FILE_MODE), "wb") as copy:
-        copy.write(data)
-        copy.flush()
-        os.fsync(copy.fileno())
+    try:
+        data = fsutil.read_file(source, MAX_KEY_FILE_SIZE, follow_symlinks=True)
+    except fsutil.FileTooLarge:
+        raise InputError(f"{source}: larger than a key") from None
+    except fsutil.NotRegularFile:
+        raise InputError(f"{source}: not a regular file") from None
+    fsutil.write_new(target, data, KEY_FILE_MODE, create_mode=KEY_FILE_MODE)
 
 
 def run_user(name: str) -> RunUser | None:

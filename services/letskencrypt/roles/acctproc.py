@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from letskencrypt import keys, process, rpc
+from letskencrypt import fsutil, keys, process, rpc
 from letskencrypt.b64 import b64url_decode
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.process import Logger, RoleConfig
@@ -599,9 +599,7 @@ class AuditLog:
         line = json.dumps(entry, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
         with self.lock:
             try:
-                view = memoryview(line)
-                while view:
-                    view = view[os.write(self.fd, view) :]
+                fsutil.write_all(self.fd, line)
                 os.fsync(self.fd)
             except OSError as error:
                 # No record, no signature.
