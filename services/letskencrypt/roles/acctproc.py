@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import serialization
 
 from letskencrypt import fsutil, keys, process, rpc
 from letskencrypt.b64 import b64url_decode
+from letskencrypt.constants import REVOCATION_REASON_CODES, default_audit_log
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.urls import MAX_URL_LENGTH, require_same_origin, well_formed
@@ -46,7 +47,6 @@ MAX_IDENTIFIERS = 100
 MAX_CSR = 16 * 1024
 MAX_CERTIFICATE = 16 * 1024
 MAX_TIMESTAMP = 64
-AUDIT_LOG_NAME = "audit.log"
 AUDIT_LOG_MODE = 0o600
 AUDIT_FLAGS = (
     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
@@ -100,8 +100,6 @@ NEW_ORDER_FIELDS = frozenset({"identifiers", "notBefore", "notAfter"})
 REVOKE_FIELDS = frozenset({"certificate", "reason"})
 ACCOUNT_UPDATE_FIELDS = frozenset({"contact", "termsOfServiceAgreed"})
 JWS_FIELDS = frozenset({"protected", "payload", "signature"})
-# RFC 5280 CRLReason values; 7 is unused.
-REVOCATION_REASONS = frozenset({0, 1, 2, 3, 4, 5, 6, 8, 9, 10})
 
 
 class Refused(InputError):
@@ -368,7 +366,7 @@ class RunPolicy:
         if extra:
             raise refuse(f"unexpected field {safe_text(sorted(extra)[0], 40)!r}")
         reason = document.get("reason", 0)
-        if type(reason) is not int or reason not in REVOCATION_REASONS:
+        if type(reason) is not int or reason not in REVOCATION_REASON_CODES:
             raise refuse("reason is not an RFC 5280 revocation reason")
         der = decode_base64url(document["certificate"], MAX_CERTIFICATE, "certificate", refuse)
         try:
@@ -604,10 +602,6 @@ class AuditLog:
             except OSError as error:
                 # No record, no signature.
                 raise InputError(f"cannot write the audit log: {error.strerror}") from None
-
-
-def default_audit_log(account_key_path: str) -> str:
-    return os.path.join(os.path.dirname(account_key_path), AUDIT_LOG_NAME)
 
 
 # --- the service -------------------------------------------------------------------
