@@ -135,15 +135,19 @@ def test_cert_without_final_newline(tmp_path, sets):
 @pytest.mark.parametrize(
     ("cert", "chain", "reason"),
     [
-        (b"", b"", "cert.pem rejected"),
-        (b"garbage", b"", "cert.pem rejected"),
-        (None, b"garbage", "chain.pem rejected"),
+        (b"", b"", "cert.pem rejected: empty"),
+        (b"garbage", b"", "cert.pem rejected: not a PEM certificate"),
+        (None, b"garbage", "chain.pem rejected: not a PEM certificate"),
+        ("big", b"", "cert.pem rejected: larger than 131072 bytes"),
+        (None, b"-----BEGIN CERTIFICATE-----\n", "chain.pem rejected: certificate 0"),
         ("two", b"", "exactly one certificate"),
     ],
 )
 def test_install_rejects_bad_input(tmp_path, sets, cert, chain, reason):
     if cert is None:
         cert = sets[0][0]
+    elif cert == "big":
+        cert = sets[0][0] + b"\n" * (128 * 1024)
     elif cert == "two":
         cert = sets[0][0] + sets[1][0]
     with pytest.raises(InputError, match=reason):

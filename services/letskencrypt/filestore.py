@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from letskencrypt import fsutil
 from letskencrypt.errors import CertificateRejected, FileStoreError, InputError
 from letskencrypt.fsutil import FileTooLarge, NotRegularFile, make_directories
-from letskencrypt.pem import certificate_ders
+from letskencrypt.pem import BEGIN, certificate_ders
 
 CERT = "cert.pem"
 CHAIN = "chain.pem"
@@ -56,7 +56,9 @@ MAX_BACKUPS = 5
 FILE_MODE = 0o444
 DIR_MODE = 0o755
 MAX_FILE_BYTES = 1024 * 1024
-MAX_CERT_BYTES = 256 * 1024
+# Each of cert.pem and chain.pem as fileproc is given them.
+MAX_CERT_BYTES = 128 * 1024
+PEM_BEGIN = BEGIN.encode("ascii")
 
 _SET_ID_RE = re.compile(r"(?:legacy-)?\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{4}")
 _TEMP_LINK_RE = re.compile(r"\.(?:live|cert\.pem|chain\.pem|fullchain\.pem)\.tmp-[0-9a-f]{8}")
@@ -195,11 +197,18 @@ def _build_set(sets_fd: int, files: dict[str, bytes], prefix: str = "") -> str:
 def _check_pem(data: bytes, what: str, allow_empty: bool) -> int:
     """Count the certificates in `data`, refusing anything that is not PEM.
 
-    A check of the text and of the DER framing only (see pem): certproc has
-    verified the chain, and fileproc carries no X.509 parser.
+    fileproc's one check of what it is given: it trusts certproc's
+    verification of the chain but not the bytes that reach it, and carries
+    no X.509 parser, so this checks the text and the DER framing (see pem).
     """
-    if not data and allow_empty:
-        return 0
+    if not data:
+        if allow_empty:
+            return 0
+        raise InputError(f"{what} rejected: empty")
+    if len(data) > MAX_CERT_BYTES:
+        raise InputError(f"{what} rejected: larger than {MAX_CERT_BYTES} bytes")
+    if not data.startswith(PEM_BEGIN) or not data.isascii():
+        raise InputError(f"{what} rejected: not a PEM certificate")
     try:
         return len(certificate_ders(data, MAX_CERT_BYTES))
     except CertificateRejected as exc:
