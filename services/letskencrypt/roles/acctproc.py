@@ -607,15 +607,14 @@ class AuditLog:
 # --- the service -------------------------------------------------------------------
 
 
-class AccountService(account_pb2_grpc.AccountServicer):
+class AccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
     def __init__(
         self, key: keys.PrivateKey, policy: RunPolicy, audit: AuditLog, log: Logger
     ) -> None:
+        super().__init__(log)
         self.key = key
         self.policy = policy
         self.audit = audit
-        self.log = log.error
-        self.info = log.info
         self.jwk = keys.jwk(key.public_key())
         self.thumbprint = keys.thumbprint(key.public_key())
 
@@ -644,7 +643,7 @@ class AccountService(account_pb2_grpc.AccountServicer):
             kind = self.policy.judge(asked)
         except Refused as refusal:
             self.audit.record(asked.url, refusal.kind, asked.payload, "refused", refusal.reason)
-            self.info(str(refusal))
+            self.log.info(str(refusal))
             raise
         protected: dict[str, object] = {"nonce": asked.nonce, "url": asked.url}
         if asked.kid:

@@ -77,11 +77,10 @@ class ChallengeDirectory:
             os.unlink(token, dir_fd=self.fd)
 
 
-class ChallengeService(challenge_pb2_grpc.ChallengeServicer):
+class ChallengeService(rpc.Servicer, challenge_pb2_grpc.ChallengeServicer):
     def __init__(self, directory: ChallengeDirectory, log: Logger) -> None:
+        super().__init__(log)
         self.directory = directory
-        self.log = log.error
-        self.debug = log.debug
 
     @rpc.guarded
     def Publish(
@@ -90,7 +89,7 @@ class ChallengeService(challenge_pb2_grpc.ChallengeServicer):
         token = validate_token(request.token)
         key_authorization = validate_key_authorization(token, request.key_authorization)
         self.directory.publish(token, key_authorization)
-        self.debug(f"published {self.directory.path}/{token}")
+        self.log.debug(f"published {self.directory.path}/{token}")
         return challenge_pb2.PublishReply()
 
     @rpc.guarded
@@ -99,7 +98,7 @@ class ChallengeService(challenge_pb2_grpc.ChallengeServicer):
     ) -> challenge_pb2.WithdrawReply:
         token = validate_token(request.token)
         self.directory.withdraw(token)
-        self.debug(f"withdrew {self.directory.path}/{token}")
+        self.log.debug(f"withdrew {self.directory.path}/{token}")
         return challenge_pb2.WithdrawReply()
 
 

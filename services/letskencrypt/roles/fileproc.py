@@ -21,13 +21,12 @@ from letskencrypt.v1 import files_pb2, files_pb2_grpc
 OPERATIONS = ("issue", "revoke")
 
 
-class FilesService(files_pb2_grpc.FilesServicer):
+class FilesService(rpc.Servicer, files_pb2_grpc.FilesServicer):
     def __init__(self, directory: CertDir, backup: bool, operation: str, log: Logger) -> None:
+        super().__init__(log)
         self.directory = directory
         self.backup = backup
         self.operation = operation
-        self.log = log.error
-        self.info = log.info
 
     @rpc.guarded
     def Install(
@@ -37,7 +36,7 @@ class FilesService(files_pb2_grpc.FilesServicer):
             raise NotThisRun(f"this is a {self.operation} run: no certificate is installed")
         # CertDir.install checks both are PEM certificates, or refuses them.
         self.directory.install(request.certificate_pem, request.chain_pem, backup=self.backup)
-        self.info(f"wrote cert.pem, chain.pem and fullchain.pem in {self.directory.path}")
+        self.log.info(f"wrote cert.pem, chain.pem and fullchain.pem in {self.directory.path}")
         return files_pb2.InstallReply()
 
     @rpc.guarded
@@ -47,7 +46,7 @@ class FilesService(files_pb2_grpc.FilesServicer):
         if self.operation != "revoke":
             raise NotThisRun(f"this is an {self.operation} run: no certificate is removed")
         self.directory.remove_set(backup=self.backup)
-        self.info(f"removed the certificate files in {self.directory.path}")
+        self.log.info(f"removed the certificate files in {self.directory.path}")
         return files_pb2.RemoveReply()
 
 
