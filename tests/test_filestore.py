@@ -46,6 +46,25 @@ def install(certdir: Path, pair, backup=False):
         return directory.install(*pair, backup=backup)
 
 
+def remove_set(certdir: Path, backup=False):
+    with CertDir(str(certdir)) as directory:
+        directory.remove_set(backup=backup)
+
+
+def tidy(certdir: Path, backup=True):
+    """What fileproc does when it starts: clean up after a crash."""
+    with CertDir(str(certdir)) as directory:
+        directory.tidy(backup)
+
+
+def read_current(certdir: Path):
+    """The current cert.pem as a reader (revokeproc) sees it, or None."""
+    try:
+        return (certdir / "cert.pem").read_bytes()
+    except FileNotFoundError:
+        return None
+
+
 def assert_clean_layout(certdir: Path):
     for name in CERT_FILES:
         assert os.readlink(certdir / name) == f".live/{name}"
@@ -76,7 +95,7 @@ def test_install_layout_and_modes(tmp_path, sets):
     for name in CERT_FILES:
         st = os.lstat(set_dir / name)
         assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o444
-    assert filestore.read_current(str(tmp_path)) == sets[0][0]
+    assert read_current(tmp_path) == sets[0][0]
 
 
 def test_reinstall_replaces_and_removes_previous(tmp_path, sets):
@@ -103,7 +122,7 @@ def test_empty_chain(tmp_path, sets):
     first = set_dirs(tmp_path)
     install(tmp_path, sets[1], backup=True)
     # The empty chain.pem does not make the backup look incomplete to recover.
-    filestore.recover(str(tmp_path))
+    tidy(tmp_path)
     assert set(first) < set(set_dirs(tmp_path))
 
 
@@ -116,15 +135,19 @@ def test_cert_without_final_newline(tmp_path, sets):
 @pytest.mark.parametrize(
     ("cert", "chain", "reason"),
     [
-        (b"", b"", "cert.pem rejected"),
-        (b"garbage", b"", "cert.pem rejected"),
-        (None, b"garbage", "chain.pem rejected"),
+        (b"", b"", "cert.pem rejected: empty"),
+        (b"garbage", b"", "cert.pem rejected: not a PEM certificate"),
+        (None, b"garbage", "chain.pem rejected: not a PEM certificate"),
+        ("big", b"", "cert.pem rejected: larger than 131072 bytes"),
+        (None, b"-----BEGIN CERTIFICATE-----\n", "chain.pem rejected: certificate 0"),
         ("two", b"", "exactly one certificate"),
     ],
 )
 def test_install_rejects_bad_input(tmp_path, sets, cert, chain, reason):
     if cert is None:
         cert = sets[0][0]
+    elif cert == "big":
+        cert = sets[0][0] + b"\n" * (128 * 1024)
     elif cert == "two":
         cert = sets[0][0] + sets[1][0]
     with pytest.raises(InputError, match=reason):
@@ -165,7 +188,7 @@ def test_legacy_regular_files_are_migrated(tmp_path, sets):
     legacy = trio(sets[0])
     for name, data in zip(CERT_FILES, legacy, strict=True):
         (tmp_path / name).write_bytes(data)
-    assert filestore.read_current(str(tmp_path)) == legacy[0]
+    assert read_current(tmp_path) == legacy[0]
     install(tmp_path, sets[1])
     assert read_trio(tmp_path) == trio(sets[1])
     assert_clean_layout(tmp_path)
@@ -184,7 +207,7 @@ def test_partial_legacy(tmp_path, sets):
     assert read_trio(tmp_path) == trio(sets[1])
     [legacy_id] = [n for n in set_dirs(tmp_path) if n.startswith("legacy-")]
     assert os.listdir(tmp_path / ".sets" / legacy_id) == ["cert.pem"]
-    filestore.recover(str(tmp_path))  # an incomplete legacy set is still kept
+    tidy(tmp_path)  # an incomplete legacy set is still kept
     assert legacy_id in set_dirs(tmp_path)
 
 
@@ -210,7 +233,7 @@ def test_remove_set_keeping_backups(tmp_path, sets):
     assert not any(os.path.lexists(tmp_path / n) for n in (*CERT_FILES, ".live"))
     assert set_dirs(tmp_path) == [first]
     assert second not in set_dirs(tmp_path)
-    assert filestore.read_current(str(tmp_path)) is None
+    assert read_current(tmp_path) is None
     install(tmp_path, sets[2])
     assert read_trio(tmp_path) == trio(sets[2])
 
@@ -218,23 +241,23 @@ def test_remove_set_keeping_backups(tmp_path, sets):
 def test_remove_set_without_backups(tmp_path, sets):
     install(tmp_path, sets[0], backup=True)
     install(tmp_path, sets[1], backup=True)
-    filestore.remove_set(str(tmp_path))
+    remove_set(tmp_path)
     assert [n for n in os.listdir(tmp_path) if n != filestore.GENERATION] == []
 
 
 def test_remove_set_on_empty_and_legacy_directories(tmp_path, sets):
-    filestore.remove_set(str(tmp_path))
+    remove_set(tmp_path)
     assert [n for n in os.listdir(tmp_path) if n != filestore.GENERATION] == []
     (tmp_path / "cert.pem").write_bytes(sets[0][0])
     (tmp_path / "other.txt").write_bytes(b"not ours")
-    filestore.remove_set(str(tmp_path))
+    remove_set(tmp_path)
     assert os.listdir(tmp_path) == ["other.txt"]
 
 
 # --- recovery --------------------------------------------------------------
 
 
-def test_recover_removes_leftovers_only(tmp_path, sets):
+def test_tidy_removes_leftovers_only(tmp_path, sets):
     keep = install(tmp_path, sets[0], backup=True)
     live = install(tmp_path, sets[1], backup=True)
     sets_dir = tmp_path / ".sets"
@@ -247,16 +270,16 @@ def test_recover_removes_leftovers_only(tmp_path, sets):
     (tmp_path / ".live.tmp-0123abcd").symlink_to(".sets/x")
     (tmp_path / ".cert.pem.tmp-0123abcd").symlink_to(".live/cert.pem")
     (tmp_path / ".chain.pem.tmp-0123abcd").write_bytes(b"a regular file is not ours")
-    filestore.recover(str(tmp_path))
+    tidy(tmp_path)
     assert set_dirs(tmp_path) == sorted([keep, live, "not-ours"])
     assert sorted(n for n in os.listdir(tmp_path) if ".tmp-" in n) == [".chain.pem.tmp-0123abcd"]
     assert read_trio(tmp_path) == trio(sets[1])
 
 
 def test_read_current(tmp_path, sets):
-    assert filestore.read_current(str(tmp_path)) is None
+    assert read_current(tmp_path) is None
     install(tmp_path, sets[0])
-    assert filestore.read_current(str(tmp_path)) == sets[0][0]
+    assert read_current(tmp_path) == sets[0][0]
 
 
 # --- hostile directory contents ------------------------------------------------
@@ -304,12 +327,10 @@ def test_hostile_live_symlink(tmp_path, outside, sets):
     for name in CERT_FILES:
         (outside / name).write_bytes(b"outside " + name.encode())
     (certdir / ".live").symlink_to(outside)
-    with pytest.raises(FileStoreError, match=r"\.live does not point into \.sets"):
-        filestore.read_current(str(certdir))
     before = snapshot(outside)
     install(certdir, sets[0])
     install(certdir, sets[1])
-    filestore.remove_set(str(certdir))
+    remove_set(certdir)
     assert snapshot(outside) == before
 
 
@@ -327,7 +348,7 @@ def test_hostile_entries_in_sets(tmp_path, outside, sets):
     (certdir / ".live.tmp-deadbeef").symlink_to(outside)
     before = snapshot(outside)
     install(certdir, sets[1], backup=True)
-    filestore.remove_set(str(certdir))
+    remove_set(certdir)
     assert snapshot(outside) == before
     assert not sets_dir.exists()
 
@@ -445,7 +466,7 @@ def test_crash_during_remove(tmp_path, sets):
     calls = _crash_everywhere(
         tmp_path,
         lambda certdir: install(certdir, sets[0]),
-        lambda certdir: filestore.remove_set(str(certdir)),
+        lambda certdir: remove_set(certdir),
         trio(sets[0]),
         (None, None, None),
         sets[2],

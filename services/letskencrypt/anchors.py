@@ -20,12 +20,10 @@ runs in containers whose image lacks it) and, where cryptography is at hand,
 each anchor is parsed, must be a CA certificate and not expired.
 """
 
-import os
-import stat
 from datetime import UTC, datetime
 from importlib import resources
 
-from letskencrypt import pem
+from letskencrypt import fsutil, pem
 from letskencrypt.errors import CertificateRejected, InputError
 
 MAX_ANCHOR_BYTES = 16 * 1024
@@ -44,28 +42,16 @@ def read_file(path: str) -> bytes:
     """The bytes of an anchor file: a readable regular file of bounded size."""
     what = f"--trust-anchors {path}"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError as error:
-        raise InputError(f"{what}: {error.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InputError(f"{what}: not a regular file")
-        data = b""
-        while len(data) <= MAX_ANCHOR_BYTES:
-            chunk = os.read(fd, MAX_ANCHOR_BYTES + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except OSError as error:
-        raise InputError(f"{what}: {error.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_ANCHOR_BYTES:
+        return fsutil.read_file(path, MAX_ANCHOR_BYTES, follow_symlinks=True)
+    except fsutil.NotRegularFile:
+        raise InputError(f"{what}: not a regular file") from None
+    except fsutil.FileTooLarge:
         raise InputError(
             f"{what}: larger than {MAX_ANCHOR_BYTES} bytes; give only the CA's root "
             "certificates, not a system bundle"
-        )
-    return data
+        ) from None
+    except OSError as error:
+        raise InputError(f"{what}: {error.strerror}") from None
 
 
 def validate(data: bytes, source: str, now: datetime | None = None) -> str:

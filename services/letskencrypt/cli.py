@@ -13,7 +13,13 @@ import pwd
 import sys
 from typing import NoReturn
 
-from letskencrypt import anchors
+from letskencrypt import anchors, fsutil
+from letskencrypt.constants import (
+    DEFAULT_POLL_TIMEOUT,
+    EXIT_FAILED,
+    SUBSCRIBER_REVOCATION_REASONS,
+    default_audit_log,
+)
 from letskencrypt.errors import InputError
 from letskencrypt.fsutil import (
     KEY_DIR_MODE,
@@ -42,19 +48,9 @@ DEFAULT_DOMAIN_KEY = "/etc/ssl/private/acme/privkey.pem"
 FORMER_DEFAULT_DOMAIN_KEY = "/etc/ssl/acme/private/privkey.pem"
 DEFAULT_ACCOUNT_KEY = "/etc/acme/privkey.pem"
 DEFAULT_CHALLENGE_DIR = "/var/www/acme"
-EXIT_FAILED = 1
 MAX_CONTACTS = 10
 DEFAULT_INTERVAL = 12 * 3600.0
 DEFAULT_BACKOFF = 60.0
-DEFAULT_POLL_TIMEOUT = 300.0
-# RFC 5280 revocation reasons that ACME accepts (7 is unused in RFC 5280).
-REVOCATION_REASONS = {
-    "unspecified": 0,
-    "keyCompromise": 1,
-    "affiliationChanged": 3,
-    "superseded": 4,
-    "cessationOfOperation": 5,
-}
 
 
 class Parser(argparse.ArgumentParser):
@@ -100,8 +96,8 @@ def build_parser() -> Parser:
         help="account contact, e.g. mailto:admin@example.org (repeatable)")
     add("--key-type", choices=KEY_TYPES, default="ecdsa256",
         help="type of newly created keys (default ecdsa256)")
-    add("--revoke-reason", choices=sorted(REVOCATION_REASONS), metavar="REASON",
-        help="revocation reason: " + ", ".join(sorted(REVOCATION_REASONS)))
+    add("--revoke-reason", choices=sorted(SUBSCRIBER_REVOCATION_REASONS), metavar="REASON",
+        help="revocation reason: " + ", ".join(sorted(SUBSCRIBER_REVOCATION_REASONS)))
     add("--daemon", action="store_true",
         help="keep running: check on a schedule and renew when due (exit 0 on SIGTERM)")
     add("--interval", type=float, default=DEFAULT_INTERVAL, metavar="SECONDS",
@@ -190,7 +186,7 @@ def check_schedule(args: argparse.Namespace) -> dict[str, float]:
 def check_audit_log(path: str | None, account_key: str, domain_key: str) -> str:
     """acctproc's audit log: by default next to the account key, never a key."""
     if path is None:
-        return os.path.join(os.path.dirname(account_key), "audit.log")
+        return default_audit_log(account_key)
     path = os.path.abspath(path)
     if path in (account_key, domain_key) or os.path.isdir(path):
         raise InputError(f"--audit-log {path}: give a file that is not a key")
@@ -240,15 +236,13 @@ def move_former_default_domain_key(args: argparse.Namespace) -> str | None:
 
 
 def copy_key(source: str, target: str) -> None:
-    with open(source, "rb") as key:
-        data = key.read(MAX_KEY_FILE_SIZE + 1)
-    if len(data) > MAX_KEY_FILE_SIZE:
-        raise InputError(f"{source}: larger than a key")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    with os.fdopen(os.open(target, flags, KEY_FILE_MODE), "wb") as copy:
-        copy.write(data)
-        copy.flush()
-        os.fsync(copy.fileno())
+    try:
+        data = fsutil.read_file(source, MAX_KEY_FILE_SIZE, follow_symlinks=True)
+    except fsutil.FileTooLarge:
+        raise InputError(f"{source}: larger than a key") from None
+    except fsutil.NotRegularFile:
+        raise InputError(f"{source}: not a regular file") from None
+    fsutil.write_new(target, data, KEY_FILE_MODE, create_mode=KEY_FILE_MODE)
 
 
 def run_user(name: str) -> RunUser | None:
@@ -297,7 +291,7 @@ def role_settings(
             "contact": contacts,
             "names": names,
             "revoke": args.revoke,
-            "revoke_reason": REVOCATION_REASONS.get(args.revoke_reason or ""),
+            "revoke_reason": SUBSCRIBER_REVOCATION_REASONS.get(args.revoke_reason or ""),
             "daemon": daemon,
             "poll_timeout": check_poll_timeout(args.poll_timeout),
         },

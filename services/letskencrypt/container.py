@@ -37,6 +37,7 @@ import sys
 from collections.abc import Callable, Mapping
 
 from letskencrypt import cli, process
+from letskencrypt.constants import EXIT_FAILED, EXIT_NOTHING_TO_DO
 from letskencrypt.errors import InputError
 from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.rpc import ROLES
@@ -46,8 +47,6 @@ CA_BUNDLE = "/etc/letskencrypt/ca.pem"
 TRUST_ANCHORS = "/etc/letskencrypt/trust-anchors.pem"
 # The roles that verify certificates to the CA's roots.
 ANCHOR_ROLES = frozenset({"certproc", "revokeproc"})
-EXIT_FAILED = 1
-EXIT_NOTHING_TO_DO = 2
 # Containers start in any order and images may still be pulled.
 READY_TIMEOUT = 120.0
 RoleBody = Callable[[RoleConfig, Logger], int]

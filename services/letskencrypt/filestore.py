@@ -13,7 +13,7 @@ A new set is written and fsynced under `.sets/.tmp-<id>`, renamed to
 `.sets/<id>`, and then published by renaming a fresh symlink over `.live`: one
 atomic rename switches all three files.  A crash at any instant therefore
 leaves either the complete old set or the complete new set visible; the
-leftovers are removed by `recover`, which runs before every change.
+leftovers are removed before every change, and by `tidy` when fileproc starts.
 
 A certificate directory written by an older tool holds regular files at the
 stable names.  The first install copies them into `.sets/legacy-<id>/`,
@@ -37,9 +37,10 @@ import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+from letskencrypt import fsutil
 from letskencrypt.errors import CertificateRejected, FileStoreError, InputError
-from letskencrypt.fsutil import make_directories
-from letskencrypt.pem import certificate_ders
+from letskencrypt.fsutil import FileTooLarge, NotRegularFile, make_directories
+from letskencrypt.pem import BEGIN, certificate_ders
 
 CERT = "cert.pem"
 CHAIN = "chain.pem"
@@ -55,16 +56,15 @@ MAX_BACKUPS = 5
 FILE_MODE = 0o444
 DIR_MODE = 0o755
 MAX_FILE_BYTES = 1024 * 1024
-MAX_CERT_BYTES = 256 * 1024
+# Each of cert.pem and chain.pem as fileproc is given them.
+MAX_CERT_BYTES = 128 * 1024
+PEM_BEGIN = BEGIN.encode("ascii")
 
 _SET_ID_RE = re.compile(r"(?:legacy-)?\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{4}")
 _TEMP_LINK_RE = re.compile(r"\.(?:live|cert\.pem|chain\.pem|fullchain\.pem)\.tmp-[0-9a-f]{8}")
 _TEMP_GENERATION_RE = re.compile(r"\.tmp-\.generation-[0-9a-f]{8}")
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_SUBDIR_FLAGS = _DIR_FLAGS | os.O_NOFOLLOW
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_SUBDIR_FLAGS = fsutil.DIRECTORY_FLAGS | os.O_NOFOLLOW
 
 
 # --- small fd-relative helpers ----------------------------------------------
@@ -97,45 +97,22 @@ def _open_subdir(name: str, dir_fd: int) -> int:
     return os.open(name, _SUBDIR_FLAGS, dir_fd=dir_fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _read_file(name: str, dir_fd: int, limit: int) -> bytes:
-    fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _EntryError(f"{name} is not a regular file")
-        data = b""
-        while len(data) <= limit:
-            chunk = os.read(fd, limit + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise _EntryError(f"{name} is larger than {limit} bytes")
-    return data
+        return fsutil.read_file(name, limit, dir_fd=dir_fd)
+    except NotRegularFile:
+        raise _EntryError(f"{name} is not a regular file") from None
+    except FileTooLarge:
+        raise _EntryError(f"{name} is larger than {limit} bytes") from None
 
 
 def _write_file(dir_fd: int, name: str, data: bytes) -> None:
-    """Write `name` in `dir_fd` as a complete mode-0444 file, via a temp file."""
+    """Write `name` in `dir_fd` as a complete mode-0444 file, via a temp file.
+
+    The directory is not fsynced: the callers do, once for all their files.
+    """
     temp = f"{TEMP_PREFIX}{name}-{secrets.token_hex(4)}"
-    fd = os.open(temp, _CREATE_FLAGS, 0o600, dir_fd=dir_fd)
-    try:
-        _write_all(fd, data)
-        # fchmod before fsync, so that the mode is as durable as the data.
-        os.fchmod(fd, FILE_MODE)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(temp, dir_fd=dir_fd)
-        raise
-    os.close(fd)
-    os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    fsutil.replace(name, data, FILE_MODE, dir_fd=dir_fd, temp_name=temp, sync_directory=False)
 
 
 def _replace_symlink(dir_fd: int, name: str, target: str) -> None:
@@ -209,7 +186,7 @@ def _build_set(sets_fd: int, files: dict[str, bytes], prefix: str = "") -> str:
             os.close(fd)
         os.rename(temp, set_id, src_dir_fd=sets_fd, dst_dir_fd=sets_fd)
     except Exception:
-        # E.g. a full disk: leave nothing behind (recover would, later).
+        # E.g. a full disk: leave nothing behind (_recover would, later).
         with contextlib.suppress(OSError, _EntryError):
             _remove_tree(sets_fd, temp)
         raise
@@ -220,11 +197,18 @@ def _build_set(sets_fd: int, files: dict[str, bytes], prefix: str = "") -> str:
 def _check_pem(data: bytes, what: str, allow_empty: bool) -> int:
     """Count the certificates in `data`, refusing anything that is not PEM.
 
-    A check of the text and of the DER framing only (see pem): certproc has
-    verified the chain, and fileproc carries no X.509 parser.
+    fileproc's one check of what it is given: it trusts certproc's
+    verification of the chain but not the bytes that reach it, and carries
+    no X.509 parser, so this checks the text and the DER framing (see pem).
     """
-    if not data and allow_empty:
-        return 0
+    if not data:
+        if allow_empty:
+            return 0
+        raise InputError(f"{what} rejected: empty")
+    if len(data) > MAX_CERT_BYTES:
+        raise InputError(f"{what} rejected: larger than {MAX_CERT_BYTES} bytes")
+    if not data.startswith(PEM_BEGIN) or not data.isascii():
+        raise InputError(f"{what} rejected: not a PEM certificate")
     try:
         return len(certificate_ders(data, MAX_CERT_BYTES))
     except CertificateRejected as exc:
@@ -250,7 +234,7 @@ class CertDir:
         if create:
             make_directories(path, DIR_MODE)
         try:
-            self.fd = os.open(path, _DIR_FLAGS)
+            self.fd = fsutil.open_directory(path)
         except FileNotFoundError:
             raise FileStoreError(f"certificate directory {path}: no such directory") from None
         except OSError as exc:
@@ -396,14 +380,10 @@ class CertDir:
         if current != wanted:
             _write_file(self.fd, GENERATION, wanted)
 
-    def recover(self) -> None:
-        """Remove what an interrupted install or removal left behind."""
-        with self._locked():
-            self._recover()
-
     def tidy(self, backup: bool) -> None:
-        """recover(), then keep only what the backup policy keeps: without
-        backups, the live set alone (a crash may have left another behind)."""
+        """Remove what an interrupted install or removal left behind, then keep
+        only what the backup policy keeps: without backups, the live set alone
+        (a crash may have left another behind)."""
         with self._locked():
             self._recover()
             # Reads .generation: fileproc's sandbox allows that only at start.
@@ -490,7 +470,7 @@ class CertDir:
                 os.close(sets_fd)
         return new_id
 
-    # --- removal and reading ---
+    # --- removal ---
 
     def remove_set(self, backup: bool = False) -> None:
         """Remove the current set (for revocation): `.live` first, so all three
@@ -530,41 +510,6 @@ class CertDir:
             os.rmdir(SETS, dir_fd=self.fd)
             os.fsync(self.fd)
 
-    def _read_live(self, set_id: str) -> bytes | None:
-        try:
-            sets_fd = _open_subdir(SETS, self.fd)
-            try:
-                set_fd = _open_subdir(set_id, sets_fd)
-            finally:
-                os.close(sets_fd)
-        except FileNotFoundError:
-            return None  # .live dangles: no current set
-        try:
-            return _read_file(CERT, set_fd, MAX_FILE_BYTES)
-        except FileNotFoundError:
-            return None
-        finally:
-            os.close(set_fd)
-
-    def _read_current(self) -> bytes | None:
-        if _lstat(LIVE, self.fd) is not None:
-            set_id = self._live_id()
-            if set_id is None:
-                raise self._error(f"{LIVE} does not point into {SETS}/, refusing to follow it")
-            return self._read_live(set_id)
-        st = _lstat(CERT, self.fd)
-        if st is None or _readlink(CERT, self.fd) == f"{LIVE}/{CERT}":
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            raise self._error(f"{CERT} is neither a regular file nor our symlink")
-        return _read_file(CERT, self.fd, MAX_FILE_BYTES)
-
-    def read_current(self) -> bytes | None:
-        """The current cert.pem, or None if there is none.  Reads only inside
-        the directory: through `.live` when it is ours, else a regular file."""
-        with self._errors_named():
-            return self._read_current()
-
 
 # --- path-based conveniences ------------------------------------------------
 
@@ -574,20 +519,3 @@ def install(certdir: str, cert_pem: bytes, chain_pem: bytes, backup: bool = Fals
     with CertDir(certdir) as directory:
         return directory.install(cert_pem, chain_pem, backup)
 
-
-def remove_set(certdir: str, backup: bool = False) -> None:
-    """Open `certdir` and remove its current set; see CertDir.remove_set."""
-    with CertDir(certdir) as directory:
-        directory.remove_set(backup)
-
-
-def recover(certdir: str) -> None:
-    """Open `certdir` and clean up after an interrupted operation."""
-    with CertDir(certdir) as directory:
-        directory.recover()
-
-
-def read_current(certdir_path: str) -> bytes | None:
-    """The current cert.pem of `certdir_path`, or None if there is none."""
-    with CertDir(certdir_path) as directory:
-        return directory.read_current()

@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import secrets
-import stat
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -14,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from letskencrypt import fsutil
 from letskencrypt.b64 import b64url
 from letskencrypt.b64 import b64url_decode as b64url_decode
 from letskencrypt.errors import InputError, KeyFileError, KeyFileMissing
@@ -36,9 +36,6 @@ _CURVE_PARAMS: dict[str, tuple[str, str, int, type[hashes.HashAlgorithm]]] = {
     "secp256r1": ("P-256", "ES256", 32, hashes.SHA256),
     "secp384r1": ("P-384", "ES384", 48, hashes.SHA384),
 }
-
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 # --- key generation and files ----------------------------------------------
@@ -73,7 +70,7 @@ def _check_key(key: object, label: str) -> PrivateKey:
 
 def _open_key_file(path: str, label: str, create_flag: str) -> int:
     try:
-        return os.open(path, _READ_FLAGS)
+        return os.open(path, fsutil.NOFOLLOW_READ_FLAGS)
     except FileNotFoundError:
         raise KeyFileMissing(f"{label}: no such file (use {create_flag} to create it)") from None
     except OSError as exc:
@@ -83,23 +80,17 @@ def _open_key_file(path: str, label: str, create_flag: str) -> int:
 
 
 def _read_key_file(fd: int, label: str) -> bytes:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(f"{label}: not a regular file")
+    try:
+        st = fsutil.check_regular(fd)
+    except fsutil.NotRegularFile:
+        raise KeyFileError(f"{label}: not a regular file") from None
     if st.st_size > MAX_KEY_FILE_SIZE:
         raise KeyFileError(f"{label}: too large ({st.st_size} bytes, at most {MAX_KEY_FILE_SIZE})")
-    chunks: list[bytes] = []
-    total = 0
-    # Read one byte past the cap in case the file grew after fstat.
-    while total <= MAX_KEY_FILE_SIZE:
-        chunk = os.read(fd, MAX_KEY_FILE_SIZE + 1 - total)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    if total > MAX_KEY_FILE_SIZE:
-        raise KeyFileError(f"{label}: too large (more than {MAX_KEY_FILE_SIZE} bytes)")
-    return b"".join(chunks)
+    try:
+        # Bounded again: the file may have grown since fstat.
+        return fsutil.read_bounded(fd, MAX_KEY_FILE_SIZE)
+    except fsutil.FileTooLarge:
+        raise KeyFileError(f"{label}: too large (more than {MAX_KEY_FILE_SIZE} bytes)") from None
 
 
 def _parse_key(data: bytes, label: str) -> PrivateKey:
@@ -131,30 +122,15 @@ def load_key(path: str, what: str = "account key", create_flag: str = "-n") -> P
     return _parse_key(data, label)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 def _write_exclusive(dir_fd: int, name: str, pem: bytes, label: str) -> None:
     """Write `pem` to a new mode-0400 file `name` in `dir_fd`, fsynced."""
     try:
-        fd = os.open(name, _CREATE_FLAGS, KEY_FILE_MODE, dir_fd=dir_fd)
+        fd = fsutil.open_new(name, KEY_FILE_MODE, dir_fd=dir_fd)
     except FileExistsError:
         raise KeyFileError(f"{label}: already exists, refusing to overwrite it") from None
     except OSError as exc:
         raise KeyFileError(f"{label}: cannot create: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, KEY_FILE_MODE)  # the creation mode is subject to umask
-        _write_all(fd, pem)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(name, dir_fd=dir_fd)
-        raise
-    os.close(fd)
+    fsutil.complete_new(fd, name, pem, KEY_FILE_MODE, dir_fd=dir_fd)
 
 
 def _link_exclusive(dir_fd: int, temp_name: str, name: str, label: str) -> bool:
@@ -206,7 +182,7 @@ def create_key(path: str, key_type: str, what: str = "key") -> PrivateKey:
     directory, name = os.path.split(os.path.abspath(path))
     try:
         make_directories(directory, KEY_DIR_MODE)
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dir_fd = fsutil.open_directory(directory)
     except OSError as exc:
         raise KeyFileError(
             f"{label}: cannot create directory {directory}: {exc.strerror}"

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from letskencrypt import rpc
+from letskencrypt import fsutil, rpc
 from letskencrypt.validate import safe_text
 
 PR_SET_PDEATHSIG = 1
@@ -124,14 +124,10 @@ def set_process_name(name: str) -> None:
 
 def read_config(role: str) -> RoleConfig:
     """Read the JSON configuration the supervisor wrote to our stdin, then let stdin go."""
-    raw = os.read(0, MAX_CONFIG_BYTES + 1)
-    chunks = [raw]
-    while raw and sum(map(len, chunks)) <= MAX_CONFIG_BYTES:
-        raw = os.read(0, MAX_CONFIG_BYTES + 1)
-        chunks.append(raw)
-    data = b"".join(chunks)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise SystemExit(f"letskencrypt: {role}: configuration larger than 64 KiB")
+    try:
+        data = fsutil.read_bounded(0, MAX_CONFIG_BYTES)
+    except fsutil.FileTooLarge:
+        raise SystemExit(f"letskencrypt: {role}: configuration larger than 64 KiB") from None
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)

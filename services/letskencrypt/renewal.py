@@ -2,11 +2,11 @@
 
 import enum
 import os
-import stat
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 
+from letskencrypt import fsutil
 from letskencrypt.certs import cert_dns_names, parse_pem_chain
 from letskencrypt.errors import CertificateFileError, CertificateRejected
 
@@ -97,28 +97,22 @@ def decide(
 def _read_limited(path: str, max_bytes: int, dir_fd: int | None) -> bytes | None:
     # Follows symlinks on purpose: cert.pem is a symlink managed by fileproc.
     # O_NONBLOCK keeps a FIFO planted at the path from blocking the open.
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
     name = path if dir_fd is None else os.path.basename(path)
     try:
-        fd = os.open(name, flags, dir_fd=dir_fd)
+        fd = os.open(name, fsutil.READ_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise CertificateFileError(f"certificate {path}: cannot open: {exc.strerror}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CertificateFileError(f"certificate {path}: not a regular file")
-        data = b""
-        while len(data) <= max_bytes:
-            chunk = os.read(fd, max_bytes + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
+        fsutil.check_regular(fd)
+        return fsutil.read_bounded(fd, max_bytes)
+    except fsutil.NotRegularFile:
+        raise CertificateFileError(f"certificate {path}: not a regular file") from None
+    except fsutil.FileTooLarge:
+        raise CertificateFileError(f"certificate {path}: larger than {max_bytes} bytes") from None
     finally:
         os.close(fd)
-    if len(data) > max_bytes:
-        raise CertificateFileError(f"certificate {path}: larger than {max_bytes} bytes")
-    return data
 
 
 def load_certificate_file(

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -292,23 +292,46 @@ def serve_until_stopped(
     return stopper.failed
 
 
+class RoleLog(Protocol):
+    """What a servicer logs to (process.Logger is one)."""
+
+    def error(self, message: str) -> None: ...
+
+    def info(self, message: str) -> None: ...
+
+    def debug(self, message: str) -> None: ...
+
+
+class Servicer:
+    """The base of every role's servicer, next to the generated one.
+
+    `log` is the role's log: the servicer's own messages go there, and so
+    does every unexpected error that `guarded` hides from the caller.
+    """
+
+    def __init__(self, log: RoleLog) -> None:
+        self.log = log
+
+
+AnyServicer = TypeVar("AnyServicer", bound=Servicer)
 Request = TypeVar("Request")
 Reply = TypeVar("Reply")
-Handler = Callable[[Any, Request, grpc.ServicerContext], Reply]
+Handler = Callable[[AnyServicer, Request, grpc.ServicerContext], Reply]
 
 
-def guarded(handler: Handler[Request, Reply]) -> Handler[Request, Reply]:
-    """Turn our errors into INVALID_ARGUMENT with their message; hide anything else."""
+def guarded(
+    handler: Handler[AnyServicer, Request, Reply],
+) -> Handler[AnyServicer, Request, Reply]:
+    """Turn our errors into INVALID_ARGUMENT with their message; hide anything
+    else behind INTERNAL, and log it to the servicer's log."""
 
-    def wrapper(self: Any, request: Request, context: grpc.ServicerContext) -> Reply:
+    def wrapper(self: AnyServicer, request: Request, context: grpc.ServicerContext) -> Reply:
         try:
             return handler(self, request, context)
         except LetskencryptError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except Exception as error:
-            log_error = getattr(self, "log", None)
-            if callable(log_error):
-                log_error(f"internal error in {handler.__name__}: {error!r}")
+            self.log.error(f"internal error in {handler.__name__}: {error!r}")
             context.abort(grpc.StatusCode.INTERNAL, "internal error")
         raise AssertionError("unreachable: context.abort raises")
 

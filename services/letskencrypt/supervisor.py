@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from letskencrypt import namespace
+from letskencrypt.constants import EXIT_CODES, EXIT_FAILED
 from letskencrypt.errors import InputError
 from letskencrypt.fsutil import make_directories
 from letskencrypt.process import PR_SET_PDEATHSIG, prctl
@@ -40,9 +41,6 @@ CERT_DIR_MODE = 0o755
 MAX_SOCKET_PATH = 107
 KILL_GRACE = 3.0
 POLL_INTERVAL = 0.02
-EXIT_FAILED = 1
-# netproc's own: changed, failed, nothing to do.
-EXIT_CODES = (0, 1, 2)
 # Only what Python and the C library need; nothing of the caller's environment
 # (proxies, credentials, PYTHONPATH) reaches a role.
 # LETSKENCRYPT_LANDLOCK_ABI: see sandbox.ABI_VARIABLE.

@@ -33,8 +33,9 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from letskencrypt import keys, process, rpc
+from letskencrypt import fsutil, keys, process, rpc
 from letskencrypt.b64 import b64url_decode
+from letskencrypt.constants import REVOCATION_REASON_CODES, default_audit_log
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.urls import MAX_URL_LENGTH, require_same_origin, well_formed
@@ -46,7 +47,6 @@ MAX_IDENTIFIERS = 100
 MAX_CSR = 16 * 1024
 MAX_CERTIFICATE = 16 * 1024
 MAX_TIMESTAMP = 64
-AUDIT_LOG_NAME = "audit.log"
 AUDIT_LOG_MODE = 0o600
 AUDIT_FLAGS = (
     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
@@ -100,8 +100,6 @@ NEW_ORDER_FIELDS = frozenset({"identifiers", "notBefore", "notAfter"})
 REVOKE_FIELDS = frozenset({"certificate", "reason"})
 ACCOUNT_UPDATE_FIELDS = frozenset({"contact", "termsOfServiceAgreed"})
 JWS_FIELDS = frozenset({"protected", "payload", "signature"})
-# RFC 5280 CRLReason values; 7 is unused.
-REVOCATION_REASONS = frozenset({0, 1, 2, 3, 4, 5, 6, 8, 9, 10})
 
 
 class Refused(InputError):
@@ -368,7 +366,7 @@ class RunPolicy:
         if extra:
             raise refuse(f"unexpected field {safe_text(sorted(extra)[0], 40)!r}")
         reason = document.get("reason", 0)
-        if type(reason) is not int or reason not in REVOCATION_REASONS:
+        if type(reason) is not int or reason not in REVOCATION_REASON_CODES:
             raise refuse("reason is not an RFC 5280 revocation reason")
         der = decode_base64url(document["certificate"], MAX_CERTIFICATE, "certificate", refuse)
         try:
@@ -599,31 +597,24 @@ class AuditLog:
         line = json.dumps(entry, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
         with self.lock:
             try:
-                view = memoryview(line)
-                while view:
-                    view = view[os.write(self.fd, view) :]
+                fsutil.write_all(self.fd, line)
                 os.fsync(self.fd)
             except OSError as error:
                 # No record, no signature.
                 raise InputError(f"cannot write the audit log: {error.strerror}") from None
 
 
-def default_audit_log(account_key_path: str) -> str:
-    return os.path.join(os.path.dirname(account_key_path), AUDIT_LOG_NAME)
-
-
 # --- the service -------------------------------------------------------------------
 
 
-class AccountService(account_pb2_grpc.AccountServicer):
+class AccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
     def __init__(
         self, key: keys.PrivateKey, policy: RunPolicy, audit: AuditLog, log: Logger
     ) -> None:
+        super().__init__(log)
         self.key = key
         self.policy = policy
         self.audit = audit
-        self.log = log.error
-        self.info = log.info
         self.jwk = keys.jwk(key.public_key())
         self.thumbprint = keys.thumbprint(key.public_key())
 
@@ -652,7 +643,7 @@ class AccountService(account_pb2_grpc.AccountServicer):
             kind = self.policy.judge(asked)
         except Refused as refusal:
             self.audit.record(asked.url, refusal.kind, asked.payload, "refused", refusal.reason)
-            self.info(str(refusal))
+            self.log.info(str(refusal))
             raise
         protected: dict[str, object] = {"nonce": asked.nonce, "url": asked.url}
         if asked.kid:

@@ -36,7 +36,7 @@ from letskencrypt.v1 import (
 OPERATIONS = ("issue", "revoke")
 
 
-class CertificateService(certificate_pb2_grpc.CertificateServicer):
+class CertificateService(rpc.Servicer, certificate_pb2_grpc.CertificateServicer):
     def __init__(
         self,
         key_info: grpc.Channel,
@@ -45,12 +45,11 @@ class CertificateService(certificate_pb2_grpc.CertificateServicer):
         operation: str,
         log: Logger,
     ) -> None:
+        super().__init__(log)
         self.key_info = keyinfo_pb2_grpc.KeyInfoStub(key_info)
         self.files = files_pb2_grpc.FilesStub(files)
         self.anchors = anchors
         self.operation = operation
-        self.log = log.error
-        self.info = log.info
 
     @rpc.guarded
     def Submit(
@@ -68,7 +67,7 @@ class CertificateService(certificate_pb2_grpc.CertificateServicer):
             peer="fileproc",
         )
         leaf = chain[0]
-        self.info(
+        self.log.info(
             f"installed certificate serial {leaf.serial_number:x}, "
             f"trust anchor {anchor.subject.rfc4514_string()}"
         )

@@ -15,7 +15,7 @@ import threading
 
 import grpc
 
-from letskencrypt import process, rpc
+from letskencrypt import fsutil, process, rpc
 from letskencrypt.errors import InputError
 from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.v1 import challenge_pb2, challenge_pb2_grpc
@@ -23,6 +23,8 @@ from letskencrypt.validate import validate_key_authorization, validate_token
 
 # One authorisation per name, at most 100 names in an order.
 MAX_FILES = 100
+# The web server serving the directory reads them.
+CHALLENGE_FILE_MODE = 0o444
 
 
 class ChallengeDirectory:
@@ -31,7 +33,7 @@ class ChallengeDirectory:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self.fd = fsutil.open_directory(path)
         except FileNotFoundError:
             raise InputError(f"challenge directory {path}: no such directory") from None
         except NotADirectoryError:
@@ -45,21 +47,16 @@ class ChallengeDirectory:
         with self.lock:
             if token not in self.written and len(self.written) >= MAX_FILES:
                 raise InputError(f"more than {MAX_FILES} challenge files in one run")
-            temporary = f".{token}.{secrets.token_hex(8)}.tmp"
-            fd = os.open(
-                temporary,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o444,
+            # rename replaces a planted symlink itself, never its target.  The
+            # directory is not fsynced: the files live for this run only.
+            fsutil.replace(
+                token,
+                key_authorization.encode("ascii"),
+                CHALLENGE_FILE_MODE,
                 dir_fd=self.fd,
+                temp_name=f".{token}.{secrets.token_hex(8)}.tmp",
+                sync_directory=False,
             )
-            try:
-                os.fchmod(fd, 0o444)
-                os.write(fd, key_authorization.encode("ascii"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            # rename replaces a planted symlink itself, never its target.
-            os.rename(temporary, token, src_dir_fd=self.fd, dst_dir_fd=self.fd)
             self.written.add(token)
 
     def withdraw(self, token: str) -> None:
@@ -80,11 +77,10 @@ class ChallengeDirectory:
             os.unlink(token, dir_fd=self.fd)
 
 
-class ChallengeService(challenge_pb2_grpc.ChallengeServicer):
+class ChallengeService(rpc.Servicer, challenge_pb2_grpc.ChallengeServicer):
     def __init__(self, directory: ChallengeDirectory, log: Logger) -> None:
+        super().__init__(log)
         self.directory = directory
-        self.log = log.error
-        self.debug = log.debug
 
     @rpc.guarded
     def Publish(
@@ -93,7 +89,7 @@ class ChallengeService(challenge_pb2_grpc.ChallengeServicer):
         token = validate_token(request.token)
         key_authorization = validate_key_authorization(token, request.key_authorization)
         self.directory.publish(token, key_authorization)
-        self.debug(f"published {self.directory.path}/{token}")
+        self.log.debug(f"published {self.directory.path}/{token}")
         return challenge_pb2.PublishReply()
 
     @rpc.guarded
@@ -102,7 +98,7 @@ class ChallengeService(challenge_pb2_grpc.ChallengeServicer):
     ) -> challenge_pb2.WithdrawReply:
         token = validate_token(request.token)
         self.directory.withdraw(token)
-        self.debug(f"withdrew {self.directory.path}/{token}")
+        self.log.debug(f"withdrew {self.directory.path}/{token}")
         return challenge_pb2.WithdrawReply()
 
 

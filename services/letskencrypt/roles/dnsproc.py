@@ -63,18 +63,14 @@ def resolve(host: str) -> list[str]:
     return addresses[:MAX_ADDRESSES]
 
 
-class ResolverService(resolver_pb2_grpc.ResolverServicer):
-    def __init__(self, log: Logger) -> None:
-        self.log = log.error
-        self.debug = log.debug
-
+class ResolverService(rpc.Servicer, resolver_pb2_grpc.ResolverServicer):
     @rpc.guarded
     def Resolve(
         self, request: resolver_pb2.ResolveRequest, context: grpc.ServicerContext
     ) -> resolver_pb2.ResolveReply:
         host = check_host(request.host)
         addresses = resolve(host)
-        self.debug(f"{host} -> {' '.join(addresses)}")
+        self.log.debug(f"{host} -> {' '.join(addresses)}")
         return resolver_pb2.ResolveReply(addresses=addresses)
 
 

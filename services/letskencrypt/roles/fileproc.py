@@ -18,31 +18,15 @@ from letskencrypt.filestore import CertDir
 from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.v1 import files_pb2, files_pb2_grpc
 
-MAX_PEM = 128 * 1024
-PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 OPERATIONS = ("issue", "revoke")
 
 
-def check_pem(data: bytes, what: str, allow_empty: bool) -> bytes:
-    """fileproc trusts certproc's checks but not its bytes: stay plain PEM text."""
-    if len(data) > MAX_PEM:
-        raise InputError(f"{what} larger than {MAX_PEM} bytes")
-    if not data:
-        if allow_empty:
-            return data
-        raise InputError(f"{what} is empty")
-    if not data.startswith(PEM_CERTIFICATE) or not data.isascii():
-        raise InputError(f"{what} is not a PEM certificate")
-    return data
-
-
-class FilesService(files_pb2_grpc.FilesServicer):
+class FilesService(rpc.Servicer, files_pb2_grpc.FilesServicer):
     def __init__(self, directory: CertDir, backup: bool, operation: str, log: Logger) -> None:
+        super().__init__(log)
         self.directory = directory
         self.backup = backup
         self.operation = operation
-        self.log = log.error
-        self.info = log.info
 
     @rpc.guarded
     def Install(
@@ -50,10 +34,9 @@ class FilesService(files_pb2_grpc.FilesServicer):
     ) -> files_pb2.InstallReply:
         if self.operation != "issue":
             raise NotThisRun(f"this is a {self.operation} run: no certificate is installed")
-        certificate = check_pem(request.certificate_pem, "certificate", allow_empty=False)
-        chain = check_pem(request.chain_pem, "chain", allow_empty=True)
-        self.directory.install(certificate, chain, backup=self.backup)
-        self.info(f"wrote cert.pem, chain.pem and fullchain.pem in {self.directory.path}")
+        # CertDir.install checks both are PEM certificates, or refuses them.
+        self.directory.install(request.certificate_pem, request.chain_pem, backup=self.backup)
+        self.log.info(f"wrote cert.pem, chain.pem and fullchain.pem in {self.directory.path}")
         return files_pb2.InstallReply()
 
     @rpc.guarded
@@ -63,7 +46,7 @@ class FilesService(files_pb2_grpc.FilesServicer):
         if self.operation != "revoke":
             raise NotThisRun(f"this is an {self.operation} run: no certificate is removed")
         self.directory.remove_set(backup=self.backup)
-        self.info(f"removed the certificate files in {self.directory.path}")
+        self.log.info(f"removed the certificate files in {self.directory.path}")
         return files_pb2.RemoveReply()
 
 

@@ -15,10 +15,10 @@ from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.v1 import domainkey_pb2, domainkey_pb2_grpc, keyinfo_pb2, keyinfo_pb2_grpc
 
 
-class DomainKeyService(domainkey_pb2_grpc.DomainKeyServicer):
+class DomainKeyService(rpc.Servicer, domainkey_pb2_grpc.DomainKeyServicer):
     def __init__(self, csr_der: bytes, log: Logger) -> None:
+        super().__init__(log)
         self.csr_der = csr_der
-        self.log = log.error
 
     @rpc.guarded
     def Csr(
@@ -27,11 +27,11 @@ class DomainKeyService(domainkey_pb2_grpc.DomainKeyServicer):
         return domainkey_pb2.CsrReply(der=self.csr_der)
 
 
-class KeyInfoService(keyinfo_pb2_grpc.KeyInfoServicer):
+class KeyInfoService(rpc.Servicer, keyinfo_pb2_grpc.KeyInfoServicer):
     def __init__(self, public_key_der: bytes, names: list[str], log: Logger) -> None:
+        super().__init__(log)
         self.public_key_der = public_key_der
         self.names = names
-        self.log = log.error
 
     @rpc.guarded
     def Describe(

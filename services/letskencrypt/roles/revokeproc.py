@@ -31,7 +31,7 @@ DECISIONS = {
 }
 
 
-class RenewalService(renewal_pb2_grpc.RenewalServicer):
+class RenewalService(rpc.Servicer, renewal_pb2_grpc.RenewalServicer):
     def __init__(
         self,
         cert_dir_fd: int,
@@ -41,14 +41,13 @@ class RenewalService(renewal_pb2_grpc.RenewalServicer):
         anchors: list[x509.Certificate],
         log: Logger,
     ) -> None:
+        super().__init__(log)
         self.cert_dir_fd = cert_dir_fd
         self.cert_path = cert_path
         self.chain_path = os.path.join(os.path.dirname(cert_path), "chain.pem")
         self.anchors = anchors
         self.names = names
         self.force = force
-        self.log = log.error
-        self.info = log.info
 
     def read_certificate(self) -> x509.Certificate | None:
         return load_certificate_file(self.cert_path, dir_fd=self.cert_dir_fd)
@@ -71,7 +70,7 @@ class RenewalService(renewal_pb2_grpc.RenewalServicer):
         decision, reason = decide(certificate, self.names, now, self.force, distrust)
         # -F forces one renewal, not one per check of a long-running pod.
         self.force = False
-        self.info(f"{decision.name.lower().replace('_', ' ')}: {reason}")
+        self.log.info(f"{decision.name.lower().replace('_', ' ')}: {reason}")
         return renewal_pb2.CheckReply(decision=DECISIONS[decision], reason=reason)
 
     @rpc.guarded

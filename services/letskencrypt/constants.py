@@ -1,0 +1,57 @@
+"""Values that more than one module needs, each defined here once.
+
+No imports: every role, the command line and the container entry point
+import this, whatever their image carries.
+"""
+
+import os
+
+# --- a run's exit status ------------------------------------------------------------
+# netproc's, which the supervisor, the command line and the containers pass on.
+
+EXIT_CHANGED = 0  # a certificate was issued, renewed or revoked
+EXIT_FAILED = 1
+EXIT_NOTHING_TO_DO = 2  # and then no request reached the CA
+EXIT_CODES = (EXIT_CHANGED, EXIT_FAILED, EXIT_NOTHING_TO_DO)
+
+# --- defaults of the command line that roles also need ------------------------------
+
+# The longest wait for the CA to validate or issue (--poll-timeout).
+DEFAULT_POLL_TIMEOUT = 300.0
+
+# acctproc's audit log (--audit-log): by default next to the account key.
+AUDIT_LOG_NAME = "audit.log"
+
+
+def default_audit_log(account_key_path: str) -> str:
+    return os.path.join(os.path.dirname(account_key_path), AUDIT_LOG_NAME)
+
+
+# --- revocation ----------------------------------------------------------------------
+
+# RFC 5280 section 5.3.1 CRLReason codes (7 is unused).
+REVOCATION_REASONS: dict[str, int] = {
+    "unspecified": 0,
+    "keyCompromise": 1,
+    "cACompromise": 2,
+    "affiliationChanged": 3,
+    "superseded": 4,
+    "cessationOfOperation": 5,
+    "certificateHold": 6,
+    "removeFromCRL": 8,
+    "privilegeWithdrawn": 9,
+    "aACompromise": 10,
+}
+REVOCATION_REASON_CODES = frozenset(REVOCATION_REASONS.values())
+# What a subscriber may give with --revoke-reason: the reasons ACME CAs
+# accept from the holder of a certificate.
+SUBSCRIBER_REVOCATION_REASONS: dict[str, int] = {
+    name: REVOCATION_REASONS[name]
+    for name in (
+        "unspecified",
+        "keyCompromise",
+        "affiliationChanged",
+        "superseded",
+        "cessationOfOperation",
+    )
+}
