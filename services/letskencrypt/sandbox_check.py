@@ -44,6 +44,7 @@ from typing import Any
 import grpc
 
 from letskencrypt import anchors, cli, filestore, process, rpc, sandbox
+from letskencrypt.constants import EXIT_FAILED
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.roles.chngproc import ChallengeDirectory
 from letskencrypt.roles.dnsproc import resolve
@@ -64,7 +65,6 @@ from letskencrypt.v1 import lifecycle_pb2, lifecycle_pb2_grpc
 NAME = "sandbox-check.example"
 WATCHED_STATUS = ("Seccomp", "NoNewPrivs", "Seccomp_filters")
 PROBE_TIMEOUT = 60.0
-EXIT_FAILED = 1
 
 ENFORCED = "enforced"
 NOT_ENFORCED = "NOT ENFORCED"

@@ -10,7 +10,7 @@ signed by a `Signer` (acctproc) and host names are resolved by a `Resolver`
 - `client`: the protocol flow, `AcmeClient`.
 """
 
-from letskencrypt.acme.client import DEFAULT_POLL_TIMEOUT, AcmeClient, Signer
+from letskencrypt.acme.client import AcmeClient, Signer
 from letskencrypt.acme.messages import (
     AcmeError,
     Authorization,
@@ -24,6 +24,7 @@ from letskencrypt.acme.messages import (
     validate_nonce,
 )
 from letskencrypt.acme.transport import HttpResponse, Resolver, Transport
+from letskencrypt.constants import DEFAULT_POLL_TIMEOUT
 
 __all__ = [
     "DEFAULT_POLL_TIMEOUT",

@@ -32,13 +32,13 @@ from letskencrypt.acme.messages import (
 )
 from letskencrypt.acme.transport import HttpResponse, Transport
 from letskencrypt.b64 import b64url
+from letskencrypt.constants import DEFAULT_POLL_TIMEOUT, REVOCATION_REASON_CODES
 from letskencrypt.errors import CertificateRejected, InputError
 from letskencrypt.validate import safe_text, validate_key_authorization
 
 MAX_CERTIFICATE_BODY = 256 * 1024
 MAX_BAD_NONCE_RETRIES = 5
 MAX_BUSY_RETRIES = 3
-DEFAULT_POLL_TIMEOUT = 300.0
 
 
 class Signer(Protocol):
@@ -294,7 +294,7 @@ class AcmeClient:
             raise AcmeError("the CA's directory offers no revokeCert")
         payload: dict[str, Any] = {"certificate": b64url(cert_der)}
         if reason is not None:
-            if not isinstance(reason, int) or not 0 <= reason <= 10 or reason == 7:
+            if not isinstance(reason, int) or reason not in REVOCATION_REASON_CODES:
                 raise AcmeError(f"invalid revocation reason {reason!r} (RFC 5280: 0-6, 8-10)")
             payload["reason"] = reason
         self.post(revoke_cert, payload, self._require_kid())

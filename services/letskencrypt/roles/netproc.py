@@ -24,7 +24,14 @@ import threading
 import grpc
 
 from letskencrypt import acme, process, rpc
+from letskencrypt.constants import (
+    DEFAULT_POLL_TIMEOUT,
+    EXIT_CHANGED,
+    EXIT_FAILED,
+    EXIT_NOTHING_TO_DO,
+)
 from letskencrypt.errors import InputError, LetskencryptError
+from letskencrypt.fsutil import FileTooLarge, NotRegularFile, read_file
 from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.v1 import (
     account_pb2,
@@ -41,9 +48,6 @@ from letskencrypt.v1 import (
     resolver_pb2_grpc,
 )
 
-EXIT_CHANGED = 0
-EXIT_FAILED = 1
-EXIT_NOTHING_TO_DO = 2
 MAX_CA_BUNDLE = 4 * 1024 * 1024
 # Signing and CSR building on the key holders: RSA 4096 takes a moment.
 KEY_DEADLINE = 20.0
@@ -120,12 +124,13 @@ def load_trust_anchors(path: str | None) -> bytes:
     if path is None:
         path = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
     try:
-        with open(path, "rb") as bundle:
-            data = bundle.read(MAX_CA_BUNDLE + 1)
+        data = read_file(path, MAX_CA_BUNDLE, follow_symlinks=True)
+    except FileTooLarge:
+        raise InputError(f"CA bundle {path}: larger than 4 MiB") from None
+    except NotRegularFile:
+        raise InputError(f"CA bundle {path}: not a regular file") from None
     except OSError as error:
         raise InputError(f"CA bundle {path}: {error.strerror}") from None
-    if len(data) > MAX_CA_BUNDLE:
-        raise InputError(f"CA bundle {path}: larger than 4 MiB")
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise InputError(f"CA bundle {path}: no PEM certificate in it")
     return data
@@ -178,7 +183,7 @@ def connect_ca(peers: Peers, settings: dict, log: Logger) -> acme.AcmeClient:
         peers.signer,
         settings["directory_url"],
         log=log.info,
-        poll_timeout=settings.get("poll_timeout", acme.DEFAULT_POLL_TIMEOUT),
+        poll_timeout=settings.get("poll_timeout", DEFAULT_POLL_TIMEOUT),
     )
 
 
