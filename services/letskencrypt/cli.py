@@ -10,6 +10,8 @@ import contextlib
 import errno
 import os
 import pwd
+import ssl
+import stat
 import sys
 from typing import NoReturn
 
@@ -17,6 +19,7 @@ from letskencrypt import anchors, fsutil
 from letskencrypt.constants import (
     DEFAULT_POLL_TIMEOUT,
     EXIT_FAILED,
+    MAX_CA_BUNDLE,
     SUBSCRIBER_REVOCATION_REASONS,
     default_audit_log,
 )
@@ -141,11 +144,68 @@ def check_directory_url(args: argparse.Namespace) -> str:
 
 def check_readable_file(path: str, what: str) -> str:
     path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise InputError(f"{what} {path}: a directory, not a file")
     if not os.path.isfile(path):
         raise InputError(f"{what} {path}: no such file")
     if not os.access(path, os.R_OK):
         raise InputError(f"{what} {path}: not readable")
     return path
+
+
+def check_ca_bundle(path: str) -> str:
+    """netproc's trust store for the CA's TLS: refused now, not after every
+    role has started, when OpenSSL cannot use it."""
+    path = check_readable_file(path, "CA bundle")
+    if os.path.getsize(path) > MAX_CA_BUNDLE:
+        raise InputError(f"CA bundle {path}: larger than {MAX_CA_BUNDLE // (1024 * 1024)} MiB")
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, ValueError):
+        raise InputError(f"CA bundle {path}: no PEM certificate OpenSSL can use") from None
+    return path
+
+
+def check_distinct_keys(account_key: str, domain_key: str) -> None:
+    if os.path.realpath(account_key) == os.path.realpath(domain_key):
+        raise InputError(f"the account key and the domain key are the same file ({account_key})")
+
+
+def check_writable_directory(path: str, what: str, role: str, uid: int, gids: set[int]) -> None:
+    """Whether `role`, running as `uid` with `gids` and no capabilities, can
+    create files in `path`: refused now rather than after the CA has issued.
+    (Root without capabilities has the owner's bits only, so os.access,
+    which answers for root with its capabilities, is not asked.)"""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{what} {path}: no such directory") from None
+    if not stat.S_ISDIR(status.st_mode):
+        raise InputError(f"{what} {path}: not a directory")
+    if uid == status.st_uid:
+        wanted = stat.S_IWUSR | stat.S_IXUSR
+    elif status.st_gid in gids:
+        wanted = stat.S_IWGRP | stat.S_IXGRP
+    else:
+        wanted = stat.S_IWOTH | stat.S_IXOTH
+    if status.st_mode & wanted != wanted:
+        raise InputError(
+            f"{what} {path}: {role} could not write there (it runs as uid {uid} without "
+            f"capabilities; the directory is uid {status.st_uid}, mode "
+            f"{stat.S_IMODE(status.st_mode):o})"
+        )
+
+
+def preflight(settings: dict[str, dict[str, object]]) -> None:
+    """What a native run can know before any role starts, and so before it
+    spends a request: the directories chngproc and fileproc write."""
+    uid = os.geteuid()
+    gids = {os.getegid(), *os.getgroups()}
+    challenge_dir = str(settings["chngproc"]["challenge_dir"])
+    check_writable_directory(challenge_dir, "challenge directory", "chngproc", uid, gids)
+    cert_dir = str(settings["fileproc"]["cert_dir"])
+    if os.path.lexists(cert_dir):
+        check_writable_directory(cert_dir, "certificate directory", "fileproc", uid, gids)
 
 
 def check_trust_anchors(args: argparse.Namespace, directory_url: str) -> str:
@@ -268,7 +328,7 @@ def role_settings(
     anchor_pem = check_trust_anchors(args, directory_url) if trust_anchors else None
     # What certproc, fileproc and acctproc may do: only what this run is for.
     operation = "revoke" if args.revoke else "issue"
-    ca_bundle = check_readable_file(args.ca_bundle, "CA bundle") if args.ca_bundle else None
+    ca_bundle = check_ca_bundle(args.ca_bundle) if args.ca_bundle else None
     contacts = [check_contact(c) for c in args.contact]
     if len(contacts) > MAX_CONTACTS:
         raise InputError(f"at most {MAX_CONTACTS} contacts")
@@ -279,6 +339,7 @@ def role_settings(
     account_key = os.path.abspath(args.account_key)
     domain_key = os.path.abspath(args.domain_key)
     audit_log = check_audit_log(args.audit_log, account_key, domain_key)
+    check_distinct_keys(account_key, domain_key)
     check_key_places(
         {"account key": account_key, "domain key": domain_key, "audit log": audit_log},
         {"certificate directory": cert_dir, "challenge directory": challenge_dir},
@@ -338,6 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = role_settings(args)
         user = run_user(args.user)
+        preflight(settings)
         moved = move_former_default_domain_key(args)
         if moved:
             sys.stderr.write(f"letskencrypt: {moved}\n")

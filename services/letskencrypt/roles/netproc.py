@@ -29,6 +29,7 @@ from letskencrypt.constants import (
     EXIT_CHANGED,
     EXIT_FAILED,
     EXIT_NOTHING_TO_DO,
+    MAX_CA_BUNDLE,
 )
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.fsutil import FileTooLarge, NotRegularFile, read_file
@@ -48,7 +49,6 @@ from letskencrypt.v1 import (
     resolver_pb2_grpc,
 )
 
-MAX_CA_BUNDLE = 4 * 1024 * 1024
 # Signing and CSR building on the key holders: RSA 4096 takes a moment.
 KEY_DEADLINE = 20.0
 
