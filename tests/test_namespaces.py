@@ -16,7 +16,7 @@ from letskencrypt.rpc import ROLES
 from letskencrypt.sandbox import NETWORK_ROLES
 
 from tests.certfactory import make_pki, pem
-from tests.test_sandbox import base, call_the_service, start_role, wait_for_socket  # noqa: F401
+from tests.test_sandbox import base, serving_role, start_role, wait_for_socket  # noqa: F401
 
 
 def own_namespace(kind: str, pid: int | str = "self") -> str:
@@ -29,10 +29,7 @@ def visible_edges(role: str) -> set[str]:
 
 @pytest.mark.parametrize("role", [role for role in ROLES if role != "netproc"])
 def test_a_running_role_sees_only_its_own_paths(base: Path, role: str) -> None:  # noqa: F811
-    process = start_role(role, base)
-    try:
-        wait_for_socket(process)
-        call_the_service(process)
+    with serving_role(role, base) as process:
         pid = process.process.pid
         assert own_namespace("mnt", pid) != own_namespace("mnt")
         assert own_namespace("ipc", pid) != own_namespace("ipc")
@@ -52,12 +49,6 @@ def test_a_running_role_sees_only_its_own_paths(base: Path, role: str) -> None: 
         mounted = [run_dir, *sandbox.python_paths()]
         tops = {Path(path).parts[2] for path in mounted if Path(path).parts[1:2] == ("tmp",)}
         assert set(os.listdir(root / "tmp")) <= tops
-        code, stderr = process.stop()
-    finally:
-        if process.process.poll() is None:
-            process.process.kill()
-            process.process.wait()
-    assert code == 0, stderr
 
 
 def test_a_role_cannot_reach_a_socket_of_the_host(base: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -188,23 +179,23 @@ def test_the_callers_pythonpath_does_not_reach_a_role(monkeypatch: pytest.Monkey
     assert Path(supervisor.PACKAGE_ROOT, "letskencrypt", "roles").is_dir()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the run group exists when started as root")
-def test_the_run_directory_is_closed_to_the_run_group() -> None:
-    """With namespaces each role mounts its own edges while still root: no
-    one else, the run group included, can reach a socket to replace it."""
-    run_user = cli.run_user("nobody")
-    assert run_user is not None
+def test_the_run_directory_is_open_to_no_one_else() -> None:
+    """With namespaces each role mounts its own edges while still privileged:
+    the run directory is 0700 and the caller's; started as root, no one else,
+    the run group included, can reach a socket to replace it."""
+    run_user = cli.run_user("nobody")  # None unless we are root
     started = supervisor.Supervisor(settings={}, run_user=run_user)
     run_dir = started.make_run_dir()
     try:
         status = os.stat(run_dir)
-        assert (status.st_uid, status.st_mode & 0o777) == (0, 0o700)
-        code = f"import os; os.listdir({os.path.join(run_dir, 'acct')!r})"
-        denied = subprocess.run(
-            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-             sys.executable, "-c", code],
-            capture_output=True, text=True, check=False, cwd="/",
-        )  # fmt: skip
-        assert denied.returncode != 0 and "PermissionError" in denied.stderr
+        assert (status.st_uid, status.st_mode & 0o777) == (os.geteuid(), 0o700)
+        if run_user is not None:
+            code = f"import os; os.listdir({os.path.join(run_dir, 'acct')!r})"
+            denied = subprocess.run(
+                ["setpriv", f"--reuid={run_user.uid}", f"--regid={run_user.gid}",
+                 "--clear-groups", sys.executable, "-c", code],
+                capture_output=True, text=True, check=False, cwd="/",
+            )  # fmt: skip
+            assert denied.returncode != 0 and "PermissionError" in denied.stderr
     finally:
         shutil.rmtree(run_dir)

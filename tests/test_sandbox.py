@@ -518,19 +518,15 @@ def call_the_service(process: RoleProcess) -> None:
             assert current.certificate_der
 
 
-@pytest.mark.parametrize("role", [role for role in ROLES if role != "netproc"])
-def test_running_role_is_sandboxed_and_serves(base: Path, role: str) -> None:
-    process = start_role(role, base)
+@contextlib.contextmanager
+def serving_role(role: str, top: Path) -> Iterator[RoleProcess]:
+    """A real role, serving, one real call made through its socket; on the
+    way out it is stopped and must exit 0 without a word."""
+    process = start_role(role, top)
     try:
         wait_for_socket(process)
         call_the_service(process)
-        threads = process.status()
-        assert len(threads) > 1  # gRPC's threads, started after confinement
-        for thread in threads:
-            assert thread["Seccomp"].strip() == "2", thread["Name"]
-            assert thread["NoNewPrivs"].strip() == "1", thread["Name"]
-        expected_uid = RUN_USER.uid if RUN_USER and role not in KEEPS_ROOT else os.getuid()
-        assert int(threads[0]["Uid"].split()[0]) == expected_uid
+        yield process
         code, stderr = process.stop()
     finally:
         if process.process.poll() is None:
@@ -538,6 +534,18 @@ def test_running_role_is_sandboxed_and_serves(base: Path, role: str) -> None:
             process.process.wait()
     assert code == 0, stderr
     assert stderr == ""
+
+
+@pytest.mark.parametrize("role", [role for role in ROLES if role != "netproc"])
+def test_running_role_is_sandboxed_and_serves(base: Path, role: str) -> None:
+    with serving_role(role, base) as process:
+        threads = process.status()
+        assert len(threads) > 1  # gRPC's threads, started after confinement
+        for thread in threads:
+            assert thread["Seccomp"].strip() == "2", thread["Name"]
+            assert thread["NoNewPrivs"].strip() == "1", thread["Name"]
+        expected_uid = RUN_USER.uid if RUN_USER and role not in KEEPS_ROOT else os.getuid()
+        assert int(threads[0]["Uid"].split()[0]) == expected_uid
 
 
 def test_running_netproc_is_sandboxed(base: Path) -> None:
