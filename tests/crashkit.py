@@ -525,6 +525,10 @@ class Missed(Exception):
     """The run got past the step before it could be caught (timing); retried."""
 
 
+# The supervisor polls for a dead role every 20 ms.
+SUPERVISOR_HEAD_START = 0.3
+
+
 def _freeze(procs: list[Proc]) -> None:
     for proc in procs:
         with contextlib.suppress(ProcessLookupError):
@@ -642,8 +646,8 @@ class Crash:
             os.kill(victim.pid, signal.SIGKILL)
             self.killed_at = time.monotonic()
             return
-        frozen = [supervisor, *roles_of(supervisor.pid).values()]
-        _freeze(frozen)
+        roles = list(roles_of(supervisor.pid).values())
+        _freeze([supervisor, *roles])
         try:
             self.outcome.observed = self.describe(old, tokens_before)
             self.check_precision(old, tokens_before)
@@ -651,7 +655,14 @@ class Crash:
             self.killed_at = time.monotonic()
             wait_for(lambda: not victim.alive(), 10, f"{point.target} did not die")
         finally:
-            _thaw(frozen)
+            # The supervisor first, and a moment to see the death while the
+            # roles are still stopped: what is tested is how the run reacts to
+            # a role dying at this step, not whether the supervisor or netproc
+            # gets the CPU first on a loaded machine.
+            _thaw([supervisor])
+            if victim is not supervisor:
+                time.sleep(SUPERVISOR_HEAD_START)
+            _thaw(roles)
 
     def killed_syscall(self) -> str | None:
         """The syscall strace killed fileproc in, from its log."""
