@@ -40,8 +40,10 @@ container-tools:
 # One minimal image per role, localhost/letskencrypt-<role>:latest (or
 # $(IMAGE_PREFIX)<role>:latest), on a distroless-style base built offline from
 # Debian packages.  Reruns rebuild only what changed (see tools/build_images.py).
-images: container-tools
-	$(SYSTEM_PYTHON) tools/build_images.py $(if $(BASE_IMAGE),--base-image "$(BASE_IMAGE)") \
+# The builder reads the roles' specs, so it runs in the project's venv (of
+# Debian's interpreter); it installs the images' wheels with $(SYSTEM_PYTHON).
+images: container-tools $(VENV)/.installed
+	$(PYTHON) tools/build_images.py $(if $(BASE_IMAGE),--base-image "$(BASE_IMAGE)") \
 	    $(if $(IMAGE_PREFIX),--image-prefix "$(IMAGE_PREFIX)")
 
 $(VENV)/.installed: pyproject.toml | system-packages

@@ -2,7 +2,7 @@
 
 tests/compromised_run.py starts a real run whose supervisor starts this file,
 `python tests/attacker_role.py ROLE TARGET_JSON`, instead of `python -m
-letskencrypt.roles.ROLE`.  It then runs the real role's own code: the same
+letskencrypt.roles ROLE`.  It then runs the real role's own code: the same
 configuration on stdin, the same files opened, the same `process.confine`
 (namespaces, privilege drop, Landlock, seccomp) and the same edge tokens.
 Right after confine (netproc: right after its real issuance, when there is
@@ -29,7 +29,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import importlib
 import json
 import os
 import signal
@@ -50,7 +49,7 @@ from cryptography.x509.oid import NameOID
 from letskencrypt import keys, process, rpc
 from letskencrypt.b64 import b64url
 from letskencrypt.process import RoleConfig
-from letskencrypt.supervisor import KEEPS_ROOT
+from letskencrypt.roles import module_of, spec_of
 from letskencrypt.v1 import (
     account_pb2,
     certificate_pb2,
@@ -122,9 +121,12 @@ class Attacker:
     role: str
     config: RoleConfig
     target: Target
-    # netproc only: the real role's peers and settings (after its issuance).
+    # netproc only: the real role's peers, settings and CA trust store (after
+    # its issuance).
     peers: Any = None
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: Any = None
+    ca_pem: bytes = b""
+    channels: dict[str, grpc.Channel] = field(default_factory=dict)
     # Filled by one netproc attack for the next: a certificate pebble issued.
     stolen_chain: bytes = b""
     kid: str = ""
@@ -563,7 +565,7 @@ def process_cases(role: str) -> list[Case]:
         Case("unshare-user-namespace", EXPECT_REFUSED, unshare(CLONE_NEWUSER)),
         Case("unshare-network-namespace", EXPECT_REFUSED, unshare(CLONE_NEWNET)),
     ]
-    if role not in KEEPS_ROOT:
+    if spec_of(role).keeps_root is None:
         cases.append(Case("setuid-0", EXPECT_REFUSED, become_root))
     cases += [
         Case("capset-raise-all", EXPECT_REFUSED, raise_capabilities),
@@ -576,7 +578,7 @@ def process_cases(role: str) -> list[Case]:
 
 
 def _origin(attacker: Attacker) -> str:
-    parts = urlsplit(attacker.settings["directory_url"])
+    parts = urlsplit(attacker.settings.directory_url)
     return f"{parts.scheme}://{parts.netloc}"
 
 
@@ -584,8 +586,8 @@ def _client(attacker: Attacker) -> Any:
     from letskencrypt.roles import netproc
 
     log = process.Logger("netproc", 0)
-    client = netproc.connect_ca(attacker.peers, attacker.settings, log)
-    client.account(attacker.settings["contact"])
+    client = netproc.connect_ca(attacker.peers, attacker.settings, attacker.ca_pem, log)
+    client.account(list(attacker.settings.contact))
     return client
 
 
@@ -637,7 +639,7 @@ def _key_change(attacker: Attacker) -> tuple[str, dict, bool]:
 def own_certificate(attacker: Attacker) -> str:
     """A real order through the real peers, finalized with netproc's own key."""
     client = _client(attacker)
-    names = list(attacker.settings["names"])
+    names = list(attacker.settings.names)
     csr = keys.build_csr(ATTACKER_KEY, names)
     try:
         chain = client.issue(
@@ -697,14 +699,14 @@ def _submit(attacker: Attacker, chain: bytes) -> str:
 
 def submit_forged_leaf(attacker: Attacker) -> str:
     """For the real domain key and names, issued by nobody, valid 100 years."""
-    names = list(attacker.settings["names"])
+    names = list(attacker.settings.names)
     leaf = _certificate(names[0], "Attacker", _domain_public_key(attacker), ATTACKER_KEY, names,
                         ca=False)  # fmt: skip
     return _submit(attacker, _pem(leaf))
 
 
 def submit_attacker_ca_chain(attacker: Attacker) -> str:
-    names = list(attacker.settings["names"])
+    names = list(attacker.settings.names)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _certificate("Attacker CA", "Attacker CA", ca_key.public_key(), ca_key, None, ca=True)
     leaf = _certificate(names[0], "Attacker CA", _domain_public_key(attacker), ca_key, names,
@@ -716,7 +718,7 @@ def submit_own_key_certificate(attacker: Attacker) -> str:
     """Pebble's certificate for netproc's key (from own-certificate), or one of our own."""
     chain = attacker.stolen_chain
     if not chain:
-        names = list(attacker.settings["names"])
+        names = list(attacker.settings.names)
         chain = _pem(_certificate(names[0], names[0], ATTACKER_KEY.public_key(), ATTACKER_KEY,
                                   names, ca=False))  # fmt: skip
     return _submit(attacker, chain)
@@ -777,10 +779,10 @@ def netproc_cases() -> list[Case]:
             lambda a: (_origin(a) + "/order-plz", _identifiers(OTHER_NAMES), True))),
         Case("acct-sign-new-order-extra-name", EXPECT_REFUSED, sign_payload(
             lambda a: (_origin(a) + "/order-plz",
-                       _identifiers([*a.settings["names"], *OTHER_NAMES]), True))),
+                       _identifiers([*a.settings.names, *OTHER_NAMES]), True))),
         Case("acct-sign-other-origin", EXPECT_REFUSED, sign_payload(
             lambda a: ("https://evil.example.net/acme/new-order",
-                       _identifiers(list(a.settings["names"])), True))),
+                       _identifiers(list(a.settings.names)), True))),
         Case("acct-sign-post-as-get-other-origin", EXPECT_REFUSED, sign_payload(
             lambda a: ("https://evil.example.net/anything", None, True))),
         Case("acct-sign-contact-update", EXPECT_REFUSED, sign_payload(
@@ -800,7 +802,7 @@ def netproc_cases() -> list[Case]:
 
 
 def _channel(attacker: Attacker, edge: str) -> grpc.Channel:
-    channels: dict[str, grpc.Channel] = attacker.settings.setdefault("_channels", {})
+    channels = attacker.channels
     if edge not in channels:
         path = rpc.socket_path(attacker.config.run_dir, edge)
         if not os.path.exists(path) and edge not in rpc.EDGES:
@@ -850,7 +852,7 @@ def remove_files(attacker: Attacker) -> str:
 
 def install_forged(attacker: Attacker) -> str:
     """fileproc writes what certproc hands it: the design trusts certproc here."""
-    names = list(attacker.config.settings.get("names") or ["forged.example"])
+    names = list(getattr(attacker.config.settings, "names", ()) or ["forged.example"])
     key_reply = key_info("keyinfo")(attacker)
     public_key = serialization.load_der_public_key(key_reply.public_key_der)
     names = list(key_reply.names) or names
@@ -931,7 +933,7 @@ def attack(attacker: Attacker) -> None:
 def main() -> None:
     role, target_json = sys.argv[1], sys.argv[2]
     target = Target(**json.loads(target_json))
-    module = importlib.import_module(f"letskencrypt.roles.{role}")
+    module = module_of(role)
     real_confine = process.confine
     held: dict[str, RoleConfig] = {}
 
@@ -939,21 +941,23 @@ def main() -> None:
         gaps = real_confine(config)
         held["config"] = config
         if role != "netproc":
-            attack(Attacker(role, config, target, settings=dict(config.settings)))
+            attack(Attacker(role, config, target, settings=config.settings))
         return gaps
 
     process.confine = confine_then_attack  # type: ignore[assignment]
     if role == "netproc":
         real_obtain = module.obtain
 
-        def obtain_then_attack(peers: Any, settings: dict, log: process.Logger) -> int:
+        def obtain_then_attack(
+            peers: Any, settings: Any, ca_pem: bytes, log: process.Logger
+        ) -> int:
             try:
-                return int(real_obtain(peers, settings, log))
+                return int(real_obtain(peers, settings, ca_pem, log))
             finally:
-                attack(Attacker(role, held["config"], target, peers, settings))
+                attack(Attacker(role, held["config"], target, peers, settings, ca_pem))
 
         module.obtain = obtain_then_attack
-    module.main()
+    process.run_role(role)
 
 
 if __name__ == "__main__":

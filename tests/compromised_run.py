@@ -5,6 +5,7 @@
 The supervisor is the real one; only its `role_argv` differs, for ROLE.
 """
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,12 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"letskencrypt: {error}\n")
         return 1
     supervisor = CompromisedSupervisor(
-        role, target_json, settings=settings, verbosity=args.verbose, run_user=user
+        role,
+        target_json,
+        settings=settings,
+        cert_dir=os.path.abspath(args.cert_dir),
+        verbosity=args.verbose,
+        run_user=user,
     )
     return supervisor.run()
 

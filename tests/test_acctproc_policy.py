@@ -34,6 +34,7 @@ from letskencrypt.roles.acctproc import (
     classify,
 )
 from letskencrypt.roles.keyproc import KeyInfoService
+from letskencrypt.settings import AcctprocSettings, RoleSettings, decode, encode
 from letskencrypt.v1 import account_pb2, keyinfo_pb2, keyinfo_pb2_grpc
 
 from tests import certfactory
@@ -62,12 +63,15 @@ def policy(
     names: list[str] = NAMES,
     domain_key: Callable[[], bytes] | None = None,
 ) -> RunPolicy:
-    settings = {
-        "operation": operation,
-        "names": list(names),
-        "contact": CONTACT,
-        "directory_url": DIRECTORY,
-    }
+    settings = AcctprocSettings(
+        key_path="/nonexistent/account.pem",
+        key_type="ecdsa256",
+        audit_log="/nonexistent/audit.log",
+        operation=operation,
+        names=tuple(names),
+        contact=tuple(CONTACT),
+        directory_url=DIRECTORY,
+    )
     return RunPolicy.from_settings(settings, ACCOUNT_KEY, domain_key or keyproc_says())
 
 
@@ -398,18 +402,31 @@ def test_update_account_run() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"operation": "steal", "names": NAMES}, "unknown operation"),
-        ({"names": NAMES}, "unknown operation"),
-        ({"operation": "issue"}, "no names"),
+        ({"operation": "steal", "names": NAMES}, "operation must be one of issue, revoke, "),
+        ({"names": NAMES}, "AcctprocSettings.operation is missing"),
+        ({"operation": "issue"}, "AcctprocSettings.names is missing"),
         ({"operation": "issue", "names": []}, "no names"),
-        ({"operation": "issue", "names": NAMES, "contact": "mailto:x@example.org"}, "contact"),
+        ({"operation": "issue", "names": ["a.example.org", ""]}, "no names"),
+        ({"operation": "issue", "names": NAMES, "contact": "mailto:x@example.org"},
+         "AcctprocSettings.contact is not a list"),
+        ({"operation": "issue", "names": NAMES, "contact": [7]},
+         r"AcctprocSettings.contact\[\] is not text"),
+        ({"operation": "issue", "names": NAMES, "extra": 1},
+         "unknown field AcctprocSettings.extra"),
     ],
 )
 def test_policy_needs_its_settings(settings: dict[str, Any], message: str) -> None:
+    """What acctproc is told on its stdin, decoded as process.read_config does."""
+    document = {
+        "directory_url": DIRECTORY,
+        "key_path": "/nonexistent/account.pem",
+        "key_type": "ecdsa256",
+        "audit_log": "/nonexistent/audit.log",
+        **settings,
+    }
     with pytest.raises(InputError, match=message):
-        RunPolicy.from_settings(
-            {"directory_url": DIRECTORY, **settings}, ACCOUNT_KEY, keyproc_says()
-        )
+        decoded = decode(AcctprocSettings, document)
+        RunPolicy.from_settings(decoded, ACCOUNT_KEY, keyproc_says())
 
 
 # --- the domain key: keyproc's word, not netproc's (issue 7) -------------------------
@@ -714,7 +731,7 @@ def test_concurrent_records_stay_whole_lines(tmp_path: Path) -> None:
 # --- the settings: from the command line and the container entry point ---------------
 
 
-def settings_for(*argv: str) -> dict[str, dict[str, object]]:
+def settings_for(*argv: str) -> dict[str, RoleSettings]:
     return cli.role_settings(cli.build_parser().parse_args(list(argv)))
 
 
@@ -722,16 +739,17 @@ def test_cli_gives_acctproc_the_run_and_netproc_no_audit_log(tmp_path: Path) -> 
     key = str(tmp_path / "acct" / "privkey.pem")
     settings = settings_for("-f", key, "--contact", CONTACT[0], *NAMES)
     acct = settings["acctproc"]
-    assert acct["operation"] == "issue"
-    assert acct["names"] == NAMES
-    assert acct["contact"] == CONTACT
-    assert acct["audit_log"] == str(tmp_path / "acct" / "audit.log")
+    assert isinstance(acct, AcctprocSettings)
+    assert acct.operation == "issue"
+    assert acct.names == tuple(NAMES)
+    assert acct.contact == tuple(CONTACT)
+    assert acct.audit_log == str(tmp_path / "acct" / "audit.log")
     for role, own in settings.items():
         if role != "acctproc":
-            assert "audit.log" not in json.dumps(own), role
-    assert settings_for("-r", "-f", key, *NAMES)["acctproc"]["operation"] == "revoke"
+            assert "audit.log" not in json.dumps(encode(own)), role
+    assert settings_for("-r", "-f", key, *NAMES)["acctproc"].operation == "revoke"
     custom = settings_for("-f", key, "--audit-log", str(tmp_path / "x.log"), *NAMES)
-    assert custom["acctproc"]["audit_log"] == str(tmp_path / "x.log")
+    assert custom["acctproc"].audit_log == str(tmp_path / "x.log")
 
 
 @pytest.mark.parametrize("which", ["account", "domain"])
@@ -746,9 +764,9 @@ def test_container_acctproc_gets_the_run_through_cli() -> None:
     config = container.role_config(
         "acctproc", {"DOMAINS": " ".join(NAMES), "CONTACT": CONTACT[0]}
     )
-    assert config.settings["operation"] == "issue"
-    assert config.settings["names"] == NAMES
-    assert config.settings["contact"] == CONTACT
-    assert config.settings["audit_log"] == "/etc/acme/audit.log"
+    assert config.settings.operation == "issue"
+    assert config.settings.names == tuple(NAMES)
+    assert config.settings.contact == tuple(CONTACT)
+    assert config.settings.audit_log == "/etc/acme/audit.log"
     netproc = container.role_config("netproc", {"DOMAINS": " ".join(NAMES)})
-    assert "audit" not in json.dumps(netproc.settings)
+    assert "audit" not in json.dumps(encode(netproc.settings))

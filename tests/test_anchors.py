@@ -54,17 +54,17 @@ def test_built_in_roots_are_lets_encrypts(name: str) -> None:
 def test_the_server_picks_the_built_in_roots(tmp_path: Path) -> None:
     production = settings()
     staging = settings("-s")
-    assert production["certproc"]["trust_anchors"] == anchors.built_in(
+    assert production["certproc"].trust_anchors == anchors.built_in(
         "letsencrypt-production.pem").decode()
-    assert staging["certproc"]["trust_anchors"] == anchors.built_in(
+    assert staging["certproc"].trust_anchors == anchors.built_in(
         "letsencrypt-staging.pem").decode()
-    assert production["revokeproc"]["trust_anchors"] == production["certproc"]["trust_anchors"]
+    assert production["revokeproc"].trust_anchors == production["certproc"].trust_anchors
     # The roots are for certproc and revokeproc only.
     for role in ("netproc", "acctproc", "keyproc", "dnsproc", "chngproc", "fileproc"):
-        assert "trust_anchors" not in production[role]
+        assert not hasattr(production[role], "trust_anchors")
     ours = pem(root())
     given = write(tmp_path / "roots.pem", ours)
-    assert settings("-s", "--trust-anchors", str(given))["certproc"]["trust_anchors"] == (
+    assert settings("-s", "--trust-anchors", str(given))["certproc"].trust_anchors == (
         ours.decode())
 
 
@@ -72,8 +72,8 @@ def test_the_operation_is_each_roles_own() -> None:
     for argv, operation in (((), "issue"), (("-r",), "revoke")):
         got = settings(*argv)
         for role in ("acctproc", "certproc", "fileproc"):
-            assert got[role]["operation"] == operation
-        assert "operation" not in got["netproc"]
+            assert got[role].operation == operation
+        assert not hasattr(got["netproc"], "operation")
 
 
 def test_another_ca_needs_trust_anchors() -> None:
@@ -161,8 +161,8 @@ def test_containers_give_the_anchors_to_certproc_and_revokeproc_only() -> None:
             container.role_config(role, environ)
     # The others start without them.
     config = container.role_config("fileproc", environ)
-    assert config.settings["operation"] == "issue"
-    assert "trust_anchors" not in config.settings
+    assert config.settings.operation == "issue"
+    assert not hasattr(config.settings, "trust_anchors")
 
 
 def test_containers_read_a_mounted_anchors_file(tmp_path: Path, monkeypatch) -> None:
@@ -170,7 +170,7 @@ def test_containers_read_a_mounted_anchors_file(tmp_path: Path, monkeypatch) -> 
     ours = pem(root())
     monkeypatch.setattr(container, "TRUST_ANCHORS", str(write(tmp_path / "roots.pem", ours)))
     for role in ("certproc", "revokeproc"):
-        assert container.role_config(role, environ).settings["trust_anchors"] == ours.decode()
+        assert container.role_config(role, environ).settings.trust_anchors == ours.decode()
     assert "--trust-anchors" not in container.command_line("netproc", environ)
     # compose mounts /dev/null there when no file is given: not a regular file, not used.
     monkeypatch.setattr(container, "TRUST_ANCHORS", os.devnull)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography import x509
-from letskencrypt import rpc
+from letskencrypt import roles, rpc
 
 from tests.conftest import ROOT
 from tests.pebble import Pebble
@@ -170,7 +170,7 @@ def test_the_graph_here_is_the_one_in_rpc() -> None:
     """This file's copy of the graph (which test_kubernetes uses too) follows
     rpc.EDGES: an edge added there must be placed in every deployment."""
     assert {name: (e.client, e.server) for name, e in rpc.EDGES.items()} == EDGES
-    assert set(rpc.ROLES) == set(ROLES)
+    assert set(roles.ROLES) == set(ROLES)
 
 
 def test_compose_file_mounts_each_edge_only_on_its_ends() -> None:

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from letskencrypt.rpc import ROLES
+from letskencrypt.roles import ROLES
 
 from tests import attacker_role
 from tests.conftest import ROOT, Paths, run_client

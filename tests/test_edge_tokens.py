@@ -7,20 +7,20 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-from letskencrypt import cli, keys, rpc
+from letskencrypt import cli, keys, launch, rpc
 from letskencrypt.b64 import b64url
-from letskencrypt.rpc import EDGES, ROLES
-from letskencrypt.supervisor import Supervisor, role_environment
+from letskencrypt.roles import ROLES
+from letskencrypt.rpc import EDGES
+from letskencrypt.settings import AcctprocSettings, CertprocSettings, RoleSettings
+from letskencrypt.supervisor import Supervisor
 from letskencrypt.v1 import (
     account_pb2,
     account_pb2_grpc,
@@ -35,8 +35,13 @@ from letskencrypt.v1 import (
 from tests.certfactory import make_pki, pem
 
 
-def test_each_role_learns_only_the_tokens_of_its_own_edges() -> None:
-    supervisor = Supervisor(settings={})
+def test_each_role_learns_only_the_tokens_of_its_own_edges(tmp_path: Path) -> None:
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_bytes(pem(make_pki().root))
+    settings = cli.role_settings(cli.build_parser().parse_args(
+        ["--server", "https://ca.example.org/dir", "--trust-anchors", str(anchors),
+         "-f", str(tmp_path / "a.pem"), "-k", str(tmp_path / "d.pem"), "a.example.org"]))
+    supervisor = Supervisor(settings=settings)
     supervisor.run_dir = "/nonexistent"
     assert len(set(supervisor.edge_tokens.values())) == len(EDGES)
     for role in ROLES:
@@ -61,28 +66,17 @@ def acctproc() -> Iterator[tuple[str, str]]:
     base = Path(tempfile.mkdtemp(prefix="lk-token-"))
     (base / "acct").mkdir()
     token = "t" * 43
-    document = {
-        "run_dir": str(base),
-        "settings": {
-            "key_path": str(base / "account.pem"),
-            "create": True,
-            "key_type": "ecdsa256",
-            "directory_url": "https://ca.example.org/dir",
-            "names": ["a.example.org"],
-            "contact": [],
-            "operation": "issue",
-            "audit_log": str(base / "audit.log"),
-        },
-        "edge_tokens": {"acct": token},
-    }
-    environment = role_environment()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "letskencrypt.roles.acctproc"],
-        stdin=subprocess.PIPE, env=environment, cwd="/",
+    settings = AcctprocSettings(
+        key_path=str(base / "account.pem"),
+        create=True,
+        key_type="ecdsa256",
+        directory_url="https://ca.example.org/dir",
+        names=("a.example.org",),
+        operation="issue",
+        audit_log=str(base / "audit.log"),
     )
-    assert process.stdin is not None
-    process.stdin.write(json.dumps(document).encode())
-    process.stdin.close()
+    document = launch.role_document("acctproc", str(base), settings, edge_tokens={"acct": token})
+    process = launch.start_role("acctproc", document, stdout=None, stderr=None)
     deadline = time.monotonic() + 20
     while not os.path.exists(rpc.socket_path(str(base), "acct")):
         assert process.poll() is None and time.monotonic() < deadline
@@ -211,25 +205,11 @@ def test_certproc_refuses_an_impostor_keyproc(tmp_path: Path) -> None:
     impostor = FakeKeyInfo(client["keyinfo"], "wrong")
     fake = fake_server(rpc.socket_path(str(base), "keyinfo"), impostor)
     pki = make_pki()
-    settings = {
-        "names": ["a.example.org"],
-        "operation": "issue",
-        "trust_anchors": pem(pki.root).decode(),
-    }
-    document = {
-        "run_dir": str(base),
-        "settings": settings,
-        "edge_tokens": client,
-        "server_tokens": server,
-    }
-    environment = role_environment()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "letskencrypt.roles.certproc"],
-        stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=environment, cwd="/",
-    )  # fmt: skip
-    assert process.stdin is not None
-    process.stdin.write(json.dumps(document).encode())
-    process.stdin.close()
+    settings = CertprocSettings(operation="issue", trust_anchors=pem(pki.root).decode())
+    document = launch.role_document(
+        "certproc", str(base), settings, edge_tokens=client, server_tokens=server
+    )
+    process = launch.start_role("certproc", document, stdout=None)
     rpc.use_edge_tokens({"cert": client["cert"]}, {"cert": server["cert"]})
     try:
         with rpc.connect(str(base), "cert") as channel:
@@ -257,19 +237,11 @@ KID = "https://ca.example.org/acct/1"
 ATTACKER_KEY = keys.generate_key("ecdsa256")
 
 
-def start_role(role: str, run_dir: Path, settings: dict[str, Any],
+def start_role(role: str, run_dir: Path, settings: RoleSettings,
                tokens: dict[str, str]) -> subprocess.Popen[bytes]:
     """As the supervisor starts a role (staying root when we are: no run user)."""
-    document = {"run_dir": str(run_dir), "settings": settings, "edge_tokens": tokens}
-    environment = role_environment()
-    process = subprocess.Popen(
-        [sys.executable, "-m", f"letskencrypt.roles.{role}"],
-        stdin=subprocess.PIPE, env=environment, cwd="/",
-    )
-    assert process.stdin is not None
-    process.stdin.write(json.dumps(document).encode())
-    process.stdin.close()
-    return process
+    document = launch.role_document(role, str(run_dir), settings, edge_tokens=tokens)
+    return launch.start_role(role, document, stdout=None, stderr=None)
 
 
 def wait_for_socket(run_dir: Path, edge: str, process: subprocess.Popen[bytes]) -> None:

@@ -1,7 +1,7 @@
 """Every role, running for real, against a compromised neighbour.
 
-The roles are started as the supervisor starts them (`python -m
-letskencrypt.roles.X`, the JSON configuration on stdin, settings from
+The roles are started as the supervisor starts them (launch.start_role:
+`python -m letskencrypt.roles X`, the JSON configuration on stdin, settings from
 cli.role_settings for a realistic command line, a private run directory with
 one sub-directory per edge; dropping to `nobody` when we are root).  Then
 this test connects to their sockets with the generated stubs and does what a
@@ -22,7 +22,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -38,9 +37,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import NameOID
-from letskencrypt import cli, keys, rpc
+from letskencrypt import cli, keys, launch, rpc
 from letskencrypt.b64 import b64url
-from letskencrypt.supervisor import KEEPS_ROOT, Supervisor, role_environment
+from letskencrypt.roles import specs
+from letskencrypt.settings import RoleSettings
+from letskencrypt.supervisor import Supervisor
 from letskencrypt.v1 import (
     account_pb2,
     account_pb2_grpc,
@@ -143,26 +144,14 @@ class Pod:
     def outside(self) -> Path:
         return self.base / "outside"
 
-    def start(self, role: str, settings: dict[str, Any], run: str, name: str = "") -> None:
+    def start(self, role: str, settings: RoleSettings, run: str, name: str = "") -> None:
         """What Supervisor.start does, with stderr kept in a file."""
         name = name or role
-        document: dict[str, Any] = {
-            "run_dir": self.run_dirs[run],
-            "verbosity": 0,
-            "settings": settings,
-        }
-        if RUN_USER is not None and role not in KEEPS_ROOT:
-            document["uid"], document["gid"] = RUN_USER.uid, RUN_USER.gid
-        environment = role_environment()
+        run_user = (RUN_USER.uid, RUN_USER.gid) if RUN_USER is not None else None
+        document = launch.role_document(role, self.run_dirs[run], settings, run_user=run_user)
         self.stderr[name] = self.base / "logs" / f"{name}.stderr"
         with open(self.stderr[name], "wb") as stderr:
-            process = subprocess.Popen(
-                [sys.executable, "-m", f"letskencrypt.roles.{role}"],
-                stdin=subprocess.PIPE, stderr=stderr, env=environment, close_fds=True, cwd="/",
-            )  # fmt: skip
-        assert process.stdin is not None
-        process.stdin.write(json.dumps(document).encode())
-        process.stdin.close()
+            process = launch.start_role(role, document, stdout=None, stderr=stderr)
         self.processes[name] = process
 
     def wait_for_sockets(self, run: str, edges: list[str]) -> None:
@@ -247,7 +236,7 @@ def command_line(base: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def role_settings(base: Path, *extra: str) -> dict[str, dict[str, Any]]:
+def role_settings(base: Path, *extra: str) -> dict[str, RoleSettings]:
     return cli.role_settings(cli.build_parser().parse_args(command_line(base, *extra)))
 
 
@@ -1157,7 +1146,7 @@ def test_the_roles_run_as_the_supervisor_runs_them(pod: Pod) -> None:
         uid = int(fields["Uid"].split()[0])
         role = name.split("@")[0]
         if RUN_USER is not None:
-            assert (uid == 0) == (role in KEEPS_ROOT), (name, uid)
+            assert (uid == 0) == (specs()[role].keeps_root is not None), (name, uid)
         assert fields["NoNewPrivs"].strip() == "1", name
 
 

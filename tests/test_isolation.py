@@ -13,7 +13,8 @@ import termios
 import time
 from pathlib import Path
 
-from letskencrypt import process, relay, sandbox
+from letskencrypt import process, relay
+from letskencrypt.roles import spec_of
 
 from tests.conftest import LETSKENCRYPT, Paths
 from tests.pebble import Pebble
@@ -65,7 +66,7 @@ def children_of(pid: int) -> list[int]:
 def confined(pid: int) -> bool:
     """The role has applied its sandbox, second stage included where it has one."""
     fields = status_fields(pid)
-    want = "2" if sandbox.serves_only(fields["Name"]) else "1"
+    want = "2" if spec_of(fields["Name"]).serves_only else "1"
     return fields["Seccomp"] == "2" and fields.get("Seccomp_filters") == want
 
 

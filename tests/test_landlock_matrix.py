@@ -12,7 +12,7 @@ import sys
 
 import pytest
 from letskencrypt import namespace, sandbox
-from letskencrypt.rpc import ROLES
+from letskencrypt.roles import ROLES
 from letskencrypt.sandbox_check import ATTEMPTS, STATE_ROWS
 
 from tests.conftest import Paths, run_client

@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from letskencrypt import cli, namespace, rpc, sandbox, supervisor
+from letskencrypt import cli, launch, namespace, rpc, sandbox, supervisor
 from letskencrypt.errors import InputError
-from letskencrypt.rpc import ROLES
-from letskencrypt.sandbox import NETWORK_ROLES
+from letskencrypt.roles import ROLES
 
 from tests.certfactory import make_pki, pem
 from tests.test_sandbox import base, serving_role, start_role, wait_for_socket  # noqa: F401
@@ -21,6 +20,9 @@ from tests.test_sandbox import base, serving_role, start_role, wait_for_socket  
 
 def own_namespace(kind: str, pid: int | str = "self") -> str:
     return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+
+NETWORK_ROLES = frozenset({"netproc", "dnsproc"})
 
 
 def visible_edges(role: str) -> set[str]:
@@ -174,9 +176,9 @@ def test_the_callers_pythonpath_does_not_reach_a_role(monkeypatch: pytest.Monkey
     """Each entry of a role's sys.path is mirrored into its root and readable:
     the roles get this package's own root and nothing of the caller's."""
     monkeypatch.setenv("PYTHONPATH", "/root:/etc")
-    environment = supervisor.role_environment()
-    assert environment["PYTHONPATH"] == supervisor.PACKAGE_ROOT
-    assert Path(supervisor.PACKAGE_ROOT, "letskencrypt", "roles").is_dir()
+    environment = launch.role_environment()
+    assert environment["PYTHONPATH"] == launch.PACKAGE_ROOT
+    assert Path(launch.PACKAGE_ROOT, "letskencrypt", "roles").is_dir()
 
 
 def test_the_run_directory_is_open_to_no_one_else() -> None:

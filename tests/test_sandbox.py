@@ -8,6 +8,7 @@ layer are skipped and one test says which.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -21,11 +22,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from letskencrypt import cli, namespace, process, rpc, sandbox, sandbox_check
+from letskencrypt import cli, launch, namespace, process, rpc, sandbox, sandbox_check
 from letskencrypt.process import RoleConfig
-from letskencrypt.rpc import ROLES
+from letskencrypt.roles import ROLES, spec_of
 from letskencrypt.sandbox_check import ATTEMPTS, Identity
-from letskencrypt.supervisor import KEEPS_ROOT, role_environment
+from letskencrypt.settings import DnsprocSettings, RoleSettings, encode
 from letskencrypt.v1 import (
     account_pb2,
     account_pb2_grpc,
@@ -97,16 +98,21 @@ NEEDS_PRIVILEGE = {"mount", "packet", "tiocsti", "signal_parent", "signal_init"}
 NEVER = {"tty": "ENXIO"}
 
 
+# What the design says (the specs are checked against it in test_specs.py).
+KEEPS_ROOT = frozenset({"chngproc", "fileproc"})
+NETWORK_ROLES = frozenset({"netproc", "dnsproc"})
+
+
 def expected(role: str, key: str, namespaces: bool) -> str:
     """The errno of the layer that stops the action first: the second stage
     (sandbox.seal: no connect() at all for the roles that only serve), else
     the namespaces, else Landlock."""
-    seals = sandbox.serves_only(role)
-    if key == "tcp_connect" and seals and role not in sandbox.NETWORK_ROLES:
+    seals = spec_of(role).serves_only
+    if key == "tcp_connect" and seals and role not in NETWORK_ROLES:
         return "EPERM"
     if namespaces and key == "named" and not seals:
         return "ENOENT"
-    if namespaces and key == "abstract" and role not in sandbox.NETWORK_ROLES and not seals:
+    if namespaces and key == "abstract" and role not in NETWORK_ROLES and not seals:
         return "ECONNREFUSED"
     if namespaces and key in EXPECTED_IN_NAMESPACES:
         return EXPECTED_IN_NAMESPACES[key]
@@ -167,7 +173,7 @@ def test_forbidden_actions_fail_with_the_right_errno(reports: dict, role: str) -
     assert (sandbox.NAMESPACES in missing) != report["namespaces"], report["gaps"]
     for attempt in ATTEMPTS:
         after = report["after"][attempt.key]
-        if role in attempt.allowed_for:
+        if spec_of(role).network.value in attempt.allowed_for:
             assert after == "ok", (attempt.key, after)
             continue
         if attempt.layers <= missing:
@@ -206,7 +212,7 @@ def test_probe_state(reports: dict, role: str) -> None:
     assert state["no_new_privs"] == 1
     assert state["threads"]
     # The second stage stacks a filter on the first in the roles that only serve.
-    filters = "2" if sandbox.serves_only(role) else "1"
+    filters = "2" if spec_of(role).serves_only else "1"
     for thread in state["threads"]:
         assert thread == {"Seccomp": "2", "NoNewPrivs": "1", "Seccomp_filters": filters}
     assert state["capabilities"] == dict.fromkeys(process.CAPABILITY_SETS, 0)
@@ -217,7 +223,7 @@ def test_probe_state(reports: dict, role: str) -> None:
 
 def test_roles_that_only_serve_are_sealed() -> None:
     """The second stage (sandbox.seal) is for exactly the roles that call no one."""
-    sealed = {role for role in ROLES if sandbox.serves_only(role)}
+    sealed = {role for role in ROLES if spec_of(role).serves_only}
     # acctproc asks keyproc for the domain key (the keyacct edge).
     assert sealed == {"keyproc", "dnsproc", "chngproc", "fileproc", "revokeproc"}
 
@@ -286,8 +292,9 @@ def run_confined(body: str, *, strict: bool, prelude: str = "") -> subprocess.Co
 import json, os, socket, sys
 from letskencrypt import sandbox
 from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.settings import CertprocSettings
 {prelude}
-config = RoleConfig("certproc", "/nonexistent", settings={{}})
+config = RoleConfig("certproc", "/nonexistent", settings=CertprocSettings(operation="issue"))
 try:
     gaps = sandbox.apply(config, Logger("certproc", 0), strict={strict})
 except sandbox.SandboxError as error:
@@ -363,10 +370,10 @@ def test_strict_role_exits_1_with_one_line(tmp_path: Path) -> None:
     code = (
         "import letskencrypt.sandbox as s\n"
         "s.landlock_abi = lambda: 0\n"
-        "from letskencrypt.roles import dnsproc\n"
-        "dnsproc.main()\n"
+        "from letskencrypt import process\n"
+        "process.run_role('dnsproc')\n"
     )
-    document = {"run_dir": str(run_dir), "settings": {"strict": True}}
+    document = {"run_dir": str(run_dir), "settings": encode(DnsprocSettings(strict=True))}
     result = subprocess.run(
         [sys.executable, "-c", code], input=json.dumps(document), cwd="/",
         capture_output=True, text=True, timeout=60, check=False,
@@ -380,20 +387,12 @@ def test_strict_role_exits_1_with_one_line(tmp_path: Path) -> None:
 
 
 class RoleProcess:
-    def __init__(self, role: str, base: Path, settings: dict[str, object]) -> None:
+    def __init__(self, role: str, base: Path, settings: RoleSettings) -> None:
         self.role = role
         self.base = base
-        document: dict[str, object] = {"run_dir": str(base / "run"), "settings": settings}
-        if RUN_USER is not None and role not in KEEPS_ROOT:
-            document["uid"], document["gid"] = RUN_USER.uid, RUN_USER.gid
-        environment = role_environment()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", f"letskencrypt.roles.{role}"],
-            stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=environment, cwd="/",
-        )  # fmt: skip
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(document).encode())
-        self.process.stdin.close()
+        run_user = (RUN_USER.uid, RUN_USER.gid) if RUN_USER is not None else None
+        document = launch.role_document(role, str(base / "run"), settings, run_user=run_user)
+        self.process = launch.start_role(role, document, stdout=None)
 
     def channel(self, edge: str) -> grpc.Channel:
         return rpc.connect(str(self.base / "run"), edge)
@@ -410,9 +409,9 @@ class RoleProcess:
         return threads
 
     def stop(self) -> tuple[int, str]:
-        edges = rpc.edges_served_by(self.role)
+        edges = spec_of(self.role).serves
         if edges:
-            with self.channel(edges[0].name) as channel:
+            with self.channel(edges[0]) as channel:
                 lifecycle_pb2_grpc.LifecycleStub(channel).Stop(
                     lifecycle_pb2.StopRequest(), timeout=10
                 )
@@ -444,15 +443,15 @@ def start_role(role: str, top: Path) -> RoleProcess:
     for key in (sandbox_check.ACCOUNT_KEY, sandbox_check.DOMAIN_KEY):
         (base / key).unlink()
     settings = sandbox_check.role_settings(base)[role]
-    if "create" in settings:
-        settings["create"] = True
+    if hasattr(settings, "create"):
+        settings = dataclasses.replace(settings, create=True)  # type: ignore[call-arg]
     return RoleProcess(role, base, settings)
 
 
 def wait_for_socket(process: RoleProcess) -> None:
     deadline = time.monotonic() + 20
-    for edge in rpc.edges_served_by(process.role):
-        path = rpc.socket_path(str(process.base / "run"), edge.name)
+    for edge in spec_of(process.role).serves:
+        path = rpc.socket_path(str(process.base / "run"), edge)
         while not os.path.exists(path):
             assert process.process.poll() is None, process.process.stderr.read()  # type: ignore[union-attr]
             assert time.monotonic() < deadline, f"{process.role} did not bind {path}"
@@ -595,6 +594,8 @@ def test_sandbox_check_fails_when_a_restriction_does_not_hold() -> None:
     """The verdicts, on a made-up report where reading outside went through."""
     report = {
         "role": "certproc",
+        "network": "none",
+        "serves_only": False,
         "gaps": [],
         "before": {a.key: "ok" for a in ATTEMPTS},
         "after": {a.key: EXPECTED[a.key] for a in ATTEMPTS} | {"read": "ok"},

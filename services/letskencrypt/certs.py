@@ -308,6 +308,13 @@ def parse_anchors(data: bytes) -> list[x509.Certificate]:
     return anchors
 
 
+def configured_anchors(text: str | None) -> list[x509.Certificate]:
+    """The trust anchors of a role's settings (PEM text, see anchors.py)."""
+    if not text:
+        raise CertificateRejected("no trust anchors configured")
+    return parse_anchors(text.encode("ascii", "replace"))
+
+
 def split_leaf_and_chain(pem: bytes) -> tuple[bytes, bytes]:
     """Return (leaf PEM, PEM of the rest), each re-serialised canonically."""
     certificates = parse_pem_chain(pem)

@@ -31,6 +31,19 @@ from letskencrypt.fsutil import (
     fsync_directory,
     make_directories,
 )
+from letskencrypt.roles import spec_of
+from letskencrypt.settings import (
+    AcctprocSettings,
+    CertprocSettings,
+    ChngprocSettings,
+    DnsprocSettings,
+    FileprocSettings,
+    KeyprocSettings,
+    NetprocSettings,
+    RevokeprocSettings,
+    RoleSettings,
+    Schedule,
+)
 from letskencrypt.supervisor import RunUser, Supervisor
 from letskencrypt.urls import origin
 from letskencrypt.validate import KEY_TYPES, safe_text, validate_domains
@@ -196,16 +209,20 @@ def check_writable_directory(path: str, what: str, role: str, uid: int, gids: se
         )
 
 
-def preflight(settings: dict[str, dict[str, object]]) -> None:
+def preflight(settings: dict[str, RoleSettings], user: RunUser | None) -> None:
     """What a native run can know before any role starts, and so before it
-    spends a request: the directories chngproc and fileproc write."""
-    uid = os.geteuid()
-    gids = {os.getegid(), *os.getgroups()}
-    challenge_dir = str(settings["chngproc"]["challenge_dir"])
-    check_writable_directory(challenge_dir, "challenge directory", "chngproc", uid, gids)
-    cert_dir = str(settings["fileproc"]["cert_dir"])
-    if os.path.lexists(cert_dir):
-        check_writable_directory(cert_dir, "certificate directory", "fileproc", uid, gids)
+    spends a request: every directory a role's spec lets it write is there
+    (or made by the role) and writable by the user the role runs as."""
+    for role, role_settings in settings.items():
+        spec = spec_of(role)
+        if user is not None and spec.keeps_root is None:
+            uid, gids = user.uid, {user.gid}
+        else:
+            uid, gids = os.geteuid(), {os.getegid(), *os.getgroups()}
+        for grant in spec.grants(role_settings):
+            if not grant.writable or (grant.created and not os.path.lexists(grant.path)):
+                continue
+            check_writable_directory(grant.path, grant.what, role, uid, gids)
 
 
 def check_trust_anchors(args: argparse.Namespace, directory_url: str) -> str:
@@ -228,7 +245,7 @@ def check_poll_timeout(seconds: float) -> float:
     return seconds
 
 
-def check_schedule(args: argparse.Namespace) -> dict[str, float]:
+def check_schedule(args: argparse.Namespace) -> Schedule:
     if args.revoke:
         raise InputError("--daemon does not go with -r")
     interval = args.interval
@@ -240,7 +257,7 @@ def check_schedule(args: argparse.Namespace) -> dict[str, float]:
         raise InputError("--jitter must be between 0 and the interval")
     if not 1 <= backoff <= interval:
         raise InputError("--backoff must be between 1 second and the interval")
-    return {"interval": interval, "jitter": jitter, "backoff": backoff}
+    return Schedule(interval=interval, jitter=jitter, backoff=backoff)
 
 
 def check_audit_log(path: str | None, account_key: str, domain_key: str) -> str:
@@ -320,16 +337,16 @@ def run_user(name: str) -> RunUser | None:
 
 def role_settings(
     args: argparse.Namespace, trust_anchors: bool = True
-) -> dict[str, dict[str, object]]:
+) -> dict[str, RoleSettings]:
     """Each role's settings.  `trust_anchors=False` (a container of a role
     that needs none) leaves the anchors out of certproc's and revokeproc's."""
-    names = validate_domains(args.domains)
+    names = tuple(validate_domains(args.domains))
     directory_url = check_directory_url(args)
     anchor_pem = check_trust_anchors(args, directory_url) if trust_anchors else None
     # What certproc, fileproc and acctproc may do: only what this run is for.
     operation = "revoke" if args.revoke else "issue"
     ca_bundle = check_ca_bundle(args.ca_bundle) if args.ca_bundle else None
-    contacts = [check_contact(c) for c in args.contact]
+    contacts = tuple(check_contact(c) for c in args.contact)
     if len(contacts) > MAX_CONTACTS:
         raise InputError(f"at most {MAX_CONTACTS} contacts")
     if args.revoke_reason and not args.revoke:
@@ -345,48 +362,51 @@ def role_settings(
         {"certificate directory": cert_dir, "challenge directory": challenge_dir},
     )
     daemon = check_schedule(args) if args.daemon else None
-    settings: dict[str, dict[str, object]] = {
-        "netproc": {
-            "directory_url": directory_url,
-            "ca_bundle": ca_bundle,
-            "contact": contacts,
-            "names": names,
-            "revoke": args.revoke,
-            "revoke_reason": SUBSCRIBER_REVOCATION_REASONS.get(args.revoke_reason or ""),
-            "daemon": daemon,
-            "poll_timeout": check_poll_timeout(args.poll_timeout),
-        },
-        "acctproc": {
-            "key_path": account_key,
-            "create": args.new_account_key,
-            "key_type": args.key_type,
-            "directory_url": directory_url,
-            # What acctproc may sign: only what this run asked for.
-            "operation": operation,
-            "names": names,
-            "contact": contacts,
-            "audit_log": audit_log,
-        },
-        "keyproc": {
-            "key_path": domain_key,
-            "create": args.new_domain_key,
-            "key_type": args.key_type,
-            "names": names,
-        },
-        "dnsproc": {},
-        "chngproc": {"challenge_dir": challenge_dir},
-        "revokeproc": {
-            "cert_path": os.path.join(cert_dir, "cert.pem"),
-            "names": names,
-            "force": args.force,
-            "trust_anchors": anchor_pem,
-        },
-        "certproc": {"operation": operation, "trust_anchors": anchor_pem},
-        "fileproc": {"cert_dir": cert_dir, "backup": args.backup, "operation": operation},
+    strict = args.strict
+    return {
+        "netproc": NetprocSettings(
+            directory_url=directory_url,
+            ca_bundle=ca_bundle,
+            contact=contacts,
+            names=names,
+            revoke=args.revoke,
+            revoke_reason=SUBSCRIBER_REVOCATION_REASONS.get(args.revoke_reason or ""),
+            daemon=daemon,
+            poll_timeout=check_poll_timeout(args.poll_timeout),
+            strict=strict,
+        ),
+        "acctproc": AcctprocSettings(
+            key_path=account_key,
+            create=args.new_account_key,
+            key_type=args.key_type,
+            directory_url=directory_url,
+            operation=operation,
+            names=names,
+            contact=contacts,
+            audit_log=audit_log,
+            strict=strict,
+        ),
+        "keyproc": KeyprocSettings(
+            key_path=domain_key,
+            create=args.new_domain_key,
+            key_type=args.key_type,
+            names=names,
+            strict=strict,
+        ),
+        "dnsproc": DnsprocSettings(strict=strict),
+        "chngproc": ChngprocSettings(challenge_dir=challenge_dir, strict=strict),
+        "revokeproc": RevokeprocSettings(
+            cert_dir=cert_dir,
+            names=names,
+            force=args.force,
+            trust_anchors=anchor_pem,
+            strict=strict,
+        ),
+        "certproc": CertprocSettings(operation=operation, trust_anchors=anchor_pem, strict=strict),
+        "fileproc": FileprocSettings(
+            cert_dir=cert_dir, backup=args.backup, operation=operation, strict=strict
+        ),
     }
-    for role in settings.values():
-        role["strict"] = args.strict
-    return settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -399,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = role_settings(args)
         user = run_user(args.user)
-        preflight(settings)
+        preflight(settings, user)
         moved = move_former_default_domain_key(args)
         if moved:
             sys.stderr.write(f"letskencrypt: {moved}\n")
@@ -409,7 +429,12 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as error:
         sys.stderr.write(f"letskencrypt: {error}\n")
         sys.exit(EXIT_FAILED)
-    supervisor = Supervisor(settings=settings, verbosity=args.verbose, run_user=user)
+    supervisor = Supervisor(
+        settings=settings,
+        cert_dir=os.path.abspath(args.cert_dir),
+        verbosity=args.verbose,
+        run_user=user,
+    )
     try:
         status = supervisor.run()
     except InputError as error:

@@ -19,6 +19,9 @@ EXIT_CODES = (EXIT_CHANGED, EXIT_FAILED, EXIT_NOTHING_TO_DO)
 # The longest wait for the CA to validate or issue (--poll-timeout).
 DEFAULT_POLL_TIMEOUT = 300.0
 
+# How long netproc waits for the other roles to serve before its first request.
+DEFAULT_READY_TIMEOUT = 20.0
+
 # netproc's trust store for the CA's TLS (--ca-bundle): the largest accepted.
 MAX_CA_BUNDLE = 4 * 1024 * 1024
 

@@ -31,25 +31,22 @@ given the anchors and do not check them.
 Missing keys are created on the first run, as `-n -N` would.
 """
 
-import importlib
+import dataclasses
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from letskencrypt import cli, process
 from letskencrypt.constants import EXIT_FAILED, EXIT_NOTHING_TO_DO
 from letskencrypt.errors import InputError
-from letskencrypt.process import Logger, RoleConfig
-from letskencrypt.rpc import ROLES
+from letskencrypt.process import RoleConfig
+from letskencrypt.roles import spec_of
 
 RUN_DIR = "/run/letskencrypt"
 CA_BUNDLE = "/etc/letskencrypt/ca.pem"
 TRUST_ANCHORS = "/etc/letskencrypt/trust-anchors.pem"
-# The roles that verify certificates to the CA's roots.
-ANCHOR_ROLES = frozenset({"certproc", "revokeproc"})
 # Containers start in any order and images may still be pulled.
 READY_TIMEOUT = 120.0
-RoleBody = Callable[[RoleConfig, Logger], int]
 TRUE = frozenset({"1", "true", "yes", "on"})
 FALSE = frozenset({"", "0", "false", "no", "off"})
 
@@ -63,16 +60,24 @@ def flag(environ: Mapping[str, str], name: str) -> bool:
     raise InputError(f"{name} must be 1 or 0, not {value[:20]!r}")
 
 
+def uses(role: str, setting: str) -> bool:
+    return setting in {field.name for field in dataclasses.fields(spec_of(role).settings)}
+
+
 def command_line(role: str, environ: Mapping[str, str]) -> list[str]:
     """The command line that a native run with this environment would have."""
     argv = ["-n", "-N"]
     if "ACME_SERVER" in environ:
         argv += ["--server", environ["ACME_SERVER"]]
-    if role == "netproc" and os.path.exists(CA_BUNDLE):
+    if uses(role, "ca_bundle") and os.path.exists(CA_BUNDLE):
         argv += ["--ca-bundle", CA_BUNDLE]
     # A non-empty regular file only: compose mounts /dev/null there when
     # none is given (an empty file would do as well).
-    if role in ANCHOR_ROLES and os.path.isfile(TRUST_ANCHORS) and os.path.getsize(TRUST_ANCHORS):
+    if (
+        uses(role, "trust_anchors")
+        and os.path.isfile(TRUST_ANCHORS)
+        and os.path.getsize(TRUST_ANCHORS)
+    ):
         argv += ["--trust-anchors", TRUST_ANCHORS]
     for contact in environ.get("CONTACT", "").split():
         argv += ["--contact", contact]
@@ -101,12 +106,12 @@ def command_line(role: str, environ: Mapping[str, str]) -> list[str]:
 
 
 def role_config(role: str, environ: Mapping[str, str]) -> RoleConfig:
-    if role not in ROLES:
-        raise InputError(f"unknown role {role[:40]!r}; one of {', '.join(ROLES)}")
+    spec_of(role)  # an unknown role is refused here, in one line
     args = cli.build_parser().parse_args(command_line(role, environ))
-    settings = cli.role_settings(args, trust_anchors=role in ANCHOR_ROLES)[role]
-    if role == "netproc":
-        settings["ready_timeout"] = seconds(environ, "READY_TIMEOUT", READY_TIMEOUT)
+    settings = cli.role_settings(args, trust_anchors=uses(role, "trust_anchors"))[role]
+    if uses(role, "ready_timeout"):
+        ready_timeout = seconds(environ, "READY_TIMEOUT", READY_TIMEOUT)
+        settings = dataclasses.replace(settings, ready_timeout=ready_timeout)  # type: ignore[call-arg]
     return RoleConfig(
         role=role, run_dir=RUN_DIR, verbosity=args.verbose, settings=settings, supervised=False
     )
@@ -133,11 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as error:
         sys.stderr.write(f"letskencrypt: {role[:40]}: {error}\n")
         sys.exit(EXIT_FAILED)
-    module = importlib.import_module(f"letskencrypt.roles.{role}")
-    body = module.run
-    if role == "netproc":
-        body = remap_nothing_to_do(body, nothing_to_do_exit(os.environ))
-    process.run_role(role, body, config)
+    process.run_role(role, config, nothing_to_do_exit(os.environ))
 
 
 def nothing_to_do_exit(environ: Mapping[str, str]) -> int:
@@ -145,14 +146,6 @@ def nothing_to_do_exit(environ: Mapping[str, str]) -> int:
     if value not in ("0", "2"):
         raise SystemExit(f"letskencrypt: NOTHING_TO_DO_EXIT must be 0 or 2, not {value[:20]!r}")
     return int(value)
-
-
-def remap_nothing_to_do(body: RoleBody, status: int) -> RoleBody:
-    def run(config: RoleConfig, log: Logger) -> int:
-        code = body(config, log)
-        return status if code == EXIT_NOTHING_TO_DO else code
-
-    return run
 
 
 if __name__ == "__main__":

@@ -14,11 +14,14 @@ import platform
 import resource
 import signal
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
 from letskencrypt import fsutil, rpc
+from letskencrypt.constants import EXIT_NOTHING_TO_DO
+from letskencrypt.errors import InputError
+from letskencrypt.roles import module_of, spec_of
+from letskencrypt.settings import RoleSettings, decode
 from letskencrypt.validate import safe_text
 
 PR_SET_PDEATHSIG = 1
@@ -63,17 +66,20 @@ _libc.prctl.restype = ctypes.c_int
 _libc.syscall.restype = ctypes.c_long
 
 
+SettingsType = TypeVar("SettingsType", bound=RoleSettings)
+
+
 @dataclass
-class RoleConfig:
+class RoleConfig(Generic[SettingsType]):
     """The part of the configuration every role shares, plus its own settings."""
 
     role: str
     run_dir: str
+    settings: SettingsType
     verbosity: int = 0
     # Set when started as root and this role must drop to an unprivileged user.
     uid: int | None = None
     gid: int | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
     # Started by the native supervisor (dies with it), not a container runtime.
     supervised: bool = True
     supervisor_pid: int | None = None
@@ -138,7 +144,7 @@ def read_config(role: str) -> RoleConfig:
         verbosity=int(document.get("verbosity", 0)),
         uid=document.get("uid"),
         gid=document.get("gid"),
-        settings=document.get("settings", {}),
+        settings=decode(spec_of(role).settings, document.get("settings")),
         edge_tokens=document.get("edge_tokens", {}),
         server_tokens=document.get("server_tokens", {}),
         supervisor_pid=document.get("supervisor_pid"),
@@ -273,15 +279,10 @@ def capability_sets(pid: int | str = "self") -> dict[str, int]:
     return sets
 
 
-# chngproc must remove its files from the web root even when the supervisor
-# is killed outright: it gets SIGTERM (see serve_until_stopped), the rest SIGKILL.
-PARENT_DEATH_SIGNAL = {"chngproc": signal.SIGTERM}
-
-
 def die_with_parent(config: RoleConfig) -> None:
     """Exit if the supervisor dies, so no role outlives the run. Set after any
     change of credentials, which clears it; the supervisor set it at birth."""
-    prctl(PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL.get(config.role, signal.SIGKILL))
+    prctl(PR_SET_PDEATHSIG, spec_of(config.role).parent_death_signal)
     # Compared with the supervisor's pid, not 1: a subreaper may have adopted us.
     if config.supervisor_pid is not None and os.getppid() != config.supervisor_pid:
         os._exit(1)
@@ -344,7 +345,7 @@ def confine(config: RoleConfig) -> list[str]:
     harden()
     if config.supervised:
         die_with_parent(config)
-    strict = bool(config.settings.get("strict", False))
+    strict = config.settings.strict
     gaps = sandbox.apply(config, log, strict, opened, tuple(namespace_gaps))
     # The second stage, once the role's servers have bound their sockets.
     rpc.after_serving(lambda: sandbox.seal(config, log, strict))
@@ -352,12 +353,22 @@ def confine(config: RoleConfig) -> list[str]:
 
 
 def run_role(
-    role: str, body: Callable[[RoleConfig, Logger], int], config: RoleConfig | None = None
+    role: str, config: RoleConfig | None = None, nothing_to_do: int = EXIT_NOTHING_TO_DO
 ) -> None:
-    """Run a role's body and turn our errors into one line and exit status 1."""
+    """Run a role's body and turn our errors into one line and exit status 1.
+
+    `config`: built by the container entry point; natively it comes on stdin.
+    `nothing_to_do`: the status for netproc's "nothing to do" (a Kubernetes
+    Job wants 0).
+    """
     from letskencrypt.errors import LetskencryptError
 
-    config, log = start(role, config)
+    body = module_of(role).run
+    try:
+        config, log = start(role, config)
+    except InputError as error:
+        sys.stderr.write(f"letskencrypt: {role}: {error}\n")
+        os._exit(1)
     try:
         code = body(config, log)
     except LetskencryptError as error:
@@ -366,6 +377,8 @@ def run_role(
     except Exception as error:  # one line, never a traceback
         log.error(f"internal error: {error!r}")
         code = 1
+    if code == EXIT_NOTHING_TO_DO:
+        code = nothing_to_do
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: gRPC's threads can make it slow or noisy.

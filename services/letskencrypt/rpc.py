@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from letskencrypt.constants import DEFAULT_READY_TIMEOUT
 from letskencrypt.errors import LetskencryptError
 from letskencrypt.v1 import lifecycle_pb2, lifecycle_pb2_grpc
 
@@ -50,19 +51,7 @@ EDGES: dict[str, Edge] = {
     )
 }
 
-ROLES = (
-    "netproc",
-    "acctproc",
-    "keyproc",
-    "dnsproc",
-    "chngproc",
-    "certproc",
-    "fileproc",
-    "revokeproc",
-)
-
 DEFAULT_DEADLINE = 30.0
-READY_TIMEOUT = 20.0
 
 
 class RpcError(LetskencryptError):
@@ -361,7 +350,9 @@ def connect(run_dir: str, edge_name: str) -> grpc.Channel:
     )
 
 
-def wait_ready(channels: dict[str, grpc.Channel], timeout: float = READY_TIMEOUT) -> None:
+def wait_ready(
+    channels: dict[str, grpc.Channel], timeout: float = DEFAULT_READY_TIMEOUT
+) -> None:
     """Block until every channel's server is up, or fail naming the missing role."""
     pending = {name: grpc.channel_ready_future(ch) for name, ch in channels.items()}
     for name, ready in pending.items():

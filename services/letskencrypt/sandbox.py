@@ -31,7 +31,6 @@ Each entry of that list starts with one of FEATURES and a colon.
 import contextlib
 import ctypes
 import ctypes.util
-import enum
 import errno
 import os
 import platform
@@ -46,7 +45,8 @@ import letskencrypt
 from letskencrypt.errors import LetskencryptError
 from letskencrypt.namespace import Mirror
 from letskencrypt.process import Logger, RoleConfig, prctl
-from letskencrypt.rpc import edges_called_by, edges_served_by
+from letskencrypt.roles import spec_of
+from letskencrypt.spec import READ, WRITE_ACCESS, Fs, Network
 
 NO_NEW_PRIVS = "no_new_privs"
 NAMESPACES = "namespaces"
@@ -75,14 +75,6 @@ FEATURES = (
 ESSENTIAL = frozenset(
     {NAMESPACES, NO_NEW_PRIVS, THREAD_CHECK, LANDLOCK, SECCOMP, SECCOMP_SOCKETS}
 )
-
-NETWORK_ROLES = frozenset({"netproc", "dnsproc"})
-# dnsproc may reach DNS servers over TCP (answers too large for UDP), no
-# other port; netproc any (the CA's); the other roles none.  Landlock has no
-# rules for UDP, where dnsproc is free (it holds nothing to leak).
-DNS_PORT = 53
-TCP_PORTS: dict[str, tuple[int, ...] | None] = {"netproc": None, "dnsproc": (DNS_PORT,)}
-
 
 class SandboxError(LetskencryptError):
     """The sandbox could not be applied as required."""
@@ -134,27 +126,6 @@ LANDLOCK_RULE_PATH_BENEATH = 1
 LANDLOCK_RULE_NET_PORT = 2  # ABI 4
 
 
-class Fs(enum.IntFlag):
-    """LANDLOCK_ACCESS_FS_*: what may be done beneath a path."""
-
-    EXECUTE = 1 << 0
-    WRITE_FILE = 1 << 1
-    READ_FILE = 1 << 2
-    READ_DIR = 1 << 3
-    REMOVE_DIR = 1 << 4
-    REMOVE_FILE = 1 << 5
-    MAKE_CHAR = 1 << 6
-    MAKE_DIR = 1 << 7
-    MAKE_REG = 1 << 8
-    MAKE_SOCK = 1 << 9
-    MAKE_FIFO = 1 << 10
-    MAKE_BLOCK = 1 << 11
-    MAKE_SYM = 1 << 12
-    REFER = 1 << 13  # ABI 2: rename or link across directories
-    TRUNCATE = 1 << 14  # ABI 3
-    IOCTL_DEV = 1 << 15  # ABI 5
-
-
 ABI_1_FS = Fs((1 << 13) - 1)
 # The rights a rule on a file (not a directory) may carry.
 FILE_RIGHTS = Fs.EXECUTE | Fs.WRITE_FILE | Fs.READ_FILE | Fs.TRUNCATE | Fs.IOCTL_DEV
@@ -163,7 +134,6 @@ NET_CONNECT_TCP = 1 << 1
 SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
 SCOPE_SIGNAL = 1 << 1
 
-READ = Fs.READ_FILE | Fs.READ_DIR
 
 
 class RulesetAttr(ctypes.Structure):
@@ -270,59 +240,20 @@ SYSTEM_READ = (
     "/sys/devices/system/cpu/online",
     "/proc/sys/net/core/somaxconn",
 )
-# The resolver's configuration, for getaddrinfo in dnsproc.
-RESOLVER_FILES = (
-    "/etc/hosts",
-    "/etc/resolv.conf",
-    "/etc/nsswitch.conf",
-    "/etc/gai.conf",
-    "/etc/host.conf",
-)
-# OpenSSL's configuration and the system's trust anchors, for netproc (not
-# /etc/ssl/private).
-TLS_PATHS = ("/etc/ssl/openssl.cnf", "/etc/ssl/certs")
-
-
 def profile(config: RoleConfig) -> Profile:
-    """The role's paths, from its settings (see cli.role_settings)."""
-    role, settings = config.role, config.settings
+    """The role's profile: what every role reads, its servers' sockets, and
+    the paths its spec grants from its settings."""
+    spec = spec_of(config.role)
     rules = [Rule(path, READ) for path in (*python_paths(), *SYSTEM_READ)]
     rules.append(Rule(os.devnull, Fs.READ_FILE | Fs.WRITE_FILE))
     rules.append(Rule("/dev/urandom", Fs.READ_FILE))
-    for edge in edges_served_by(role):
+    for edge in spec.serves:
         # grpc removes a stale socket before binding, and its own on shutdown.
-        rules.append(Rule(os.path.join(config.run_dir, edge.name), Fs.MAKE_SOCK | Fs.REMOVE_FILE))
-    if role == "netproc":
-        tls = [*TLS_PATHS, *filter(None, map(os.environ.get, ("SSL_CERT_FILE", "SSL_CERT_DIR")))]
-        rules += [Rule(path, READ) for path in tls]
-    elif role == "dnsproc":
-        rules += [Rule(path, Fs.READ_FILE) for path in RESOLVER_FILES]
-    elif role == "chngproc":
-        rules.append(
-            Rule(settings["challenge_dir"], Fs.MAKE_REG | Fs.WRITE_FILE | Fs.REMOVE_FILE)
-        )
-    elif role == "fileproc":
-        rules += fileproc_rules(settings["cert_dir"])
-    elif role == "revokeproc":
-        rules += revokeproc_rules(os.path.dirname(settings["cert_path"]))
-    return Profile(tuple(rules), network=role in NETWORK_ROLES, tcp_ports=TCP_PORTS.get(role, ()))
-
-
-# Any of these makes a path writable in the role's private mount namespace.
-WRITE_ACCESS = (
-    Fs.WRITE_FILE
-    | Fs.REMOVE_DIR
-    | Fs.REMOVE_FILE
-    | Fs.MAKE_CHAR
-    | Fs.MAKE_DIR
-    | Fs.MAKE_REG
-    | Fs.MAKE_SOCK
-    | Fs.MAKE_FIFO
-    | Fs.MAKE_BLOCK
-    | Fs.MAKE_SYM
-    | Fs.REFER
-    | Fs.TRUNCATE
-)
+        rules.append(Rule(os.path.join(config.run_dir, edge), Fs.MAKE_SOCK | Fs.REMOVE_FILE))
+    rules += [Rule(grant.path, grant.access) for grant in spec.grants(config.settings)]
+    return Profile(
+        tuple(rules), network=spec.network is not Network.NONE, tcp_ports=spec.network.tcp_ports
+    )
 
 
 def mirrors(config: RoleConfig) -> list[Mirror]:
@@ -331,40 +262,9 @@ def mirrors(config: RoleConfig) -> list[Mirror]:
     and the directories of the edges it calls (connect() needs no write
     access to the mount)."""
     shown = [Mirror(rule.path, bool(rule.access & WRITE_ACCESS)) for rule in profile(config).rules]
-    for edge in edges_called_by(config.role):
-        shown.append(Mirror(os.path.join(config.run_dir, edge.name), writable=False))
+    for edge in spec_of(config.role).calls:
+        shown.append(Mirror(os.path.join(config.run_dir, edge), writable=False))
     return shown
-
-
-def revokeproc_rules(cert_dir: str) -> list[Rule]:
-    """Read the certificates (cert.pem -> .live/cert.pem -> .sets/<id>/cert.pem;
-    symlinks are resolved without any Landlock right).  No key lives beneath
-    the certificate directory: cli.check_key_places refuses one."""
-    return [Rule(cert_dir, Fs.READ_FILE)]
-
-
-def fileproc_rules(cert_dir: str) -> list[Rule]:
-    """Write, but not read, in the certificate directory (what it writes it
-    has been handed; no key lives there, see cli.check_key_places).  The only
-    files it reads are certificates an older tool left at the stable names."""
-    rules = [
-        Rule(
-            cert_dir,
-            Fs.READ_DIR
-            | Fs.WRITE_FILE
-            | Fs.MAKE_REG
-            | Fs.MAKE_DIR
-            | Fs.MAKE_SYM
-            | Fs.REMOVE_FILE
-            | Fs.REMOVE_DIR
-            | Fs.REFER,
-        )
-    ]
-    for name in ("cert.pem", "chain.pem", "fullchain.pem"):
-        path = os.path.join(cert_dir, name)
-        if os.path.isfile(path) and not os.path.islink(path):
-            rules.append(Rule(path, Fs.READ_FILE))
-    return rules
 
 
 @dataclass
@@ -751,10 +651,6 @@ def _report(gaps: list[str], log: Logger, strict: bool) -> None:
 # mount namespace in which only their peers' sockets exist.
 
 
-def serves_only(role: str) -> bool:
-    return bool(edges_served_by(role)) and not edges_called_by(role)
-
-
 def build_socket_filter(network: bool) -> Any:
     seccomp = _import_pyseccomp()
     denied = seccomp.ERRNO(errno.EPERM)
@@ -773,11 +669,12 @@ def build_socket_filter(network: bool) -> Any:
 def seal(config: RoleConfig, log: Logger, strict: bool) -> list[str]:
     """Once a server-only role's sockets are bound: no more unix sockets.
     Returns what could not be applied (raises SandboxError with `strict`)."""
-    if not serves_only(config.role):
+    spec = spec_of(config.role)
+    if not spec.serves_only:
         return []
     gaps = []
     try:
-        build_socket_filter(config.role in NETWORK_ROLES).load()
+        build_socket_filter(spec.network is not Network.NONE).load()
     except (ImportError, RuntimeError, OSError) as error:
         gaps.append(f"{SECCOMP_SOCKETS}: could not stop new unix sockets ({error})")
     _report(gaps, log, strict)

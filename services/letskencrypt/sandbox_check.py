@@ -31,7 +31,6 @@ import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,23 +42,21 @@ from typing import Any
 
 import grpc
 
-from letskencrypt import anchors, cli, filestore, process, rpc, sandbox
+from letskencrypt import anchors, cli, filestore, launch, process, rpc, sandbox
 from letskencrypt.constants import EXIT_FAILED
 from letskencrypt.errors import InputError, LetskencryptError
-from letskencrypt.roles.chngproc import ChallengeDirectory
-from letskencrypt.roles.dnsproc import resolve
-from letskencrypt.rpc import ROLES, edges_served_by
+from letskencrypt.roles import ROLES, spec_of
 from letskencrypt.sandbox import (
     LANDLOCK,
     LANDLOCK_NETWORK,
     LANDLOCK_SCOPES,
     NAMESPACES,
-    NETWORK_ROLES,
     SECCOMP,
     SECCOMP_SOCKETS,
     TIOCSTI,
 )
-from letskencrypt.supervisor import KEEPS_ROOT, role_environment
+from letskencrypt.settings import RoleSettings
+from letskencrypt.spec import Fs, Grant, Network
 from letskencrypt.v1 import lifecycle_pb2, lifecycle_pb2_grpc
 
 NAME = "sandbox-check.example"
@@ -86,12 +83,11 @@ NAMED_SOCKET = "outside/named.sock"
 # Not a layer of the sandbox: the supervisor starts each role in a session
 # of its own, without a terminal (and so does this check).
 SESSION = "session"
-# Where each role's probe lets the sandbox-check's own end of it be seen.
-CLIENT_ROLES = frozenset(role for role in ROLES if rpc.edges_called_by(role))
-NEW_CERTIFICATE = "input/cert.pem"
+# A role whose wheels this image does not carry (a container image holds one role's).
+ABSENT = "not in this image"
 FAKE_KEY = b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
-# Self-signed for NAME, valid 2026-2126: what fileproc installs and revokeproc
-# reads (a fixed one, as images without cryptography run this check too).
+# Self-signed for NAME, valid 2026-2126: what revokeproc reads (a fixed one,
+# as images without cryptography run this check too).
 CERTIFICATE = b"""-----BEGIN CERTIFICATE-----
 MIIBVTCB+6ADAgECAgEBMAoGCCqGSM49BAMCMCAxHjAcBgNVBAMMFXNhbmRib3gt
 Y2hlY2suZXhhbXBsZTAgFw0yNjAxMDEwMDAwMDBaGA8yMTI2MDEwMTAwMDAwMFow
@@ -373,10 +369,11 @@ class Attempt:
     # Applied, any of these layers denies the action, with one of `errnos`.
     layers: frozenset[str]
     errnos: frozenset[int]
-    # Roles whose profile permits the action.
+    # The networks (spec.Network) of the roles whose profile permits the action.
     allowed_for: frozenset[str] = frozenset()
 
 
+NETWORKED = frozenset({Network.DNS.value, Network.ANY.value})
 # A role's own network namespace (namespace.py): only the roles without network get one.
 NETWORK_NAMESPACE = "network namespace"
 # The second stage denies connect() itself only to the roles without network.
@@ -411,7 +408,7 @@ ATTEMPTS = (
         make_socket(socket.AF_INET, socket.SOCK_STREAM),
         BY_SECCOMP,
         EPERM,
-        NETWORK_ROLES,
+        NETWORKED,
     ),
     Attempt(
         "inet_udp",
@@ -419,7 +416,7 @@ ATTEMPTS = (
         make_socket(socket.AF_INET, socket.SOCK_DGRAM),
         BY_SECCOMP,
         EPERM,
-        NETWORK_ROLES,
+        NETWORKED,
     ),
     Attempt(
         "inet6_tcp",
@@ -427,7 +424,7 @@ ATTEMPTS = (
         make_socket(socket.AF_INET6, socket.SOCK_STREAM),
         BY_SECCOMP,
         EPERM,
-        NETWORK_ROLES,
+        NETWORKED,
     ),
     Attempt(
         "inet6_udp",
@@ -435,7 +432,7 @@ ATTEMPTS = (
         make_socket(socket.AF_INET6, socket.SOCK_DGRAM),
         BY_SECCOMP,
         EPERM,
-        NETWORK_ROLES,
+        NETWORKED,
     ),
     Attempt(
         "netlink",
@@ -443,7 +440,7 @@ ATTEMPTS = (
         make_socket(socket.AF_NETLINK, socket.SOCK_RAW, 0),
         BY_SECCOMP,
         EPERM,
-        NETWORK_ROLES,
+        NETWORKED,
     ),
     Attempt(
         "packet",
@@ -461,7 +458,7 @@ ATTEMPTS = (
         # stage's EPERM (no connect() at all).
         frozenset({LANDLOCK_NETWORK, SEALED_CONNECT}),
         EITHER,
-        frozenset({"netproc"}),
+        frozenset({Network.ANY.value}),
     ),
     Attempt("execve", "execve /bin/true", execute, frozenset({SECCOMP, LANDLOCK}), EITHER),
     Attempt(
@@ -517,71 +514,86 @@ def outcome(attempt: Attempt, world: World) -> str:
 
 def serve_and_call(config: process.RoleConfig) -> None:
     """Bind each of the role's sockets and make a gRPC call through it."""
-    for edge in edges_served_by(config.role):
+    for edge in spec_of(config.role).serves:
         stopper = rpc.Stopper()
-        server = rpc.serve(config.run_dir, edge.name, [], stopper)
+        server = rpc.serve(config.run_dir, edge, [], stopper)
         try:
-            with rpc.connect(config.run_dir, edge.name) as channel:
+            with rpc.connect(config.run_dir, edge) as channel:
                 stub = lifecycle_pb2_grpc.LifecycleStub(channel)
                 stub.Stop(lifecycle_pb2.StopRequest(), timeout=10, wait_for_ready=True)
             if not stopper.wait(5):
-                raise LetskencryptError(f"{edge.name}: the call did not arrive")
+                raise LetskencryptError(f"{edge}: the call did not arrive")
         finally:
             server.stop(grace=None).wait(5)
 
 
-@dataclass
-class Prepared:
-    """What a role opens before confine(), as the role itself does."""
-
-    challenge: ChallengeDirectory | None = None
-    cert_dir: filestore.CertDir | None = None
-    new_certificate: bytes = b""
+MAX_SAMPLES = 8
 
 
-def prepare(config: process.RoleConfig, base: Path) -> Prepared:
-    prepared = Prepared()
-    if config.role == "chngproc":
-        prepared.challenge = ChallengeDirectory(config.settings["challenge_dir"])
-    elif config.role == "fileproc":
-        prepared.cert_dir = filestore.CertDir(config.settings["cert_dir"], create=True)
-        prepared.new_certificate = (base / NEW_CERTIFICATE).read_bytes()
-    return prepared
+def readable_samples(grant: Grant) -> list[str]:
+    """Files beneath a readable grant, found before the sandbox (a grant may
+    allow reading files but not listing directories)."""
+    if os.path.isfile(grant.path):
+        return [grant.path]
+    samples: list[str] = []
+    for top, _directories, files in os.walk(grant.path):
+        samples += [os.path.join(top, name) for name in sorted(files)]
+        if len(samples) >= MAX_SAMPLES:
+            break
+    return [path for path in samples[:MAX_SAMPLES] if os.path.isfile(path)]
 
 
-def role_works(config: process.RoleConfig, prepared: Prepared, world: World) -> str:
+def exercise(grant: Grant, samples: list[str]) -> None:
+    """Do once what each right of `grant` allows, as the confined role."""
+    access = grant.access
+    for path in samples if access & Fs.READ_FILE else []:
+        with open(path, "rb") as sample:
+            sample.read(1)
+    if not os.path.isdir(grant.path):
+        return
+    if access & Fs.READ_DIR:
+        os.listdir(grant.path)
+    made = os.path.join(grant.path, f".sandbox-check-{os.getpid()}")
+    if access & Fs.MAKE_REG and access & Fs.WRITE_FILE:
+        with open(made, "xb") as probe_file:
+            probe_file.write(b"probe\n")
+        if access & Fs.REMOVE_FILE:
+            os.unlink(made)
+    if access & Fs.MAKE_SYM:
+        os.symlink("target", made + ".link")
+        if access & Fs.REMOVE_FILE:
+            os.unlink(made + ".link")
+    if access & Fs.MAKE_DIR:
+        os.mkdir(made + ".dir")
+        # Landlock ABI 1 refuses every rename across directories (EXDEV).
+        if access & Fs.REFER and access & Fs.MAKE_REG and sandbox.landlock_abi() != 1:
+            with open(os.path.join(made + ".dir", "moved"), "xb"):
+                pass
+            os.rename(os.path.join(made + ".dir", "moved"), made + ".moved")
+            os.unlink(made + ".moved")
+        if access & Fs.REMOVE_DIR:
+            os.rmdir(made + ".dir")
+
+
+def role_works(
+    config: process.RoleConfig, grants: list[tuple[Grant, list[str]]], world: World
+) -> str:
+    """What the role needs still works: its sockets, its network, every right
+    its spec grants."""
     try:
         serve_and_call(config)
-        role_specific(config, prepared, world)
+        network = spec_of(config.role).network
+        if network is Network.ANY:
+            ssl.create_default_context()
+            with socket.create_connection(world.tcp_listener.getsockname(), timeout=5):
+                pass
+        elif network is Network.DNS:
+            socket.getaddrinfo("localhost", 443, type=socket.SOCK_STREAM)
+        for grant, samples in grants:
+            exercise(grant, samples)
     except Exception as error:
         return f"FAILED: {error!r}"[:300]
     return WORKS
-
-
-def role_specific(config: process.RoleConfig, prepared: Prepared, world: World) -> None:
-    settings = config.settings
-    if config.role == "netproc":
-        ssl.create_default_context()
-        with socket.create_connection(world.tcp_listener.getsockname(), timeout=5):
-            pass
-    elif config.role == "dnsproc":
-        resolve("localhost")
-    elif config.role == "chngproc":
-        assert prepared.challenge is not None
-        token = "A" * 43
-        prepared.challenge.publish(token, f"{token}.{'B' * 43}")
-        if not os.path.exists(os.path.join(settings["challenge_dir"], token)):
-            raise LetskencryptError("the challenge file did not appear")
-        prepared.challenge.withdraw(token)
-    elif config.role == "fileproc":
-        assert prepared.cert_dir is not None
-        prepared.cert_dir.install(prepared.new_certificate, b"")
-        prepared.cert_dir.remove_set()
-    elif config.role == "revokeproc":
-        # cert.pem -> .live/cert.pem -> .sets/<id>/cert.pem
-        with open(settings["cert_path"], "rb") as certificate:
-            if certificate.read() != CERTIFICATE:
-                raise LetskencryptError("cert.pem read through the symlinks differs")
 
 
 def own_state() -> dict[str, Any]:
@@ -600,20 +612,23 @@ def probe(role: str, base: Path) -> dict[str, Any]:
     process.drop_privileges(config)
     # A check run as a container's PID 1 probes roles as a container runs them.
     config = dataclasses.replace(config, uid=None, gid=None, supervised=os.getppid() != 1)
-    prepared = prepare(config, base)
+    spec = spec_of(role)
+    grants = [(grant, readable_samples(grant)) for grant in spec.grants(config.settings)]
     world = build_world(base)
     before = {attempt.key: outcome(attempt, world) for attempt in ATTEMPTS}
     gaps = process.confine(config)
-    works = role_works(config, prepared, world)
+    works = role_works(config, grants, world)
     # As a role does: serve, then the second stage (sandbox.seal).  The
     # sandbox-check calls these servers from outside once it has our report.
-    for edge in edges_served_by(config.role):
-        rpc.serve(config.run_dir, edge.name, [], rpc.Stopper())
+    for edge in spec.serves:
+        rpc.serve(config.run_dir, edge, [], rpc.Stopper())
     gaps += sandbox.seal(config, process.Logger(config.role, config.verbosity), strict=False)
     world.confined = True
     after = {attempt.key: outcome(attempt, world) for attempt in ATTEMPTS}
     return {
         "role": role,
+        "network": spec.network.value,
+        "serves_only": spec.serves_only,
         "uid": os.getuid(),
         "gaps": gaps,
         "supervised": config.supervised,
@@ -644,7 +659,7 @@ class Identity:
     gid: int
 
 
-def role_settings(base: Path) -> dict[str, dict[str, object]]:
+def role_settings(base: Path) -> dict[str, RoleSettings]:
     """Every role's settings exactly as the command line makes them."""
     argv = [
         "--server", f"https://{NAME}/directory",
@@ -657,9 +672,12 @@ def role_settings(base: Path) -> dict[str, dict[str, object]]:
     # The CA here is no real one: any anchors do for the roles that hold them.
     settings = cli.role_settings(cli.build_parser().parse_args(argv), trust_anchors=False)
     pem_text = anchors.built_in("letsencrypt-production.pem").decode("ascii")
-    for role in ("certproc", "revokeproc"):
-        settings[role]["trust_anchors"] = pem_text
-    return settings
+    return {
+        role: dataclasses.replace(role_settings, trust_anchors=pem_text)  # type: ignore[call-arg]
+        if hasattr(role_settings, "trust_anchors")
+        else role_settings
+        for role, role_settings in settings.items()
+    }
 
 
 def write(path: Path, data: bytes, mode: int) -> None:
@@ -679,7 +697,6 @@ def make_base(top: Path, role: str, identity: Identity) -> Path:
     write(base / OUTSIDE_FILE, b"outside the role's paths\n", 0o600)
     write(base / ACCOUNT_KEY, FAKE_KEY, 0o400)
     write(base / DOMAIN_KEY, FAKE_KEY, 0o400)
-    write(base / NEW_CERTIFICATE, CERTIFICATE, 0o400)
     filestore.install(str(base / CERTS), CERTIFICATE, b"")
     if (identity.uid, identity.gid) != (os.getuid(), os.getgid()):
         for path in (base, *base.rglob("*")):
@@ -688,34 +705,23 @@ def make_base(top: Path, role: str, identity: Identity) -> Path:
 
 
 def run_probe(
-    role: str, base: Path, settings: dict[str, object], drop_to: Identity | None
+    role: str, base: Path, settings: RoleSettings, user: cli.RunUser | None
 ) -> dict[str, Any]:
     """Start the probe as the supervisor starts a role, and read its report."""
-    document: dict[str, Any] = {"run_dir": str(base / RUN), "settings": settings}
-    if drop_to is not None:
-        document["uid"], document["gid"] = drop_to.uid, drop_to.gid
-    environment = role_environment()
+    document = launch.role_document(
+        role, str(base / RUN), settings, run_user=(user.uid, user.gid) if user else None
+    )
     hold, release = os.pipe()
-    argv = ["--probe", role, str(base), str(hold)]
+    argv = [sys.executable, "-m", "letskencrypt.sandbox_check", "--probe", role, str(base)]
     with tempfile.TemporaryFile() as stderr:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "letskencrypt.sandbox_check", *argv],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            env=environment,
-            cwd="/",
-            pass_fds=(hold,),
-            # As the supervisor starts a role: a session of its own, no terminal.
-            start_new_session=True,
+        child = launch.start_role(
+            role, document, argv=[*argv, str(hold)], stderr=stderr, pass_fds=(hold,)
         )
         os.close(hold)
         watchdog = threading.Timer(PROBE_TIMEOUT, child.kill)
         watchdog.start()
         try:
-            assert child.stdin is not None and child.stdout is not None
-            child.stdin.write(json.dumps(document).encode())
-            child.stdin.close()
+            assert child.stdout is not None
             line = child.stdout.readline()
             threads = thread_status(child.pid) if line else []
             outside = outside_view(child.pid, role, base) if line else {}
@@ -755,8 +761,8 @@ def outside_view(pid: int, role: str, base: Path) -> dict[str, Any]:
             links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
     view["stdio"] = links
     try:
-        for edge in edges_served_by(role):
-            path = rpc.socket_path(str(base / RUN), edge.name)
+        for edge in spec_of(role).serves:
+            path = rpc.socket_path(str(base / RUN), edge)
             with grpc.insecure_channel(f"unix:{path}") as channel:
                 lifecycle_pb2_grpc.LifecycleStub(channel).Stop(
                     lifecycle_pb2.StopRequest(), timeout=10, wait_for_ready=True
@@ -790,13 +796,19 @@ def run_probes(user: cli.RunUser | None, roles: tuple[str, ...] = ROLES) -> dict
     try:
         top.chmod(0o711)  # the probes that drop privileges must get to their own
         jobs = []
+        absent = {}
         for role in roles:
-            drop_to = Identity(user.uid, user.gid) if user and role not in KEEPS_ROOT else None
-            base = make_base(top, role, drop_to or own)
-            jobs.append((role, base, role_settings(base)[role], drop_to))
-        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-            reports = pool.map(lambda job: run_probe(*job), jobs)
-            return {report["role"]: report for report in reports}
+            try:
+                spec = spec_of(role)
+            except ImportError:
+                absent[role] = {"role": role, "absent": ABSENT}
+                continue
+            drops = user is not None and spec.keeps_root is None
+            base = make_base(top, role, Identity(user.uid, user.gid) if drops and user else own)
+            jobs.append((role, base, role_settings(base)[role], user))
+        with ThreadPoolExecutor(max_workers=max(len(jobs), 1)) as pool:
+            reports = {report["role"]: report for report in pool.map(lambda j: run_probe(*j), jobs)}
+        return {role: reports.get(role) or absent[role] for role in roles}
     finally:
         shutil.rmtree(top, ignore_errors=True)
 
@@ -818,15 +830,15 @@ def missing_layers(report: dict[str, Any]) -> set[str]:
     missing = {sandbox.feature_of(gap) for gap in report["gaps"]}
     if LANDLOCK in missing:  # no Landlock at all: none of its refinements either
         missing |= LANDLOCK_LAYERS
-    if not sandbox.serves_only(report["role"]):
+    if not report["serves_only"]:
         missing.add(SECCOMP_SOCKETS)  # no second stage for a client (sandbox.seal)
-    if SECCOMP_SOCKETS in missing or report["role"] in NETWORK_ROLES:
+    if SECCOMP_SOCKETS in missing or report["network"] in NETWORKED:
         missing.add(SEALED_CONNECT)
     if not report.get("supervised", True):
         # In a container the runtime's namespaces hold: the probe, inside
         # them, cannot set up anything outside them to try.
         missing.add(NAMESPACES)
-    if NAMESPACES in missing or report["role"] in NETWORK_ROLES:
+    if NAMESPACES in missing or report["network"] in NETWORKED:
         missing.add(NETWORK_NAMESPACE)
     return missing
 
@@ -836,7 +848,7 @@ def judge(attempt: Attempt, report: dict[str, Any]) -> Cell:
     applied = bool(attempt.layers - missing)
     after = report["after"][attempt.key]
     star = "*" if report["before"][attempt.key] != "ok" else ""
-    if report["role"] in attempt.allowed_for:
+    if report["network"] in attempt.allowed_for:
         return Cell(ALLOWED if after == "ok" else f"denied ({after})")
     if after == "ok":
         if applied:
@@ -911,7 +923,11 @@ def table(reports: dict[str, Any]) -> tuple[list[list[str]], bool, bool]:
     if crashed:
         add("probe", [Cell("CRASHED", broken=True) if "crashed" in r else Cell("ran")
                       for r in reports.values()])  # fmt: skip
-    usable = {role: report for role, report in reports.items() if "crashed" not in report}
+    usable = {
+        role: report
+        for role, report in reports.items()
+        if "crashed" not in report and "absent" not in report
+    }
 
     def cells(judge_one: Callable[[dict[str, Any]], Cell]) -> list[Cell]:
         return [judge_one(usable[role]) if role in usable else Cell("-") for role in reports]
@@ -945,7 +961,9 @@ def headline(reports: dict[str, Any], user: cli.RunUser | None) -> str:
     if user is None:
         who = f"as uid {os.getuid()}"
     else:
-        who = f"as root ({', '.join(sorted(KEEPS_ROOT))}) and uid {user.uid} (the others)"
+        keep = sorted(role for role in reports if "absent" not in reports[role]
+                      and spec_of(role).keeps_root is not None)  # fmt: skip
+        who = f"as root ({', '.join(keep)}) and uid {user.uid} (the others)"
     return f"Linux {platform.release()}, {landlock_state}, {seccomp_state}; probes {who}"
 
 
@@ -971,6 +989,9 @@ def footnotes(reports: dict[str, Any], verbose: bool) -> list[str]:
         "* denied before the sandbox too (the probe's user lacks the privilege): shows little"
     )
     for role, report in reports.items():
+        if "absent" in report:
+            notes.append(f"{role}: {ABSENT}: not probed")
+            continue
         if "crashed" in report:
             notes.append(f"{role}: probe crashed: {report['crashed']}")
             continue

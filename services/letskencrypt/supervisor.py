@@ -10,30 +10,25 @@ chngproc's is SIGTERM, so that it removes its files first.
 """
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from letskencrypt import namespace
+from letskencrypt import launch, namespace
 from letskencrypt.constants import EXIT_CODES, EXIT_FAILED
 from letskencrypt.errors import InputError
 from letskencrypt.fsutil import make_directories
-from letskencrypt.process import PR_SET_PDEATHSIG, prctl
 from letskencrypt.relay import Relay
-from letskencrypt.rpc import EDGES, ROLES, socket_path
+from letskencrypt.roles import ROLES, spec_of
+from letskencrypt.rpc import EDGES, socket_path
+from letskencrypt.settings import RoleSettings
 
-# Roles that must keep root to write into root-owned directories; every
-# other role drops to the run user when started as root.
-KEEPS_ROOT = frozenset({"chngproc", "fileproc"})
 # How long the roles get to stop by themselves once netproc is done.
 STOP_GRACE = 5.0
 CERT_DIR_MODE = 0o755
@@ -44,47 +39,6 @@ POLL_INTERVAL = 0.02
 # Only what Python and the C library need; nothing of the caller's environment
 # (proxies, credentials, PYTHONPATH) reaches a role.
 # LETSKENCRYPT_LANDLOCK_ABI: see sandbox.ABI_VARIABLE.
-PASSED_ENVIRONMENT = (
-    "PATH",
-    "LANG",
-    "LC_ALL",
-    "LC_CTYPE",
-    "TZ",
-    "SSL_CERT_FILE",
-    "LETSKENCRYPT_LANDLOCK_ABI",
-    namespace.DISABLE_VARIABLE,
-)
-# Where this package is imported from: the one entry of a role's PYTHONPATH
-# (a role mirrors and may read every entry of its sys.path, so the caller's
-# PYTHONPATH is not passed on).
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def role_environment() -> dict[str, str]:
-    """The whole environment of a role process (and of sandbox-check's probes)."""
-    environment = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
-    environment["PYTHONPATH"] = PACKAGE_ROOT
-    return environment
-
-
-def dies_with(supervisor: int) -> Callable[[], None]:
-    """A child's pre-exec step: get SIGKILL when `supervisor` dies, from birth.
-
-    The role sets its parent-death signal again once it has confined itself
-    (a change of credentials clears it), but it takes a second or two to get
-    there, and its check for a dead parent then (`getppid() == 1`) misses an
-    orphan adopted by a subreaper (systemd, tini -s, ...): a supervisor
-    killed during that time would leave the roles to do the run on their own.
-    """
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != supervisor:
-            os._exit(EXIT_FAILED)
-
-    return preexec
-
-
 @dataclass
 class RunUser:
     uid: int
@@ -93,7 +47,10 @@ class RunUser:
 
 @dataclass
 class Supervisor:
-    settings: dict[str, dict[str, Any]]
+    settings: dict[str, RoleSettings]
+    # Made before the roles start: revokeproc holds it open from the start,
+    # so it must exist before fileproc gets to create it.
+    cert_dir: str | None = None
     verbosity: int = 0
     run_user: RunUser | None = None
     run_dir: str = ""
@@ -111,12 +68,16 @@ class Supervisor:
         default_factory=lambda: {name: secrets.token_urlsafe(32) for name in EDGES}
     )
 
+    @property
+    def driver(self) -> str:
+        """The role whose exit status is the run's (netproc)."""
+        (role,) = [role for role in ROLES if spec_of(role).drives]
+        return role
+
     def run(self) -> int:
         self.run_dir = self.make_run_dir()
-        # revokeproc holds the certificate directory open from the start, so it
-        # must exist before fileproc gets to create it.
-        cert_dir = self.settings["fileproc"]["cert_dir"]
-        make_directories(cert_dir, CERT_DIR_MODE)
+        if self.cert_dir is not None:
+            make_directories(self.cert_dir, CERT_DIR_MODE)
         previous = {
             signum: signal.signal(signum, self.on_signal)
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -161,24 +122,11 @@ class Supervisor:
         return run_dir
 
     def start(self, role: str) -> None:
-        environment = role_environment()
-        # Its own session, and pipes for stdio: a role never holds the operator's
-        # terminal (no TIOCSTI into the shell, no Ctrl-C of its own), and
-        # whatever it prints reaches the terminal only through the relay.
-        process = subprocess.Popen(
-            self.role_argv(role),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=environment,
-            close_fds=True,
-            cwd="/",
-            start_new_session=True,
-            preexec_fn=dies_with(os.getpid()),
+        # Whatever it prints reaches the terminal only through the relay.
+        process = launch.start_role(
+            role, self.role_document(role), argv=self.role_argv(role), dies_with_us=True
         )
-        assert process.stdin and process.stdout and process.stderr
-        process.stdin.write(json.dumps(self.role_document(role)).encode())
-        process.stdin.close()
+        assert process.stdout and process.stderr
         self.relay.add(role, process.stdout)
         self.relay.add(role, process.stderr)
         self.processes[role] = process
@@ -186,30 +134,19 @@ class Supervisor:
 
     def role_argv(self, role: str) -> list[str]:
         """The command line that starts `role` (the compromised-role tests swap one)."""
-        return [sys.executable, "-m", f"letskencrypt.roles.{role}"]
+        return launch.role_command(role)
 
     def role_document(self, role: str) -> dict[str, Any]:
-        """What a role is told on its stdin: its own settings and edges only."""
-        document: dict[str, Any] = {
-            "run_dir": self.run_dir,
-            "supervisor_pid": os.getpid(),
-            "verbosity": self.verbosity,
-            "settings": self.settings.get(role, {}),
-            "edge_tokens": {
-                name: token
-                for name, token in self.edge_tokens.items()
-                if role in (EDGES[name].client, EDGES[name].server)
-            },
-            "server_tokens": {
-                name: token
-                for name, token in self.server_tokens.items()
-                if role in (EDGES[name].client, EDGES[name].server)
-            },
-        }
-        if self.run_user is not None and role not in KEEPS_ROOT:
-            document["uid"] = self.run_user.uid
-            document["gid"] = self.run_user.gid
-        return document
+        return launch.role_document(
+            role,
+            self.run_dir,
+            self.settings[role],
+            verbosity=self.verbosity,
+            run_user=(self.run_user.uid, self.run_user.gid) if self.run_user else None,
+            supervisor_pid=os.getpid(),
+            edge_tokens=self.edge_tokens,
+            server_tokens=self.server_tokens,
+        )
 
     def wait(self) -> int:
         """Wait for netproc; stop everything early if another role dies first."""
@@ -220,7 +157,7 @@ class Supervisor:
                 # netproc stops the others itself (a daemon exits 0); a
                 # one-shot netproc dies of the signal and the run fails.
                 self.interrupted = False
-                self.kill_all(signal.SIGTERM, only="netproc")
+                self.kill_all(signal.SIGTERM, only=self.driver)
                 stop_deadline = time.monotonic() + STOP_GRACE
             elif self.interrupted:
                 self.report("interrupted")
@@ -241,7 +178,7 @@ class Supervisor:
             self.relay.drain(role)
             code = os.waitstatus_to_exitcode(status)
             self.processes[role].returncode = code
-            if role == "netproc":
+            if role == self.driver:
                 if code not in EXIT_CODES:
                     self.report_death(role, code)
                     return self.abort()
@@ -257,9 +194,9 @@ class Supervisor:
 
     def abort(self) -> int:
         # netproc first, so it does not go on to report the consequences.
-        netproc = self.processes.get("netproc")
-        if netproc is not None and netproc.pid in self.children:
-            os.kill(netproc.pid, signal.SIGKILL)
+        driver = self.processes.get(self.driver)
+        if driver is not None and driver.pid in self.children:
+            os.kill(driver.pid, signal.SIGKILL)
         # The others get SIGTERM: chngproc removes its files on the way out.
         self.kill_all(signal.SIGTERM)
         self.reap(timeout=STOP_GRACE)

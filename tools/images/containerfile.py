@@ -6,6 +6,8 @@ the image it builds on, its description and the version."""
 import re
 from pathlib import Path
 
+from letskencrypt.roles import spec_of
+
 from .common import ROOT
 from .wheels import OPTIONAL_WHEELS, ROLES, RUNTIMES, project, requirement_name
 
@@ -13,18 +15,6 @@ DOCKERFILES = ROOT / "Dockerfiles"
 BASE_CONTAINERFILE = DOCKERFILES / "base" / "Containerfile"
 RUNTIME_TEMPLATE = DOCKERFILES / "runtime" / "Containerfile.in"
 ROLE_TEMPLATE = DOCKERFILES / "role" / "Containerfile.in"
-
-# The image's description label (and its Containerfile's first line).
-ROLE_DESCRIPTIONS: dict[str, str] = {
-    "acctproc": "holds the account key and signs ACME requests for netproc",
-    "keyproc": "holds the domain key, builds the CSR, tells certproc the public key and names",
-    "netproc": "drives the run and is the only role that talks to the CA (HTTPS)",
-    "dnsproc": "resolves the CA's host name for netproc (joins netproc's network namespace)",
-    "chngproc": "publishes and withdraws http-01 challenge files",
-    "certproc": "checks the CA's chain against keyproc's key and names, hands it to fileproc",
-    "fileproc": "the only writer of the certificate directory (atomic sets)",
-    "revokeproc": "reads the current certificate and says whether a new one is due",
-}
 
 _PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
 # What a value may hold: nothing that could end a quoted label, a JSON
@@ -73,7 +63,7 @@ def role_containerfile(role: str, runtime: str, runtime_image: str) -> str:
         ROLE_TEMPLATE,
         {
             "ROLE": role,
-            "DESCRIPTION": ROLE_DESCRIPTIONS[role],
+            "DESCRIPTION": spec_of(role).summary,
             "RUNTIME": f"runtime-{runtime}",
             "RUNTIME_IMAGE": runtime_image,
             "VERSION": project()["version"],

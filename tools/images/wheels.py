@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from letskencrypt.roles import specs
+
 from .common import (
     BUILD,
     CACHE,
@@ -29,18 +31,11 @@ from .common import (
 WHEEL_CACHE = CACHE / "wheels"
 PACKAGE_SOURCE = ROOT / "services" / "letskencrypt"
 
-# Of the project's dependencies, these go only into the roles that import
-# them; every other dependency (grpcio, protobuf, the sandbox's) goes into all.
-# netproc checks the CA's chain as text only (letskencrypt.pem): no cryptography.
+# Of the project's dependencies, those a role's spec names (RoleSpec.wheels)
+# go only into the roles that import them; every other dependency (grpcio,
+# protobuf, the sandbox's) goes into all.
 ROLE_WHEELS: dict[str, tuple[str, ...]] = {
-    "acctproc": ("cryptography",),
-    "keyproc": ("cryptography",),
-    "netproc": ("requests",),
-    "dnsproc": (),
-    "chngproc": (),
-    "certproc": ("cryptography",),
-    "fileproc": (),
-    "revokeproc": ("cryptography",),
+    role: spec.wheels for role, spec in specs().items()
 }
 ROLES = tuple(ROLE_WHEELS)
 OPTIONAL_WHEELS = frozenset(name for names in ROLE_WHEELS.values() for name in names)

@@ -38,9 +38,30 @@ from letskencrypt.b64 import b64url_decode
 from letskencrypt.constants import REVOCATION_REASON_CODES, default_audit_log
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.settings import ACCOUNT_OPERATIONS, AcctprocSettings
+from letskencrypt.spec import Fs, Grant, RoleSpec
 from letskencrypt.urls import MAX_URL_LENGTH, require_same_origin, well_formed
 from letskencrypt.v1 import account_pb2, account_pb2_grpc, keyinfo_pb2, keyinfo_pb2_grpc
 from letskencrypt.validate import is_nonce, safe_text
+
+# The key is read (or created, -n) and the audit log opened for appending
+# before the sandbox: no path after.
+SPEC = RoleSpec(
+    name="acctproc",
+    summary="holds the account key and signs ACME requests for netproc",
+    settings=AcctprocSettings,
+    serves=("acct",),
+    calls=("keyacct",),
+    opens=lambda settings: [
+        Grant(os.path.dirname(settings.key_path), Fs.READ_FILE | Fs.MAKE_REG, "account key"),
+        Grant(
+            os.path.dirname(settings.audit_log or default_audit_log(settings.key_path)),
+            Fs.MAKE_REG | Fs.WRITE_FILE,
+            "audit log",
+        ),
+    ],
+    wheels=("cryptography",),
+)
 
 MAX_PAYLOAD = 32 * 1024
 MAX_IDENTIFIERS = 100
@@ -57,12 +78,12 @@ KEYPROC_DEADLINE = 10.0
 
 # --- what a run may have signed ------------------------------------------------------
 
-# The operations a run can be (cli.role_settings says which).  Only "issue"
-# and "revoke" exist on the command line so far; the others name what a
-# future key rollover, account deactivation or contact update would need.
-ISSUE, REVOKE = "issue", "revoke"
-ROLLOVER, DEACTIVATE, UPDATE_ACCOUNT = "rollover", "deactivate", "update-account"
-OPERATIONS = (ISSUE, REVOKE, ROLLOVER, DEACTIVATE, UPDATE_ACCOUNT)
+# The operations a run can be (settings.ACCOUNT_OPERATIONS; cli.role_settings
+# says which).  Only "issue" and "revoke" exist on the command line so far;
+# the others name what a key rollover, account deactivation or contact
+# update needs.
+ISSUE, REVOKE, ROLLOVER, DEACTIVATE, UPDATE_ACCOUNT = ACCOUNT_OPERATIONS
+OPERATIONS = ACCOUNT_OPERATIONS
 
 # The kinds of request, told apart by their payload (and by kid for
 # termsOfServiceAgreed, which a newAccount and an account update share).
@@ -203,26 +224,15 @@ class RunPolicy:
 
     @classmethod
     def from_settings(
-        cls, settings: dict[str, Any], key: keys.PrivateKey, domain_key: DomainKeySource
+        cls, settings: AcctprocSettings, key: keys.PrivateKey, domain_key: DomainKeySource
     ) -> "RunPolicy":
-        operation = settings.get("operation")
-        if operation not in OPERATIONS:
-            raise InputError(f"unknown operation {safe_text(str(operation), 40)!r} in settings")
-        names = settings.get("names")
-        if (
-            not isinstance(names, list)
-            or not names
-            or not all(isinstance(name, str) and name for name in names)
-        ):
+        if not settings.names or not all(settings.names):
             raise InputError("settings give no names for this run")
-        contact = settings.get("contact") or []
-        if not isinstance(contact, list) or not all(isinstance(c, str) for c in contact):
-            raise InputError("settings give a malformed contact list")
         return cls(
-            operation=operation,
-            names=tuple(names),
-            contact=tuple(contact),
-            directory_url=settings["directory_url"],
+            operation=settings.operation,
+            names=settings.names,
+            contact=settings.contact,
+            directory_url=settings.directory_url,
             account_jwk=keys.jwk(key.public_key()),
             account_public_key_der=keys.public_key_der(key),
             domain_key=domain_key,
@@ -658,23 +668,23 @@ class AccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
         )
 
 
-def run(config: RoleConfig, log: Logger) -> int:
+def run(config: RoleConfig[AcctprocSettings], log: Logger) -> int:
     settings = config.settings
-    key_path = settings["key_path"]
+    key_path = settings.key_path
     key, created = keys.load_or_create_key(
-        key_path, settings["create"], settings["key_type"], "account key", "-n"
+        key_path, settings.create, settings.key_type, "account key", "-n"
     )
     if created:
         log.info(f"created account key {key_path}")
     # No channel yet: it is made at the first finalize, after the sandbox.
     domain_key = KeyprocDomainKey(
         lambda: rpc.connect(config.run_dir, "keyacct"),
-        settings.get("names") or (),
+        settings.names,
         keys.public_key_der(key),
     )
     policy = RunPolicy.from_settings(settings, key, domain_key)
     # Opened while we may still reach it: the sandbox keeps the descriptor.
-    audit = AuditLog.open(settings.get("audit_log") or default_audit_log(key_path), key_path)
+    audit = AuditLog.open(settings.audit_log or default_audit_log(key_path), key_path)
     process.confine(config)
     service = AccountService(key, policy, audit, log)
     rpc.serve_until_stopped(
@@ -683,10 +693,3 @@ def run(config: RoleConfig, log: Logger) -> int:
     domain_key.close()
     return 0
 
-
-def main() -> None:
-    process.run_role("acctproc", run)
-
-
-if __name__ == "__main__":
-    main()

@@ -18,12 +18,14 @@ from cryptography import x509
 from letskencrypt import process, rpc
 from letskencrypt.certs import (
     check_chain,
-    parse_anchors,
+    configured_anchors,
     parse_pem_chain,
     split_leaf_and_chain,
 )
-from letskencrypt.errors import InputError, NotThisRun
+from letskencrypt.errors import NotThisRun
 from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.settings import CertprocSettings
+from letskencrypt.spec import RoleSpec
 from letskencrypt.v1 import (
     certificate_pb2,
     certificate_pb2_grpc,
@@ -33,7 +35,15 @@ from letskencrypt.v1 import (
     keyinfo_pb2_grpc,
 )
 
-OPERATIONS = ("issue", "revoke")
+# The anchors come as text in the settings: no path at all.
+SPEC = RoleSpec(
+    name="certproc",
+    summary="checks the CA's chain against keyproc's key and names, hands it to fileproc",
+    settings=CertprocSettings,
+    serves=("cert",),
+    calls=("keyinfo", "file"),
+    wheels=("cryptography",),
+)
 
 
 class CertificateService(rpc.Servicer, certificate_pb2_grpc.CertificateServicer):
@@ -88,19 +98,10 @@ class CertificateService(rpc.Servicer, certificate_pb2_grpc.CertificateServicer)
         return certificate_pb2.RetireReply()
 
 
-def settings_of(config: RoleConfig) -> tuple[list[x509.Certificate], str]:
-    """The anchors and the operation, checked before anything is served."""
-    operation = config.settings.get("operation")
-    if operation not in OPERATIONS:
-        raise InputError(f"operation must be one of {', '.join(OPERATIONS)}")
-    text = config.settings.get("trust_anchors")
-    if not isinstance(text, str) or not text:
-        raise InputError("no trust anchors configured")
-    return parse_anchors(text.encode("ascii", "replace")), operation
-
-
-def run(config: RoleConfig, log: Logger) -> int:
-    anchors, operation = settings_of(config)
+def run(config: RoleConfig[CertprocSettings], log: Logger) -> int:
+    # Checked before anything is served.
+    anchors = configured_anchors(config.settings.trust_anchors)
+    operation = config.settings.operation
     process.confine(config)
     key_info = rpc.connect(config.run_dir, "keyinfo")
     files = rpc.connect(config.run_dir, "file")
@@ -119,10 +120,3 @@ def run(config: RoleConfig, log: Logger) -> int:
     rpc.stop_peer(files, "fileproc", failed)
     return 0
 
-
-def main() -> None:
-    process.run_role("certproc", run)
-
-
-if __name__ == "__main__":
-    main()

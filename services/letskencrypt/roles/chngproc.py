@@ -11,6 +11,7 @@ the run ends, whether it succeeded or not.
 import contextlib
 import os
 import secrets
+import signal
 import threading
 
 import grpc
@@ -18,8 +19,28 @@ import grpc
 from letskencrypt import fsutil, process, rpc
 from letskencrypt.errors import InputError
 from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.settings import ChngprocSettings
+from letskencrypt.spec import Fs, Grant, RoleSpec
 from letskencrypt.v1 import challenge_pb2, challenge_pb2_grpc
 from letskencrypt.validate import validate_key_authorization, validate_token
+
+SPEC = RoleSpec(
+    name="chngproc",
+    summary="publishes and withdraws http-01 challenge files",
+    settings=ChngprocSettings,
+    serves=("chng",),
+    paths=lambda settings: [
+        Grant(
+            settings.challenge_dir,
+            Fs.MAKE_REG | Fs.WRITE_FILE | Fs.REMOVE_FILE,
+            what="challenge directory",
+        )
+    ],
+    keeps_root="the challenge directory is the web server's, often writable by root only",
+    # It removes its files from the web root even when the supervisor is
+    # killed outright: SIGTERM (see rpc.serve_until_stopped), not SIGKILL.
+    parent_death_signal=signal.SIGTERM,
+)
 
 # One authorisation per name, at most 100 names in an order.
 MAX_FILES = 100
@@ -102,9 +123,8 @@ class ChallengeService(rpc.Servicer, challenge_pb2_grpc.ChallengeServicer):
         return challenge_pb2.WithdrawReply()
 
 
-def run(config: RoleConfig, log: Logger) -> int:
-    directory = ChallengeDirectory(config.settings["challenge_dir"])
-    # Also when the supervisor is killed outright: see PARENT_DEATH_SIGNAL.
+def run(config: RoleConfig[ChngprocSettings], log: Logger) -> int:
+    directory = ChallengeDirectory(config.settings.challenge_dir)
     process.confine(config)
     try:
         rpc.serve_until_stopped(
@@ -122,10 +142,3 @@ def run(config: RoleConfig, log: Logger) -> int:
         directory.withdraw_all()
     return 0
 
-
-def main() -> None:
-    process.run_role("chngproc", run)
-
-
-if __name__ == "__main__":
-    main()

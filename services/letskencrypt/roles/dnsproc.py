@@ -14,7 +14,26 @@ import grpc
 from letskencrypt import process, rpc
 from letskencrypt.errors import InputError
 from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.settings import DnsprocSettings
+from letskencrypt.spec import Fs, Grant, Network, RoleSpec
 from letskencrypt.v1 import resolver_pb2, resolver_pb2_grpc
+
+# The resolver's configuration, for getaddrinfo.
+RESOLVER_FILES = (
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/gai.conf",
+    "/etc/host.conf",
+)
+SPEC = RoleSpec(
+    name="dnsproc",
+    summary="resolves the CA's host name for netproc (joins netproc's network namespace)",
+    settings=DnsprocSettings,
+    serves=("dns",),
+    paths=lambda _settings: [Grant(path, Fs.READ_FILE) for path in RESOLVER_FILES],
+    network=Network.DNS,
+)
 
 MAX_ADDRESSES = 8
 LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -82,10 +101,3 @@ def run(config: RoleConfig, log: Logger) -> int:
     )
     return 0
 
-
-def main() -> None:
-    process.run_role("dnsproc", run)
-
-
-if __name__ == "__main__":
-    main()

@@ -10,15 +10,49 @@ The run's operation comes from its own settings: Install only in an issue
 run, Remove only in a revoke run, whatever its caller asks.
 """
 
+import os
+
 import grpc
 
 from letskencrypt import process, rpc
-from letskencrypt.errors import InputError, NotThisRun
+from letskencrypt.errors import NotThisRun
 from letskencrypt.filestore import CertDir
 from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.settings import FileprocSettings
+from letskencrypt.spec import Fs, Grant, RoleSpec
 from letskencrypt.v1 import files_pb2, files_pb2_grpc
 
-OPERATIONS = ("issue", "revoke")
+
+def cert_dir_grants(settings: FileprocSettings) -> list[Grant]:
+    """Write, but not read, in the certificate directory (what it writes it
+    has been handed; no key lives there, see cli.check_key_places).  The only
+    files it reads are certificates an older tool left at the stable names."""
+    writer = (
+        Fs.READ_DIR
+        | Fs.WRITE_FILE
+        | Fs.MAKE_REG
+        | Fs.MAKE_DIR
+        | Fs.MAKE_SYM
+        | Fs.REMOVE_FILE
+        | Fs.REMOVE_DIR
+        | Fs.REFER
+    )
+    grants = [Grant(settings.cert_dir, writer, what="certificate directory", created=True)]
+    for name in ("cert.pem", "chain.pem", "fullchain.pem"):
+        path = os.path.join(settings.cert_dir, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            grants.append(Grant(path, Fs.READ_FILE))
+    return grants
+
+
+SPEC = RoleSpec(
+    name="fileproc",
+    summary="the only writer of the certificate directory (atomic sets)",
+    settings=FileprocSettings,
+    serves=("file",),
+    paths=cert_dir_grants,
+    keeps_root="the certificate directory is often writable by root only",
+)
 
 
 class FilesService(rpc.Servicer, files_pb2_grpc.FilesServicer):
@@ -50,14 +84,11 @@ class FilesService(rpc.Servicer, files_pb2_grpc.FilesServicer):
         return files_pb2.RemoveReply()
 
 
-def run(config: RoleConfig, log: Logger) -> int:
+def run(config: RoleConfig[FileprocSettings], log: Logger) -> int:
     settings = config.settings
-    operation = settings.get("operation")
-    if operation not in OPERATIONS:
-        raise InputError(f"operation must be one of {', '.join(OPERATIONS)}")
-    directory = CertDir(settings["cert_dir"], create=True)
+    directory = CertDir(settings.cert_dir, create=True)
     # Whatever an earlier crash left half done is finished before we serve.
-    directory.tidy(settings["backup"])
+    directory.tidy(settings.backup)
     process.confine(config)
     rpc.serve_until_stopped(
         config.run_dir,
@@ -65,17 +96,10 @@ def run(config: RoleConfig, log: Logger) -> int:
             "file": [
                 (
                     files_pb2_grpc.add_FilesServicer_to_server,
-                    FilesService(directory, settings["backup"], operation, log),
+                    FilesService(directory, settings.backup, settings.operation, log),
                 )
             ]
         },
     )
     return 0
 
-
-def main() -> None:
-    process.run_role("fileproc", run)
-
-
-if __name__ == "__main__":
-    main()

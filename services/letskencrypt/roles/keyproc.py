@@ -8,11 +8,27 @@ The names come from keyproc's own configuration, never from a caller, so a
 netproc under an attacker's control cannot get a CSR for other names.
 """
 
+import os
+
 import grpc
 
 from letskencrypt import keys, process, rpc
 from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.settings import KeyprocSettings
+from letskencrypt.spec import Fs, Grant, RoleSpec
 from letskencrypt.v1 import domainkey_pb2, domainkey_pb2_grpc, keyinfo_pb2, keyinfo_pb2_grpc
+
+# The key is read (or created, -N) before the sandbox: no path after it.
+SPEC = RoleSpec(
+    name="keyproc",
+    summary="holds the domain key, builds the CSR, tells certproc the public key and names",
+    settings=KeyprocSettings,
+    serves=("key", "keyinfo", "keyacct"),
+    opens=lambda settings: [
+        Grant(os.path.dirname(settings.key_path), Fs.READ_FILE | Fs.MAKE_REG, "domain key")
+    ],
+    wheels=("cryptography",),
+)
 
 
 class DomainKeyService(rpc.Servicer, domainkey_pb2_grpc.DomainKeyServicer):
@@ -40,14 +56,14 @@ class KeyInfoService(rpc.Servicer, keyinfo_pb2_grpc.KeyInfoServicer):
         return keyinfo_pb2.KeyInfoReply(public_key_der=self.public_key_der, names=self.names)
 
 
-def run(config: RoleConfig, log: Logger) -> int:
+def run(config: RoleConfig[KeyprocSettings], log: Logger) -> int:
     settings = config.settings
-    names: list[str] = settings["names"]
+    names = list(settings.names)
     key, created = keys.load_or_create_key(
-        settings["key_path"], settings["create"], settings["key_type"], "domain key", "-N"
+        settings.key_path, settings.create, settings.key_type, "domain key", "-N"
     )
     if created:
-        log.info(f"created domain key {settings['key_path']}")
+        log.info(f"created domain key {settings.key_path}")
     process.confine(config)
     # Both answers are fixed for the run: compute them once, before serving.
     csr_der = keys.build_csr(key, names)
@@ -65,10 +81,3 @@ def run(config: RoleConfig, log: Logger) -> int:
     )
     return 0
 
-
-def main() -> None:
-    process.run_role("keyproc", run)
-
-
-if __name__ == "__main__":
-    main()

@@ -16,6 +16,7 @@ it checks on a schedule (interval plus random jitter), backs off after a
 failure (doubling, up to the interval), and exits 0 on SIGTERM.
 """
 
+import os
 import random
 import signal
 import ssl
@@ -25,7 +26,6 @@ import grpc
 
 from letskencrypt import acme, process, rpc
 from letskencrypt.constants import (
-    DEFAULT_POLL_TIMEOUT,
     EXIT_CHANGED,
     EXIT_FAILED,
     EXIT_NOTHING_TO_DO,
@@ -34,6 +34,8 @@ from letskencrypt.constants import (
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.fsutil import FileTooLarge, NotRegularFile, read_file
 from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.settings import NetprocSettings, Schedule
+from letskencrypt.spec import READ, Fs, Grant, Network, RoleSpec
 from letskencrypt.v1 import (
     account_pb2,
     account_pb2_grpc,
@@ -47,6 +49,30 @@ from letskencrypt.v1 import (
     renewal_pb2_grpc,
     resolver_pb2,
     resolver_pb2_grpc,
+)
+
+# OpenSSL's configuration and the system's trust anchors, for the CA's TLS
+# (not /etc/ssl/private); --ca-bundle is read before the sandbox.
+TLS_PATHS = ("/etc/ssl/openssl.cnf", "/etc/ssl/certs")
+
+
+def tls_grants(_settings: NetprocSettings) -> list[Grant]:
+    override = filter(None, map(os.environ.get, ("SSL_CERT_FILE", "SSL_CERT_DIR")))
+    return [Grant(path, READ) for path in (*TLS_PATHS, *override)]
+
+
+SPEC = RoleSpec(
+    name="netproc",
+    summary="drives the run and is the only role that talks to the CA (HTTPS)",
+    settings=NetprocSettings,
+    calls=("acct", "key", "dns", "chng", "rvk", "cert"),
+    paths=tls_grants,
+    opens=lambda settings: [Grant(settings.ca_bundle, Fs.READ_FILE, "CA bundle")]
+    if settings.ca_bundle
+    else [],
+    network=Network.ANY,
+    wheels=("requests",),
+    drives=True,
 )
 
 # Signing and CSR building on the key holders: RSA 4096 takes a moment.
@@ -136,7 +162,7 @@ def load_trust_anchors(path: str | None) -> bytes:
     return data
 
 
-def obtain(peers: Peers, settings: dict, log: Logger) -> int:
+def obtain(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) -> int:
     """Issue or renew, unless revokeproc says the current certificate is fine."""
     check = rpc.call(peers.renewal.Check, renewal_pb2.CheckRequest(), peer="revokeproc")
     if check.decision == renewal_pb2.DECISION_UP_TO_DATE:
@@ -145,10 +171,10 @@ def obtain(peers: Peers, settings: dict, log: Logger) -> int:
     if check.decision not in (renewal_pb2.DECISION_ISSUE, renewal_pb2.DECISION_RENEW):
         raise InputError("revokeproc gave no decision")
     log.info(check.reason)
-    client = connect_ca(peers, settings, log)
-    client.account(settings["contact"])
+    client = connect_ca(peers, settings, ca_pem, log)
+    client.account(list(settings.contact))
     pem_chain = client.issue(
-        settings["names"],
+        list(settings.names),
         csr_provider=peers.csr,
         publish=peers.publish,
         withdraw=peers.withdraw,
@@ -163,46 +189,49 @@ def obtain(peers: Peers, settings: dict, log: Logger) -> int:
     return EXIT_CHANGED
 
 
-def revoke(peers: Peers, settings: dict, log: Logger) -> int:
+def revoke(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) -> int:
     """Revoke the current certificate with the account key, then remove its files."""
     current = rpc.call(peers.renewal.Current, renewal_pb2.CurrentRequest(), peer="revokeproc")
     if not current.certificate_der:
         raise InputError("there is no certificate to revoke")
-    client = connect_ca(peers, settings, log)
-    client.account(settings["contact"])
-    client.revoke(current.certificate_der, settings.get("revoke_reason"))
+    client = connect_ca(peers, settings, ca_pem, log)
+    client.account(list(settings.contact))
+    client.revoke(current.certificate_der, settings.revoke_reason)
     log.info("certificate revoked")
     rpc.call(peers.certificate.Retire, certificate_pb2.RetireRequest(), peer="certproc")
     return EXIT_CHANGED
 
 
-def connect_ca(peers: Peers, settings: dict, log: Logger) -> acme.AcmeClient:
-    transport = acme.Transport(peers.resolver, settings["ca_pem"])
+def connect_ca(
+    peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger
+) -> acme.AcmeClient:
+    transport = acme.Transport(peers.resolver, ca_pem)
     return acme.AcmeClient(
         transport,
         peers.signer,
-        settings["directory_url"],
+        settings.directory_url,
         log=log.info,
-        poll_timeout=settings.get("poll_timeout", DEFAULT_POLL_TIMEOUT),
+        poll_timeout=settings.poll_timeout,
     )
 
 
-def keep_renewing(peers: Peers, settings: dict, log: Logger) -> int:
+def keep_renewing(
+    peers: Peers, settings: NetprocSettings, schedule: Schedule, ca_pem: bytes, log: Logger
+) -> int:
     """Daemon mode: check, renew when due, wait, until SIGTERM."""
-    schedule = settings["daemon"]
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
     failures = 0
     while not stopping.is_set():
         try:
-            if obtain(peers, settings, log) == EXIT_CHANGED:
+            if obtain(peers, settings, ca_pem, log) == EXIT_CHANGED:
                 log.error("installed a new certificate")
             failures = 0
-            delay = schedule["interval"] + random.uniform(0, schedule["jitter"])  # noqa: S311
+            delay = schedule.interval + random.uniform(0, schedule.jitter)  # noqa: S311
         except LetskencryptError as error:
             failures += 1
-            backoff = schedule["backoff"] * 2 ** min(failures - 1, 30)
-            delay = min(backoff, schedule["interval"]) * random.uniform(0.75, 1.0)  # noqa: S311
+            backoff = schedule.backoff * 2 ** min(failures - 1, 30)
+            delay = min(backoff, schedule.interval) * random.uniform(0.75, 1.0)  # noqa: S311
             log.error(f"{error} (attempt {failures}; next in {delay:.0f} s)")
         log.info(f"next check in {delay:.0f} s")
         stopping.wait(delay)
@@ -210,30 +239,23 @@ def keep_renewing(peers: Peers, settings: dict, log: Logger) -> int:
     return 0
 
 
-def run(config: RoleConfig, log: Logger) -> int:
-    settings = dict(config.settings)
-    settings["ca_pem"] = load_trust_anchors(settings.get("ca_bundle"))
+def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
+    settings = config.settings
+    ca_pem = load_trust_anchors(settings.ca_bundle)
     process.confine(config)
     peers = Peers(config.run_dir)
     code = EXIT_FAILED
     try:
-        rpc.wait_ready(peers.channels, settings.get("ready_timeout", rpc.READY_TIMEOUT))
-        if settings["revoke"]:
-            code = revoke(peers, settings, log)
-        elif settings.get("daemon"):
-            code = keep_renewing(peers, settings, log)
+        rpc.wait_ready(peers.channels, settings.ready_timeout)
+        if settings.revoke:
+            code = revoke(peers, settings, ca_pem, log)
+        elif settings.daemon:
+            code = keep_renewing(peers, settings, settings.daemon, ca_pem, log)
         else:
-            code = obtain(peers, settings, log)
+            code = obtain(peers, settings, ca_pem, log)
     except LetskencryptError as error:
         log.error(str(error))
     finally:
         peers.stop_all(failed=code == EXIT_FAILED)
     return code
 
-
-def main() -> None:
-    process.run_role("netproc", run)
-
-
-if __name__ == "__main__":
-    main()

@@ -18,11 +18,25 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from letskencrypt import process, rpc
-from letskencrypt.certs import parse_anchors, trust_problem
+from letskencrypt.certs import configured_anchors, trust_problem
 from letskencrypt.errors import CertificateFileError, InputError
 from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.renewal import Decision, decide, load_certificate_file, load_chain_file
+from letskencrypt.settings import RevokeprocSettings
+from letskencrypt.spec import Fs, Grant, RoleSpec
 from letskencrypt.v1 import renewal_pb2, renewal_pb2_grpc
+
+# Read the certificates (cert.pem -> .live/cert.pem -> .sets/<id>/cert.pem;
+# symlinks are resolved without any Landlock right).  No key lives beneath
+# the certificate directory: cli.check_key_places refuses one.
+SPEC = RoleSpec(
+    name="revokeproc",
+    summary="reads the current certificate and says whether a new one is due",
+    settings=RevokeprocSettings,
+    serves=("rvk",),
+    paths=lambda settings: [Grant(settings.cert_dir, Fs.READ_FILE)],
+    wheels=("cryptography",),
+)
 
 DECISIONS = {
     Decision.ISSUE: renewal_pb2.DECISION_ISSUE,
@@ -83,14 +97,11 @@ class RenewalService(rpc.Servicer, renewal_pb2_grpc.RenewalServicer):
         return renewal_pb2.CurrentReply(certificate_der=certificate.public_bytes(Encoding.DER))
 
 
-def run(config: RoleConfig, log: Logger) -> int:
+def run(config: RoleConfig[RevokeprocSettings], log: Logger) -> int:
     settings = config.settings
-    text = settings.get("trust_anchors")
-    if not isinstance(text, str) or not text:
-        raise InputError("no trust anchors configured")
-    anchors = parse_anchors(text.encode("ascii", "replace"))
-    cert_path = settings["cert_path"]
-    cert_dir = os.path.dirname(cert_path)
+    anchors = configured_anchors(settings.trust_anchors)
+    cert_dir = settings.cert_dir
+    cert_path = os.path.join(cert_dir, "cert.pem")
     # Opened while we may still traverse the directories above it.
     try:
         cert_dir_fd = os.open(cert_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -98,7 +109,7 @@ def run(config: RoleConfig, log: Logger) -> int:
         raise InputError(f"certificate directory {cert_dir}: {error.strerror}") from None
     process.confine(config)
     service = RenewalService(
-        cert_dir_fd, cert_path, settings["names"], settings["force"], anchors, log
+        cert_dir_fd, cert_path, list(settings.names), settings.force, anchors, log
     )
     # An unreadable certificate fails the run before anything else happens.
     service.read_certificate()
@@ -107,10 +118,3 @@ def run(config: RoleConfig, log: Logger) -> int:
     )
     return 0
 
-
-def main() -> None:
-    process.run_role("revokeproc", run)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,180 @@
+"""The settings model: what each role is told for one run, typed.
+
+The command line (cli.role_settings) or the container entry point builds one
+frozen dataclass per role; the supervisor serialises each role's own to JSON
+on the role's standard input, and `decode` turns it back into the same class,
+checking every field's type on the way (a role trusts its supervisor, but a
+mistake in either must fail in one line, not as a KeyError three calls later).
+
+No imports beyond the standard library and constants: every role's image
+carries this module.
+"""
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from letskencrypt.constants import DEFAULT_POLL_TIMEOUT, DEFAULT_READY_TIMEOUT
+from letskencrypt.errors import InputError
+
+# What a run is for: certproc and fileproc know these two; acctproc also the
+# account's own operations (cli.role_settings says which a run is).
+OPERATIONS = ("issue", "revoke")
+ACCOUNT_OPERATIONS = (*OPERATIONS, "rollover", "deactivate", "update-account")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoleSettings:
+    """What every role is told."""
+
+    # A sandbox feature the kernel lacks is fatal.
+    strict: bool = False
+
+
+def check_operation(operation: str, known: tuple[str, ...] = OPERATIONS) -> None:
+    if operation not in known:
+        raise InputError(f"settings: operation must be one of {', '.join(known)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """Daemon mode: renew every `interval` seconds plus up to `jitter`; after
+    a failure retry after `backoff`, doubling, at most `interval`."""
+
+    interval: float
+    jitter: float
+    backoff: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetprocSettings(RoleSettings):
+    directory_url: str
+    ca_bundle: str | None = None
+    contact: tuple[str, ...] = ()
+    names: tuple[str, ...]
+    revoke: bool = False
+    revoke_reason: int | None = None
+    daemon: Schedule | None = None
+    poll_timeout: float = DEFAULT_POLL_TIMEOUT
+    ready_timeout: float = DEFAULT_READY_TIMEOUT
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcctprocSettings(RoleSettings):
+    key_path: str
+    create: bool = False
+    key_type: str
+    directory_url: str
+    # What acctproc may sign: only what this run asked for.
+    operation: str
+    names: tuple[str, ...]
+    contact: tuple[str, ...] = ()
+    audit_log: str
+
+    def __post_init__(self) -> None:
+        check_operation(self.operation, ACCOUNT_OPERATIONS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyprocSettings(RoleSettings):
+    key_path: str
+    create: bool = False
+    key_type: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DnsprocSettings(RoleSettings):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChngprocSettings(RoleSettings):
+    challenge_dir: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertprocSettings(RoleSettings):
+    operation: str
+    # PEM text of the CA's roots (see anchors.py); None: not given.
+    trust_anchors: str | None = None
+
+    def __post_init__(self) -> None:
+        check_operation(self.operation)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileprocSettings(RoleSettings):
+    cert_dir: str
+    backup: bool = False
+    operation: str
+
+    def __post_init__(self) -> None:
+        check_operation(self.operation)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RevokeprocSettings(RoleSettings):
+    cert_dir: str
+    names: tuple[str, ...]
+    force: bool = False
+    trust_anchors: str | None = None
+
+
+KIND_WORDS = {str: "text", bool: "true or false", int: "a whole number", float: "a number"}
+SettingsType = TypeVar("SettingsType", bound=RoleSettings)
+
+
+def encode(settings: RoleSettings) -> dict[str, Any]:
+    """The JSON form (tuples become lists)."""
+    return dataclasses.asdict(settings)
+
+
+def decode(cls: type[SettingsType], document: object) -> SettingsType:
+    """`cls` from its JSON form; unknown, missing or mistyped fields are refused."""
+    return typing.cast(SettingsType, _decode(cls, document, cls.__name__))
+
+
+def _decode(kind: Any, value: object, where: str) -> object:
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, Mapping):
+            raise InputError(f"settings: {where} is not an object")
+        hints = typing.get_type_hints(kind)
+        fields = {field.name for field in dataclasses.fields(kind)}
+        unknown = sorted(map(str, set(value) - fields))
+        if unknown:
+            raise InputError(f"settings: unknown field {where}.{unknown[0][:40]}")
+        missing = sorted(
+            field.name
+            for field in dataclasses.fields(kind)
+            if field.name not in value
+            and field.default is dataclasses.MISSING
+            and field.default_factory is dataclasses.MISSING
+        )
+        if missing:
+            raise InputError(f"settings: {where}.{missing[0]} is missing")
+        return kind(
+            **{name: _decode(hints[name], value[name], f"{where}.{name}") for name in value}
+        )
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _decode(inner, value, where)
+    if origin is tuple:
+        (item, _ellipsis) = typing.get_args(kind)
+        if not isinstance(value, list | tuple):
+            raise InputError(f"settings: {where} is not a list")
+        return tuple(_decode(item, entry, f"{where}[]") for entry in value)
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind in (str, bool) and type(value) is kind:
+        return value
+    raise InputError(f"settings: {where} is not {KIND_WORDS.get(kind, 'what it should be')}")
