@@ -40,7 +40,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from letskencrypt.rpc import ROLES
+from letskencrypt.roles import ROLES
 
 from tests.conftest import LETSKENCRYPT, Paths
 from tests.pebble import REQUEST_LINE_RE, Pebble
