@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from letskencrypt import keys, process, rpc
 from letskencrypt.b64 import b64url
-from letskencrypt.process import RoleConfig
+from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.roles import module_of, spec_of
 from letskencrypt.v1 import (
     account_pb2,
@@ -585,7 +585,7 @@ def _origin(attacker: Attacker) -> str:
 def _client(attacker: Attacker) -> Any:
     from letskencrypt.roles import netproc
 
-    log = process.Logger("netproc", 0)
+    log = Logger("netproc", 0)
     client = netproc.connect_ca(attacker.peers, attacker.settings, attacker.ca_pem, log)
     client.account(list(attacker.settings.contact))
     return client
@@ -949,7 +949,7 @@ def main() -> None:
         real_obtain = module.obtain
 
         def obtain_then_attack(
-            peers: Any, settings: Any, ca_pem: bytes, log: process.Logger
+            peers: Any, settings: Any, ca_pem: bytes, log: Logger
         ) -> int:
             try:
                 return int(real_obtain(peers, settings, ca_pem, log))

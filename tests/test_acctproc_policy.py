@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from letskencrypt import cli, container, keys, rpc
 from letskencrypt.b64 import b64url, b64url_decode
+from letskencrypt.context import Logger
 from letskencrypt.errors import InputError
-from letskencrypt.process import Logger
 from letskencrypt.roles import acctproc
 from letskencrypt.roles.acctproc import (
     AccountService,

@@ -25,7 +25,7 @@ def sandbox_check(image_role: str) -> subprocess.CompletedProcess[str]:
             "podman", "run", "--rm", "--network", "host", "--read-only", "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges", "--user", "65532:65532",
             "--entrypoint", "python3", f"localhost/letskencrypt-{image_role}:latest",
-            "-m", "letskencrypt.cli", "sandbox-check", "--strict",
+            "-m", "letskencrypt", "sandbox-check", "--strict",
         ],
         capture_output=True, text=True, timeout=180, check=False,
         env={**os.environ, "CONTAINERS_CONF": CONTAINERS_CONF},

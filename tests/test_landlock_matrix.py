@@ -59,7 +59,7 @@ def sandbox_check(abi: int, namespaces: bool) -> subprocess.CompletedProcess[str
     if not namespaces:
         environment[namespace.DISABLE_VARIABLE] = "1"
     return subprocess.run(
-        [sys.executable, "-m", "letskencrypt.cli", "sandbox-check"], env=environment,
+        [sys.executable, "-m", "letskencrypt", "sandbox-check"], env=environment,
         capture_output=True, text=True, cwd="/", timeout=300, check=False,
     )  # fmt: skip
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 import pytest
 from letskencrypt import cli, launch, namespace, process, rpc, sandbox, sandbox_check
-from letskencrypt.process import RoleConfig
+from letskencrypt.context import RoleConfig
 from letskencrypt.roles import ROLES, spec_of
 from letskencrypt.sandbox_check import ATTEMPTS, Identity
 from letskencrypt.settings import DnsprocSettings, RoleSettings, encode
@@ -291,7 +291,7 @@ def run_confined(body: str, *, strict: bool, prelude: str = "") -> subprocess.Co
     code = f"""
 import json, os, socket, sys
 from letskencrypt import sandbox
-from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.settings import CertprocSettings
 {prelude}
 config = RoleConfig("certproc", "/nonexistent", settings=CertprocSettings(operation="issue"))
@@ -566,7 +566,7 @@ def test_running_netproc_is_sandboxed(base: Path) -> None:
 
 
 def sandbox_check_command(*args: str, user: str | None = None) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "letskencrypt.cli", "sandbox-check", *args]
+    argv = [sys.executable, "-m", "letskencrypt", "sandbox-check", *args]
     if user is not None:
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
     return subprocess.run(argv, capture_output=True, text=True, cwd="/", timeout=180, check=False)

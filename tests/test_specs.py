@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from letskencrypt import container, rpc, sandbox
-from letskencrypt.process import RoleConfig
+from letskencrypt.context import RoleConfig
 from letskencrypt.roles import ROLES, spec_of, specs
 from letskencrypt.spec import Grant, Network
 

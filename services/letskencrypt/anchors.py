@@ -24,10 +24,9 @@ from datetime import UTC, datetime
 from importlib import resources
 
 from letskencrypt import fsutil, pem
+from letskencrypt.constants import MAX_ANCHOR_BYTES, MAX_ANCHORS
 from letskencrypt.errors import CertificateRejected, InputError
 
-MAX_ANCHOR_BYTES = 16 * 1024
-MAX_ANCHORS = 8
 BUILT_IN_FILES = ("letsencrypt-production.pem", "letsencrypt-staging.pem")
 
 

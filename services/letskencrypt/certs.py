@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from letskencrypt import pem
-from letskencrypt.anchors import MAX_ANCHOR_BYTES, MAX_ANCHORS
+from letskencrypt.constants import MAX_ANCHOR_BYTES, MAX_ANCHORS
 from letskencrypt.errors import CertificateRejected
 from letskencrypt.validate import safe_text
 

@@ -411,10 +411,6 @@ def role_settings(
 
 def main(argv: list[str] | None = None) -> None:
     arguments = sys.argv[1:] if argv is None else argv
-    if arguments[:1] == ["sandbox-check"]:
-        from letskencrypt import sandbox_check  # it builds on this module
-
-        sandbox_check.main(arguments[1:])
     args = build_parser().parse_args(arguments)
     try:
         settings = role_settings(args)

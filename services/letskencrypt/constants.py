@@ -25,6 +25,11 @@ DEFAULT_READY_TIMEOUT = 20.0
 # netproc's trust store for the CA's TLS (--ca-bundle): the largest accepted.
 MAX_CA_BUNDLE = 4 * 1024 * 1024
 
+# The CA's trust anchors (--trust-anchors, anchors.py): at most this many
+# certificates in at most this many bytes (they travel in the settings).
+MAX_ANCHOR_BYTES = 16 * 1024
+MAX_ANCHORS = 8
+
 # acctproc's audit log (--audit-log): by default next to the account key.
 AUDIT_LOG_NAME = "audit.log"
 

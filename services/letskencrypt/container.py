@@ -38,8 +38,8 @@ from collections.abc import Mapping
 
 from letskencrypt import cli, process
 from letskencrypt.constants import EXIT_FAILED, EXIT_NOTHING_TO_DO
+from letskencrypt.context import RoleConfig
 from letskencrypt.errors import InputError
-from letskencrypt.process import RoleConfig
 from letskencrypt.roles import spec_of
 
 RUN_DIR = "/run/letskencrypt"

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 from letskencrypt import namespace, settings
 from letskencrypt.constants import EXIT_FAILED
-from letskencrypt.process import PR_SET_PDEATHSIG, prctl
+from letskencrypt.linux import PR_SET_PDEATHSIG, prctl
 from letskencrypt.roles import spec_of
 from letskencrypt.rpc import EDGES
 

@@ -32,7 +32,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from letskencrypt.process import prctl
+from letskencrypt.linux import PR_GET_DUMPABLE, PR_SET_DUMPABLE, prctl
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
@@ -51,8 +51,6 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MS_RELATIME = 1 << 21
 MNT_DETACH = 2
-PR_GET_DUMPABLE = 3
-PR_SET_DUMPABLE = 4
 # A remount inside a user namespace must keep the flags the original mount
 # has ("locked" flags), or the kernel refuses it: statvfs says which.
 STATVFS_TO_MOUNT = (

@@ -14,25 +14,26 @@ import platform
 import resource
 import signal
 import sys
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
-from letskencrypt import fsutil, rpc
+from letskencrypt import fsutil, namespace, rpc, sandbox
 from letskencrypt.constants import EXIT_NOTHING_TO_DO
-from letskencrypt.errors import InputError
+from letskencrypt.context import Logger, RoleConfig
+from letskencrypt.errors import InputError, LetskencryptError
+from letskencrypt.linux import (
+    PR_CAP_AMBIENT,
+    PR_CAP_AMBIENT_CLEAR_ALL,
+    PR_CAPBSET_DROP,
+    PR_CAPBSET_READ,
+    PR_GET_SECUREBITS,
+    PR_SET_DUMPABLE,
+    PR_SET_NAME,
+    PR_SET_PDEATHSIG,
+    PR_SET_SECUREBITS,
+    prctl,
+)
 from letskencrypt.roles import module_of, spec_of
-from letskencrypt.settings import RoleSettings, decode
-from letskencrypt.validate import safe_text
+from letskencrypt.settings import decode
 
-PR_SET_PDEATHSIG = 1
-PR_SET_DUMPABLE = 4
-PR_SET_NAME = 15
-PR_CAPBSET_READ = 23
-PR_CAPBSET_DROP = 24
-PR_GET_SECUREBITS = 27
-PR_SET_SECUREBITS = 28
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
 MAX_CONFIG_BYTES = 64 * 1024
 
 # securebits(7): uid 0 gains nothing by execve, a change of uid does not touch
@@ -62,65 +63,7 @@ LINUX_CAPABILITY_VERSION_3 = 0x20080522
 CAPABILITY_SETS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.prctl.restype = ctypes.c_int
 _libc.syscall.restype = ctypes.c_long
-
-
-SettingsType = TypeVar("SettingsType", bound=RoleSettings)
-
-
-@dataclass
-class RoleConfig(Generic[SettingsType]):
-    """The part of the configuration every role shares, plus its own settings."""
-
-    role: str
-    run_dir: str
-    settings: SettingsType
-    verbosity: int = 0
-    # Set when started as root and this role must drop to an unprivileged user.
-    uid: int | None = None
-    gid: int | None = None
-    # Started by the native supervisor (dies with it), not a container runtime.
-    supervised: bool = True
-    supervisor_pid: int | None = None
-    # edge -> secret shared with the role at the other end (native mode only).
-    edge_tokens: dict[str, str] = field(default_factory=dict)
-    # edge -> secret by which the server proves itself to the client (rpc.py).
-    server_tokens: dict[str, str] = field(default_factory=dict)
-
-
-class Logger:
-    """One line per message on stderr, prefixed with the role, safe for a terminal."""
-
-    def __init__(self, role: str, verbosity: int) -> None:
-        self.role = role
-        self.verbosity = verbosity
-
-    def error(self, message: str) -> None:
-        self._write(message)
-
-    def info(self, message: str) -> None:
-        if self.verbosity >= 1:
-            self._write(message)
-
-    def debug(self, message: str) -> None:
-        if self.verbosity >= 2:
-            self._write(message)
-
-    def _write(self, message: str) -> None:
-        sys.stderr.write(f"letskencrypt: {self.role}: {safe_text(message, 2000)}\n")
-        sys.stderr.flush()
-
-
-def prctl(option: int, value: int | bytes = 0) -> int:
-    """prctl(2) with one argument; the one wrapper every module uses."""
-    argument = value if isinstance(value, bytes) else ctypes.c_ulong(value)
-    zero = ctypes.c_ulong(0)
-    result = _libc.prctl(ctypes.c_int(option), argument, zero, zero, zero)
-    if result < 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
-    return result
 
 
 def set_process_name(name: str) -> None:
@@ -311,8 +254,6 @@ def start(role: str, config: RoleConfig | None = None) -> tuple[RoleConfig, Logg
 
 def enter_user_namespace() -> None:
     """A native role started by an ordinary user; a refusal is reported by confine()."""
-    from letskencrypt import namespace  # it builds on this module
-
     if not namespace.disabled():
         with contextlib.suppress(namespace.Unavailable):
             namespace.enter_user_namespace()
@@ -323,8 +264,6 @@ def confine(config: RoleConfig) -> list[str]:
 
     Returns what of the sandbox the kernel could not apply (see sandbox.apply).
     """
-    from letskencrypt import namespace, sandbox  # they build on this module
-
     log = Logger(config.role, config.verbosity)
     # While we may still reach every path of the role's profile.
     opened = sandbox.open_profile(config, log)
@@ -361,8 +300,6 @@ def run_role(
     `nothing_to_do`: the status for netproc's "nothing to do" (a Kubernetes
     Job wants 0).
     """
-    from letskencrypt.errors import LetskencryptError
-
     body = module_of(role).run
     try:
         config, log = start(role, config)

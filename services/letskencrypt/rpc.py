@@ -282,7 +282,7 @@ def serve_until_stopped(
 
 
 class RoleLog(Protocol):
-    """What a servicer logs to (process.Logger is one)."""
+    """What a servicer logs to (context.Logger is one)."""
 
     def error(self, message: str) -> None: ...
 

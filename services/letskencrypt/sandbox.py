@@ -42,9 +42,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import letskencrypt
+from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import LetskencryptError
+from letskencrypt.linux import PR_SET_NO_NEW_PRIVS, prctl
 from letskencrypt.namespace import Mirror
-from letskencrypt.process import Logger, RoleConfig, prctl
 from letskencrypt.roles import spec_of
 from letskencrypt.spec import READ, WRITE_ACCESS, Fs, Network
 
@@ -81,10 +82,6 @@ class SandboxError(LetskencryptError):
 
 
 # --- prctl --------------------------------------------------------------------
-
-PR_GET_DUMPABLE = 3
-PR_SET_NO_NEW_PRIVS = 38
-PR_GET_NO_NEW_PRIVS = 39
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long

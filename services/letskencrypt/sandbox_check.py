@@ -42,8 +42,9 @@ from typing import Any
 
 import grpc
 
-from letskencrypt import anchors, cli, filestore, launch, process, rpc, sandbox
+from letskencrypt import anchors, cli, filestore, launch, linux, process, rpc, sandbox
 from letskencrypt.constants import EXIT_FAILED
+from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.roles import ROLES, spec_of
 from letskencrypt.sandbox import (
@@ -158,7 +159,7 @@ def start_victim() -> tuple[int, int]:
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
             # Dropping privileges made the probe, and so us, not dumpable.
-            process.prctl(process.PR_SET_DUMPABLE, 1)
+            linux.prctl(linux.PR_SET_DUMPABLE, 1)
             os.write(ready_write, b".")
             os.read(read_end, 1)
         finally:
@@ -512,7 +513,7 @@ def outcome(attempt: Attempt, world: World) -> str:
 # --- what a role needs, after the sandbox -----------------------------------------
 
 
-def serve_and_call(config: process.RoleConfig) -> None:
+def serve_and_call(config: RoleConfig) -> None:
     """Bind each of the role's sockets and make a gRPC call through it."""
     for edge in spec_of(config.role).serves:
         stopper = rpc.Stopper()
@@ -576,7 +577,7 @@ def exercise(grant: Grant, samples: list[str]) -> None:
 
 
 def role_works(
-    config: process.RoleConfig, grants: list[tuple[Grant, list[str]]], world: World
+    config: RoleConfig, grants: list[tuple[Grant, list[str]]], world: World
 ) -> str:
     """What the role needs still works: its sockets, its network, every right
     its spec grants."""
@@ -599,8 +600,8 @@ def role_works(
 def own_state() -> dict[str, Any]:
     # The sandbox hides /proc/self: the parent reads the threads' status.
     return {
-        "dumpable": process.prctl(sandbox.PR_GET_DUMPABLE),
-        "no_new_privs": process.prctl(sandbox.PR_GET_NO_NEW_PRIVS),
+        "dumpable": linux.prctl(linux.PR_GET_DUMPABLE),
+        "no_new_privs": linux.prctl(linux.PR_GET_NO_NEW_PRIVS),
     }
 
 
@@ -622,7 +623,7 @@ def probe(role: str, base: Path) -> dict[str, Any]:
     # sandbox-check calls these servers from outside once it has our report.
     for edge in spec.serves:
         rpc.serve(config.run_dir, edge, [], rpc.Stopper())
-    gaps += sandbox.seal(config, process.Logger(config.role, config.verbosity), strict=False)
+    gaps += sandbox.seal(config, Logger(config.role, config.verbosity), strict=False)
     world.confined = True
     after = {attempt.key: outcome(attempt, world) for attempt in ATTEMPTS}
     return {

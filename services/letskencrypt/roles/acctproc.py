@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives import serialization
 from letskencrypt import fsutil, keys, process, rpc
 from letskencrypt.b64 import b64url_decode
 from letskencrypt.constants import REVOCATION_REASON_CODES, default_audit_log
+from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import InputError, LetskencryptError
-from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.settings import ACCOUNT_OPERATIONS, AcctprocSettings
 from letskencrypt.spec import Fs, Grant, RoleSpec
 from letskencrypt.urls import MAX_URL_LENGTH, require_same_origin, well_formed

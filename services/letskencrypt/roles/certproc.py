@@ -22,8 +22,8 @@ from letskencrypt.certs import (
     parse_pem_chain,
     split_leaf_and_chain,
 )
+from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import NotThisRun
-from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.settings import CertprocSettings
 from letskencrypt.spec import RoleSpec
 from letskencrypt.v1 import (

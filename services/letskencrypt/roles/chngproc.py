@@ -17,8 +17,8 @@ import threading
 import grpc
 
 from letskencrypt import fsutil, process, rpc
+from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import InputError
-from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.settings import ChngprocSettings
 from letskencrypt.spec import Fs, Grant, RoleSpec
 from letskencrypt.v1 import challenge_pb2, challenge_pb2_grpc

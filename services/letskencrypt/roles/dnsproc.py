@@ -12,8 +12,8 @@ import socket
 import grpc
 
 from letskencrypt import process, rpc
+from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import InputError
-from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.settings import DnsprocSettings
 from letskencrypt.spec import Fs, Grant, Network, RoleSpec
 from letskencrypt.v1 import resolver_pb2, resolver_pb2_grpc

@@ -15,9 +15,9 @@ import os
 import grpc
 
 from letskencrypt import process, rpc
+from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import NotThisRun
 from letskencrypt.filestore import CertDir
-from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.settings import FileprocSettings
 from letskencrypt.spec import Fs, Grant, RoleSpec
 from letskencrypt.v1 import files_pb2, files_pb2_grpc

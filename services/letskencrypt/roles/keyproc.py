@@ -13,7 +13,7 @@ import os
 import grpc
 
 from letskencrypt import keys, process, rpc
-from letskencrypt.process import Logger, RoleConfig
+from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.settings import KeyprocSettings
 from letskencrypt.spec import Fs, Grant, RoleSpec
 from letskencrypt.v1 import domainkey_pb2, domainkey_pb2_grpc, keyinfo_pb2, keyinfo_pb2_grpc

@@ -31,9 +31,9 @@ from letskencrypt.constants import (
     EXIT_NOTHING_TO_DO,
     MAX_CA_BUNDLE,
 )
+from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.fsutil import FileTooLarge, NotRegularFile, read_file
-from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.settings import NetprocSettings, Schedule
 from letskencrypt.spec import READ, Fs, Grant, Network, RoleSpec
 from letskencrypt.v1 import (

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from letskencrypt import process, rpc
 from letskencrypt.certs import configured_anchors, trust_problem
+from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import CertificateFileError, InputError
-from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.renewal import Decision, decide, load_certificate_file, load_chain_file
 from letskencrypt.settings import RevokeprocSettings
 from letskencrypt.spec import Fs, Grant, RoleSpec

@@ -1,0 +1,54 @@
+"""What a running role is given: its configuration (RoleConfig), read from
+the supervisor or built by the container entry point, and its logger."""
+
+import sys
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from letskencrypt.settings import RoleSettings
+from letskencrypt.validate import safe_text
+
+SettingsType = TypeVar("SettingsType", bound=RoleSettings)
+
+
+@dataclass
+class RoleConfig(Generic[SettingsType]):
+    """The part of the configuration every role shares, plus its own settings."""
+
+    role: str
+    run_dir: str
+    settings: SettingsType
+    verbosity: int = 0
+    # Set when started as root and this role must drop to an unprivileged user.
+    uid: int | None = None
+    gid: int | None = None
+    # Started by the native supervisor (dies with it), not a container runtime.
+    supervised: bool = True
+    supervisor_pid: int | None = None
+    # edge -> secret shared with the role at the other end (native mode only).
+    edge_tokens: dict[str, str] = field(default_factory=dict)
+    # edge -> secret by which the server proves itself to the client (rpc.py).
+    server_tokens: dict[str, str] = field(default_factory=dict)
+
+
+class Logger:
+    """One line per message on stderr, prefixed with the role, safe for a terminal."""
+
+    def __init__(self, role: str, verbosity: int) -> None:
+        self.role = role
+        self.verbosity = verbosity
+
+    def error(self, message: str) -> None:
+        self._write(message)
+
+    def info(self, message: str) -> None:
+        if self.verbosity >= 1:
+            self._write(message)
+
+    def debug(self, message: str) -> None:
+        if self.verbosity >= 2:
+            self._write(message)
+
+    def _write(self, message: str) -> None:
+        sys.stderr.write(f"letskencrypt: {self.role}: {safe_text(message, 2000)}\n")
+        sys.stderr.flush()
