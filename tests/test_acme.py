@@ -1327,7 +1327,7 @@ def test_transport_read_timeout(server: HostileServer):
 
     server.routes["/silent"] = silent
     start = time.monotonic()
-    with pytest.raises(AcmeError):
+    with pytest.raises(AcmeError, match=r"/silent: read timed out after 0\.3 s$"):
         transport_for(server, read_timeout=0.3).request("GET", server.url("/silent"))
     assert time.monotonic() - start < 1.5
 

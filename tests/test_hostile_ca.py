@@ -183,7 +183,7 @@ CASES = [
     Case(
         "challenge-silent",
         Misbehaviour("challenge", "silent"),
-        r"POST https://127\.0\.0\.1:\d+/chall/\d+: Read timed out",
+        r"POST https://127\.0\.0\.1:\d+/chall/\d+: read timed out after 30 s$",
         bound=50,
     ),
     Case(
@@ -210,19 +210,20 @@ CASES = [
     Case(
         "raw-garbage-status-line",
         Misbehaviour("newAccount", "raw", b"\x1b[2J\x1b]52;c;aGk=\x07 HELLO\r\n\r\n"),
-        r"POST https://127\.0\.0\.1:\d+/new-acct: .*BadStatusLine",
+        r"POST https://127\.0\.0\.1:\d+/new-acct: the answer is not HTTP \(bad status line\)$",
     ),
     Case(
         "raw-thousand-headers",
         Misbehaviour(
             "newOrder", "raw", b"HTTP/1.1 201 Created\r\n" + b"X-A: b\r\n" * 1000 + b"\r\n"
         ),
-        r"POST https://127\.0\.0\.1:\d+/new-order: .*got more than 100 headers",
+        r"POST https://127\.0\.0\.1:\d+/new-order: got more than 100 headers$",
     ),
     Case(
         "raw-100kib-header-line",
         Misbehaviour("newOrder", "raw", b"HTTP/1.1 201 Created\r\nX-A: " + b"b" * 102400),
-        r"POST https://127\.0\.0\.1:\d+/new-order: .*(line|too long)",
+        r"POST https://127\.0\.0\.1:\d+/new-order: got more than 65536 bytes when reading "
+        r"header line$",
     ),
     Case(
         "raw-broken-chunking",
@@ -231,7 +232,7 @@ CASES = [
             "raw",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZ\x1b[2J\r\n{}\r\n",
         ),
-        r"POST https://127\.0\.0\.1:\d+/authz/\d+: .*(?i:chunk)",
+        r"POST https://127\.0\.0\.1:\d+/authz/\d+: the answer's chunked encoding is broken$",
     ),
     Case(
         "raw-gzip-body",
@@ -251,7 +252,7 @@ CASES = [
     Case(
         "tls-silent",
         Misbehaviour("directory", "tls-silent"),
-        r"GET https://127\.0\.0\.1:\d+/dir: .*(timed out|no answer within)",
+        r"GET https://127\.0\.0\.1:\d+/dir: (read timed out after 10 s|no answer within 60 s)$",
         bound=45,
     ),
     # -- time: orders that never finish, absurd Retry-After, endless retries --
