@@ -20,6 +20,9 @@ One limit is shortened: an order that stays "processing" for ever meets
 netproc's default budget per order only after 90 s.  That case runs with the
 client's own `--poll-timeout` set to POLL_TIMEOUT; HOSTILE_CA_REAL_LIMITS=1
 runs it with the default instead.
+
+Some cases end well (the CA is slow, but within the budget): those are run
+by their own tests, which look at when each request reached the server.
 """
 
 from __future__ import annotations
@@ -131,6 +134,7 @@ def chain(variant: str) -> Misbehaviour:
 
 
 RETRY_AFTER_DATE = "Fri, 31 Dec 9999 23:59:59 GMT"
+JSON = "application/json"
 
 CASES = [
     # -- challenge tokens: never a file name outside the challenge directory --
@@ -281,6 +285,12 @@ CASES = [
         r"(89|90) s budget left \(--poll-timeout\)$",
     ),
     Case(
+        "retry-after-beyond-the-budget",
+        Misbehaviour("finalize", "slow-finish", ("120", 0)),
+        r"order https://127\.0\.0\.1:\d+/order/\d+: the CA asks to poll again in 120 s, "
+        r"beyond the \d\d s budget left \(--poll-timeout\)$",
+    ),
+    Case(
         "bad-nonce-forever",
         Misbehaviour("newAccount", "problem", (400, problem("badNonce", "stale"), {})),
         r"HTTP 400: badNonce: stale$",
@@ -295,6 +305,52 @@ CASES = [
         "nonce-header-garbage",
         Misbehaviour("nonce", "nonce", "abc/+=\x1b[2J\x9b"),
         r"CA sent an invalid Replay-Nonce",
+    ),
+    # -- media types (RFC 8555): JSON, problems, PEM chains, and nothing else --
+    Case(
+        "directory-as-html",
+        Misbehaviour("directory", "header", ("Content-Type", "text/html; charset=utf-8")),
+        r"https://127\.0\.0\.1:\d+/dir: expected application/json, the CA sent text/html$",
+    ),
+    Case(
+        "directory-not-acme",
+        Misbehaviour("directory", "body", b'{"status": "ok", "version": "2.1", "uptime": 7}'),
+        r"https://127\.0\.0\.1:\d+/dir: not an ACME directory "
+        r"\(no newNonce, newAccount, newOrder URLs\)$",
+    ),
+    Case(
+        "order-without-content-type",
+        Misbehaviour("newOrder", "header", ("Content-Type", DELETE)),
+        r"https://\S+/new-order: expected application/json, the CA sent no Content-Type$",
+    ),
+    Case(
+        "order-poll-as-text",
+        Misbehaviour("order", "header", ("Content-Type", "text/plain")),
+        r"https://\S+/order/\d+: expected application/json, the CA sent text/plain$",
+    ),
+    Case(
+        "authz-as-problem",
+        Misbehaviour("authz", "header", ("Content-Type", "application/problem+json")),
+        r"https://\S+/authz/\d+: expected application/json, "
+        r"the CA sent application/problem\+json$",
+    ),
+    Case(
+        "problem-as-plain-json",
+        Misbehaviour("newOrder", "problem", (403, problem("unauthorized"), {"Content-Type": JSON})),
+        r"HTTP 403 Forbidden: the CA sent application/json, not a problem document$",
+    ),
+    Case(
+        "bad-nonce-as-html",
+        Misbehaviour(
+            "newAccount", "problem", (400, problem("badNonce"), {"Content-Type": "text/html"})
+        ),
+        r"HTTP 400 Bad Request: the CA sent text/html, not a problem document$",
+    ),
+    Case(
+        "certificate-as-json",
+        Misbehaviour("certificate", "header", ("Content-Type", JSON)),
+        r"https://\S+/cert/\d+: expected application/pem-certificate-chain, "
+        r"the CA sent application/json$",
     ),
     # -- URLs: other origins, plain http, credentials, redirects --
     Case(
@@ -831,6 +887,24 @@ def test_transport_reads_no_redirect_body(material: Material) -> None:
     assert ca.raw_bytes < 16 * 1024 * 1024
 
 
+CASE = {case.id: case for case in CASES}
+
+
+def test_retry_after_beyond_the_budget_is_not_polled(runs: Runs) -> None:
+    """Asked to come back in 120 s with 90 s of budget, the client gives up at
+    once: no poll of the order after the finalize reached the server."""
+    outcome, _root = runs.result(CASE["retry-after-beyond-the-budget"])
+    assert outcome.code == 1
+    assert outcome.stages[-1] == "finalize", outcome.stages
+
+
+def test_bad_nonce_of_another_media_type_is_not_retried(runs: Runs) -> None:
+    outcome, _root = runs.result(CASE["bad-nonce-as-html"])
+    assert outcome.code == 1
+    assert outcome.triggered == 1
+    assert outcome.stages.count("newAccount") == 1
+
+
 def test_cases_are_many_and_distinct() -> None:
     assert len(CASES) >= 20
     assert len({case.id for case in CASES}) == len(CASES)
@@ -878,6 +952,47 @@ def test_good_server_revokes(material: Material, template: Path, workspace: Path
     assert leftovers == {}
 
 
+def run_slow_finish(
+    material: Material,
+    template: Path,
+    workspace: Path,
+    name: str,
+    retry_after: str | None,
+    polls: int,
+) -> list[float]:
+    """A good run against a CA whose order answers "processing" to the finalize
+    and `polls` polls after it: the seconds between the finalize and each poll."""
+    root = fresh_copy(template, workspace, name)
+    slow = Misbehaviour("finalize", "slow-finish", (retry_after, polls))
+    with HostileCA(material, slow, challenge_dir=root / "challenges") as ca:
+        code, _out, stderr, _seconds, leftovers = run_client(
+            client_argv(ca, material, root, "-F"), FAST
+        )
+    assert code == 0, stderr
+    assert leftovers == {}
+    assert ca.stages_seen()[-1] == "certificate"
+    (finalized,) = ca.arrivals("finalize")
+    return [when - finalized for when in ca.arrivals("order") if when > finalized]
+
+
+def test_poll_waits_exactly_as_long_as_the_ca_asks(
+    material: Material, template: Path, workspace: Path
+) -> None:
+    polls = run_slow_finish(material, template, workspace, "retry-after-3", "3", 0)
+    assert len(polls) == 1, polls  # one poll, at the time asked for, and the order is valid
+    assert 3.0 <= polls[0] < 4.5, polls
+
+
+def test_poll_backs_off_without_retry_after(
+    material: Material, template: Path, workspace: Path
+) -> None:
+    polls = run_slow_finish(material, template, workspace, "backoff", None, 2)
+    assert len(polls) == 3, polls
+    gaps = [polls[0], polls[1] - polls[0], polls[2] - polls[1]]
+    assert gaps[0] >= 1.0 and gaps[1] >= 2.0 and gaps[2] >= 4.0, gaps  # 1 s, doubling
+    assert gaps[0] < gaps[1] < gaps[2], gaps
+
+
 @pytest.mark.parametrize(
     "misbehaviour",
     [
@@ -886,8 +1001,23 @@ def test_good_server_revokes(material: Material, template: Path, workspace: Path
         Misbehaviour(
             "authz", "problem", (429, problem("rateLimited"), {"Retry-After": "1"}), times=1
         ),
+        Misbehaviour(
+            "directory", "header", ("Content-Type", "APPLICATION/JSON ; charset=utf-8"), times=1
+        ),
+        Misbehaviour(
+            "certificate",
+            "header",
+            ("Content-Type", "Application/PEM-Certificate-Chain; charset=UTF-8"),
+            times=1,
+        ),
     ],
-    ids=["bad-nonce-twice", "finalize-503-once", "authz-429-retry-after-1"],
+    ids=[
+        "bad-nonce-twice",
+        "finalize-503-once",
+        "authz-429-retry-after-1",
+        "directory-type-in-capitals",
+        "certificate-type-with-parameters",
+    ],
 )
 def test_good_server_with_passing_trouble(
     material: Material,
