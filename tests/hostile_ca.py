@@ -39,12 +39,16 @@ Actions on the answer (any stage):
   nonce               the normal answer with `value` as Replay-Nonce
   location            the normal answer with `value` (template) as Location,
                       or without one (DELETE)
+  header              the normal answer with `value` = (name, new value or DELETE)
   raw                 `value` (bytes) as the whole answer, then the connection closes
   fields              the normal JSON with `value` = {dotted.path: new value
                       (templates in strings) or DELETE}
 Actions that change what the server does:
   chain               (certificate) a bad chain, `value` one of CHAIN_VARIANTS
   never-finish        (finalize) the order stays "processing" for ever
+  slow-finish         (finalize) `value` = (Retry-After or None, polls): the
+                      finalize and that many polls of the order after it
+                      answer "processing" (with that Retry-After), then "valid"
   fail-challenge      (challenge) the challenge fails with `value` as error
   extra-authorizations (newOrder) `value` more authorizations, for names
                       nobody asked for
@@ -140,8 +144,10 @@ _OBJECT_STAGES = {
 
 # Actions that need the real answer (and its effects), and of those, the ones
 # that change what the server does rather than what it sends.
-_CHANGES_THE_SERVER = frozenset({"chain", "never-finish", "fail-challenge", "extra-authorizations"})
-_CHANGES_THE_ANSWER = _CHANGES_THE_SERVER | {"body", "nonce", "location", "fields"}
+_CHANGES_THE_SERVER = frozenset(
+    {"chain", "never-finish", "slow-finish", "fail-challenge", "extra-authorizations"}
+)
+_CHANGES_THE_ANSWER = _CHANGES_THE_SERVER | {"body", "nonce", "location", "header", "fields"}
 
 
 class _Delete:
@@ -413,6 +419,9 @@ class _Order:
     status: str = "pending"
     authzs: list[_Authz] = field(default_factory=list)
     certificate: int | None = None
+    # slow-finish: valid, but shown as "processing" for this many more polls.
+    held_polls: int | None = None
+    held_retry_after: str | None = None
 
 
 @dataclass
@@ -499,7 +508,8 @@ class HostileCA:
         self.challenge_dir = challenge_dir
         self.triggered = 0  # how many times the misbehaviour fired
         self.raw_bytes = 0  # body bytes of the endless answers written so far
-        self.seen: list[tuple[str, str]] = []  # (method, stage) of every request
+        # (time.monotonic() at arrival, method, stage) of every request
+        self.seen: list[tuple[float, str, str]] = []
         self.revoked: list[int] = []  # serial numbers
         self.stopping = threading.Event()
         self._lock = threading.RLock()
@@ -540,7 +550,12 @@ class HostileCA:
 
     def stages_seen(self) -> list[str]:
         with self._lock:
-            return [stage for _method, stage in self.seen]
+            return [stage for _time, _method, stage in self.seen]
+
+    def arrivals(self, stage: str) -> list[float]:
+        """When the requests of `stage` arrived (time.monotonic())."""
+        with self._lock:
+            return [when for when, _method, seen in self.seen if seen == stage]
 
     # -- helpers --
 
@@ -588,7 +603,7 @@ class HostileCA:
                 return
             body = handler.rfile.read(int(length))
         with self._lock:
-            self.seen.append((method, stage or path))
+            self.seen.append((time.monotonic(), method, stage or path))
         try:
             if stage is None:
                 raise _Problem(404, "malformed", "no such resource")
@@ -696,7 +711,12 @@ class HostileCA:
         with self._lock:
             if stage == "order":
                 order = self._own(self._orders, object_id, jws.account)
-                return Reply.json(200, self._order_document(order))
+                if order.held_polls == 0:
+                    order.held_polls = None
+                reply = self._order_reply(order)
+                if order.held_polls is not None:
+                    order.held_polls -= 1
+                return reply
             if stage == "authz":
                 authz = self._own(self._authzs, object_id, jws.account, lambda a: a.order)
                 return Reply.json(200, self._authz_document(authz))
@@ -791,6 +811,16 @@ class HostileCA:
                 self._challenges[authz.challenge.id] = authz.challenge
             document = self._order_document(order)
         return Reply.json(201, document, Location=f"{self.origin}/order/{order.id}")
+
+    def _order_reply(self, order: _Order) -> Reply:
+        if order.held_polls is None:
+            return Reply.json(200, self._order_document(order))
+        document = {**self._order_document(order), "status": "processing"}
+        document.pop("certificate")
+        reply = Reply.json(200, document)
+        if order.held_retry_after is not None:
+            reply.headers["Retry-After"] = order.held_retry_after
+        return reply
 
     def _order_document(self, order: _Order) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -891,7 +921,9 @@ class HostileCA:
         self._certificates[number] = _pem(certificate, self.material.intermediate)
         order.certificate = number
         order.status = "valid"
-        return Reply.json(200, self._order_document(order))
+        if bad is not None and bad.action == "slow-finish":
+            order.held_retry_after, order.held_polls = bad.value
+        return self._order_reply(order)
 
     def _chain(self, number: int, bad: Misbehaviour | None) -> bytes:
         good = self._certificates[number]
@@ -1009,10 +1041,11 @@ class HostileCA:
         elif action == "problem":
             status, document, extra = value
             if isinstance(document, bytes):
-                sent = Reply(status, document, {"Content-Type": "text/html", **extra})
+                sent = Reply(status, document, {"Content-Type": "text/html"})
             else:
-                sent = Reply.json(status, document, **extra)
+                sent = Reply.json(status, document)
                 sent.headers["Content-Type"] = "application/problem+json"
+            sent.headers.update(extra)
             self._send(handler, sent)
         elif action == "redirect":
             status, location = value
@@ -1025,6 +1058,13 @@ class HostileCA:
                 reply.headers.pop("Location", None)
             else:
                 reply.headers["Location"] = self.template(value)
+            self._send(handler, reply)
+        elif action == "header":
+            name, new = value
+            if new is DELETE:
+                reply.headers.pop(name, None)
+            else:
+                reply.headers[name] = new
             self._send(handler, reply)
         elif action == "fields":
             document = json.loads(reply.encoded())

@@ -4,8 +4,10 @@ HTTPS servers, and end-to-end issuance against a real pebble on loopback."""
 from __future__ import annotations
 
 import datetime
+import email.utils
 import http.server
 import json
+import re
 import socket
 import ssl
 import sys
@@ -192,12 +194,37 @@ def test_parse_retry_after():
     assert parse_retry_after("9" * 5000) >= 1e8  # no int() blow-up
 
 
+def test_parse_retry_after_takes_every_http_date_form():
+    """RFC 9110 section 5.6.7: IMF-fixdate, and the obsolete RFC 850 and asctime forms."""
+    now = datetime.datetime(2015, 10, 21, 7, 28, 0, tzinfo=datetime.UTC)
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now=now) == 30.0
+    assert parse_retry_after("Wednesday, 21-Oct-15 07:29:00 GMT", now=now) == 60.0
+    assert parse_retry_after("Wed Oct 21 07:30:00 2015", now=now) == 120.0
+    assert parse_retry_after("Wed Oct  1 07:30:00 2015", now=now) == 0.0  # past: now
+
+
+@pytest.mark.parametrize(
+    "value", ["Wed, 32 Oct 2015 07:28:30 GMT", "Wed, 21 Oct 2015 25:00:00 GMT", "tomorrow", "5 s"]
+)
+def test_parse_retry_after_refuses_garbage_dates(value: str):
+    assert parse_retry_after(value) is None
+
+
 # --- a scripted fake CA (no network) -----------------------------------------
 
 
-def response(status: int = 200, body: object = None, nonce: str | None = "n0", **headers: str):
+def response(
+    status: int = 200, body: object = None, nonce: str | None = "n0", **headers: str | None
+):
+    """An answer; with a body, of the media type RFC 8555 gives it unless
+    Content_Type says otherwise (None: no Content-Type)."""
     raw = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
-    hdrs = CaseInsensitiveDict({k.replace("_", "-"): v for k, v in headers.items()})
+    if body is not None:
+        kind = "application/problem+json" if status >= 400 else "application/json"
+        headers = {"Content_Type": kind, **headers}
+    hdrs = CaseInsensitiveDict(
+        {k.replace("_", "-"): v for k, v in headers.items() if v is not None}
+    )
     if nonce is not None:
         hdrs["Replay-Nonce"] = nonce
     return HttpResponse(status, hdrs, raw)
@@ -224,21 +251,38 @@ class RecordingSigner:
         return {"protected": "p", "payload": "", "signature": "s"}
 
 
+class FakeTime:
+    """A monotonic clock that only sleeping moves: no test really sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
 def scripted(*responses: HttpResponse, **kwargs: Any):
     transport = ScriptedTransport(*responses)
     signer = RecordingSigner()
-    sleeps: list[float] = []
+    fake = FakeTime()
     lines: list[str] = []
     client = AcmeClient(
         transport,  # type: ignore[arg-type]
         signer,
         f"{BASE}/dir",
         log=lines.append,
-        sleep=sleeps.append,
+        sleep=fake.sleep,
+        clock=fake.clock,
         **kwargs,
     )
     client.kid = f"{BASE}/acct/1"
-    return client, transport, signer, sleeps, lines
+    return client, transport, signer, fake.sleeps, lines
 
 
 BAD_NONCE = {"type": "urn:ietf:params:acme:error:badNonce", "detail": "stale"}
@@ -275,6 +319,99 @@ def test_directory_rejects_garbage(body: bytes):
     transport.responses[0] = response(200, body, nonce=None)
     with pytest.raises(AcmeError):
         client.directory()
+
+
+# --- media types (RFC 8555 sections 6.2, 6.7 and 7.4.2) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("content_type", "shown"),
+    [
+        ("text/html; charset=utf-8", "text/html"),
+        (None, "no Content-Type"),
+        ("application/problem+json", "application/problem+json"),
+        ("application/jsonp", "application/jsonp"),
+        ("", "no Content-Type"),
+        ("text/\x1b[2Jhtml", "text/?html"),
+    ],
+)
+def test_directory_must_be_json(content_type: str | None, shown: str):
+    client, transport, *_ = scripted()
+    transport.responses[0] = response(200, DIRECTORY, nonce=None, Content_Type=content_type)
+    with pytest.raises(AcmeError) as info:
+        client.directory()
+    assert str(info.value) == f"{BASE}/dir: expected application/json, the CA sent {shown}"
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "Application/JSON; charset=UTF-8", "application/json ;q"]
+)
+def test_media_type_takes_parameters_and_any_case(content_type: str):
+    client, transport, *_ = scripted()
+    transport.responses[0] = response(200, DIRECTORY, nonce=None, Content_Type=content_type)
+    assert client.directory().new_order == f"{BASE}/order"
+
+
+def test_order_must_be_json():
+    client, *_ = scripted(
+        response(200), response(201, ORDER, Location=f"{BASE}/order/1", Content_Type="text/plain")
+    )
+    with pytest.raises(AcmeError) as info:
+        client.new_order(["a.test"])
+    assert str(info.value) == f"{BASE}/order: expected application/json, the CA sent text/plain"
+
+
+def test_challenge_answer_must_be_json():
+    client, *_ = scripted(response(200), response(200, {}, Content_Type="text/html"))
+    with pytest.raises(AcmeError, match="expected application/json, the CA sent text/html"):
+        client.respond(f"{BASE}/chall/1")
+
+
+def test_certificate_must_be_a_pem_chain():
+    pem = make_ca()[1].public_bytes(serialization.Encoding.PEM)
+    client, *_ = scripted(response(200), response(200, pem, Content_Type="application/json"))
+    with pytest.raises(AcmeError) as info:
+        client.download(f"{BASE}/cert/1")
+    assert str(info.value) == (
+        f"{BASE}/cert/1: expected application/pem-certificate-chain, the CA sent application/json"
+    )
+    kind = "application/pem-certificate-chain; charset=utf-8"  # pebble's
+    client, *_ = scripted(response(200), response(200, pem, Content_Type=kind))
+    assert client.download(f"{BASE}/cert/1") == pem
+
+
+def test_revocation_answer_is_not_read():
+    client, *_ = scripted(response(200), response(200, nonce="n1"))
+    client.revoke(b"der")
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/html", None])
+def test_error_of_another_media_type_is_not_read_as_a_problem(content_type: str | None):
+    rejected = {"type": "urn:ietf:params:acme:error:unauthorized", "detail": "go away"}
+    client, *_ = scripted(response(200), response(403, rejected, Content_Type=content_type))
+    with pytest.raises(AcmeError) as info:
+        client.post(f"{BASE}/x", {}, client.kid)
+    shown = content_type or "no Content-Type"
+    assert str(info.value) == f"HTTP 403 Forbidden: the CA sent {shown}, not a problem document"
+    assert info.value.problem_type is None and info.value.status == 403
+
+
+def test_bad_nonce_of_another_media_type_is_not_retried():
+    client, transport, signer, *_ = scripted(
+        response(200),
+        response(400, BAD_NONCE, nonce="n1", Content_Type="application/json"),
+        response(200, {}),
+    )
+    with pytest.raises(AcmeError, match="HTTP 400 Bad Request: the CA sent application/json"):
+        client.post(f"{BASE}/x", {}, client.kid)
+    assert len(signer.calls) == 1 and len(transport.responses) == 1
+
+
+def test_unknown_status_error_of_another_media_type():
+    client, *_ = scripted(response(200), response(499, b"", Content_Type=None))
+    with pytest.raises(AcmeError) as info:
+        client.post(f"{BASE}/x", {}, client.kid)
+    assert str(info.value) == "HTTP 499: the CA sent no Content-Type, not a problem document"
 
 
 def test_post_retries_bad_nonce_with_fresh_nonce():
@@ -321,12 +458,15 @@ def test_post_rejects_invalid_nonce_header():
         client.post(f"{BASE}/x", None, client.kid)
 
 
+RATE_LIMITED = {"type": "urn:ietf:params:acme:error:rateLimited", "detail": "slow down"}
+
+
 def test_post_honours_retry_after_on_busy():
     client, _, signer, sleeps, _ = scripted(
         response(200),
         response(503, {"type": "about:blank", "detail": "busy"}, Retry_After="7"),
-        response(429, {"type": "urn:ietf:params:acme:error:rateLimited"}),
-        response(500, b"<html>oops</html>"),
+        response(429, {"type": "about:blank"}),
+        response(500, b"<html>oops</html>", Content_Type="text/html"),
         response(201, {}),
     )
     client.post(f"{BASE}/x", {}, client.kid)
@@ -341,16 +481,46 @@ def test_post_busy_retries_are_bounded():
     with pytest.raises(AcmeError, match="HTTP 503") as info:
         client.post(f"{BASE}/x", {}, client.kid)
     assert info.value.status == 503
+    assert info.value.retry_after == 1.0
     assert sleeps == [1.0, 1.0, 1.0]
 
 
-def test_post_retry_after_beyond_cap_fails_fast():
-    client, _, _, sleeps, _ = scripted(
-        response(200), response(429, {"type": "x", "detail": "slow down"}, Retry_After="3600")
+def test_post_retry_after_beyond_the_budget_fails_at_once():
+    client, transport, _, sleeps, _ = scripted(
+        response(200), response(429, RATE_LIMITED, Retry_After="3600"), response(201, {})
     )
-    with pytest.raises(AcmeError, match="retry after 3600"):
+    with pytest.raises(AcmeError) as info:
         client.post(f"{BASE}/x", {}, client.kid)
+    assert str(info.value) == (
+        "HTTP 429: rateLimited: slow down; the CA asks to retry in 3600 s, "
+        "beyond the 90 s budget left (--poll-timeout)"
+    )
+    assert info.value.retry_after == 3600.0
+    assert info.value.problem_type == "urn:ietf:params:acme:error:rateLimited"
     assert sleeps == []
+    assert len(transport.responses) == 1  # not sent again
+
+
+def test_post_rate_limit_without_retry_after_is_not_tried_again():
+    client, transport, signer, sleeps, _ = scripted(
+        response(200), response(429, RATE_LIMITED), response(201, {})
+    )
+    with pytest.raises(AcmeError, match="rateLimited") as info:
+        client.post(f"{BASE}/x", {}, client.kid)
+    assert info.value.retry_after is None
+    assert info.value.problem_type == "urn:ietf:params:acme:error:rateLimited"
+    assert sleeps == [] and len(signer.calls) == 1
+    assert len(transport.responses) == 1
+
+
+def test_post_error_carries_retry_after_when_not_busy():
+    client, *_ = scripted(
+        response(200), response(403, {"type": "urn:x", "detail": "no"}, Retry_After="30")
+    )
+    with pytest.raises(AcmeError) as info:
+        client.post(f"{BASE}/x", {}, client.kid)
+    assert info.value.retry_after == 30.0
+    assert str(info.value) == "HTTP 403: urn:x: no"
 
 
 def test_post_refuses_other_origin_before_signing():
@@ -499,38 +669,178 @@ def test_authorization_rejects_bad_challenge(challenge: dict[str, Any]):
         client.authorization(f"{BASE}/authz/1")
 
 
-def test_poll_honours_clamped_retry_after():
+# --- a server that is no ACME CA, and messages in plain words -----------------------
+
+
+def test_non_acme_directory():
+    client, transport, *_ = scripted()
+    transport.responses[0] = response(200, {"status": "ok", "version": "1.2"}, nonce=None)
+    with pytest.raises(AcmeError) as info:
+        client.directory()
+    assert str(info.value) == (
+        f"{BASE}/dir: not an ACME directory (no newNonce, newAccount, newOrder URLs)"
+    )
+
+
+def test_directory_missing_one_url():
+    client, transport, *_ = scripted()
+    partial = {key: value for key, value in DIRECTORY.items() if key != "newOrder"}
+    transport.responses[0] = response(200, {**partial, "newNonce": None}, nonce=None)
+    with pytest.raises(AcmeError) as info:
+        client.directory()
+    assert str(info.value) == f"{BASE}/dir: not an ACME directory (no newNonce, newOrder URLs)"
+
+
+PYTHON_WORDS = re.compile(r"\b(NoneType|dict|list|str|int|float|bool|tuple|bytes)\b|\[\]|\{\}")
+
+
+@pytest.mark.parametrize(
+    ("document", "call"),
+    [
+        ({**DIRECTORY, "newNonce": 5}, "directory"),
+        ({**DIRECTORY, "newAccount": {"url": "x"}}, "directory"),
+        ({**DIRECTORY, "newOrder": ["https://ca.test/order"]}, "directory"),
+        ({**DIRECTORY, "revokeCert": True}, "directory"),
+        ({"newNonce": 1.5}, "directory"),
+        ({**ORDER, "authorizations": [None]}, "order"),
+        ({**ORDER, "finalize": {}}, "order"),
+        ({**ORDER, "status": None}, "order"),
+        ({**ORDER, "authorizations": {}}, "order"),
+        ({**ORDER, "certificate": 7}, "order"),
+        (authz(token=5), "authorization"),
+        (authz(token=None), "authorization"),
+        (authz(url=[]), "authorization"),
+        ({**authz(), "challenges": {}}, "authorization"),
+        ({"status": {"a": 1}}, "account"),
+        ({"status": ["x"]}, "account"),
+    ],
+)
+def test_messages_name_no_python_type(document: dict[str, Any], call: str):
+    client, transport, *_ = scripted(response(200), response(201, document, Location=f"{BASE}/x/1"))
+    if call == "directory":
+        transport.responses = [response(200, document, nonce=None)]
+    with pytest.raises(AcmeError) as info:
+        if call == "directory":
+            client.directory()
+        elif call == "order":
+            client.new_order(["a.test"])
+        elif call == "authorization":
+            client.authorization(f"{BASE}/authz/1")
+        else:
+            client.account([])
+    message = str(info.value)
+    assert PYTHON_WORDS.search(message) is None, message
+    assert "\n" not in message
+
+
+def test_a_missing_nonce_names_no_type():
+    with pytest.raises(AcmeError) as info:
+        validate_nonce(None)
+    assert str(info.value) == "CA sent an invalid Replay-Nonce"
+
+
+def test_poll_honours_retry_after_exactly():
+    client, transport, _, sleeps, _ = scripted(
+        response(200),
+        response(200, {"status": "pending"}, Retry_After="3"),
+        response(200, {"status": "pending"}, Retry_After="75"),
+        response(200, {"status": "pending"}, Retry_After="0"),
+        response(200, {"status": "valid"}),
+    )
+    result = client.poll(f"{BASE}/authz/1", {"valid"}, {"invalid"}, what="authorization")
+    assert result["status"] == "valid"
+    # Never sooner than asked, never clamped to a maximum; "0" still waits a second.
+    assert sleeps == [3.0, 75.0, 1.0]
+    assert [call[0] for call in transport.calls].count("POST") == 4
+
+
+def test_poll_backs_off_without_retry_after():
     client, _, _, sleeps, _ = scripted(
         response(200),
-        response(200, {"status": "pending"}, Retry_After="0"),
-        response(200, {"status": "pending"}, Retry_After="3"),
-        response(200, {"status": "pending"}, Retry_After="9999"),
-        response(200, {"status": "pending"}),
+        *[response(200, {"status": "processing"}) for _ in range(7)],
         response(200, {"status": "valid"}),
-        poll_min=0.5,
-        poll_max=5.0,
     )
-    result = client.poll(f"{BASE}/authz/1", {"valid"}, {"invalid"})
-    assert result["status"] == "valid"
-    assert sleeps == [0.5, 3.0, 5.0, 0.5]
+    client.poll(f"{BASE}/order/1", {"valid"}, {"invalid"}, what="order")
+    assert sleeps == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0]
 
 
-def test_poll_total_timeout():
-    now = [0.0]
-
-    def sleep(seconds: float) -> None:
-        now[0] += seconds
-
-    client, *_ = scripted(
+def test_poll_backoff_ends_with_the_budget():
+    client, transport, _, sleeps, _ = scripted(
         response(200),
-        *[response(200, {"status": "processing"}, Retry_After="10") for _ in range(10)],
-        poll_max=60.0,
+        *[response(200, {"status": "processing"}) for _ in range(10)],
+        poll_timeout=20,
     )
-    client._sleep = sleep
-    client._clock = lambda: now[0]
-    with pytest.raises(AcmeError, match="still processing after 25 s"):
-        client.poll(f"{BASE}/order/1", {"valid"}, {"invalid"}, total_timeout=25)
-    assert now[0] == 20.0
+    with pytest.raises(AcmeError) as info:
+        client.poll(f"{BASE}/order/1", {"valid"}, {"invalid"}, what="order")
+    assert str(info.value) == (
+        f"order {BASE}/order/1 is still processing after 20 s (--poll-timeout); giving up"
+    )
+    assert sleeps == [1.0, 2.0, 4.0, 8.0, 5.0]  # the last wait cut to what was left
+    assert len(transport.responses) == 10 - 6  # and one poll at the very end
+
+
+def test_poll_retry_after_beyond_the_budget_fails_at_once():
+    client, transport, _, sleeps, _ = scripted(
+        response(200),
+        response(200, {"status": "processing"}, Retry_After="120"),
+        response(200, {"status": "valid"}),
+    )
+    with pytest.raises(AcmeError) as info:
+        client.poll(f"{BASE}/order/1", {"valid"}, {"invalid"}, what="order")
+    assert str(info.value) == (
+        f"order {BASE}/order/1: the CA asks to poll again in 120 s, "
+        "beyond the 90 s budget left (--poll-timeout)"
+    )
+    assert info.value.retry_after == 120.0
+    assert sleeps == []
+    assert len(transport.responses) == 1  # never polled again
+
+
+def test_poll_retry_after_as_http_date():
+    when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
+    client, _, _, sleeps, _ = scripted(
+        response(200),
+        response(200, {"status": "pending"}, Retry_After=email.utils.format_datetime(when, True)),
+        response(200, {"status": "valid"}),
+    )
+    client.poll(f"{BASE}/authz/1", {"valid"}, {"invalid"}, what="authorization")
+    assert len(sleeps) == 1 and 28 < sleeps[0] <= 30
+
+
+@pytest.mark.parametrize("value", ["-5", "1.5", "soon", "Mon, 32 Jan 2024 00:00:00 GMT", ""])
+def test_poll_garbage_retry_after_is_no_retry_after(value: str):
+    client, _, _, sleeps, _ = scripted(
+        response(200),
+        response(200, {"status": "pending"}, Retry_After=value),
+        response(200, {"status": "pending"}, Retry_After=value),
+        response(200, {"status": "valid"}),
+    )
+    client.poll(f"{BASE}/authz/1", {"valid"}, {"invalid"}, what="authorization")
+    assert sleeps == [1.0, 2.0]
+
+
+def test_one_budget_covers_the_whole_order():
+    """The authorization's polls use up the budget the order's polls then lack:
+    a budget per poll would wait 10 s more."""
+    order = {**ORDER, "status": "pending"}
+    client, transport, _, sleeps, _ = scripted(
+        response(200),  # newNonce
+        response(201, order, Location=f"{BASE}/order/1"),
+        response(200, authz()),
+        response(200, {"type": "http-01", "status": "pending"}),  # the challenge response
+        response(200, authz(), Retry_After="4"),
+        response(200, authz(), Retry_After="4"),
+        response(200, authz("valid")),
+        *[response(200, {**ORDER, "status": "pending"}) for _ in range(5)],
+        poll_timeout=10,
+    )
+    with pytest.raises(AcmeError) as info:
+        client.issue(["a.test"], bytes, lambda _t, _k: None, lambda _t: None, "t" * 43)
+    assert str(info.value) == (
+        f"order {BASE}/order/1 is still pending after 10 s (--poll-timeout); giving up"
+    )
+    assert sleeps == [4.0, 4.0, 1.0, 1.0]
+    assert len(transport.responses) == 2
 
 
 def test_poll_invalid_authz_reports_challenge_error():
@@ -544,7 +854,7 @@ def test_poll_invalid_authz_reports_challenge_error():
     )
     client, *_ = scripted(response(200), response(200, failed))
     with pytest.raises(AcmeError) as info:
-        client.poll(f"{BASE}/authz/1", {"valid"}, {"invalid"})
+        client.poll(f"{BASE}/authz/1", {"valid"}, {"invalid"}, what="authorization")
     message = str(info.value)
     assert "dns:a.test" in message and "is invalid" in message
     assert "http-01 challenge: unauthorized: Invalid response" in message
@@ -562,8 +872,9 @@ def test_finalize_requires_certificate_url():
 
 def test_finalize_polls_until_valid():
     valid = {**ORDER, "status": "valid", "certificate": f"{BASE}/cert/1"}
-    client, _, _, sleeps, _ = scripted(
+    client, transport, _, sleeps, _ = scripted(
         response(200),
+        response(200, {**ORDER, "status": "processing"}, Retry_After="5"),  # the finalize
         response(200, {**ORDER, "status": "processing"}),
         response(200, {**ORDER, "status": "processing"}, Retry_After="2"),
         response(200, valid),
@@ -571,11 +882,16 @@ def test_finalize_polls_until_valid():
     order = Order.from_json(f"{BASE}/order/1", {**ORDER, "status": "ready"}, BASE)
     final = client.finalize(order, b"csr")
     assert final.certificate == f"{BASE}/cert/1"
-    assert sleeps == [2.0]
+    # The finalize's own Retry-After comes first, then the backoff's 2nd wait.
+    assert sleeps == [5.0, 2.0, 2.0]
+    assert [call[1] for call in transport.calls[3:]] == [f"{BASE}/order/1"] * 3
 
 
 def test_download_checks_pem_and_asks_for_chain():
-    client, transport, *_ = scripted(response(200), response(200, b"<html>not a cert</html>"))
+    client, transport, *_ = scripted(
+        response(200),
+        response(200, b"<html>not a cert</html>", Content_Type="application/pem-certificate-chain"),
+    )
     with pytest.raises(AcmeError, match="unusable certificate chain"):
         client.download(f"{BASE}/cert/1")
     _, _, headers, max_body = transport.calls[-1]
@@ -1011,9 +1327,12 @@ def test_transport_read_timeout(server: HostileServer):
 
     server.routes["/silent"] = silent
     start = time.monotonic()
-    with pytest.raises(AcmeError):
+    with pytest.raises(AcmeError, match=r"/silent: read timed out after 0\.3 s$"):
         transport_for(server, read_timeout=0.3).request("GET", server.url("/silent"))
     assert time.monotonic() - start < 1.5
+
+
+JSON = {"Content-Type": "application/json"}
 
 
 def _directory(server: HostileServer, **change: str) -> bytes:
@@ -1028,7 +1347,7 @@ def _directory(server: HostileServer, **change: str) -> bytes:
 
 def test_client_refuses_http_url_in_directory(server: HostileServer):
     body = _directory(server, newNonce=f"http://acme.test:{server.port}/nonce")
-    server.routes["/dir"] = lambda h: h.reply(200, body)
+    server.routes["/dir"] = lambda h: h.reply(200, body, **JSON)
     client = AcmeClient(transport_for(server), RecordingSigner(), server.url("/dir"))
     with pytest.raises(AcmeError, match="not https"):
         client.directory()
@@ -1037,7 +1356,7 @@ def test_client_refuses_http_url_in_directory(server: HostileServer):
 @pytest.mark.parametrize("host", ["elsewhere.test", "acme.test:1"])
 def test_client_refuses_other_origin_in_directory(server: HostileServer, host: str):
     body = _directory(server, newOrder=f"https://{host}/order")
-    server.routes["/dir"] = lambda h: h.reply(200, body)
+    server.routes["/dir"] = lambda h: h.reply(200, body, **JSON)
     client = AcmeClient(transport_for(server), RecordingSigner(), server.url("/dir"))
     with pytest.raises(AcmeError, match="origin"):
         client.directory()
@@ -1045,10 +1364,10 @@ def test_client_refuses_other_origin_in_directory(server: HostileServer, host: s
 
 def test_client_refuses_other_origin_location(server: HostileServer):
     nonce = {"Replay-Nonce": "abc"}
-    server.routes["/dir"] = lambda h: h.reply(200, _directory(server))
+    server.routes["/dir"] = lambda h: h.reply(200, _directory(server), **JSON)
     server.routes["/nonce"] = lambda h: h.reply(200, b"", **nonce)
     server.routes["/acct"] = lambda h: h.reply(
-        200, b'{"status": "valid"}', Location="https://elsewhere.test/acct/1", **nonce
+        200, b'{"status": "valid"}', Location="https://elsewhere.test/acct/1", **nonce, **JSON
     )
     client = AcmeClient(transport_for(server), RecordingSigner(), server.url("/dir"))
     with pytest.raises(AcmeError, match="origin"):
@@ -1101,8 +1420,6 @@ def test_end_to_end(pebble: Pebble):
             log=lines.append,
             # At 50 % rejection, 5 retries fail one request in 64: too flaky.
             bad_nonce_retries=40 if nonce_reject else 5,
-            poll_min=0.05,
-            poll_max=0.5,
             poll_timeout=30,
         )
 

@@ -1,5 +1,6 @@
 """Daemon (sidecar) mode, native: renews when due, survives a CA outage with
-backoff, tells the web server through `.generation`, stops cleanly on SIGTERM."""
+backoff, tells the web server through `.generation`, stops cleanly on SIGTERM;
+and (on a fake clock) never orders again sooner than the CA asked."""
 
 import os
 import select
@@ -10,9 +11,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
+from letskencrypt import acme
+from letskencrypt.constants import EXIT_CHANGED
+from letskencrypt.errors import InputError, LetskencryptError
+from letskencrypt.roles import netproc
+from letskencrypt.settings import NetprocSettings, Schedule
 
 from tests.conftest import LETSKENCRYPT, Paths
 from tests.pebble import Pebble
@@ -164,3 +171,109 @@ def test_daemon_survives_a_ca_outage_with_backoff(
     delays = [float(line.rsplit("next in ", 1)[1].split()[0]) for line in attempts]
     assert delays[1] > delays[0], delays
     assert "installed a new certificate" in stderr
+
+
+# --- the wait after a failure, on a fake clock ----------------------------------------
+
+SCHEDULE = Schedule(interval=43200.0, jitter=0.0, backoff=60.0)
+DAY = 86400.0
+
+
+def rate_limited(retry_after: float | None) -> acme.AcmeError:
+    return acme.AcmeError(
+        "HTTP 429: rateLimited: too many certificates",
+        problem_type=acme.RATE_LIMITED,
+        status=429,
+        retry_after=retry_after,
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "failures", "low", "high", "why"),
+    [
+        (InputError("no network"), 1, 45.0, 60.0, ""),
+        (acme.AcmeError("HTTP 503", retry_after=10.0), 1, 45.0, 60.0, ""),
+        (acme.AcmeError("HTTP 503", retry_after=3600.0), 1, 3600.0, 3600.0, ", as the CA asks"),
+        (rate_limited(None), 1, 43200.0, 43200.0, ", the interval, after a rate limit"),
+        (
+            rate_limited(30 * DAY),
+            1,
+            7 * DAY,
+            7 * DAY,
+            ", the longest wait, though the CA asks for 2592000 s",
+        ),
+        # The daemon's own backoff has grown beyond what the CA asks.
+        (rate_limited(3600.0), 10, 23040.0, 30720.0, ""),
+    ],
+)
+def test_wait_after_failure(
+    error: LetskencryptError, failures: int, low: float, high: float, why: str
+) -> None:
+    for _ in range(20):  # the backoff's random part
+        delay, reason = netproc.wait_after_failure(SCHEDULE, failures, error)
+        assert low <= delay <= high
+        assert reason == why
+
+
+class FakeEvent:
+    """keep_renewing's threading.Event: wait() moves a fake clock, at once."""
+
+    now = 0.0
+    last: "FakeEvent | None" = None
+
+    def __init__(self) -> None:
+        self.flag = False
+        FakeEvent.now = 0.0
+        FakeEvent.last = self
+
+    def is_set(self) -> bool:
+        return self.flag
+
+    def set(self) -> None:
+        self.flag = True
+
+    def wait(self, seconds: float) -> bool:
+        FakeEvent.now += seconds
+        return self.flag
+
+
+class Lines:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def error(self, message: str) -> None:
+        self.errors.append(message)
+
+    def info(self, message: str) -> None:
+        pass
+
+
+def test_daemon_orders_again_no_sooner_than_the_ca_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    outcomes: list[object] = [rate_limited(7200.0), rate_limited(None), EXIT_CHANGED]
+    checks: list[float] = []
+
+    def obtain(_peers: object, _settings: object, _ca_pem: bytes, _log: object) -> int:
+        checks.append(FakeEvent.now)
+        outcome = outcomes.pop(0)
+        if not outcomes and FakeEvent.last is not None:
+            FakeEvent.last.set()  # SIGTERM after this check
+        if isinstance(outcome, LetskencryptError):
+            raise outcome
+        assert isinstance(outcome, int)
+        return outcome
+
+    monkeypatch.setattr(netproc, "obtain", obtain)
+    monkeypatch.setattr(netproc, "threading", SimpleNamespace(Event=FakeEvent))
+    no_signals = SimpleNamespace(signal=lambda *_args: None, SIGTERM=signal.SIGTERM)
+    monkeypatch.setattr(netproc, "signal", no_signals)
+    log = Lines()
+    settings = NetprocSettings(directory_url="https://ca.test/dir", names=("a.test",))
+    assert netproc.keep_renewing(None, settings, SCHEDULE, b"", log) == 0  # type: ignore[arg-type]
+    # Retry-After 7200 s, then a rate limit without one: the whole interval.
+    assert checks == [0.0, 7200.0, 7200.0 + 43200.0]
+    assert log.errors == [
+        "HTTP 429: rateLimited: too many certificates (attempt 1; next in 7200 s, as the CA asks)",
+        "HTTP 429: rateLimited: too many certificates "
+        "(attempt 2; next in 43200 s, the interval, after a rate limit)",
+        "installed a new certificate",
+    ]

@@ -124,7 +124,7 @@ def build_parser() -> Parser:
         help=f"daemon: first wait after a failure, doubling up to the interval "
         f"(default {DEFAULT_BACKOFF:.0f}, or the interval if shorter)")
     add("--poll-timeout", type=float, default=DEFAULT_POLL_TIMEOUT, metavar="SECONDS",
-        help="longest wait for the CA to validate or issue "
+        help="longest an order may wait on the CA, from new order to download "
         f"(default {DEFAULT_POLL_TIMEOUT:.0f})")
     add("--strict", action="store_true",
         help="fail when the kernel lacks a sandbox feature (default: log it and go on)")

@@ -16,8 +16,9 @@ EXIT_CODES = (EXIT_CHANGED, EXIT_FAILED, EXIT_NOTHING_TO_DO)
 
 # --- defaults of the command line that roles also need ------------------------------
 
-# The longest wait for the CA to validate or issue (--poll-timeout).
-DEFAULT_POLL_TIMEOUT = 300.0
+# The longest the CA may keep an order waiting, from the new order to the
+# download (--poll-timeout); certbot's issuance timeout is as long.
+DEFAULT_POLL_TIMEOUT = 90.0
 
 # How long netproc waits for the other roles to serve before its first request.
 DEFAULT_READY_TIMEOUT = 20.0

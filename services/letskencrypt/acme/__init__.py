@@ -12,6 +12,7 @@ signed by a `Signer` (acctproc) and host names are resolved by a `Resolver`
 
 from letskencrypt.acme.client import AcmeClient, Signer
 from letskencrypt.acme.messages import (
+    RATE_LIMITED,
     AcmeError,
     Authorization,
     Challenge,
@@ -28,6 +29,7 @@ from letskencrypt.constants import DEFAULT_POLL_TIMEOUT
 
 __all__ = [
     "DEFAULT_POLL_TIMEOUT",
+    "RATE_LIMITED",
     "AcmeClient",
     "AcmeError",
     "Authorization",

@@ -4,11 +4,19 @@ http-01 challenges, finalize, polling with Retry-After, download, revoke.
 `AcmeClient` holds no private key and reads no CA document itself: requests
 are signed by a `Signer` (acctproc), sent through a `Transport`, and every
 answer is parsed by `letskencrypt.acme.messages`.
+
+Waiting is bounded and polite: every wait of one operation (a whole order,
+from new-order to download, or one other request) comes out of one budget of
+`poll_timeout` seconds.  A Retry-After is honoured exactly when the budget
+covers it and fails the operation at once when it does not; without one,
+waits back off from 1 s, doubling, to 10 s.
 """
 
+import contextlib
 import json
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 from urllib.parse import urljoin
 
@@ -17,6 +25,9 @@ from letskencrypt.acme.messages import (
     ACCOUNT_DOES_NOT_EXIST,
     AUTHZ_FAILED,
     BAD_NONCE,
+    JSON,
+    PEM_CHAIN,
+    RATE_LIMITED,
     Account,
     AcmeError,
     Authorization,
@@ -27,6 +38,7 @@ from letskencrypt.acme.messages import (
     failure_text,
     json_object,
     parse_retry_after,
+    require_media_type,
     string_field,
     validate_nonce,
 )
@@ -39,6 +51,15 @@ from letskencrypt.validate import safe_text, validate_key_authorization
 MAX_CERTIFICATE_BODY = 256 * 1024
 MAX_BAD_NONCE_RETRIES = 5
 MAX_BUSY_RETRIES = 3
+# The first wait without Retry-After, and the shortest whatever the CA says:
+# a CA answering "Retry-After: 0" for ever is not asked as fast as it answers.
+MIN_WAIT = 1.0
+MAX_BACKOFF = 10.0
+
+
+def _backoff(attempt: int) -> float:
+    """The `attempt`-th wait (from 1) when the CA gave no Retry-After."""
+    return min(MIN_WAIT * 2 ** min(attempt - 1, 10), MAX_BACKOFF)
 
 
 class Signer(Protocol):
@@ -58,6 +79,37 @@ def _jws_body(jws: Mapping[str, str]) -> bytes:
     return json.dumps(flattened).encode("ascii")
 
 
+class _Budget:
+    """The seconds the CA may keep one operation waiting, on the client's clock."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float]) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._end = clock() + seconds
+
+    def left(self) -> float:
+        return max(self._end - self._clock(), 0.0)
+
+    def refuses(self, retry_after: float | None) -> str | None:
+        """Why a Retry-After beyond what is left cannot be honoured (None: it can, or none)."""
+        left = self.left()
+        if retry_after is None or retry_after <= left:
+            return None
+        return (
+            f"in {math.ceil(retry_after)} s, beyond the {math.floor(left)} s budget left "
+            "(--poll-timeout)"
+        )
+
+    def next_wait(self, retry_after: float | None, attempt: int) -> float | None:
+        """Seconds to wait before asking again (None: the budget is spent): the
+        CA's Retry-After (one that `refuses` passed), else the backoff."""
+        left = self.left()
+        if left <= 0:
+            return None
+        wanted = _backoff(attempt) if retry_after is None else max(retry_after, MIN_WAIT)
+        return min(wanted, left)
+
+
 class AcmeClient:
     """One ACME account's conversation with one CA."""
 
@@ -68,10 +120,7 @@ class AcmeClient:
         directory_url: str,
         *,
         log: Callable[[str], None] | None = None,
-        max_wait: float = 60.0,
         bad_nonce_retries: int = MAX_BAD_NONCE_RETRIES,
-        poll_min: float = 1.0,
-        poll_max: float = 60.0,
         poll_timeout: float = DEFAULT_POLL_TIMEOUT,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -81,15 +130,25 @@ class AcmeClient:
         self._transport = transport
         self._signer = signer
         self._log = log or (lambda _message: None)
-        self._max_wait = max_wait
         self._bad_nonce_retries = bad_nonce_retries
-        self._poll_min = poll_min
-        self._poll_max = poll_max
         self._poll_timeout = poll_timeout
         self._sleep = sleep
         self._clock = clock
+        self._budget: _Budget | None = None  # the running operation's
         self._directory: Directory | None = None
         self._nonce: str | None = None
+
+    @contextlib.contextmanager
+    def _within_budget(self) -> Iterator[_Budget]:
+        """The running operation's budget, or a new one of poll_timeout for this one."""
+        if self._budget is not None:
+            yield self._budget
+            return
+        self._budget = _Budget(self._poll_timeout, self._clock)
+        try:
+            yield self._budget
+        finally:
+            self._budget = None
 
     # -- directory and nonces --
 
@@ -100,7 +159,9 @@ class AcmeClient:
             "GET", self.directory_url, headers={"Accept": "application/json"}
         )
         if response.status != 200:
-            raise Problem.from_body(response.body, response.status).error("directory: ")
+            problem = Problem.from_response(response.status, response.headers, response.body)
+            raise problem.error("directory: ")
+        require_media_type(response.headers, JSON, self.directory_url)
         document = json_object(response.body, "directory")
         self._directory = Directory.from_json(document, self.directory_url)
         self._log(f"directory {self.directory_url}")
@@ -132,47 +193,56 @@ class AcmeClient:
         payload: dict[str, Any] | None,
         kid: str | None,
         *,
-        accept: str | None = None,
+        expect: str | None = JSON,
         max_body: int | None = None,
     ) -> HttpResponse:
-        """Signed POST (payload None: POST-as-GET); retries badNonce and busy CAs."""
+        """Signed POST (payload None: POST-as-GET) whose answer must be of the
+        media type `expect` (None: its body goes unread).
+
+        Retries badNonce at once, and a busy CA (429, 5xx) within the budget.
+        """
         url = self._check(url, "request")
         body = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/jose+json"}
-        if accept is not None:
-            headers["Accept"] = accept
+        if expect == PEM_CHAIN:
+            headers["Accept"] = PEM_CHAIN
         bad_nonces = busy = 0
-        while True:
-            jws = self._signer.sign(url, self._take_nonce(), kid, body)
-            response = self._transport.request(
-                "POST", url, body=_jws_body(jws), headers=headers, max_body=max_body
-            )
-            self._remember_nonce(response)
-            if 200 <= response.status < 300:
-                return response
-            problem = Problem.from_body(response.body, response.status)
-            if problem.type == BAD_NONCE and bad_nonces < self._bad_nonce_retries:
-                bad_nonces += 1
-                self._log(f"CA rejected our nonce, retrying ({bad_nonces})")
-                continue
-            if (response.status == 429 or response.status >= 500) and busy < MAX_BUSY_RETRIES:
+        with self._within_budget() as budget:
+            while True:
+                jws = self._signer.sign(url, self._take_nonce(), kid, body)
+                response = self._transport.request(
+                    "POST", url, body=_jws_body(jws), headers=headers, max_body=max_body
+                )
+                self._remember_nonce(response)
+                if 200 <= response.status < 300:
+                    if expect is not None:
+                        require_media_type(response.headers, expect, url)
+                    return response
+                problem = Problem.from_response(response.status, response.headers, response.body)
+                if problem.type == BAD_NONCE and bad_nonces < self._bad_nonce_retries:
+                    bad_nonces += 1
+                    self._log(f"CA rejected our nonce, retrying ({bad_nonces})")
+                    continue
+                wait = self._busy_wait(budget, problem, busy)
+                if wait is None:
+                    raise problem.error()
                 busy += 1
-                wait = self._busy_wait(response, busy, problem.message)
                 self._log(f"{problem.message}; retrying in {wait:g} s ({busy}/{MAX_BUSY_RETRIES})")
                 self._sleep(wait)
-                continue
-            raise problem.error()
 
-    def _busy_wait(self, response: HttpResponse, attempt: int, message: str) -> float:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        if retry_after is None:
-            return min(float(2 ** (attempt - 1)), self._max_wait)
-        if retry_after > self._max_wait:
-            # Retrying earlier than asked only burns rate limit.
-            raise AcmeError(
-                f"{message}; CA asks to retry after {retry_after:.0f} s", status=response.status
-            )
-        return retry_after
+    def _busy_wait(self, budget: _Budget, problem: Problem, retries: int) -> float | None:
+        """How long to wait before sending again after `problem` (None: do not)."""
+        if problem.status != 429 and problem.status < 500:
+            return None
+        refused = budget.refuses(problem.retry_after)
+        if refused is not None:
+            raise problem.error(suffix=f"; the CA asks to retry {refused}")
+        # A rate limit that does not say until when is not tried again blindly.
+        if retries >= MAX_BUSY_RETRIES or (
+            problem.type == RATE_LIMITED and problem.retry_after is None
+        ):
+            return None
+        return budget.next_wait(problem.retry_after, retries + 1)
 
     def _location(self, response: HttpResponse, request_url: str, what: str) -> str:
         location = response.headers.get("Location")
@@ -231,42 +301,63 @@ class AcmeClient:
         self.post(challenge_url, {}, self._require_kid())
 
     def poll(
-        self, url: str, done: set[str], fail: set[str], *, total_timeout: float | None = None
+        self,
+        url: str,
+        done: set[str],
+        fail: set[str],
+        *,
+        what: str,
+        answer: HttpResponse | None = None,
     ) -> dict[str, Any]:
-        """POST-as-GET `url` until its status is in `done` (returned) or `fail` (AcmeError).
+        """POST-as-GET the `what` at `url` until its status is in `done`
+        (returned) or `fail` (AcmeError), within the budget.
 
-        Waits between polls follow Retry-After, clamped to [poll_min, poll_max].
+        `answer` is the CA's latest answer about it, if there is one (the
+        finalize's): it is read first, and its Retry-After sets the first wait.
         """
-        url = self._check(url, "poll")
-        limit = self._poll_timeout if total_timeout is None else total_timeout
-        deadline = self._clock() + limit
-        while True:
-            response = self.post(url, None, self._require_kid())
-            document = json_object(response.body, "status document")
-            status = string_field(document, "status", "status document")
-            if status in done:
-                return document
-            if status in fail:
-                raise AcmeError(failure_text(url, status, document))
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            wait = min(max(retry_after or 0.0, self._poll_min), self._poll_max)
-            if self._clock() + wait > deadline:
-                raise AcmeError(
-                    f"{url} is still {safe_text(status, 40)} after {limit:g} s; giving up"
-                )
-            self._sleep(wait)
+        url = self._check(url, what)
+        with self._within_budget() as budget:
+            attempt = 0
+            while True:
+                if answer is None:
+                    answer = self.post(url, None, self._require_kid())
+                document = json_object(answer.body, what)
+                status = string_field(document, "status", what)
+                if status in done:
+                    return document
+                if status in fail:
+                    raise AcmeError(failure_text(url, status, document))
+                retry_after = parse_retry_after(answer.headers.get("Retry-After"))
+                refused = budget.refuses(retry_after)
+                if refused is not None:
+                    raise AcmeError(
+                        f"{what} {url}: the CA asks to poll again {refused}",
+                        retry_after=retry_after,
+                    )
+                attempt += 1
+                wait = budget.next_wait(retry_after, attempt)
+                if wait is None:
+                    raise AcmeError(
+                        f"{what} {url} is still {safe_text(status, 40)} after "
+                        f"{budget.seconds:g} s (--poll-timeout); giving up"
+                    )
+                self._sleep(wait)
+                answer = None
 
     # -- certificate --
 
     def finalize(self, order: Order, csr_der: bytes) -> Order:
         """Submit the CSR and wait until the order is valid and has a certificate URL."""
-        response = self.post(order.finalize, {"csr": b64url(csr_der)}, self._require_kid())
-        final = Order.from_json(order.url, json_object(response.body, "order"), self.directory_url)
-        if final.status != "valid":
-            self._log(f"order {order.url}: {final.status}, waiting")
-            final = Order.from_json(
-                order.url, self.poll(order.url, {"valid"}, {"invalid"}), self.directory_url
-            )
+        with self._within_budget():
+            response = self.post(order.finalize, {"csr": b64url(csr_der)}, self._require_kid())
+            document = json_object(response.body, "order")
+            final = Order.from_json(order.url, document, self.directory_url)
+            if final.status != "valid":
+                self._log(f"order {order.url}: {final.status}, waiting")
+                document = self.poll(
+                    order.url, {"valid"}, {"invalid"}, what="order", answer=response
+                )
+                final = Order.from_json(order.url, document, self.directory_url)
         if final.certificate is None:
             raise AcmeError(f"order {order.url} is valid but has no certificate URL")
         return final
@@ -277,7 +368,7 @@ class AcmeClient:
             certificate_url,
             None,
             self._require_kid(),
-            accept="application/pem-certificate-chain",
+            expect=PEM_CHAIN,
             max_body=MAX_CERTIFICATE_BODY,
         )
         try:
@@ -297,7 +388,7 @@ class AcmeClient:
             if not isinstance(reason, int) or reason not in REVOCATION_REASON_CODES:
                 raise AcmeError(f"invalid revocation reason {reason!r} (RFC 5280: 0-6, 8-10)")
             payload["reason"] = reason
-        self.post(revoke_cert, payload, self._require_kid())
+        self.post(revoke_cert, payload, self._require_kid(), expect=None)
         self._log("certificate revoked")
 
     # -- the whole issuance --
@@ -314,11 +405,23 @@ class AcmeClient:
 
         `publish(token, key_authorization)` must make the response reachable at
         /.well-known/acme-challenge/<token>; `withdraw(token)` removes it again.
+        All of it, from the new order to the download, shares one budget.
         """
+        with self._within_budget():
+            return self._issue(names, csr_provider, publish, withdraw, thumbprint)
+
+    def _issue(
+        self,
+        names: list[str],
+        csr_provider: Callable[[], bytes],
+        publish: Callable[[str, str], None],
+        withdraw: Callable[[str], None],
+        thumbprint: str,
+    ) -> bytes:
         order = self.new_order(names)
         # One authorization per identifier (RFC 8555 section 7.1.3): more would
         # have us prove control of names nobody asked for, each one a challenge
-        # file and up to poll_timeout of waiting.
+        # file and more of the budget.
         if len(order.authorizations) > len(names):
             raise AcmeError(
                 f"CA sent an order with {len(order.authorizations)} authorizations "
@@ -330,9 +433,8 @@ class AcmeClient:
         if order.status == "pending":
             for url in order.authorizations:
                 self._authorize(url, publish, withdraw, thumbprint)
-        order = Order.from_json(
-            order.url, self.poll(order.url, {"ready", "valid"}, {"invalid"}), self.directory_url
-        )
+        document = self.poll(order.url, {"ready", "valid"}, {"invalid"}, what="order")
+        order = Order.from_json(order.url, document, self.directory_url)
         if order.status == "ready":
             order = self.finalize(order, csr_provider())
         if order.certificate is None:
@@ -365,7 +467,7 @@ class AcmeClient:
         try:
             if challenge.status == "pending":
                 self.respond(challenge.url)
-            self.poll(authz.url, {"valid"}, set(AUTHZ_FAILED))
+            self.poll(authz.url, {"valid"}, set(AUTHZ_FAILED), what="authorization")
         finally:
             withdraw(challenge.token)
         self._log(f"{authz.identifier}: authorized")

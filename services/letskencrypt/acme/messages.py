@@ -1,13 +1,16 @@
-"""What the CA sends, parsed and validated: problem documents, the directory,
-accounts, orders, authorizations, challenges, Replay-Nonce and Retry-After.
+"""What the CA sends, parsed and validated: media types, problem documents,
+the directory, accounts, orders, authorizations, challenges, Replay-Nonce and
+Retry-After.
 
 Every CA message is hostile input.  Each type's `from_json` checks every field
 it keeps (types, sizes, status enums, and that every URL is https on the
-directory's origin) and raises `AcmeError` with one terminal-safe line naming
-what was wrong; nothing else in the package reads a CA document's fields.
+directory's origin) and raises `AcmeError` with one terminal-safe line of
+plain words naming what was wrong; nothing else in the package reads a CA
+document's fields.
 """
 
 import email.utils
+import http
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +24,12 @@ from letskencrypt.validate import is_nonce, safe_text, validate_token
 ERROR_PREFIX = "urn:ietf:params:acme:error:"
 BAD_NONCE = ERROR_PREFIX + "badNonce"
 ACCOUNT_DOES_NOT_EXIST = ERROR_PREFIX + "accountDoesNotExist"
+RATE_LIMITED = ERROR_PREFIX + "rateLimited"
+
+# The media types RFC 8555 gives each kind of answer.
+JSON = "application/json"
+PROBLEM_JSON = "application/problem+json"
+PEM_CHAIN = "application/pem-certificate-chain"
 
 MAX_AUTHORIZATIONS = 100
 MAX_RETRY_AFTER = 10**10  # seconds; larger delay-seconds are read as this
@@ -32,14 +41,46 @@ CHALLENGE_STATUSES = frozenset({"pending", "processing", "valid", "invalid"})
 
 
 class AcmeError(LetskencryptError):
-    """The CA answered with an error, or with something we refuse to accept."""
+    """The CA answered with an error, or with something we refuse to accept.
+
+    `retry_after`: the seconds the CA asked us to wait before asking again,
+    when it said (Retry-After), so that nobody asks sooner.
+    """
 
     def __init__(
-        self, message: str, *, problem_type: str | None = None, status: int | None = None
+        self,
+        message: str,
+        *,
+        problem_type: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.problem_type = problem_type
         self.status = status
+        self.retry_after = retry_after
+
+
+# --- media types (RFC 8555 section 6.2 and 7.4.2) --------------------------------
+
+
+def media_type(headers: Mapping[str, str]) -> str | None:
+    """The Content-Type's type/subtype in lower case, without parameters (None: no header)."""
+    value = headers.get("Content-Type")
+    return None if value is None else value.split(";", 1)[0].strip().lower()
+
+
+def _shown_type(found: str | None) -> str:
+    return safe_text(found, 80) if found else "no Content-Type"
+
+
+def require_media_type(headers: Mapping[str, str], expected: str, url: str) -> None:
+    """AcmeError unless the answer from `url` is of the media type `expected`."""
+    found = media_type(headers)
+    if found != expected:
+        raise AcmeError(
+            f"{safe_text(url, 200)}: expected {expected}, the CA sent {_shown_type(found)}"
+        )
 
 
 # --- problem documents (RFC 7807) --------------------------------------------
@@ -78,7 +119,8 @@ def format_problem(problem: object, status: int) -> str:
     if not isinstance(problem, dict):
         if problem is None or problem == "":
             return f"{prefix}no error details"
-        text = problem if isinstance(problem, str) else repr(problem)
+        # Other JSON is shown as JSON, never as Python would write it.
+        text = problem if isinstance(problem, str) else json.dumps(problem)[:1000]
         return prefix + "unexpected error body: " + safe_text(text, 200)
     parts = [_one_problem(problem)]
     subproblems = problem.get("subproblems")
@@ -93,14 +135,31 @@ def format_problem(problem: object, status: int) -> str:
 
 @dataclass(frozen=True)
 class Problem:
-    """An error answer: its problem type (if the CA named one) and one safe line."""
+    """An error answer: its problem type (if the CA named one), one safe line,
+    and the Retry-After it carried."""
 
     type: str | None
     message: str
     status: int
+    retry_after: float | None = None
 
     @classmethod
-    def from_body(cls, body: bytes, status: int) -> Self:
+    def from_response(cls, status: int, headers: Mapping[str, str], body: bytes) -> Self:
+        """Only an application/problem+json body is read as a problem document."""
+        retry_after = parse_retry_after(headers.get("Retry-After"))
+        found = media_type(headers)
+        if found != PROBLEM_JSON:
+            try:
+                reason = " " + http.HTTPStatus(status).phrase
+            except ValueError:
+                reason = ""
+            message = f"HTTP {status}{reason}: the CA sent {_shown_type(found)}"
+            return cls(
+                type=None,
+                message=message + ", not a problem document",
+                status=status,
+                retry_after=retry_after,
+            )
         try:
             document: object = json.loads(body)
         except (ValueError, RecursionError):
@@ -110,10 +169,16 @@ class Problem:
             type=kind if isinstance(kind, str) else None,
             message=format_problem(document, status),
             status=status,
+            retry_after=retry_after,
         )
 
-    def error(self, prefix: str = "") -> AcmeError:
-        return AcmeError(prefix + self.message, problem_type=self.type, status=self.status)
+    def error(self, prefix: str = "", suffix: str = "") -> AcmeError:
+        return AcmeError(
+            prefix + self.message + suffix,
+            problem_type=self.type,
+            status=self.status,
+            retry_after=self.retry_after,
+        )
 
 
 # --- headers and URLs ----------------------------------------------------------
@@ -122,8 +187,8 @@ class Problem:
 def validate_nonce(value: object) -> str:
     """A Replay-Nonce: non-empty base64url of at most 128 characters."""
     if not is_nonce(value):
-        shown = safe_text(value, 60) if isinstance(value, str) else type(value).__name__
-        raise AcmeError(f"CA sent an invalid Replay-Nonce {shown!r}")
+        shown = f" {safe_text(value, 60)!r}" if isinstance(value, str) else ""
+        raise AcmeError(f"CA sent an invalid Replay-Nonce{shown}")
     return value
 
 
@@ -133,7 +198,7 @@ def check_url(url: object, base: str, what: str) -> str:
     A CA that points us at another host, scheme or port is treated as hostile.
     """
     if not isinstance(url, str):
-        raise AcmeError(f"CA sent a {type(url).__name__} as {what} URL, not a string")
+        raise AcmeError(f"CA sent {_a(what)} URL that is not a string")
     shown = safe_text(url, 200)
     if not well_formed(url):
         raise AcmeError(f"CA sent a malformed {what} URL {shown!r}")
@@ -219,6 +284,10 @@ def failure_text(url: str, status: str, document: Mapping[str, Any]) -> str:
 # --- the resources ------------------------------------------------------------------
 
 
+# What makes a JSON document an ACME directory (RFC 8555 section 7.1.1).
+REQUIRED_URLS = ("newNonce", "newAccount", "newOrder")
+
+
 @dataclass(frozen=True)
 class Directory:
     new_nonce: str
@@ -229,6 +298,13 @@ class Directory:
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any], base: str) -> Self:
+        missing = [key for key in REQUIRED_URLS if document.get(key) is None]
+        if missing:
+            urls = "URLs" if len(missing) > 1 else "URL"
+            raise AcmeError(
+                f"{safe_text(base, 200)}: not an ACME directory (no {', '.join(missing)} {urls})"
+            )
+
         def url(key: str) -> str:
             return check_url(document.get(key), base, f"directory {key}")
 
@@ -255,8 +331,10 @@ class Account:
     @classmethod
     def from_json(cls, url: str, document: Mapping[str, Any]) -> Self:
         status = document.get("status")
+        if status is not None and not isinstance(status, str):
+            raise AcmeError(f"CA sent an account {url} whose status is not a string")
         if status is not None and status != "valid":
-            raise AcmeError(f"account {url} is {safe_text(str(status), 40)}")
+            raise AcmeError(f"account {url} is {safe_text(status, 40)}")
         return cls(url=url)
 
 
@@ -278,7 +356,7 @@ class Order:
             or not 0 < len(authorizations) <= MAX_AUTHORIZATIONS
         ):
             raise AcmeError(
-                f"CA sent an order without a list of 1 to {MAX_AUTHORIZATIONS} authorizations"
+                f"CA sent an order without 1 to {MAX_AUTHORIZATIONS} authorization URLs"
             )
         urls = tuple(check_url(a, base, "authorization") for a in authorizations)
         finalize = check_url(document.get("finalize"), base, "finalize")
@@ -306,6 +384,8 @@ class Challenge:
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any], base: str) -> Self:
+        if not isinstance(document.get("token"), str):
+            raise AcmeError("CA sent an http-01 challenge whose token is not a string")
         try:
             token = validate_token(document.get("token"))
         except InputError as error:
@@ -330,7 +410,7 @@ class Authorization:
         identifier = identifier_text(document.get("identifier"))
         challenges = document.get("challenges")
         if not isinstance(challenges, list):
-            raise AcmeError(f"authorization for {identifier} has no list of challenges")
+            raise AcmeError(f"CA sent an authorization for {identifier} without challenges")
         challenge = None
         for item in challenges:
             if isinstance(item, dict) and item.get("type") == "http-01":

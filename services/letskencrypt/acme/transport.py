@@ -42,6 +42,7 @@ MAX_BODY = 1024 * 1024
 MAX_ADDRESSES = 8
 
 _URLLIB3_PREFIX = re.compile(r"^\w+\(host='[^']*', port=\d+\): ")
+_READ_TIMEOUT = re.compile(r"read timeout=([0-9]+(?:\.[0-9]+)?)")
 
 
 def _package_version() -> str:
@@ -384,7 +385,7 @@ class Transport:
 
 
 def _describe(error: BaseException) -> str:
-    """The innermost useful message of a requests/urllib3 exception chain."""
+    """The innermost useful message of a requests/urllib3 exception chain, in plain words."""
     while True:
         if isinstance(error, urllib3.exceptions.MaxRetryError) and error.reason is not None:
             error = error.reason
@@ -392,10 +393,26 @@ def _describe(error: BaseException) -> str:
             error.args and isinstance(error.args[0], BaseException)
         ):
             error = error.args[0]
+        elif isinstance(error, urllib3.exceptions.ProtocolError) and (
+            len(error.args) > 1 and isinstance(error.args[1], BaseException)
+        ):
+            error = error.args[1]  # ("Connection aborted.", the cause)
         else:
             break
     if isinstance(error, ssl.SSLCertVerificationError):
         return f"TLS certificate verification failed: {error.verify_message}"
+    # What these say of themselves is their class name and Python reprs.
+    if isinstance(error, http.client.RemoteDisconnected):
+        return "the server closed the connection without answering"
+    if isinstance(error, http.client.BadStatusLine):
+        return "the answer is not HTTP (bad status line)"
+    if isinstance(error, urllib3.exceptions.InvalidChunkLength):
+        return "the answer's chunked encoding is broken"
+    if isinstance(error, http.client.IncompleteRead):
+        return "the connection closed before the answer was complete"
+    if isinstance(error, urllib3.exceptions.ReadTimeoutError):
+        seconds = _READ_TIMEOUT.search(str(error))
+        return "read timed out" + (f" after {float(seconds[1]):g} s" if seconds else "")
     # urllib3 prefixes "Pool(host=..., port=...): " or "Connection(...): ".
     return safe_text(_URLLIB3_PREFIX.sub("", str(error)), 300)
 

@@ -13,9 +13,11 @@ checks against keyproc's key and names.
 Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
 2 nothing to do, and then no request at all reached the CA.  In daemon mode
 it checks on a schedule (interval plus random jitter), backs off after a
-failure (doubling, up to the interval), and exits 0 on SIGTERM.
+failure (doubling, up to the interval) but never orders again sooner than
+the CA asked, and exits 0 on SIGTERM.
 """
 
+import math
 import os
 import random
 import signal
@@ -77,6 +79,8 @@ SPEC = RoleSpec(
 
 # Signing and CSR building on the key holders: RSA 4096 takes a moment.
 KEY_DEADLINE = 20.0
+# The longest the daemon waits because the CA asked it to.
+MAX_CA_WAIT = 7 * 86400.0
 
 
 class RemoteSigner:
@@ -215,6 +219,30 @@ def connect_ca(
     )
 
 
+def wait_after_failure(
+    schedule: Schedule, failures: int, error: LetskencryptError
+) -> tuple[float, str]:
+    """Seconds to the next check after `failures` failures in a row, and why
+    when the CA decided it: the daemon's backoff (doubling, up to the
+    interval), but no sooner than the CA's Retry-After (up to MAX_CA_WAIT),
+    and the whole interval after a rate limit that gave no time."""
+    backoff = schedule.backoff * 2 ** min(failures - 1, 30)
+    delay = min(backoff, schedule.interval) * random.uniform(0.75, 1.0)  # noqa: S311
+    if not isinstance(error, acme.AcmeError):
+        return delay, ""
+    asked = error.retry_after
+    if asked is None:
+        if error.problem_type == acme.RATE_LIMITED:
+            return schedule.interval, ", the interval, after a rate limit"
+        return delay, ""
+    granted = min(asked, MAX_CA_WAIT)
+    if granted <= delay:
+        return delay, ""
+    if asked > MAX_CA_WAIT:
+        return granted, f", the longest wait, though the CA asks for {math.ceil(asked)} s"
+    return granted, ", as the CA asks"
+
+
 def keep_renewing(
     peers: Peers, settings: NetprocSettings, schedule: Schedule, ca_pem: bytes, log: Logger
 ) -> int:
@@ -230,9 +258,8 @@ def keep_renewing(
             delay = schedule.interval + random.uniform(0, schedule.jitter)  # noqa: S311
         except LetskencryptError as error:
             failures += 1
-            backoff = schedule.backoff * 2 ** min(failures - 1, 30)
-            delay = min(backoff, schedule.interval) * random.uniform(0.75, 1.0)  # noqa: S311
-            log.error(f"{error} (attempt {failures}; next in {delay:.0f} s)")
+            delay, why = wait_after_failure(schedule, failures, error)
+            log.error(f"{error} (attempt {failures}; next in {delay:.0f} s{why})")
         log.info(f"next check in {delay:.0f} s")
         stopping.wait(delay)
     log.info("stopping on SIGTERM")
