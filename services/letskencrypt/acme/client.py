@@ -408,38 +408,28 @@ class AcmeClient:
         All of it, from the new order to the download, shares one budget.
         """
         with self._within_budget():
-            return self._issue(names, csr_provider, publish, withdraw, thumbprint)
-
-    def _issue(
-        self,
-        names: list[str],
-        csr_provider: Callable[[], bytes],
-        publish: Callable[[str, str], None],
-        withdraw: Callable[[str], None],
-        thumbprint: str,
-    ) -> bytes:
-        order = self.new_order(names)
-        # One authorization per identifier (RFC 8555 section 7.1.3): more would
-        # have us prove control of names nobody asked for, each one a challenge
-        # file and more of the budget.
-        if len(order.authorizations) > len(names):
-            raise AcmeError(
-                f"CA sent an order with {len(order.authorizations)} authorizations "
-                f"for {len(names)} names"
-            )
-        if order.status == "invalid":
-            reason = "" if order.error is None else f"; {order.error}"
-            raise AcmeError(safe_text(f"{order.url} is invalid{reason}", 3000))
-        if order.status == "pending":
-            for url in order.authorizations:
-                self._authorize(url, publish, withdraw, thumbprint)
-        document = self.poll(order.url, {"ready", "valid"}, {"invalid"}, what="order")
-        order = Order.from_json(order.url, document, self.directory_url)
-        if order.status == "ready":
-            order = self.finalize(order, csr_provider())
-        if order.certificate is None:
-            raise AcmeError(f"order {order.url} is valid but has no certificate URL")
-        return self.download(order.certificate)
+            order = self.new_order(names)
+            # One authorization per identifier (RFC 8555 section 7.1.3): more would
+            # have us prove control of names nobody asked for, each one a challenge
+            # file and more of the budget.
+            if len(order.authorizations) > len(names):
+                raise AcmeError(
+                    f"CA sent an order with {len(order.authorizations)} authorizations "
+                    f"for {len(names)} names"
+                )
+            if order.status == "invalid":
+                reason = "" if order.error is None else f"; {order.error}"
+                raise AcmeError(safe_text(f"{order.url} is invalid{reason}", 3000))
+            if order.status == "pending":
+                for url in order.authorizations:
+                    self._authorize(url, publish, withdraw, thumbprint)
+            document = self.poll(order.url, {"ready", "valid"}, {"invalid"}, what="order")
+            order = Order.from_json(order.url, document, self.directory_url)
+            if order.status == "ready":
+                order = self.finalize(order, csr_provider())
+            if order.certificate is None:
+                raise AcmeError(f"order {order.url} is valid but has no certificate URL")
+            return self.download(order.certificate)
 
     def _authorize(
         self,

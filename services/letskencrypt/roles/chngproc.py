@@ -55,12 +55,9 @@ class ChallengeDirectory:
         self.path = path
         try:
             self.fd = fsutil.open_directory(path)
-        except FileNotFoundError:
-            raise InputError(f"challenge directory {path}: no such directory") from None
-        except NotADirectoryError:
-            raise InputError(f"challenge directory {path}: not a directory") from None
-        except PermissionError:
-            raise InputError(f"challenge directory {path}: permission denied") from None
+        except OSError as error:
+            reason = (error.strerror or "cannot open").lower()
+            raise InputError(f"challenge directory {path}: {reason}") from None
         self.written: set[str] = set()
         self.lock = threading.Lock()
 
