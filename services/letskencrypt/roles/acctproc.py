@@ -510,15 +510,16 @@ def classify(document: dict[str, Any] | None, has_kid: bool) -> str:
 
 def check_envelope(request: Request, directory_url: str, refuse: Refuser) -> None:
     """The protected header's url, kid and nonce."""
-    check_url(request.url, directory_url, "request", refuse)
+    refuse_off_origin(request.url, directory_url, "request", refuse)
     if request.kid:
-        check_url(request.kid, directory_url, "account", refuse)
+        refuse_off_origin(request.kid, directory_url, "account", refuse)
     nonce = request.nonce
     if not is_nonce(nonce):
         raise refuse("nonce is not base64url of at most 128 characters")
 
 
-def check_url(url: str, directory_url: str, what: str, refuse: Refuser) -> None:
+def refuse_off_origin(url: str, directory_url: str, what: str, refuse: Refuser) -> None:
+    """A URL to sign for: well formed and on the CA directory's origin, or refused."""
     if not well_formed(url):
         raise refuse(
             f"{what} URL is empty, longer than {MAX_URL_LENGTH}, not printable ASCII "
