@@ -115,7 +115,11 @@ class Pod:
 
     base: Path
     run_dirs: dict[str, str] = field(default_factory=dict)
+    # run ("run" or "revoke") -> every role's settings for it.
+    settings: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Roles stopped before the end (a replaced fileproc): (name, status).
+    ended: list[tuple[str, int]] = field(default_factory=list)
     stderr: dict[str, Path] = field(default_factory=dict)
     channels: dict[str, grpc.Channel] = field(default_factory=dict)
 
@@ -201,6 +205,26 @@ class Pod:
         call = self.raw_channel(edge, run).unary_unary(method)
         return call(body, timeout=TIMEOUT, wait_for_ready=True)
 
+    @contextlib.contextmanager
+    def revoking_fileproc(self) -> Iterator[None]:
+        """The revocation's fileproc in place of the issue run's for a while:
+        one fileproc at a time holds the certificate directory's lock."""
+        self.replace_fileproc("run", "revoke")
+        try:
+            yield
+        finally:
+            self.replace_fileproc("revoke", "run")
+
+    def replace_fileproc(self, stopped: str, started: str) -> None:
+        name = {"run": "fileproc", "revoke": "fileproc@revoke"}
+        rpc.stop_peer(self.channel("file", stopped), "fileproc", failed=False)
+        process = self.processes.pop(name[stopped])
+        self.ended.append((name[stopped], process.wait(timeout=15)))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(rpc.socket_path(self.run_dirs[stopped], "file"))
+        self.start("fileproc", self.settings[started]["fileproc"], started, name=name[started])
+        self.wait_for_sockets(started, ["file"])
+
     def dead(self) -> dict[str, int]:
         return {
             name: code
@@ -214,11 +238,11 @@ class Pod:
     def stop(self) -> dict[str, int]:
         """As netproc ends a run: Stop on each of its edges (certproc stops fileproc)."""
         for run, edges in (("run", ("acct", "key", "dns", "chng", "rvk", "cert")),
-                           ("revoke", ("acct", "file"))):
+                           ("revoke", ("acct",))):
             for edge in edges:
                 with contextlib.suppress(KeyError):
                     rpc.stop_peer(self.channel(edge, run), rpc.EDGES[edge].server, failed=False)
-        codes: dict[str, int] = {}
+        codes = {f"{name} (replaced {n})": code for n, (name, code) in enumerate(self.ended)}
         for name, process in self.processes.items():
             try:
                 codes[name] = process.wait(timeout=15)
@@ -269,6 +293,7 @@ def pod() -> Iterator[Pod]:
     pod = Pod(base)
     settings = role_settings(base)
     revoking = role_settings(base, "-r")
+    pod.settings = {"run": settings, "revoke": revoking}
     codes: dict[str, int] = {}
     try:
         for run in ("run", "revoke"):
@@ -278,10 +303,10 @@ def pod() -> Iterator[Pod]:
                      "certproc"):  # fmt: skip
             pod.start(role, settings[role], "run")
         pod.wait_for_sockets("run", list(PROBES))
-        # The roles of a revocation, as far as the cases need them.
+        # The roles of a revocation, as far as the cases need them (its
+        # fileproc only while a case needs it: see Pod.revoking_fileproc).
         pod.start("acctproc", revoking["acctproc"], "revoke", name="acctproc@revoke")
-        pod.start("fileproc", revoking["fileproc"], "revoke", name="fileproc@revoke")
-        pod.wait_for_sockets("revoke", ["acct", "file"])
+        pod.wait_for_sockets("revoke", ["acct"])
         install_good_chain(pod)
         yield pod
     finally:
@@ -798,8 +823,9 @@ def _file_planted(make: Callable[[Pod], None], *, succeeds: bool, remove: bool =
         before = snapshot(pod)
         try:
             if remove:  # only a revocation removes anything
-                stub = files_pb2_grpc.FilesStub(pod.channel("file", "revoke"))
-                stub.Remove(files_pb2.RemoveRequest(), timeout=TIMEOUT)
+                with pod.revoking_fileproc():
+                    stub = files_pb2_grpc.FilesStub(pod.channel("file", "revoke"))
+                    stub.Remove(files_pb2.RemoveRequest(), timeout=TIMEOUT)
             elif succeeds:
                 install(pod, _leaf_pem(pod), to_pem(intermediate()))
             else:
@@ -973,8 +999,9 @@ def _file_install_in_revoke_run(pod: Pod) -> None:
     stub = files_pb2_grpc.FilesStub(pod.raw_channel("file", "revoke"))
     request = files_pb2.InstallRequest(certificate_pem=_leaf_pem(pod),
                                        chain_pem=to_pem(intermediate()))
-    refused(pod, lambda: stub.Install(request, timeout=TIMEOUT),
-            "this is a revoke run: no certificate is installed")
+    with pod.revoking_fileproc():
+        refused(pod, lambda: stub.Install(request, timeout=TIMEOUT),
+                "this is a revoke run: no certificate is installed")
 
 
 # -- dnsproc: names that are not host names ---

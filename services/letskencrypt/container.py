@@ -16,7 +16,8 @@ the command line builds them, from these variables:
     VERBOSE          0, 1 or 2
     NOTHING_TO_DO_EXIT   netproc's status when nothing was due (default 2; a
                      Kubernetes Job wants 0, or every quiet night is a failure)
-    READY_TIMEOUT    seconds netproc waits for the other roles (default 120)
+    READY_TIMEOUT    seconds netproc waits for the other roles, and certproc
+                     for fileproc (default 120)
 
 Paths inside the containers are fixed, and equal to the native defaults:
 the sockets under /run/letskencrypt/<edge>/, the account key in /etc/acme,
@@ -105,7 +106,8 @@ def role_config(role: str, environ: Mapping[str, str]) -> RoleConfig:
         raise InputError(f"unknown role {role[:40]!r}; one of {', '.join(ROLES)}")
     args = cli.build_parser().parse_args(command_line(role, environ))
     settings = cli.role_settings(args, trust_anchors=role in ANCHOR_ROLES)[role]
-    if role == "netproc":
+    if role in ("netproc", "certproc"):
+        # certproc waits for fileproc (see roles/certproc.py), netproc for the rest.
         settings["ready_timeout"] = seconds(environ, "READY_TIMEOUT", READY_TIMEOUT)
     return RoleConfig(
         role=role, run_dir=RUN_DIR, verbosity=args.verbose, settings=settings, supervised=False

@@ -7,6 +7,12 @@ run's; if any other role dies first, every role is stopped and the run
 fails naming it.  No role outlives the supervisor (each has a parent-death
 signal from birth, and the supervisor kills what is left on the way out);
 chngproc's is SIGTERM, so that it removes its files first.
+
+One run at a time per certificate: fileproc holds the certificate
+directory's lock for the whole run (see roles/fileproc.py).  The supervisor
+takes that lock for a moment first, waiting as fileproc would: a second run
+is then refused before any of its roles starts, and, not being sandboxed,
+the supervisor can name the holder's pid.
 """
 
 import contextlib
@@ -26,6 +32,7 @@ from typing import Any
 from letskencrypt import namespace
 from letskencrypt.constants import EXIT_CODES, EXIT_FAILED
 from letskencrypt.errors import InputError
+from letskencrypt.filestore import CertDir
 from letskencrypt.fsutil import make_directories
 from letskencrypt.process import PR_SET_PDEATHSIG, prctl
 from letskencrypt.relay import Relay
@@ -112,11 +119,14 @@ class Supervisor:
     )
 
     def run(self) -> int:
-        self.run_dir = self.make_run_dir()
         # revokeproc holds the certificate directory open from the start, so it
         # must exist before fileproc gets to create it.
         cert_dir = self.settings["fileproc"]["cert_dir"]
+        made = not os.path.lexists(cert_dir)
         make_directories(cert_dir, CERT_DIR_MODE)
+        with CertDir(cert_dir) as directory:
+            directory.lock()
+        self.run_dir = self.make_run_dir()
         previous = {
             signum: signal.signal(signum, self.on_signal)
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -131,6 +141,10 @@ class Supervisor:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             shutil.rmtree(self.run_dir, ignore_errors=True)
+            if made:
+                # Empty unless a certificate was installed: a failed run leaves no trace.
+                with contextlib.suppress(OSError):
+                    os.rmdir(cert_dir)
             self.relay.close()
 
     def make_run_dir(self) -> str:

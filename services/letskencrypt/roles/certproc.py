@@ -10,6 +10,10 @@ come from keyproc, the anchors and the run's operation (issue or revoke)
 from our own settings, and only a chain that passes every check reaches
 fileproc: in an issue run nothing is ever removed, in a revoke run nothing
 is installed.
+
+certproc serves only once fileproc does: fileproc holds the certificate
+directory's lock by then (one run at a time, see roles/fileproc.py), and
+netproc, which waits for certproc, reaches the CA only after that.
 """
 
 import grpc
@@ -104,6 +108,7 @@ def run(config: RoleConfig, log: Logger) -> int:
     process.confine(config)
     key_info = rpc.connect(config.run_dir, "keyinfo")
     files = rpc.connect(config.run_dir, "file")
+    rpc.wait_ready({"file": files}, config.settings.get("ready_timeout", rpc.READY_TIMEOUT))
     failed = rpc.serve_until_stopped(
         config.run_dir,
         {
