@@ -972,6 +972,32 @@ case("cert-oversized-chain")(_cert_refuses("too large", lambda p: good_chain(p) 
     b"\n" * (300 * 1024)))
 
 
+def _kept_unfit(match: str, make: Callable[[Pod], bytes]) -> Case:
+    """A chain submitted as one an earlier run kept: refused in the reply
+    (so netproc orders anew), and still nothing is installed."""
+
+    def attack(pod: Pod) -> None:
+        stub = certificate_pb2_grpc.CertificateStub(pod.raw_channel("cert"))
+        request = certificate_pb2.SubmitRequest(pem_chain=make(pod), kept=True)
+        before = snapshot(pod)
+        reply = stub.Submit(request, timeout=TIMEOUT)
+        assert reply.unfit and match.lower() in reply.unfit.lower(), reply
+        assert not reply.serial_hex
+        assert snapshot(pod) == before
+
+    return attack
+
+
+case("cert-kept-other-key")(_kept_unfit("not for our domain key", lambda p: to_pem(
+    leaf(OTHER_KEY.public_key(), NAMES), intermediate())))
+case("cert-kept-other-names")(_kept_unfit("differ from the requested", lambda p: to_pem(
+    leaf(_ours(p), OTHER_NAMES), intermediate())))
+case("cert-kept-self-signed")(_kept_unfit("does not chain to a trust anchor", lambda p: to_pem(
+    make_cert("leaf", "leaf", _ours(p), domain_key(p), ca=False, names=NAMES,
+              not_before=now() - timedelta(hours=1), not_after=now() + timedelta(days=90)))))
+case("cert-kept-not-pem")(_kept_unfit("", lambda p: b"<html>502 Bad Gateway</html>"))
+
+
 # -- the run's operation is each role's own: nothing is removed in an issue run,
 # nothing installed in a revocation, whoever asks ---
 
@@ -1087,6 +1113,51 @@ case("rvk-installed-self-signed")(_rvk_installed_forgery(lambda p: make_cert(
     "does not chain to a trust anchor"))
 case("rvk-installed-leaf-without-its-chain")(_rvk_installed_forgery(
     lambda p: leaf(_ours(p), NAMES), "does not chain to a trust anchor"))
+
+
+# A set newer than the live one, as an install that could not publish it leaves it.
+KEPT_SET = "kept-29991231T235959.999999Z-abcd"
+
+
+def _rvk_kept(make: Callable[[Pod], bytes], offered: bool, link: bool = False) -> Case:
+    """revokeproc offers a kept set only if certproc would accept it for our
+    names and it is not due; it reads it without following a planted link."""
+
+    def attack(pod: Pod) -> None:
+        stub = renewal_pb2_grpc.RenewalStub(pod.channel("rvk"))
+        kept = pod.cert_dir / ".sets" / KEPT_SET
+        kept.mkdir()
+        try:
+            pem_chain = make(pod)
+            (kept / "cert.pem").write_bytes(pem_chain)
+            (kept / "chain.pem").write_bytes(b"")
+            if link:
+                # To a good chain that revokeproc may read: only O_NOFOLLOW stops it.
+                (pod.cert_dir / "elsewhere.pem").write_bytes(pem_chain)
+                (kept / "fullchain.pem").symlink_to(pod.cert_dir / "elsewhere.pem")
+            else:
+                (kept / "fullchain.pem").write_bytes(pem_chain)
+            reply = stub.Check(renewal_pb2.CheckRequest(), timeout=TIMEOUT)
+            assert reply.kept_chain_pem == (pem_chain if offered else b""), reply
+            # The decision is still about the installed certificate.
+            assert reply.decision == renewal_pb2.DECISION_UP_TO_DATE, reply
+        finally:
+            shutil.rmtree(kept)
+            (pod.cert_dir / "elsewhere.pem").unlink(missing_ok=True)
+
+    return attack
+
+
+case("rvk-kept-good-chain-is-offered")(_rvk_kept(good_chain, offered=True))
+case("rvk-kept-self-signed-is-not-offered")(_rvk_kept(lambda p: to_pem(make_cert(
+    "leaf", "leaf", _ours(p), domain_key(p), ca=False, names=NAMES,
+    not_before=now() - timedelta(hours=1), not_after=now() + timedelta(days=90))), offered=False))
+case("rvk-kept-other-names-is-not-offered")(_rvk_kept(lambda p: to_pem(
+    leaf(_ours(p), OTHER_NAMES), intermediate()), offered=False))
+case("rvk-kept-due-is-not-offered")(_rvk_kept(lambda p: to_pem(
+    leaf(_ours(p), NAMES, not_before=now() - timedelta(days=80),
+         not_after=now() + timedelta(days=10)), intermediate()), offered=False))
+case("rvk-kept-linked-outside-is-not-followed")(_rvk_kept(good_chain, offered=False, link=True))
 
 
 @case("rvk-current-is-the-public-certificate")

@@ -252,10 +252,11 @@ def test_profiles_grant_each_role_its_own_paths_only(tmp_path: Path) -> None:
     assert challenge == sandbox.Fs.MAKE_REG | sandbox.Fs.WRITE_FILE | sandbox.Fs.REMOVE_FILE
     fileproc = rules_beyond_common("fileproc", tmp_path)
     assert not fileproc[str(tmp_path / "certs")] & sandbox.Fs.READ_FILE
-    # Read the certificates only (no key may live beneath the directory).
+    # Read the certificates only (no key may live beneath the directory),
+    # and list .sets for a set an earlier run kept.
     revokeproc = rules_beyond_common("revokeproc", tmp_path)
     assert revokeproc == {
-        str(tmp_path / "certs"): sandbox.Fs.READ_FILE,
+        str(tmp_path / "certs"): sandbox.Fs.READ_FILE | sandbox.Fs.READ_DIR,
         str(run / "rvk"): sandbox.Fs.MAKE_SOCK | sandbox.Fs.REMOVE_FILE,
     }
     for role in ROLES:

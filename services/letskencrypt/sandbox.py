@@ -338,9 +338,10 @@ def mirrors(config: RoleConfig) -> list[Mirror]:
 
 def revokeproc_rules(cert_dir: str) -> list[Rule]:
     """Read the certificates (cert.pem -> .live/cert.pem -> .sets/<id>/cert.pem;
-    symlinks are resolved without any Landlock right).  No key lives beneath
-    the certificate directory: cli.check_key_places refuses one."""
-    return [Rule(cert_dir, Fs.READ_FILE)]
+    symlinks are resolved without any Landlock right), and list `.sets` for a
+    set an earlier run kept.  No key lives beneath the certificate directory:
+    cli.check_key_places refuses one."""
+    return [Rule(cert_dir, Fs.READ_FILE | Fs.READ_DIR)]
 
 
 def fileproc_rules(cert_dir: str) -> list[Rule]:

@@ -14,6 +14,9 @@ is installed.
 certproc serves only once fileproc does: fileproc holds the certificate
 directory's lock by then (one run at a time, see roles/fileproc.py), and
 netproc, which waits for certproc, reaches the CA only after that.
+A chain netproc marks as kept (an earlier run's, that revokeproc found) is
+checked the same way; if it does not fit this run, the reply says why
+instead of failing the run, and netproc goes on as if there were none.
 """
 
 import grpc
@@ -26,7 +29,7 @@ from letskencrypt.certs import (
     parse_pem_chain,
     split_leaf_and_chain,
 )
-from letskencrypt.errors import InputError, NotThisRun
+from letskencrypt.errors import CertificateRejected, InputError, NotThisRun
 from letskencrypt.process import Logger, RoleConfig
 from letskencrypt.v1 import (
     certificate_pb2,
@@ -61,9 +64,19 @@ class CertificateService(rpc.Servicer, certificate_pb2_grpc.CertificateServicer)
     ) -> certificate_pb2.SubmitReply:
         if self.operation != "issue":
             raise NotThisRun(f"this is a {self.operation} run: no certificate is installed")
-        chain = parse_pem_chain(request.pem_chain)
-        expected = rpc.call(self.key_info.Describe, keyinfo_pb2.KeyInfoRequest(), peer="keyproc")
-        anchor = check_chain(chain, expected.public_key_der, list(expected.names), self.anchors)
+        try:
+            chain = parse_pem_chain(request.pem_chain)
+            expected = rpc.call(
+                self.key_info.Describe, keyinfo_pb2.KeyInfoRequest(), peer="keyproc"
+            )
+            anchor = check_chain(
+                chain, expected.public_key_der, list(expected.names), self.anchors
+            )
+        except CertificateRejected as error:
+            if not request.kept:
+                raise
+            self.log.info(f"the kept certificate does not fit this run: {error}")
+            return certificate_pb2.SubmitReply(unfit=str(error))
         leaf_pem, chain_pem = split_leaf_and_chain(request.pem_chain)
         rpc.call(
             self.files.Install,
