@@ -48,7 +48,7 @@ from tests.pebble import REQUEST_LINE_RE, Pebble
 SUPERVISOR = "supervisor"
 TARGETS = (*ROLES, SUPERVISOR)
 CERT_FILES = ("cert.pem", "chain.pem", "fullchain.pem")
-SET_ID_RE = re.compile(r"(?:legacy-)?\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{4}")
+SET_ID_RE = re.compile(r"(?:legacy-|kept-)?\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{4}")
 
 RUN_TIMEOUT = 120.0
 STEP_TIMEOUT = 90.0

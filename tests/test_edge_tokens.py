@@ -9,9 +9,10 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -28,6 +29,8 @@ from letskencrypt.v1 import (
     certificate_pb2_grpc,
     domainkey_pb2,
     domainkey_pb2_grpc,
+    files_pb2,
+    files_pb2_grpc,
     keyinfo_pb2,
     keyinfo_pb2_grpc,
 )
@@ -137,9 +140,27 @@ class FakeKeyInfo(keyinfo_pb2_grpc.KeyInfoServicer):
         return keyinfo_pb2.KeyInfoReply(public_key_der=b"attacker's key", names=["evil.example"])
 
 
-def fake_server(path: str, servicer: keyinfo_pb2_grpc.KeyInfoServicer) -> grpc.Server:
+class CountingFiles(files_pb2_grpc.FilesServicer):
+    """On fileproc's socket (certproc serves only once fileproc does): counts
+    what reaches it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def Install(
+        self, request: files_pb2.InstallRequest, context: grpc.ServicerContext
+    ) -> files_pb2.InstallReply:
+        self.calls += 1
+        return files_pb2.InstallReply()
+
+
+def fake_server(
+    path: str,
+    servicer: Any,
+    register: Callable[[Any, grpc.Server], None] = keyinfo_pb2_grpc.add_KeyInfoServicer_to_server,
+) -> grpc.Server:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    keyinfo_pb2_grpc.add_KeyInfoServicer_to_server(servicer, server)
+    register(servicer, server)
     server.add_insecure_port(f"unix:{path}")
     server.start()
     return server
@@ -204,6 +225,10 @@ def test_certproc_refuses_an_impostor_keyproc(tmp_path: Path) -> None:
     server = {edge: secrets.token_urlsafe(32) for edge in ("cert", "keyinfo", "file")}
     impostor = FakeKeyInfo(client["keyinfo"], "wrong")
     fake = fake_server(rpc.socket_path(str(base), "keyinfo"), impostor)
+    files = CountingFiles()
+    fileproc = fake_server(
+        rpc.socket_path(str(base), "file"), files, files_pb2_grpc.add_FilesServicer_to_server
+    )
     pki = make_pki()
     settings = CertprocSettings(operation="issue", trust_anchors=pem(pki.root).decode())
     document = launch.role_document(
@@ -220,12 +245,13 @@ def test_certproc_refuses_an_impostor_keyproc(tmp_path: Path) -> None:
                          peer="certproc")  # fmt: skip
         assert "keyproc on edge keyinfo failed to authenticate" in str(refused.value)
         assert impostor.calls == 1
-        assert not os.path.exists(rpc.socket_path(str(base), "file"))
+        assert files.calls == 0
     finally:
         rpc.use_edge_tokens({})
         process.terminate()
         process.wait(timeout=10)
         fake.stop(None)
+        fileproc.stop(None)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -1,16 +1,21 @@
 import os
 import signal
 import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from letskencrypt import filestore
+from letskencrypt import filestore, process
 from letskencrypt.errors import FileStoreError, InputError
 from letskencrypt.filestore import CERT_FILES, CertDir
 
 from tests.certfactory import make_pki, pem
 
 SET_ID = filestore._SET_ID_RE
+HELD_BY_US = rf"another run holds its lock \(pid {os.getpid()}, "
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +169,7 @@ def test_missing_directory(tmp_path):
 
 def test_concurrent_writer_is_refused(tmp_path, sets):
     with CertDir(str(tmp_path)) as first, CertDir(str(tmp_path)) as second:
-        with first._locked(), pytest.raises(FileStoreError, match="busy"):
+        with first._locked(), pytest.raises(FileStoreError, match=HELD_BY_US):
             second.install(*sets[0])
         second.install(*sets[0])
     assert read_trio(tmp_path) == trio(sets[0])
@@ -179,6 +184,294 @@ def test_directory_is_used_through_its_descriptor(tmp_path, sets):
     directory.install(*sets[0])
     directory.close()
     assert read_trio(tmp_path / "moved") == trio(sets[0])
+
+
+# --- one run at a time ----------------------------------------------------------
+
+# A process that holds the lock as another run's fileproc would, until killed.
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[Callable[[float], subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+
+    def start(seconds: float) -> subprocess.Popen[str]:
+        child = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(tmp_path), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None and child.stdout.readline() == "locked\n"
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        child.kill()
+        child.wait()
+
+
+def test_lock_waits_then_refuses_naming_the_holder(tmp_path, holder):
+    child = holder(60)
+    with CertDir(str(tmp_path)) as directory:
+        started = time.monotonic()
+        with pytest.raises(FileStoreError) as refused:
+            directory.lock(wait=0.5)
+        assert time.monotonic() - started >= 0.5
+        assert not directory.locked
+    name = Path(f"/proc/{child.pid}/comm").read_text().strip()
+    assert str(refused.value) == (
+        f"certificate directory {tmp_path}: another run holds its lock "
+        f"(pid {child.pid}, {name}); gave up after 0.5 s"
+    )
+
+
+def test_lock_is_taken_once_the_holder_is_done(tmp_path, holder):
+    holder(0.3)
+    with CertDir(str(tmp_path)) as directory:
+        directory.lock(wait=10)
+        assert directory.locked
+        assert filestore.lock_holder(directory.fd) == f"pid {os.getpid()}, " + Path(
+            "/proc/self/comm"
+        ).read_text().strip()
+
+
+def test_the_run_lock_is_held_until_close(tmp_path, sets):
+    run = CertDir(str(tmp_path))
+    run.lock(wait=0)
+    run.tidy(backup=False)
+    run.install(*sets[0])
+    # Its own changes leave the run's lock in place: another writer still waits.
+    with CertDir(str(tmp_path)) as other:
+        with pytest.raises(FileStoreError, match=HELD_BY_US):
+            other.install(*sets[1])
+        with pytest.raises(FileStoreError, match=HELD_BY_US + r".*gave up after 0\.2 s"):
+            other.lock(wait=0.2)
+    run.close()
+    install(tmp_path, sets[1])
+    assert read_trio(tmp_path) == trio(sets[1])
+
+
+def test_lock_holder_of_an_unlocked_directory(tmp_path):
+    with CertDir(str(tmp_path)) as directory:
+        assert filestore.lock_holder(directory.fd) is None
+
+
+# --- .sets only while it is needed, and kept sets ------------------------------------
+
+
+def listing(path: Path) -> dict[str, tuple[int, bytes | str | None]]:
+    """Every entry below `path`, not following links: mode, and content or target."""
+    found: dict[str, tuple[int, bytes | str | None]] = {}
+    for entry in sorted(path.rglob("*")):
+        info = entry.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            content: bytes | str | None = os.readlink(entry)
+        elif stat.S_ISREG(info.st_mode):
+            content = entry.read_bytes()
+        else:
+            content = None
+        found[str(entry.relative_to(path))] = (info.st_mode, content)
+    return found
+
+
+def prepared(certdir: Path, backup: bool = False) -> CertDir:
+    """What fileproc does when an issue run starts."""
+    directory = CertDir(str(certdir))
+    directory.lock(wait=0)
+    directory.tidy(backup)
+    directory.prepare_install()
+    return directory
+
+
+@pytest.mark.parametrize("before", ["empty", "installed"])
+def test_a_run_that_installs_nothing_leaves_no_trace(tmp_path, sets, before):
+    if before == "installed":
+        install(tmp_path, sets[0])
+    was = listing(tmp_path)
+    directory = prepared(tmp_path)
+    assert (tmp_path / ".sets").is_dir()
+    directory.close()
+    assert listing(tmp_path) == was
+
+
+def test_an_empty_sets_directory_that_was_there_stays(tmp_path):
+    (tmp_path / ".sets").mkdir()
+    prepared(tmp_path).close()
+    assert os.listdir(tmp_path) == [".sets"]
+
+
+def test_sets_made_at_start_stays_with_what_was_installed(tmp_path, sets):
+    directory = prepared(tmp_path)
+    directory.install(*sets[0])
+    directory.close()
+    assert read_trio(tmp_path) == trio(sets[0])
+    assert_clean_layout(tmp_path)
+
+
+def pending(certdir: Path) -> tuple[str, bytes] | None:
+    fd = os.open(certdir, os.O_PATH | os.O_DIRECTORY)
+    try:
+        return filestore.read_pending(fd, str(certdir))
+    finally:
+        os.close(fd)
+
+
+def without_capabilities(action: Callable[[], object]) -> str:
+    """Run `action` in a child without capabilities (as fileproc runs, even as
+    root, so that a read-only directory is read-only to it); its error or "ok"."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_end)
+        try:
+            process.drop_capabilities()
+            action()
+            message = "ok"
+        except BaseException as error:
+            message = str(error)
+        os.write(write_end, message.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        message = reader.read().decode()
+    os.waitpid(pid, 0)
+    return message
+
+
+@pytest.mark.parametrize("before", ["empty", "installed"])
+def test_a_read_only_directory_keeps_the_new_set(tmp_path, sets, before):
+    certdir = tmp_path / "certs"
+    certdir.mkdir()
+    if before == "installed":
+        install(certdir, sets[0])
+    directory = prepared(certdir)
+    certdir.chmod(0o555)
+    try:
+        error = without_capabilities(lambda: directory.install(*sets[1]))
+    finally:
+        certdir.chmod(0o755)
+        directory.close()
+    found = pending(certdir)
+    assert found is not None
+    set_id, fullchain = found
+    # The first entry it would make: a stable name, or .live if those exist.
+    first = "cert.pem" if before == "empty" else ".live"
+    assert error == (
+        f"certificate directory {certdir}: Permission denied: {first}; "
+        f"kept the new certificate in .sets/{set_id}: the next run installs it"
+    )
+    assert fullchain == trio(sets[1])[2]
+    # What readers see has not changed.
+    old = (None, None, None) if before == "empty" else trio(sets[0])
+    assert read_trio(certdir) == old
+    # The next run's tidy keeps it; installing it (again) supersedes it.
+    directory = prepared(certdir)
+    assert pending(certdir) == found
+    directory.install(*sets[1])
+    directory.close()
+    assert read_trio(certdir) == trio(sets[1])
+    assert set_dirs(certdir) == [os.readlink(certdir / ".live").removeprefix(".sets/")]
+    assert pending(certdir) is None
+
+
+def kept_set(certdir: Path, pair) -> str:
+    """Install `pair` with a directory planted at chain.pem: the set is kept."""
+    chain = certdir / "chain.pem"
+    link = os.readlink(chain) if chain.is_symlink() else None
+    if link is not None:
+        chain.unlink()
+    chain.mkdir()
+    try:
+        with pytest.raises(FileStoreError, match=r"kept the new certificate in \.sets/") as info:
+            install(certdir, pair)
+    finally:
+        chain.rmdir()
+        if link is not None:
+            chain.symlink_to(link)
+    return str(info.value).rsplit(".sets/", 1)[1].split(":")[0]
+
+
+@pytest.mark.parametrize("backup", [False, True])
+def test_tidy_keeps_the_newest_pending_set(tmp_path, sets, backup):
+    live = install(tmp_path, sets[0])
+    older = kept_set(tmp_path, sets[1])
+    newer = kept_set(tmp_path, sets[2])
+    assert pending(tmp_path) == (newer, trio(sets[2])[2])
+    tidy(tmp_path, backup=backup)
+    assert pending(tmp_path) == (newer, trio(sets[2])[2])
+    expected = {live, older, newer} if backup else {live, newer}
+    assert set(set_dirs(tmp_path)) == expected
+    assert read_trio(tmp_path) == trio(sets[0])
+
+
+def test_tidy_without_a_live_set_keeps_the_newest_pending_set(tmp_path, sets):
+    older = kept_set(tmp_path, sets[1])
+    newer = kept_set(tmp_path, sets[2])
+    assert {older, newer} == set(set_dirs(tmp_path))
+    tidy(tmp_path, backup=False)
+    assert set_dirs(tmp_path) == [newer]
+    assert pending(tmp_path) == (newer, trio(sets[2])[2])
+
+
+def test_what_is_not_pending(tmp_path, sets):
+    assert pending(tmp_path) is None  # no .sets
+    first = install(tmp_path, sets[0], backup=True)
+    install(tmp_path, sets[1], backup=True)
+    # A backup is older than the live set; a legacy set is no install's.
+    assert first in set_dirs(tmp_path)
+    (tmp_path / ".sets" / "legacy-29991231T235959.999999Z-abcd").mkdir()
+    assert pending(tmp_path) is None
+    # A complete set that never went live, as a crash before the switch leaves it.
+    crashed = tmp_path / ".sets" / "29991231T235959.999999Z-beef"
+    crashed.mkdir()
+    for name, data in zip(CERT_FILES, trio(sets[2]), strict=True):
+        (crashed / name).write_bytes(data)
+    assert pending(tmp_path) is None
+    # Nor an incomplete kept set, which tidy removes.
+    half = tmp_path / ".sets" / "kept-29991231T235959.999999Z-cafe"
+    half.mkdir()
+    (half / "cert.pem").write_bytes(sets[2][0])
+    assert pending(tmp_path) is None
+    # With .live gone (by hand), the sets left are still not pending.
+    (tmp_path / ".live").unlink()
+    assert pending(tmp_path) is None
+
+
+@pytest.mark.parametrize("backup", [False, True])
+def test_a_removal_supersedes_kept_sets(tmp_path, sets, backup):
+    first = install(tmp_path, sets[0], backup=True)
+    install(tmp_path, sets[1], backup=True)
+    kept = kept_set(tmp_path, sets[2])
+    remove_set(tmp_path, backup=backup)
+    assert pending(tmp_path) is None
+    assert kept not in set_dirs(tmp_path)
+    assert set_dirs(tmp_path) == ([first] if backup else [])
+
+
+def test_a_pending_set_is_superseded_by_the_next_install(tmp_path, sets):
+    install(tmp_path, sets[0])
+    kept = kept_set(tmp_path, sets[1])
+    latest = install(tmp_path, sets[2])
+    assert set_dirs(tmp_path) == [latest]
+    assert kept != latest and pending(tmp_path) is None
+
+
+def test_read_pending_refuses_an_oversized_fullchain(tmp_path, sets):
+    kept = kept_set(tmp_path, sets[1])
+    fullchain = tmp_path / ".sets" / kept / "fullchain.pem"
+    fullchain.chmod(0o644)
+    fullchain.write_bytes(b"x" * (filestore.MAX_CHAIN_BYTES + 1))
+    with pytest.raises(FileStoreError, match=rf"kept certificate set {tmp_path}/.sets/{kept}: "
+                       r"fullchain\.pem is larger than 262144 bytes"):
+        pending(tmp_path)
 
 
 # --- legacy migration --------------------------------------------------------
@@ -357,7 +650,8 @@ def test_directory_at_stable_name_is_refused(tmp_path, sets):
     (tmp_path / "chain.pem").mkdir()
     with pytest.raises(FileStoreError, match=r"chain\.pem is neither a file nor a symlink"):
         install(tmp_path, sets[0])
-    assert sorted(os.listdir(tmp_path)) == ["chain.pem"]
+    # Refused, but the new set is kept for the next run (see the kept-set tests).
+    assert sorted(os.listdir(tmp_path)) == [".sets", "chain.pem"]
 
 
 def test_live_directory_is_refused(tmp_path, sets):

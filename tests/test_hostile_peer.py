@@ -116,7 +116,11 @@ class Pod:
 
     base: Path
     run_dirs: dict[str, str] = field(default_factory=dict)
+    # run ("run" or "revoke") -> every role's settings for it.
+    settings: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Roles stopped before the end (a replaced fileproc): (name, status).
+    ended: list[tuple[str, int]] = field(default_factory=list)
     stderr: dict[str, Path] = field(default_factory=dict)
     channels: dict[str, grpc.Channel] = field(default_factory=dict)
 
@@ -190,6 +194,26 @@ class Pod:
         call = self.raw_channel(edge, run).unary_unary(method)
         return call(body, timeout=TIMEOUT, wait_for_ready=True)
 
+    @contextlib.contextmanager
+    def revoking_fileproc(self) -> Iterator[None]:
+        """The revocation's fileproc in place of the issue run's for a while:
+        one fileproc at a time holds the certificate directory's lock."""
+        self.replace_fileproc("run", "revoke")
+        try:
+            yield
+        finally:
+            self.replace_fileproc("revoke", "run")
+
+    def replace_fileproc(self, stopped: str, started: str) -> None:
+        name = {"run": "fileproc", "revoke": "fileproc@revoke"}
+        rpc.stop_peer(self.channel("file", stopped), "fileproc", failed=False)
+        process = self.processes.pop(name[stopped])
+        self.ended.append((name[stopped], process.wait(timeout=15)))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(rpc.socket_path(self.run_dirs[stopped], "file"))
+        self.start("fileproc", self.settings[started]["fileproc"], started, name=name[started])
+        self.wait_for_sockets(started, ["file"])
+
     def dead(self) -> dict[str, int]:
         return {
             name: code
@@ -203,11 +227,11 @@ class Pod:
     def stop(self) -> dict[str, int]:
         """As netproc ends a run: Stop on each of its edges (certproc stops fileproc)."""
         for run, edges in (("run", ("acct", "key", "dns", "chng", "rvk", "cert")),
-                           ("revoke", ("acct", "file"))):
+                           ("revoke", ("acct",))):
             for edge in edges:
                 with contextlib.suppress(KeyError):
                     rpc.stop_peer(self.channel(edge, run), rpc.EDGES[edge].server, failed=False)
-        codes: dict[str, int] = {}
+        codes = {f"{name} (replaced {n})": code for n, (name, code) in enumerate(self.ended)}
         for name, process in self.processes.items():
             try:
                 codes[name] = process.wait(timeout=15)
@@ -258,6 +282,7 @@ def pod() -> Iterator[Pod]:
     pod = Pod(base)
     settings = role_settings(base)
     revoking = role_settings(base, "-r")
+    pod.settings = {"run": settings, "revoke": revoking}
     codes: dict[str, int] = {}
     try:
         for run in ("run", "revoke"):
@@ -267,10 +292,10 @@ def pod() -> Iterator[Pod]:
                      "certproc"):  # fmt: skip
             pod.start(role, settings[role], "run")
         pod.wait_for_sockets("run", list(PROBES))
-        # The roles of a revocation, as far as the cases need them.
+        # The roles of a revocation, as far as the cases need them (its
+        # fileproc only while a case needs it: see Pod.revoking_fileproc).
         pod.start("acctproc", revoking["acctproc"], "revoke", name="acctproc@revoke")
-        pod.start("fileproc", revoking["fileproc"], "revoke", name="fileproc@revoke")
-        pod.wait_for_sockets("revoke", ["acct", "file"])
+        pod.wait_for_sockets("revoke", ["acct"])
         install_good_chain(pod)
         yield pod
     finally:
@@ -787,8 +812,9 @@ def _file_planted(make: Callable[[Pod], None], *, succeeds: bool, remove: bool =
         before = snapshot(pod)
         try:
             if remove:  # only a revocation removes anything
-                stub = files_pb2_grpc.FilesStub(pod.channel("file", "revoke"))
-                stub.Remove(files_pb2.RemoveRequest(), timeout=TIMEOUT)
+                with pod.revoking_fileproc():
+                    stub = files_pb2_grpc.FilesStub(pod.channel("file", "revoke"))
+                    stub.Remove(files_pb2.RemoveRequest(), timeout=TIMEOUT)
             elif succeeds:
                 install(pod, _leaf_pem(pod), to_pem(intermediate()))
             else:
@@ -935,6 +961,32 @@ case("cert-oversized-chain")(_cert_refuses("too large", lambda p: good_chain(p) 
     b"\n" * (300 * 1024)))
 
 
+def _kept_unfit(match: str, make: Callable[[Pod], bytes]) -> Case:
+    """A chain submitted as one an earlier run kept: refused in the reply
+    (so netproc orders anew), and still nothing is installed."""
+
+    def attack(pod: Pod) -> None:
+        stub = certificate_pb2_grpc.CertificateStub(pod.raw_channel("cert"))
+        request = certificate_pb2.SubmitRequest(pem_chain=make(pod), kept=True)
+        before = snapshot(pod)
+        reply = stub.Submit(request, timeout=TIMEOUT)
+        assert reply.unfit and match.lower() in reply.unfit.lower(), reply
+        assert not reply.serial_hex
+        assert snapshot(pod) == before
+
+    return attack
+
+
+case("cert-kept-other-key")(_kept_unfit("not for our domain key", lambda p: to_pem(
+    leaf(OTHER_KEY.public_key(), NAMES), intermediate())))
+case("cert-kept-other-names")(_kept_unfit("differ from the requested", lambda p: to_pem(
+    leaf(_ours(p), OTHER_NAMES), intermediate())))
+case("cert-kept-self-signed")(_kept_unfit("does not chain to a trust anchor", lambda p: to_pem(
+    make_cert("leaf", "leaf", _ours(p), domain_key(p), ca=False, names=NAMES,
+              not_before=now() - timedelta(hours=1), not_after=now() + timedelta(days=90)))))
+case("cert-kept-not-pem")(_kept_unfit("", lambda p: b"<html>502 Bad Gateway</html>"))
+
+
 # -- the run's operation is each role's own: nothing is removed in an issue run,
 # nothing installed in a revocation, whoever asks ---
 
@@ -962,8 +1014,9 @@ def _file_install_in_revoke_run(pod: Pod) -> None:
     stub = files_pb2_grpc.FilesStub(pod.raw_channel("file", "revoke"))
     request = files_pb2.InstallRequest(certificate_pem=_leaf_pem(pod),
                                        chain_pem=to_pem(intermediate()))
-    refused(pod, lambda: stub.Install(request, timeout=TIMEOUT),
-            "this is a revoke run: no certificate is installed")
+    with pod.revoking_fileproc():
+        refused(pod, lambda: stub.Install(request, timeout=TIMEOUT),
+                "this is a revoke run: no certificate is installed")
 
 
 # -- dnsproc: names that are not host names ---
@@ -1049,6 +1102,51 @@ case("rvk-installed-self-signed")(_rvk_installed_forgery(lambda p: make_cert(
     "does not chain to a trust anchor"))
 case("rvk-installed-leaf-without-its-chain")(_rvk_installed_forgery(
     lambda p: leaf(_ours(p), NAMES), "does not chain to a trust anchor"))
+
+
+# A set newer than the live one, as an install that could not publish it leaves it.
+KEPT_SET = "kept-29991231T235959.999999Z-abcd"
+
+
+def _rvk_kept(make: Callable[[Pod], bytes], offered: bool, link: bool = False) -> Case:
+    """revokeproc offers a kept set only if certproc would accept it for our
+    names and it is not due; it reads it without following a planted link."""
+
+    def attack(pod: Pod) -> None:
+        stub = renewal_pb2_grpc.RenewalStub(pod.channel("rvk"))
+        kept = pod.cert_dir / ".sets" / KEPT_SET
+        kept.mkdir()
+        try:
+            pem_chain = make(pod)
+            (kept / "cert.pem").write_bytes(pem_chain)
+            (kept / "chain.pem").write_bytes(b"")
+            if link:
+                # To a good chain that revokeproc may read: only O_NOFOLLOW stops it.
+                (pod.cert_dir / "elsewhere.pem").write_bytes(pem_chain)
+                (kept / "fullchain.pem").symlink_to(pod.cert_dir / "elsewhere.pem")
+            else:
+                (kept / "fullchain.pem").write_bytes(pem_chain)
+            reply = stub.Check(renewal_pb2.CheckRequest(), timeout=TIMEOUT)
+            assert reply.kept_chain_pem == (pem_chain if offered else b""), reply
+            # The decision is still about the installed certificate.
+            assert reply.decision == renewal_pb2.DECISION_UP_TO_DATE, reply
+        finally:
+            shutil.rmtree(kept)
+            (pod.cert_dir / "elsewhere.pem").unlink(missing_ok=True)
+
+    return attack
+
+
+case("rvk-kept-good-chain-is-offered")(_rvk_kept(good_chain, offered=True))
+case("rvk-kept-self-signed-is-not-offered")(_rvk_kept(lambda p: to_pem(make_cert(
+    "leaf", "leaf", _ours(p), domain_key(p), ca=False, names=NAMES,
+    not_before=now() - timedelta(hours=1), not_after=now() + timedelta(days=90))), offered=False))
+case("rvk-kept-other-names-is-not-offered")(_rvk_kept(lambda p: to_pem(
+    leaf(_ours(p), OTHER_NAMES), intermediate()), offered=False))
+case("rvk-kept-due-is-not-offered")(_rvk_kept(lambda p: to_pem(
+    leaf(_ours(p), NAMES, not_before=now() - timedelta(days=80),
+         not_after=now() + timedelta(days=10)), intermediate()), offered=False))
+case("rvk-kept-linked-outside-is-not-followed")(_rvk_kept(good_chain, offered=False, link=True))
 
 
 @case("rvk-current-is-the-public-certificate")

@@ -258,10 +258,11 @@ def test_profiles_grant_each_role_its_own_paths_only(tmp_path: Path) -> None:
     assert challenge == sandbox.Fs.MAKE_REG | sandbox.Fs.WRITE_FILE | sandbox.Fs.REMOVE_FILE
     fileproc = rules_beyond_common("fileproc", tmp_path)
     assert not fileproc[str(tmp_path / "certs")] & sandbox.Fs.READ_FILE
-    # Read the certificates only (no key may live beneath the directory).
+    # Read the certificates only (no key may live beneath the directory),
+    # and list .sets for a set an earlier run kept.
     revokeproc = rules_beyond_common("revokeproc", tmp_path)
     assert revokeproc == {
-        str(tmp_path / "certs"): sandbox.Fs.READ_FILE,
+        str(tmp_path / "certs"): sandbox.Fs.READ_FILE | sandbox.Fs.READ_DIR,
         str(run / "rvk"): sandbox.Fs.MAKE_SOCK | sandbox.Fs.REMOVE_FILE,
     }
     for role in ROLES:
@@ -520,17 +521,32 @@ def call_the_service(process: RoleProcess) -> None:
 @contextlib.contextmanager
 def serving_role(role: str, top: Path) -> Iterator[RoleProcess]:
     """A real role, serving, one real call made through its socket; on the
-    way out it is stopped and must exit 0 without a word."""
+    way out it is stopped and must exit 0 without a word.  certproc serves
+    only once fileproc does: it gets one, which it stops when it is stopped."""
     process = start_role(role, top)
+    fileproc = None
+    if role == "certproc":
+        if RUN_USER is not None:
+            # Their edge's directory as the supervisor makes it: fileproc keeps root.
+            edge = process.base / "run" / "file"
+            os.chown(edge, 0, RUN_USER.gid)
+            edge.chmod(0o2770)
+        settings = sandbox_check.role_settings(process.base)["fileproc"]
+        fileproc = RoleProcess("fileproc", process.base, settings)
     try:
         wait_for_socket(process)
         call_the_service(process)
         yield process
         code, stderr = process.stop()
+        if fileproc is not None:
+            assert fileproc.process.stderr is not None
+            assert fileproc.process.wait(timeout=15) == 0
+            assert fileproc.process.stderr.read() == b""
     finally:
-        if process.process.poll() is None:
-            process.process.kill()
-            process.process.wait()
+        for started in (process, fileproc):
+            if started is not None and started.process.poll() is None:
+                started.process.kill()
+                started.process.wait()
     assert code == 0, stderr
     assert stderr == ""
 

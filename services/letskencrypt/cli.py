@@ -23,7 +23,7 @@ from letskencrypt.constants import (
     SUBSCRIBER_REVOCATION_REASONS,
     default_audit_log,
 )
-from letskencrypt.errors import InputError
+from letskencrypt.errors import FileStoreError, InputError
 from letskencrypt.fsutil import (
     KEY_DIR_MODE,
     KEY_FILE_MODE,
@@ -433,11 +433,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         status = supervisor.run()
-    except InputError as error:
+    except (InputError, FileStoreError) as error:
         sys.stderr.write(f"letskencrypt: {error}\n")
         sys.exit(EXIT_FAILED)
     except OSError as error:
         sys.stderr.write(f"letskencrypt: {error.filename or ''}: {error.strerror}\n")
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        # Ctrl-C while waiting for another run's lock, before any role started.
+        sys.stderr.write("letskencrypt: interrupted\n")
         sys.exit(EXIT_FAILED)
     sys.exit(status)
 

@@ -16,7 +16,8 @@ the command line builds them, from these variables:
     VERBOSE          0, 1 or 2
     NOTHING_TO_DO_EXIT   netproc's status when nothing was due (default 2; a
                      Kubernetes Job wants 0, or every quiet night is a failure)
-    READY_TIMEOUT    seconds netproc waits for the other roles (default 120)
+    READY_TIMEOUT    seconds netproc waits for the other roles, and certproc
+                     for fileproc (default 120)
 
 Paths inside the containers are fixed, and equal to the native defaults:
 the sockets under /run/letskencrypt/<edge>/, the account key in /etc/acme,

@@ -25,6 +25,34 @@ backed up the same way, but its replacement is not atomic with the rest.
 Every operation goes through a descriptor of the certificate directory,
 with O_NOFOLLOW and fixed names, so a symlink planted in the directory
 cannot redirect a write or a removal outside it.
+
+One run at a time: `CertDir.lock` takes flock(LOCK_EX) on the certificate
+directory itself, waiting at most LOCK_WAIT seconds for another holder and
+then refusing, naming the holder's pid where /proc/locks shows it (not
+across pid namespaces, i.e. not from one container to another).  fileproc
+takes it when it starts, before it serves, and holds it until it exits, so
+nothing of a second run reaches the CA before the first is over (see
+roles/fileproc.py); the native supervisor tries it first, to refuse before
+any role starts.  The kernel drops the lock with its holder, so a crash
+leaves none behind.  Without the run's lock (the path-based `install`, the
+tests) each change takes the lock for itself, and refuses at once.
+
+A kept set: when a new set is complete under `.sets/<id>` but cannot be
+published (a read-only certificate directory, a directory planted at a
+stable name), it is renamed `.sets/kept-<id>` and the error says so.  The
+newest kept set newer than the live one (or any, with no live set) is
+*pending*: `tidy` keeps it, revokeproc offers it to the next run
+(`read_pending`), and the next run installs it, verified again, without a
+new order.  Once another set is live, a kept set is retired like any old
+set; a removal (revocation) removes kept sets whatever the backup policy.
+The mark is explicit so that nothing else comes back: not a backup left
+after a revocation or after `.live` was removed by hand, not a set a crash
+interrupted before its switch (tidied as before).
+fileproc creates `.sets` when an issue run starts (`prepare_install`), so
+that a later chmod of the certificate directory (which does not reach into
+`.sets`) cannot stop it from keeping a set, and removes it again when it
+closes the directory if the run put nothing there: a run that fails leaves
+the directory as it found it.
 """
 
 import contextlib
@@ -34,13 +62,16 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 
 from letskencrypt import fsutil
 from letskencrypt.errors import CertificateRejected, FileStoreError, InputError
 from letskencrypt.fsutil import FileTooLarge, NotRegularFile, make_directories
-from letskencrypt.pem import BEGIN, certificate_ders
+from letskencrypt.pem import BEGIN, MAX_CHAIN_BYTES, certificate_ders
+from letskencrypt.validate import safe_text
 
 CERT = "cert.pem"
 CHAIN = "chain.pem"
@@ -51,6 +82,7 @@ SETS = ".sets"
 GENERATION = ".generation"
 LIVE = ".live"
 LEGACY_PREFIX = "legacy-"
+KEPT_PREFIX = "kept-"
 TEMP_PREFIX = ".tmp-"
 MAX_BACKUPS = 5
 FILE_MODE = 0o444
@@ -59,8 +91,14 @@ MAX_FILE_BYTES = 1024 * 1024
 # Each of cert.pem and chain.pem as fileproc is given them.
 MAX_CERT_BYTES = 128 * 1024
 PEM_BEGIN = BEGIN.encode("ascii")
+# How long a run waits for another to release the certificate directory.
+LOCK_WAIT = 5.0
+LOCK_POLL = 0.1
+# Where the kernel lists the locks it holds, and the most of it we read.
+PROC_LOCKS = "/proc/locks"
+MAX_PROC_LOCKS = 1024 * 1024
 
-_SET_ID_RE = re.compile(r"(?:legacy-)?\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{4}")
+_SET_ID_RE = re.compile(r"(?:legacy-|kept-)?\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{4}")
 _TEMP_LINK_RE = re.compile(r"\.(?:live|cert\.pem|chain\.pem|fullchain\.pem)\.tmp-[0-9a-f]{8}")
 _TEMP_GENERATION_RE = re.compile(r"\.tmp-\.generation-[0-9a-f]{8}")
 
@@ -118,7 +156,11 @@ def _write_file(dir_fd: int, name: str, data: bytes) -> None:
 def _replace_symlink(dir_fd: int, name: str, target: str) -> None:
     """Atomically make `name` a symlink to `target` (whatever was there before)."""
     temp = f".{name.lstrip('.')}.tmp-{secrets.token_hex(4)}"
-    os.symlink(target, temp, dir_fd=dir_fd)
+    try:
+        os.symlink(target, temp, dir_fd=dir_fd)
+    except OSError as exc:
+        # Named by what it was to become: OSError names the symlink's target.
+        raise OSError(exc.errno, exc.strerror, name) from None
     try:
         os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
@@ -151,8 +193,93 @@ def _new_set_id(prefix: str = "") -> str:
 
 
 def _age_key(set_id: str) -> str:
-    """Sort key: the timestamp, legacy sets among the others."""
-    return set_id.removeprefix(LEGACY_PREFIX)
+    """Sort key: the timestamp, legacy and kept sets among the others."""
+    return set_id.removeprefix(LEGACY_PREFIX).removeprefix(KEPT_PREFIX)
+
+
+def _reason(exc: OSError | _EntryError) -> str:
+    """The text of a low-level failure, naming the entry it concerns."""
+    if isinstance(exc, _EntryError):
+        return str(exc)
+    name = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror}{name}"
+
+
+def _live_set(dir_fd: int) -> str | None:
+    """The id of the set `.live` points to, or None if none (or foreign)."""
+    target = _readlink(LIVE, dir_fd)
+    if target is None or not target.startswith(SETS + "/"):
+        return None
+    set_id = target[len(SETS) + 1 :]
+    return set_id if _SET_ID_RE.fullmatch(set_id) else None
+
+
+def _pending(sets_fd: int, live_id: str | None) -> list[str]:
+    """Complete kept sets newer than the live one (all, if none is live),
+    newest first: sets an install wrote but could not publish."""
+    found = [
+        name
+        for name in os.listdir(sets_fd)
+        if _SET_ID_RE.fullmatch(name)
+        and name.startswith(KEPT_PREFIX)
+        and (live_id is None or _age_key(name) > _age_key(live_id))
+        and _is_complete(sets_fd, name)
+    ]
+    return sorted(found, key=_age_key, reverse=True)
+
+
+def lock_holder(dir_fd: int) -> str | None:
+    """Who holds the flock on the directory `dir_fd` ("pid N, NAME"), from
+    /proc/locks; None where that is not visible."""
+    st = os.fstat(dir_fd)
+    # /proc/locks names the file by device (hex major:minor) and inode.
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        text = fsutil.read_file(PROC_LOCKS, MAX_PROC_LOCKS).decode("ascii", "replace")
+    except (OSError, FileTooLarge, NotRegularFile):
+        return None
+    for line in text.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; a waiter's has "->" after "1:".
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+            pid = fields[4]
+            if not pid.isdigit() or pid == "0":
+                return None
+            try:
+                name = fsutil.read_file(f"/proc/{pid}/comm", 64).decode("utf-8", "replace")
+            except (OSError, FileTooLarge, NotRegularFile):
+                return f"pid {pid}"
+            return f"pid {pid}, {safe_text(name.strip(), 16)}"
+    return None
+
+
+def read_pending(dir_fd: int, path: str) -> tuple[str, bytes] | None:
+    """The newest pending set of the certificate directory `dir_fd` (named
+    `path` in messages): its id and its fullchain.pem, or None.
+
+    For revokeproc, which only reads (an O_PATH descriptor will do).
+    """
+    set_id = ""
+    try:
+        st = _lstat(SETS, dir_fd)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return None
+        sets_fd = _open_subdir(SETS, dir_fd)
+        try:
+            pending = _pending(sets_fd, _live_set(dir_fd))
+            if not pending:
+                return None
+            set_id = pending[0]
+            set_fd = _open_subdir(set_id, sets_fd)
+            try:
+                return set_id, _read_file(FULLCHAIN, set_fd, MAX_CHAIN_BYTES)
+            finally:
+                os.close(set_fd)
+        finally:
+            os.close(sets_fd)
+    except (OSError, _EntryError) as exc:
+        where = f"{path}/{SETS}/{set_id}" if set_id else f"{path}/{SETS}"
+        raise FileStoreError(f"kept certificate set {where}: {_reason(exc)}") from None
 
 
 def _is_complete(sets_fd: int, set_id: str) -> bool:
@@ -231,6 +358,11 @@ class CertDir:
 
     def __init__(self, path: str, create: bool = False) -> None:
         self.path = path
+        # Whether this CertDir holds the run's lock (see lock), and made .sets.
+        self.locked = False
+        self.made_sets = False
+        # flock does not exclude the threads that share our descriptor.
+        self._mutex = threading.Lock()
         if create:
             make_directories(path, DIR_MODE)
         try:
@@ -241,7 +373,15 @@ class CertDir:
             raise FileStoreError(f"certificate directory {path}: {exc.strerror}") from None
 
     def close(self) -> None:
-        if self.fd >= 0:
+        """Remove `.sets` if prepare_install made it and it is still empty,
+        then close the directory, which releases the run's lock."""
+        with self._mutex:
+            if self.fd < 0:
+                return
+            if self.made_sets:
+                # Best effort: an empty .sets left behind is harmless.
+                with contextlib.suppress(OSError):
+                    self._remove_empty_sets()
             os.close(self.fd)
             self.fd = -1
 
@@ -259,23 +399,42 @@ class CertDir:
         """Turn low-level failures into one FileStoreError naming the directory."""
         try:
             yield
-        except _EntryError as exc:
-            raise self._error(str(exc)) from None
-        except OSError as exc:
-            name = f": {exc.filename}" if exc.filename else ""
-            raise self._error(f"{exc.strerror}{name}") from None
+        except (OSError, _EntryError) as exc:
+            raise self._error(_reason(exc)) from None
+
+    def lock(self, wait: float = LOCK_WAIT) -> None:
+        """Take the run's lock on the directory, held until close(): wait up to
+        `wait` seconds while another holds it, then refuse, naming it."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(LOCK_POLL)
+                    continue
+                holder = lock_holder(self.fd)
+                who = f" ({holder})" if holder else ""
+                waited = f"; gave up after {wait:g} s" if wait else ""
+                raise self._error(f"another run holds its lock{who}{waited}") from None
+            self.locked = True
+            return
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise self._error("busy (is another letskencrypt running?)") from None
-        try:
-            with self._errors_named():
-                yield
-        finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        """One change at a time: under the run's lock, or a lock of its own."""
+        with self._mutex:
+            if self.locked:
+                with self._errors_named():
+                    yield
+                return
+            self.lock(wait=0)
+            try:
+                with self._errors_named():
+                    yield
+            finally:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+                self.locked = False
 
     # --- inspection ---
 
@@ -298,26 +457,30 @@ class CertDir:
         os.fsync(self.fd)
         return fd
 
-    def _live_id(self) -> str | None:
-        """The id of the set `.live` points to, or None if none (or foreign)."""
-        target = _readlink(LIVE, self.fd)
-        if target is None or not target.startswith(SETS + "/"):
-            return None
-        set_id = target[len(SETS) + 1 :]
-        return set_id if _SET_ID_RE.fullmatch(set_id) else None
+    def _remove_empty_sets(self) -> None:
+        sets_fd = self._open_sets()
+        if sets_fd is None:
+            return
+        try:
+            empty = not os.listdir(sets_fd)
+        finally:
+            os.close(sets_fd)
+        if empty:
+            os.rmdir(SETS, dir_fd=self.fd)
+            os.fsync(self.fd)
 
     def _preflight(self) -> list[str]:
         """Refuse entries we must not replace; return stable names that are regular files."""
         live = _lstat(LIVE, self.fd)
         if live is not None and not stat.S_ISLNK(live.st_mode):
-            raise self._error(f"{LIVE} exists and is not a symlink, refusing to replace it")
+            raise _EntryError(f"{LIVE} exists and is not a symlink, refusing to replace it")
         legacy: list[str] = []
         for name in CERT_FILES:
             st = _lstat(name, self.fd)
             if st is None or stat.S_ISLNK(st.st_mode):
                 continue
             if not stat.S_ISREG(st.st_mode):
-                raise self._error(f"{name} is neither a file nor a symlink, refusing to replace it")
+                raise _EntryError(f"{name} is neither a file nor a symlink, refusing to replace it")
             legacy.append(name)
         return legacy
 
@@ -357,7 +520,7 @@ class CertDir:
         if sets_fd is None:
             return
         try:
-            live_id = self._live_id()
+            live_id = _live_set(self.fd)
             leftovers = [n for n in os.listdir(sets_fd) if self._is_leftover(sets_fd, n, live_id)]
             for name in leftovers:
                 _remove_tree(sets_fd, name)
@@ -369,7 +532,7 @@ class CertDir:
     def _repair_generation(self) -> None:
         """A crash between the switch of .live and the write of .generation
         leaves the web server's signal naming the old set: name the live one."""
-        live_id = self._live_id()
+        live_id = _live_set(self.fd)
         if live_id is None:
             return
         wanted = f"{live_id}\n".encode()
@@ -382,22 +545,32 @@ class CertDir:
 
     def tidy(self, backup: bool) -> None:
         """Remove what an interrupted install or removal left behind, then keep
-        only what the backup policy keeps: without backups, the live set alone
-        (a crash may have left another behind)."""
+        only what the backup policy keeps: without backups, the live set and
+        the newest pending set alone (a crash may have left others behind)."""
         with self._locked():
             self._recover()
             # Reads .generation: fileproc's sandbox allows that only at start.
             self._repair_generation()
-            live_id = self._live_id()
             sets_fd = self._open_sets()
-            if live_id is None or sets_fd is None:
-                if sets_fd is not None:
-                    os.close(sets_fd)
+            if sets_fd is None:
                 return
             try:
-                self._retire(sets_fd, live_id, backup)
+                live_id = _live_set(self.fd)
+                keep = [live_id] if live_id else []
+                keep += _pending(sets_fd, live_id)[:1]
+                if keep:
+                    self._retire(sets_fd, keep, backup)
             finally:
                 os.close(sets_fd)
+
+    def prepare_install(self) -> None:
+        """Make `.sets` now, while the directory is writable: a set written
+        there is kept even if the directory itself is made read-only before
+        the install.  close() removes it again if it is still empty."""
+        with self._locked():
+            existed = _lstat(SETS, self.fd) is not None
+            os.close(self._create_sets())
+            self.made_sets = not existed
 
     # --- install ---
 
@@ -423,7 +596,8 @@ class CertDir:
         if changed:
             os.fsync(self.fd)
 
-    def _retire(self, sets_fd: int, current: str, backup: bool) -> None:
+    def _retire(self, sets_fd: int, keep: Collection[str], backup: bool) -> None:
+        """Remove the sets but `keep` that the backup policy does not keep."""
         if not backup:
             # Not only the previous set: a crash may have left complete sets
             # that never went live, or a previous one that was never retired.
@@ -431,14 +605,14 @@ class CertDir:
                 name
                 for name in os.listdir(sets_fd)
                 if _SET_ID_RE.fullmatch(name)
-                and name != current
+                and name not in keep
                 and not name.startswith(LEGACY_PREFIX)
             ]
             for name in stale:
                 _remove_tree(sets_fd, name)
         else:
             backups = sorted(
-                (n for n in os.listdir(sets_fd) if _SET_ID_RE.fullmatch(n) and n != current),
+                (n for n in os.listdir(sets_fd) if _SET_ID_RE.fullmatch(n) and n not in keep),
                 key=_age_key,
             )
             for name in backups[: max(0, len(backups) - MAX_BACKUPS)]:
@@ -449,39 +623,56 @@ class CertDir:
         """Publish a new set (fullchain = cert + chain); return the new set's id.
 
         With `backup`, the previous sets are kept (at most MAX_BACKUPS);
-        otherwise only the new one remains once it is live.
+        otherwise only the new one remains once it is live.  If the new set
+        is complete but cannot be published, it is kept (see the module's
+        docstring) and the error says so.
         """
         files = _make_files(cert_pem, chain_pem)
         with self._locked():
             self._recover()
-            legacy = self._preflight()
             sets_fd = self._create_sets()
             try:
                 new_id = _build_set(sets_fd, files)
-                if legacy:
-                    self._adopt_legacy(sets_fd, legacy)
-                # Links first: on a first install they dangle until .live
-                # appears, so all three files appear at once.
-                self._ensure_links()
-                self._switch_live(new_id)
+                try:
+                    self._publish(sets_fd, new_id)
+                except (OSError, _EntryError) as exc:
+                    reason = _reason(exc)
+                    kept = KEPT_PREFIX + new_id
+                    os.rename(new_id, kept, src_dir_fd=sets_fd, dst_dir_fd=sets_fd)
+                    os.fsync(sets_fd)
+                    raise self._error(
+                        f"{reason}; kept the new certificate in {SETS}/{kept}: "
+                        "the next run installs it"
+                    ) from None
                 _write_file(self.fd, GENERATION, f"{new_id}\n".encode())
-                self._retire(sets_fd, new_id, backup)
+                self._retire(sets_fd, [new_id], backup)
             finally:
                 os.close(sets_fd)
         return new_id
+
+    def _publish(self, sets_fd: int, new_id: str) -> None:
+        """Make the complete set `new_id` the one the stable names show."""
+        legacy = self._preflight()
+        if legacy:
+            self._adopt_legacy(sets_fd, legacy)
+        # Links first: on a first install they dangle until .live
+        # appears, so all three files appear at once.
+        self._ensure_links()
+        self._switch_live(new_id)
 
     # --- removal ---
 
     def remove_set(self, backup: bool = False) -> None:
         """Remove the current set (for revocation): `.live` first, so all three
         names disappear at once, then the stable names and the set itself.
-        With `backup`, other (older) sets are kept, otherwise all are removed."""
+        With `backup`, other (older) sets are kept, otherwise all are removed;
+        kept sets are removed either way."""
         with self._locked():
             self._recover()
             live = _lstat(LIVE, self.fd)
             if live is not None and not stat.S_ISLNK(live.st_mode):
                 raise self._error(f"{LIVE} exists and is not a symlink, refusing to remove it")
-            current = self._live_id()
+            current = _live_set(self.fd)
             if live is not None:
                 os.unlink(LIVE, dir_fd=self.fd)
                 os.fsync(self.fd)
@@ -495,12 +686,15 @@ class CertDir:
                 _write_file(self.fd, GENERATION, b"removed\n")
 
     def _remove_sets(self, current: str | None, keep_others: bool) -> None:
+        """Remove the current set, and the others unless `keep_others`; kept
+        sets always: a removal supersedes them."""
         sets_fd = self._open_sets()
         if sets_fd is None:
             return
         try:
             for name in os.listdir(sets_fd):
-                if name == current or (not keep_others and _SET_ID_RE.fullmatch(name)):
+                others = not keep_others or name.startswith(KEPT_PREFIX)
+                if name == current or (others and _SET_ID_RE.fullmatch(name)):
                     _remove_tree(sets_fd, name)
             os.fsync(sets_fd)
             empty = not os.listdir(sets_fd)

@@ -41,7 +41,8 @@ EDGES: dict[str, Edge] = {
         Edge("key", "netproc", "keyproc", 64 * KIB),
         Edge("dns", "netproc", "dnsproc", 4 * KIB),
         Edge("chng", "netproc", "chngproc", 4 * KIB),
-        Edge("rvk", "netproc", "revokeproc", 64 * KIB),
+        # A kept chain travels from revokeproc to netproc, as on "cert".
+        Edge("rvk", "netproc", "revokeproc", 320 * KIB),
         # A PEM chain from the CA is capped at 256 KiB; leave room for framing.
         Edge("cert", "netproc", "certproc", 320 * KIB),
         Edge("file", "certproc", "fileproc", 320 * KIB),

@@ -101,6 +101,9 @@ class CertprocSettings(RoleSettings):
     operation: str
     # PEM text of the CA's roots (see anchors.py); None: not given.
     trust_anchors: str | None = None
+    # How long it waits for fileproc (and so for the certificate directory's
+    # lock) before it serves.
+    ready_timeout: float = DEFAULT_READY_TIMEOUT
 
     def __post_init__(self) -> None:
         check_operation(self.operation)

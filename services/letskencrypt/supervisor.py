@@ -7,6 +7,12 @@ run's; if any other role dies first, every role is stopped and the run
 fails naming it.  No role outlives the supervisor (each has a parent-death
 signal from birth, and the supervisor kills what is left on the way out);
 chngproc's is SIGTERM, so that it removes its files first.
+
+One run at a time per certificate: fileproc holds the certificate
+directory's lock for the whole run (see roles/fileproc.py).  The supervisor
+takes that lock for a moment first, waiting as fileproc would: a second run
+is then refused before any of its roles starts, and, not being sandboxed,
+the supervisor can name the holder's pid.
 """
 
 import contextlib
@@ -23,6 +29,7 @@ from typing import Any
 from letskencrypt import launch, namespace
 from letskencrypt.constants import EXIT_CODES, EXIT_FAILED
 from letskencrypt.errors import InputError
+from letskencrypt.filestore import CertDir
 from letskencrypt.fsutil import make_directories
 from letskencrypt.relay import Relay
 from letskencrypt.roles import ROLES, spec_of
@@ -75,9 +82,13 @@ class Supervisor:
         return role
 
     def run(self) -> int:
-        self.run_dir = self.make_run_dir()
+        made = False
         if self.cert_dir is not None:
+            made = not os.path.lexists(self.cert_dir)
             make_directories(self.cert_dir, CERT_DIR_MODE)
+            with CertDir(self.cert_dir) as directory:
+                directory.lock()
+        self.run_dir = self.make_run_dir()
         previous = {
             signum: signal.signal(signum, self.on_signal)
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -92,6 +103,10 @@ class Supervisor:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             shutil.rmtree(self.run_dir, ignore_errors=True)
+            if made:
+                # Empty unless a certificate was installed: a failed run leaves no trace.
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.cert_dir)
             self.relay.close()
 
     def make_run_dir(self) -> str:

@@ -10,6 +10,13 @@ come from keyproc, the anchors and the run's operation (issue or revoke)
 from our own settings, and only a chain that passes every check reaches
 fileproc: in an issue run nothing is ever removed, in a revoke run nothing
 is installed.
+
+certproc serves only once fileproc does: fileproc holds the certificate
+directory's lock by then (one run at a time, see roles/fileproc.py), and
+netproc, which waits for certproc, reaches the CA only after that.
+A chain netproc marks as kept (an earlier run's, that revokeproc found) is
+checked the same way; if it does not fit this run, the reply says why
+instead of failing the run, and netproc goes on as if there were none.
 """
 
 import grpc
@@ -23,7 +30,7 @@ from letskencrypt.certs import (
     split_leaf_and_chain,
 )
 from letskencrypt.context import Logger, RoleConfig
-from letskencrypt.errors import NotThisRun
+from letskencrypt.errors import CertificateRejected, NotThisRun
 from letskencrypt.settings import CertprocSettings
 from letskencrypt.spec import RoleSpec
 from letskencrypt.v1 import (
@@ -67,9 +74,19 @@ class CertificateService(rpc.Servicer, certificate_pb2_grpc.CertificateServicer)
     ) -> certificate_pb2.SubmitReply:
         if self.operation != "issue":
             raise NotThisRun(f"this is a {self.operation} run: no certificate is installed")
-        chain = parse_pem_chain(request.pem_chain)
-        expected = rpc.call(self.key_info.Describe, keyinfo_pb2.KeyInfoRequest(), peer="keyproc")
-        anchor = check_chain(chain, expected.public_key_der, list(expected.names), self.anchors)
+        try:
+            chain = parse_pem_chain(request.pem_chain)
+            expected = rpc.call(
+                self.key_info.Describe, keyinfo_pb2.KeyInfoRequest(), peer="keyproc"
+            )
+            anchor = check_chain(
+                chain, expected.public_key_der, list(expected.names), self.anchors
+            )
+        except CertificateRejected as error:
+            if not request.kept:
+                raise
+            self.log.info(f"the kept certificate does not fit this run: {error}")
+            return certificate_pb2.SubmitReply(unfit=str(error))
         leaf_pem, chain_pem = split_leaf_and_chain(request.pem_chain)
         rpc.call(
             self.files.Install,
@@ -105,6 +122,7 @@ def run(config: RoleConfig[CertprocSettings], log: Logger) -> int:
     process.confine(config)
     key_info = rpc.connect(config.run_dir, "keyinfo")
     files = rpc.connect(config.run_dir, "file")
+    rpc.wait_ready({"file": files}, config.settings.ready_timeout)
     failed = rpc.serve_until_stopped(
         config.run_dir,
         {

@@ -8,6 +8,16 @@ replaces the old one in a single rename (see filestore), so a crash leaves
 either the whole old set or the whole new set.
 The run's operation comes from its own settings: Install only in an issue
 run, Remove only in a revoke run, whatever its caller asks.
+
+One run at a time per certificate: before it serves, fileproc takes the
+lock on the certificate directory (filestore.CertDir.lock), waiting a few
+seconds for another run to finish and then refusing; it holds the lock
+until it exits.  certproc serves only once fileproc does, and netproc makes
+its first request only once certproc serves, so in native and in container
+mode no request of this run reaches the CA unless the lock is held.
+An issue run makes `.sets` before it serves, so that a set can be kept even
+if the directory turns read-only, and removes it on the way out if it
+stayed empty (see filestore).
 """
 
 import os
@@ -87,19 +97,25 @@ class FilesService(rpc.Servicer, files_pb2_grpc.FilesServicer):
 def run(config: RoleConfig[FileprocSettings], log: Logger) -> int:
     settings = config.settings
     directory = CertDir(settings.cert_dir, create=True)
-    # Whatever an earlier crash left half done is finished before we serve.
-    directory.tidy(settings.backup)
-    process.confine(config)
-    rpc.serve_until_stopped(
-        config.run_dir,
-        {
-            "file": [
-                (
-                    files_pb2_grpc.add_FilesServicer_to_server,
-                    FilesService(directory, settings.backup, settings.operation, log),
-                )
-            ]
-        },
-    )
+    try:
+        directory.lock()
+        # Whatever an earlier crash left half done is finished before we serve.
+        directory.tidy(settings.backup)
+        if settings.operation == "issue":
+            directory.prepare_install()
+        process.confine(config)
+        rpc.serve_until_stopped(
+            config.run_dir,
+            {
+                "file": [
+                    (
+                        files_pb2_grpc.add_FilesServicer_to_server,
+                        FilesService(directory, settings.backup, settings.operation, log),
+                    )
+                ]
+            },
+        )
+    finally:
+        directory.close()
     return 0
 

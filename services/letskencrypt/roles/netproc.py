@@ -167,8 +167,11 @@ def load_trust_anchors(path: str | None) -> bytes:
 
 
 def obtain(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) -> int:
-    """Issue or renew, unless revokeproc says the current certificate is fine."""
+    """Issue or renew, unless revokeproc says the current certificate is fine
+    or offers one that an earlier run kept."""
     check = rpc.call(peers.renewal.Check, renewal_pb2.CheckRequest(), peer="revokeproc")
+    if check.kept_chain_pem and install_kept(peers, check.kept_chain_pem, log):
+        return EXIT_CHANGED
     if check.decision == renewal_pb2.DECISION_UP_TO_DATE:
         log.info(f"certificate is up to date: {check.reason}")
         return EXIT_NOTHING_TO_DO
@@ -191,6 +194,23 @@ def obtain(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) 
     )
     log.info(f"certificate serial {reply.serial_hex} valid until {reply.not_after}")
     return EXIT_CHANGED
+
+
+def install_kept(peers: Peers, pem_chain: bytes, log: Logger) -> bool:
+    """Install, without a request to the CA, the certificate an earlier run
+    was issued but could not install; False if certproc finds that it does
+    not fit this run (another key, say)."""
+    log.info("installing the certificate an earlier run kept")
+    reply = rpc.call(
+        peers.certificate.Submit,
+        certificate_pb2.SubmitRequest(pem_chain=pem_chain, kept=True),
+        peer="certproc",
+    )
+    if reply.unfit:
+        log.info(f"the kept certificate does not fit this run: {reply.unfit}")
+        return False
+    log.info(f"certificate serial {reply.serial_hex} valid until {reply.not_after}")
+    return True
 
 
 def revoke(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) -> int:

@@ -8,6 +8,14 @@ configuration, so netproc cannot talk it into or out of a renewal; it only
 learns the answer.  A certificate whose chain (cert.pem, then chain.pem)
 does not lead to a trust anchor, that lives longer than 398 days or is not
 valid yet is never current: the answer is RENEW, saying why.
+
+A certificate an earlier run was issued but could not install stays in the
+certificate directory as a pending set (see filestore).  If the newest one
+chains to a trust anchor, is for exactly this run's names and is not yet due
+for renewal, Check hands it to netproc with the decision (kept_chain_pem),
+and netproc submits it to certproc, which checks it again, key included,
+before fileproc installs it: no new order.  Anything less is only logged,
+and the run goes on as it would have.
 """
 
 import os
@@ -18,9 +26,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from letskencrypt import process, rpc
-from letskencrypt.certs import configured_anchors, trust_problem
+from letskencrypt.certs import configured_anchors, parse_pem_chain, trust_problem
 from letskencrypt.context import Logger, RoleConfig
-from letskencrypt.errors import CertificateFileError, InputError
+from letskencrypt.errors import (
+    CertificateFileError,
+    CertificateRejected,
+    FileStoreError,
+    InputError,
+)
+from letskencrypt.filestore import read_pending
 from letskencrypt.renewal import Decision, decide, load_certificate_file, load_chain_file
 from letskencrypt.settings import RevokeprocSettings
 from letskencrypt.spec import Fs, Grant, RoleSpec
@@ -34,7 +48,7 @@ SPEC = RoleSpec(
     summary="reads the current certificate and says whether a new one is due",
     settings=RevokeprocSettings,
     serves=("rvk",),
-    paths=lambda settings: [Grant(settings.cert_dir, Fs.READ_FILE)],
+    paths=lambda settings: [Grant(settings.cert_dir, Fs.READ_FILE | Fs.READ_DIR)],
     wheels=("cryptography",),
 )
 
@@ -58,6 +72,7 @@ class RenewalService(rpc.Servicer, renewal_pb2_grpc.RenewalServicer):
         super().__init__(log)
         self.cert_dir_fd = cert_dir_fd
         self.cert_path = cert_path
+        self.cert_dir = os.path.dirname(cert_path)
         self.chain_path = os.path.join(os.path.dirname(cert_path), "chain.pem")
         self.anchors = anchors
         self.names = names
@@ -74,6 +89,31 @@ class RenewalService(rpc.Servicer, renewal_pb2_grpc.RenewalServicer):
             return f"certificate chain is unusable: {error}"
         return trust_problem([certificate, *chain], self.anchors, now)
 
+    def kept_chain(self, now: datetime) -> bytes:
+        """The newest pending set's chain if it would do for this run, else b""."""
+        try:
+            pending = read_pending(self.cert_dir_fd, self.cert_dir)
+        except FileStoreError as error:
+            self.log.info(f"{error}; not using it")
+            return b""
+        if pending is None:
+            return b""
+        set_id, pem_chain = pending
+        where = f"{self.cert_dir}/.sets/{set_id}"
+        try:
+            chain = parse_pem_chain(pem_chain)
+        except CertificateRejected as error:
+            problem: str | None = str(error)
+        else:
+            problem = trust_problem(chain, self.anchors, now)
+        if problem is None:
+            decision, problem = decide(chain[0], self.names, now, force=False)
+            if decision == Decision.UP_TO_DATE:
+                self.log.info(f"offering the certificate kept in {where}: {problem}")
+                return pem_chain
+        self.log.info(f"not offering the certificate kept in {where}: {problem}")
+        return b""
+
     @rpc.guarded
     def Check(
         self, request: renewal_pb2.CheckRequest, context: grpc.ServicerContext
@@ -85,7 +125,9 @@ class RenewalService(rpc.Servicer, renewal_pb2_grpc.RenewalServicer):
         # -F forces one renewal, not one per check of a long-running pod.
         self.force = False
         self.log.info(f"{decision.name.lower().replace('_', ' ')}: {reason}")
-        return renewal_pb2.CheckReply(decision=DECISIONS[decision], reason=reason)
+        return renewal_pb2.CheckReply(
+            decision=DECISIONS[decision], reason=reason, kept_chain_pem=self.kept_chain(now)
+        )
 
     @rpc.guarded
     def Current(

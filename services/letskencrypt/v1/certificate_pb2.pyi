@@ -5,18 +5,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("pem_chain",)
+    __slots__ = ("pem_chain", "kept")
     PEM_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
     pem_chain: bytes
-    def __init__(self, pem_chain: _Optional[bytes] = ...) -> None: ...
+    kept: bool
+    def __init__(self, pem_chain: _Optional[bytes] = ..., kept: _Optional[bool] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
-    __slots__ = ("serial_hex", "not_after")
+    __slots__ = ("serial_hex", "not_after", "unfit")
     SERIAL_HEX_FIELD_NUMBER: _ClassVar[int]
     NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    UNFIT_FIELD_NUMBER: _ClassVar[int]
     serial_hex: str
     not_after: str
-    def __init__(self, serial_hex: _Optional[str] = ..., not_after: _Optional[str] = ...) -> None: ...
+    unfit: str
+    def __init__(self, serial_hex: _Optional[str] = ..., not_after: _Optional[str] = ..., unfit: _Optional[str] = ...) -> None: ...
 
 class RetireRequest(_message.Message):
     __slots__ = ()

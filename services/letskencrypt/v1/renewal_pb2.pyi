@@ -21,12 +21,14 @@ class CheckRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CheckReply(_message.Message):
-    __slots__ = ("decision", "reason")
+    __slots__ = ("decision", "reason", "kept_chain_pem")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    KEPT_CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
     decision: Decision
     reason: str
-    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+    kept_chain_pem: bytes
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., reason: _Optional[str] = ..., kept_chain_pem: _Optional[bytes] = ...) -> None: ...
 
 class CurrentRequest(_message.Message):
     __slots__ = ()
