@@ -508,6 +508,27 @@ def _keyinfo_smuggled(pod: Pod) -> None:
     assert list(reply.names) == NAMES
 
 
+@case("keyproc-neither-rotates-nor-lists-its-key")
+def _keyproc_writes_nothing(pod: Pod) -> None:
+    """Rotation and the list of compromised keys come from keyproc's own
+    settings, at its start: nothing a peer sends on any of its edges makes it
+    write, and the key it serves stays the one on disk."""
+    before = snapshot(pod)
+    key_der = keys.public_key_der(domain_key(pod))
+    for edge in ("key", "keyinfo", "keyacct"):
+        for method in ("/letskencrypt.v1.DomainKey/Csr", "/letskencrypt.v1.KeyInfo/Describe",
+                       "/letskencrypt.v1.KeyInfo/Rotate", "/letskencrypt.v1.KeyInfo/Commit",
+                       "/letskencrypt.v1.DomainKey/Rotate"):  # fmt: skip
+            with contextlib.suppress(grpc.RpcError):
+                pod.raw_call(edge, method, b"\x0a\x05keyCo")
+    for edge in ("keyinfo", "keyacct"):
+        reply = keyinfo_pb2_grpc.KeyInfoStub(pod.channel(edge)).Describe(
+            keyinfo_pb2.KeyInfoRequest(), timeout=TIMEOUT)
+        assert reply.public_key_der == key_der
+    assert snapshot(pod) == before
+    assert sorted(os.listdir(pod.domain_key.parent)) == ["privkey.pem"]
+
+
 # -- acctproc: signatures for what this run did not ask for ---
 
 

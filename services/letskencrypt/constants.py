@@ -16,6 +16,9 @@ EXIT_CODES = (EXIT_CHANGED, EXIT_FAILED, EXIT_NOTHING_TO_DO)
 
 # --- defaults of the command line that roles also need ------------------------------
 
+# The type of keys made when --key-type is not given.
+DEFAULT_KEY_TYPE = "ecdsa256"
+
 # The longest wait for the CA to validate or issue (--poll-timeout).
 DEFAULT_POLL_TIMEOUT = 300.0
 

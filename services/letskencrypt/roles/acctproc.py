@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from letskencrypt import fsutil, keys, process, rpc
+from letskencrypt import fsutil, keyfiles, keys, process, rpc
 from letskencrypt.b64 import b64url_decode
 from letskencrypt.constants import REVOCATION_REASON_CODES, default_audit_log
 from letskencrypt.context import Logger, RoleConfig
@@ -676,6 +676,8 @@ def run(config: RoleConfig[AcctprocSettings], log: Logger) -> int:
     )
     if created:
         log.info(f"created account key {key_path}")
+    if settings.require_key_type:
+        keyfiles.check_key_type("account key", key_path, keys.key_type_of(key), settings.key_type)
     # No channel yet: it is made at the first finalize, after the sandbox.
     domain_key = KeyprocDomainKey(
         lambda: rpc.connect(config.run_dir, "keyacct"),
