@@ -637,8 +637,14 @@ case("acct-deactivate-in-issue-run")(
     _acct_refuses("not part of this run", lambda p: b'{"status": "deactivated"}', url=KID,
                   kind="deactivate"))
 case("acct-update-contact-in-issue-run")(
-    _acct_refuses("not part of this run", lambda p: b'{"contact": ["mailto:evil@evil.test"]}',
+    _acct_refuses("contact differs", lambda p: b'{"contact": ["mailto:evil@evil.test"]}',
                   url=KID, kind="accountUpdate"))
+case("acct-update-own-contact-elsewhere")(
+    _acct_refuses("posted to the account URL", lambda p: json.dumps(
+        {"contact": [CONTACT]}).encode(), url="https://ca.test/acct/2", kind="accountUpdate"))
+case("acct-update-terms-in-issue-run")(
+    _acct_refuses("exactly", lambda p: b'{"termsOfServiceAgreed": true}', url=KID,
+                  kind="accountUpdate"))
 case("acct-revoke-in-issue-run")(
     _acct_refuses("not part of this run", lambda p: json.dumps({"certificate": b64url(
         leaf(domain_key(p).public_key(), NAMES).public_bytes(serialization.Encoding.DER))}
