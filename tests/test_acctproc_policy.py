@@ -62,6 +62,7 @@ def policy(
     operation: str = "issue",
     names: list[str] = NAMES,
     domain_key: Callable[[], bytes] | None = None,
+    contact: list[str] = CONTACT,
 ) -> RunPolicy:
     settings = AcctprocSettings(
         key_path="/nonexistent/account.pem",
@@ -69,7 +70,7 @@ def policy(
         audit_log="/nonexistent/audit.log",
         operation=operation,
         names=tuple(names),
-        contact=tuple(CONTACT),
+        contact=tuple(contact),
         directory_url=DIRECTORY,
     )
     return RunPolicy.from_settings(settings, ACCOUNT_KEY, domain_key or keyproc_says())
@@ -187,8 +188,10 @@ def test_every_kind_has_a_policy_row() -> None:
     }  # fmt: skip
     issue = {kind for kind, ops in acctproc.POLICY.items() if "issue" in ops}
     revoke = {kind for kind, ops in acctproc.POLICY.items() if "revoke" in ops}
-    assert issue == {"post-as-get", "newAccount", "newOrder", "challenge", "finalize"}
-    assert revoke == {"post-as-get", "newAccount", "revokeCert"}
+    assert issue == {
+        "post-as-get", "newAccount", "newOrder", "challenge", "finalize", "accountUpdate",
+    }  # fmt: skip
+    assert revoke == {"post-as-get", "newAccount", "revokeCert", "accountUpdate"}
 
 
 # --- an issue run: what it signs ---------------------------------------------------
@@ -226,10 +229,24 @@ ISSUE_REFUSALS = [
     ("key-change", request(key_change()), "keyChange", "not part of this run"),
     ("deactivate-account", request({"status": "deactivated"}, url=KID), "deactivate",
      "not part of this run"),
+    # The one account update an issue run signs is {"contact": --contact} to
+    # the account URL (test_a_run_sets_its_own_contact_only).
     ("update-contact", request({"contact": ["mailto:evil@example.net"]}, url=KID),
-     "accountUpdate", "not part of this run"),
+     "accountUpdate", "contact differs"),
+    ("update-contact-added", request({"contact": [*CONTACT, "mailto:evil@example.net"]},
+                                     url=KID), "accountUpdate", "contact differs"),
+    ("update-contact-cleared", request({"contact": []}, url=KID), "accountUpdate",
+     "contact differs"),
+    ("update-contact-not-list", request({"contact": CONTACT[0]}, url=KID), "accountUpdate",
+     "contact differs"),
+    ("update-contact-elsewhere", request({"contact": CONTACT}, url="https://ca.test/acct/2"),
+     "accountUpdate", "posted to the account URL"),
+    ("update-contact-and-terms", request({"contact": CONTACT, "termsOfServiceAgreed": True},
+                                         url=KID), "accountUpdate", "exactly"),
+    ("update-contact-without-kid", request({"contact": CONTACT}, url=KID, kid=""),
+     "accountUpdate", "needs the account URL"),
     ("agree-new-terms", request({"termsOfServiceAgreed": True}, url=KID), "accountUpdate",
-     "not part of this run"),
+     "exactly"),
     ("unknown-fields", request({"hello": "world"}), "unknown", "not an ACME request"),
     ("order-other-names", request(order("evil.example.net")), "newOrder",
      "not this run's names"),
@@ -322,6 +339,27 @@ def test_issue_run_refuses(req: Request, kind: str, reason: str) -> None:
     refused(policy("issue"), req, kind, reason)
 
 
+def test_a_run_sets_its_own_contact_only() -> None:
+    """Issue and revoke runs sign {"contact": this run's --contact} posted to
+    the account URL (netproc sends it when the CA shows another contact),
+    and nothing else of an account update; a run without --contact none."""
+    update = request({"contact": CONTACT}, url=KID)
+    for operation in ("issue", "revoke"):
+        p = policy(operation)
+        assert judge(p, update) == "accountUpdate"
+        refused(p, request({"contact": list(reversed([*CONTACT, "mailto:b@example.org"]))},
+                           url=KID), "accountUpdate", "contact differs")
+        refused(p, request({"status": "deactivated"}, url=KID), "deactivate",
+                "not part of this run")
+        quiet = policy(operation, contact=[])
+        refused(quiet, request({"contact": []}, url=KID), "accountUpdate", "no --contact")
+        refused(quiet, update, "accountUpdate", "no --contact")
+    two = ["mailto:a@example.org", "mailto:b@example.org"]
+    p = policy("issue", contact=two)
+    assert judge(p, request({"contact": two}, url=KID)) == "accountUpdate"
+    refused(p, request({"contact": two[:1]}, url=KID), "accountUpdate", "contact differs")
+
+
 # --- a revocation run -------------------------------------------------------------------
 
 
@@ -392,6 +430,8 @@ def test_update_account_run() -> None:
     p = policy("update-account")
     assert judge(p, request({"contact": CONTACT}, url=KID)) == "accountUpdate"
     assert judge(p, request({"termsOfServiceAgreed": True}, url=KID)) == "accountUpdate"
+    refused(p, request({"contact": CONTACT}, url="https://ca.test/acct/2"), "accountUpdate",
+            "account URL")
     refused(p, request({"contact": ["mailto:evil@example.net"]}, url=KID), "accountUpdate",
             "contact differs")
     refused(p, request({"contact": CONTACT, "status": "deactivated"}, url=KID), "deactivate",

@@ -574,6 +574,139 @@ def test_account_location_must_be_same_origin(location: str | None):
         client.account([])
 
 
+# --- the account's contact (issue 8: a changed --contact updates the account) ---
+
+
+def found(contact: object = None) -> HttpResponse:
+    """newAccount's answer for an existing account, showing `contact` (None: none)."""
+    body: dict[str, Any] = {"status": "valid"}
+    if contact is not None:
+        body["contact"] = contact
+    return response(200, body, Location=f"{BASE}/acct/7")
+
+
+@pytest.mark.parametrize(
+    ("shown", "wanted", "differs"),
+    [
+        (None, ["mailto:a@example.org"], True),
+        ([], ["mailto:a@example.org"], True),
+        (["mailto:old@example.org"], ["mailto:a@example.org"], True),
+        (["mailto:a@example.org"], ["mailto:a@example.org"], False),
+        (["mailto:b@example.org", "mailto:a@example.org"],
+         ["mailto:a@example.org", "mailto:b@example.org"], False),
+        (["mailto:a@example.org"], ["mailto:a@example.org", "mailto:b@example.org"], True),
+        ("mailto:a@example.org", ["mailto:a@example.org"], True),  # not a list
+        ([7], ["mailto:a@example.org"], True),
+        (["x" * 2000], ["mailto:a@example.org"], True),
+    ],
+)
+def test_the_accounts_contact_as_the_ca_shows_it(shown: object, wanted: list[str],
+                                                  differs: bool) -> None:
+    client, _, signer, *_ = scripted(response(200), found(shown))
+    client.kid = None
+    client.account(wanted)
+    assert client.contact_differs(wanted) is differs
+    # Found, not created: only the lookup was signed.
+    assert [json.loads(call[3]) for call in signer.calls] == [{"onlyReturnExisting": True}]
+
+
+def test_update_contact_posts_the_contact_to_the_account_url() -> None:
+    wanted = ["mailto:new@example.org", "mailto:ops@example.org"]
+    client, transport, signer, _, lines = scripted(
+        response(200), found(["mailto:old@example.org"]),
+        response(200, {"status": "valid", "contact": wanted}),
+    )
+    client.kid = None
+    kid = client.account(wanted)
+    client.update_contact(wanted)
+    url, _nonce, signed_kid, payload = signer.calls[-1]
+    assert (url, signed_kid) == (kid, kid)
+    assert json.loads(payload or b"") == {"contact": wanted}
+    assert transport.calls[-1][:2] == ("POST", kid)
+    assert not client.contact_differs(wanted)
+    assert any("contact set to mailto:new@example.org, mailto:ops@example.org" in line
+               for line in lines)
+
+
+def test_a_refused_contact_update_is_an_error_naming_the_problem() -> None:
+    client, *_ = scripted(
+        response(200), found(["mailto:old@example.org"]),
+        response(400, {"type": "urn:ietf:params:acme:error:invalidContact",
+                       "detail": "no such domain"}),
+    )
+    client.kid = None
+    client.account(["mailto:new@example.org"])
+    with pytest.raises(AcmeError, match="invalidContact: no such domain"):
+        client.update_contact(["mailto:new@example.org"])
+
+
+class FakeLog:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def notice(self, message: str) -> None:
+        self.lines.append(("notice", message))
+
+    def info(self, message: str) -> None:
+        self.lines.append(("info", message))
+
+    def error(self, message: str) -> None:
+        self.lines.append(("error", message))
+
+
+def netproc_settings(*contact: str) -> Any:
+    from letskencrypt.settings import NetprocSettings
+
+    return NetprocSettings(directory_url=f"{BASE}/dir", names=("a.test",), contact=contact)
+
+
+def test_netproc_sets_a_changed_contact() -> None:
+    from letskencrypt.roles import netproc
+
+    client, _, signer, *_ = scripted(
+        response(200), found(["mailto:old@example.org"]),
+        response(200, {"status": "valid", "contact": ["mailto:new@example.org"]}),
+    )
+    client.kid = None
+    log = FakeLog()
+    netproc.find_account(client, netproc_settings("mailto:new@example.org"), log)  # type: ignore[arg-type]
+    assert json.loads(signer.calls[-1][3] or b"") == {"contact": ["mailto:new@example.org"]}
+    assert log.lines == []
+
+
+@pytest.mark.parametrize(
+    ("shown", "contact"),
+    [(["mailto:old@example.org"], ()), (["mailto:a@example.org"], ("mailto:a@example.org",))],
+)
+def test_netproc_leaves_the_contact_alone(shown: list[str], contact: tuple[str, ...]) -> None:
+    """Without --contact, or when the CA shows it already: no update."""
+    from letskencrypt.roles import netproc
+
+    client, _, signer, *_ = scripted(response(200), found(shown))
+    client.kid = None
+    netproc.find_account(client, netproc_settings(*contact), FakeLog())  # type: ignore[arg-type]
+    assert len(signer.calls) == 1
+
+
+def test_netproc_goes_on_when_the_ca_refuses_the_contact() -> None:
+    from letskencrypt.roles import netproc
+
+    client, *_ = scripted(
+        response(200), found(["mailto:old@example.org"]),
+        response(400, {"type": "urn:ietf:params:acme:error:invalidContact",
+                       "detail": "no\x1b[2J such domain"}),
+    )
+    client.kid = None
+    log = FakeLog()
+    netproc.find_account(client, netproc_settings("mailto:new@example.org"), log)  # type: ignore[arg-type]
+    assert log.lines == [(
+        "notice",
+        f"account {BASE}/acct/7: could not set the contact to mailto:new@example.org "
+        "(HTTP 400: invalidContact: no? such domain); going on with the account as it is",
+    )]
+    assert client.kid == f"{BASE}/acct/7"
+
+
 ORDER = {
     "status": "pending",
     "identifiers": [{"type": "dns", "value": "a.test"}],

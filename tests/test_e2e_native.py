@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
 
 from tests.conftest import LETSKENCRYPT, Paths, run_client
 from tests.pebble import Pebble
@@ -239,3 +243,156 @@ def test_a_dying_role_fails_the_run(pebble: Pebble, paths: Paths, victim: str) -
     after = paths.snapshot()
     assert after == before or after.keys() == before.keys()
     assert_challenges_cleaned(paths)
+
+
+# --- issue 8: no silent ignores ---------------------------------------------------------
+
+
+def test_a_domain_key_of_another_type_is_refused_before_any_request(
+    pebble: Pebble, paths: Paths
+) -> None:
+    names = ["keytype.example.org"]
+    issued(pebble, paths, *names)
+    before, requests = paths.snapshot(), pebble.request_count()
+    result = run_client(pebble, paths, "-F", "--key-type", "rsa2048", *names)
+    assert result.code == 1
+    assert result.stderr == (
+        f"letskencrypt: domain key {paths.domain_key} is ecdsa256, not rsa2048 as --key-type "
+        "asks: give --rotate-domain-key to replace it with a new rsa2048 key, or leave out "
+        "--key-type\n"
+    )
+    assert pebble.request_count() == requests
+    assert paths.snapshot() == before
+    # The type it is: accepted (and nothing is due).
+    same = run_client(pebble, paths, "--key-type", "ecdsa256", *names)
+    assert same.code == 2, same.stderr
+
+
+def test_rotate_domain_key_to_another_type(pebble: Pebble, paths: Paths) -> None:
+    names = ["rotate.example.org", "www.rotate.example.org"]
+    issued(pebble, paths, *names)
+    old_key = paths.domain_key.read_bytes()
+    old_certificate = leaf(paths)
+    result = run_client(pebble, paths, "--rotate-domain-key", "--key-type", "rsa2048", *names)
+    assert result.code == 0, result.stderr
+    key = load_pem_private_key(paths.domain_key.read_bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+    assert stat.S_IMODE(paths.domain_key.stat().st_mode) == 0o400
+    certificate = assert_installed(paths, names)  # for the new key
+    assert certificate.serial_number != old_certificate.serial_number
+    # The old key is kept beside it; no new key is left pending.
+    (old,) = paths.domain_key.parent.glob("privkey.pem.old-*")
+    assert old.read_bytes() == old_key
+    assert sorted(p.name for p in paths.domain_key.parent.iterdir()) == [
+        "privkey.pem", old.name
+    ]
+    assert result.stderr == (
+        f"letskencrypt: replaced the domain key {paths.domain_key} with a new rsa2048 key "
+        f"(the old one is kept as {old})\n"
+    )
+    # The account key (ecdsa256) was not held to --key-type in that run; in
+    # the next ones it is, unless its own type is given.
+    again = run_client(pebble, paths, *names)
+    assert again.code == 2, again.stderr
+    typed = run_client(pebble, paths, "--key-type", "rsa2048", *names)
+    assert typed.code == 1
+    assert typed.stderr == (
+        f"letskencrypt: account key {paths.account_key} is ecdsa256, not rsa2048: give "
+        "--account-key-type ecdsa256 to keep it (replacing an account key, a key rollover, "
+        "is not supported yet)\n"
+    )
+    both = run_client(pebble, paths, "--key-type", "rsa2048", "--account-key-type", "ecdsa256",
+                      *names)  # fmt: skip
+    assert both.code == 2, both.stderr
+
+
+def test_a_rotation_that_fails_keeps_the_old_key_and_certificate(
+    pebble: Pebble, paths: Paths
+) -> None:
+    before = issued(pebble, paths, "rotfail.example.org")
+    result = run_client(pebble, paths, "--rotate-domain-key", "rotfail.example.org",
+                        server="https://127.0.0.1:9/dir")  # fmt: skip
+    assert result.code == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert paths.snapshot() == before
+    assert_installed(paths, ["rotfail.example.org"])
+
+
+def test_a_key_revoked_for_key_compromise_is_never_reused(pebble: Pebble, paths: Paths) -> None:
+    import hashlib
+
+    names = ["compromised.example.org"]
+    issued(pebble, paths, *names)
+    certificate = leaf(paths)
+    key_bytes = paths.domain_key.read_bytes()
+    spki = load_pem_private_key(key_bytes, None).public_key().public_bytes(
+        Encoding.DER, PublicFormat.SubjectPublicKeyInfo)  # fmt: skip
+    digest = hashlib.sha256(spki).hexdigest()
+    revoked = run_client(pebble, paths, "-r", "--revoke-reason", "keyCompromise", *names)
+    assert revoked.code == 0, revoked.stderr
+    assert pebble.cert_status(certificate.serial_number) == "Revoked"
+    assert pebble.cert_info(certificate.serial_number).get("Reason") == 1
+    listed = paths.domain_key.parent / "compromised-keys"
+    assert revoked.stderr == (
+        f"letskencrypt: keyproc: domain key {paths.domain_key} recorded as compromised in "
+        f"{listed}: it is never used again (--rotate-domain-key makes a new one)\n"
+    )
+    assert digest in listed.read_text().split()
+    assert paths.domain_key.read_bytes() == key_bytes
+
+    # The next run (nothing is installed: an issuance) refuses the key, before any request.
+    requests = pebble.request_count()
+    refused = run_client(pebble, paths, *names)
+    assert refused.code == 1
+    assert refused.stderr == (
+        f"letskencrypt: domain key {paths.domain_key} was revoked for keyCompromise (listed "
+        f"in {listed}): give --rotate-domain-key to make a new key\n"
+    )
+    assert pebble.request_count() == requests
+    assert not (paths.cert_dir / "cert.pem").exists()
+
+    # A new key: issued for it.
+    rotated = run_client(pebble, paths, "--rotate-domain-key", *names)
+    assert rotated.code == 0, rotated.stderr
+    assert_installed(paths, names)
+    assert paths.domain_key.read_bytes() != key_bytes
+    again = run_client(pebble, paths, *names)
+    assert again.code == 2, again.stderr
+
+
+def account_contact(pebble: Pebble, paths: Paths) -> tuple[str, ...] | None:
+    """The account's contact as pebble shows it, looked up with its key."""
+    from letskencrypt import keys
+    from letskencrypt.acme import AcmeClient, Transport
+
+    from tests.test_acme import KeySigner, LoopbackResolver
+
+    client = AcmeClient(
+        Transport(LoopbackResolver(), Path(pebble.ca_bundle).read_bytes()),
+        KeySigner(keys.load_key(str(paths.account_key))),
+        pebble.directory_url,
+        bad_nonce_retries=40,
+    )
+    client.account([], create=False)
+    return client.account_contact
+
+
+def test_a_changed_contact_updates_the_account(pebble: Pebble, paths: Paths) -> None:
+    names = ["contact.example.org"]
+    first = run_client(pebble, paths, "-n", "-N", "--contact", "mailto:one@example.org", *names)
+    assert first.code == 0, first.stderr
+    assert account_contact(pebble, paths) == ("mailto:one@example.org",)
+    # Nothing due: no request, the contact stays (it is not even looked at).
+    assert run_client(pebble, paths, "--contact", "mailto:two@example.org", *names).code == 2
+    assert account_contact(pebble, paths) == ("mailto:one@example.org",)
+    changed = run_client(pebble, paths, "-F", "-v", "--contact", "mailto:two@example.org",
+                         "--contact", "mailto:three@example.org", *names)  # fmt: skip
+    assert changed.code == 0, changed.stderr
+    assert "contact set to mailto:two@example.org, mailto:three@example.org" in changed.stderr
+    assert account_contact(pebble, paths) == ("mailto:two@example.org",
+                                              "mailto:three@example.org")  # fmt: skip
+    # Without --contact the account's contact is left as it is.
+    left = run_client(pebble, paths, "-F", *names)
+    assert left.code == 0, left.stderr
+    assert account_contact(pebble, paths) == ("mailto:two@example.org",
+                                              "mailto:three@example.org")  # fmt: skip

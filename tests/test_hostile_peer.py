@@ -533,6 +533,27 @@ def _keyinfo_smuggled(pod: Pod) -> None:
     assert list(reply.names) == NAMES
 
 
+@case("keyproc-neither-rotates-nor-lists-its-key")
+def _keyproc_writes_nothing(pod: Pod) -> None:
+    """Rotation and the list of compromised keys come from keyproc's own
+    settings, at its start: nothing a peer sends on any of its edges makes it
+    write, and the key it serves stays the one on disk."""
+    before = snapshot(pod)
+    key_der = keys.public_key_der(domain_key(pod))
+    for edge in ("key", "keyinfo", "keyacct"):
+        for method in ("/letskencrypt.v1.DomainKey/Csr", "/letskencrypt.v1.KeyInfo/Describe",
+                       "/letskencrypt.v1.KeyInfo/Rotate", "/letskencrypt.v1.KeyInfo/Commit",
+                       "/letskencrypt.v1.DomainKey/Rotate"):  # fmt: skip
+            with contextlib.suppress(grpc.RpcError):
+                pod.raw_call(edge, method, b"\x0a\x05keyCo")
+    for edge in ("keyinfo", "keyacct"):
+        reply = keyinfo_pb2_grpc.KeyInfoStub(pod.channel(edge)).Describe(
+            keyinfo_pb2.KeyInfoRequest(), timeout=TIMEOUT)
+        assert reply.public_key_der == key_der
+    assert snapshot(pod) == before
+    assert sorted(os.listdir(pod.domain_key.parent)) == ["privkey.pem"]
+
+
 # -- acctproc: signatures for what this run did not ask for ---
 
 
@@ -641,8 +662,14 @@ case("acct-deactivate-in-issue-run")(
     _acct_refuses("not part of this run", lambda p: b'{"status": "deactivated"}', url=KID,
                   kind="deactivate"))
 case("acct-update-contact-in-issue-run")(
-    _acct_refuses("not part of this run", lambda p: b'{"contact": ["mailto:evil@evil.test"]}',
+    _acct_refuses("contact differs", lambda p: b'{"contact": ["mailto:evil@evil.test"]}',
                   url=KID, kind="accountUpdate"))
+case("acct-update-own-contact-elsewhere")(
+    _acct_refuses("posted to the account URL", lambda p: json.dumps(
+        {"contact": [CONTACT]}).encode(), url="https://ca.test/acct/2", kind="accountUpdate"))
+case("acct-update-terms-in-issue-run")(
+    _acct_refuses("exactly", lambda p: b'{"termsOfServiceAgreed": true}', url=KID,
+                  kind="accountUpdate"))
 case("acct-revoke-in-issue-run")(
     _acct_refuses("not part of this run", lambda p: json.dumps({"certificate": b64url(
         leaf(domain_key(p).public_key(), NAMES).public_bytes(serialization.Encoding.DER))}

@@ -374,3 +374,61 @@ def test_load_or_create(tmp_path):
 def test_errors_share_a_base():
     assert issubclass(KeyFileMissing, KeyFileError)
     assert issubclass(KeyFileError, LetskencryptError)
+
+
+# --- what --key-type and the deny list read of a key (issue 8) ----------------
+
+
+def test_key_type_of(all_keys):
+    for key_type, key in all_keys.items():
+        assert keys.key_type_of(key) == key_type
+        assert keys.key_type_of(key.public_key()) == key_type
+    odd = rsa.generate_private_key(public_exponent=65537, key_size=2560)
+    assert keys.key_type_of(odd) == "rsa2560"
+
+
+def test_spki_sha256_is_the_public_keys_fingerprint(all_keys):
+    import hashlib
+
+    key = all_keys["ecdsa256"]
+    digest = keys.spki_sha256(key)
+    assert digest == keys.spki_sha256(key.public_key())
+    assert digest == hashlib.sha256(keys.public_key_der(key)).hexdigest()
+    assert len(digest) == 64 and digest != keys.spki_sha256(all_keys["ecdsa384"])
+
+
+def test_require_key_file(tmp_path):
+    path = tmp_path / "key.pem"
+    with pytest.raises(KeyFileMissing, match=f"domain key {path}: no such file .use -N"):
+        keys.require_key_file(str(path), "domain key", "-N")
+    path.write_bytes(b"not even a key")
+    keys.require_key_file(str(path), "domain key", "-N")  # not parsed
+    link = tmp_path / "link.pem"
+    link.symlink_to(path)
+    with pytest.raises(KeyFileError, match="symbolic link"):
+        keys.require_key_file(str(link), "domain key", "-N")
+    with pytest.raises(KeyFileError, match="not a regular file"):
+        keys.require_key_file(str(tmp_path), "domain key", "-N")
+
+
+def test_write_key_replaces_atomically(tmp_path):
+    path = tmp_path / "keys" / "new.pem"
+    first = keys.write_key(str(path), "ecdsa256", "new domain key")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o400
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    second = keys.write_key(str(path), "rsa2048", "new domain key")
+    loaded = keys.load_key(str(path))
+    assert keys.public_key_der(loaded) == keys.public_key_der(second)
+    assert keys.public_key_der(loaded) != keys.public_key_der(first)
+    assert sorted(os.listdir(path.parent)) == ["new.pem"]  # no temporary file left
+
+
+def test_write_key_replaces_a_symlink_never_its_target(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    path = tmp_path / "new.pem"
+    path.symlink_to(victim)
+    keys.write_key(str(path), "ecdsa256")
+    assert victim.read_bytes() == b"precious"
+    assert not path.is_symlink()
+    keys.load_key(str(path))

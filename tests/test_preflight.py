@@ -112,3 +112,150 @@ def test_writable_by_the_bits_alone(tmp_path: Path, owner: str, mode: int, writa
     else:
         with pytest.raises(InputError, match="could not write there"):
             cli.check_writable_directory(str(directory), "x", "role", uid, gids)
+
+
+# --- the key files (issue 8: no silent ignores) --------------------------------------
+
+
+def write_key(path: Path, key_type: str) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from letskencrypt import keys
+
+    data = keys.generate_key(key_type).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())  # fmt: skip
+    path.write_bytes(data)
+    path.chmod(0o400)
+    return data
+
+
+def refused_in_one_line(result: subprocess.CompletedProcess, line: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == f"letskencrypt: {line}\n"
+
+
+def test_a_domain_key_of_another_type(tmp_path: Path) -> None:
+    domain = tmp_path / "domain.pem"
+    before = write_key(domain, "ecdsa256")
+    result = run(tmp_path, "--key-type", "rsa2048")
+    refused_in_one_line(result, (
+        f"domain key {domain} is ecdsa256, not rsa2048 as --key-type asks: give "
+        "--rotate-domain-key to replace it with a new rsa2048 key, or leave out --key-type"
+    ))
+    assert domain.read_bytes() == before
+    # No role ran: acctproc would have made the account key (-n).
+    assert not (tmp_path / "account.pem").exists()
+
+
+def test_an_account_key_of_another_type(tmp_path: Path) -> None:
+    account = tmp_path / "account.pem"
+    before = write_key(account, "rsa2048")
+    result = run(tmp_path, "--key-type", "ecdsa384")
+    refused_in_one_line(result, (
+        f"account key {account} is rsa2048, not ecdsa384: give --account-key-type rsa2048 "
+        "to keep it (replacing an account key, a key rollover, is not supported yet)"
+    ))
+    assert account.read_bytes() == before
+    assert not (tmp_path / "domain.pem").exists()
+    # Its own type, given, is what it is held to.
+    refused_in_one_line(run(tmp_path, "--account-key-type", "rsa4096"), (
+        f"account key {account} is rsa2048, not rsa4096: give --account-key-type rsa2048 "
+        "to keep it (replacing an account key, a key rollover, is not supported yet)"
+    ))
+    passed = run(tmp_path, "--key-type", "ecdsa384", "--account-key-type", "rsa2048")
+    assert passed.returncode == 1 and "127.0.0.1" in passed.stderr, passed.stderr
+    assert "key-type" not in passed.stderr
+
+
+def test_keys_of_the_asked_type_pass(tmp_path: Path) -> None:
+    """Past the preflight: the run fails later, at the CA that is not there."""
+    write_key(tmp_path / "domain.pem", "ecdsa384")
+    write_key(tmp_path / "account.pem", "ecdsa384")
+    result = run(tmp_path, "--key-type", "ecdsa384")
+    assert result.returncode == 1
+    assert "--key-type" not in result.stderr and "127.0.0.1" in result.stderr, result.stderr
+
+
+def test_a_domain_key_listed_as_compromised(tmp_path: Path) -> None:
+    from letskencrypt import keyfiles, keys
+
+    domain = tmp_path / "domain.pem"
+    write_key(domain, "ecdsa256")
+    keyfiles.record_compromised(str(domain), keys.spki_sha256(keys.load_key(str(domain))))
+    refused_in_one_line(run(tmp_path), (
+        f"domain key {domain} was revoked for keyCompromise (listed in "
+        f"{tmp_path}/compromised-keys): give --rotate-domain-key to make a new key"
+    ))
+    assert not (tmp_path / "account.pem").exists()
+    # A revocation of its certificate is not refused (it fails at the absent CA).
+    again = run(tmp_path, "-r", "--revoke-reason", "keyCompromise")
+    assert again.returncode == 1 and "keyCompromise" not in again.stderr, again.stderr
+
+
+def test_an_unreadable_list_of_compromised_keys(tmp_path: Path) -> None:
+    write_key(tmp_path / "domain.pem", "ecdsa256")
+    (tmp_path / "compromised-keys").write_text("not a digest\n")
+    refused_in_one_line(run(tmp_path), (
+        f"{tmp_path}/compromised-keys: line 1 does not start with a SHA-256 digest"
+    ))
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["-r"], "--rotate-domain-key does not go with -r (revoke first, then rotate)"),
+    (["--daemon"], "--rotate-domain-key does not go with --daemon: rotate in a one-shot run"),
+])  # fmt: skip
+def test_what_a_rotation_does_not_go_with(tmp_path: Path, extra: list[str], words: str) -> None:
+    refused_in_one_line(run(tmp_path, "--rotate-domain-key", *extra), words)
+
+
+def test_a_failed_rotation_leaves_the_key_as_it_was(tmp_path: Path) -> None:
+    """The key is of another type than asked: no refusal when it is being
+    replaced; the run fails (no CA), and the new key is gone again."""
+    domain = tmp_path / "domain.pem"
+    before = write_key(domain, "ecdsa256")
+    result = run(tmp_path, "--rotate-domain-key", "--key-type", "rsa2048")
+    assert result.returncode == 1
+    assert "127.0.0.1" in result.stderr and "--key-type" not in result.stderr, result.stderr
+    assert domain.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("domain")) == [
+        "domain.pem"
+    ]
+
+
+def test_an_interrupted_rotation_is_finished_first(tmp_path: Path) -> None:
+    """A crash after the new certificate was installed, before its key was
+    put in place: the next run does it before any role starts."""
+    from letskencrypt import keyfiles, keys
+
+    from tests.certfactory import make_pki
+
+    domain = tmp_path / "domain.pem"
+    before = write_key(domain, "ecdsa256")
+    new = keys.write_key(keyfiles.pending_key(str(domain)), "ecdsa384")
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "cert.pem").write_bytes(pem(make_pki().leaf(["example.org"], key=new)))
+    result = run(tmp_path)
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(
+        f"letskencrypt: finished replacing the domain key {domain} with its new ecdsa384 key, "
+        f"whose certificate is installed (the old one is kept as {domain}.old-"
+    ), result.stderr
+    assert keys.spki_sha256(keys.load_key(str(domain))) == keys.spki_sha256(new)
+    (old,) = tmp_path.glob("domain.pem.old-*")
+    assert old.read_bytes() == before
+
+
+def test_an_unfinished_rotation_without_its_certificate(tmp_path: Path) -> None:
+    from letskencrypt import keyfiles, keys
+
+    domain = tmp_path / "domain.pem"
+    before = write_key(domain, "ecdsa256")
+    pending = keyfiles.pending_key(str(domain))
+    keys.write_key(pending, "ecdsa384")
+    result = run(tmp_path)
+    assert result.stderr.splitlines()[0] == (
+        f"letskencrypt: removed {pending}: the new key of an unfinished --rotate-domain-key, "
+        "with no certificate for it installed"
+    )
+    assert domain.read_bytes() == before
+    assert not Path(pending).exists()

@@ -13,17 +13,26 @@ import pwd
 import ssl
 import stat
 import sys
+import typing
 from typing import NoReturn
 
-from letskencrypt import anchors, fsutil
+from letskencrypt import anchors, fsutil, keyfiles
 from letskencrypt.constants import (
+    DEFAULT_KEY_TYPE,
     DEFAULT_POLL_TIMEOUT,
+    EXIT_CHANGED,
     EXIT_FAILED,
     MAX_CA_BUNDLE,
     SUBSCRIBER_REVOCATION_REASONS,
     default_audit_log,
 )
-from letskencrypt.errors import FileStoreError, InputError
+from letskencrypt.errors import (
+    FileStoreError,
+    InputError,
+    KeyFileError,
+    KeyFileMissing,
+    LetskencryptError,
+)
 from letskencrypt.fsutil import (
     KEY_DIR_MODE,
     KEY_FILE_MODE,
@@ -110,8 +119,15 @@ def build_parser() -> Parser:
         "servers; required for any other CA)")
     add("--contact", action="append", default=[], metavar="URI",
         help="account contact, e.g. mailto:admin@example.org (repeatable)")
-    add("--key-type", choices=KEY_TYPES, default="ecdsa256",
-        help="type of newly created keys (default ecdsa256)")
+    add("--key-type", choices=KEY_TYPES,
+        help=f"type of new keys (default {DEFAULT_KEY_TYPE}); given, an existing key of "
+        "another type is refused")
+    add("--account-key-type", choices=KEY_TYPES,
+        help="type of the account key when it is not --key-type's: a new one is made of "
+        "it, an existing one of another type is refused")
+    add("--rotate-domain-key", action="store_true",
+        help="replace the domain key with a new one (of --key-type) and renew; the old key "
+        "is kept as KEY.old-TIME once the new certificate is installed")
     add("--revoke-reason", choices=sorted(SUBSCRIBER_REVOCATION_REASONS), metavar="REASON",
         help="revocation reason: " + ", ".join(sorted(SUBSCRIBER_REVOCATION_REASONS)))
     add("--daemon", action="store_true",
@@ -223,6 +239,87 @@ def preflight(settings: dict[str, RoleSettings], user: RunUser | None) -> None:
             if not grant.writable or (grant.created and not os.path.lexists(grant.path)):
                 continue
             check_writable_directory(grant.path, grant.what, role, uid, gids)
+
+
+def check_keys(settings: dict[str, RoleSettings], cert_dir: str) -> list[str]:
+    """What the key files say, before any role starts (native mode): a
+    rotation that a crash interrupted is finished, or its unused new key
+    removed; a key of another type than --key-type, or a domain key revoked
+    for keyCompromise, is refused, in the words keyproc or acctproc would
+    use after it.  Keys are read in a child process (keyfiles.probe): the
+    supervisor never holds one.  Returns the lines to tell the operator."""
+    domain = typing.cast(KeyprocSettings, settings["keyproc"])
+    account = typing.cast(AcctprocSettings, settings["acctproc"])
+    notes = []
+    rotation = keyfiles.finish_rotation(domain.key_path, cert_dir)
+    if rotation is not None:
+        notes.append(rotation_note(domain.key_path, rotation, interrupted=True))
+    # A rotation does not use the key there, whatever it is.
+    if not domain.rotate:
+        listed = frozenset[str]()
+        if domain.operation == "issue":
+            listed = keyfiles.read_compromised(domain.key_path)
+        facts = None
+        if domain.require_key_type or listed:
+            facts = existing_key(domain.key_path, "domain key", "-N")
+        if facts is not None and domain.require_key_type:
+            keyfiles.check_key_type("domain key", domain.key_path, facts.key_type,
+                                    domain.key_type)  # fmt: skip
+        if facts is not None and facts.spki_sha256 in listed:
+            raise KeyFileError(keyfiles.compromised_message(domain.key_path))
+    if account.require_key_type:
+        facts = existing_key(account.key_path, "account key", "-n")
+        if facts is not None:
+            keyfiles.check_key_type("account key", account.key_path, facts.key_type,
+                                    account.key_type)  # fmt: skip
+    return notes
+
+
+def existing_key(path: str, what: str, create_flag: str) -> "keyfiles.KeyFacts | None":
+    """The key's type and digest; None if there is none (the role that
+    holds it creates it, or says to give the flag that does)."""
+    try:
+        return keyfiles.probe(path, what, create_flag)
+    except KeyFileMissing:
+        return None
+
+
+def rotation_note(path: str, rotation: keyfiles.Rotation, interrupted: bool) -> str:
+    if not rotation.promoted:
+        return (
+            f"removed {keyfiles.pending_key(path)}: the new key of an unfinished "
+            "--rotate-domain-key, with no certificate for it installed"
+        )
+    kept = f" (the old one is kept as {rotation.old})" if rotation.old else ""
+    if interrupted:
+        return (
+            f"finished replacing the domain key {path} with its new {rotation.key_type} "
+            f"key, whose certificate is installed{kept}"
+        )
+    return f"replaced the domain key {path} with a new {rotation.key_type} key{kept}"
+
+
+def finish_run(settings: dict[str, RoleSettings], cert_dir: str, status: int) -> int:
+    """After a --rotate-domain-key run: the new key goes in place if the
+    installed certificate is for it, else it is removed (the run failed
+    before, and said why; the old key and certificate still belong together)."""
+    domain = typing.cast(KeyprocSettings, settings["keyproc"])
+    if not domain.rotate:
+        return status
+    try:
+        rotation = keyfiles.finish_rotation(domain.key_path, cert_dir)
+    except KeyFileError as error:
+        sys.stderr.write(f"letskencrypt: {error}\n")
+        return EXIT_FAILED
+    if rotation is not None and rotation.promoted:
+        sys.stderr.write(f"letskencrypt: {rotation_note(domain.key_path, rotation, False)}\n")
+    elif status == EXIT_CHANGED:
+        sys.stderr.write(
+            f"letskencrypt: domain key {domain.key_path}: the installed certificate is not "
+            "for the new key; the key is unchanged\n"
+        )
+        return EXIT_FAILED
+    return status
 
 
 def check_trust_anchors(args: argparse.Namespace, directory_url: str) -> str:
@@ -351,6 +448,20 @@ def role_settings(
         raise InputError(f"at most {MAX_CONTACTS} contacts")
     if args.revoke_reason and not args.revoke:
         raise InputError("--revoke-reason goes with -r")
+    rotate = args.rotate_domain_key
+    if rotate and args.revoke:
+        raise InputError("--rotate-domain-key does not go with -r (revoke first, then rotate)")
+    if rotate and args.daemon:
+        raise InputError("--rotate-domain-key does not go with --daemon: rotate in a one-shot run")
+    # Given, --key-type is what the keys must be; else new keys are the default.
+    key_type = args.key_type or DEFAULT_KEY_TYPE
+    key_type_given = args.key_type is not None
+    # The account key's own type, if given; else --key-type's, except in a
+    # run that rotates the domain key (which may be to another type).
+    account_key_type = args.account_key_type or key_type
+    account_key_type_given = args.account_key_type is not None or (
+        key_type_given and not rotate
+    )
     cert_dir = os.path.abspath(args.cert_dir)
     challenge_dir = os.path.abspath(args.challenge_dir)
     account_key = os.path.abspath(args.account_key)
@@ -378,7 +489,8 @@ def role_settings(
         "acctproc": AcctprocSettings(
             key_path=account_key,
             create=args.new_account_key,
-            key_type=args.key_type,
+            key_type=account_key_type,
+            require_key_type=account_key_type_given,
             directory_url=directory_url,
             operation=operation,
             names=names,
@@ -389,8 +501,12 @@ def role_settings(
         "keyproc": KeyprocSettings(
             key_path=domain_key,
             create=args.new_domain_key,
-            key_type=args.key_type,
+            key_type=key_type,
+            require_key_type=key_type_given,
             names=names,
+            operation=operation,
+            rotate=rotate,
+            key_compromised=args.revoke and args.revoke_reason == "keyCompromise",
             strict=strict,
         ),
         "dnsproc": DnsprocSettings(strict=strict),
@@ -398,7 +514,8 @@ def role_settings(
         "revokeproc": RevokeprocSettings(
             cert_dir=cert_dir,
             names=names,
-            force=args.force,
+            # A new key needs a new certificate, however current the old one.
+            force=args.force or rotate,
             trust_anchors=anchor_pem,
             strict=strict,
         ),
@@ -412,6 +529,7 @@ def role_settings(
 def main(argv: list[str] | None = None) -> None:
     arguments = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(arguments)
+    cert_dir = os.path.abspath(args.cert_dir)
     try:
         settings = role_settings(args)
         user = run_user(args.user)
@@ -419,15 +537,17 @@ def main(argv: list[str] | None = None) -> None:
         moved = move_former_default_domain_key(args)
         if moved:
             sys.stderr.write(f"letskencrypt: {moved}\n")
+        for note in check_keys(settings, cert_dir):
+            sys.stderr.write(f"letskencrypt: {note}\n")
     except OSError as error:
         sys.stderr.write(f"letskencrypt: moving the domain key: {error.strerror}\n")
         sys.exit(EXIT_FAILED)
-    except InputError as error:
+    except LetskencryptError as error:
         sys.stderr.write(f"letskencrypt: {error}\n")
         sys.exit(EXIT_FAILED)
     supervisor = Supervisor(
         settings=settings,
-        cert_dir=os.path.abspath(args.cert_dir),
+        cert_dir=cert_dir,
         verbosity=args.verbose,
         run_user=user,
     )
@@ -443,7 +563,7 @@ def main(argv: list[str] | None = None) -> None:
         # Ctrl-C while waiting for another run's lock, before any role started.
         sys.stderr.write("letskencrypt: interrupted\n")
         sys.exit(EXIT_FAILED)
-    sys.exit(status)
+    sys.exit(finish_run(settings, cert_dir, status))
 
 
 if __name__ == "__main__":

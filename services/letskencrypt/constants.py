@@ -16,6 +16,9 @@ EXIT_CODES = (EXIT_CHANGED, EXIT_FAILED, EXIT_NOTHING_TO_DO)
 
 # --- defaults of the command line that roles also need ------------------------------
 
+# The type of keys made when --key-type is not given.
+DEFAULT_KEY_TYPE = "ecdsa256"
+
 # The longest the CA may keep an order waiting, from the new order to the
 # download (--poll-timeout); certbot's issuance timeout is as long.
 DEFAULT_POLL_TIMEOUT = 90.0

@@ -7,7 +7,10 @@ the command line builds them, from these variables:
     DOMAINS          space-separated names, the first is the primary (required)
     ACME_SERVER      ACME directory URL (default: Let's Encrypt production)
     CONTACT          space-separated contact URIs (mailto:...)
-    KEY_TYPE         type of keys created on the first run (default ecdsa256)
+    KEY_TYPE         type of the keys (default: ecdsa256 for new keys, any for
+                     existing ones); an existing key of another type makes
+                     keyproc or acctproc refuse to start
+    ACCOUNT_KEY_TYPE type of the account key, when not KEY_TYPE's
     FORCE            1: renew even if the certificate is current
     BACKUP           1: keep the previous certificate set
     DAEMON           1: keep running and renew on a schedule (sidecar)
@@ -82,8 +85,9 @@ def command_line(role: str, environ: Mapping[str, str]) -> list[str]:
         argv += ["--trust-anchors", TRUST_ANCHORS]
     for contact in environ.get("CONTACT", "").split():
         argv += ["--contact", contact]
-    if environ.get("KEY_TYPE"):
-        argv += ["--key-type", environ["KEY_TYPE"]]
+    for name, option in (("KEY_TYPE", "--key-type"), ("ACCOUNT_KEY_TYPE", "--account-key-type")):
+        if environ.get(name):
+            argv += [option, environ[name]]
     for name, option in (("FORCE", "-F"), ("BACKUP", "-b"), ("DAEMON", "--daemon")):
         if flag(environ, name):
             argv.append(option)

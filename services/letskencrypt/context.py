@@ -41,6 +41,11 @@ class Logger:
     def error(self, message: str) -> None:
         self._write(message)
 
+    def notice(self, message: str) -> None:
+        """Not an error, but shown without -v: a lasting change the operator
+        should see (e.g. a key recorded as compromised)."""
+        self._write(message)
+
     def info(self, message: str) -> None:
         if self.verbosity >= 1:
             self._write(message)

@@ -215,6 +215,68 @@ def load_or_create_key(
         raise
 
 
+def key_type_of(key: "PrivateKey | PublicKey") -> str:
+    """The --key-type name of a key: rsa2048, ..., ecdsa384 (rsaN for RSA of
+    another size, which load_key accepts)."""
+    pub = _public(key)
+    if isinstance(pub, rsa.RSAPublicKey):
+        return f"rsa{pub.key_size}"
+    for name, curve in _EC_CURVES.items():
+        if pub.curve.name == curve.name:
+            return name
+    raise InputError(f"unsupported EC curve {pub.curve.name} (use P-256 or P-384)")
+
+
+def spki_sha256(key: "PrivateKey | PublicKey") -> str:
+    """SHA-256 of the key's SubjectPublicKeyInfo (DER), hex: its public fingerprint."""
+    return hashlib.sha256(public_key_der(key)).hexdigest()
+
+
+def require_key_file(path: str, what: str, create_flag: str) -> None:
+    """That a key file is at `path`, a regular file and no symlink, without
+    reading it (a key about to be replaced need not parse).
+    KeyFileMissing if there is none."""
+    label = f"{what} {path}"
+    fd = _open_key_file(path, label, create_flag)
+    try:
+        fsutil.check_regular(fd)
+    except fsutil.NotRegularFile:
+        raise KeyFileError(f"{label}: not a regular file") from None
+    finally:
+        os.close(fd)
+
+
+def write_key(path: str, key_type: str, what: str = "key") -> PrivateKey:
+    """Generate a key and put it at `path`, replacing what is there: a
+    complete mode-0400 file, fsynced, renamed over `path`, the directory
+    fsynced (a reader, or a crash, sees the old file or the whole new one).
+    Missing parent directories are created with mode 0700."""
+    label = f"{what} {path}"
+    key = generate_key(key_type)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        make_directories(directory, KEY_DIR_MODE)
+        dir_fd = fsutil.open_directory(directory)
+    except OSError as exc:
+        raise KeyFileError(
+            f"{label}: cannot create directory {directory}: {exc.strerror}"
+        ) from None
+    try:
+        fsutil.replace(
+            name, pem, KEY_FILE_MODE, dir_fd=dir_fd, temp_name=f".key-{secrets.token_hex(8)}.tmp"
+        )
+    except OSError as exc:
+        raise KeyFileError(f"{label}: cannot write: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
+    return key
+
+
 # --- JWK / JWS --------------------------------------------------------------
 
 

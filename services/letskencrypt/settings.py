@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from letskencrypt.constants import DEFAULT_POLL_TIMEOUT, DEFAULT_READY_TIMEOUT
+from letskencrypt.constants import DEFAULT_KEY_TYPE, DEFAULT_POLL_TIMEOUT, DEFAULT_READY_TIMEOUT
 from letskencrypt.errors import InputError
 
 # What a run is for: certproc and fileproc know these two; acctproc also the
@@ -66,7 +66,10 @@ class NetprocSettings(RoleSettings):
 class AcctprocSettings(RoleSettings):
     key_path: str
     create: bool = False
-    key_type: str
+    # The type of a key this run creates (-n).
+    key_type: str = DEFAULT_KEY_TYPE
+    # --key-type was given: an existing key of another type is refused.
+    require_key_type: bool = False
     directory_url: str
     # What acctproc may sign: only what this run asked for.
     operation: str
@@ -82,8 +85,27 @@ class AcctprocSettings(RoleSettings):
 class KeyprocSettings(RoleSettings):
     key_path: str
     create: bool = False
-    key_type: str
+    # The type of a key this run creates (-N, --rotate-domain-key).
+    key_type: str = DEFAULT_KEY_TYPE
+    # --key-type was given: an existing key of another type is refused.
+    require_key_type: bool = False
     names: tuple[str, ...]
+    # issue: a key listed as compromised is refused; revoke: it is not.
+    operation: str = "issue"
+    # --rotate-domain-key (issue runs): a new key, written next to the key
+    # as <key>.new; the command line puts it in place (keyfiles.py).
+    rotate: bool = False
+    # -r --revoke-reason keyCompromise: record the key as compromised.
+    key_compromised: bool = False
+
+    def __post_init__(self) -> None:
+        check_operation(self.operation)
+        if self.rotate and self.operation != "issue":
+            raise InputError("settings: KeyprocSettings.rotate goes with an issue run only")
+        if self.key_compromised and self.operation != "revoke":
+            raise InputError(
+                "settings: KeyprocSettings.key_compromised goes with a revoke run only"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

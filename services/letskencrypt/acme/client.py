@@ -137,6 +137,8 @@ class AcmeClient:
         self._budget: _Budget | None = None  # the running operation's
         self._directory: Directory | None = None
         self._nonce: str | None = None
+        # The account's contact as the CA last showed it (see Account).
+        self.account_contact: tuple[str, ...] | None = None
 
     @contextlib.contextmanager
     def _within_budget(self) -> Iterator[_Budget]:
@@ -276,8 +278,23 @@ class AcmeClient:
         kid = self._location(response, new_account, "account")
         account = Account.from_json(kid, json_object(response.body, "account"))
         self.kid = account.url
+        self.account_contact = account.contact
         self._log(f"account {kid} {'created' if created else 'found'}")
         return kid
+
+    def contact_differs(self, contact: list[str]) -> bool:
+        """Whether the account (as account() found it) shows another contact
+        than `contact`, in any order; an unreadable one differs."""
+        shown = self.account_contact
+        return shown is None or sorted(shown) != sorted(contact)
+
+    def update_contact(self, contact: list[str]) -> None:
+        """Set the account's contact (RFC 8555 7.3.2): POST {"contact"} to its URL."""
+        kid = self._require_kid()
+        response = self.post(kid, {"contact": list(contact)}, kid)
+        account = Account.from_json(kid, json_object(response.body, "account"))
+        self.account_contact = account.contact
+        self._log(f"account {kid}: contact set to {', '.join(contact)}")
 
     # -- orders and authorizations --
 

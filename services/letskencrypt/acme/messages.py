@@ -322,11 +322,18 @@ class Directory:
         )
 
 
+MAX_ACCOUNT_CONTACTS = 100
+MAX_CONTACT_LENGTH = 1024
+
+
 @dataclass(frozen=True)
 class Account:
     """An account we may use: only a valid one (or one without a status) parses."""
 
     url: str  # the kid
+    # Its contact URIs as the CA shows them (none when it shows none); None
+    # when what it shows is not a short list of strings.
+    contact: tuple[str, ...] | None = ()
 
     @classmethod
     def from_json(cls, url: str, document: Mapping[str, Any]) -> Self:
@@ -335,7 +342,14 @@ class Account:
             raise AcmeError(f"CA sent an account {url} whose status is not a string")
         if status is not None and status != "valid":
             raise AcmeError(f"account {url} is {safe_text(status, 40)}")
-        return cls(url=url)
+        contact = document.get("contact", [])
+        if (
+            isinstance(contact, list)
+            and len(contact) <= MAX_ACCOUNT_CONTACTS
+            and all(isinstance(c, str) and len(c) <= MAX_CONTACT_LENGTH for c in contact)
+        ):
+            return cls(url=url, contact=tuple(contact))
+        return cls(url=url, contact=None)
 
 
 @dataclass(frozen=True)

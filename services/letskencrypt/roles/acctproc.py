@@ -11,7 +11,8 @@ payload (RFC 8555): a netproc under an attacker's control gets signatures
 only for URLs on the directory's origin, for the kinds of request this
 run's operation needs (see POLICY), for orders and CSRs naming exactly this
 run's names, for CSRs of the domain key that keyproc holds (learned from
-keyproc, never from netproc), and never the key itself.  Every request,
+keyproc, never from netproc), for an account update that sets exactly this
+run's --contact (posted to the account URL), and never the key itself.  Every request,
 signed or refused, is one JSON line in the audit log, which netproc cannot
 reach.
 """
@@ -33,7 +34,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from letskencrypt import fsutil, keys, process, rpc
+from letskencrypt import fsutil, keyfiles, keys, process, rpc
 from letskencrypt.b64 import b64url_decode
 from letskencrypt.constants import REVOCATION_REASON_CODES, default_audit_log
 from letskencrypt.context import Logger, RoleConfig
@@ -108,7 +109,9 @@ POLICY: dict[str, frozenset[str]] = {
     CHALLENGE: frozenset({ISSUE}),
     FINALIZE: frozenset({ISSUE}),
     REVOKE_CERT: frozenset({REVOKE}),
-    ACCOUNT_UPDATE: frozenset({UPDATE_ACCOUNT}),
+    # Issue and revoke runs: only to set the contact to this run's --contact
+    # (check_account_update), when the CA's account shows another.
+    ACCOUNT_UPDATE: frozenset({ISSUE, REVOKE, UPDATE_ACCOUNT}),
     DEACTIVATION: frozenset({DEACTIVATE}),
     KEY_CHANGE: frozenset({ROLLOVER}),
 }
@@ -270,7 +273,7 @@ class RunPolicy:
         elif kind == REVOKE_CERT:
             self.check_revocation(document, refuse)
         elif kind == ACCOUNT_UPDATE:
-            self.check_account_update(document, refuse)
+            self.check_account_update(document, request, refuse)
         elif kind == DEACTIVATION:
             if len(document) != 1 or document["status"] != "deactivated" or (
                 request.url != request.kid
@@ -390,10 +393,20 @@ class RunPolicy:
             raise refuse("certificate is not a DER certificate") from None
         self.check_names(names, "certificate names", refuse)
 
-    def check_account_update(self, document: dict[str, Any], refuse: "Refuser") -> None:
+    def check_account_update(
+        self, document: dict[str, Any], request: Request, refuse: "Refuser"
+    ) -> None:
         extra = set(document) - ACCOUNT_UPDATE_FIELDS
         if extra:
             raise refuse(f"unexpected field {safe_text(sorted(extra)[0], 40)!r}")
+        if request.url != request.kid:
+            raise refuse("an account update is posted to the account URL (kid)")
+        if self.operation != UPDATE_ACCOUNT:
+            # An issue or revoke run sets the contact the operator gave, nothing else.
+            if set(document) != {"contact"}:
+                raise refuse('an issue or revoke run updates exactly {"contact"}')
+            if not self.contact:
+                raise refuse("this run has no --contact to set")
         if "termsOfServiceAgreed" in document and document["termsOfServiceAgreed"] is not True:
             raise refuse("termsOfServiceAgreed must be true")
         if "contact" in document:
@@ -677,6 +690,8 @@ def run(config: RoleConfig[AcctprocSettings], log: Logger) -> int:
     )
     if created:
         log.info(f"created account key {key_path}")
+    if settings.require_key_type:
+        keyfiles.check_key_type("account key", key_path, keys.key_type_of(key), settings.key_type)
     # No channel yet: it is made at the first finalize, after the sandbox.
     domain_key = KeyprocDomainKey(
         lambda: rpc.connect(config.run_dir, "keyacct"),

@@ -179,7 +179,7 @@ def obtain(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) 
         raise InputError("revokeproc gave no decision")
     log.info(check.reason)
     client = connect_ca(peers, settings, ca_pem, log)
-    client.account(list(settings.contact))
+    find_account(client, settings, log)
     pem_chain = client.issue(
         list(settings.names),
         csr_provider=peers.csr,
@@ -219,11 +219,29 @@ def revoke(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) 
     if not current.certificate_der:
         raise InputError("there is no certificate to revoke")
     client = connect_ca(peers, settings, ca_pem, log)
-    client.account(list(settings.contact))
+    find_account(client, settings, log)
     client.revoke(current.certificate_der, settings.revoke_reason)
     log.info("certificate revoked")
     rpc.call(peers.certificate.Retire, certificate_pb2.RetireRequest(), peer="certproc")
     return EXIT_CHANGED
+
+
+def find_account(client: acme.AcmeClient, settings: NetprocSettings, log: Logger) -> None:
+    """Find (or register) the account; if --contact was given and the CA shows
+    another contact, set it.  A refused update is said in one line and the
+    run goes on: the contact must not stand in the way of a certificate."""
+    contact = list(settings.contact)
+    kid = client.account(contact)
+    if not contact or not client.contact_differs(contact):
+        return
+    try:
+        client.update_contact(contact)  # logs the change
+    except LetskencryptError as error:
+        log.notice(
+            f"account {kid}: could not set the contact to {', '.join(contact)} ({error}); "
+            "going on with the account as it is"
+        )
+        return
 
 
 def connect_ca(
