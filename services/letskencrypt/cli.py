@@ -2,7 +2,10 @@
 each role only its own settings and starts the eight of them (native mode).
 
 Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
-2 nothing to do (no request reached the CA).
+2 nothing to do (no request reached the CA).  Interrupted by SIGINT, SIGTERM
+or SIGHUP, a run stops every role, says in one line whether a certificate
+was installed, and ends by that signal (a shell shows 130, 143 or 129); a
+daemon stopped by one exits 0.
 """
 
 import argparse
@@ -15,7 +18,7 @@ import stat
 import sys
 from typing import NoReturn
 
-from letskencrypt import anchors, fsutil
+from letskencrypt import anchors, fsutil, interrupts
 from letskencrypt.constants import (
     DEFAULT_POLL_TIMEOUT,
     EXIT_FAILED,
@@ -82,7 +85,8 @@ def build_parser() -> Parser:
         prog="letskencrypt",
         description="Get, renew and revoke TLS certificates over ACME (RFC 8555) "
         "with eight isolated processes.",
-        epilog="Exit status: 0 certificate changed, 1 failure, 2 nothing to do.",
+        epilog="Exit status: 0 certificate changed, 1 failure, 2 nothing to do; "
+        "interrupted: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP).",
     )
     add = parser.add_argument
     add("-b", "--backup", action="store_true", help="keep the previous certificate set")
@@ -410,6 +414,7 @@ def role_settings(
 
 
 def main(argv: list[str] | None = None) -> None:
+    interrupts.catch()
     arguments = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(arguments)
     try:
@@ -439,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as error:
         sys.stderr.write(f"letskencrypt: {error.filename or ''}: {error.strerror}\n")
         sys.exit(EXIT_FAILED)
-    sys.exit(status)
+    interrupts.exit_with(status)
 
 
 if __name__ == "__main__":
