@@ -26,7 +26,7 @@ from letskencrypt.constants import (
     SUBSCRIBER_REVOCATION_REASONS,
     default_audit_log,
 )
-from letskencrypt.errors import InputError
+from letskencrypt.errors import InputError, plain_words
 from letskencrypt.fsutil import (
     KEY_DIR_MODE,
     KEY_FILE_MODE,
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
         if moved:
             sys.stderr.write(f"letskencrypt: {moved}\n")
     except OSError as error:
-        sys.stderr.write(f"letskencrypt: moving the domain key: {error.strerror}\n")
+        sys.stderr.write(f"letskencrypt: {plain_words(error)}\n")
         sys.exit(EXIT_FAILED)
     except InputError as error:
         sys.stderr.write(f"letskencrypt: {error}\n")
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"letskencrypt: {error}\n")
         sys.exit(EXIT_FAILED)
     except OSError as error:
-        sys.stderr.write(f"letskencrypt: {error.filename or ''}: {error.strerror}\n")
+        sys.stderr.write(f"letskencrypt: {plain_words(error)}\n")
         sys.exit(EXIT_FAILED)
     interrupts.exit_with(status)
 

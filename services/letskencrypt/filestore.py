@@ -231,9 +231,9 @@ class CertDir:
 
     def __init__(self, path: str, create: bool = False) -> None:
         self.path = path
-        if create:
-            make_directories(path, DIR_MODE)
         try:
+            if create:
+                make_directories(path, DIR_MODE)
             self.fd = fsutil.open_directory(path)
         except FileNotFoundError:
             raise FileStoreError(f"certificate directory {path}: no such directory") from None
