@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,6 +38,22 @@ LINE = re.compile(
     r"letskencrypt: interrupted by (SIG[A-Z]+)"
     r"(; no certificate was installed or removed|, after a new certificate was installed in .+)"
 )
+
+
+def test_a_signal_the_caller_ignores_stays_ignored() -> None:
+    """`nohup letskencrypt ...`: a hangup must not stop the run."""
+    code = (
+        "import os, signal\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        "from letskencrypt import interrupts\n"
+        "interrupts.catch()\n"
+        "os.kill(os.getpid(), signal.SIGHUP)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "print(interrupts.received().name)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=True)  # fmt: skip
+    assert result.stdout == "SIGTERM\n"
 
 
 def test_stop_signals_are_caught_before_the_heavy_imports(tmp_path: Path) -> None:

@@ -28,9 +28,12 @@ def _remember(signum: int, _frame: object) -> None:
 
 
 def catch() -> None:
-    """From now on, remember the stop signals instead of acting on them."""
+    """From now on, remember the stop signals instead of acting on them;
+    except those the caller had us ignore (`nohup`, a shell's background
+    job): they stay ignored."""
     for signum in STOP_SIGNALS:
-        signal.signal(signum, _remember)
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _remember)
 
 
 def received() -> signal.Signals | None:
