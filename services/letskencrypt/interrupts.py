@@ -13,10 +13,16 @@ shorter the time before `catch()`, the shorter the time during which
 Python's own KeyboardInterrupt (and its traceback) is in force.
 """
 
+from __future__ import annotations
+
 import os
 import signal
 import sys
-from typing import NoReturn
+
+# Not `typing` itself: importing it takes longer than everything else here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
