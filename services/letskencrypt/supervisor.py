@@ -86,7 +86,7 @@ class Supervisor:
     def run(self) -> int:
         """The run's exit status: netproc's, EXIT_FAILED, or for a run cut
         short by a stop signal, interrupts.exit_status of it."""
-        with self.stop_signals_caught():
+        with stop_signals_caught():
             before = installed_set(self.cert_dir)
             try:
                 status = self.see_through()
@@ -101,16 +101,6 @@ class Supervisor:
                 if self.run_dir:
                     shutil.rmtree(self.run_dir, ignore_errors=True)
                 self.relay.close()
-
-    @contextlib.contextmanager
-    def stop_signals_caught(self) -> Iterator[None]:
-        previous = {signum: signal.getsignal(signum) for signum in interrupts.STOP_SIGNALS}
-        interrupts.catch()
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
 
     def see_through(self) -> int | None:
         """Start the roles and wait for the run's status; None if a stop
@@ -279,6 +269,18 @@ class Supervisor:
                 os.waitpid(pid, 0)
                 self.children.pop(pid)
 
+
+@contextlib.contextmanager
+def stop_signals_caught() -> Iterator[None]:
+    """interrupts.catch() for the run (the command line has caught them
+    already; a test's own run has not); the handlers before come back after."""
+    previous = {signum: signal.getsignal(signum) for signum in interrupts.STOP_SIGNALS}
+    interrupts.catch()
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def installed_set(cert_dir: str | None) -> str | None:
