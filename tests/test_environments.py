@@ -2,7 +2,8 @@
 against pebble, started as root and as an ordinary user, with TMPDIR inside
 a 0700 directory, umask 077, a working directory it cannot read (or that is
 gone), no HOME, and its interpreter and packages in a virtual environment
-under a 0700 home.  Each variation either works or is refused in preflight
+under a 0700 home (made from the system's Python, or from a Python
+installed in that home as pyenv does).  Each variation either works or is refused in preflight
 with one line, and then not one request has reached pebble.
 """
 
@@ -10,9 +11,9 @@ import importlib.metadata
 import os
 import shutil
 import subprocess
+import sys
 import sysconfig
 import tempfile
-import venv
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,8 @@ class Case:
     # "unreadable": a 0700 directory of someone else; "removed": deleted under it.
     cwd: str | None = None
     no_home: bool = False
-    # "private": a venv under a 0700 home; "unreadable": its files 0600, dirs 0700.
+    # "private": a venv under a 0700 home; "unreadable": its files 0600, dirs
+    # 0700; "installation": the venv's Python itself installed in that home.
     interpreter: str | None = None
     no_namespaces: bool = False
     # None: the run works; else the words of its one preflight line.
@@ -54,8 +56,9 @@ CASES = [
     Case("root, working directory removed", cwd="removed"),
     Case("root, no HOME", no_home=True),
     Case("root, interpreter under a 0700 home", interpreter="private"),
+    Case("root, Python installed under a 0700 home", interpreter="installation"),
     Case("root, all of these", tmpdir_private=True, umask=0o077, cwd="removed", no_home=True,
-         interpreter="private"),
+         interpreter="installation"),
     Case("root, code installed with umask 077", interpreter="unreadable",
          refused="which cannot read letskencrypt's Python code through it (mode 700): "
          "chmod -R a+rX"),
@@ -69,8 +72,9 @@ CASES = [
     Case("user, unreadable working directory", as_user=True, cwd="unreadable"),
     Case("user, no HOME", as_user=True, no_home=True),
     Case("user, interpreter under a 0700 home", as_user=True, interpreter="private"),
+    Case("user, Python installed under a 0700 home", as_user=True, interpreter="installation"),
     Case("user, all of these", as_user=True, tmpdir_private=True, umask=0o077,
-         cwd="unreadable", no_home=True, interpreter="private"),
+         cwd="unreadable", no_home=True, interpreter="installation"),
 ]  # fmt: skip
 
 
@@ -124,15 +128,37 @@ def runtime_entries() -> set[str]:
     return entries
 
 
-def make_venv(home: Path, owner: int, private_files: bool) -> Path:
+def copy_python(home: Path) -> Path:
+    """A whole Python installation under `home`, as pyenv makes one (its
+    standard library is read after the roles drop root); returns its interpreter."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    source, prefix = Path(sys.base_prefix), home / "python"
+    (prefix / "bin").mkdir(parents=True)
+    shutil.copy2(source / "bin" / version, prefix / "bin" / version)
+    skipped = shutil.ignore_patterns("__pycache__", "test")
+    shutil.copytree(source / "lib" / version, prefix / "lib" / version, symlinks=True,
+                    ignore=skipped)  # fmt: skip
+    return prefix / "bin" / version
+
+
+def make_venv(home: Path, owner: int, interpreter: str) -> Path:
     """A virtual environment with its own copy of the interpreter, the runtime
     dependencies and letskencrypt, under `home` (0700, `owner`'s); returns the
-    command.  `private_files`: as if installed with umask 077."""
+    command.  `interpreter`: "private", "unreadable" (as if installed with
+    umask 077), or "installation" (made from a Python installed in `home`)."""
     home.mkdir(mode=0o700)
     environment = home / "venv"
-    venv.create(environment, symlinks=False, with_pip=False)
-    site = Path(sysconfig.get_paths(vars={"base": str(environment),
-                                          "platbase": str(environment)})["purelib"])  # fmt: skip
+    if interpreter == "installation":
+        python = copy_python(home)
+    else:
+        python = Path(sys.base_prefix, "bin", f"python{sys.version_info.major}")
+    subprocess.run([str(python), "-m", "venv", "--copies", "--without-pip", str(environment)],
+                   check=True, timeout=60)  # fmt: skip
+    site = Path(subprocess.run(
+        [str(environment / "bin" / "python"), "-c",
+         "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip())  # fmt: skip
     source = Path(sysconfig.get_paths()["purelib"])
     for entry in runtime_entries():
         if (source / entry).is_dir():
@@ -145,11 +171,10 @@ def make_venv(home: Path, owner: int, private_files: bool) -> Path:
     command.write_text(f"#!{environment}/bin/python\nimport sys\n"
                        "from letskencrypt.__main__ import main\nsys.exit(main())\n")  # fmt: skip
     command.chmod(0o755)
-    for path in [environment, *environment.rglob("*")]:
-        if private_files and not path.is_symlink():
+    for path in [home, *home.rglob("*")]:
+        if interpreter == "unreadable" and path != home and not path.is_symlink():
             path.chmod(0o700 if path.is_dir() or os.access(path, os.X_OK) else 0o600)
         os.lchown(path, owner, owner)
-    os.chown(home, owner, owner)
     return command
 
 
@@ -167,7 +192,7 @@ def run_case(place: Place, case: Case, work: Path) -> Result:
     os.chown(place.pebble.challenge_dir, owner, owner)
     command = LETSKENCRYPT
     if case.interpreter is not None:
-        command = str(make_venv(work / "home", owner, case.interpreter == "unreadable"))
+        command = str(make_venv(work / "home", owner, case.interpreter))
     environment = {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "HOME")}
     environment["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
     if not case.no_home:
