@@ -1,9 +1,11 @@
 """What a native run refuses before any role starts, so before it spends a
-request at the CA (issue 8's first part): each in one line, exit 1."""
+request at the CA (issue 8): each in one line, exit 1."""
 
 import os
 import subprocess
 import sys
+import tempfile
+import types
 from pathlib import Path
 
 import pytest
@@ -259,3 +261,95 @@ def test_an_unfinished_rotation_without_its_certificate(tmp_path: Path) -> None:
     )
     assert domain.read_bytes() == before
     assert not Path(pending).exists()
+
+
+# --- room where the roles write ------------------------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a file system (root only)")
+
+
+@needs_root
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ("size=512k", "only 512 KiB free on its file system"),
+        ("size=4m,nr_inodes=16", "only 15 free inodes on its file system"),
+        ("size=4m,ro", "on a read-only file system"),
+    ],
+)
+def test_a_certificate_directory_without_room(tmp_path: Path, options: str, words: str) -> None:
+    """A small file system of its own, in a mount namespace of the command's."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_bytes(pem(make_pki().root))
+    (tmp_path / "challenge").mkdir()
+    command = (
+        f"mount -t tmpfs -o {options},mode=755 tmpfs {certs} && exec {sys.executable} "
+        f"-m letskencrypt.cli --server https://127.0.0.1:9/dir --trust-anchors {anchors} "
+        f"-C {tmp_path / 'challenge'} -c {certs} -f {tmp_path / 'account.pem'} "
+        f"-k {tmp_path / 'domain.pem'} -n -N example.org"
+    )
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             command], capture_output=True, text=True, check=False,
+                            timeout=60)  # fmt: skip
+    refused_before_any_role(result, tmp_path, f"certificate directory {certs}: {words}")
+
+
+def test_room_is_measured_where_the_directory_will_be(tmp_path: Path) -> None:
+    """A certificate directory fileproc will create: its nearest parent's file system."""
+    cli.check_room(str(tmp_path / "not" / "yet"), "certificate directory")
+
+
+# --- the roles' code, readable by the user they run as ---------------------------------
+
+RUN_USER = cli.RunUser(NOBODY, NOBODY)
+
+
+def installed_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int) -> Path:
+    """A module loaded from a tree on sys.path, below a 0700 directory."""
+    home = tmp_path / "home"
+    tree = home / "site-packages"
+    (tree / "pkg").mkdir(parents=True)
+    module = tree / "pkg" / "mod.py"
+    module.write_text("")
+    module.chmod(mode)
+    home.chmod(0o700)
+    monkeypatch.syspath_prepend(str(tree))
+    fake = types.ModuleType("letskencrypt_test_pkg_mod")
+    fake.__file__ = str(module)
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    return tree
+
+
+def test_code_below_a_private_home_is_fine_in_namespaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The roles see the tree mirrored: the 0700 directory above it is no obstacle."""
+    installed_module(tmp_path, monkeypatch, 0o644)
+    cli.check_code_readable(RUN_USER, mirrored=True)
+
+
+def test_code_the_run_user_cannot_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = installed_module(tmp_path, monkeypatch, 0o600)
+    with pytest.raises(InputError, match=rf"mod\.py: the roles run as .*chmod -R a\+rX {tree}"):
+        cli.check_code_readable(RUN_USER, mirrored=True)
+
+
+def test_code_below_a_private_home_without_namespaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installed_module(tmp_path, monkeypatch, 0o644)
+    with pytest.raises(InputError, match=r"mode 700\): chmod a\+x /"):
+        cli.check_code_readable(RUN_USER, mirrored=False)
+
+
+def test_a_run_directory_the_run_user_cannot_reach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private = tmp_path / "private"
+    (private / "tmp").mkdir(parents=True)
+    private.chmod(0o700)
+    monkeypatch.setattr(tempfile, "tempdir", str(private / "tmp"))
+    with pytest.raises(InputError, match=r"TMPDIR .*: set TMPDIR to a directory it can reach"):
+        cli.check_run_dir_reachable(RUN_USER, "turned off")

@@ -1,5 +1,8 @@
 """rpc.guarded: our errors reach the caller, anything else only the role's log."""
 
+import errno
+import os
+
 import grpc
 import pytest
 from letskencrypt import rpc
@@ -43,6 +46,10 @@ class Service(rpc.Servicer):
         raise RuntimeError("secret detail")
 
     @rpc.guarded
+    def Disk(self, request: str, context: grpc.ServicerContext) -> str:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"/var/www/acme/{request}")
+
+    @rpc.guarded
     def Fine(self, request: str, context: grpc.ServicerContext) -> str:
         self.log.info("served")
         return request.upper()
@@ -63,7 +70,18 @@ def test_anything_else_is_hidden_from_the_caller_and_logged() -> None:
     with pytest.raises(Aborted):
         Service(log).Bug("x", context)
     assert (context.code, context.details) == (grpc.StatusCode.INTERNAL, "internal error")
-    assert log.lines == [("error", "internal error in Bug: RuntimeError('secret detail')")]
+    assert log.lines == [("error", "internal error in Bug: secret detail")]
+
+
+def test_a_local_file_problem_reaches_the_caller_in_plain_words() -> None:
+    """Not a bug: no "internal error", no Python type, the path and the reason."""
+    log = RecordingLog()
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        Service(log).Disk("x", context)
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert context.details == "/var/www/acme/x: No space left on device"
+    assert log.lines == []
 
 
 def test_a_servicer_logs_to_the_same_log() -> None:

@@ -3,12 +3,19 @@
 
 import sys
 
-from letskencrypt import cli, sandbox_check
+from letskencrypt import interrupts
 
 
 def main() -> None:
     if sys.argv[1:2] == ["sandbox-check"]:
+        from letskencrypt import sandbox_check
+
         sandbox_check.main(sys.argv[2:])
+    # Before the imports below, which take most of a second: Ctrl-C from
+    # here on is remembered, and the supervisor acts on it (interrupts.py).
+    interrupts.catch()
+    from letskencrypt import cli
+
     cli.main()
 
 

@@ -2,7 +2,10 @@
 each role only its own settings and starts the eight of them (native mode).
 
 Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
-2 nothing to do (no request reached the CA).
+2 nothing to do (no request reached the CA).  Interrupted by SIGINT, SIGTERM
+or SIGHUP, a run stops every role, says in one line whether a certificate
+was installed, and ends by that signal (a shell shows 130, 143 or 129); a
+daemon stopped by one exits 0.
 """
 
 import argparse
@@ -13,10 +16,11 @@ import pwd
 import ssl
 import stat
 import sys
+import tempfile
 import typing
 from typing import NoReturn
 
-from letskencrypt import anchors, fsutil, keyfiles
+from letskencrypt import anchors, fsutil, interrupts, keyfiles, namespace, sandbox
 from letskencrypt.constants import (
     DEFAULT_KEY_TYPE,
     DEFAULT_POLL_TIMEOUT,
@@ -32,6 +36,7 @@ from letskencrypt.errors import (
     KeyFileError,
     KeyFileMissing,
     LetskencryptError,
+    plain_words,
 )
 from letskencrypt.fsutil import (
     KEY_DIR_MODE,
@@ -74,6 +79,10 @@ FORMER_DEFAULT_DOMAIN_KEY = "/etc/ssl/acme/private/privkey.pem"
 DEFAULT_ACCOUNT_KEY = "/etc/acme/privkey.pem"
 DEFAULT_CHALLENGE_DIR = "/var/www/acme"
 MAX_CONTACTS = 10
+# What preflight wants free where a role writes: a certificate set is a few
+# KiB and a handful of files (and its temporary copy, the links, the backups).
+MIN_FREE_BYTES = 1024 * 1024
+MIN_FREE_INODES = 64
 DEFAULT_INTERVAL = 12 * 3600.0
 DEFAULT_BACKOFF = 60.0
 
@@ -91,7 +100,8 @@ def build_parser() -> Parser:
         prog="letskencrypt",
         description="Get, renew and revoke TLS certificates over ACME (RFC 8555) "
         "with eight isolated processes.",
-        epilog="Exit status: 0 certificate changed, 1 failure, 2 nothing to do.",
+        epilog="Exit status: 0 certificate changed, 1 failure, 2 nothing to do; "
+        "interrupted: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP).",
     )
     add = parser.add_argument
     add("-b", "--backup", action="store_true", help="keep the previous certificate set")
@@ -211,13 +221,7 @@ def check_writable_directory(path: str, what: str, role: str, uid: int, gids: se
         raise InputError(f"{what} {path}: no such directory") from None
     if not stat.S_ISDIR(status.st_mode):
         raise InputError(f"{what} {path}: not a directory")
-    if uid == status.st_uid:
-        wanted = stat.S_IWUSR | stat.S_IXUSR
-    elif status.st_gid in gids:
-        wanted = stat.S_IWGRP | stat.S_IXGRP
-    else:
-        wanted = stat.S_IWOTH | stat.S_IXOTH
-    if status.st_mode & wanted != wanted:
+    if not permits(status, uid, gids, stat.S_IWUSR | stat.S_IXUSR):
         raise InputError(
             f"{what} {path}: {role} could not write there (it runs as uid {uid} without "
             f"capabilities; the directory is uid {status.st_uid}, mode "
@@ -225,10 +229,119 @@ def check_writable_directory(path: str, what: str, role: str, uid: int, gids: se
         )
 
 
+def permits(status: os.stat_result, uid: int, gids: set[int], owner_bits: int) -> bool:
+    """Whether the mode bits alone give `uid` (in `gids`) what `owner_bits`
+    (S_IRUSR, S_IWUSR, S_IXUSR) name, through the owner's, the group's or
+    the others' bits, whichever apply."""
+    if uid == status.st_uid:
+        wanted = owner_bits
+    elif status.st_gid in gids:
+        wanted = owner_bits >> 3
+    else:
+        wanted = owner_bits >> 6
+    return status.st_mode & wanted == wanted
+
+
+def check_room(path: str, what: str) -> None:
+    """Room for what a role writes in `path` (a certificate set, with its
+    temporary copy, or challenge files) on the file system that holds it,
+    or will (a directory the role creates)."""
+    existing = path
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    info = os.statvfs(existing)
+    if info.f_flag & os.ST_RDONLY:
+        raise InputError(f"{what} {path}: on a read-only file system")
+    free = info.f_bavail * info.f_frsize
+    if free < MIN_FREE_BYTES:
+        raise InputError(
+            f"{what} {path}: only {free // 1024} KiB free on its file system, less than the "
+            f"{MIN_FREE_BYTES // 1024} KiB a run may write there: free some space"
+        )
+    # A file system that does not count inodes (btrfs) says it has none.
+    if info.f_files and info.f_favail < MIN_FREE_INODES:
+        raise InputError(
+            f"{what} {path}: only {info.f_favail} free inodes on its file system, fewer than "
+            f"the {MIN_FREE_INODES} a run may need there: remove some files"
+        )
+
+
+def user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def below(path: str, top: str) -> list[str]:
+    """The directories from `top` down to `path`, both included."""
+    chain = [path]
+    while path not in (top, os.path.dirname(path)):
+        path = os.path.dirname(path)
+        chain.append(path)
+    return chain[::-1]
+
+
+def check_code_readable(user: RunUser, mirrored: bool) -> None:
+    """Started as root, most roles drop to `user` and then import the rest
+    of their code as it, lazily: the modules loaded here (every role's, for
+    the specs) must be readable by it, and their directories listable.  In
+    namespaces of their own (namespace.py) a role sees the interpreter's
+    and the package's trees mirrored under a fresh root, so a 0700 home
+    above them does not matter; without namespaces every directory from /
+    down must let the user through."""
+    roots = sorted({os.path.normpath(p) for p in sandbox.python_paths()}, key=len)
+    checked: set[tuple[str, int]] = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str) or not os.path.isfile(path):
+            continue
+        path = os.path.normpath(os.path.abspath(path))
+        root = next((r for r in roots if r == "/" or path.startswith(r + "/")), None)
+        if root is None:
+            continue  # outside every tree a role may read: no role loads it
+        for place in below(path, root if mirrored else "/"):
+            if place == path:
+                wanted = stat.S_IRUSR
+            elif place == os.path.dirname(path):
+                wanted = stat.S_IRUSR | stat.S_IXUSR  # the import system lists it
+            else:
+                wanted = stat.S_IXUSR
+            if (place, wanted) in checked:
+                continue
+            checked.add((place, wanted))
+            status = os.stat(place)
+            if permits(status, user.uid, {user.gid}, wanted):
+                continue
+            inside = root == "/" or place == root or place.startswith(root + "/")
+            fix = f"chmod -R a+rX {root}" if inside else f"chmod a+x {place}"
+            raise InputError(
+                f"{place}: the roles run as {user_name(user.uid)}, which cannot read "
+                f"letskencrypt's Python code through it (mode {stat.S_IMODE(status.st_mode):o}): "
+                f"{fix}, or give --user a user who can"
+            )
+
+
+def check_run_dir_reachable(user: RunUser, why: str) -> None:
+    """Without namespaces (`why` says why) the roles that drop to `user`
+    reach their sockets in the run directory through TMPDIR's own path."""
+    directory = os.path.normpath(tempfile.gettempdir())
+    for place in below(directory, "/"):
+        status = os.stat(place)
+        if not permits(status, user.uid, {user.gid}, stat.S_IXUSR):
+            raise InputError(
+                f"TMPDIR {directory}: the roles run as {user_name(user.uid)}, which cannot "
+                f"reach it ({place} is mode {stat.S_IMODE(status.st_mode):o}) and, without "
+                f"namespaces ({why}), must: set TMPDIR to a directory it can reach, like /tmp"
+            )
+
+
 def preflight(settings: dict[str, RoleSettings], user: RunUser | None) -> None:
     """What a native run can know before any role starts, and so before it
     spends a request: every directory a role's spec lets it write is there
-    (or made by the role) and writable by the user the role runs as."""
+    (or made by the role), writable by the user the role runs as, and has
+    room; and, started as root, the roles' user can load their code and
+    reach the run directory."""
     for role, role_settings in settings.items():
         spec = spec_of(role)
         if user is not None and spec.keeps_root is None:
@@ -236,9 +349,16 @@ def preflight(settings: dict[str, RoleSettings], user: RunUser | None) -> None:
         else:
             uid, gids = os.geteuid(), {os.getegid(), *os.getgroups()}
         for grant in spec.grants(role_settings):
-            if not grant.writable or (grant.created and not os.path.lexists(grant.path)):
+            if not grant.writable:
                 continue
-            check_writable_directory(grant.path, grant.what, role, uid, gids)
+            if not grant.created or os.path.lexists(grant.path):
+                check_writable_directory(grant.path, grant.what, role, uid, gids)
+            check_room(grant.path, grant.what)
+    if user is not None:
+        unavailable = namespace.available()
+        check_code_readable(user, mirrored=unavailable is None)
+        if unavailable is not None:
+            check_run_dir_reachable(user, unavailable)
 
 
 def check_keys(settings: dict[str, RoleSettings], cert_dir: str) -> list[str]:
@@ -527,6 +647,7 @@ def role_settings(
 
 
 def main(argv: list[str] | None = None) -> None:
+    interrupts.catch()
     arguments = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(arguments)
     cert_dir = os.path.abspath(args.cert_dir)
@@ -540,7 +661,7 @@ def main(argv: list[str] | None = None) -> None:
         for note in check_keys(settings, cert_dir):
             sys.stderr.write(f"letskencrypt: {note}\n")
     except OSError as error:
-        sys.stderr.write(f"letskencrypt: moving the domain key: {error.strerror}\n")
+        sys.stderr.write(f"letskencrypt: {plain_words(error)}\n")
         sys.exit(EXIT_FAILED)
     except LetskencryptError as error:
         sys.stderr.write(f"letskencrypt: {error}\n")
@@ -557,13 +678,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"letskencrypt: {error}\n")
         sys.exit(EXIT_FAILED)
     except OSError as error:
-        sys.stderr.write(f"letskencrypt: {error.filename or ''}: {error.strerror}\n")
+        sys.stderr.write(f"letskencrypt: {plain_words(error)}\n")
         sys.exit(EXIT_FAILED)
-    except KeyboardInterrupt:
-        # Ctrl-C while waiting for another run's lock, before any role started.
-        sys.stderr.write("letskencrypt: interrupted\n")
-        sys.exit(EXIT_FAILED)
-    sys.exit(finish_run(settings, cert_dir, status))
+    interrupts.exit_with(finish_run(settings, cert_dir, status))
 
 
 if __name__ == "__main__":

@@ -32,3 +32,14 @@ class FileStoreError(LetskencryptError):
 
 class NotThisRun(LetskencryptError):
     """A role was asked for what its run's operation (issue or revoke) does not do."""
+
+
+def plain_words(error: BaseException) -> str:
+    """One line for an exception that is not one of ours, with no Python
+    type in it: `path: reason` for a failed file operation (a local problem,
+    not a bug), the message of anything else."""
+    if isinstance(error, OSError) and error.strerror:
+        paths = [str(name) for name in (error.filename, error.filename2) if name is not None]
+        return ": ".join([" -> ".join(paths), error.strerror] if paths else [error.strerror])
+    # The name of the type only when there is nothing else to go by.
+    return str(error) or type(error).__name__

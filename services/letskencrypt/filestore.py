@@ -64,7 +64,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime
 
 from letskencrypt import fsutil
@@ -366,6 +366,8 @@ class CertDir:
         if create:
             make_directories(path, DIR_MODE)
         try:
+            if create:
+                make_directories(path, DIR_MODE)
             self.fd = fsutil.open_directory(path)
         except FileNotFoundError:
             raise FileStoreError(f"certificate directory {path}: no such directory") from None
@@ -402,14 +404,17 @@ class CertDir:
         except (OSError, _EntryError) as exc:
             raise self._error(_reason(exc)) from None
 
-    def lock(self, wait: float = LOCK_WAIT) -> None:
+    def lock(self, wait: float = LOCK_WAIT, give_up: Callable[[], bool] = lambda: False) -> bool:
         """Take the run's lock on the directory, held until close(): wait up to
-        `wait` seconds while another holds it, then refuse, naming it."""
+        `wait` seconds while another holds it, then refuse, naming it.  False
+        if `give_up()` said so while waiting (a stop signal came)."""
         deadline = time.monotonic() + wait
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if give_up():
+                    return False
                 if time.monotonic() < deadline:
                     time.sleep(LOCK_POLL)
                     continue
@@ -418,7 +423,7 @@ class CertDir:
                 waited = f"; gave up after {wait:g} s" if wait else ""
                 raise self._error(f"another run holds its lock{who}{waited}") from None
             self.locked = True
-            return
+            return True
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

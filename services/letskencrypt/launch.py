@@ -30,7 +30,12 @@ PASSED_ENVIRONMENT = (
     "SSL_CERT_FILE",
     "LETSKENCRYPT_LANDLOCK_ABI",
     namespace.DISABLE_VARIABLE,
+    "GRPC_VERBOSITY",
 )
+# gRPC's own log lines (a peer's GOAWAY when the run stops, a failed bind)
+# are not for the operator: every failure reaches them as the role's one
+# line.  GRPC_VERBOSITY=ERROR (or DEBUG) in our environment brings them back.
+GRPC_QUIET = "NONE"
 # Where this package is imported from: the one entry of a role's PYTHONPATH
 # (a role mirrors and may read every entry of its sys.path, so the caller's
 # PYTHONPATH is not passed on).
@@ -41,6 +46,7 @@ def role_environment() -> dict[str, str]:
     """The whole environment of a role process (and of sandbox-check's probes)."""
     environment = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
     environment["PYTHONPATH"] = PACKAGE_ROOT
+    environment.setdefault("GRPC_VERBOSITY", GRPC_QUIET)
     return environment
 
 

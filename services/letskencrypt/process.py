@@ -18,7 +18,7 @@ import sys
 from letskencrypt import fsutil, namespace, rpc, sandbox
 from letskencrypt.constants import EXIT_NOTHING_TO_DO
 from letskencrypt.context import Logger, RoleConfig
-from letskencrypt.errors import InputError, LetskencryptError
+from letskencrypt.errors import InputError, LetskencryptError, plain_words
 from letskencrypt.linux import (
     PR_CAP_AMBIENT,
     PR_CAP_AMBIENT_CLEAR_ALL,
@@ -311,8 +311,15 @@ def run_role(
     except LetskencryptError as error:
         log.error(str(error))
         code = 1
+    except OSError as error:
+        # A file or directory of this host that is missing, full, or closed to us.
+        log.error(plain_words(error))
+        code = 1
+    except ImportError as error:
+        log.error(f"cannot load its code ({plain_words(error)}): is the installation readable?")
+        code = 1
     except Exception as error:  # one line, never a traceback
-        log.error(f"internal error: {error!r}")
+        log.error(f"internal error (a bug; please report it): {plain_words(error)}")
         code = 1
     if code == EXIT_NOTHING_TO_DO:
         code = nothing_to_do

@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from letskencrypt.constants import DEFAULT_READY_TIMEOUT
-from letskencrypt.errors import LetskencryptError
+from letskencrypt.errors import LetskencryptError, plain_words
 from letskencrypt.v1 import lifecycle_pb2, lifecycle_pb2_grpc
 
 
@@ -248,7 +248,13 @@ def serve(
     for register, servicer in servicers:
         register(servicer, server)
     lifecycle_pb2_grpc.add_LifecycleServicer_to_server(stopper, server)
-    server.add_insecure_port(f"unix:{path}")
+    try:
+        server.add_insecure_port(f"unix:{path}")
+    except RuntimeError:
+        # gRPC keeps the reason to its own log (see launch.GRPC_QUIET).
+        raise RpcError(
+            f"cannot listen on {path} (is {os.path.dirname(path)} writable by this role?)"
+        ) from None
     server.start()
     return server
 
@@ -320,8 +326,12 @@ def guarded(
             return handler(self, request, context)
         except LetskencryptError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except OSError as error:
+            # A local problem (a full disk, a closed directory), not a bug:
+            # the caller reports it, in plain words.
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, plain_words(error))
         except Exception as error:
-            self.log.error(f"internal error in {handler.__name__}: {error!r}")
+            self.log.error(f"internal error in {handler.__name__}: {plain_words(error)}")
             context.abort(grpc.StatusCode.INTERNAL, "internal error")
         raise AssertionError("unreachable: context.abort raises")
 

@@ -215,7 +215,10 @@ def python_paths() -> list[str]:
             paths.append(sysconfig.get_paths()[name])
     # `python -m` puts the working directory first on sys.path; roles run in
     # "/", and the working directory is no place of code anyway.
-    cwd = os.getcwd()
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:  # the command's working directory was removed
+        cwd = None
     paths += [entry for entry in sys.path if entry and os.path.abspath(entry) != cwd]
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(letskencrypt.__file__)))
     paths.append(package_root)

@@ -13,6 +13,12 @@ directory's lock for the whole run (see roles/fileproc.py).  The supervisor
 takes that lock for a moment first, waiting as fileproc would: a second run
 is then refused before any of its roles starts, and, not being sandboxed,
 the supervisor can name the holder's pid.
+
+SIGINT, SIGTERM and SIGHUP are remembered (interrupts.py) and handled here,
+whenever they come: before any role starts, nothing starts; later, netproc
+gets SIGTERM and decides (a daemon stops the others and exits 0, a one-shot
+run dies of it), every other role is stopped, and one line says what became
+of the certificate directory.
 """
 
 import contextlib
@@ -23,13 +29,14 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from letskencrypt import launch, namespace
+from letskencrypt import interrupts, launch, namespace
 from letskencrypt.constants import EXIT_CODES, EXIT_FAILED
 from letskencrypt.errors import InputError
-from letskencrypt.filestore import CertDir
+from letskencrypt.filestore import LIVE, CertDir
 from letskencrypt.fsutil import make_directories
 from letskencrypt.relay import Relay
 from letskencrypt.roles import ROLES, spec_of
@@ -63,7 +70,8 @@ class Supervisor:
     run_dir: str = ""
     children: dict[int, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    interrupted: bool = False
+    # The stop signal that cut the run short, if one did.
+    interrupted: signal.Signals | None = None
     # The roles' stdout and stderr come here; see relay.py.
     relay: Relay = field(default_factory=Relay)
     # One secret per edge, given only to its two roles (see rpc.py).
@@ -82,32 +90,51 @@ class Supervisor:
         return role
 
     def run(self) -> int:
-        made = False
+        """The run's exit status: netproc's, EXIT_FAILED, or for a run cut
+        short by a stop signal, interrupts.exit_status of it."""
+        with stop_signals_caught():
+            before = installed_set(self.cert_dir)
+            made = self.cert_dir is not None and not os.path.lexists(self.cert_dir)
+            try:
+                status = self.see_through()
+                if status is None:
+                    assert self.interrupted is not None
+                    self.report(interruption(self.interrupted, self.cert_dir, before))
+                    status = interrupts.exit_status(self.interrupted)
+                return status
+            finally:
+                self.kill_all(signal.SIGKILL)
+                self.reap(timeout=KILL_GRACE)
+                if self.run_dir:
+                    shutil.rmtree(self.run_dir, ignore_errors=True)
+                if made and self.cert_dir is not None:
+                    # Empty unless a certificate was installed: a failed run leaves no trace.
+                    with contextlib.suppress(OSError):
+                        os.rmdir(self.cert_dir)
+                self.relay.close()
+
+    def see_through(self) -> int | None:
+        """Take the certificate directory's lock for a moment, start the
+        roles and wait for the run's status; None if a stop signal cut it short."""
+        if self.notice_interrupt():
+            return None
         if self.cert_dir is not None:
-            made = not os.path.lexists(self.cert_dir)
             make_directories(self.cert_dir, CERT_DIR_MODE)
             with CertDir(self.cert_dir) as directory:
-                directory.lock()
+                if not directory.lock(give_up=self.notice_interrupt):
+                    return None
         self.run_dir = self.make_run_dir()
-        previous = {
-            signum: signal.signal(signum, self.on_signal)
-            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        }
-        try:
-            for role in ROLES:
-                self.start(role)
-            return self.wait()
-        finally:
-            self.kill_all(signal.SIGKILL)
-            self.reap(timeout=KILL_GRACE)
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-            if made:
-                # Empty unless a certificate was installed: a failed run leaves no trace.
-                with contextlib.suppress(OSError):
-                    os.rmdir(self.cert_dir)
-            self.relay.close()
+        for role in ROLES:
+            if self.notice_interrupt():
+                break
+            self.start(role)
+        return self.wait()
+
+    def notice_interrupt(self) -> bool:
+        """Whether a stop signal has come (and remember the first in `interrupted`)."""
+        if self.interrupted is None:
+            self.interrupted = interrupts.received()
+        return self.interrupted is not None
 
     def make_run_dir(self) -> str:
         run_dir = tempfile.mkdtemp(prefix="letskencrypt-")
@@ -163,20 +190,19 @@ class Supervisor:
             server_tokens=self.server_tokens,
         )
 
-    def wait(self) -> int:
-        """Wait for netproc; stop everything early if another role dies first."""
+    def wait(self) -> int | None:
+        """Wait for netproc; stop everything early if another role dies first.
+        None: a stop signal cut the run short."""
         netproc_status: int | None = None
         stop_deadline: float | None = None
+        signalled = False
         while self.children:
-            if self.interrupted and netproc_status is None and stop_deadline is None:
-                # netproc stops the others itself (a daemon exits 0); a
-                # one-shot netproc dies of the signal and the run fails.
-                self.interrupted = False
-                self.kill_all(signal.SIGTERM, only=self.driver)
+            if not signalled and self.notice_interrupt():
+                signalled = True
+                # Once netproc is done the run is over: the others are only hurried.
+                only = None if netproc_status is not None else self.driver
+                self.kill_all(signal.SIGTERM, only=only)
                 stop_deadline = time.monotonic() + STOP_GRACE
-            elif self.interrupted:
-                self.report("interrupted")
-                return self.abort()
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 if stop_deadline is not None and time.monotonic() > stop_deadline:
@@ -194,6 +220,9 @@ class Supervisor:
             code = os.waitstatus_to_exitcode(status)
             self.processes[role].returncode = code
             if role == self.driver:
+                if signalled and code == -signal.SIGTERM:
+                    self.abort()
+                    return None
                 if code not in EXIT_CODES:
                     self.report_death(role, code)
                     return self.abort()
@@ -205,7 +234,9 @@ class Supervisor:
             elif code != 0:
                 self.report_death(role, code)
                 netproc_status = EXIT_FAILED
-        return EXIT_FAILED if netproc_status is None else netproc_status
+        if netproc_status is not None:
+            return netproc_status
+        return None if self.interrupted is not None else EXIT_FAILED
 
     def abort(self) -> int:
         # netproc first, so it does not go on to report the consequences.
@@ -252,5 +283,37 @@ class Supervisor:
                 os.waitpid(pid, 0)
                 self.children.pop(pid)
 
-    def on_signal(self, signum: int, _frame: object) -> None:
-        self.interrupted = True
+
+@contextlib.contextmanager
+def stop_signals_caught() -> Iterator[None]:
+    """interrupts.catch() for the run (the command line has caught them
+    already; a test's own run has not); the handlers before come back after."""
+    previous = {signum: signal.getsignal(signum) for signum in interrupts.STOP_SIGNALS}
+    interrupts.catch()
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def installed_set(cert_dir: str | None) -> str | None:
+    """Which certificate set is live in `cert_dir` (see filestore), if any."""
+    if cert_dir is None:
+        return None
+    try:
+        return os.readlink(os.path.join(cert_dir, LIVE))
+    except OSError:
+        return None
+
+
+def interruption(signum: signal.Signals, cert_dir: str | None, before: str | None) -> str:
+    """The one line for a run that `signum` cut short: what became of the
+    certificates (fileproc may have finished its work before it stopped)."""
+    after = installed_set(cert_dir)
+    what = f"interrupted by {signum.name}"
+    if after == before:
+        return f"{what}; no certificate was installed or removed"
+    if after is None:
+        return f"{what}, after the certificate files in {cert_dir} were removed"
+    return f"{what}, after a new certificate was installed in {cert_dir}"

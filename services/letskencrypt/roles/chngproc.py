@@ -8,7 +8,6 @@ cannot make chngproc write anywhere else.  Every file written is removed when
 the run ends, whether it succeeded or not.
 """
 
-import contextlib
 import os
 import secrets
 import signal
@@ -67,14 +66,19 @@ class ChallengeDirectory:
                 raise InputError(f"more than {MAX_FILES} challenge files in one run")
             # rename replaces a planted symlink itself, never its target.  The
             # directory is not fsynced: the files live for this run only.
-            fsutil.replace(
-                token,
-                key_authorization.encode("ascii"),
-                CHALLENGE_FILE_MODE,
-                dir_fd=self.fd,
-                temp_name=f".{token}.{secrets.token_hex(8)}.tmp",
-                sync_directory=False,
-            )
+            try:
+                fsutil.replace(
+                    token,
+                    key_authorization.encode("ascii"),
+                    CHALLENGE_FILE_MODE,
+                    dir_fd=self.fd,
+                    temp_name=f".{token}.{secrets.token_hex(8)}.tmp",
+                    sync_directory=False,
+                )
+            except OSError as error:
+                raise InputError(
+                    f"challenge directory {self.path}: cannot write a file: {error.strerror}"
+                ) from None
             self.written.add(token)
 
     def withdraw(self, token: str) -> None:
@@ -85,14 +89,27 @@ class ChallengeDirectory:
             self.written.discard(token)
 
     def withdraw_all(self) -> None:
+        """Remove every file written; the first failure is raised once all were tried."""
         with self.lock:
+            failures = []
             for token in sorted(self.written):
-                self._remove(token)
+                try:
+                    self._remove(token)
+                except InputError as error:
+                    failures.append(error)
             self.written.clear()
+            if failures:
+                raise failures[0]
 
     def _remove(self, token: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(token, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise InputError(
+                f"challenge directory {self.path}: cannot remove {token}: {error.strerror}"
+            ) from None
 
 
 class ChallengeService(rpc.Servicer, challenge_pb2_grpc.ChallengeServicer):
