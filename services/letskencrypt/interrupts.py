@@ -36,10 +36,14 @@ def _remember(signum: int, _frame: object) -> None:
 def catch() -> None:
     """From now on, remember the stop signals instead of acting on them;
     except those the caller had us ignore (`nohup`, a shell's background
-    job): they stay ignored."""
-    for signum in STOP_SIGNALS:
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-            signal.signal(signum, _remember)
+    job): they stay ignored.  Those the caller blocked are unblocked, and
+    one that came meanwhile is remembered now: started with them blocked
+    (`env --block-signal=INT,TERM,HUP letskencrypt ...`), the command has
+    no instant at which a stop signal is Python's."""
+    caught = [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]
+    for signum in caught:
+        signal.signal(signum, _remember)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, caught)
 
 
 def received() -> signal.Signals | None:
