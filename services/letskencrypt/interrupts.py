@@ -67,15 +67,8 @@ def exit_with(status: int) -> NoReturn:
     sys.stderr.flush()
     for signum in STOP_SIGNALS:
         if status == exit_status(signum):
-            end_by(signum)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            # Still here: PID 1 of a container, which a signal it does not
+            # handle leaves alive; it exits with the status a shell would show.
     os._exit(status)
-
-
-def end_by(signum: int) -> NoReturn:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-    # Still here: PID 1 of a container, which a signal it does not handle
-    # leaves alive.
-    os._exit(exit_status(signum))
