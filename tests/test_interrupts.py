@@ -7,7 +7,9 @@ either as it was or holding the complete new set, as the line says.
 
 Instants are counted from the moment the command's own code is running
 (its handlers show in /proc/<pid>/status): before that, Python itself is
-starting, and a SIGINT is Python's (see README, "Exit status").
+starting, and a SIGINT is Python's (see README, "Exit status"), unless the
+command was started with the stop signals blocked, which the last test
+does from the instant of exec on.
 """
 
 import hashlib
@@ -34,9 +36,12 @@ NAME = "interrupt.example.org"
 EARLY_POINTS = (0.0, 0.01, 0.03, 0.06, 0.1)
 POINTS = 20
 RUN_TIMEOUT = 60
+# For env --block-signal (GNU coreutils 8.31 or later).
+BLOCKED = "INT,TERM,HUP"
+NOTHING = "no certificate was installed or removed"
 LINE = re.compile(
-    r"letskencrypt: interrupted by (SIG[A-Z]+)"
-    r"(; no certificate was installed or removed|, after a new certificate was installed in .+)"
+    rf"letskencrypt: interrupted by (SIG[A-Z]+)"
+    rf"(; {NOTHING}|, after a new certificate was installed in .+)"
 )
 
 
@@ -205,9 +210,11 @@ def interrupted_run(
     signum: int,
     whole_group: bool,
     delay: float | None,
+    blocked: bool = False,
 ) -> Outcome:
-    """`delay`: seconds after the command's handlers are in place; None: the
-    instant the new set goes live."""
+    """`delay`: seconds after the command's handlers are in place (`blocked`:
+    after it was started with the stop signals blocked); None: the instant
+    the new set goes live."""
     base = work / "client"
     shutil.copytree(template.base, base, symlinks=True)
     tmpdir = work / "tmp"
@@ -216,12 +223,16 @@ def interrupted_run(
     environment = {**os.environ, "TMPDIR": str(tmpdir),
                    "PATH": f"{marker}:{os.environ.get('PATH', '/usr/bin:/bin')}"}  # fmt: skip
     before = certificate_state(base / "certs")
+    command = argv(pebble, base, "-F")
+    if blocked:
+        command = ["env", f"--block-signal={BLOCKED}", *command]
     client = subprocess.Popen(
-        argv(pebble, base, "-F"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=environment, process_group=0,
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+        process_group=0,
     )  # fmt: skip
     try:
-        wait_for_handlers(client.pid)
+        if not blocked:
+            wait_for_handlers(client.pid)
         if delay is None:
             deadline = time.monotonic() + RUN_TIMEOUT
             while live_set(base / "certs") == before[0]:
@@ -304,3 +315,24 @@ def test_ctrl_c_as_the_new_set_goes_live(
     outcome = interrupted_run(pebble, template, tmp_path / "run", signal.SIGINT, True, None)
     check_outcome(outcome, signal.SIGINT)
     assert outcome.installed
+
+
+def test_started_with_the_signals_blocked_no_instant_is_python_s(
+    pebble: Pebble, template: Template, tmp_path: Path
+) -> None:
+    """`env --block-signal=INT,TERM,HUP letskencrypt ...`: a Ctrl-C from the
+    instant of exec on, while Python itself starts too, waits for the
+    command's handlers: never a traceback, always the one line."""
+    probe = subprocess.run(["env", f"--block-signal={BLOCKED}", "true"], capture_output=True,
+                           check=False)  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip("this env has no --block-signal")
+    for index in range(12):
+        delay = index * 0.01
+        outcome = interrupted_run(pebble, template, tmp_path / f"run{index}", signal.SIGINT,
+                                  True, delay, blocked=True)  # fmt: skip
+        where = f"at {delay} s: {outcome.code} {outcome.stderr!r}"
+        assert outcome.code == -signal.SIGINT, where
+        assert not outcome.installed, where
+        # Empty only if the signal beat env itself to blocking it.
+        assert outcome.stderr in ("", f"letskencrypt: interrupted by SIGINT; {NOTHING}\n"), where

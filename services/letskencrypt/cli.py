@@ -5,7 +5,7 @@ Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
 2 nothing to do (no request reached the CA).  Interrupted by SIGINT, SIGTERM
 or SIGHUP, a run stops every role, says in one line whether a certificate
 was installed, and ends by that signal (a shell shows 130, 143 or 129); a
-daemon stopped by one exits 0.
+daemon that is up and running exits 0 instead.
 """
 
 import argparse

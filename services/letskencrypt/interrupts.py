@@ -36,10 +36,14 @@ def _remember(signum: int, _frame: object) -> None:
 def catch() -> None:
     """From now on, remember the stop signals instead of acting on them;
     except those the caller had us ignore (`nohup`, a shell's background
-    job): they stay ignored."""
-    for signum in STOP_SIGNALS:
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-            signal.signal(signum, _remember)
+    job): they stay ignored.  Those the caller blocked are unblocked, and
+    one that came meanwhile is remembered now: started with them blocked
+    (`env --block-signal=INT,TERM,HUP letskencrypt ...`), the command has
+    no instant at which a stop signal is Python's."""
+    caught = [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]
+    for signum in caught:
+        signal.signal(signum, _remember)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, caught)
 
 
 def received() -> signal.Signals | None:
@@ -63,15 +67,8 @@ def exit_with(status: int) -> NoReturn:
     sys.stderr.flush()
     for signum in STOP_SIGNALS:
         if status == exit_status(signum):
-            end_by(signum)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            # Still here: PID 1 of a container, which a signal it does not
+            # handle leaves alive; it exits with the status a shell would show.
     os._exit(status)
-
-
-def end_by(signum: int) -> NoReturn:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-    # Still here: PID 1 of a container, which a signal it does not handle
-    # leaves alive.
-    os._exit(exit_status(signum))
