@@ -702,12 +702,9 @@ class CertDir:
                 if name == current or (others and _SET_ID_RE.fullmatch(name)):
                     _remove_tree(sets_fd, name)
             os.fsync(sets_fd)
-            empty = not os.listdir(sets_fd)
         finally:
             os.close(sets_fd)
-        if empty:
-            os.rmdir(SETS, dir_fd=self.fd)
-            os.fsync(self.fd)
+        self._remove_empty_sets()
 
 
 # --- path-based conveniences ------------------------------------------------

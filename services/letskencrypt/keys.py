@@ -163,16 +163,9 @@ def _store_key(dir_fd: int, name: str, pem: bytes, label: str) -> None:
     os.fsync(dir_fd)
 
 
-def create_key(path: str, key_type: str, what: str = "key") -> PrivateKey:
-    """Generate a key and store it as PKCS#8 PEM in a new mode-0400 file.
-
-    Missing parent directories are created with mode 0700.  The key is written
-    to an exclusive (O_EXCL|O_NOFOLLOW) temporary file, fsynced and then
-    hard-linked to `path`, so that `path` never exists with partial content,
-    even after a crash; the link fails if `path` already exists, even as a
-    dangling symlink.
-    """
-    label = f"{what} {path}"
+def _new_key_for(path: str, key_type: str, label: str) -> tuple[PrivateKey, bytes, int, str]:
+    """A new key, its PKCS#8 PEM, and a descriptor of the directory of `path`
+    (made, mode 0700, if missing) with the file name to write there."""
     key = generate_key(key_type)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -187,6 +180,20 @@ def create_key(path: str, key_type: str, what: str = "key") -> PrivateKey:
         raise KeyFileError(
             f"{label}: cannot create directory {directory}: {exc.strerror}"
         ) from None
+    return key, pem, dir_fd, name
+
+
+def create_key(path: str, key_type: str, what: str = "key") -> PrivateKey:
+    """Generate a key and store it as PKCS#8 PEM in a new mode-0400 file.
+
+    Missing parent directories are created with mode 0700.  The key is written
+    to an exclusive (O_EXCL|O_NOFOLLOW) temporary file, fsynced and then
+    hard-linked to `path`, so that `path` never exists with partial content,
+    even after a crash; the link fails if `path` already exists, even as a
+    dangling symlink.
+    """
+    label = f"{what} {path}"
+    key, pem, dir_fd, name = _new_key_for(path, key_type, label)
     try:
         _store_key(dir_fd, name, pem, label)
     finally:
@@ -252,20 +259,7 @@ def write_key(path: str, key_type: str, what: str = "key") -> PrivateKey:
     fsynced (a reader, or a crash, sees the old file or the whole new one).
     Missing parent directories are created with mode 0700."""
     label = f"{what} {path}"
-    key = generate_key(key_type)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    directory, name = os.path.split(os.path.abspath(path))
-    try:
-        make_directories(directory, KEY_DIR_MODE)
-        dir_fd = fsutil.open_directory(directory)
-    except OSError as exc:
-        raise KeyFileError(
-            f"{label}: cannot create directory {directory}: {exc.strerror}"
-        ) from None
+    key, pem, dir_fd, name = _new_key_for(path, key_type, label)
     try:
         fsutil.replace(
             name, pem, KEY_FILE_MODE, dir_fd=dir_fd, temp_name=f".key-{secrets.token_hex(8)}.tmp"
