@@ -78,3 +78,18 @@ def test_a_challenge_directory_gone_during_the_run(tmp_path: Path) -> None:
     assert str(raised.value) == (
         f"challenge directory {directory}: cannot write a file: No such file or directory"
     )
+
+
+def test_a_role_whose_module_cannot_load_says_so_in_one_line() -> None:
+    """A wheel missing from the role's image: one line, before any traceback."""
+    code = (
+        "import sys; sys.modules['cryptography'] = None\n"
+        "from letskencrypt import process; process.run_role('keyproc')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], input="{}", capture_output=True,
+                            text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "letskencrypt: keyproc: cannot load its code (import of cryptography halted; None in "
+        "sys.modules): is the installation readable?"
+    ]

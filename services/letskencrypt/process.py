@@ -300,11 +300,15 @@ def run_role(
     `nothing_to_do`: the status for netproc's "nothing to do" (a Kubernetes
     Job wants 0).
     """
-    body = module_of(role).run
     try:
+        body = module_of(role).run
         config, log = start(role, config)
     except InputError as error:
         sys.stderr.write(f"letskencrypt: {role}: {error}\n")
+        os._exit(1)
+    except ImportError as error:
+        message = f"cannot load its code ({plain_words(error)}): is the installation readable?"
+        sys.stderr.write(f"letskencrypt: {role}: {message}\n")
         os._exit(1)
     try:
         code = body(config, log)
