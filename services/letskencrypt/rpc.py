@@ -53,6 +53,8 @@ EDGES: dict[str, Edge] = {
 }
 
 DEFAULT_DEADLINE = 30.0
+RECONNECT_BACKOFF_MS = 20
+MAX_RECONNECT_BACKOFF_MS = 500
 
 
 class RpcError(LetskencryptError):
@@ -351,6 +353,11 @@ def connect(run_dir: str, edge_name: str) -> grpc.Channel:
             ("grpc.max_receive_message_length", edge.max_message),
             ("grpc.max_send_message_length", edge.max_message),
             ("grpc.enable_retries", 0),
+            # The peer is a local process that is starting: ask again soon,
+            # not after gRPC's default first backoff of one second.
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+            ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+            ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ],
     )
     token = _edge_tokens.get(edge_name)

@@ -51,15 +51,21 @@ from letskencrypt.validate import safe_text, validate_key_authorization
 MAX_CERTIFICATE_BODY = 256 * 1024
 MAX_BAD_NONCE_RETRIES = 5
 MAX_BUSY_RETRIES = 3
-# The first wait without Retry-After, and the shortest whatever the CA says:
-# a CA answering "Retry-After: 0" for ever is not asked as fast as it answers.
+# The shortest wait whatever the CA says: a CA answering "Retry-After: 0"
+# for ever is not asked as fast as it answers.
 MIN_WAIT = 1.0
+# Without Retry-After, waits double up to MAX_BACKOFF.  A busy CA is first
+# left alone for a second; a pending validation or issuance, which usually
+# takes well under a second, is first looked at again sooner (about a dozen
+# requests in its first minute).
+BUSY_BACKOFF = 1.0
+POLL_BACKOFF = 0.1
 MAX_BACKOFF = 10.0
 
 
-def _backoff(attempt: int) -> float:
+def _backoff(attempt: int, first: float) -> float:
     """The `attempt`-th wait (from 1) when the CA gave no Retry-After."""
-    return min(MIN_WAIT * 2 ** min(attempt - 1, 10), MAX_BACKOFF)
+    return min(first * 2 ** min(attempt - 1, 10), MAX_BACKOFF)
 
 
 class Signer(Protocol):
@@ -100,13 +106,15 @@ class _Budget:
             "(--poll-timeout)"
         )
 
-    def next_wait(self, retry_after: float | None, attempt: int) -> float | None:
+    def next_wait(
+        self, retry_after: float | None, attempt: int, first: float = BUSY_BACKOFF
+    ) -> float | None:
         """Seconds to wait before asking again (None: the budget is spent): the
         CA's Retry-After (one that `refuses` passed), else the backoff."""
         left = self.left()
         if left <= 0:
             return None
-        wanted = _backoff(attempt) if retry_after is None else max(retry_after, MIN_WAIT)
+        wanted = _backoff(attempt, first) if retry_after is None else max(retry_after, MIN_WAIT)
         return min(wanted, left)
 
 
@@ -352,7 +360,7 @@ class AcmeClient:
                         retry_after=retry_after,
                     )
                 attempt += 1
-                wait = budget.next_wait(retry_after, attempt)
+                wait = budget.next_wait(retry_after, attempt, first=POLL_BACKOFF)
                 if wait is None:
                     raise AcmeError(
                         f"{what} {url} is still {safe_text(status, 40)} after "
