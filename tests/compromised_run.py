@@ -25,7 +25,7 @@ class CompromisedSupervisor(Supervisor):
         self.attacker = attacker
         self.target_json = target_json
 
-    def role_argv(self, role: str) -> list[str]:
+    def role_argv(self, role: str) -> list[str] | None:
         if role == self.attacker:
             return [sys.executable, ATTACKER, role, self.target_json]
         return super().role_argv(role)

@@ -46,6 +46,7 @@ def test_each_role_learns_only_the_tokens_of_its_own_edges(tmp_path: Path) -> No
          "-f", str(tmp_path / "a.pem"), "-k", str(tmp_path / "d.pem"), "a.example.org"]))
     supervisor = Supervisor(settings=settings)
     supervisor.run_dir = "/nonexistent"
+    supervisor.make_tokens()
     assert len(set(supervisor.edge_tokens.values())) == len(EDGES)
     for role in ROLES:
         tokens = supervisor.role_document(role)["edge_tokens"]

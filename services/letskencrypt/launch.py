@@ -1,21 +1,29 @@
-"""The one way a role process is started natively: by the supervisor, by
+"""How a role process is started natively: by the supervisor, by
 `sandbox-check` for its probes, and by the tests.
 
-A role is `python -m letskencrypt.roles ROLE` with a clean environment, in
-"/", in a session of its own with pipes for its stdio (it never holds the
-operator's terminal), and its configuration as one JSON document on its
-standard input (nothing of it shows in `ps` or the environment).
+Either way a role has a clean environment, "/" for its directory, a session
+of its own with pipes for its stdio (it never holds the operator's
+terminal), and its configuration as one JSON document on its standard input
+(nothing of it shows in `ps` or the environment), written by `hand_over`.
+
+The supervisor forks its roles (`fork_role`), as the seed's supervisor does:
+it has imported every role's code once, holds no secret when it forks, and
+each child becomes its role.  `spawn_role` starts
+`python -m letskencrypt.roles ROLE` (or a probe, or an attacker) instead.
 """
 
+import fcntl
+import gc
 import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Any
+from dataclasses import dataclass
+from typing import IO, Any, NoReturn
 
-from letskencrypt import namespace, settings
+from letskencrypt import interrupts, namespace, settings
 from letskencrypt.constants import EXIT_FAILED
 from letskencrypt.linux import PR_SET_PDEATHSIG, prctl
 from letskencrypt.roles import spec_of
@@ -123,7 +131,25 @@ def start_role(
 ) -> subprocess.Popen[bytes]:
     """Start `role` (or `argv` in its place: a probe, an attacker) and hand it
     `document` (see role_document)."""
-    process = subprocess.Popen(
+    process = spawn_role(
+        role, argv=argv, stdout=stdout, stderr=stderr, pass_fds=pass_fds,
+        dies_with_us=dies_with_us,
+    )  # fmt: skip
+    hand_over(process, document)
+    return process
+
+
+def spawn_role(
+    role: str,
+    *,
+    argv: Sequence[str] | None = None,
+    stdout: int | IO[Any] | None = subprocess.PIPE,
+    stderr: int | IO[Any] | None = subprocess.PIPE,
+    pass_fds: Sequence[int] = (),
+    dies_with_us: bool = False,
+) -> subprocess.Popen[bytes]:
+    """`python -m letskencrypt.roles ROLE` (or `argv`), waiting for its document."""
+    return subprocess.Popen(
         list(argv or role_command(role)),
         stdin=subprocess.PIPE,
         stdout=stdout,
@@ -135,6 +161,21 @@ def start_role(
         start_new_session=True,
         preexec_fn=dies_with(os.getpid()) if dies_with_us else None,
     )
+
+
+@dataclass
+class ForkedRole:
+    """A role forked from this process: what the supervisor uses of a Popen."""
+
+    pid: int
+    stdin: IO[bytes] | None
+    stdout: IO[bytes]
+    stderr: IO[bytes]
+    returncode: int | None = None
+
+
+def hand_over(process: "subprocess.Popen[bytes] | ForkedRole", document: Mapping[str, Any]) -> None:
+    """Write the role's configuration to its stdin and close it."""
     assert process.stdin is not None
     try:
         process.stdin.write(json.dumps(document).encode())
@@ -142,5 +183,75 @@ def start_role(
     except BrokenPipeError:
         # It died before reading: its status and stderr say why.
         pass
-    return process
+    process.stdin = None
+
+
+def prepare_to_fork() -> None:
+    """Load every role's code now, once, and keep the garbage collector off
+    it: the roles forked afterwards share those pages rather than copy them."""
+    from letskencrypt import process  # noqa: F401 - what every role runs first
+    from letskencrypt.roles import specs
+
+    specs()
+    gc.collect()
+    gc.freeze()
+
+
+def fork_role(role: str, *, dies_with_us: bool = True) -> ForkedRole:
+    """`role` in a child of this process, waiting for its document (hand_over).
+
+    The child inherits this process's memory: call it before anything secret
+    exists here (the supervisor makes the edge tokens only once every role is
+    forked, and reads no key).  It keeps none of our open files but its
+    three pipes."""
+    stdin_read, stdin_write = os.pipe()
+    stdout_read, stdout_write = os.pipe()
+    stderr_read, stderr_write = os.pipe()
+    environment = role_environment()
+    parent = os.getpid() if dies_with_us else None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        become_role(role, parent, environment, (stdin_read, stdout_write, stderr_write))
+    for fd in (stdin_read, stdout_write, stderr_write):
+        os.close(fd)
+    return ForkedRole(
+        pid,
+        os.fdopen(stdin_write, "wb"),
+        os.fdopen(stdout_read, "rb", buffering=0),
+        os.fdopen(stderr_read, "rb", buffering=0),
+    )
+
+
+# The lowest descriptor the child moves its pipes to before it makes them
+# 0, 1 and 2, so that one of them being 0, 1 or 2 already does not matter.
+HIGH_FD = 10
+
+
+def become_role(
+    role: str, parent: int | None, environment: Mapping[str, str], stdio: tuple[int, int, int]
+) -> NoReturn:
+    """In the forked child: what `spawn_role`'s exec would have given it,
+    then the role itself; never returns."""
+    try:
+        if parent is not None:
+            dies_with(parent)()
+        # The supervisor's handlers remember signals for it; a role's die of them.
+        for signum in interrupts.STOP_SIGNALS:
+            if callable(signal.getsignal(signum)):
+                signal.signal(signum, signal.SIG_DFL)
+        os.setsid()
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, HIGH_FD) for fd in stdio]
+        for target, fd in enumerate(moved):
+            os.dup2(fd, target)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        os.chdir("/")
+        os.environ.clear()
+        os.environ.update(environment)
+        from letskencrypt import process
+
+        process.run_role(role)
+    finally:
+        os._exit(EXIT_FAILED)
 

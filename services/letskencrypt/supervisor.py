@@ -1,12 +1,14 @@
 """Native mode: start the eight roles as eight OS processes and see the run through.
 
 The supervisor holds nothing: it makes a private socket directory with one
-sub-directory per edge, starts each role with only the settings it needs
-(written to the role's stdin), and waits.  netproc's exit status is the
-run's; if any other role dies first, every role is stopped and the run
-fails naming it.  No role outlives the supervisor (each has a parent-death
-signal from birth, and the supervisor kills what is left on the way out);
-chngproc's is SIGTERM, so that it removes its files first.
+sub-directory per edge, forks each role from its own interpreter (launch.py:
+the roles' code is imported once), then makes the edge tokens and writes
+each role only its own settings and tokens (on the role's stdin), and
+waits.  netproc's exit status is the run's; if any other role dies first,
+every role is stopped and the run fails naming it.  No role outlives the
+supervisor (each has a parent-death signal from birth, and the supervisor
+kills what is left on the way out); chngproc's is SIGTERM, so that it
+removes its files first.
 
 One run at a time per certificate: fileproc holds the certificate
 directory's lock for the whole run (see roles/fileproc.py).  The supervisor
@@ -69,19 +71,20 @@ class Supervisor:
     run_user: RunUser | None = None
     run_dir: str = ""
     children: dict[int, str] = field(default_factory=dict)
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    processes: dict[str, "subprocess.Popen[bytes] | launch.ForkedRole"] = field(
+        default_factory=dict
+    )
     # The stop signal that cut the run short, if one did.
     interrupted: signal.Signals | None = None
+    # launch.prepare_to_fork has run.
+    prepared: bool = False
     # The roles' stdout and stderr come here; see relay.py.
     relay: Relay = field(default_factory=Relay)
-    # One secret per edge, given only to its two roles (see rpc.py).
-    edge_tokens: dict[str, str] = field(
-        default_factory=lambda: {name: secrets.token_urlsafe(32) for name in EDGES}
-    )
-    # And one by which each edge's server proves itself to its client.
-    server_tokens: dict[str, str] = field(
-        default_factory=lambda: {name: secrets.token_urlsafe(32) for name in EDGES}
-    )
+    # One secret per edge, given only to its two roles (see rpc.py), and
+    # one by which each edge's server proves itself to its client: made by
+    # make_tokens once every role is forked, so that no role inherits them.
+    edge_tokens: dict[str, str] = field(default_factory=dict)
+    server_tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def driver(self) -> str:
@@ -128,7 +131,14 @@ class Supervisor:
             if self.notice_interrupt():
                 break
             self.start(role)
+        self.make_tokens()
+        for role, process in self.processes.items():
+            launch.hand_over(process, self.role_document(role))
         return self.wait()
+
+    def make_tokens(self) -> None:
+        self.edge_tokens = {name: secrets.token_urlsafe(32) for name in EDGES}
+        self.server_tokens = {name: secrets.token_urlsafe(32) for name in EDGES}
 
     def notice_interrupt(self) -> bool:
         """Whether a stop signal has come (and remember the first in `interrupted`)."""
@@ -164,19 +174,27 @@ class Supervisor:
         return run_dir
 
     def start(self, role: str) -> None:
+        """Fork `role` (or spawn it: see role_argv); it waits for its document."""
+        argv = self.role_argv(role)
+        process: subprocess.Popen[bytes] | launch.ForkedRole
+        if argv is None:
+            if not self.prepared:
+                launch.prepare_to_fork()
+                self.prepared = True
+            process = launch.fork_role(role)
+        else:
+            process = launch.spawn_role(role, argv=argv, dies_with_us=True)
         # Whatever it prints reaches the terminal only through the relay.
-        process = launch.start_role(
-            role, self.role_document(role), argv=self.role_argv(role), dies_with_us=True
-        )
         assert process.stdout and process.stderr
         self.relay.add(role, process.stdout)
         self.relay.add(role, process.stderr)
         self.processes[role] = process
         self.children[process.pid] = role
 
-    def role_argv(self, role: str) -> list[str]:
-        """The command line that starts `role` (the compromised-role tests swap one)."""
-        return launch.role_command(role)
+    def role_argv(self, role: str) -> list[str] | None:
+        """None: `role` is forked from this process.  A command line (the
+        compromised-role tests give one) starts that in its place."""
+        return None
 
     def role_document(self, role: str) -> dict[str, Any]:
         return launch.role_document(
