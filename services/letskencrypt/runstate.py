@@ -14,6 +14,7 @@ in `State.warning`; it never raises.  `save` replaces the file atomically
 """
 
 import dataclasses
+import errno
 import json
 import math
 from dataclasses import dataclass, field
@@ -127,6 +128,8 @@ def load(path: str) -> State:
     except fsutil.NotRegularFile:
         return _unusable(path, "not a regular file")
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return _unusable(path, "a symlink, which is not followed")
         return _unusable(path, exc.strerror or "cannot read it")
     try:
         return _parse(data)
