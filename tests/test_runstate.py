@@ -49,6 +49,9 @@ def test_record_bounds_the_message_and_refuses_unknown_results():
     assert message.endswith("…")
     with pytest.raises(ValueError, match="unknown run result 'ok'"):
         runstate.record(State(), "web", "ok", "", T0)
+    for handle in ["", "x" * (runstate.MAX_HANDLE + 1)]:
+        with pytest.raises(ValueError, match="handle must have 1 to 200 characters"):
+            runstate.record(State(), handle, "changed", "", T0)
 
 
 def test_missing_file_is_no_history(tmp_path):

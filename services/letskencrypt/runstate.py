@@ -82,7 +82,10 @@ def record(state: State, handle: str, result: str, message: str, now: float) -> 
 
     `message` is kept as one line of at most MAX_MESSAGE characters.  Any
     result but "failed" counts as a success and ends a series of failures.
+    ValueError for a result not in RESULTS or a handle `load` would refuse.
     """
+    if not handle or len(handle) > MAX_HANDLE:
+        raise ValueError(f"a certificate's handle must have 1 to {MAX_HANDLE} characters")
     if result not in RESULTS:
         raise ValueError(f"unknown run result {result!r} (one of {', '.join(RESULTS)})")
     previous = state.certificates.get(handle)
