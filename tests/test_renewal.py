@@ -8,6 +8,7 @@ from letskencrypt.renewal import (
     decide,
     load_certificate_file,
     load_chain_file,
+    renewal_due,
     renewal_window,
 )
 
@@ -181,3 +182,37 @@ def test_load_chain_file(tmp_path, pki):
     path.write_bytes(pem(pki.intermediate) + b"junk")
     with pytest.raises(CertificateFileError, match=f"chain {path}: unexpected data"):
         load_chain_file(str(path))
+
+
+# --- renewal_due: the rule decide applies, with its time --------------------
+
+
+@pytest.mark.parametrize(
+    ("days", "reason"),
+    [
+        (90, "lifetime rule: renew in the last 30 days of a 90-day certificate"),
+        (6, "lifetime rule: renew in the last 3 days of a 6-day certificate"),
+        (4, "lifetime rule: renew in the last 3 days of a 4-day certificate"),
+    ],
+)
+def test_renewal_due_is_where_decide_turns(pki, days, reason):
+    cert = _cert(pki, days)
+    due = renewal_due(cert, NAMES)
+    assert due == (cert.not_valid_after_utc - renewal_window(cert), reason)
+    assert decide(cert, NAMES, due.at, False)[0] is Decision.UP_TO_DATE
+    assert decide(cert, NAMES, due.at + SECOND, False)[0] is Decision.RENEW
+
+
+def test_renewal_due_at_once(pki):
+    cert = _cert(pki, 90)
+    assert renewal_due(None, NAMES) == (None, "no certificate yet")
+    assert renewal_due(cert, ["c.example"]).at is None
+    assert renewal_due(cert, ["c.example"]).reason.startswith("names changed: adding")
+    assert renewal_due(cert, NAMES, distrust="x") == (None, "installed x")
+
+
+def test_renewal_due_rounds_odd_lifetimes(pki):
+    cert = _cert(pki, 6, hours=16)
+    assert renewal_due(cert, NAMES).reason == (
+        "lifetime rule: renew in the last 3.3 days of a 6.7-day certificate"
+    )

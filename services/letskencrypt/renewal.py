@@ -3,6 +3,7 @@
 import enum
 import os
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from cryptography import x509
 
@@ -19,6 +20,13 @@ class Decision(enum.Enum):
     ISSUE = "issue"
     RENEW = "renew"
     UP_TO_DATE = "up to date"
+
+
+class Due(NamedTuple):
+    """When renewal becomes due (None: at once) and the rule that says so."""
+
+    at: datetime | None
+    reason: str
 
 
 def renewal_window(cert: x509.Certificate) -> timedelta:
@@ -54,6 +62,37 @@ def _names_changed(actual: list[str], wanted: list[str]) -> str | None:
     return "names changed: " + ", ".join(parts)
 
 
+def _days(delta: timedelta) -> str:
+    return f"{delta / timedelta(days=1):.1f}".removesuffix(".0")
+
+
+def renewal_due(
+    cert: x509.Certificate | None, names: list[str], distrust: str | None = None
+) -> Due:
+    """The renewal rule, without the clock: when the certificate stops being
+    current, and why.
+
+    At once (`at` None) without a certificate, with an installed chain that
+    is not trusted (`distrust`, see decide) or with other names than
+    `names`; otherwise `renewal_window` before notAfter.  It is due once
+    the time is past `at`.
+    """
+    if cert is None:
+        return Due(None, "no certificate yet")
+    if distrust:
+        return Due(None, f"installed {distrust}")
+    changed = _names_changed(cert_dns_names(cert), [name.lower() for name in names])
+    if changed:
+        return Due(None, changed)
+    window = renewal_window(cert)
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    return Due(
+        cert.not_valid_after_utc - window,
+        f"lifetime rule: renew in the last {_days(window)} days "
+        f"of a {_days(lifetime)}-day certificate",
+    )
+
+
 def decide(
     cert: x509.Certificate | None,
     names: list[str],
@@ -65,23 +104,21 @@ def decide(
 
     `distrust` is why the installed chain is not one certproc would accept
     (certs.trust_problem): such a certificate is never current.
-    A naive `now` is taken as UTC.
+    A naive `now` is taken as UTC.  The rule is `renewal_due`'s.
     """
+    due = renewal_due(cert, names, distrust)
     if cert is None:
-        return Decision.ISSUE, "no certificate yet"
-    if distrust:
-        return Decision.RENEW, f"installed {distrust}"
+        return Decision.ISSUE, due.reason
+    if due.at is None:
+        return Decision.RENEW, due.reason
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    changed = _names_changed(cert_dns_names(cert), [name.lower() for name in names])
-    if changed:
-        return Decision.RENEW, changed
     not_after = cert.not_valid_after_utc
     remaining = not_after - now
-    window = renewal_window(cert)
+    window = not_after - due.at
     if remaining <= timedelta(0):
         return Decision.RENEW, f"expired {_format_duration(remaining)} ago ({not_after})"
-    if remaining < window:
+    if now > due.at:
         return Decision.RENEW, (
             f"expires in {_format_duration(remaining)} ({not_after}), "
             f"renewal is due {_format_duration(window)} before"
@@ -90,7 +127,7 @@ def decide(
         return Decision.RENEW, "forced"
     return Decision.UP_TO_DATE, (
         f"valid for {_format_duration(remaining)} more ({not_after}), "
-        f"renewal due in {_format_duration(remaining - window)}"
+        f"renewal due in {_format_duration(due.at - now)}"
     )
 
 
