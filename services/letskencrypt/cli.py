@@ -11,21 +11,25 @@ daemon that is up and running exits 0 instead.
 import argparse
 import contextlib
 import errno
+import importlib.metadata
 import os
 import pwd
 import ssl
 import stat
 import sys
 import tempfile
+import time
 import typing
+from datetime import UTC, datetime
 from typing import NoReturn
 
-from letskencrypt import anchors, fsutil, interrupts, keyfiles, namespace, sandbox
+from letskencrypt import anchors, fsutil, interrupts, keyfiles, namespace, runstate, sandbox
 from letskencrypt.constants import (
     DEFAULT_KEY_TYPE,
     DEFAULT_POLL_TIMEOUT,
     EXIT_CHANGED,
     EXIT_FAILED,
+    EXIT_NOTHING_TO_DO,
     MAX_CA_BUNDLE,
     SUBSCRIBER_REVOCATION_REASONS,
     default_audit_log,
@@ -45,6 +49,7 @@ from letskencrypt.fsutil import (
     fsync_directory,
     make_directories,
 )
+from letskencrypt.relay import LOG_FORMATS, Relay
 from letskencrypt.roles import spec_of
 from letskencrypt.settings import (
     AcctprocSettings,
@@ -159,8 +164,31 @@ def build_parser() -> Parser:
         "(default: audit.log next to the account key)")
     add("--user", default="nobody",
         help="unprivileged user the roles run as when started as root (default nobody)")
-    add("domains", nargs="+", metavar="domain", help="primary domain, then alternative names")
+    add("--config", metavar="FILE",
+        help="every certificate of this acme-client.conf(5) file (or only the domain "
+        "blocks named) in one run; see letskencrypt.conf(5)")
+    add("-j", "--jobs", type=int, metavar="N",
+        help="with --config: certificates in progress at a time (default: 4 per CPU, 2 to 16)")
+    add("--deploy-hook", metavar="COMMAND",
+        help="run by /bin/sh once for each certificate changed, after its roles have "
+        "exited, with LETSKENCRYPT_CERTIFICATE, _NAMES, _CERT_DIR, _CERT, _CHAIN, "
+        "_FULLCHAIN in the environment")
+    add("--log-format", choices=LOG_FORMATS, default="text",
+        help="text (default), or json: one object per line (time, certificate, role, event)")
+    add("--metrics-file", metavar="FILE",
+        help="write Prometheus textfile metrics here after the run (replaced atomically)")
+    add("--version", action="version", version=f"letskencrypt {version()}")
+    add("domains", nargs="*", metavar="domain",
+        help="primary domain, then alternative names; with --config: the domain blocks "
+        "to run (default: all)")
     return parser
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("letskencrypt")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def check_contact(contact: str) -> str:
@@ -650,6 +678,12 @@ def main(argv: list[str] | None = None) -> None:
     interrupts.catch()
     arguments = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(arguments)
+    if args.config:
+        run_config(args)
+    if not args.domains:
+        build_parser().error("the following arguments are required: domain")
+    if args.jobs is not None:
+        raise_usage("-j/--jobs goes with --config")
     cert_dir = os.path.abspath(args.cert_dir)
     try:
         settings = role_settings(args)
@@ -671,7 +705,11 @@ def main(argv: list[str] | None = None) -> None:
         cert_dir=cert_dir,
         verbosity=args.verbose,
         run_user=user,
+        relay=Relay(
+            log_format=args.log_format, timestamps=args.daemon, certificate=args.domains[0]
+        ),
     )
+    started = time.time()
     try:
         status = supervisor.run()
     except (InputError, FileStoreError) as error:
@@ -680,7 +718,75 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as error:
         sys.stderr.write(f"letskencrypt: {plain_words(error)}\n")
         sys.exit(EXIT_FAILED)
-    interrupts.exit_with(finish_run(settings, cert_dir, status))
+    status = finish_run(settings, cert_dir, status)
+    if status == EXIT_CHANGED and args.deploy_hook and not args.revoke:
+        status = deploy(args, settings, cert_dir)
+    if args.metrics_file:
+        run = runstate.RunRecord(
+            started=started, duration=time.time() - started,
+            orders=supervisor.relay.counts["orders"], requests=supervisor.relay.counts["requests"],
+        )  # fmt: skip
+        write_metrics(args, settings, cert_dir, status, run)
+    interrupts.exit_with(status)
+
+
+def raise_usage(message: str) -> NoReturn:
+    build_parser().error(message)
+
+
+def run_config(args: argparse.Namespace) -> NoReturn:
+    from letskencrypt import confrun
+
+    try:
+        status = confrun.run(args)
+    except OSError as error:
+        sys.stderr.write(f"letskencrypt: {plain_words(error)}\n")
+        sys.exit(EXIT_FAILED)
+    except LetskencryptError as error:
+        sys.stderr.write(f"letskencrypt: {error}\n")
+        sys.exit(EXIT_FAILED)
+    interrupts.exit_with(status)
+
+
+def deploy(args: argparse.Namespace, settings: dict[str, RoleSettings], cert_dir: str) -> int:
+    """The deploy hook after a single-certificate run that changed it."""
+    from letskencrypt import fleet
+
+    job = fleet.Job(handle=args.domains[0], names=tuple(args.domains), settings=settings,
+                    cert_dir=cert_dir, authority="", account_key="",
+                    deploy_hook=args.deploy_hook)  # fmt: skip
+    problem = fleet.run_deploy_hook(job)
+    if problem is None:
+        return EXIT_CHANGED
+    sys.stderr.write(f"letskencrypt: deploy hook: {problem} (the certificate stays installed)\n")
+    return EXIT_FAILED
+
+
+def write_metrics(
+    args: argparse.Namespace,
+    settings: dict[str, RoleSettings],
+    cert_dir: str,
+    status: int,
+    run: "runstate.RunRecord",
+) -> None:
+    """--metrics-file after a single-certificate run: its certificate and this run."""
+    from letskencrypt import metrics
+    from letskencrypt import status as certificate_status
+
+    netproc = typing.cast(NetprocSettings, settings["netproc"])
+    handle = args.domains[0]
+    result = {EXIT_CHANGED: "changed", EXIT_NOTHING_TO_DO: "not-due"}.get(status, "failed")
+    state = runstate.record(runstate.State(), handle, result, "", time.time())
+    state = runstate.record_run(state, run)
+    entry = certificate_status.Entry(
+        handle=handle, names=tuple(netproc.names), cert_dir=cert_dir, key_type=args.key_type,
+        authority=origin(netproc.directory_url), directory_url=netproc.directory_url,
+    )  # fmt: skip
+    facts = certificate_status.gather([entry], state, datetime.now(UTC))
+    try:
+        metrics.write(os.path.abspath(args.metrics_file), metrics.render(facts, state))
+    except OSError as error:
+        sys.stderr.write(f"letskencrypt: --metrics-file: {plain_words(error)}\n")
 
 
 if __name__ == "__main__":

@@ -7,16 +7,32 @@ control characters and escape sequences replaced (validate.safe_text), each
 line capped, each role's total volume capped.  Writes to our own stderr wait
 in a bounded queue until it can take them, so a hung terminal or a full pipe
 behind us does not stop the run either.  No threads: the supervisor forks.
+
+Each line is "letskencrypt: [ROLE: ]MESSAGE" on the way in, and goes out as
+that, or with a timestamp first (`timestamps`, for a daemon's log), or as one
+JSON object (`log_format="json"`: time, certificate, role, event).  A lane
+of a many-certificate run (fleet.py) is a nested stream: its lines are its
+own relay's, and go out labelled with its certificate.
 """
 
 import contextlib
+import json
 import os
 import selectors
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import IO
 
+from letskencrypt.roles import ROLES
 from letskencrypt.validate import safe_text
+
+LOG_FORMATS = ("text", "json")
+PREFIX = "letskencrypt: "
+# A line that starts so, from a stream added with counts=True, is not shown:
+# it says, as JSON, how many requests and orders its role sent the CA.
+COUNTS_MARKER = "letskencrypt-counts: "
+MAX_COUNT = 10**9
 
 MAX_LINE = 2000
 # A line longer than this (bytes, before decoding) is cut; the rest of it dropped.
@@ -32,29 +48,45 @@ FLUSH_TIMEOUT = 2.0
 
 @dataclass
 class _Stream:
+    # A role's name, or a nested stream's certificate.
     role: str
     file: IO[bytes]
+    nested: bool = False
+    counts: bool = False
     buffer: bytearray = field(default_factory=bytearray)
     # Inside a line longer than MAX_LINE_BYTES: drop up to its end.
     skipping: bool = False
 
 
 class Relay:
-    def __init__(self, output: int = 2) -> None:
+    def __init__(
+        self,
+        output: int = 2,
+        *,
+        log_format: str = "text",
+        timestamps: bool = False,
+        certificate: str | None = None,
+    ) -> None:
         self.output = output
+        self.log_format = log_format
+        self.timestamps = timestamps
+        # The certificate a single-certificate run is for (named in JSON).
+        self.certificate = certificate
         self.selector = selectors.PollSelector()
         self.streams: dict[int, _Stream] = {}
         self.volume: dict[str, int] = {}
         self.pending = bytearray()
         self.dropped = 0
+        # Summed from the COUNTS_MARKER lines.
+        self.counts = {"requests": 0, "orders": 0}
         self.writing = False
 
     # --- reading the roles ---------------------------------------------------------
 
-    def add(self, role: str, file: IO[bytes]) -> None:
+    def add(self, role: str, file: IO[bytes], nested: bool = False, counts: bool = False) -> None:
         fd = file.fileno()
         os.set_blocking(fd, False)
-        self.streams[fd] = _Stream(role, file)
+        self.streams[fd] = _Stream(role, file, nested, counts)
         self.selector.register(fd, selectors.EVENT_READ)
 
     def pump(self, timeout: float) -> None:
@@ -87,7 +119,7 @@ class Relay:
             data = b""
         if not data:
             if stream.buffer and not stream.skipping:
-                self._line(stream.role, bytes(stream.buffer))
+                self._line(stream, bytes(stream.buffer))
             self._close(fd)
             return False
         stream.buffer += data
@@ -100,10 +132,10 @@ class Relay:
             if stream.skipping:
                 stream.skipping = False
             else:
-                self._line(stream.role, line)
+                self._line(stream, line)
         if len(stream.buffer) > MAX_LINE_BYTES:
             if not stream.skipping:
-                self._line(stream.role, bytes(stream.buffer[:MAX_LINE_BYTES]))
+                self._line(stream, bytes(stream.buffer[:MAX_LINE_BYTES]))
             stream.buffer.clear()
             stream.skipping = True
         return True
@@ -114,31 +146,77 @@ class Relay:
         with contextlib.suppress(OSError):
             stream.file.close()
 
-    def _line(self, role: str, raw: bytes) -> None:
+    def _line(self, stream: _Stream, raw: bytes) -> None:
+        if stream.counts and raw.startswith(COUNTS_MARKER.encode()):
+            self._count(raw[len(COUNTS_MARKER):])
+            return
+        role = stream.role
         used = self.volume.get(role, 0)
-        if used > MAX_VOLUME:
+        limit = MAX_VOLUME * (len(ROLES) if stream.nested else 1)
+        if used > limit:
             return
         self.volume[role] = used + len(raw) + 1
-        if used + len(raw) + 1 > MAX_VOLUME:
-            self.write(f"letskencrypt: {role}: more than {MAX_VOLUME // 1024} KiB of output; "
-                       "dropping the rest")  # fmt: skip
+        certificate = role if stream.nested else None
+        if used + len(raw) + 1 > limit:
+            self.write(f"{PREFIX}{'' if stream.nested else role + ': '}more than "
+                       f"{limit // 1024} KiB of output; dropping the rest",
+                       certificate=certificate)  # fmt: skip
             return
-        text = raw.decode("utf-8", errors="replace")
-        prefix = f"letskencrypt: {role}: "
+        text = safe_text(raw.decode("utf-8", errors="replace"), MAX_LINE)
+        if stream.nested:
+            self.write(text if text.startswith(PREFIX) else PREFIX + text, certificate=role)
+            return
+        prefix = f"{PREFIX}{role}: "
         if text.startswith(prefix):
             text = text[len(prefix):]
-        self.write(prefix + safe_text(text, MAX_LINE))
+        self.write(prefix + text)
+
+    def _count(self, raw: bytes) -> None:
+        try:
+            counts = json.loads(raw)
+        except ValueError:
+            return
+        if not isinstance(counts, dict):
+            return
+        for name in self.counts:
+            value = counts.get(name)
+            if isinstance(value, int) and 0 <= value <= MAX_COUNT:
+                self.counts[name] = min(self.counts[name] + value, MAX_COUNT)
+
+    def counts_line(self) -> str:
+        return COUNTS_MARKER + json.dumps(self.counts)
 
     # --- writing ours -----------------------------------------------------------------
 
-    def write(self, line: str) -> None:
-        """Queue one line (ours, trusted) for our stderr; write what it takes now."""
-        data = (line + "\n").encode(errors="replace")
+    def write(self, line: str, certificate: str | None = None) -> None:
+        """Queue one line (ours, trusted, or a role's made safe) for our
+        stderr, in the output's format; write what it takes now."""
+        data = (self.render(line, certificate) + "\n").encode(errors="replace")
         if len(self.pending) + len(data) > MAX_PENDING:
             self.dropped += 1
             return
         self.pending += data
         self._write_some()
+
+    def render(self, line: str, certificate: str | None) -> str:
+        """`line` ("letskencrypt: [ROLE: ]MESSAGE") as it goes out."""
+        if self.log_format == "text" and not self.timestamps and certificate is None:
+            return line
+        body = line.removeprefix(PREFIX)
+        first, separator, rest = body.partition(": ")
+        role = first if separator and first in ROLES else None
+        event = rest if role else body
+        now = datetime.now(UTC)
+        if self.log_format == "json":
+            return json.dumps({
+                "time": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "certificate": certificate or self.certificate,
+                "role": role,
+                "event": event,
+            })  # fmt: skip
+        label = "".join(f"{part}: " for part in (certificate, role) if part)
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ ") if self.timestamps else ""
+        return f"{stamp}{PREFIX}{label}{event}"
 
     def _want_write(self, wanted: bool) -> None:
         if wanted == self.writing:

@@ -186,8 +186,9 @@ class Supervisor:
             process = launch.spawn_role(role, argv=argv, dies_with_us=True)
         # Whatever it prints reaches the terminal only through the relay.
         assert process.stdout and process.stderr
-        self.relay.add(role, process.stdout)
-        self.relay.add(role, process.stderr)
+        counts = role == self.driver
+        self.relay.add(role, process.stdout, counts=counts)
+        self.relay.add(role, process.stderr, counts=counts)
         self.processes[role] = process
         self.children[process.pid] = role
 

@@ -24,10 +24,11 @@ from letskencrypt.acme.messages import (
     parse_retry_after,
     validate_nonce,
 )
-from letskencrypt.acme.transport import HttpResponse, Resolver, Transport
+from letskencrypt.acme.transport import COUNTS, HttpResponse, Resolver, Transport
 from letskencrypt.constants import DEFAULT_POLL_TIMEOUT
 
 __all__ = [
+    "COUNTS",
     "DEFAULT_POLL_TIMEOUT",
     "RATE_LIMITED",
     "AcmeClient",

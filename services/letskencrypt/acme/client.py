@@ -42,7 +42,7 @@ from letskencrypt.acme.messages import (
     string_field,
     validate_nonce,
 )
-from letskencrypt.acme.transport import HttpResponse, Transport
+from letskencrypt.acme.transport import COUNTS, HttpResponse, Transport
 from letskencrypt.b64 import b64url
 from letskencrypt.constants import DEFAULT_POLL_TIMEOUT, REVOCATION_REASON_CODES
 from letskencrypt.errors import CertificateRejected, InputError
@@ -310,6 +310,7 @@ class AcmeClient:
         new_order = self.directory().new_order
         payload = {"identifiers": [{"type": "dns", "value": name} for name in names]}
         response = self.post(new_order, payload, self._require_kid())
+        COUNTS.orders += 1
         url = self._location(response, new_order, "order")
         order = Order.from_json(url, json_object(response.body, "order"), self.directory_url)
         self._log(f"order {url}: {order.status}")

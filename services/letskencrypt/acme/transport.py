@@ -39,6 +39,17 @@ from letskencrypt.errors import LetskencryptError
 from letskencrypt.validate import safe_text
 
 MAX_BODY = 1024 * 1024
+
+
+@dataclass
+class Counts:
+    """What this process has asked of CAs, for the run's metrics."""
+
+    requests: int = 0
+    orders: int = 0
+
+
+COUNTS = Counts()
 MAX_ADDRESSES = 8
 
 _URLLIB3_PREFIX = re.compile(r"^\w+\(host='[^']*', port=\d+\): ")
@@ -347,6 +358,7 @@ class Transport:
         limit = self.max_body if max_body is None else max_body
         self._watchdog.start(self._deadline)
         response: requests.Response | None = None
+        COUNTS.requests += 1
         try:
             response = self._session.request(
                 method,

@@ -17,11 +17,13 @@ failure (doubling, up to the interval) but never orders again sooner than
 the CA asked, and exits 0 on SIGTERM.
 """
 
+import json
 import math
 import os
 import random
 import signal
 import ssl
+import sys
 import threading
 
 import grpc
@@ -36,6 +38,7 @@ from letskencrypt.constants import (
 from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.fsutil import FileTooLarge, NotRegularFile, read_file
+from letskencrypt.relay import COUNTS_MARKER
 from letskencrypt.settings import NetprocSettings, Schedule
 from letskencrypt.spec import READ, Fs, Grant, Network, RoleSpec
 from letskencrypt.v1 import (
@@ -322,5 +325,8 @@ def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
         log.error(str(error))
     finally:
         peers.stop_all(failed=code == EXIT_FAILED)
+        # For the run's metrics; the supervisor's relay takes this line, it is not shown.
+        counts = {"requests": acme.COUNTS.requests, "orders": acme.COUNTS.orders}
+        sys.stdout.write(f"{COUNTS_MARKER}{json.dumps(counts)}\n")
     return code
 

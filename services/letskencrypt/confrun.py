@@ -1,0 +1,240 @@
+"""`letskencrypt --config FILE [handle ...]`: every certificate of an
+acme-client.conf(5) file (conf.py) in one run (fleet.py), and
+`letskencrypt status`.
+
+Each `domain` block becomes the command line a single-certificate run would
+have (its names, keys, directories, its authority's URL, account key, roots
+and CA bundle), with the options that are not per certificate (-n, -N, -F,
+-b, -v, --ca-bundle, --user, --strict, ...) taken from the command line for
+every one of them; the per-certificate options are refused with --config.
+Everything is checked before any role starts: a mistake in any block stops
+the run, naming the file, line and column of the block.
+"""
+
+import argparse
+import copy
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from letskencrypt import cli, conf, fleet, metrics, runstate, status
+from letskencrypt.constants import EXIT_FAILED
+from letskencrypt.errors import InputError, LetskencryptError, plain_words
+from letskencrypt.relay import Relay
+from letskencrypt.settings import KeyprocSettings, NetprocSettings, RoleSettings
+from letskencrypt.supervisor import RunUser
+
+DEFAULT_STATE_DIRECTORY = "/var/lib/letskencrypt"
+STATE_FILE = "state.json"
+# With --config these come from the file; the command line may not give them.
+PER_CERTIFICATE = {
+    "cert_dir": ("-c/--cert-dir", "certificate directory", cli.DEFAULT_CERT_DIR),
+    "domain_key": ("-k/--domain-key", "domain key", cli.DEFAULT_DOMAIN_KEY),
+    "challenge_dir": ("-C/--challenge-dir", "challengedir", cli.DEFAULT_CHALLENGE_DIR),
+    "account_key": ("-f/--account-key", "account key", cli.DEFAULT_ACCOUNT_KEY),
+    "server": ("--server", "api url", None),
+    "staging": ("-s/--staging", "api url", False),
+    "trust_anchors": ("--trust-anchors", "trust anchors", None),
+    "contact": ("--contact", "contact", []),
+}
+
+
+def refuse_per_certificate_options(args: argparse.Namespace) -> None:
+    for attribute, (option, directive, default) in PER_CERTIFICATE.items():
+        if getattr(args, attribute) != default:
+            raise InputError(f"{option} goes in the configuration file ({directive}) with --config")
+
+
+def state_directory(config: conf.Config) -> str:
+    return config.state_directory or DEFAULT_STATE_DIRECTORY
+
+
+def domain_arguments(
+    args: argparse.Namespace, config: conf.Config, domain: conf.Domain
+) -> argparse.Namespace:
+    """The command line of a single-certificate run for `domain`."""
+    authority = config.authorities[domain.sign_with]
+    one = copy.copy(args)
+    one.domains = list(domain.names)
+    one.server = authority.api_url
+    one.staging = False
+    one.ca_bundle = args.ca_bundle or authority.ca_bundle
+    one.trust_anchors = authority.trust_anchors
+    one.account_key = authority.account_key
+    one.account_key_type = args.account_key_type or authority.account_key_type
+    one.contact = list(authority.contact)
+    one.domain_key = domain.domain_key
+    one.key_type = args.key_type or domain.domain_key_type
+    one.cert_dir = domain.certificate_directory or os.path.join(
+        state_directory(config), "certs", domain.handle
+    )
+    one.challenge_dir = domain.challenge_dir or cli.DEFAULT_CHALLENGE_DIR
+    one.rotate_domain_key = args.rotate_domain_key or domain.rotate_key
+    return one
+
+
+def publish_paths(domain: conf.Domain) -> dict[str, str]:
+    wanted = {
+        "cert.pem": domain.certificate,
+        "chain.pem": domain.chain_certificate,
+        "fullchain.pem": domain.full_chain_certificate,
+    }
+    return {name: path for name, path in wanted.items() if path}
+
+
+def build_jobs(
+    args: argparse.Namespace, config: conf.Config, user: RunUser | None
+) -> list[fleet.Job]:
+    """A job per selected domain, each checked as a single run would be (and
+    against the others: no two share a key or a certificate directory)."""
+    jobs: list[fleet.Job] = []
+    claimed: dict[str, str] = {}
+    for domain in conf.select(config, args.domains):
+        where = f"{domain.location}: domain {domain.handle}"
+        one = domain_arguments(args, config, domain)
+        try:
+            settings = cli.role_settings(one)
+            cli.preflight(settings, user)
+            cert_dir = os.path.abspath(one.cert_dir)
+            for note in cli.check_keys(settings, cert_dir):
+                sys.stderr.write(f"letskencrypt: {domain.handle}: {note}\n")
+        except LetskencryptError as error:
+            raise InputError(f"{where}: {error}") from None
+        keyproc = settings["keyproc"]
+        netproc = settings["netproc"]
+        assert isinstance(keyproc, KeyprocSettings) and isinstance(netproc, NetprocSettings)
+        for what, path in (
+            ("certificate directory", cert_dir),
+            ("domain key", os.path.realpath(keyproc.key_path)),
+            *((f"{name} path", path) for name, path in publish_paths(domain).items()),
+        ):
+            other = claimed.get(path)
+            if other is not None:
+                raise InputError(f"{where}: its {what} {path} is also {other}'s")
+            claimed[path] = f"domain {domain.handle}"
+        account_key = os.path.abspath(one.account_key)
+        jobs.append(
+            fleet.Job(
+                handle=domain.handle,
+                names=tuple(netproc.names),
+                settings=settings,
+                cert_dir=cert_dir,
+                authority=domain.sign_with,
+                account_key=account_key,
+                publish=publish_paths(domain),
+                deploy_hook=args.deploy_hook or domain.deploy_hook,
+                always=bool(args.force or args.revoke or keyproc.rotate),
+                finish=finisher(settings, cert_dir),
+            )
+        )
+    for job in jobs:
+        if os.path.realpath(job.account_key) in claimed:
+            raise InputError(f"the account key {job.account_key} is also a domain key")
+    return jobs
+
+
+def finisher(settings: dict[str, RoleSettings], cert_dir: str) -> Callable[[int], int]:
+    """What the command line does after the lane's run (a key rotation's end)."""
+    return lambda status: cli.finish_run(settings, cert_dir, status)
+
+
+def status_entries(config: conf.Config, args: argparse.Namespace) -> list[status.Entry]:
+    entries = []
+    for domain in conf.select(config, args.domains):
+        one = domain_arguments(args, config, domain)
+        entries.append(
+            status.Entry(
+                handle=domain.handle,
+                names=tuple(domain.names),
+                cert_dir=os.path.abspath(one.cert_dir),
+                key_type=one.key_type,
+                authority=domain.sign_with,
+                directory_url=config.authorities[domain.sign_with].api_url,
+            )
+        )
+    return entries
+
+
+def run(args: argparse.Namespace) -> int:
+    """A --config run; its exit status."""
+    refuse_per_certificate_options(args)
+    if args.daemon:
+        raise InputError("--daemon with --config: run it from cron or a timer for now")
+    config = conf.load(os.path.abspath(args.config))
+    user = cli.run_user(args.user)
+    jobs = build_jobs(args, config, user)
+    started = time.time()
+    relay = Relay(log_format=args.log_format)
+    runner = fleet.Fleet(
+        jobs=jobs,
+        concurrency=args.jobs or fleet.default_concurrency(),
+        verbosity=args.verbose,
+        run_user=user,
+        relay=relay,
+    )
+    exit_status = runner.run()
+    record(config, args, runner, started)
+    return exit_status
+
+
+def record(
+    config: conf.Config, args: argparse.Namespace, runner: fleet.Fleet, started: float
+) -> None:
+    """The run's results in the state file, and the metrics file if asked."""
+    path = os.path.join(state_directory(config), STATE_FILE)
+    state = runstate.load(path)
+    now = time.time()
+    for outcome in runner.outcomes.values():
+        result = {"changed": "changed", "not due": "not-due"}.get(outcome.result, "failed")
+        if args.revoke and result == "changed":
+            result = "revoked"
+        state = runstate.record(state, outcome.handle, result, outcome.reason, now)
+    counts = runner.relay.counts
+    state = runstate.record_run(
+        state,
+        runstate.RunRecord(started=started, duration=now - started,
+                           orders=counts["orders"], requests=counts["requests"]),
+    )  # fmt: skip
+    try:
+        runstate.save(path, state)
+    except OSError as error:
+        sys.stderr.write(f"letskencrypt: state file {path}: {plain_words(error)}\n")
+    if args.metrics_file:
+        facts = status.gather(status_entries(config, args), state, datetime.now(UTC))
+        try:
+            metrics.write(os.path.abspath(args.metrics_file), metrics.render(facts, state))
+        except OSError as error:
+            sys.stderr.write(f"letskencrypt: --metrics-file: {plain_words(error)}\n")
+
+
+def status_main(argv: Sequence[str]) -> None:
+    """`letskencrypt status [--json] --config FILE [handle ...]`."""
+    parser = cli.Parser(
+        prog="letskencrypt status",
+        description="What is installed for each configured certificate, when it is due "
+        "for renewal and why, and how its last run went. Reads files only: no request "
+        "to the CA, no role started.",
+    )
+    parser.add_argument("--config", required=True, metavar="FILE",
+                        help="the configuration file (acme-client.conf syntax)")
+    parser.add_argument("--json", action="store_true", help="one JSON document")
+    parser.add_argument("domains", nargs="*", metavar="handle",
+                        help="only these domain blocks (default: all)")
+    args = parser.parse_args(list(argv))
+    args.key_type = None
+    args.account_key_type = None
+    args.ca_bundle = None
+    args.rotate_domain_key = False
+    try:
+        config = conf.load(os.path.abspath(args.config))
+        entries = status_entries(config, args)
+        state = runstate.load(os.path.join(state_directory(config), STATE_FILE))
+    except LetskencryptError as error:
+        sys.stderr.write(f"letskencrypt: {error}\n")
+        sys.exit(EXIT_FAILED)
+    facts = status.gather(entries, state, datetime.now(UTC))
+    sys.stdout.write(status.render_json(facts) if args.json else status.render_text(facts))
+    sys.stdout.flush()
+    sys.exit(0)
