@@ -640,10 +640,10 @@ class _Parser:
                               f" after 'domain', got {which.describe()}", which.location)
         argument = tokens.argument("a file name")
         path = _absolute(argument, directive)
+        draft.settings.set(directive, path, token.location)
         if path in self.used_files:
             raise ConfigError(f"{directive} {path!r} is already used"
                               f" (at {self.used_files[path]})", argument.location)
-        draft.settings.set(directive, path, token.location)
         self.used_files[path] = argument.location
         if directive == "domain key":
             draft.key_type = _key_type(tokens)
