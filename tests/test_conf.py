@@ -434,6 +434,18 @@ def test_includes_count_towards_the_size_limit(tmp_path: Path) -> None:
     ("deploy hook a\ndeploy hook b\n", "<config>:2:1: duplicate 'deploy hook' (first at"
      " <config>:1:1)"),
     ("x = 1\r\n", "<config>:1:6: unexpected character '\\r'"),
+    ("authority a {\n api url u\n account key /a.pem\n contact a\n contact b\n}\n",
+     "<config>:5:2: duplicate 'contact' (first at <config>:4:2)"),
+    (with_domain("domain name a", "domain name b"),
+     "<config>:8:2: duplicate 'domain name' (first at <config>:7:2)"),
+    (with_domain("sign with ca", "sign with ca"),
+     "<config>:8:2: duplicate 'sign with' (first at <config>:7:2)"),
+    (with_domain("profile a", "domain chain certificate /c.pem", "domain chain certificate /c.pem"),
+     "<config>:9:2: duplicate 'domain chain certificate' (first at <config>:8:2)"),
+    (with_domain("domain chain certificate /c.pem", handle="a")
+     + with_domain("domain full chain certificate /c.pem", handle="b", before=""),
+     "<config>:11:32: domain full chain certificate '/c.pem' is already used"
+     " (at <config>:7:27)"),
 ])
 def test_error_positions(text: str, message: str) -> None:
     assert error_of(text) == message

@@ -211,14 +211,26 @@ class _Token:
 _Char = tuple[str, int, int]  # a character with its line and column
 
 
+@dataclass
+class _Budget:
+    """What macro expansion may still produce, in characters, for a whole configuration."""
+
+    left: int = MAX_EXPANSION
+
+    def spend(self, characters: int, location: Location) -> None:
+        self.left -= characters
+        if self.left < 0:
+            raise ConfigError(f"macros expand to more than {MAX_EXPANSION} characters", location)
+
+
 class _Lexer:
     """OpenBSD's yylex over one file's text."""
 
-    def __init__(self, text: str, path: str, macros: dict[str, str], budget: list[int]) -> None:
+    def __init__(self, text: str, path: str, macros: dict[str, str], budget: _Budget) -> None:
         self.text = text
         self.path = path
         self.macros = macros
-        self.budget = budget  # characters macro expansion may still produce
+        self.budget = budget
         self.position = 0
         self.line = 1
         self.column = 1
@@ -309,9 +321,7 @@ class _Lexer:
         value = self.macros.get("".join(name))
         if value is None:
             raise ConfigError(f"macro {''.join(name)!r} not defined", location)
-        self.budget[0] -= len(value)
-        if self.budget[0] < 0:
-            raise ConfigError(f"macros expand to more than {MAX_EXPANSION} characters", location)
+        self.budget.spend(len(value), location)
         self.pushed.append((_END_EXPANSION, location.line, location.column))
         self.pushed.extend((char, location.line, location.column) for char in reversed(value))
         self.pushed.append((_START_EXPANSION, location.line, location.column))
@@ -424,7 +434,7 @@ class _Parser:
         self.path = path
         self.size = size
         self.macros: dict[str, str] = {}
-        self.budget = [MAX_EXPANSION]
+        self.budget = _Budget()
         self.authorities: dict[str, Authority] = {}
         self.domains: dict[str, _DomainDraft] = {}
         self.used_files: dict[str, Location] = {}
@@ -640,10 +650,10 @@ class _Parser:
                               f" after 'domain', got {which.describe()}", which.location)
         argument = tokens.argument("a file name")
         path = _absolute(argument, directive)
+        draft.settings.set(directive, path, token.location)
         if path in self.used_files:
             raise ConfigError(f"{directive} {path!r} is already used"
                               f" (at {self.used_files[path]})", argument.location)
-        draft.settings.set(directive, path, token.location)
         self.used_files[path] = argument.location
         if directive == "domain key":
             draft.key_type = _key_type(tokens)
