@@ -96,12 +96,19 @@ def build_jobs(
         one = domain_arguments(args, config, domain)
         try:
             settings = cli.role_settings(one)
+        except LetskencryptError as error:
+            raise InputError(f"{where}: {error}") from None
+        cert_dir = os.path.abspath(one.cert_dir)
+        # What this host lacks for one certificate fails that one alone.
+        refused = None
+        try:
             cli.preflight(settings, user)
-            cert_dir = os.path.abspath(one.cert_dir)
             for note in cli.check_keys(settings, cert_dir):
                 sys.stderr.write(f"letskencrypt: {domain.handle}: {note}\n")
         except LetskencryptError as error:
-            raise InputError(f"{where}: {error}") from None
+            refused = str(error)
+        except OSError as error:
+            refused = plain_words(error)
         keyproc = settings["keyproc"]
         netproc = settings["netproc"]
         assert isinstance(keyproc, KeyprocSettings) and isinstance(netproc, NetprocSettings)
@@ -126,6 +133,7 @@ def build_jobs(
                 publish=publish_paths(domain),
                 deploy_hook=args.deploy_hook or domain.deploy_hook,
                 always=bool(args.force or args.revoke or keyproc.rotate),
+                refused=refused,
                 finish=finisher(settings, cert_dir),
             )
         )

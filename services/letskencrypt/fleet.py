@@ -71,6 +71,8 @@ class Job:
     deploy_hook: str | None = None
     # Renew however current (-F, a key rotation) or revoke: never skipped.
     always: bool = False
+    # Why this host cannot run it (the command line's preflight), if it cannot.
+    refused: str | None = None
     # What the command line does after a lane (a key rotation's end).
     finish: Callable[[int], int] = lambda status: status
 
@@ -126,6 +128,9 @@ class Fleet:
         now = datetime.now(UTC)
         waiting = []
         for job in self.jobs:
+            if job.refused is not None:
+                self.fail(job, job.refused)
+                continue
             needed, reason = due(job, now)
             if needed:
                 waiting.append(job)

@@ -1,0 +1,179 @@
+"""End to end, many certificates in one run (`letskencrypt --config FILE`)
+against a real pebble: 100 certificates, a rerun with nothing due, one name
+changed, one certificate failing while the others succeed, deploy hooks,
+published paths, `status` and the metrics file."""
+
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from tests.conftest import LETSKENCRYPT
+from tests.pebble import Pebble
+
+RUN_TIMEOUT = 600
+COUNT = 100
+
+
+@dataclass
+class Site:
+    handle: str
+    names: list[str]
+
+
+def sites(count: int, prefix: str) -> list[Site]:
+    return [
+        Site(f"{prefix}{index}.example.test", [f"{prefix}{index}.example.test"])
+        for index in range(count)
+    ]
+
+
+def write_config(
+    base: Path, pebble: Pebble, sites: list[Site], challenge_dirs: dict[str, Path] | None = None
+) -> Path:
+    lines = [
+        f'pebble_url = "{pebble.directory_url}"',
+        f'state directory "{base / "state"}"',
+        f'deploy hook "echo $LETSKENCRYPT_CERTIFICATE >> {base / "hook.log"}"',
+        "authority pebble {",
+        "    api url $pebble_url",
+        f'    account key "{base / "account.pem"}" ecdsa',
+        f'    trust anchors "{pebble.trust_anchors}"',
+        f'    ca bundle "{pebble.ca_bundle}"',
+        "}",
+    ]
+    for site in sites:
+        challenge_dir = (challenge_dirs or {}).get(site.handle, pebble.challenge_dir)
+        alternatives = " ".join(site.names[1:])
+        lines += [
+            f"domain {site.handle} {{",
+            *([f"    alternative names {{ {alternatives} }}"] if alternatives else []),
+            f'    domain key "{base / "keys" / site.handle}.pem"',
+            f'    certificate directory "{base / "certs" / site.handle}"',
+            f'    domain full chain certificate "{base / "published" / site.handle}.pem"',
+            f'    challengedir "{challenge_dir}"',
+            "    sign with pebble",
+            "}",
+        ]
+    path = base / "acme-client.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [LETSKENCRYPT, "--config", str(config), "-n", "-N", *args],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False,
+    )  # fmt: skip
+
+
+def serial(base: Path, handle: str) -> int:
+    pem = (base / "certs" / handle / "cert.pem").read_bytes()
+    return x509.load_pem_x509_certificate(pem).serial_number
+
+
+def hook_lines(base: Path) -> list[str]:
+    path = base / "hook.log"
+    return path.read_text().split() if path.exists() else []
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    tmp_path.chmod(0o755)
+    for directory in ("keys", "certs", "published"):
+        (tmp_path / directory).mkdir()
+    return tmp_path
+
+
+def test_one_hundred_certificates_then_nothing_due_then_one_name_changed(
+    pebble: Pebble, base: Path
+) -> None:
+    fleet = sites(COUNT, "s")
+    config = write_config(base, pebble, fleet)
+    metrics = base / "metrics.prom"
+
+    first = run(config, "--metrics-file", str(metrics))
+    assert first.returncode == 0, first.stderr[-3000:]
+    serials = {site.handle: serial(base, site.handle) for site in fleet}
+    assert len(set(serials.values())) == COUNT
+    assert sorted(hook_lines(base)) == sorted(site.handle for site in fleet)
+    # The configured full chain path points at the certificate directory's.
+    published = base / "published" / f"{fleet[0].handle}.pem"
+    assert os.readlink(published) == str(base / "certs" / fleet[0].handle / "fullchain.pem")
+    assert published.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+    assert list(pebble.challenge_dir.iterdir()) == []
+    text = metrics.read_text()
+    assert len(re.findall(r"^letskencrypt_certificate_not_after_seconds\{", text, re.M)) == COUNT
+    orders = re.search(r"^letskencrypt_run_orders (\d+)$", text, re.M)
+    assert orders is not None and int(orders.group(1)) == COUNT
+
+    requests_before = pebble.request_count()
+    again = run(config, "-v")
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert pebble.request_count() == requests_before
+    assert "not due" in again.stderr
+    assert len(hook_lines(base)) == COUNT
+
+    changed = fleet[7]
+    changed.names.append(f"www.{changed.handle}")
+    config = write_config(base, pebble, fleet)
+    third = run(config)
+    assert third.returncode == 0, third.stderr[-3000:]
+    renewed = [site.handle for site in fleet if serial(base, site.handle) != serials[site.handle]]
+    assert renewed == [changed.handle]
+    assert hook_lines(base)[COUNT:] == [changed.handle]
+
+    shown = subprocess.run(
+        [LETSKENCRYPT, "status", "--config", str(config), "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    document = json.loads(shown.stdout)
+    assert len(document["certificates"]) == COUNT
+    assert all(not entry["due"] for entry in document["certificates"])
+
+
+def test_one_certificate_failing_does_not_stop_the_others(pebble: Pebble, base: Path) -> None:
+    fleet = sites(10, "f")
+    closed = base / "closed-challenges"
+    closed.mkdir(mode=0o555)
+    closed.chmod(0o555)
+    failing = fleet[3].handle
+    config = write_config(base, pebble, fleet, {failing: closed})
+
+    result = run(config)
+    assert result.returncode == 1, result.stderr[-3000:]
+    for site in fleet:
+        exists = (base / "certs" / site.handle / "cert.pem").exists()
+        assert exists == (site.handle != failing), result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if failing in line]
+    assert any("challenge directory" in line for line in lines), result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"letskencrypt: 1 of {len(fleet)} certificates failed: {failing}"
+    )
+    assert sorted(hook_lines(base)) == sorted(s.handle for s in fleet if s.handle != failing)
+
+
+def test_a_mistake_in_the_file_is_named_before_any_request(pebble: Pebble, base: Path) -> None:
+    config = base / "acme-client.conf"
+    config.write_text('authority a {\n    api url "https://x.test/dir"\n}\n')
+    before = pebble.request_count()
+    result = run(config)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"letskencrypt: {config}:"), result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert pebble.request_count() == before
+
+
+def test_per_certificate_options_are_refused_with_config(base: Path, pebble: Pebble) -> None:
+    config = write_config(base, pebble, sites(1, "o"))
+    result = run(config, "-c", str(base / "elsewhere"))
+    assert result.returncode == 1
+    assert result.stderr == (
+        "letskencrypt: -c/--cert-dir goes in the configuration file (certificate directory) "
+        "with --config\n"
+    )
