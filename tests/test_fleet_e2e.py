@@ -6,7 +6,9 @@ published paths, `status` and the metrics file."""
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,3 +179,32 @@ def test_per_certificate_options_are_refused_with_config(base: Path, pebble: Peb
         "letskencrypt: -c/--cert-dir goes in the configuration file (certificate directory) "
         "with --config\n"
     )
+
+
+def test_daemon_renews_on_a_schedule_and_stops_on_sigterm(pebble: Pebble, base: Path) -> None:
+    fleet = sites(3, "d")
+    config = write_config(base, pebble, fleet)
+    daemon = subprocess.Popen(
+        [LETSKENCRYPT, "--config", str(config), "-n", "-N", "-v", "--daemon",
+         "--interval", "2", "--jitter", "0", "--log-format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(hook_lines(base)) < len(fleet):
+            time.sleep(0.2)
+        assert sorted(hook_lines(base)) == sorted(site.handle for site in fleet)
+        time.sleep(3)  # at least one more check, with nothing due
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=30)
+    finally:
+        daemon.kill()
+    assert daemon.returncode == 0, stderr[-3000:]
+    events = [json.loads(line) for line in stderr.splitlines()]
+    assert {"time", "certificate", "role", "event"} <= set(events[0])
+    assert {e["certificate"] for e in events if e["role"] == "netproc"} == {
+        site.handle for site in fleet
+    }
+    assert sum(e["event"].startswith("not due: ") for e in events) >= len(fleet)
+    assert any(e["event"].startswith("next check in ") for e in events)
+    assert len(hook_lines(base)) == len(fleet)

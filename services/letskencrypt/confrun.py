@@ -14,19 +14,24 @@ the run, naming the file, line and column of the block.
 import argparse
 import copy
 import os
+import random
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from letskencrypt import cli, conf, fleet, metrics, runstate, status
+from letskencrypt import cli, conf, fleet, interrupts, metrics, runstate, status
 from letskencrypt.constants import EXIT_FAILED
 from letskencrypt.errors import InputError, LetskencryptError, plain_words
 from letskencrypt.relay import Relay
-from letskencrypt.settings import KeyprocSettings, NetprocSettings, RoleSettings
+from letskencrypt.settings import KeyprocSettings, NetprocSettings, RoleSettings, Schedule
 from letskencrypt.supervisor import RunUser
 
 DEFAULT_STATE_DIRECTORY = "/var/lib/letskencrypt"
+MAX_JOBS = 256
+# The daemon wakes for a certificate falling due no sooner than this.
+MIN_DAEMON_WAIT = 60.0
+STOP_CHECK = 0.2
 STATE_FILE = "state.json"
 # With --config these come from the file; the command line may not give them.
 PER_CERTIFICATE = {
@@ -72,6 +77,8 @@ def domain_arguments(
     )
     one.challenge_dir = domain.challenge_dir or cli.DEFAULT_CHALLENGE_DIR
     one.rotate_domain_key = args.rotate_domain_key or domain.rotate_key
+    # A --config daemon is confrun's loop; each run of a certificate is one-shot.
+    one.daemon = False
     return one
 
 
@@ -168,23 +175,88 @@ def status_entries(config: conf.Config, args: argparse.Namespace) -> list[status
 def run(args: argparse.Namespace) -> int:
     """A --config run; its exit status."""
     refuse_per_certificate_options(args)
-    if args.daemon:
-        raise InputError("--daemon with --config: run it from cron or a timer for now")
+    if args.jobs is not None and not 1 <= args.jobs <= MAX_JOBS:
+        raise InputError(f"-j/--jobs must be between 1 and {MAX_JOBS}")
+    schedule = cli.check_schedule(args) if args.daemon else None
     config = conf.load(os.path.abspath(args.config))
     user = cli.run_user(args.user)
     jobs = build_jobs(args, config, user)
+    if schedule is None:
+        return run_once(args, config, jobs, user)
+    return keep_renewing(args, config, jobs, user, schedule)
+
+
+def run_once(
+    args: argparse.Namespace, config: conf.Config, jobs: list[fleet.Job], user: RunUser | None
+) -> int:
     started = time.time()
-    relay = Relay(log_format=args.log_format)
     runner = fleet.Fleet(
         jobs=jobs,
         concurrency=args.jobs or fleet.default_concurrency(),
         verbosity=args.verbose,
         run_user=user,
-        relay=relay,
+        relay=Relay(log_format=args.log_format, timestamps=args.daemon),
     )
     exit_status = runner.run()
     record(config, args, runner, started)
     return exit_status
+
+
+def keep_renewing(
+    args: argparse.Namespace,
+    config: conf.Config,
+    jobs: list[fleet.Job],
+    user: RunUser | None,
+    schedule: Schedule,
+) -> int:
+    """--daemon: run every due certificate, then wait - the interval plus
+    jitter, or less when a certificate falls due sooner, or the backoff
+    (doubling) after a run with a failure - until a stop signal; exit 0."""
+    failures = 0
+    while True:
+        status = run_once(args, config, jobs, user)
+        if interrupts.received() is not None:
+            return 0
+        # -F forces one renewal, not one per cycle.
+        for job in jobs:
+            job.always = False
+        if status == EXIT_FAILED:
+            failures += 1
+            delay = min(schedule.backoff * 2 ** min(failures - 1, 30), schedule.interval)
+        else:
+            failures = 0
+            delay = schedule.interval + random.uniform(0, schedule.jitter)  # noqa: S311
+        delay = min(delay, seconds_to_next_renewal(config, args))
+        say(args, f"next check in {delay:.0f} s")
+        if wait_for_stop(delay):
+            return 0
+
+
+def seconds_to_next_renewal(config: conf.Config, args: argparse.Namespace) -> float:
+    """Until the first configured certificate falls due (at least a minute)."""
+    facts = status.gather(status_entries(config, args), runstate.State(), datetime.now(UTC))
+    times = [f.next_renewal for f in facts if f.next_renewal is not None and not f.due]
+    if not times:
+        return float("inf")
+    return max((min(times) - datetime.now(UTC)).total_seconds(), MIN_DAEMON_WAIT)
+
+
+def wait_for_stop(seconds: float) -> bool:
+    """Sleep `seconds`; True as soon as a stop signal comes."""
+    deadline = time.monotonic() + seconds
+    with fleet.stop_signals_forwarded():
+        while time.monotonic() < deadline:
+            if interrupts.received() is not None:
+                return True
+            time.sleep(min(STOP_CHECK, max(deadline - time.monotonic(), 0)))
+    return interrupts.received() is not None
+
+
+def say(args: argparse.Namespace, message: str) -> None:
+    if args.verbose:
+        relay = Relay(log_format=args.log_format, timestamps=True)
+        relay.write(f"letskencrypt: {message}")
+        relay.close()
 
 
 def record(
