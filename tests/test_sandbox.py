@@ -128,7 +128,7 @@ def test_every_attempt_has_an_expected_errno() -> None:
 def test_this_kernel_has_every_layer() -> None:
     """Says plainly when the other tests skip a layer for want of it."""
     assert sandbox.landlock_gaps(ABI) == []
-    assert sandbox._import_pyseccomp().get_api() >= 2
+    assert sandbox.import_pyseccomp().get_api() >= 2
 
 
 # --- probes: the real profile, then every forbidden action ---------------------------
@@ -313,7 +313,7 @@ print(json.dumps({{"gaps": gaps}}))
 NO_LANDLOCK = "sandbox.landlock_abi = lambda: 0"
 NO_LIBSECCOMP = (
     "def broken():\n    raise RuntimeError('Unable to find libseccomp')\n"
-    "sandbox._import_pyseccomp = broken"
+    "sandbox.import_pyseccomp = broken"
 )
 TRY_TO_READ = """
 try:

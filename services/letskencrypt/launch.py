@@ -14,11 +14,13 @@ each child becomes its role.  `spawn_role` starts
 
 import fcntl
 import gc
+import importlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
@@ -186,13 +188,30 @@ def hand_over(process: "subprocess.Popen[bytes] | ForkedRole", document: Mapping
     process.stdin = None
 
 
+# What the roles load only once they run (found by comparing sys.modules
+# before and after each role's run): loaded here, they are loaded once.
+LOADED_LATE = (
+    "concurrent.futures.thread",
+    "cryptography.hazmat.backends.openssl",
+    "grpc._channel",
+    "grpc._interceptor",
+    "grpc._server",
+    "grpc._simple_stubs",
+    "grpc.experimental",
+)
+
+
 def prepare_to_fork() -> None:
     """Load every role's code now, once, and keep the garbage collector off
     it: the roles forked afterwards share those pages rather than copy them."""
-    from letskencrypt import process  # noqa: F401 - what every role runs first
+    from letskencrypt import process, sandbox  # noqa: F401 - process: every role's start
     from letskencrypt.roles import specs
 
     specs()
+    for module in LOADED_LATE:
+        importlib.import_module(module)
+    sandbox.import_pyseccomp()
+    sysconfig.get_paths()  # parses the interpreter's build settings, once
     gc.collect()
     gc.freeze()
 

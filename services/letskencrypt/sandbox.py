@@ -493,7 +493,7 @@ DENIED_IOCTLS = (TIOCSTI, TIOCLINUX)
 LOWER_32 = 0xFFFFFFFF
 
 
-def _import_pyseccomp() -> Any:
+def import_pyseccomp() -> Any:
     """pyseccomp, or an OSError/RuntimeError/ImportError if it cannot work here.
 
     pyseccomp finds libc and libseccomp with ctypes.util.find_library, which
@@ -518,7 +518,7 @@ def build_filter(network: bool, pid: int | None = None) -> Any:
     """The role's filter; `pid` (default: ours) is the only process it may signal."""
     if pid is None:
         pid = os.getpid()
-    seccomp = _import_pyseccomp()
+    seccomp = import_pyseccomp()
     denied = seccomp.ERRNO(errno.EPERM)
     rules = seccomp.SyscallFilter(seccomp.ALLOW)
     # Threads that exist already get the filter too (we also check there are none).
@@ -652,7 +652,7 @@ def _report(gaps: list[str], log: Logger, strict: bool) -> None:
 
 
 def build_socket_filter(network: bool) -> Any:
-    seccomp = _import_pyseccomp()
+    seccomp = import_pyseccomp()
     denied = seccomp.ERRNO(errno.EPERM)
     rules = seccomp.SyscallFilter(seccomp.ALLOW)
     # gRPC's threads exist by now: every one of them gets the filter.
