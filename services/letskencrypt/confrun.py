@@ -289,8 +289,8 @@ def record(
             sys.stderr.write(f"letskencrypt: --metrics-file: {plain_words(error)}\n")
 
 
-def status_main(argv: Sequence[str]) -> None:
-    """`letskencrypt status [--json] --config FILE [handle ...]`."""
+def status_parser() -> cli.Parser:
+    """The command line of `letskencrypt status`."""
     parser = cli.Parser(
         prog="letskencrypt status",
         description="What is installed for each configured certificate, when it is due "
@@ -302,7 +302,12 @@ def status_main(argv: Sequence[str]) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON document")
     parser.add_argument("domains", nargs="*", metavar="handle",
                         help="only these domain blocks (default: all)")
-    args = parser.parse_args(list(argv))
+    return parser
+
+
+def status_main(argv: Sequence[str]) -> None:
+    """`letskencrypt status [--json] --config FILE [handle ...]`."""
+    args = status_parser().parse_args(list(argv))
     args.key_type = None
     args.account_key_type = None
     args.ca_bundle = None
