@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from tests.conftest import LETSKENCRYPT
 from tests.pebble import Pebble
@@ -208,3 +210,26 @@ def test_daemon_renews_on_a_schedule_and_stops_on_sigterm(pebble: Pebble, base: 
     assert sum(e["event"].startswith("not due: ") for e in events) >= len(fleet)
     assert any(e["event"].startswith("next check in ") for e in events)
     assert len(hook_lines(base)) == len(fleet)
+
+
+def test_rotate_key_makes_a_new_key_only_when_renewing(pebble: Pebble, base: Path) -> None:
+    """`rotate key` rotates at each renewal, not at each run; a domain's key
+    type is its own, not the account key's."""
+    config = write_config(base, pebble, sites(1, "r"))
+    text = config.read_text().replace("sign with pebble\n", "sign with pebble\n    rotate key\n")
+    key = base / "keys" / "r0.example.test.pem"
+    config.write_text(text.replace(f'"{key}"', f'"{key}" rsa2048'))
+
+    first = run(config)
+    assert first.returncode == 0, first.stderr
+    assert isinstance(load_pem_private_key(key.read_bytes(), None), rsa.RSAPrivateKey)
+    issued = key.read_bytes()
+    # The account key was made ecdsa384 by `account key ... ecdsa`; the
+    # domain's rsa2048 does not make it wrong.
+    again = run(config)
+    assert again.returncode == 2, again.stderr
+    assert key.read_bytes() == issued
+    forced = run(config, "-F")
+    assert forced.returncode == 0, forced.stderr
+    assert key.read_bytes() != issued
+    assert list((base / "keys").glob("r0.example.test.pem.old-*"))

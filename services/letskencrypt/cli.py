@@ -581,10 +581,12 @@ def run_user(name: str) -> RunUser | None:
 
 
 def role_settings(
-    args: argparse.Namespace, trust_anchors: bool = True
+    args: argparse.Namespace, trust_anchors: bool = True, account_type_follows: bool = True
 ) -> dict[str, RoleSettings]:
     """Each role's settings.  `trust_anchors=False` (a container of a role
-    that needs none) leaves the anchors out of certproc's and revokeproc's."""
+    that needs none) leaves the anchors out of certproc's and revokeproc's.
+    `account_type_follows=False` (a configuration file's domain, whose key
+    type is its own): the account key's type is only --account-key-type's."""
     names = tuple(validate_domains(args.domains))
     directory_url = check_directory_url(args)
     anchor_pem = check_trust_anchors(args, directory_url) if trust_anchors else None
@@ -608,7 +610,7 @@ def role_settings(
     # run that rotates the domain key (which may be to another type).
     account_key_type = args.account_key_type or key_type
     account_key_type_given = args.account_key_type is not None or (
-        key_type_given and not rotate
+        key_type_given and not rotate and account_type_follows
     )
     cert_dir = os.path.abspath(args.cert_dir)
     challenge_dir = os.path.abspath(args.challenge_dir)

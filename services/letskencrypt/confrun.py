@@ -102,7 +102,7 @@ def build_jobs(
         where = f"{domain.location}: domain {domain.handle}"
         one = domain_arguments(args, config, domain)
         try:
-            settings = cli.role_settings(one)
+            settings = cli.role_settings(one, account_type_follows=False)
         except LetskencryptError as error:
             raise InputError(f"{where}: {error}") from None
         cert_dir = os.path.abspath(one.cert_dir)
@@ -138,8 +138,11 @@ def build_jobs(
                 authority=domain.sign_with,
                 account_key=account_key,
                 publish=publish_paths(domain),
-                deploy_hook=args.deploy_hook or domain.deploy_hook,
-                always=bool(args.force or args.revoke or keyproc.rotate),
+                # A revocation deploys nothing.
+                deploy_hook=None if args.revoke else args.deploy_hook or domain.deploy_hook,
+                # `rotate key` in the file: a new key whenever the certificate
+                # is renewed; --rotate-domain-key: now.
+                always=bool(args.force or args.revoke or args.rotate_domain_key),
                 refused=refused,
                 finish=finisher(settings, cert_dir),
             )

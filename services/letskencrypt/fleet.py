@@ -108,7 +108,9 @@ def due(job: Job, now: datetime) -> tuple[bool, str]:
     except LetskencryptError as error:
         # The lane's revokeproc says it again, as the run's failure.
         return True, str(error)
-    decision, reason = decide(certificate, list(job.names), now, revokeproc.force, distrust)
+    # Not revokeproc's `force`: a domain's `rotate key` sets it, yet rotates
+    # only a certificate that is due; -F and the like make `always`.
+    decision, reason = decide(certificate, list(job.names), now, False, distrust)
     return decision != Decision.UP_TO_DATE, reason
 
 
