@@ -1,1 +1,3 @@
 """letskencrypt: a privilege-separated ACME (RFC 8555) client."""
+
+__version__ = "0.1.0"

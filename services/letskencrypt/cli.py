@@ -11,7 +11,6 @@ daemon that is up and running exits 0 instead.
 import argparse
 import contextlib
 import errno
-import importlib.metadata
 import os
 import pwd
 import ssl
@@ -23,6 +22,7 @@ import typing
 from datetime import UTC, datetime
 from typing import NoReturn
 
+import letskencrypt
 from letskencrypt import anchors, fsutil, interrupts, keyfiles, namespace, runstate, sandbox
 from letskencrypt.constants import (
     DEFAULT_KEY_TYPE,
@@ -185,10 +185,7 @@ def build_parser() -> Parser:
 
 
 def version() -> str:
-    try:
-        return importlib.metadata.version("letskencrypt")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return letskencrypt.__version__
 
 
 def check_contact(contact: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from letskencrypt.roles import spec_of
 
 from .common import ROOT
-from .wheels import OPTIONAL_WHEELS, ROLES, RUNTIMES, project, requirement_name
+from .wheels import OPTIONAL_WHEELS, ROLES, RUNTIMES, package_version, project, requirement_name
 
 DOCKERFILES = ROOT / "Dockerfiles"
 BASE_CONTAINERFILE = DOCKERFILES / "base" / "Containerfile"
@@ -66,6 +66,6 @@ def role_containerfile(role: str, runtime: str, runtime_image: str) -> str:
             "DESCRIPTION": spec_of(role).summary,
             "RUNTIME": f"runtime-{runtime}",
             "RUNTIME_IMAGE": runtime_image,
-            "VERSION": project()["version"],
+            "VERSION": package_version(),
         },
     )

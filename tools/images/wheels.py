@@ -96,6 +96,16 @@ def project() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
+@functools.cache
+def package_version() -> str:
+    """letskencrypt.__version__ (pyproject.toml's version is dynamic, read from it)."""
+    source = (PACKAGE_SOURCE / "__init__.py").read_text()
+    match = re.search(r'^__version__ = "([^"]+)"$', source, re.M)
+    if not match:
+        raise SystemExit(f"{PACKAGE_SOURCE}/__init__.py: no __version__")
+    return match.group(1)
+
+
 def requirement_name(requirement: str) -> str:
     match = re.match(r"[A-Za-z0-9._-]+", requirement)
     if not match:
@@ -268,11 +278,12 @@ def stage_package(sources: str) -> Path:
         site / "letskencrypt",
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyi"),
     )
-    # For importlib.metadata.version("letskencrypt") (netproc's User-Agent).
-    info = site / f"letskencrypt-{meta['version']}.dist-info"
+    # For importlib.metadata.version("letskencrypt"), as an installed package has it.
+    version = package_version()
+    info = site / f"letskencrypt-{version}.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: letskencrypt\nVersion: {meta['version']}\n"
+        f"Metadata-Version: 2.1\nName: letskencrypt\nVersion: {version}\n"
         f"Summary: {meta['description']}\n"
     )
     (info / "INSTALLER").write_text("build_images\n")

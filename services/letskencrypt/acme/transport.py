@@ -17,7 +17,6 @@ hook, before requests would read their bodies.
 
 import contextlib
 import http.client
-import importlib.metadata
 import ipaddress
 import re
 import socket
@@ -34,6 +33,7 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3.connectionpool import HTTPSConnectionPool
 
+import letskencrypt
 from letskencrypt.acme.messages import AcmeError
 from letskencrypt.errors import LetskencryptError
 from letskencrypt.validate import safe_text
@@ -56,14 +56,7 @@ _URLLIB3_PREFIX = re.compile(r"^\w+\(host='[^']*', port=\d+\): ")
 _READ_TIMEOUT = re.compile(r"read timeout=([0-9]+(?:\.[0-9]+)?)")
 
 
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("letskencrypt")
-    except importlib.metadata.PackageNotFoundError:
-        return "dev"
-
-
-USER_AGENT = f"letskencrypt/{_package_version()}"
+USER_AGENT = f"letskencrypt/{letskencrypt.__version__}"
 
 
 class Resolver(Protocol):
