@@ -49,7 +49,7 @@ from letskencrypt.fsutil import (
     fsync_directory,
     make_directories,
 )
-from letskencrypt.relay import LOG_FORMATS, Relay
+from letskencrypt.relay import LOG_FORMATS, STYLE, Relay, tell
 from letskencrypt.roles import spec_of
 from letskencrypt.settings import (
     AcctprocSettings,
@@ -454,14 +454,14 @@ def finish_run(settings: dict[str, RoleSettings], cert_dir: str, status: int) ->
     try:
         rotation = keyfiles.finish_rotation(domain.key_path, cert_dir)
     except KeyFileError as error:
-        sys.stderr.write(f"letskencrypt: {error}\n")
+        tell(f"letskencrypt: {error}")
         return EXIT_FAILED
     if rotation is not None and rotation.promoted:
-        sys.stderr.write(f"letskencrypt: {rotation_note(domain.key_path, rotation, False)}\n")
+        tell(f"letskencrypt: {rotation_note(domain.key_path, rotation, False)}")
     elif status == EXIT_CHANGED:
-        sys.stderr.write(
+        tell(
             f"letskencrypt: domain key {domain.key_path}: the installed certificate is not "
-            "for the new key; the key is unchanged\n"
+            "for the new key; the key is unchanged"
         )
         return EXIT_FAILED
     return status
@@ -677,6 +677,7 @@ def main(argv: list[str] | None = None) -> None:
     interrupts.catch()
     arguments = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(arguments)
+    STYLE.log_format = args.log_format
     if args.config:
         run_config(args)
     if not args.domains:
@@ -690,32 +691,32 @@ def main(argv: list[str] | None = None) -> None:
         preflight(settings, user)
         moved = move_former_default_domain_key(args)
         if moved:
-            sys.stderr.write(f"letskencrypt: {moved}\n")
+            tell(f"letskencrypt: {moved}")
         for note in check_keys(settings, cert_dir):
-            sys.stderr.write(f"letskencrypt: {note}\n")
+            tell(f"letskencrypt: {note}")
     except OSError as error:
-        sys.stderr.write(f"letskencrypt: {plain_words(error)}\n")
+        tell(f"letskencrypt: {plain_words(error)}")
         sys.exit(EXIT_FAILED)
     except LetskencryptError as error:
-        sys.stderr.write(f"letskencrypt: {error}\n")
+        tell(f"letskencrypt: {error}")
         sys.exit(EXIT_FAILED)
+    # A daemon's lines carry the time; its refusals above are plain one-liners.
+    STYLE.timestamps = args.daemon
     supervisor = Supervisor(
         settings=settings,
         cert_dir=cert_dir,
         verbosity=args.verbose,
         run_user=user,
-        relay=Relay(
-            log_format=args.log_format, timestamps=args.daemon, certificate=args.domains[0]
-        ),
+        relay=Relay(certificate=args.domains[0]),
     )
     started = time.time()
     try:
         status = supervisor.run()
     except (InputError, FileStoreError) as error:
-        sys.stderr.write(f"letskencrypt: {error}\n")
+        tell(f"letskencrypt: {error}")
         sys.exit(EXIT_FAILED)
     except OSError as error:
-        sys.stderr.write(f"letskencrypt: {plain_words(error)}\n")
+        tell(f"letskencrypt: {plain_words(error)}")
         sys.exit(EXIT_FAILED)
     status = finish_run(settings, cert_dir, status)
     if status == EXIT_CHANGED and args.deploy_hook and not args.revoke:
@@ -739,10 +740,10 @@ def run_config(args: argparse.Namespace) -> NoReturn:
     try:
         status = confrun.run(args)
     except OSError as error:
-        sys.stderr.write(f"letskencrypt: {plain_words(error)}\n")
+        tell(f"letskencrypt: {plain_words(error)}")
         sys.exit(EXIT_FAILED)
     except LetskencryptError as error:
-        sys.stderr.write(f"letskencrypt: {error}\n")
+        tell(f"letskencrypt: {error}")
         sys.exit(EXIT_FAILED)
     interrupts.exit_with(status)
 
@@ -757,7 +758,7 @@ def deploy(args: argparse.Namespace, settings: dict[str, RoleSettings], cert_dir
     problem = fleet.run_deploy_hook(job)
     if problem is None:
         return EXIT_CHANGED
-    sys.stderr.write(f"letskencrypt: deploy hook: {problem} (the certificate stays installed)\n")
+    tell(f"letskencrypt: deploy hook: {problem} (the certificate stays installed)")
     return EXIT_FAILED
 
 
@@ -785,7 +786,7 @@ def write_metrics(
     try:
         metrics.write(os.path.abspath(args.metrics_file), metrics.render(facts, state))
     except OSError as error:
-        sys.stderr.write(f"letskencrypt: --metrics-file: {plain_words(error)}\n")
+        tell(f"letskencrypt: --metrics-file: {plain_words(error)}")
 
 
 if __name__ == "__main__":

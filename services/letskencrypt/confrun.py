@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from letskencrypt import cli, conf, fleet, interrupts, metrics, runstate, status
 from letskencrypt.constants import EXIT_FAILED
 from letskencrypt.errors import InputError, LetskencryptError, plain_words
-from letskencrypt.relay import Relay
+from letskencrypt.relay import STYLE, Relay, tell
 from letskencrypt.settings import KeyprocSettings, NetprocSettings, RoleSettings, Schedule
 from letskencrypt.supervisor import RunUser
 
@@ -111,7 +111,7 @@ def build_jobs(
         try:
             cli.preflight(settings, user)
             for note in cli.check_keys(settings, cert_dir):
-                sys.stderr.write(f"letskencrypt: {domain.handle}: {note}\n")
+                tell(f"letskencrypt: {note}", certificate=domain.handle)
         except LetskencryptError as error:
             refused = str(error)
         except OSError as error:
@@ -184,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
     config = conf.load(os.path.abspath(args.config))
     user = cli.run_user(args.user)
     jobs = build_jobs(args, config, user)
+    STYLE.timestamps = schedule is not None
     if schedule is None:
         return run_once(args, config, jobs, user)
     return keep_renewing(args, config, jobs, user, schedule)
@@ -198,7 +199,7 @@ def run_once(
         concurrency=args.jobs or fleet.default_concurrency(),
         verbosity=args.verbose,
         run_user=user,
-        relay=Relay(log_format=args.log_format, timestamps=args.daemon),
+        relay=Relay(),
     )
     exit_status = runner.run()
     record(config, args, runner, started)
@@ -257,9 +258,7 @@ def wait_for_stop(seconds: float) -> bool:
 
 def say(args: argparse.Namespace, message: str) -> None:
     if args.verbose:
-        relay = Relay(log_format=args.log_format, timestamps=True)
-        relay.write(f"letskencrypt: {message}")
-        relay.close()
+        tell(f"letskencrypt: {message}")
 
 
 def record(
@@ -283,13 +282,13 @@ def record(
     try:
         runstate.save(path, state)
     except OSError as error:
-        sys.stderr.write(f"letskencrypt: state file {path}: {plain_words(error)}\n")
+        tell(f"letskencrypt: state file {path}: {plain_words(error)}")
     if args.metrics_file:
         facts = status.gather(status_entries(config, args), state, datetime.now(UTC))
         try:
             metrics.write(os.path.abspath(args.metrics_file), metrics.render(facts, state))
         except OSError as error:
-            sys.stderr.write(f"letskencrypt: --metrics-file: {plain_words(error)}\n")
+            tell(f"letskencrypt: --metrics-file: {plain_words(error)}")
 
 
 def status_parser() -> cli.Parser:

@@ -42,7 +42,7 @@ from letskencrypt.constants import (
 )
 from letskencrypt.errors import LetskencryptError, plain_words
 from letskencrypt.linux import PR_SET_PDEATHSIG, prctl
-from letskencrypt.relay import Relay
+from letskencrypt.relay import STYLE, Relay
 from letskencrypt.renewal import Decision, decide, load_certificate_file, load_chain_file
 from letskencrypt.settings import RevokeprocSettings, RoleSettings
 from letskencrypt.supervisor import RunUser, Supervisor
@@ -214,6 +214,8 @@ class Fleet:
             os.dup2(moved, 1)
             os.dup2(moved, 2)
             os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            # The lane's lines go to us, plain; we give them the run's style.
+            STYLE.log_format, STYLE.timestamps = "text", False
             supervisor = Supervisor(
                 settings=job.settings,
                 cert_dir=job.cert_dir,

@@ -254,13 +254,15 @@ def become_role(
     """In the forked child: what `spawn_role`'s exec would have given it,
     then the role itself; never returns."""
     try:
+        # First: out of the terminal's process group before the handlers
+        # below go, so a Ctrl-C to the group is never this role's death.
+        os.setsid()
         if parent is not None:
             dies_with(parent)()
         # The supervisor's handlers remember signals for it; a role's die of them.
         for signum in interrupts.STOP_SIGNALS:
             if callable(signal.getsignal(signum)):
                 signal.signal(signum, signal.SIG_DFL)
-        os.setsid()
         moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, HIGH_FD) for fd in stdio]
         for target, fd in enumerate(moved):
             os.dup2(fd, target)

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import selectors
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,18 +59,35 @@ class _Stream:
     skipping: bool = False
 
 
+@dataclass
+class Style:
+    """How this process's own lines look (the command line sets it once)."""
+
+    log_format: str = "text"
+    timestamps: bool = False
+
+
+STYLE = Style()
+
+
+def tell(line: str, certificate: str | None = None) -> None:
+    """Write one line of ours ("letskencrypt: ...") to stderr now, in STYLE."""
+    sys.stderr.flush()
+    os.write(2, (Relay().render(line, certificate) + "\n").encode(errors="replace"))
+
+
 class Relay:
     def __init__(
         self,
         output: int = 2,
         *,
-        log_format: str = "text",
-        timestamps: bool = False,
+        log_format: str | None = None,
+        timestamps: bool | None = None,
         certificate: str | None = None,
     ) -> None:
         self.output = output
-        self.log_format = log_format
-        self.timestamps = timestamps
+        self.log_format = STYLE.log_format if log_format is None else log_format
+        self.timestamps = STYLE.timestamps if timestamps is None else timestamps
         # The certificate a single-certificate run is for (named in JSON).
         self.certificate = certificate
         self.selector = selectors.PollSelector()
