@@ -94,35 +94,60 @@ def base(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_one_hundred_certificates_then_nothing_due_then_one_name_changed(
+def test_one_hundred_certificates_one_failing_then_nothing_due_then_one_name_changed(
     pebble: Pebble, base: Path
 ) -> None:
     fleet = sites(COUNT, "s")
-    config = write_config(base, pebble, fleet)
+    closed = base / "closed-challenges"
+    closed.mkdir()
+    closed.chmod(0o555)
+    failing = fleet[42].handle
+    config = write_config(base, pebble, fleet, {failing: closed})
     metrics = base / "metrics.prom"
 
+    # One certificate's challenge directory is closed to the roles: it fails
+    # alone, before any request of its own; the other 99 are issued.
     first = run(config, "--metrics-file", str(metrics))
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert first.stderr.splitlines()[-1] == (
+        f"letskencrypt: 1 of {COUNT} certificates failed: {failing}"
+    )
+    assert any(
+        line.startswith(f"letskencrypt: {failing}: challenge directory {closed}")
+        for line in first.stderr.splitlines()
+    ), first.stderr[-3000:]
+    for site in fleet:
+        exists = (base / "certs" / site.handle / "cert.pem").exists()
+        assert exists == (site.handle != failing), site.handle
+    assert sorted(hook_lines(base)) == sorted(s.handle for s in fleet if s.handle != failing)
+    text = metrics.read_text()
+    assert len(re.findall(r"^letskencrypt_certificate_due\{", text, re.M)) == COUNT
+    assert f'letskencrypt_certificate_failures_in_row{{certificate="{failing}"}} 1' in text
+    orders = re.search(r"^letskencrypt_run_orders (\d+)$", text, re.M)
+    assert orders is not None and int(orders.group(1)) == COUNT - 1
+
+    # Opened again: exactly that one is issued.
+    config = write_config(base, pebble, fleet)
+    second = run(config)
+    assert second.returncode == 0, second.stderr[-3000:]
     serials = {site.handle: serial(base, site.handle) for site in fleet}
     assert len(set(serials.values())) == COUNT
-    assert sorted(hook_lines(base)) == sorted(site.handle for site in fleet)
+    assert hook_lines(base)[COUNT - 1:] == [failing]
     # The configured full chain path points at the certificate directory's.
     published = base / "published" / f"{fleet[0].handle}.pem"
     assert os.readlink(published) == str(base / "certs" / fleet[0].handle / "fullchain.pem")
     assert published.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
     assert list(pebble.challenge_dir.iterdir()) == []
-    text = metrics.read_text()
-    assert len(re.findall(r"^letskencrypt_certificate_not_after_seconds\{", text, re.M)) == COUNT
-    orders = re.search(r"^letskencrypt_run_orders (\d+)$", text, re.M)
-    assert orders is not None and int(orders.group(1)) == COUNT
 
+    # Nothing due: exit 2, and not one request.
     requests_before = pebble.request_count()
     again = run(config, "-v")
     assert again.returncode == 2, again.stderr[-3000:]
     assert pebble.request_count() == requests_before
-    assert "not due" in again.stderr
+    assert again.stderr.count(": not due: ") == COUNT
     assert len(hook_lines(base)) == COUNT
 
+    # One name changed: exactly that certificate is renewed.
     changed = fleet[7]
     changed.names.append(f"www.{changed.handle}")
     config = write_config(base, pebble, fleet)
@@ -139,27 +164,7 @@ def test_one_hundred_certificates_then_nothing_due_then_one_name_changed(
     document = json.loads(shown.stdout)
     assert len(document["certificates"]) == COUNT
     assert all(not entry["due"] for entry in document["certificates"])
-
-
-def test_one_certificate_failing_does_not_stop_the_others(pebble: Pebble, base: Path) -> None:
-    fleet = sites(10, "f")
-    closed = base / "closed-challenges"
-    closed.mkdir(mode=0o555)
-    closed.chmod(0o555)
-    failing = fleet[3].handle
-    config = write_config(base, pebble, fleet, {failing: closed})
-
-    result = run(config)
-    assert result.returncode == 1, result.stderr[-3000:]
-    for site in fleet:
-        exists = (base / "certs" / site.handle / "cert.pem").exists()
-        assert exists == (site.handle != failing), result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if failing in line]
-    assert any("challenge directory" in line for line in lines), result.stderr
-    assert result.stderr.splitlines()[-1] == (
-        f"letskencrypt: 1 of {len(fleet)} certificates failed: {failing}"
-    )
-    assert sorted(hook_lines(base)) == sorted(s.handle for s in fleet if s.handle != failing)
+    assert {entry["last_result"] for entry in document["certificates"]} == {"not-due", "changed"}
 
 
 def test_a_mistake_in_the_file_is_named_before_any_request(pebble: Pebble, base: Path) -> None:
