@@ -15,7 +15,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # settings: runc, and rlimits within this machine's hard limits.
 export CONTAINERS_CONF := $(CURDIR)/deploy/podman/containers.conf
 
-.PHONY: all setup system-packages container-tools images demo test lint proto clean
+.PHONY: all setup system-packages pebble-sid container-tools images demo test lint proto clean
 
 all: test
 
@@ -52,7 +52,13 @@ $(VENV)/.installed: pyproject.toml | system-packages
 	$(PYTHON) -m pip install -q -e '.[dev]'
 	touch $@
 
-setup: system-packages $(VENV)/.installed
+# Debian unstable's pebble (2.10 or later), the tests' second ACME server:
+# downloaded once into build/pebble-sid/ through a temporary apt sources list,
+# never installed system-wide (see tools/fetch_pebble.py).
+pebble-sid: system-packages
+	$(SYSTEM_PYTHON) tools/fetch_pebble.py --dest build/pebble-sid
+
+setup: system-packages $(VENV)/.installed pebble-sid
 
 demo: setup
 	./tools/demo.sh

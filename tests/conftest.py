@@ -39,6 +39,15 @@ def pebble() -> Iterator[Pebble]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def pebble_sid() -> Iterator[Pebble]:
+    """Debian unstable's pebble 2.10 (from `make pebble-sid`), with its defaults:
+    the DEFAULT_PROFILES, ARI, no EAB.  Missing binaries are an error, not a skip."""
+    with Pebble(generation="2.10") as server:
+        os.chmod(server.challenge_dir, 0o755)
+        yield server
+
+
 @dataclass
 class Paths:
     """One client's files: keys, certificates and the challenge directory."""

@@ -2,7 +2,8 @@
 
 Usage::
 
-    with Pebble() as p:
+    with Pebble() as p:                      # Debian 12's pebble 2.4
+    with Pebble(generation="2.10") as p:     # Debian unstable's, from build/pebble-sid
         p.directory_url      # https://localhost:<port>/dir
         p.ca_bundle          # PEM file to trust for pebble's HTTPS API
         p.trust_anchors      # PEM file of pebble's issuing roots (--trust-anchors)
@@ -12,7 +13,15 @@ Everything lives in a private temporary directory that ``stop()`` removes.
 Only loopback addresses are ever bound or contacted.
 
 ``python -m tests.pebble`` runs one instance until SIGTERM/SIGINT and prints
-``KEY=value`` lines (``DIRECTORY_URL``, ``CA_BUNDLE``, ``TRUST_ANCHORS``, ...).
+``KEY=value`` lines (``DIRECTORY_URL``, ``CA_BUNDLE``, ``TRUST_ANCHORS``, ...);
+``--sid`` runs the 2.10 one.
+
+Two generations: ``"2.4"`` is Debian 12's ``pebble`` package (on PATH);
+``"2.10"`` is Debian unstable's, which ``make pebble-sid`` (part of ``make
+setup``; see tools/fetch_pebble.py) unpacks into build/pebble-sid/.  2.10 adds
+profiles, ``retryAfter``, ARI (``renewalInfo`` in the directory, and
+``POST /set-renewal-info/`` on the management port).  External account binding
+works with both.
 
 Pebble issues certificates valid for CERTIFICATE_VALIDITY (90 days, as Let's
 Encrypt's), not its default of five years, which the client refuses.
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import base64
 import contextlib
 import ctypes
 import http.server
@@ -37,18 +47,48 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests import tlsfactory
 
-__all__ = ["Pebble", "PebbleError", "main"]
+__all__ = ["Pebble", "PebbleError", "ari_cert_id", "main"]
+
+Generation = Literal["2.4", "2.10"]
+GENERATIONS: tuple[Generation, ...] = ("2.4", "2.10")
 
 PEBBLE_BIN = os.environ.get("LETSKENCRYPT_PEBBLE_BIN", "pebble")
 CHALLTESTSRV_BIN = os.environ.get("LETSKENCRYPT_CHALLTESTSRV_BIN", "pebble-challtestsrv")
+# Debian unstable's pebble package, unpacked by tools/fetch_pebble.py.
+PEBBLE_SID_DIR = Path(
+    os.environ.get(
+        "LETSKENCRYPT_PEBBLE_SID_DIR",
+        Path(__file__).resolve().parent.parent / "build" / "pebble-sid",
+    )
+)
+PEBBLE_SID_BIN = PEBBLE_SID_DIR / "usr" / "bin" / "pebble"
+CHALLTESTSRV_SID_BIN = PEBBLE_SID_DIR / "usr" / "bin" / "pebble-challtestsrv"
+
+# The profiles of pebble 2.10's own example configuration
+# (/usr/share/doc/pebble/examples/pebble-config.json), with 90 days for
+# "default" as CERTIFICATE_VALIDITY.  ``profiles=`` adds to or replaces these.
+DEFAULT_PROFILES: dict[str, dict[str, object]] = {
+    "default": {"description": "The profile you know and love", "validityPeriod": 90 * 86400},
+    "shortlived": {
+        "description": "A short-lived cert profile, without actual enforcement",
+        "validityPeriod": 518400,
+    },
+}
+# Requests pebble 2.10 logs like ACME ones although they reach its management
+# interface; request_lines() leaves them out.
+MANAGEMENT_LOGGED = frozenset({"/set-renewal-info/"})
 
 LOOPBACK = "127.0.0.1"
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
@@ -68,6 +108,7 @@ REQUEST_LINE_RE = re.compile(
 
 START_TIMEOUT = 15.0
 CERTIFICATE_VALIDITY = 90 * 86400
+assert DEFAULT_PROFILES["default"]["validityPeriod"] == CERTIFICATE_VALIDITY
 # Pebble makes one root, plus PEBBLE_ALTERNATE_ROOTS more.
 MAX_ROOTS = 8
 STOP_TIMEOUT = 5.0
@@ -139,6 +180,27 @@ def _write_tls_material(workdir: Path) -> tuple[Path, Path, Path]:
     )
 
 
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def ari_cert_id(certificate: x509.Certificate) -> str:
+    """The ARI CertID of ``certificate``: base64url(AKI keyIdentifier).base64url(serial)."""
+    aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    if aki.key_identifier is None:
+        raise ValueError("certificate has no authority key identifier")
+    serial = certificate.serial_number
+    # DER INTEGER contents: big-endian, with a leading zero byte if the top bit is set.
+    serial_bytes = serial.to_bytes(serial.bit_length() // 8 + 1, "big")
+    return f"{_b64url(aki.key_identifier)}.{_b64url(serial_bytes)}"
+
+
+def _rfc3339(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("renewal window times must be timezone-aware")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class _ChallengeServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     challenge_dir: Path
@@ -193,6 +255,22 @@ class Pebble:
     ``{"PEBBLE_WFE_NONCEREJECT": "0"}``).  ``PEBBLE_VA_NOSLEEP=1`` is always
     set; other ``PEBBLE_*`` variables inherited from the caller are dropped so
     runs are reproducible.  A caller-supplied ``challenge_dir`` is never deleted.
+
+    ``generation`` picks the binaries: ``"2.4"`` (Debian 12's, on PATH) or
+    ``"2.10"`` (Debian unstable's, in PEBBLE_SID_DIR); ``binary`` and
+    ``challtestsrv_binary`` override them.  Configuration:
+
+    - ``eab_keys``: key ID -> base64url HMAC key; when given, pebble requires
+      external account binding (``externalAccountBindingRequired``,
+      ``externalAccountMACKeys``).  Both generations.
+    - ``alternate_roots``: that many more issuance hierarchies
+      (``PEBBLE_ALTERNATE_ROOTS``); all roots go into ``trust_anchors``.
+    - ``profiles`` (2.10): name -> ``{"description", "validityPeriod"}``
+      merged over DEFAULT_PROFILES; listed in the directory's ``meta.profiles``.
+    - ``retry_after`` (2.10): ``{"authz": s, "order": s}``, the ``Retry-After``
+      pebble sends with pending authorizations and processing orders.
+
+    ARI cannot be switched: 2.10 always has it (see ``ari``), 2.4 never.
     """
 
     def __init__(
@@ -200,7 +278,40 @@ class Pebble:
         env: Mapping[str, str] | None = None,
         challenge_dir: str | os.PathLike[str] | None = None,
         start_timeout: float = START_TIMEOUT,
+        *,
+        generation: Generation = "2.4",
+        binary: str | os.PathLike[str] | None = None,
+        challtestsrv_binary: str | os.PathLike[str] | None = None,
+        eab_keys: Mapping[str, str] | None = None,
+        profiles: Mapping[str, Mapping[str, object]] | None = None,
+        retry_after: Mapping[str, int] | None = None,
+        alternate_roots: int = 0,
     ) -> None:
+        if generation not in GENERATIONS:
+            raise ValueError(f"generation must be one of {GENERATIONS}, not {generation!r}")
+        if generation == "2.4" and (profiles is not None or retry_after is not None):
+            raise ValueError("profiles and retry_after need pebble 2.10 (generation='2.10')")
+        if not 0 <= alternate_roots < MAX_ROOTS:
+            raise ValueError(f"alternate_roots must be in 0..{MAX_ROOTS - 1}")
+        if retry_after is not None and (
+            set(retry_after) - {"authz", "order"}
+            or not all(isinstance(v, int) and v >= 0 for v in retry_after.values())
+        ):
+            raise ValueError("retry_after takes 'authz' and 'order', seconds >= 0")
+        self.generation: Generation = generation
+        sid = generation == "2.10"
+        self.binary = str(binary or (PEBBLE_SID_BIN if sid else PEBBLE_BIN))
+        self.challtestsrv_binary = str(
+            challtestsrv_binary or (CHALLTESTSRV_SID_BIN if sid else CHALLTESTSRV_BIN)
+        )
+        self.eab_keys: dict[str, str] = dict(eab_keys or {})
+        self.profiles: dict[str, dict[str, object]] | None = None
+        if sid:
+            self.profiles = {name: dict(p) for name, p in DEFAULT_PROFILES.items()}
+            for name, profile in (profiles or {}).items():
+                self.profiles[name] = dict(profile)
+        self.retry_after: dict[str, int] | None = dict(retry_after) if retry_after else None
+        self.alternate_roots = alternate_roots
         self.env: dict[str, str] = dict(env or {})
         self._requested_challenge_dir = Path(challenge_dir) if challenge_dir else None
         self.start_timeout = start_timeout
@@ -255,6 +366,10 @@ class Pebble:
         with self._lock:
             if self.workdir is not None:
                 raise PebbleError("Pebble instance already started")
+            for program in (self.binary, self.challtestsrv_binary):
+                if shutil.which(program) is None:
+                    hint = " (run `make pebble-sid`)" if self.generation == "2.10" else ""
+                    raise PebbleError(f"pebble {self.generation}: {program} not found{hint}")
             with _live_lock:
                 _live.add(self)
             try:
@@ -312,8 +427,12 @@ class Pebble:
 
     def request_lines(self) -> list[tuple[str, str]]:
         """(method, endpoint) of every ACME request since the fixture became ready."""
-        found = [(m.group(1), m.group(2)) for m in REQUEST_LINE_RE.finditer(self.log_text())]
-        return found[self._baseline_requests :]
+        return self._request_lines(self.log_text())[self._baseline_requests :]
+
+    @staticmethod
+    def _request_lines(log: str) -> list[tuple[str, str]]:
+        found = [(m.group(1), m.group(2)) for m in REQUEST_LINE_RE.finditer(log)]
+        return [(method, path) for method, path in found if path not in MANAGEMENT_LOGGED]
 
     def request_count(self) -> int:
         """Number of ACME API requests pebble handled since the fixture became ready.
@@ -352,6 +471,75 @@ class Pebble:
         self._raise_for(resp)
         return resp.text
 
+    def directory(self) -> dict[str, object]:
+        """The ACME directory (a GET that counts in request_count())."""
+        if self._session is None:
+            raise PebbleError("Pebble is not running")
+        resp = self._session.get(self.directory_url, timeout=10)
+        self._raise_for(resp)
+        data: dict[str, object] = resp.json()
+        return data
+
+    @property
+    def ari(self) -> bool:
+        """Whether this generation speaks ARI (2.10 lists ``renewalInfo``; 2.4 has none)."""
+        return self.generation == "2.10"
+
+    def _certificate_pem(self, certificate: str | bytes | int | x509.Certificate) -> str:
+        """PEM of a certificate given as PEM, an x509 object or a serial pebble issued."""
+        if isinstance(certificate, int):
+            return str(self.cert_info(certificate)["Certificate"])
+        if isinstance(certificate, x509.Certificate):
+            return certificate.public_bytes(serialization.Encoding.PEM).decode()
+        pem = certificate.decode() if isinstance(certificate, bytes) else certificate
+        # Only the first certificate: a leaf out of a fullchain.pem.
+        return x509.load_pem_x509_certificates(pem.encode())[0].public_bytes(
+            serialization.Encoding.PEM
+        ).decode()
+
+    def set_renewal_info(
+        self,
+        certificate: str | bytes | int | x509.Certificate,
+        start: datetime,
+        end: datetime,
+        explanation_url: str | None = None,
+    ) -> None:
+        """Make ARI suggest the window ``start``..``end`` for a certificate (2.10).
+
+        ``certificate``: its PEM (the first of a chain), an x509 object, or
+        the serial of one pebble issued.  Management ``POST /set-renewal-info/``
+        with ``{"Certificate": PEM, "ARIResponse": "<renewalInfo JSON>"}``.
+        """
+        if not self.ari:
+            raise PebbleError(f"pebble {self.generation} has no ARI")
+        if end < start:
+            raise ValueError("renewal window ends before it starts")
+        response: dict[str, object] = {
+            "suggestedWindow": {"start": _rfc3339(start), "end": _rfc3339(end)}
+        }
+        if explanation_url is not None:
+            response["explanationURL"] = explanation_url
+        body = {
+            "Certificate": self._certificate_pem(certificate),
+            "ARIResponse": json.dumps(response),
+        }
+        resp = self._mgmt_post("/set-renewal-info/", body)
+        self._raise_for(resp)
+
+    def renewal_info(
+        self, certificate: str | bytes | int | x509.Certificate
+    ) -> tuple[dict[str, object], int | None]:
+        """GET the ACME renewalInfo for a certificate (2.10): (JSON, Retry-After or None)."""
+        if not self.ari or self._session is None:
+            raise PebbleError(f"pebble {self.generation} has no ARI, or is not running")
+        cert = x509.load_pem_x509_certificate(self._certificate_pem(certificate).encode())
+        base = str(self.directory()["renewalInfo"]).rstrip("/")
+        resp = self._session.get(f"{base}/{ari_cert_id(cert)}", timeout=10)
+        self._raise_for(resp)
+        retry_after = resp.headers.get("Retry-After")
+        data: dict[str, object] = resp.json()
+        return data, int(retry_after) if retry_after and retry_after.isdigit() else None
+
     def put_challenge(self, token: str, content: str | bytes) -> Path:
         """Write an http-01 response file for ``token`` into challenge_dir."""
         if not _TOKEN_RE.match(token):
@@ -370,6 +558,7 @@ class Pebble:
             f"CHALLENGE_DIR={self.challenge_dir}",
             f"MANAGEMENT_URL={self.management_url}",
             f"HTTP_PORT={self.http_port}",
+            f"PEBBLE_GENERATION={self.generation}",
             f"PEBBLE_LOG={self.log_path}",
         ]
 
@@ -444,20 +633,31 @@ class Pebble:
                 "httpPort": self.http_port,
                 "tlsPort": self.tls_port,
                 "ocspResponderURL": "",
-                "externalAccountBindingRequired": False,
+                "externalAccountBindingRequired": bool(self.eab_keys),
                 "certificateValidityPeriod": CERTIFICATE_VALIDITY,
             }
         }
+        if self.eab_keys:
+            config["pebble"]["externalAccountMACKeys"] = dict(self.eab_keys)
+        if self.profiles is not None:
+            config["pebble"]["profiles"] = self.profiles
+        if self.retry_after is not None:
+            config["pebble"]["retryAfter"] = self.retry_after
         self.config_path = self.workdir / "pebble-config.json"
         self.config_path.write_text(json.dumps(config, indent=2))
 
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("PEBBLE_")}
         cts_log = self.workdir / "challtestsrv.log"
+        # 2.10's challtestsrv renamed -dns01 to -dnsserver and added DoH (off here).
+        dns_flags = (
+            ["-dnsserver", f"{LOOPBACK}:{self.dns_port}", "-doh", ""]
+            if self.generation == "2.10"
+            else ["-dns01", f"{LOOPBACK}:{self.dns_port}"]
+        )
         self._challtestsrv = self._popen(
             [
-                CHALLTESTSRV_BIN,
-                "-dns01",
-                f"{LOOPBACK}:{self.dns_port}",
+                self.challtestsrv_binary,
+                *dns_flags,
                 "-http01",
                 "",
                 "-https01",
@@ -475,9 +675,11 @@ class Pebble:
             cts_log,
         )
         pebble_env = {**base_env, "PEBBLE_VA_NOSLEEP": "1", **self.env}
+        if self.alternate_roots:
+            pebble_env["PEBBLE_ALTERNATE_ROOTS"] = str(self.alternate_roots)
         self._pebble = self._popen(
             [
-                PEBBLE_BIN,
+                self.binary,
                 "-config",
                 str(self.config_path),
                 "-dnsserver",
@@ -514,7 +716,7 @@ class Pebble:
                     pebble_up = resp.status_code == 200
             if dns_up and pebble_up:
                 self._write_trust_anchors()
-                self._baseline_requests = len(REQUEST_LINE_RE.findall(self._read_log()))
+                self._baseline_requests = len(self._request_lines(self._read_log()))
                 return
             time.sleep(0.05)
         raise PebbleError(
@@ -566,10 +768,17 @@ class Pebble:
             raise PebbleError("Pebble is not running")
         return self._session.get(self.management_url + path, timeout=10)
 
+    def _mgmt_post(self, path: str, body: object) -> requests.Response:
+        if self._session is None or not self.management_url:
+            raise PebbleError("Pebble is not running")
+        return self._session.post(self.management_url + path, json=body, timeout=10)
+
     @staticmethod
     def _raise_for(resp: requests.Response) -> None:
         if resp.status_code != 200:
-            raise PebbleError(f"GET {resp.url} -> HTTP {resp.status_code}: {resp.text[:500]}")
+            raise PebbleError(
+                f"{resp.request.method} {resp.url} -> HTTP {resp.status_code}: {resp.text[:500]}"
+            )
 
 
 def _tail(text: str, lines: int = 30) -> str:
@@ -590,6 +799,31 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="extra pebble environment, e.g. PEBBLE_WFE_NONCEREJECT=0 (repeatable)",
     )
+    parser.add_argument(
+        "--sid",
+        action="store_const",
+        const="2.10",
+        default="2.4",
+        dest="generation",
+        help="run Debian unstable's pebble 2.10 (make pebble-sid) instead of Debian 12's 2.4",
+    )
+    parser.add_argument(
+        "--eab",
+        action="append",
+        default=[],
+        metavar="KID=HMACKEY",
+        help="require external account binding; accept this key (base64url; repeatable)",
+    )
+    parser.add_argument(
+        "--alternate-roots", type=int, default=0, metavar="N", help="N more issuance roots"
+    )
+    parser.add_argument(
+        "--retry-after",
+        type=int,
+        nargs=2,
+        metavar=("AUTHZ", "ORDER"),
+        help="Retry-After seconds for pending authorizations and processing orders (--sid)",
+    )
     args = parser.parse_args(argv)
     env: dict[str, str] = {}
     for item in args.env:
@@ -597,6 +831,17 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"--env expects KEY=VALUE, got {item!r}")
         env[key] = value
+    eab_keys: dict[str, str] = {}
+    for item in args.eab:
+        kid, sep, hmac_key = item.partition("=")
+        if not sep or not kid or not hmac_key:
+            parser.error(f"--eab expects KID=HMACKEY, got {item!r}")
+        eab_keys[kid] = hmac_key
+    if args.retry_after and args.generation != "2.10":
+        parser.error("--retry-after needs --sid")
+    retry_after = (
+        {"authz": args.retry_after[0], "order": args.retry_after[1]} if args.retry_after else None
+    )
 
     stop_event = threading.Event()
 
@@ -607,7 +852,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
 
     state_file = Path(args.state_file) if args.state_file else None
-    with Pebble(env=env, challenge_dir=args.challenge_dir) as pebble:
+    try:
+        server = Pebble(
+            env=env,
+            challenge_dir=args.challenge_dir,
+            generation=args.generation,
+            eab_keys=eab_keys,
+            retry_after=retry_after,
+            alternate_roots=args.alternate_roots,
+        )
+    except ValueError as e:
+        parser.error(str(e))
+    with server as pebble:
         text = "\n".join(pebble.state_lines()) + "\n"
         if state_file is not None:
             tmp = state_file.with_name(state_file.name + ".tmp")
