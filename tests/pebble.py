@@ -11,6 +11,12 @@ Usage::
 Everything lives in a private temporary directory that ``stop()`` removes.
 Only loopback addresses are ever bound or contacted.
 
+By default pebble resolves every name to 127.0.0.1 through pebble-challtestsrv.
+``Pebble(dns_server="127.0.0.1:PORT")`` points pebble's ``-dnsserver`` at
+another server on loopback instead (e.g. ``tests.dnsserver.AuthoritativeDns``,
+whose ``dns_server`` is that string) and starts no pebble-challtestsrv: the CA
+then resolves names, and reads dns-01 TXT records, from that server only.
+
 ``python -m tests.pebble`` runs one instance until SIGTERM/SIGINT and prints
 ``KEY=value`` lines (``DIRECTORY_URL``, ``CA_BUNDLE``, ``TRUST_ANCHORS``, ...).
 
@@ -25,6 +31,7 @@ import atexit
 import contextlib
 import ctypes
 import http.server
+import ipaddress
 import json
 import os
 import re
@@ -193,6 +200,8 @@ class Pebble:
     ``{"PEBBLE_WFE_NONCEREJECT": "0"}``).  ``PEBBLE_VA_NOSLEEP=1`` is always
     set; other ``PEBBLE_*`` variables inherited from the caller are dropped so
     runs are reproducible.  A caller-supplied ``challenge_dir`` is never deleted.
+    ``dns_server`` (``"127.0.0.1:PORT"``, a loopback address) replaces
+    pebble-challtestsrv as the DNS server pebble asks.
     """
 
     def __init__(
@@ -200,8 +209,12 @@ class Pebble:
         env: Mapping[str, str] | None = None,
         challenge_dir: str | os.PathLike[str] | None = None,
         start_timeout: float = START_TIMEOUT,
+        dns_server: str | None = None,
     ) -> None:
         self.env: dict[str, str] = dict(env or {})
+        self.dns_server: tuple[str, int] | None = (
+            _loopback_endpoint(dns_server) if dns_server is not None else None
+        )
         self._requested_challenge_dir = Path(challenge_dir) if challenge_dir else None
         self.start_timeout = start_timeout
 
@@ -212,7 +225,9 @@ class Pebble:
         self.config_path: Path | None = None
         self.log_path: Path | None = None
         self.api_port = self.management_port = self.http_port = self.tls_port = 0
+        # dns_port: the port of the DNS server pebble asks (challtestsrv's or dns_server's).
         self.dns_port = self.challtestsrv_management_port = 0
+        self.dns_address = LOOPBACK
         self.directory_url = ""
         self.management_url = ""
         self.challtestsrv_management_url = ""
@@ -247,7 +262,7 @@ class Pebble:
 
     @property
     def pids(self) -> list[int]:
-        """PIDs of the child processes (pebble, challtestsrv) currently started."""
+        """PIDs of the child processes (pebble, challtestsrv if any) currently started."""
         return [p.pid for p in (self._pebble, self._challtestsrv) if p is not None]
 
     def start(self) -> Pebble:
@@ -371,6 +386,7 @@ class Pebble:
             f"MANAGEMENT_URL={self.management_url}",
             f"HTTP_PORT={self.http_port}",
             f"PEBBLE_LOG={self.log_path}",
+            *([f"DNS_SERVER={self.dns_address}:{self.dns_port}"] if self.dns_server else []),
         ]
 
     # -- internals ---------------------------------------------------------
@@ -432,6 +448,10 @@ class Pebble:
         self.directory_url = f"https://localhost:{self.api_port}/dir"
         self.management_url = f"https://localhost:{self.management_port}"
         self.challtestsrv_management_url = f"http://{LOOPBACK}:{self.challtestsrv_management_port}"
+        if self.dns_server is not None:  # no challtestsrv
+            self.dns_address, self.dns_port = self.dns_server
+            self.challtestsrv_management_port = 0
+            self.challtestsrv_management_url = ""
 
         cert = self.workdir / "server-cert.pem"
         key = self.workdir / "server-key.pem"
@@ -453,6 +473,25 @@ class Pebble:
 
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("PEBBLE_")}
         cts_log = self.workdir / "challtestsrv.log"
+        if self.dns_server is None:
+            self._start_challtestsrv(base_env, cts_log)
+        pebble_env = {**base_env, "PEBBLE_VA_NOSLEEP": "1", **self.env}
+        dns_host = f"[{self.dns_address}]" if ":" in self.dns_address else self.dns_address
+        self._pebble = self._popen(
+            [
+                PEBBLE_BIN,
+                "-config",
+                str(self.config_path),
+                "-dnsserver",
+                f"{dns_host}:{self.dns_port}",
+            ],
+            pebble_env,
+            self.log_path,
+        )
+        self._wait_ready(cts_log)
+
+    def _start_challtestsrv(self, base_env: dict[str, str], cts_log: Path) -> None:
+        """pebble-challtestsrv: DNS on dns_port answering 127.0.0.1 for every name."""
         self._challtestsrv = self._popen(
             [
                 CHALLTESTSRV_BIN,
@@ -474,26 +513,13 @@ class Pebble:
             base_env,
             cts_log,
         )
-        pebble_env = {**base_env, "PEBBLE_VA_NOSLEEP": "1", **self.env}
-        self._pebble = self._popen(
-            [
-                PEBBLE_BIN,
-                "-config",
-                str(self.config_path),
-                "-dnsserver",
-                f"{LOOPBACK}:{self.dns_port}",
-            ],
-            pebble_env,
-            self.log_path,
-        )
-        self._wait_ready(cts_log)
 
     def _wait_ready(self, cts_log: Path) -> None:
-        assert self._session is not None and self._pebble and self._challtestsrv
+        assert self._session is not None and self._pebble
         deadline = time.monotonic() + self.start_timeout
         dns_up = pebble_up = False
         while time.monotonic() < deadline:
-            if self._challtestsrv.poll() is not None:
+            if self._challtestsrv is not None and self._challtestsrv.poll() is not None:
                 raise PebbleError(
                     f"pebble-challtestsrv exited with {self._challtestsrv.returncode}:\n"
                     + _tail(cts_log.read_text(errors="replace"))
@@ -504,7 +530,7 @@ class Pebble:
                 )
             if not dns_up:
                 try:
-                    socket.create_connection((LOOPBACK, self.dns_port), timeout=0.5).close()
+                    socket.create_connection((self.dns_address, self.dns_port), 0.5).close()
                     dns_up = True
                 except OSError:
                     pass
@@ -572,6 +598,20 @@ class Pebble:
             raise PebbleError(f"GET {resp.url} -> HTTP {resp.status_code}: {resp.text[:500]}")
 
 
+def _loopback_endpoint(server: str) -> tuple[str, int]:
+    """``(address, port)`` of ``"127.0.0.1:53"`` or ``"[::1]:53"``; loopback only."""
+    host, sep, port = server.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"dns_server {server!r} is not ADDRESS:PORT") from None
+    if not sep or not address.is_loopback or not 0 < number < 65536:
+        raise ValueError(f"dns_server {server!r} is not a loopback ADDRESS:PORT")
+    return str(address), number
+
+
 def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -582,6 +622,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--challenge-dir", help="serve http-01 responses from this directory")
     parser.add_argument(
         "--state-file", help="also write the KEY=value lines here (removed on exit)"
+    )
+    parser.add_argument(
+        "--dns-server",
+        metavar="ADDRESS:PORT",
+        help="resolve through this loopback DNS server (e.g. python -m tests.dnsserver's), "
+        "not pebble-challtestsrv",
     )
     parser.add_argument(
         "--env",
@@ -607,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
 
     state_file = Path(args.state_file) if args.state_file else None
-    with Pebble(env=env, challenge_dir=args.challenge_dir) as pebble:
+    with Pebble(env=env, challenge_dir=args.challenge_dir, dns_server=args.dns_server) as pebble:
         text = "\n".join(pebble.state_lines()) + "\n"
         if state_file is not None:
             tmp = state_file.with_name(state_file.name + ".tmp")
