@@ -491,6 +491,8 @@ options {{
     allow-transfer {{ none; }};
     notify no;
     dnssec-validation no;
+    // Every query in the log (named -g logs to stderr): who asked what.
+    querylog yes;
 }};
 {zones}
 """
