@@ -542,11 +542,12 @@ options {{
         deadline = time.monotonic() + self.start_timeout
         pending = list(self.addresses)
         while time.monotonic() < deadline:
-            if self._named.poll() is not None:
-                raise DnsServerError(
-                    f"named exited with {self._named.returncode}:\n" + _tail(self._read_log())
-                )
             log = self._read_log()
+            if self._named.poll() is not None:
+                code = self._named.returncode
+                raise DnsServerError(
+                    f"named exited with {code}:\n{_tail(log)}{_apparmor_hint(log)}"
+                )
             if _BIND_FAILURE_RE.search(log):
                 raise DnsServerError(f"named could not bind port {self.port}:\n" + _tail(log))
             for address in list(pending):
@@ -583,6 +584,17 @@ options {{
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def _apparmor_hint(log: str) -> str:
+    """Debian's AppArmor profile for /usr/sbin/named keeps it out of /tmp."""
+    try:
+        profiles = Path("/sys/kernel/security/apparmor/profiles").read_text()
+    except OSError:
+        return ""
+    if "permission denied" in log.lower() and re.search(r"^named \(enforce\)", profiles, re.M):
+        return "\n(AppArmor enforces the named profile: `aa-complain /usr/sbin/named`)"
+    return ""
 
 
 def _tail(text: str, lines: int = 30) -> str:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dns.flags
 import dns.message
 import dns.name
 import dns.query
@@ -28,10 +29,12 @@ import pytest
 import requests
 from cryptography import x509
 
+from tests import dnsserver
 from tests.conftest import ROOT, Paths, run_client
 from tests.dnsserver import (
     SERVICE_USERS,
     AuthoritativeDns,
+    DnsServerError,
     DnsUpdateError,
     ipv6_loopback,
     read_tsig_key,
@@ -295,6 +298,34 @@ def test_stop_kills_named_and_removes_its_directory() -> None:
     assert not Path(f"/proc/{pid}").exists()
     assert "exiting" in instance.log_text()
     instance.stop()  # idempotent
+
+
+def test_a_port_taken_before_named_binds_it_is_retried_with_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        offered: list[int] = []
+        real = dnsserver._free_port
+
+        def first_taken(addresses: list[str]) -> int:
+            offered.append(taken if not offered else real(addresses))
+            return offered[-1]
+
+        monkeypatch.setattr(dnsserver, "_free_port", first_taken)
+        with AuthoritativeDns() as instance:
+            assert offered[0] == taken and instance.port == offered[-1] != taken
+            assert instance.records("web.example.test", "A") == ["127.0.0.1"]
+
+
+def test_a_missing_named_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dnsserver, "NAMED_BIN", "/nonexistent/named")
+    instance = AuthoritativeDns()
+    with pytest.raises(DnsServerError, match="not found"):
+        instance.start()
+    assert instance.workdir is None and not instance.running
 
 
 CHILD = """
