@@ -6,7 +6,9 @@ PYTHON  := $(VENV)/bin/python
 # Debian's interpreter: the same one the container images carry.
 SYSTEM_PYTHON := /usr/bin/python3
 # libseccomp2: the roles' seccomp filters (through pyseccomp).
-APT_PACKAGES  := pebble python3-venv libseccomp2 strace mandoc
+# bind9, bind9-dnsutils: an authoritative DNS server (named, tsig-keygen) on
+# loopback for the tests of RFC 2136 updates (tests/dnsserver.py), dig, nsupdate.
+APT_PACKAGES  := pebble python3-venv libseccomp2 strace mandoc bind9 bind9-dnsutils
 # Podman and what it needs on these hosts (runc: crun fails on cgroup v1 hybrid);
 # python3-pip installs the images' wheels with the interpreter the images carry.
 CONTAINER_PACKAGES := podman runc uidmap slirp4netns fuse-overlayfs python3-pip

@@ -12,6 +12,12 @@ Usage::
 Everything lives in a private temporary directory that ``stop()`` removes.
 Only loopback addresses are ever bound or contacted.
 
+By default pebble resolves every name to 127.0.0.1 through pebble-challtestsrv.
+``Pebble(dns_server="127.0.0.1:PORT")`` points pebble's ``-dnsserver`` at
+another server on loopback instead (e.g. ``tests.dnsserver.AuthoritativeDns``,
+whose ``dns_server`` is that string) and starts no pebble-challtestsrv: the CA
+then resolves names, and reads dns-01 TXT records, from that server only.
+
 ``python -m tests.pebble`` runs one instance until SIGTERM/SIGINT and prints
 ``KEY=value`` lines (``DIRECTORY_URL``, ``CA_BUNDLE``, ``TRUST_ANCHORS``, ...);
 ``--sid`` runs the 2.10 one.
@@ -35,6 +41,7 @@ import base64
 import contextlib
 import ctypes
 import http.server
+import ipaddress
 import json
 import os
 import re
@@ -271,6 +278,9 @@ class Pebble:
       pebble sends with pending authorizations and processing orders.
 
     ARI cannot be switched: 2.10 always has it (see ``ari``), 2.4 never.
+
+    ``dns_server`` (``"127.0.0.1:PORT"``, a loopback address) replaces
+    pebble-challtestsrv as the DNS server pebble asks.
     """
 
     def __init__(
@@ -286,6 +296,7 @@ class Pebble:
         profiles: Mapping[str, Mapping[str, object]] | None = None,
         retry_after: Mapping[str, int] | None = None,
         alternate_roots: int = 0,
+        dns_server: str | None = None,
     ) -> None:
         if generation not in GENERATIONS:
             raise ValueError(f"generation must be one of {GENERATIONS}, not {generation!r}")
@@ -313,6 +324,9 @@ class Pebble:
         self.retry_after: dict[str, int] | None = dict(retry_after) if retry_after else None
         self.alternate_roots = alternate_roots
         self.env: dict[str, str] = dict(env or {})
+        self.dns_server: tuple[str, int] | None = (
+            _loopback_endpoint(dns_server) if dns_server is not None else None
+        )
         self._requested_challenge_dir = Path(challenge_dir) if challenge_dir else None
         self.start_timeout = start_timeout
 
@@ -323,7 +337,9 @@ class Pebble:
         self.config_path: Path | None = None
         self.log_path: Path | None = None
         self.api_port = self.management_port = self.http_port = self.tls_port = 0
+        # dns_port: the port of the DNS server pebble asks (challtestsrv's or dns_server's).
         self.dns_port = self.challtestsrv_management_port = 0
+        self.dns_address = LOOPBACK
         self.directory_url = ""
         self.management_url = ""
         self.challtestsrv_management_url = ""
@@ -358,7 +374,7 @@ class Pebble:
 
     @property
     def pids(self) -> list[int]:
-        """PIDs of the child processes (pebble, challtestsrv) currently started."""
+        """PIDs of the child processes (pebble, challtestsrv if any) currently started."""
         return [p.pid for p in (self._pebble, self._challtestsrv) if p is not None]
 
     def start(self) -> Pebble:
@@ -560,6 +576,7 @@ class Pebble:
             f"HTTP_PORT={self.http_port}",
             f"PEBBLE_GENERATION={self.generation}",
             f"PEBBLE_LOG={self.log_path}",
+            *([f"DNS_SERVER={self.dns_address}:{self.dns_port}"] if self.dns_server else []),
         ]
 
     # -- internals ---------------------------------------------------------
@@ -621,6 +638,10 @@ class Pebble:
         self.directory_url = f"https://localhost:{self.api_port}/dir"
         self.management_url = f"https://localhost:{self.management_port}"
         self.challtestsrv_management_url = f"http://{LOOPBACK}:{self.challtestsrv_management_port}"
+        if self.dns_server is not None:  # no challtestsrv
+            self.dns_address, self.dns_port = self.dns_server
+            self.challtestsrv_management_port = 0
+            self.challtestsrv_management_url = ""
 
         cert = self.workdir / "server-cert.pem"
         key = self.workdir / "server-key.pem"
@@ -648,6 +669,27 @@ class Pebble:
 
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("PEBBLE_")}
         cts_log = self.workdir / "challtestsrv.log"
+        if self.dns_server is None:
+            self._start_challtestsrv(base_env, cts_log)
+        pebble_env = {**base_env, "PEBBLE_VA_NOSLEEP": "1", **self.env}
+        if self.alternate_roots:
+            pebble_env["PEBBLE_ALTERNATE_ROOTS"] = str(self.alternate_roots)
+        dns_host = f"[{self.dns_address}]" if ":" in self.dns_address else self.dns_address
+        self._pebble = self._popen(
+            [
+                self.binary,
+                "-config",
+                str(self.config_path),
+                "-dnsserver",
+                f"{dns_host}:{self.dns_port}",
+            ],
+            pebble_env,
+            self.log_path,
+        )
+        self._wait_ready(cts_log)
+
+    def _start_challtestsrv(self, base_env: dict[str, str], cts_log: Path) -> None:
+        """pebble-challtestsrv: DNS on dns_port answering 127.0.0.1 for every name."""
         # 2.10's challtestsrv renamed -dns01 to -dnsserver and added DoH (off here).
         dns_flags = (
             ["-dnsserver", f"{LOOPBACK}:{self.dns_port}", "-doh", ""]
@@ -674,28 +716,13 @@ class Pebble:
             base_env,
             cts_log,
         )
-        pebble_env = {**base_env, "PEBBLE_VA_NOSLEEP": "1", **self.env}
-        if self.alternate_roots:
-            pebble_env["PEBBLE_ALTERNATE_ROOTS"] = str(self.alternate_roots)
-        self._pebble = self._popen(
-            [
-                self.binary,
-                "-config",
-                str(self.config_path),
-                "-dnsserver",
-                f"{LOOPBACK}:{self.dns_port}",
-            ],
-            pebble_env,
-            self.log_path,
-        )
-        self._wait_ready(cts_log)
 
     def _wait_ready(self, cts_log: Path) -> None:
-        assert self._session is not None and self._pebble and self._challtestsrv
+        assert self._session is not None and self._pebble
         deadline = time.monotonic() + self.start_timeout
         dns_up = pebble_up = False
         while time.monotonic() < deadline:
-            if self._challtestsrv.poll() is not None:
+            if self._challtestsrv is not None and self._challtestsrv.poll() is not None:
                 raise PebbleError(
                     f"pebble-challtestsrv exited with {self._challtestsrv.returncode}:\n"
                     + _tail(cts_log.read_text(errors="replace"))
@@ -706,7 +733,7 @@ class Pebble:
                 )
             if not dns_up:
                 try:
-                    socket.create_connection((LOOPBACK, self.dns_port), timeout=0.5).close()
+                    socket.create_connection((self.dns_address, self.dns_port), 0.5).close()
                     dns_up = True
                 except OSError:
                     pass
@@ -781,6 +808,20 @@ class Pebble:
             )
 
 
+def _loopback_endpoint(server: str) -> tuple[str, int]:
+    """``(address, port)`` of ``"127.0.0.1:53"`` or ``"[::1]:53"``; loopback only."""
+    host, sep, port = server.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"dns_server {server!r} is not ADDRESS:PORT") from None
+    if not sep or not address.is_loopback or not 0 < number < 65536:
+        raise ValueError(f"dns_server {server!r} is not a loopback ADDRESS:PORT")
+    return str(address), number
+
+
 def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -791,6 +832,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--challenge-dir", help="serve http-01 responses from this directory")
     parser.add_argument(
         "--state-file", help="also write the KEY=value lines here (removed on exit)"
+    )
+    parser.add_argument(
+        "--dns-server",
+        metavar="ADDRESS:PORT",
+        help="resolve through this loopback DNS server (e.g. python -m tests.dnsserver's), "
+        "not pebble-challtestsrv",
     )
     parser.add_argument(
         "--env",
@@ -860,6 +907,7 @@ def main(argv: list[str] | None = None) -> int:
             eab_keys=eab_keys,
             retry_after=retry_after,
             alternate_roots=args.alternate_roots,
+            dns_server=args.dns_server,
         )
     except ValueError as e:
         parser.error(str(e))
