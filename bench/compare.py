@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -66,6 +67,7 @@ PEBBLE_ENV = {
 SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 DOMAIN_SUFFIX = "bench.example.test"
 NO_CONFIG_NOTE = "per-cert runs (no --config yet)"
+_PLAIN_WORD = re.compile(r"[\w@%+=:,./$-]+")
 
 
 class RunFailed(RuntimeError):
@@ -646,10 +648,15 @@ def markdown(report: Mapping[str, Any]) -> str:
             continue
         seen.add(str(s["client"]))
         lines += [f"- {s['client']} (N={s['count']}):", "", "  ```"]
-        lines += [f"  {shlex.join(argv)}" for argv in s["argv_first_run"]]
+        lines += [f"  {_shell_words(argv)}" for argv in s["argv_first_run"]]
         lines += ["  ```"]
     lines.append("")
     return "\n".join(lines)
+
+
+def _shell_words(argv: Sequence[str]) -> str:
+    """``argv`` as a shell line, leaving the $BENCH/$PEBBLE placeholders unquoted."""
+    return " ".join(arg if _PLAIN_WORD.fullmatch(arg) else shlex.quote(arg) for arg in argv)
 
 
 def draw_plot(results_json: Path, plot: Path) -> None:

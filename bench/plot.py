@@ -42,6 +42,8 @@ def draw(report: dict[str, Any], out: Path) -> None:
                 axis.plot(xs, ys, marker="o", label=client)
         axis.set_xscale("log")
         axis.set_yscale(yscale)
+        if yscale == "linear":
+            axis.set_ylim(bottom=0)
         axis.set_xticks(counts, [str(c) for c in counts])
         axis.set_xlabel("certificates (N)")
         axis.set_ylabel(label)
