@@ -403,6 +403,7 @@ class Cell:
             ),
             "peak_processes": max((r.measurement.peak_processes for r in self.runs), default=0),
             "seconds": seconds,
+            "peak_pss_mib_per_run": [_mib(r.measurement.peak_pss_kib) for r in self.runs],
             "argv_first_run": self.runs[0].argvs[:4] if self.runs else [],
         }
 
@@ -417,10 +418,33 @@ def _placeholders(arg: str, base: Path, pebble: Pebble) -> str:
     return arg.replace(str(pebble.workdir), "$PEBBLE") if pebble.workdir else arg
 
 
+def measure_cell(ctx: Context, base: Path, cell: Cell, serial: int) -> None:
+    """One measured run of ``cell``'s client for its N, in a new directory with new names."""
+    workdir = base / f"run{serial}-{cell.client}"
+    workdir.mkdir(mode=0o755)  # letskencrypt's roles run as other users
+    names = [f"r{serial}-{i}.{DOMAIN_SUFFIX}" for i in range(1, cell.count + 1)]
+    try:
+        run = RUNNERS[cell.client](ctx, workdir, names)
+    except RunFailed as error:
+        cell.error = str(error)
+        print(f" FAILED\n{error}", flush=True)
+        return
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    run.argvs = [[_placeholders(arg, base, ctx.pebble) for arg in argv] for argv in run.argvs]
+    cell.runs.append(run)
+    m = run.measurement
+    print(
+        f" {m.seconds:.2f} s, peak PSS {m.peak_pss_kib / 1024:.1f} MiB, "
+        f"largest process {m.peak_process_rss_kib / 1024:.1f} MiB",
+        flush=True,
+    )
+
+
 def benchmark(
     clients: Sequence[str], counts: Sequence[int], runs: Mapping[int, int], has_config: bool
 ) -> list[Cell]:
-    """Every client at every N, the clients' order rotated from run to run."""
+    """Every client at every N against one pebble, the clients' order rotated each run."""
     cells = {
         (client, count): Cell(client, count, mode(client, count, has_config))
         for count in counts
@@ -428,48 +452,25 @@ def benchmark(
     }
     base = Path(tempfile.mkdtemp(prefix="letskencrypt-bench-"))
     try:
-        base.chmod(0o755)  # letskencrypt's roles run as other users
         webroot = base / "webroot"
         challenge_dir = webroot / ".well-known" / "acme-challenge"
         challenge_dir.mkdir(parents=True)
-        for directory in (webroot, challenge_dir.parent, challenge_dir):
-            directory.chmod(0o755)
+        for directory in (base, webroot, challenge_dir.parent, challenge_dir):
+            directory.chmod(0o755)  # letskencrypt's roles run as other users
         with Pebble(env=PEBBLE_ENV, challenge_dir=challenge_dir) as pebble:
             ctx = Context(pebble, webroot, has_config)
             serial = 0
             for count in counts:
                 for index in range(runs[count]):
-                    order = list(clients[index % len(clients) :]) + list(
-                        clients[: index % len(clients)]
-                    )
-                    for client in order:
+                    shift = index % len(clients)
+                    for client in [*clients[shift:], *clients[:shift]]:
                         cell = cells[client, count]
                         if cell.error:
-                            continue
+                            continue  # a client that failed once is not timed again
                         serial += 1
-                        workdir = base / f"run{serial}-{client}"
-                        workdir.mkdir(mode=0o755)
-                        names = [f"r{serial}-{i}.{DOMAIN_SUFFIX}" for i in range(1, count + 1)]
                         print(f"N={count} run {index + 1}/{runs[count]} {client} ...", end="",
                               flush=True)
-                        try:
-                            run = RUNNERS[client](ctx, workdir, names)
-                        except RunFailed as error:
-                            cell.error = str(error)
-                            print(f" FAILED\n{error}", flush=True)
-                            continue
-                        finally:
-                            shutil.rmtree(workdir, ignore_errors=True)
-                        run.argvs = [
-                            [_placeholders(arg, base, pebble) for arg in argv] for argv in run.argvs
-                        ]
-                        cell.runs.append(run)
-                        m = run.measurement
-                        print(
-                            f" {m.seconds:.2f} s, peak PSS {m.peak_pss_kib / 1024:.1f} MiB, "
-                            f"largest process {m.peak_process_rss_kib / 1024:.1f} MiB",
-                            flush=True,
-                        )
+                        measure_cell(ctx, base, cell, serial)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return list(cells.values())
@@ -587,8 +588,11 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"Measured {info['date']} with `python -m bench.compare` against a local pebble.",
         "",
         f"- Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory_gib']} GiB, "
-        f"Linux {info['kernel']}, {info['os']}, load average at start "
-        f"{' '.join(info['loadavg'])}",
+        f"Linux {info['kernel']}, {info['os']}; load average (1, 5, 15 min) "
+        f"{' '.join(info['loadavg'])} at the start, "
+        f"{' '.join(info.get('loadavg_end', ['?']))} at the end "
+        f"({info.get('benchmark_minutes', '?')} minutes): other work on the machine "
+        "skews the times",
         f"- Pebble {info['pebble']} (Debian) on loopback, PEBBLE_VA_NOSLEEP=1, "
         "PEBBLE_AUTHZREUSE=0, PEBBLE_WFE_NONCEREJECT=0",
         f"- letskencrypt {versions['letskencrypt']} (Python {info['python']}), "
