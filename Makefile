@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # settings: runc, and rlimits within this machine's hard limits.
 export CONTAINERS_CONF := $(CURDIR)/deploy/podman/containers.conf
 
-.PHONY: all setup system-packages pebble-sid container-tools images demo test lint proto clean
+.PHONY: all setup system-packages pebble-sid container-tools images demo test lint proto bench clean
 
 all: test
 
@@ -70,6 +70,13 @@ test: setup lint images
 
 lint:
 	$(VENV)/bin/ruff check services tests tools bench
+
+# letskencrypt against uacme, acme-tiny and certbot at 1, 10 and 100 certificates,
+# against a local pebble; writes bench/results/ (see bench/README.md).  It installs
+# uacme, acme-tiny and (in build/bench-certbot) certbot and matplotlib itself.
+# E.g. make bench BENCH_ARGS="--counts 1,10 --runs 1"
+bench: setup
+	$(PYTHON) -m bench.compare $(BENCH_ARGS)
 
 proto: setup
 	$(PYTHON) tools/genproto.py
