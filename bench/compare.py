@@ -205,8 +205,8 @@ def run_letskencrypt(ctx: Context, workdir: Path, names: Sequence[str]) -> Run:
         config.write_text(acme_client_conf(ctx, workdir, names))
         steps.run(
             [
+                # The CA bundle and trust anchors are the authority's, in the file.
                 LETSKENCRYPT, "--config", str(config), "-n", "-N",
-                "--ca-bundle", pebble.ca_bundle, "--trust-anchors", pebble.trust_anchors,
             ],
             env,
         )
