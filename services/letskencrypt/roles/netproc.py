@@ -153,6 +153,15 @@ class Peers:
             rpc.stop_peer(channel, rpc.EDGES[edge].server, failed)
 
 
+def stop_peers(run_dir: str, instance: int | None, timeout: float) -> None:
+    """Stop the other roles of a certificate this netproc will not drive
+    (its settings failed): those that come within `timeout`."""
+    peers = Peers(run_dir, instance)
+    with contextlib.suppress(LetskencryptError):
+        rpc.wait_ready(peers.channels, timeout)
+    peers.stop_all(failed=True)
+
+
 def load_trust_anchors(path: str | None) -> bytes:
     """Read the CA bundle now: after confine() the file may be out of reach."""
     if path is None:
