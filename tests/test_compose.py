@@ -409,3 +409,35 @@ def test_compose_renews_every_certificate_of_a_configuration(config_pod: Pod) ->
     # Nothing reached the CA: no order, not even a nonce.
     assert pod.pebble.request_count() == requests
     assert {handle: installed(pod, handle).serial_number for handle in CONFIGURED} == before
+
+
+def test_compose_configuration_with_a_broken_key_fails_that_certificate_alone(
+    config_pod: Pod,
+) -> None:
+    """A role that cannot start for one certificate (keyproc, its domain key
+    is garbage) answers that certificate's calls with why: netproc fails it at
+    once, names it, and renews the others; nobody waits for a timeout."""
+    pod = config_pod
+    if not (pod.dirs["certs"] / "beta" / "cert.pem").exists():
+        assert pod.up().returncode == 0
+    before = {handle: installed(pod, handle).serial_number for handle in CONFIGURED}
+    broken = pod.dirs["domain-key"] / "beta.pem"
+    broken.unlink()
+    broken.write_text("not a key\n")
+    broken.chmod(0o444)
+    started = time.monotonic()
+    forced = pod.up(FORCE="1")
+    elapsed = time.monotonic() - started
+    output = forced.stdout[-8000:] + forced.stderr[-8000:]
+    assert forced.returncode == 1, output
+    print(f"podman-compose up, one of three failing: {elapsed:.1f} s")
+    assert elapsed < 90, output  # READY_TIMEOUT is 120 s: nobody waited for it
+    assert "netproc: certificate beta: failed" in output, output
+    assert "could not start for certificate beta" in output, output
+    after = {handle: installed(pod, handle).serial_number for handle in CONFIGURED}
+    assert after["beta"] == before["beta"]
+    assert after["alpha"] != before["alpha"]
+    assert after["gamma.compose.example.org"] != before["gamma.compose.example.org"]
+    codes = {service: info["State"]["ExitCode"] for service, info in pod.containers().items()}
+    assert codes == {**dict.fromkeys(ROLES, 0), "netproc": 1, "keyproc": 1}, output
+    assert list(pod.dirs["challenge"].iterdir()) == []
