@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography import x509
-from letskencrypt import roles, rpc
+from letskencrypt import container, roles, rpc
 
 from tests.conftest import ROOT
 from tests.pebble import Pebble
@@ -44,7 +44,7 @@ RUN_TIMEOUT = 240
 # The images under test: compose.yaml reads IMAGE_PREFIX too (`make images
 # IMAGE_PREFIX=...` builds them).
 IMAGE_PREFIX = os.environ.get("IMAGE_PREFIX") or "localhost/letskencrypt-"
-CONFIG_MOUNT = "/etc/letskencrypt/acme-client.conf"
+CONFIG_MOUNT = container.CONFIG_PATH
 
 
 def image(role: str) -> str:

@@ -81,6 +81,9 @@ from letskencrypt.roles import spec_of
 RUN_DIR = "/run/letskencrypt"
 CA_BUNDLE = "/etc/letskencrypt/ca.pem"
 TRUST_ANCHORS = "/etc/letskencrypt/trust-anchors.pem"
+# Where compose.yaml and the Kubernetes CronJob mount the configuration file
+# (CONFIG names it), in every role's container.
+CONFIG_PATH = "/etc/letskencrypt/acme-client.conf"
 # Containers start in any order and images may still be pulled.
 READY_TIMEOUT = 120.0
 TRUE = frozenset({"1", "true", "yes", "on"})
