@@ -5,6 +5,7 @@ certificate; without podman."""
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -171,3 +172,55 @@ def test_a_refusing_server_answers_with_why_until_stopped(tmp_path: Path) -> Non
         channel.close()
     finally:
         server.kill()
+
+
+def test_each_certificate_runs_in_a_child_of_its_own() -> None:
+    runner = pod.Runner("keyproc", 0)
+    parent = os.getpid()
+    assert runner.in_child(lambda: 0 if os.getpid() != parent else 5) == 0
+    assert runner.in_child(lambda: 2) == 2
+    assert runner.child is None
+
+
+def test_a_child_that_breaks_says_so_in_one_line(capfd: pytest.CaptureFixture) -> None:
+    def broken() -> int:
+        raise RuntimeError("boom")
+
+    assert pod.Runner("keyproc", 0).in_child(broken) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "internal error" in err and "boom" in err
+
+
+def test_sigterm_reaches_the_child_and_ends_the_loop(tmp_path: Path) -> None:
+    runner = pod.Runner("keyproc", 0)
+    ready = tmp_path / "ready"
+
+    def body() -> int:
+        ready.touch()
+        time.sleep(30)
+        return 0
+
+    def later() -> None:
+        while not ready.exists():
+            time.sleep(0.01)
+        runner.forward(15, None)
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    started = time.monotonic()
+    assert runner.in_child(body) == -15
+    thread.join()
+    assert runner.stopping and time.monotonic() - started < 10
+
+
+def test_revokeproc_waits_for_the_directory_a_while(tmp_path: Path) -> None:
+    environ = environment(tmp_path)
+    plan = pod.plans("keyproc", environ)[0]
+    assert plan.config is not None
+    started = time.monotonic()
+    pod.wait_for_directory(plan.config, 1.0)  # keyproc's settings: no cert_dir
+    assert time.monotonic() - started < 0.5
+    fileproc = pod.plans("fileproc", environ)[0]
+    assert fileproc.config is not None
+    pod.wait_for_directory(fileproc.config, 1.0)  # /etc/ssl/acme/first: missing here
+    assert 0.4 < time.monotonic() - started < 3

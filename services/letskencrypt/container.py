@@ -109,7 +109,7 @@ def command_line(role: str, environ: Mapping[str, str]) -> list[str]:
     if not domains:
         raise InputError(
             "DOMAINS is empty: give the names to certify, space-separated "
-            "(or CONFIG, a configuration file)"
+            "(or CONFIG, a configuration file; with compose, LETSKENCRYPT_CONFIG)"
         )
     server = environ.get("ACME_SERVER")
     return [*options(role, environ, server, environ.get("CONTACT", "").split()), "--", *domains]
@@ -221,7 +221,8 @@ def every_certificate(role: str, environ: Mapping[str, str]) -> int:
     try:
         plans = pod.plans(role, environ)
         nothing = nothing_to_do_exit(environ)
-        return pod.run(role, plans, nothing, verbosity(environ))
+        ready_timeout = seconds(environ, "READY_TIMEOUT", READY_TIMEOUT)
+        return pod.run(role, plans, nothing, verbosity(environ), ready_timeout)
     except InputError as error:
         sys.stderr.write(f"letskencrypt: {role[:40]}: {error}\n")
         return EXIT_FAILED

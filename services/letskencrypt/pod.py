@@ -120,7 +120,13 @@ def plans(role: str, environ: Mapping[str, str]) -> list[Plan]:
     return found
 
 
-def run(role: str, plans: list[Plan], nothing_to_do: int, verbosity: int) -> int:
+def run(
+    role: str,
+    plans: list[Plan],
+    nothing_to_do: int,
+    verbosity: int,
+    ready_timeout: float = container.READY_TIMEOUT,
+) -> int:
     """Run `role` for each plan in turn; this container's exit status."""
     runner = Runner(role, verbosity)
     signal.signal(signal.SIGTERM, runner.forward)
@@ -130,10 +136,12 @@ def run(role: str, plans: list[Plan], nothing_to_do: int, verbosity: int) -> int
             break
         runner.say(f"certificate {plan.handle} ({index + 1} of {len(plans)})")
         if role == "netproc":
-            statuses[plan.handle] = runner.in_child(lambda plan=plan, i=index: drive_one(plan, i))
+            statuses[plan.handle] = runner.in_child(
+                lambda plan=plan, i=index: drive_one(plan, i, ready_timeout)
+            )
         else:
             if role == "revokeproc" and plan.config is not None:
-                wait_for_directory(plan.config)
+                wait_for_directory(plan.config, ready_timeout)
             statuses[plan.handle] = runner.in_child(
                 lambda plan=plan, i=index: serve_one(role, plan, i)
             )
@@ -160,7 +168,7 @@ def summary(role: str, statuses: dict[str, int], nothing_to_do: int, runner: "Ru
     return nothing_to_do
 
 
-def drive_one(plan: Plan, instance: int) -> int:
+def drive_one(plan: Plan, instance: int, ready_timeout: float) -> int:
     """netproc for one certificate: its run, or (without a configuration)
     the failure said and the other roles of that certificate stopped."""
     if plan.config is not None:
@@ -168,7 +176,7 @@ def drive_one(plan: Plan, instance: int) -> int:
     sys.stderr.write(f"letskencrypt: netproc: {plan.error}\n")
     from letskencrypt.roles import netproc
 
-    netproc.stop_peers(container.RUN_DIR, instance, container.READY_TIMEOUT)
+    netproc.stop_peers(container.RUN_DIR, instance, ready_timeout)
     return EXIT_FAILED
 
 
@@ -189,12 +197,13 @@ def serve_one(role: str, plan: Plan, instance: int) -> int:
     return EXIT_FAILED
 
 
-def wait_for_directory(config: RoleConfig) -> None:
+def wait_for_directory(config: RoleConfig, ready_timeout: float) -> None:
     """revokeproc reads the certificate directory that fileproc makes (it
     mounts it read-only): wait for it a while; if it does not come, the run
-    says so (the directory is missing)."""
+    says so (the directory is missing).  Half of netproc's READY_TIMEOUT, so
+    that netproc still finds revokeproc (refusing) and stops it."""
     directory = getattr(config.settings, "cert_dir", "")
-    deadline = time.monotonic() + container.READY_TIMEOUT
+    deadline = time.monotonic() + ready_timeout / 2
     while directory and not os.path.isdir(directory) and time.monotonic() < deadline:
         time.sleep(DIRECTORY_POLL)
 
