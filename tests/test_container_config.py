@@ -42,6 +42,9 @@ domain second.example.org {
 """
 
 
+STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+
 def environment(tmp_path: Path, text: str = CONFIG, **extra: str) -> dict[str, str]:
     path = tmp_path / "acme-client.conf"
     path.write_text(text)
@@ -215,6 +218,15 @@ def test_sigterm_reaches_the_child_and_ends_the_loop(tmp_path: Path) -> None:
 
 def test_revokeproc_waits_for_the_directory_a_while(tmp_path: Path) -> None:
     environ = environment(tmp_path)
+    staging = CONFIG.replace("https://ca.test/dir", STAGING).replace(
+        "https://other.test/dir", STAGING
+    )
+    plans = {role: pod.plans(role, environment(tmp_path, staging)) for role in ROLES}
+    waiting = {
+        role for role, found in plans.items()
+        if found[0].config and pod.reads_certificate_directory(found[0].config)
+    }  # fmt: skip
+    assert waiting == {"revokeproc"}
     plan = pod.plans("keyproc", environ)[0]
     assert plan.config is not None
     started = time.monotonic()

@@ -203,7 +203,7 @@ def test_each_role_imports_only_the_wheels_its_spec_names() -> None:
 
 
 # The modules that read the specs instead of naming roles.
-READERS = ("sandbox.py", "supervisor.py", "process.py", "container.py", "launch.py",
+READERS = ("sandbox.py", "supervisor.py", "process.py", "container.py", "pod.py", "launch.py",
            "sandbox_check.py", "namespace.py")  # fmt: skip
 
 

@@ -30,7 +30,7 @@ from letskencrypt.constants import EXIT_CHANGED, EXIT_FAILED, EXIT_NOTHING_TO_DO
 from letskencrypt.context import RoleConfig
 from letskencrypt.errors import InputError, LetskencryptError, plain_words
 from letskencrypt.linux import PR_SET_PDEATHSIG, prctl
-from letskencrypt.roles import module_of
+from letskencrypt.roles import module_of, spec_of
 
 # Where each certificate's files are inside the containers (container.py).
 CERT_BASE = "/etc/ssl/acme"
@@ -135,12 +135,12 @@ def run(
         if runner.stopping:
             break
         runner.say(f"certificate {plan.handle} ({index + 1} of {len(plans)})")
-        if role == "netproc":
+        if spec_of(role).drives:
             statuses[plan.handle] = runner.in_child(
-                lambda plan=plan, i=index: drive_one(plan, i, ready_timeout)
+                lambda plan=plan, i=index: drive_one(role, plan, i, ready_timeout)
             )
         else:
-            if role == "revokeproc" and plan.config is not None:
+            if plan.config is not None and reads_certificate_directory(plan.config):
                 wait_for_directory(plan.config, ready_timeout)
             statuses[plan.handle] = runner.in_child(
                 lambda plan=plan, i=index: serve_one(role, plan, i)
@@ -152,11 +152,12 @@ def run(
 
 
 def summary(role: str, statuses: dict[str, int], nothing_to_do: int, runner: "Runner") -> int:
-    """netproc: 0 if any changed and none failed, 1 if any failed, else
-    `nothing_to_do`; a server role: 0, or 1 if it failed for any."""
+    """The role that drives (netproc): 0 if any changed and none failed, 1
+    if any failed, else `nothing_to_do`; a server role: 0, or 1 if it failed
+    for any."""
     done = (EXIT_CHANGED, EXIT_NOTHING_TO_DO)
     failed = [handle for handle, code in statuses.items() if code not in done]
-    if role != "netproc":
+    if not spec_of(role).drives:
         return EXIT_FAILED if failed else EXIT_CHANGED
     for handle in failed:
         runner.tell(f"certificate {handle}: failed")
@@ -168,15 +169,14 @@ def summary(role: str, statuses: dict[str, int], nothing_to_do: int, runner: "Ru
     return nothing_to_do
 
 
-def drive_one(plan: Plan, instance: int, ready_timeout: float) -> int:
-    """netproc for one certificate: its run, or (without a configuration)
-    the failure said and the other roles of that certificate stopped."""
+def drive_one(role: str, plan: Plan, instance: int, ready_timeout: float) -> int:
+    """The driving role (netproc) for one certificate: its run, or (without
+    a configuration) the failure said and the other roles of that
+    certificate stopped (its module's stop_peers)."""
     if plan.config is not None:
-        return process.role_outcome("netproc", plan.config, EXIT_NOTHING_TO_DO).code
-    sys.stderr.write(f"letskencrypt: netproc: {plan.error}\n")
-    from letskencrypt.roles import netproc
-
-    netproc.stop_peers(container.RUN_DIR, instance, ready_timeout)
+        return process.role_outcome(role, plan.config, EXIT_NOTHING_TO_DO).code
+    sys.stderr.write(f"letskencrypt: {role}: {plan.error}\n")
+    module_of(role).stop_peers(container.RUN_DIR, instance, ready_timeout)
     return EXIT_FAILED
 
 
@@ -195,6 +195,16 @@ def serve_one(role: str, plan: Plan, instance: int) -> int:
     message = f"could not start for certificate {plan.handle}: {error}"
     rpc.refuse_until_stopped(container.RUN_DIR, edges, message, instance)
     return EXIT_FAILED
+
+
+def reads_certificate_directory(config: RoleConfig) -> bool:
+    """Whether the role reads a certificate directory it may not make
+    (revokeproc: fileproc makes it)."""
+    directory = getattr(config.settings, "cert_dir", None)
+    grants = spec_of(config.role).grants(config.settings)
+    return directory is not None and not any(
+        grant.writable for grant in grants if grant.path == directory
+    )
 
 
 def wait_for_directory(config: RoleConfig, ready_timeout: float) -> None:
