@@ -3,6 +3,7 @@
 Every container's security settings are read back from `podman inspect`.
 """
 
+import contextlib
 import json
 import os
 import secrets
@@ -10,14 +11,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 from cryptography import x509
-from letskencrypt import roles, rpc
+from letskencrypt import container, roles, rpc
 
 from tests.conftest import ROOT
 from tests.pebble import Pebble
@@ -40,6 +41,14 @@ EDGES = {
     "keyacct": ("acctproc", "keyproc"),
 }
 RUN_TIMEOUT = 240
+# The images under test: compose.yaml reads IMAGE_PREFIX too (`make images
+# IMAGE_PREFIX=...` builds them).
+IMAGE_PREFIX = os.environ.get("IMAGE_PREFIX") or "localhost/letskencrypt-"
+CONFIG_MOUNT = container.CONFIG_PATH
+
+
+def image(role: str) -> str:
+    return f"{IMAGE_PREFIX}{role}:latest"
 
 
 def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -54,12 +63,16 @@ class Pod:
     project: str
     pebble: Pebble
     dirs: dict[str, Path]
+    # An acme-client.conf file instead of DOMAINS (LETSKENCRYPT_CONFIG).
+    config: Path | None = None
 
     def environment(self, **extra: str) -> dict[str, str]:
+        names = "compose.example.org www.compose.example.org"
         return {
             **os.environ,
             "CONTAINERS_CONF": CONTAINERS_CONF,
-            "DOMAINS": "compose.example.org www.compose.example.org",
+            "DOMAINS": "" if self.config else names,
+            "LETSKENCRYPT_CONFIG": str(self.config or ""),
             "ACME_SERVER": self.pebble.directory_url,
             "ACME_CA_BUNDLE": self.pebble.ca_bundle,
             "ACME_TRUST_ANCHORS": self.pebble.trust_anchors,
@@ -93,11 +106,12 @@ class Pod:
         return found
 
 
-@pytest.fixture(scope="module")
-def pod(
-    pebble: Pebble, tmp_path_factory: pytest.TempPathFactory, built_images: None
+@contextlib.contextmanager
+def made_pod(
+    pebble: Pebble, base: Path, config: Callable[[Path], Path] | None = None
 ) -> Iterator[Pod]:
-    base = tmp_path_factory.mktemp("compose")
+    """A compose project of its own with host directories under `base`
+    (`config` writes its configuration file there), removed afterwards."""
     base.chmod(0o755)
     dirs = {name: base / name for name in ("certs", "account", "domain-key")}
     for path in dirs.values():
@@ -107,7 +121,7 @@ def pod(
     dirs["challenge"] = pebble.challenge_dir
     pebble.challenge_dir.chmod(0o777)
     project = f"lkt{secrets.token_hex(4)}"
-    pod = Pod(project, pebble, dirs)
+    pod = Pod(project, pebble, dirs, config(base) if config else None)
     try:
         yield pod
     finally:
@@ -123,6 +137,14 @@ def pod(
             podman("volume", "rm", "-f", *volumes, check=False)
         pebble.challenge_dir.chmod(0o755)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pod(
+    pebble: Pebble, tmp_path_factory: pytest.TempPathFactory, built_images: None
+) -> Iterator[Pod]:
+    with made_pod(pebble, tmp_path_factory.mktemp("compose")) as made:
+        yield made
 
 
 def leaf(pod: Pod) -> x509.Certificate:
@@ -195,6 +217,12 @@ def test_every_container_is_locked_down(pod: Pod) -> None:
     if not containers:
         assert pod.up().returncode in (0, 2)
         containers = pod.containers()
+    assert_locked_down(containers)
+
+
+def assert_locked_down(containers: dict[str, dict]) -> None:
+    """Read-only root, no capabilities, no network but netproc's (and dnsproc in it)."""
+    assert sorted(containers) == sorted(ROLES)
     netproc_id = containers["netproc"]["Id"]
     for service, info in containers.items():
         host = info["HostConfig"]
@@ -214,6 +242,12 @@ def test_each_container_mounts_exactly_its_edges(pod: Pod) -> None:
     if not containers:
         assert pod.up().returncode in (0, 2)
         containers = pod.containers()
+    assert_mounts(pod, containers)
+
+
+def assert_mounts(pod: Pod, containers: dict[str, dict]) -> None:
+    """Each container mounts its edges' volumes, its own host files and the
+    configuration file, nothing else."""
     for service, info in containers.items():
         expected: dict[str, tuple[str, bool]] = {
             f"/run/letskencrypt/{edge}": (f"{pod.project}_{edge}", True)
@@ -235,6 +269,8 @@ def test_each_container_mounts_exactly_its_edges(pod: Pod) -> None:
             "fileproc": {"/etc/ssl/acme": (str(pod.dirs["certs"]), True)},
         }
         expected.update(extra.get(service, {}))
+        # Every role reads the configuration file, if any (/dev/null: none).
+        expected[CONFIG_MOUNT] = (str(pod.config or "/dev/null"), False)
         assert mounts_of(info) == expected, service
 
 
@@ -281,4 +317,127 @@ def test_compose_daemon_renews_when_due_and_stops_cleanly(pod: Pod) -> None:
     for service, info in containers.items():
         assert not info["State"]["Running"], service
     assert containers["netproc"]["State"]["ExitCode"] == 0
+    assert list(pod.dirs["challenge"].iterdir()) == []
+
+
+# --- CONFIG: every certificate of an acme-client.conf file ------------------------
+
+CONFIGURED = {
+    "alpha": ["alpha.compose.example.org", "www.alpha.compose.example.org"],
+    "beta": ["beta.compose.example.org"],
+    "gamma.compose.example.org": ["gamma.compose.example.org"],
+}
+
+
+def write_configuration(pebble: Pebble) -> Callable[[Path], Path]:
+    """An acme-client.conf of three certificates; its paths are the host's
+    and are ignored in the containers (fixed paths there)."""
+
+    def write(base: Path) -> Path:
+        lines = [
+            f'ca = "{pebble.directory_url}"',
+            "authority pebble {",
+            "    api url $ca",
+            '    account key "/etc/acme/ignored.pem"',
+            '    contact "mailto:ops@compose.example.org"',
+            "}",
+        ]
+        for handle, names in CONFIGURED.items():
+            lines += [
+                f"domain {handle} {{",
+                f"    domain name {names[0]}",
+                *([f"    alternative names {{ {' '.join(names[1:])} }}"] if names[1:] else []),
+                f'    domain key "/ignored/{handle}.pem"',
+                "    sign with pebble",
+                "}",
+            ]
+        path = base / "acme-client.conf"
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o644)
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="module")
+def config_pod(
+    pebble: Pebble, tmp_path_factory: pytest.TempPathFactory, built_images: None
+) -> Iterator[Pod]:
+    base = tmp_path_factory.mktemp("compose-config")
+    with made_pod(pebble, base, write_configuration(pebble)) as made:
+        yield made
+
+
+def installed(pod: Pod, handle: str) -> x509.Certificate:
+    path = pod.dirs["certs"] / handle / "cert.pem"
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_compose_renews_every_certificate_of_a_configuration(config_pod: Pod) -> None:
+    pod = config_pod
+    started = time.monotonic()
+    first = pod.up()
+    elapsed = time.monotonic() - started
+    output = first.stdout[-6000:] + first.stderr[-6000:]
+    assert first.returncode == 0, output
+    print(f"podman-compose up to three certificates on disk: {elapsed:.1f} s")
+    for handle, names in CONFIGURED.items():
+        san = installed(pod, handle).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value
+        assert sorted(san.get_values_for_type(x509.DNSName)) == sorted(names), handle
+        key = pod.dirs["domain-key"] / f"{handle}.pem"
+        assert oct(key.stat().st_mode & 0o777) == oct(0o400), handle
+    # One account for the authority, at the fixed path; the file's own is ignored.
+    keys = sorted(p.name for p in pod.dirs["account"].iterdir() if p.suffix == ".pem")
+    assert keys == ["pebble.pem"]
+    assert list(pod.dirs["challenge"].iterdir()) == []
+    containers = pod.containers()
+    for service, info in containers.items():
+        assert not info["State"]["Running"], service
+        assert info["State"]["ExitCode"] == 0, (service, output)
+    assert_locked_down(containers)
+    assert_mounts(pod, containers)
+
+    before = {handle: installed(pod, handle).serial_number for handle in CONFIGURED}
+    requests = pod.pebble.request_count()
+    started = time.monotonic()
+    again = pod.up()
+    elapsed = time.monotonic() - started
+    assert again.returncode == 2, again.stdout[-6000:] + again.stderr[-6000:]
+    print(f"podman-compose up with nothing due: {elapsed:.1f} s")
+    # Nothing reached the CA: no order, not even a nonce.
+    assert pod.pebble.request_count() == requests
+    assert {handle: installed(pod, handle).serial_number for handle in CONFIGURED} == before
+
+
+def test_compose_configuration_with_a_broken_key_fails_that_certificate_alone(
+    config_pod: Pod,
+) -> None:
+    """A role that cannot start for one certificate (keyproc, its domain key
+    is garbage) answers that certificate's calls with why: netproc fails it at
+    once, names it, and renews the others; nobody waits for a timeout."""
+    pod = config_pod
+    if not (pod.dirs["certs"] / "beta" / "cert.pem").exists():
+        assert pod.up().returncode == 0
+    before = {handle: installed(pod, handle).serial_number for handle in CONFIGURED}
+    broken = pod.dirs["domain-key"] / "beta.pem"
+    broken.unlink()
+    broken.write_text("not a key\n")
+    broken.chmod(0o444)
+    started = time.monotonic()
+    forced = pod.up(FORCE="1")
+    elapsed = time.monotonic() - started
+    output = forced.stdout[-8000:] + forced.stderr[-8000:]
+    assert forced.returncode == 1, output
+    print(f"podman-compose up, one of three failing: {elapsed:.1f} s")
+    assert elapsed < 90, output  # READY_TIMEOUT is 120 s: nobody waited for it
+    assert "netproc: certificate beta: failed" in output, output
+    assert "could not start for certificate beta" in output, output
+    after = {handle: installed(pod, handle).serial_number for handle in CONFIGURED}
+    assert after["beta"] == before["beta"]
+    assert after["alpha"] != before["alpha"]
+    assert after["gamma.compose.example.org"] != before["gamma.compose.example.org"]
+    codes = {service: info["State"]["ExitCode"] for service, info in pod.containers().items()}
+    assert codes == {**dict.fromkeys(ROLES, 0), "netproc": 1, "keyproc": 1}, output
     assert list(pod.dirs["challenge"].iterdir()) == []

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.test_compose import CONTAINERS_CONF, ROLES
+from tests.test_compose import CONTAINERS_CONF, ROLES, image
 
 NETWORK_ROLES = {"netproc", "dnsproc"}
 TCP_CONNECT_ROW = "TCP connect (socket made before)"
@@ -25,7 +25,7 @@ def sandbox_check(image_role: str) -> subprocess.CompletedProcess[str]:
         [
             "podman", "run", "--rm", "--network", "host", "--read-only", "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges", "--user", "65532:65532",
-            "--entrypoint", "python3", f"localhost/letskencrypt-{image_role}:latest",
+            "--entrypoint", "python3", image(image_role),
             "-m", "letskencrypt", "sandbox-check", "--strict",
         ],
         capture_output=True, text=True, timeout=180, check=False,

@@ -89,10 +89,11 @@ def test_the_sandbox_profile_is_the_spec(tmp_path: Path) -> None:
         }, role
 
 
-def needed_mounts(role: str) -> dict[str, bool]:
+def needed_mounts(role: str, configuration: bool = True) -> dict[str, bool]:
     """Path -> whether it must be writable, of what a role's container must
     mount beyond its edges: its settings' paths that its spec grants or
-    opens, and the files the container entry point reads for it."""
+    opens, and the files the container entry point reads for it (with
+    `configuration`, the CONFIG file: every role reads it)."""
     config = config_for(role)
     spec = spec_of(role)
     own_paths = {
@@ -107,17 +108,22 @@ def needed_mounts(role: str) -> dict[str, bool]:
         needed[container.CA_BUNDLE] = False
     if container.uses(role, "trust_anchors"):
         needed[container.TRUST_ANCHORS] = False
+    if configuration:
+        needed[container.CONFIG_PATH] = False
     return needed
 
 
-def check_mounts(where: str, role: str, edges: set[str], mounts: dict[str, bool]) -> None:
-    """`mounts`: target -> writable, of the role's container in `where`."""
+def check_mounts(
+    where: str, role: str, edges: set[str], mounts: dict[str, bool], configuration: bool = True
+) -> None:
+    """`mounts`: target -> writable, of the role's container in `where`
+    (`configuration`: where CONFIG may be used, see needed_mounts)."""
     spec = spec_of(role)
     edge_targets = {f"{RUN_DIR}/{edge}" for edge in (*spec.serves, *spec.calls)}
     assert edges == {*spec.serves, *spec.calls}, f"{where}: {role}'s edge volumes"
     for target in edge_targets:
         assert mounts.pop(target, None) is True, f"{where}: {role} must mount {target} rw"
-    needed = needed_mounts(role)
+    needed = needed_mounts(role, configuration)
     used = set()
     for path, writable in needed.items():
         covering = [t for t in mounts if path == t or path.startswith(t.rstrip("/") + "/")]
@@ -175,7 +181,8 @@ def test_kubernetes_agrees_with_the_specs(workload: str) -> None:
             if mount["name"].startswith("sock-"):
                 edges.add(mount["name"].removeprefix("sock-"))
             mounts[mount["mountPath"]] = not mount.get("readOnly", False)
-        check_mounts(f"kubernetes {workload}", role, edges, mounts)
+        # The sidecar (DAEMON=1) does not take CONFIG yet: no configuration.
+        check_mounts(f"kubernetes {workload}", role, edges, mounts, workload == "cronjob")
 
 
 def test_each_role_imports_only_the_wheels_its_spec_names() -> None:
@@ -196,7 +203,7 @@ def test_each_role_imports_only_the_wheels_its_spec_names() -> None:
 
 
 # The modules that read the specs instead of naming roles.
-READERS = ("sandbox.py", "supervisor.py", "process.py", "container.py", "launch.py",
+READERS = ("sandbox.py", "supervisor.py", "process.py", "container.py", "pod.py", "launch.py",
            "sandbox_check.py", "namespace.py")  # fmt: skip
 
 

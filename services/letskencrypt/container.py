@@ -33,12 +33,44 @@ mounted there (else Let's Encrypt's built-in roots, for its two servers only: an
 ACME_SERVER makes those two roles refuse to start).  The other roles are not
 given the anchors and do not check them.
 Missing keys are created on the first run, as `-n -N` would.
+
+Many certificates: with CONFIG (the path of an acme-client.conf(5) file,
+mounted at /etc/letskencrypt/acme-client.conf by compose.yaml and the
+Kubernetes manifests) and no DOMAINS, every container reads the file and
+takes its `domain` blocks in file order; for the i-th (from 0) each role runs
+once, in a child process of its own (a fresh sandbox, and nothing of one
+certificate's run left in the next), exactly as a one-certificate container
+would, except that every socket is `<edge dir>/sock-<i>` instead of `sock`
+(rpc.socket_path): a client for one certificate never reaches a server still
+serving the one before.  From the file come each certificate's names and key
+type, and its authority's `api url`, contact and account key type (KEY_TYPE
+and ACCOUNT_KEY_TYPE, when set, win, as --key-type does with --config);
+ACME_SERVER and CONTACT are not used.  Its paths are fixed inside the
+containers and the file's own paths for them are ignored:
+
+    certificate directory   /etc/ssl/acme/<handle>
+    domain key              /etc/ssl/private/acme/<handle>.pem
+    account key             /etc/acme/<authority>.pem (one account per authority)
+    challenge directory     /var/www/acme (shared)
+
+and the trust anchors and CA bundle are the mounted files above, as for one
+certificate (the file's `trust anchors` and `ca bundle` are ignored, and so
+are `certificate`, `chain certificate`, `full chain certificate`, `rotate
+key`, `deploy hook` and `state directory`, which are for a native run).
+Handles and authority names must be file names here ([A-Za-z0-9._-], not
+starting with '.').  netproc's status is 0 when some certificate changed and
+none failed, 1 when any failed (one line names each), NOTHING_TO_DO_EXIT
+when none was due.  A server role that cannot start for a certificate (a
+domain key of the wrong type, say) binds that certificate's sockets all the
+same and answers every call with why, so that netproc fails that certificate
+at once and goes on with the next.  DAEMON=1 with CONFIG is refused for now:
+run the one-certificate sidecar per certificate.
 """
 
 import dataclasses
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from letskencrypt import cli, process
 from letskencrypt.constants import EXIT_FAILED, EXIT_NOTHING_TO_DO
@@ -49,6 +81,9 @@ from letskencrypt.roles import spec_of
 RUN_DIR = "/run/letskencrypt"
 CA_BUNDLE = "/etc/letskencrypt/ca.pem"
 TRUST_ANCHORS = "/etc/letskencrypt/trust-anchors.pem"
+# Where compose.yaml and the Kubernetes CronJob mount the configuration file
+# (CONFIG names it), in every role's container.
+CONFIG_PATH = "/etc/letskencrypt/acme-client.conf"
 # Containers start in any order and images may still be pulled.
 READY_TIMEOUT = 120.0
 TRUE = frozenset({"1", "true", "yes", "on"})
@@ -70,9 +105,23 @@ def uses(role: str, setting: str) -> bool:
 
 def command_line(role: str, environ: Mapping[str, str]) -> list[str]:
     """The command line that a native run with this environment would have."""
+    domains = environ.get("DOMAINS", "").split()
+    if not domains:
+        raise InputError(
+            "DOMAINS is empty: give the names to certify, space-separated "
+            "(or CONFIG, a configuration file; with compose, LETSKENCRYPT_CONFIG)"
+        )
+    server = environ.get("ACME_SERVER")
+    return [*options(role, environ, server, environ.get("CONTACT", "").split()), "--", *domains]
+
+
+def options(
+    role: str, environ: Mapping[str, str], server: str | None, contacts: Sequence[str]
+) -> list[str]:
+    """The options of the command line, with this server and these contacts."""
     argv = ["-n", "-N"]
-    if "ACME_SERVER" in environ:
-        argv += ["--server", environ["ACME_SERVER"]]
+    if server is not None:
+        argv += ["--server", server]
     if uses(role, "ca_bundle") and os.path.exists(CA_BUNDLE):
         argv += ["--ca-bundle", CA_BUNDLE]
     # A non-empty regular file only: compose mounts /dev/null there when
@@ -83,7 +132,7 @@ def command_line(role: str, environ: Mapping[str, str]) -> list[str]:
         and os.path.getsize(TRUST_ANCHORS)
     ):
         argv += ["--trust-anchors", TRUST_ANCHORS]
-    for contact in environ.get("CONTACT", "").split():
+    for contact in contacts:
         argv += ["--contact", contact]
     for name, option in (("KEY_TYPE", "--key-type"), ("ACCOUNT_KEY_TYPE", "--account-key-type")):
         if environ.get(name):
@@ -100,25 +149,38 @@ def command_line(role: str, environ: Mapping[str, str]) -> list[str]:
     ):
         if environ.get(name):
             argv += [option, environ[name]]
-    verbosity = environ.get("VERBOSE", "0").strip()
-    if verbosity not in ("0", "1", "2"):
-        raise InputError(f"VERBOSE must be 0, 1 or 2, not {verbosity[:20]!r}")
-    argv += ["-v"] * int(verbosity)
-    domains = environ.get("DOMAINS", "").split()
-    if not domains:
-        raise InputError("DOMAINS is empty: give the names to certify, space-separated")
-    return [*argv, "--", *domains]
+    argv += ["-v"] * verbosity(environ)
+    return argv
 
 
-def role_config(role: str, environ: Mapping[str, str]) -> RoleConfig:
+def verbosity(environ: Mapping[str, str]) -> int:
+    value = environ.get("VERBOSE", "0").strip()
+    if value not in ("0", "1", "2"):
+        raise InputError(f"VERBOSE must be 0, 1 or 2, not {value[:20]!r}")
+    return int(value)
+
+
+def role_config(
+    role: str,
+    environ: Mapping[str, str],
+    argv: list[str] | None = None,
+    instance: int | None = None,
+) -> RoleConfig:
+    """The role's configuration from the environment (or from `argv`, a
+    command line built from it: domain_command_line)."""
     spec_of(role)  # an unknown role is refused here, in one line
-    args = cli.build_parser().parse_args(command_line(role, environ))
+    args = cli.build_parser().parse_args(command_line(role, environ) if argv is None else argv)
     settings = cli.role_settings(args, trust_anchors=uses(role, "trust_anchors"))[role]
     if uses(role, "ready_timeout"):
         ready_timeout = seconds(environ, "READY_TIMEOUT", READY_TIMEOUT)
         settings = dataclasses.replace(settings, ready_timeout=ready_timeout)  # type: ignore[call-arg]
     return RoleConfig(
-        role=role, run_dir=RUN_DIR, verbosity=args.verbose, settings=settings, supervised=False
+        role=role,
+        run_dir=RUN_DIR,
+        verbosity=args.verbose,
+        settings=settings,
+        supervised=False,
+        instance=instance,
     )
 
 
@@ -138,18 +200,38 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write("usage: python3 -m letskencrypt.container ROLE\n")
         sys.exit(EXIT_FAILED)
     role = arguments[0]
+    if os.environ.get("CONFIG"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # gRPC's threads need no teardown (see process.run_role).
+        os._exit(every_certificate(role, os.environ))
     try:
         config = role_config(role, os.environ)
+        nothing = nothing_to_do_exit(os.environ)
     except InputError as error:
         sys.stderr.write(f"letskencrypt: {role[:40]}: {error}\n")
         sys.exit(EXIT_FAILED)
-    process.run_role(role, config, nothing_to_do_exit(os.environ))
+    process.run_role(role, config, nothing)
+
+
+def every_certificate(role: str, environ: Mapping[str, str]) -> int:
+    """CONFIG: the role for every certificate of the file (pod.py); its status."""
+    from letskencrypt import pod  # only this mode needs it
+
+    try:
+        plans = pod.plans(role, environ)
+        nothing = nothing_to_do_exit(environ)
+        ready_timeout = seconds(environ, "READY_TIMEOUT", READY_TIMEOUT)
+        return pod.run(role, plans, nothing, verbosity(environ), ready_timeout)
+    except InputError as error:
+        sys.stderr.write(f"letskencrypt: {role[:40]}: {error}\n")
+        return EXIT_FAILED
 
 
 def nothing_to_do_exit(environ: Mapping[str, str]) -> int:
     value = environ.get("NOTHING_TO_DO_EXIT", str(EXIT_NOTHING_TO_DO)).strip()
     if value not in ("0", "2"):
-        raise SystemExit(f"letskencrypt: NOTHING_TO_DO_EXIT must be 0 or 2, not {value[:20]!r}")
+        raise InputError(f"NOTHING_TO_DO_EXIT must be 0 or 2, not {value[:20]!r}")
     return int(value)
 
 

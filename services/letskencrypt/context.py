@@ -29,6 +29,9 @@ class RoleConfig(Generic[SettingsType]):
     edge_tokens: dict[str, str] = field(default_factory=dict)
     # edge -> secret by which the server proves itself to the client (rpc.py).
     server_tokens: dict[str, str] = field(default_factory=dict)
+    # A container pod renewing a configuration file's certificates one after
+    # another: this one's number, which names its sockets (rpc.socket_path).
+    instance: int | None = None
 
 
 class Logger:

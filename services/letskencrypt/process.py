@@ -14,9 +14,11 @@ import platform
 import resource
 import signal
 import sys
+from dataclasses import dataclass
+from typing import NoReturn
 
 from letskencrypt import fsutil, namespace, rpc, sandbox
-from letskencrypt.constants import EXIT_NOTHING_TO_DO
+from letskencrypt.constants import EXIT_FAILED, EXIT_NOTHING_TO_DO
 from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import InputError, LetskencryptError, plain_words
 from letskencrypt.linux import (
@@ -291,42 +293,57 @@ def confine(config: RoleConfig) -> list[str]:
     return gaps
 
 
-def run_role(
+@dataclass(frozen=True)
+class RoleOutcome:
+    """How a role's body ended: its exit status and, if it failed, why (the
+    line it logged)."""
+
+    code: int
+    error: str | None = None
+
+
+def role_outcome(
     role: str, config: RoleConfig | None = None, nothing_to_do: int = EXIT_NOTHING_TO_DO
-) -> None:
-    """Run a role's body and turn our errors into one line and exit status 1.
+) -> RoleOutcome:
+    """Run a role's body; our errors become one logged line and status 1.
 
     `config`: built by the container entry point; natively it comes on stdin.
     `nothing_to_do`: the status for netproc's "nothing to do" (a Kubernetes
-    Job wants 0).
+    Job wants 0).  Returns rather than exits: a container that renews several
+    certificates runs one body per certificate (container.py).
     """
     try:
         body = module_of(role).run
         config, log = start(role, config)
     except InputError as error:
         sys.stderr.write(f"letskencrypt: {role}: {error}\n")
-        os._exit(1)
+        return RoleOutcome(EXIT_FAILED, str(error))
     except ImportError as error:
         message = f"cannot load its code ({plain_words(error)}): is the installation readable?"
         sys.stderr.write(f"letskencrypt: {role}: {message}\n")
-        os._exit(1)
+        return RoleOutcome(EXIT_FAILED, message)
     try:
         code = body(config, log)
     except LetskencryptError as error:
-        log.error(str(error))
-        code = 1
+        message = str(error)
     except OSError as error:
         # A file or directory of this host that is missing, full, or closed to us.
-        log.error(plain_words(error))
-        code = 1
+        message = plain_words(error)
     except ImportError as error:
-        log.error(f"cannot load its code ({plain_words(error)}): is the installation readable?")
-        code = 1
+        message = f"cannot load its code ({plain_words(error)}): is the installation readable?"
     except Exception as error:  # one line, never a traceback
-        log.error(f"internal error (a bug; please report it): {plain_words(error)}")
-        code = 1
-    if code == EXIT_NOTHING_TO_DO:
-        code = nothing_to_do
+        message = f"internal error (a bug; please report it): {plain_words(error)}"
+    else:
+        return RoleOutcome(nothing_to_do if code == EXIT_NOTHING_TO_DO else code)
+    log.error(message)
+    return RoleOutcome(EXIT_FAILED, message)
+
+
+def run_role(
+    role: str, config: RoleConfig | None = None, nothing_to_do: int = EXIT_NOTHING_TO_DO
+) -> NoReturn:
+    """role_outcome, then exit with its status (see role_outcome)."""
+    code = role_outcome(role, config, nothing_to_do).code
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: gRPC's threads can make it slow or noisy.

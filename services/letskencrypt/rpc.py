@@ -61,8 +61,13 @@ class RpcError(LetskencryptError):
     """A call to another role failed; the message names the role and the reason."""
 
 
-def socket_path(run_dir: str, edge: str) -> str:
-    return os.path.join(run_dir, edge, "sock")
+def socket_path(run_dir: str, edge: str, instance: int | None = None) -> str:
+    """The edge's socket: `<run_dir>/<edge>/sock`, or `sock-<instance>` for
+    the certificate numbered `instance` of a container pod that renews every
+    certificate of a configuration file one after another (container.py), so
+    that a client for one certificate never reaches a server of another."""
+    name = "sock" if instance is None else f"sock-{instance}"
+    return os.path.join(run_dir, edge, name)
 
 
 def edges_served_by(role: str) -> list[Edge]:
@@ -227,10 +232,11 @@ def serve(
     edge_name: str,
     servicers: Iterable[tuple[Registrar, Any]],
     stopper: Stopper,
+    instance: int | None = None,
 ) -> grpc.Server:
     """Bind `servicers` (plus Lifecycle) on the edge's socket and start serving."""
     edge = EDGES[edge_name]
-    path = socket_path(run_dir, edge_name)
+    path = socket_path(run_dir, edge_name, instance)
     if os.path.lexists(path):
         os.unlink(path)
     server = grpc.server(
@@ -262,6 +268,8 @@ def serve(
 
 
 _after_serving: Callable[[], object] | None = None
+# Whether this process has bound its sockets (serve_until_stopped).
+_served = False
 
 
 def after_serving(hook: Callable[[], object] | None) -> None:
@@ -271,23 +279,81 @@ def after_serving(hook: Callable[[], object] | None) -> None:
     _after_serving = hook
 
 
+def has_served() -> bool:
+    """Whether this process bound its sockets (and so was reachable)."""
+    return _served
+
+
 def serve_until_stopped(
-    run_dir: str, services: dict[str, list[tuple[Registrar, Any]]]
+    run_dir: str,
+    services: dict[str, list[tuple[Registrar, Any]]],
+    instance: int | None = None,
 ) -> bool:
     """Serve each edge's servicers until told to stop (Lifecycle.Stop or SIGTERM).
 
+    `instance`: the certificate's number in a container pod's configuration
+    file (see socket_path); None for a single certificate.
     Returns whether the run failed, so roles can clean up accordingly.
     """
+    global _served  # one per process, like the edge tokens
     stopper = Stopper()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stopper.stop(failed=True))
-    servers = [serve(run_dir, edge, servicers, stopper) for edge, servicers in services.items()]
+    servers = [
+        serve(run_dir, edge, servicers, stopper, instance) for edge, servicers in services.items()
+    ]
+    _served = True
     if _after_serving is not None:
         _after_serving()
+    return _wait_and_stop(stopper, servers)
+
+
+def _wait_and_stop(stopper: Stopper, servers: list[grpc.Server]) -> bool:
     while not stopper.wait(0.5):
         pass
     for server in servers:
         server.stop(grace=1.0).wait(2.0)
     return stopper.failed
+
+
+LIFECYCLE_PREFIX = "/letskencrypt.v1.Lifecycle/"
+
+
+class _Refuse(grpc.GenericRpcHandler):
+    """Answers every method but Lifecycle's with INVALID_ARGUMENT and `message`."""
+
+    def __init__(self, message: str) -> None:
+        def refuse(_request: Any, context: grpc.ServicerContext) -> None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+        self._refusal = grpc.unary_unary_rpc_method_handler(refuse)
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        if handler_call_details.method.startswith(LIFECYCLE_PREFIX):
+            return None  # Lifecycle's own handler: Stop ends the refusal
+        return self._refusal
+
+
+def _add_refusal(message: str, server: grpc.Server) -> None:
+    server.add_generic_rpc_handlers((_Refuse(message),))
+
+
+def refuse_until_stopped(
+    run_dir: str, edges: Iterable[str], message: str, instance: int | None = None
+) -> bool:
+    """Bind the edges' sockets and answer every call with `message` (one
+    line: why this role cannot serve), until told to stop.
+
+    For a role that failed to start in a container pod that renews several
+    certificates one after another: its client learns why at once and ends
+    that certificate's run, instead of waiting for a server that never comes.
+    Returns whether the run failed, as serve_until_stopped does.
+    """
+    stopper = Stopper()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stopper.stop(failed=True))
+    servers = [serve(run_dir, edge, [(_add_refusal, message)], stopper, instance) for edge in edges]
+    return _wait_and_stop(stopper, servers)
 
 
 class RoleLog(Protocol):
@@ -345,10 +411,11 @@ def guarded(
 # --- client side -----------------------------------------------------------------
 
 
-def connect(run_dir: str, edge_name: str) -> grpc.Channel:
+def connect(run_dir: str, edge_name: str, instance: int | None = None) -> grpc.Channel:
+    """A channel to the edge's server (of certificate `instance`, see socket_path)."""
     edge = EDGES[edge_name]
     channel = grpc.insecure_channel(
-        f"unix:{socket_path(run_dir, edge_name)}",
+        f"unix:{socket_path(run_dir, edge_name, instance)}",
         options=[
             ("grpc.max_receive_message_length", edge.max_message),
             ("grpc.max_send_message_length", edge.max_message),

@@ -694,7 +694,7 @@ def run(config: RoleConfig[AcctprocSettings], log: Logger) -> int:
         keyfiles.check_key_type("account key", key_path, keys.key_type_of(key), settings.key_type)
     # No channel yet: it is made at the first finalize, after the sandbox.
     domain_key = KeyprocDomainKey(
-        lambda: rpc.connect(config.run_dir, "keyacct"),
+        lambda: rpc.connect(config.run_dir, "keyacct", config.instance),
         settings.names,
         keys.public_key_der(key),
     )
@@ -704,7 +704,9 @@ def run(config: RoleConfig[AcctprocSettings], log: Logger) -> int:
     process.confine(config)
     service = AccountService(key, policy, audit, log)
     rpc.serve_until_stopped(
-        config.run_dir, {"acct": [(account_pb2_grpc.add_AccountServicer_to_server, service)]}
+        config.run_dir,
+        {"acct": [(account_pb2_grpc.add_AccountServicer_to_server, service)]},
+        config.instance,
     )
     domain_key.close()
     return 0

@@ -120,8 +120,8 @@ def run(config: RoleConfig[CertprocSettings], log: Logger) -> int:
     anchors = configured_anchors(config.settings.trust_anchors)
     operation = config.settings.operation
     process.confine(config)
-    key_info = rpc.connect(config.run_dir, "keyinfo")
-    files = rpc.connect(config.run_dir, "file")
+    key_info = rpc.connect(config.run_dir, "keyinfo", config.instance)
+    files = rpc.connect(config.run_dir, "file", config.instance)
     rpc.wait_ready({"file": files}, config.settings.ready_timeout)
     failed = rpc.serve_until_stopped(
         config.run_dir,
@@ -133,6 +133,7 @@ def run(config: RoleConfig[CertprocSettings], log: Logger) -> int:
                 )
             ]
         },
+        config.instance,
     )
     # fileproc has no edge to netproc: the end of the run reaches it through us.
     rpc.stop_peer(files, "fileproc", failed)

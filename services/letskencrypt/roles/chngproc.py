@@ -151,6 +151,7 @@ def run(config: RoleConfig[ChngprocSettings], log: Logger) -> int:
                     )
                 ]
             },
+            config.instance,
         )
     finally:
         directory.withdraw_all()

@@ -98,6 +98,7 @@ def run(config: RoleConfig, log: Logger) -> int:
     rpc.serve_until_stopped(
         config.run_dir,
         {"dns": [(resolver_pb2_grpc.add_ResolverServicer_to_server, ResolverService(log))]},
+        config.instance,
     )
     return 0
 

@@ -114,6 +114,7 @@ def run(config: RoleConfig[FileprocSettings], log: Logger) -> int:
                     )
                 ]
             },
+            config.instance,
         )
     finally:
         directory.close()

@@ -137,6 +137,7 @@ def run(config: RoleConfig[KeyprocSettings], log: Logger) -> int:
             "keyinfo": [(keyinfo_pb2_grpc.add_KeyInfoServicer_to_server, key_info)],
             "keyacct": [(keyinfo_pb2_grpc.add_KeyInfoServicer_to_server, key_info)],
         },
+        config.instance,
     )
     return 0
 

@@ -17,6 +17,7 @@ failure (doubling, up to the interval) but never orders again sooner than
 the CA asked, and exits 0 on SIGTERM.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -124,8 +125,8 @@ class Peers:
 
     EDGES = ("acct", "key", "dns", "chng", "rvk", "cert")
 
-    def __init__(self, run_dir: str) -> None:
-        self.channels = {edge: rpc.connect(run_dir, edge) for edge in self.EDGES}
+    def __init__(self, run_dir: str, instance: int | None = None) -> None:
+        self.channels = {edge: rpc.connect(run_dir, edge, instance) for edge in self.EDGES}
         self.signer = RemoteSigner(self.channels["acct"])
         self.resolver = RemoteResolver(self.channels["dns"])
         self.domain_key = domainkey_pb2_grpc.DomainKeyStub(self.channels["key"])
@@ -150,6 +151,15 @@ class Peers:
     def stop_all(self, failed: bool) -> None:
         for edge, channel in self.channels.items():
             rpc.stop_peer(channel, rpc.EDGES[edge].server, failed)
+
+
+def stop_peers(run_dir: str, instance: int | None, timeout: float) -> None:
+    """Stop the other roles of a certificate this netproc will not drive
+    (its settings failed): those that come within `timeout`."""
+    peers = Peers(run_dir, instance)
+    with contextlib.suppress(LetskencryptError):
+        rpc.wait_ready(peers.channels, timeout)
+    peers.stop_all(failed=True)
 
 
 def load_trust_anchors(path: str | None) -> bytes:
@@ -309,11 +319,23 @@ def keep_renewing(
 
 def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
     settings = config.settings
-    ca_pem = load_trust_anchors(settings.ca_bundle)
-    process.confine(config)
-    peers = Peers(config.run_dir)
+    # A failure before the peers are reached still stops them (below): the
+    # other roles must not wait for a run that will not come.
+    problem: LetskencryptError | None = None
+    ca_pem = b""
+    try:
+        ca_pem = load_trust_anchors(settings.ca_bundle)
+        process.confine(config)
+    except LetskencryptError as error:
+        problem = error
+    peers = Peers(config.run_dir, config.instance)
     code = EXIT_FAILED
     try:
+        if problem is not None:
+            # Stop whoever came (a peer that is missing cannot be stopped).
+            with contextlib.suppress(LetskencryptError):
+                rpc.wait_ready(peers.channels, settings.ready_timeout)
+            raise problem
         rpc.wait_ready(peers.channels, settings.ready_timeout)
         if settings.revoke:
             code = revoke(peers, settings, ca_pem, log)

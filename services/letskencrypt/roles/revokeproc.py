@@ -156,7 +156,9 @@ def run(config: RoleConfig[RevokeprocSettings], log: Logger) -> int:
     # An unreadable certificate fails the run before anything else happens.
     service.read_certificate()
     rpc.serve_until_stopped(
-        config.run_dir, {"rvk": [(renewal_pb2_grpc.add_RenewalServicer_to_server, service)]}
+        config.run_dir,
+        {"rvk": [(renewal_pb2_grpc.add_RenewalServicer_to_server, service)]},
+        config.instance,
     )
     return 0
 
