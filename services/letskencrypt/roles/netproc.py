@@ -347,8 +347,9 @@ def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
         log.error(str(error))
     finally:
         peers.stop_all(failed=code == EXIT_FAILED)
-        # For the run's metrics; the supervisor's relay takes this line, it is not shown.
-        counts = {"requests": acme.COUNTS.requests, "orders": acme.COUNTS.orders}
-        sys.stdout.write(f"{COUNTS_MARKER}{json.dumps(counts)}\n")
+        if config.supervised:
+            # For the run's metrics; the supervisor's relay takes this line, it is not shown.
+            counts = {"requests": acme.COUNTS.requests, "orders": acme.COUNTS.orders}
+            sys.stdout.write(f"{COUNTS_MARKER}{json.dumps(counts)}\n")
     return code
 
