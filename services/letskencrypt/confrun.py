@@ -25,7 +25,7 @@ from letskencrypt.constants import EXIT_FAILED
 from letskencrypt.errors import InputError, LetskencryptError, plain_words
 from letskencrypt.relay import STYLE, Relay, tell
 from letskencrypt.settings import KeyprocSettings, NetprocSettings, RoleSettings, Schedule
-from letskencrypt.supervisor import RunUser
+from letskencrypt.supervisor import RunUser, stop_signals_caught
 
 DEFAULT_STATE_DIRECTORY = "/var/lib/letskencrypt"
 MAX_JOBS = 256
@@ -248,7 +248,7 @@ def seconds_to_next_renewal(config: conf.Config, args: argparse.Namespace) -> fl
 def wait_for_stop(seconds: float) -> bool:
     """Sleep `seconds`; True as soon as a stop signal comes."""
     deadline = time.monotonic() + seconds
-    with fleet.stop_signals_forwarded():
+    with stop_signals_caught():
         while time.monotonic() < deadline:
             if interrupts.received() is not None:
                 return True

@@ -28,7 +28,7 @@ import fcntl
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -45,7 +45,7 @@ from letskencrypt.linux import PR_SET_PDEATHSIG, prctl
 from letskencrypt.relay import STYLE, Relay
 from letskencrypt.renewal import Decision, decide, load_certificate_file, load_chain_file
 from letskencrypt.settings import RevokeprocSettings, RoleSettings
-from letskencrypt.supervisor import RunUser, Supervisor
+from letskencrypt.supervisor import RunUser, Supervisor, stop_signals_caught
 
 POLL_INTERVAL = 0.02
 # How long the lanes get to stop once a stop signal has come.
@@ -144,7 +144,7 @@ class Fleet:
                 self.say(job.handle, f"not due: {reason}", level=1)
         if waiting:
             launch.prepare_to_fork()
-            with stop_signals_forwarded():
+            with stop_signals_caught():
                 self.drive(waiting)
         self.publish_and_deploy()
         status = self.status()
@@ -152,7 +152,8 @@ class Fleet:
         return status
 
     def drive(self, waiting: list[Job]) -> None:
-        # An authority whose account does not exist yet: its first lane alone.
+        # An authority whose account key does not exist yet: one lane at a
+        # time until one has made it.
         opening = {job.authority for job in waiting if not os.path.exists(job.account_key)}
         while waiting or self.lanes:
             if self.interrupted is None:
@@ -175,7 +176,8 @@ class Fleet:
             if lane is None:
                 continue
             self.relay.drain(lane.job.handle)
-            opening.discard(lane.job.authority)
+            if os.path.exists(lane.job.account_key):
+                opening.discard(lane.job.authority)
             self.finished(lane.job, os.waitstatus_to_exitcode(status))
 
     def next_job(self, waiting: list[Job], opening: set[str]) -> Job | None:
@@ -234,16 +236,17 @@ class Fleet:
         return status
 
     def finished(self, job: Job, status: int) -> None:
+        said = self.relay.last_lines.get(job.handle, "")
         if status == EXIT_CHANGED:
             outcome = Outcome(job.handle, "changed", status)
         elif status == EXIT_NOTHING_TO_DO:
             outcome = Outcome(job.handle, "not due", status)
         elif status in EXIT_CODES:
-            outcome = Outcome(job.handle, "failed", status)
+            outcome = Outcome(job.handle, "failed", status, said)
         elif status < 0 or status > EXIT_NOTHING_TO_DO:
             outcome = Outcome(job.handle, "interrupted", status)
         else:
-            outcome = Outcome(job.handle, "failed", status)
+            outcome = Outcome(job.handle, "failed", status, said)
         self.outcomes[job.handle] = outcome
         self.say(job.handle, outcome.result, level=1)
 
@@ -287,19 +290,6 @@ class Fleet:
         if "changed" in results:
             return EXIT_CHANGED
         return EXIT_NOTHING_TO_DO
-
-
-@contextlib.contextmanager
-def stop_signals_forwarded() -> Iterator[None]:
-    """Remember stop signals (interrupts.py) while lanes run; Fleet.drive
-    passes them on."""
-    previous = {signum: signal.getsignal(signum) for signum in interrupts.STOP_SIGNALS}
-    interrupts.catch()
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def publish(job: Job) -> None:

@@ -95,6 +95,8 @@ class Relay:
         self.volume: dict[str, int] = {}
         self.pending = bytearray()
         self.dropped = 0
+        # Each stream's (role's, lane's) last line: what a failure said.
+        self.last_lines: dict[str, str] = {}
         # Summed from the COUNTS_MARKER lines.
         self.counts = {"requests": 0, "orders": 0}
         self.writing = False
@@ -181,6 +183,7 @@ class Relay:
                        certificate=certificate)  # fmt: skip
             return
         text = safe_text(raw.decode("utf-8", errors="replace"), MAX_LINE)
+        self.last_lines[role] = text.removeprefix(PREFIX)
         if stream.nested:
             self.write(text if text.startswith(PREFIX) else PREFIX + text, certificate=role)
             return
