@@ -230,9 +230,15 @@ def fork_role(role: str, *, dies_with_us: bool = True) -> ForkedRole:
     parent = os.getpid() if dies_with_us else None
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        become_role(role, parent, environment, (stdin_read, stdout_write, stderr_write))
+    # Held back across the fork: a stop signal the supervisor sends the role
+    # at once must reach the role, not the supervisor's handler in the child.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.STOP_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            become_role(role, parent, environment, (stdin_read, stdout_write, stderr_write), mask)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     for fd in (stdin_read, stdout_write, stderr_write):
         os.close(fd)
     return ForkedRole(
@@ -249,20 +255,28 @@ HIGH_FD = 10
 
 
 def become_role(
-    role: str, parent: int | None, environment: Mapping[str, str], stdio: tuple[int, int, int]
+    role: str,
+    parent: int | None,
+    environment: Mapping[str, str],
+    stdio: tuple[int, int, int],
+    mask: set[signal.Signals],
 ) -> NoReturn:
-    """In the forked child: what `spawn_role`'s exec would have given it,
-    then the role itself; never returns."""
+    """In the forked child, its stop signals blocked: what `spawn_role`'s
+    exec would have given it, then the role itself; never returns."""
     try:
-        # First: out of the terminal's process group before the handlers
-        # below go, so a Ctrl-C to the group is never this role's death.
+        # Out of the terminal's process group: Ctrl-C is the supervisor's to
+        # act on, and a role ignores it (process.start does too).
         os.setsid()
         if parent is not None:
             dies_with(parent)()
-        # The supervisor's handlers remember signals for it; a role's die of them.
+        # The supervisor's handlers remember signals for it; a role dies of them.
         for signum in interrupts.STOP_SIGNALS:
-            if callable(signal.getsignal(signum)):
+            if signum == signal.SIGINT:
+                signal.signal(signum, signal.SIG_IGN)
+            elif callable(signal.getsignal(signum)):
                 signal.signal(signum, signal.SIG_DFL)
+        # A SIGTERM the supervisor sent meanwhile takes effect now.
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, HIGH_FD) for fd in stdio]
         for target, fd in enumerate(moved):
             os.dup2(fd, target)
