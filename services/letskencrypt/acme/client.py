@@ -290,8 +290,8 @@ class AcmeClient:
         """Find (or, if `create`, register) the account for the signer's key; its kid.
 
         A registration agrees to the CA's terms of service, which are shown
-        (one line, `notice`) before it; with `external_account_binding` it
-        carries the signer's binding (RFC 8555 7.3.4).
+        (one line, `notice`) once it succeeded; with `external_account_binding`
+        it carries the signer's binding (RFC 8555 7.3.4).
         """
         directory = self.directory()
         new_account = directory.new_account
@@ -306,12 +306,6 @@ class AcmeClient:
             payload: dict[str, Any] = {"termsOfServiceAgreed": True}
             if contact:
                 payload["contact"] = list(contact)
-            terms = directory.terms_of_service
-            self._notice(
-                f"registering an account, agreeing to the CA's terms of service {terms}"
-                if terms
-                else "registering an account (the CA names no terms of service)"
-            )
             response = self.post(
                 new_account, payload, None, external_account_binding=external_account_binding
             )
@@ -320,7 +314,13 @@ class AcmeClient:
         account = Account.from_json(kid, json_object(response.body, "account"))
         self.kid = account.url
         self.account_contact = account.contact
-        self._log(f"account {kid} {'created' if created else 'found'}")
+        if not created:
+            self._log(f"account {kid} found")
+        elif directory.terms_of_service:
+            self._notice(f"account {kid} created, agreeing to the CA's terms of service "
+                         f"{directory.terms_of_service}")  # fmt: skip
+        else:
+            self._notice(f"account {kid} created (the CA names no terms of service)")
         return kid
 
     def contact_differs(self, contact: list[str]) -> bool:
