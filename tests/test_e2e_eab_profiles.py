@@ -5,6 +5,7 @@ the subset pebble 2.4 (Debian 12's) has: EAB, and no profiles."""
 import base64
 import json
 import secrets
+import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from cryptography import x509
 from letskencrypt import renewal
 
-from tests.conftest import Paths, Result, run_client
+from tests.conftest import LETSKENCRYPT, RUN_TIMEOUT, Paths, Result, run_client
 from tests.pebble import DEFAULT_PROFILES, Pebble
 from tests.test_e2e_native import assert_installed, leaf
 
@@ -230,3 +231,81 @@ def test_the_terms_of_service_are_shown_when_an_account_is_created(
     registration = [e for e in audit(paths) if e["kind"] == "newAccount"]
     assert len(registration) >= 2 and {e["decision"] for e in registration} == {"signed"}
     assert not any("external_account_binding" in e for e in registration)
+
+
+# --- the configuration file ------------------------------------------------------------
+
+
+def write_config(base: Path, server: Pebble, key: str, profiles: dict[str, str | None]) -> Path:
+    """One authority with `external account binding`, a domain per profile."""
+    lines = [
+        f'state directory "{base / "state"}"',
+        "authority ca {",
+        f'    api url "{server.directory_url}"',
+        f'    account key "{base / "account" / "privkey.pem"}"',
+        f'    trust anchors "{server.trust_anchors}"',
+        f'    ca bundle "{server.ca_bundle}"',
+        f'    external account binding {EAB_KID} "{key}"',
+        "}",
+    ]
+    for handle, profile in profiles.items():
+        lines += [
+            f"domain {handle} {{",
+            f'    domain key "{base / "keys" / handle}.pem"',
+            f'    challengedir "{server.challenge_dir}"',
+            *([f"    profile {profile}"] if profile else []),
+            "}",
+        ]
+    path = base / "letskencrypt.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_config(config: Path, *args: str) -> Result:
+    completed = subprocess.run(
+        [LETSKENCRYPT, "--config", str(config), "-n", "-N", *args],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False,
+    )  # fmt: skip
+    return Result(completed.returncode, completed.stdout, completed.stderr)
+
+
+def test_a_configuration_file_binds_the_account_and_orders_each_profile(
+    pebble_eab: Pebble, tmp_path: Path
+) -> None:
+    tmp_path.chmod(0o755)
+    generation = pebble_eab.generation.replace(".", "")
+    profiles: dict[str, str | None] = {f"plain{generation}.conf.example.org": None}
+    if pebble_eab.generation == "2.10":
+        profiles.update({f"{name}.conf.example.org": name for name in DEFAULT_PROFILES})
+    config = write_config(tmp_path, pebble_eab, key_file(tmp_path, EAB_KEY), profiles)
+    result = run_config(config)
+    assert result.code == 0, result.stderr
+    assert sum(TERMS in line for line in result.stderr.splitlines()) == 1, result.stderr
+    for handle, profile in profiles.items():
+        pem = (tmp_path / "state" / "certs" / handle / "cert.pem").read_bytes()
+        certificate = x509.load_pem_x509_certificate(pem)
+        expected = DEFAULT_PROFILES[profile or "default"]["validityPeriod"]
+        assert lifetime(certificate) == timedelta(seconds=expected)  # type: ignore[arg-type]
+    # Without the directive, the CA's requirement stops every domain before newAccount.
+    text = config.read_text()
+    config.write_text("\n".join(line for line in text.splitlines()
+                                if "external account binding" not in line) + "\n")
+    (tmp_path / "account" / "privkey.pem").unlink()
+    again = run_config(config, "-F")
+    assert again.code == 1
+    assert "the CA requires external account binding" in again.stderr
+
+
+@pytest.mark.parametrize(("option", "directive"), [
+    (["--profile", "shortlived"], "profile"),
+    (["--eab-kid", "k", "--eab-hmac-key", "/dev/null"], "external account binding"),
+])
+def test_profile_and_eab_options_go_in_the_file_with_config(
+    pebble: Pebble, tmp_path: Path, option: list[str], directive: str
+) -> None:
+    config = write_config(tmp_path, pebble, "/nonexistent", {"x.example.org": None})
+    result = run_config(config, *option)
+    assert result.code == 1
+    assert result.stderr == (
+        f"letskencrypt: {option[0]} goes in the configuration file ({directive}) with --config\n"
+    )
