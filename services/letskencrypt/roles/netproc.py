@@ -8,7 +8,10 @@ and certproc (check and install).  It never sees a private key: an attacker
 who owns it can ask acctproc only for the signatures acctproc's own policy
 allows for this run (this run's names, the CA's origin, no key change or
 revocation unless asked), and can hand certproc a chain, which certproc
-checks against keyproc's key and names.
+checks against keyproc's key and names.  An external account binding is
+acctproc's: netproc asks for "a new account with the binding" and never
+sees its HMAC key; a profile (--profile) is checked against the CA's
+directory before any order.
 
 Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
 2 nothing to do, and then no request at all reached the CA.  In daemon mode
