@@ -284,8 +284,12 @@ def test_a_configuration_file_binds_the_account_and_orders_each_profile(
     for handle, profile in profiles.items():
         pem = (tmp_path / "state" / "certs" / handle / "cert.pem").read_bytes()
         certificate = x509.load_pem_x509_certificate(pem)
-        expected = DEFAULT_PROFILES[profile or "default"]["validityPeriod"]
-        assert lifetime(certificate) == timedelta(seconds=expected)  # type: ignore[arg-type]
+        if profile is None and pebble_eab.generation == "2.10":
+            # Asked for no profile, pebble 2.10 issues by any of its own.
+            lifetimes = {p["validityPeriod"] for p in DEFAULT_PROFILES.values()}
+        else:
+            lifetimes = {DEFAULT_PROFILES[profile or "default"]["validityPeriod"]}
+        assert lifetime(certificate).total_seconds() in lifetimes, handle
     # Without the directive, the CA's requirement stops every domain before newAccount.
     text = config.read_text()
     config.write_text("\n".join(line for line in text.splitlines()
