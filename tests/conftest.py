@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,18 @@ ROOT = Path(__file__).resolve().parent.parent
 LETSKENCRYPT = str(Path(sys.executable).parent / "letskencrypt")
 RUN_TIMEOUT = 120
 BUILD_TIMEOUT = 1800
+# The line a run that creates the CA's account says, without -v: the
+# agreement it makes (acme.AcmeClient.account).
+TERMS_LINE = re.compile(
+    r"^letskencrypt: netproc: account \S+ created(, agreeing to the CA's terms of service \S+|"
+    r" \(the CA names no terms of service\))\n",
+    re.MULTILINE,
+)
+
+
+def without_terms(stderr: str) -> str:
+    """`stderr` without the line of an account's creation (at most one)."""
+    return TERMS_LINE.sub("", stderr, count=1)
 
 
 @pytest.fixture(scope="session")

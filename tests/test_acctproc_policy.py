@@ -1,7 +1,9 @@
 """acctproc signs only what the run asked for: the classifier, the policy, the
 audit log and the settings that feed them (see roles/acctproc.py)."""
 
+import base64
 import hashlib
+import hmac
 import ipaddress
 import json
 import os
@@ -18,6 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 from letskencrypt import cli, container, keys, rpc
 from letskencrypt.b64 import b64url, b64url_decode
@@ -27,6 +30,7 @@ from letskencrypt.roles import acctproc
 from letskencrypt.roles.acctproc import (
     AccountService,
     AuditLog,
+    ExternalAccountBinding,
     KeyprocDomainKey,
     Refused,
     Request,
@@ -58,11 +62,21 @@ def keyproc_says(der: bytes = DOMAIN_KEY_DER) -> Callable[[], bytes]:
     return lambda: der
 
 
+EAB_KID = "kid-1"
+EAB_HMAC_KEY = bytes(range(32))
+BINDING = ExternalAccountBinding(EAB_KID, EAB_HMAC_KEY)
+NEW_ACCOUNT_URL = "https://ca.test/new-acct"
+REGISTRATION = {"termsOfServiceAgreed": True, "contact": CONTACT}
+
+
 def policy(
     operation: str = "issue",
     names: list[str] = NAMES,
     domain_key: Callable[[], bytes] | None = None,
     contact: list[str] = CONTACT,
+    *,
+    binding: ExternalAccountBinding | None = None,
+    profile: str | None = None,
 ) -> RunPolicy:
     settings = AcctprocSettings(
         key_path="/nonexistent/account.pem",
@@ -72,8 +86,11 @@ def policy(
         names=tuple(names),
         contact=tuple(contact),
         directory_url=DIRECTORY,
+        eab_kid=None if binding is None else binding.kid,
+        eab_hmac_key=None if binding is None else "/nonexistent/eab.key",
+        profile=profile,
     )
-    return RunPolicy.from_settings(settings, ACCOUNT_KEY, domain_key or keyproc_says())
+    return RunPolicy.from_settings(settings, ACCOUNT_KEY, domain_key or keyproc_says(), binding)
 
 
 def request(
@@ -83,8 +100,10 @@ def request(
     url: str = "https://ca.test/some/where",
     nonce: str = NONCE,
     post_as_get: bool | None = None,
+    eab: bool = False,
 ) -> Request:
-    """payload: None (POST-as-GET), bytes (as they are) or a JSON document."""
+    """payload: None (POST-as-GET), bytes (as they are) or a JSON document;
+    eab: netproc asks for this run's external account binding."""
     if post_as_get is None:
         post_as_get = payload is None
     if payload is None:
@@ -93,7 +112,8 @@ def request(
         raw = payload
     else:
         raw = json.dumps(payload).encode()
-    return Request(url=url, nonce=nonce, kid=kid, payload=raw, post_as_get=post_as_get)
+    return Request(url=url, nonce=nonce, kid=kid, payload=raw, post_as_get=post_as_get,
+                   external_account_binding=eab)  # fmt: skip
 
 
 def order(*names: str, kind: str = "dns") -> dict[str, Any]:
@@ -299,6 +319,16 @@ ISSUE_REFUSALS = [
      "must be true"),
     ("new-account-eab", request({"termsOfServiceAgreed": True, "externalAccountBinding": {}},
                                 kid=""), "newAccount", "external account binding"),
+    ("new-account-asks-for-eab", request(REGISTRATION, kid="", eab=True), "newAccount",
+     "this run has no external account binding"),
+    ("new-account-terms-text", request({"termsOfServiceAgreed": "true"}, kid=""), "newAccount",
+     "must be true"),
+    ("new-account-terms-missing", request({"onlyReturnExisting": True, "termsOfServiceAgreed":
+                                           False}, kid=""), "newAccount", "exactly"),
+    ("order-with-profile", request({**order(*NAMES), "profile": "shortlived"}), "newOrder",
+     "this run asks for no profile"),
+    ("order-asks-for-eab", request(order(*NAMES), eab=True), "newOrder",
+     "only a newAccount carries an external account binding"),
     ("new-account-lookup-one", request({"onlyReturnExisting": 1}, kid=""), "newAccount",
      "exactly"),
     ("new-account-lookup-plus", request({"onlyReturnExisting": True, "contact": CONTACT},
@@ -358,6 +388,161 @@ def test_a_run_sets_its_own_contact_only() -> None:
     p = policy("issue", contact=two)
     assert judge(p, request({"contact": two}, url=KID)) == "accountUpdate"
     refused(p, request({"contact": two[:1]}, url=KID), "accountUpdate", "contact differs")
+
+
+# --- external account binding (RFC 8555 7.3.4) ----------------------------------------
+
+
+def bound(p: RunPolicy, req: Request) -> dict[str, Any]:
+    """What acctproc signs for `req`, judged first."""
+    assert p.judge(req) == "newAccount"
+    return json.loads(p.payload_to_sign(req))
+
+
+def test_a_run_with_eab_signs_its_registration_with_its_own_binding() -> None:
+    p = policy(binding=BINDING)
+    req = request(REGISTRATION, kid="", url=NEW_ACCOUNT_URL, eab=True)
+    signed = bound(p, req)
+    binding = signed.pop("externalAccountBinding")
+    assert signed == REGISTRATION
+    assert set(binding) == {"protected", "payload", "signature"}
+    header = json.loads(b64url_decode(binding["protected"]))
+    assert header == {"alg": "HS256", "kid": EAB_KID, "url": NEW_ACCOUNT_URL}
+    assert json.loads(b64url_decode(binding["payload"])) == keys.jwk(ACCOUNT_KEY.public_key())
+    mac = hmac.new(EAB_HMAC_KEY, f"{binding['protected']}.{binding['payload']}".encode(),
+                   hashlib.sha256).digest()  # fmt: skip
+    assert b64url_decode(binding["signature"]) == mac
+    # Without contact, too; and the lookup goes without a binding.
+    assert "externalAccountBinding" in bound(
+        p, request({"termsOfServiceAgreed": True}, kid="", url=NEW_ACCOUNT_URL, eab=True))
+    assert p.judge(request({"onlyReturnExisting": True}, kid="")) == "newAccount"
+    assert p.payload_to_sign(request({"onlyReturnExisting": True}, kid="")) == (
+        b'{"onlyReturnExisting": true}')
+
+
+EAB_REFUSALS = [
+    ("registration-without-binding", request(REGISTRATION, kid=""), "newAccount",
+     "registers its account with its external account binding"),
+    ("netprocs-own-binding", request({**REGISTRATION, "externalAccountBinding": BINDING.jws(
+        NEW_ACCOUNT_URL, keys.jwk(ACCOUNT_KEY.public_key()))}, kid="", url=NEW_ACCOUNT_URL,
+        eab=True), "newAccount", "never taken from netproc"),
+    ("netprocs-binding-for-another-key", request({**REGISTRATION, "externalAccountBinding":
+        BINDING.jws(NEW_ACCOUNT_URL, keys.jwk(OTHER_KEY.public_key()))}, kid=""), "newAccount",
+        "never taken from netproc"),
+    ("lookup-with-binding", request({"onlyReturnExisting": True}, kid="", eab=True),
+     "newAccount", "a lookup carries no external account binding"),
+    # With a kid, a registration's payload is an account update's.
+    ("binding-with-kid", request(REGISTRATION, eab=True), "accountUpdate",
+     "only a newAccount carries"),
+    ("lookup-with-kid-and-binding", request({"onlyReturnExisting": True}, eab=True),
+     "newAccount", "JWK embedded"),
+    ("binding-on-order", request(order(*NAMES), eab=True), "newOrder",
+     "only a newAccount carries"),
+    ("binding-on-post-as-get", request(None, eab=True), "post-as-get",
+     "only a newAccount carries"),
+    ("binding-on-contact-update", request({"contact": CONTACT}, url=KID, eab=True),
+     "accountUpdate", "only a newAccount carries"),
+    ("binding-other-origin", request(REGISTRATION, kid="", url="https://evil.test/new-acct",
+                                     eab=True), "newAccount", "origin"),
+    ("binding-terms-false", request({"termsOfServiceAgreed": False}, kid="", eab=True),
+     "newAccount", "must be true"),
+    ("binding-other-contact", request({"termsOfServiceAgreed": True, "contact": [
+        "mailto:evil@example.net"]}, kid="", eab=True), "newAccount", "contact differs"),
+]
+
+
+@pytest.mark.parametrize(
+    ("req", "kind", "reason"),
+    [case[1:] for case in EAB_REFUSALS],
+    ids=[case[0] for case in EAB_REFUSALS],
+)
+def test_a_run_with_eab_refuses(req: Request, kind: str, reason: str) -> None:
+    refused(policy(binding=BINDING), req, kind, reason)
+
+
+def test_a_revoke_run_with_eab_registers_with_it_too() -> None:
+    p = policy("revoke", binding=BINDING)
+    assert "externalAccountBinding" in bound(p, request(REGISTRATION, kid="", eab=True))
+    refused(p, request(order(*NAMES), eab=True), "newOrder", "not part of this run")
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    (b64url(EAB_HMAC_KEY), EAB_HMAC_KEY),
+    (b64url(EAB_HMAC_KEY) + "\n", EAB_HMAC_KEY),
+    ("  " + base64.urlsafe_b64encode(bytes(33)).decode() + "\r\n", bytes(33)),
+    (base64.urlsafe_b64encode(b"\xfb" * 20).decode(), b"\xfb" * 20),
+])
+def test_the_hmac_key_file(tmp_path: Path, text: str, key: bytes) -> None:
+    path = tmp_path / "eab.key"
+    path.write_text(text)
+    binding = ExternalAccountBinding.read("k", str(path))
+    assert (binding.kid, binding.hmac_key) == ("k", key)
+    assert b64url(key) not in repr(binding)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "too short"),
+    (b64url(bytes(15)).encode(), "15 bytes, too short"),
+    (base64.b64encode(b"\xfb" * 20), "not base64url"),
+    (b"not base64url!", "not base64url"),
+    (b"\xff\xfe", "not base64url"),
+    (b"a" * 2000, "larger than 1024 bytes"),
+    (b64url(bytes(32)).encode() + b"\n" + b64url(bytes(32)).encode(), "not base64url"),
+])
+def test_an_hmac_key_file_that_is_no_key(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "eab.key"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message) as info:
+        ExternalAccountBinding.read("k", str(path))
+    assert str(info.value).startswith(f"EAB HMAC key {path}: ")
+    assert "\n" not in str(info.value)
+
+
+def test_an_hmac_key_file_that_cannot_be_read(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="No such file"):
+        ExternalAccountBinding.read("k", str(tmp_path / "missing"))
+    with pytest.raises(InputError, match="not a regular file"):
+        ExternalAccountBinding.read("k", str(tmp_path))
+
+
+def test_the_binding_must_be_the_settings_own() -> None:
+    settings = AcctprocSettings(key_path="/k", audit_log="/a", operation="issue",
+                                names=tuple(NAMES), directory_url=DIRECTORY)  # fmt: skip
+    with pytest.raises(InputError, match="not this run's"):
+        RunPolicy.from_settings(settings, ACCOUNT_KEY, keyproc_says(), BINDING)
+    with_eab = AcctprocSettings(key_path="/k", audit_log="/a", operation="issue",
+                                names=tuple(NAMES), directory_url=DIRECTORY,
+                                eab_kid="other", eab_hmac_key="/e")  # fmt: skip
+    for binding in (None, BINDING):
+        with pytest.raises(InputError, match="not this run's"):
+            RunPolicy.from_settings(with_eab, ACCOUNT_KEY, keyproc_says(), binding)
+    with pytest.raises(InputError, match="go together"):
+        AcctprocSettings(key_path="/k", audit_log="/a", operation="issue", names=tuple(NAMES),
+                         directory_url=DIRECTORY, eab_kid="k")  # fmt: skip
+
+
+# --- certificate profiles --------------------------------------------------------------
+
+
+def test_a_run_with_a_profile_orders_that_profile_only() -> None:
+    p = policy(profile="shortlived")
+    assert judge(p, request({**order(*NAMES), "profile": "shortlived"})) == "newOrder"
+    refused(p, request({**order(*NAMES), "profile": "default"}), "newOrder",
+            "profile 'default' is not this run's profile 'shortlived'")
+    refused(p, request({**order(*NAMES), "profile": "Shortlived"}), "newOrder",
+            "is not this run's profile")
+    refused(p, request({**order(*NAMES), "profile": ["shortlived"]}), "newOrder",
+            r"profile '\(not text\)'")
+    refused(p, request({**order(*NAMES), "profile": None}), "newOrder",
+            "must ask for this run's profile 'shortlived'")
+    refused(p, request(order(*NAMES)), "newOrder", "must ask for this run's profile")
+    refused(p, request({**order("evil.example.net"), "profile": "shortlived"}), "newOrder",
+            "not this run's names")
+    # The profile goes in the order, nowhere else.
+    refused(p, request({**finalize(csr()), "profile": "shortlived"}), "finalize", "exactly")
+    refused(policy("revoke", profile="shortlived"),
+            request({**order(*NAMES), "profile": "shortlived"}), "newOrder",
+            "not part of this run")
 
 
 # --- a revocation run -------------------------------------------------------------------
@@ -739,6 +924,83 @@ def test_sign_records_every_request_and_refuses_with_invalid_argument(tmp_path: 
     assert lines[0]["payload_sha256"] == hashlib.sha256(good.payload).hexdigest()
 
 
+def test_sign_adds_the_binding_and_audits_it_both_ways(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    service = AccountService(
+        ACCOUNT_KEY, policy("issue", binding=BINDING, profile="shortlived"),
+        AuditLog.open(str(path), str(tmp_path / "k")), Logger("acctproc", 0),
+    )
+    body = json.dumps(REGISTRATION).encode()
+    registration = account_pb2.SignRequest(url=NEW_ACCOUNT_URL, nonce=NONCE, payload=body,
+                                           external_account_binding=True)  # fmt: skip
+    reply = service.Sign(registration, FakeContext())
+    header = json.loads(b64url_decode(reply.protected))
+    assert header["jwk"] == keys.jwk(ACCOUNT_KEY.public_key()) and header["url"] == NEW_ACCOUNT_URL
+    signed = json.loads(b64url_decode(reply.payload))
+    assert json.loads(b64url_decode(signed["externalAccountBinding"]["protected"]))["kid"] == (
+        EAB_KID)
+    # The outer signature covers the payload with the binding in it.
+    raw = b64url_decode(reply.signature)
+    signature = encode_dss_signature(int.from_bytes(raw[:32]), int.from_bytes(raw[32:]))
+    ACCOUNT_KEY.public_key().verify(signature, f"{reply.protected}.{reply.payload}".encode(),
+                                    ec.ECDSA(hashes.SHA256()))  # fmt: skip
+
+    attempts = [
+        # netproc's own binding, a binding asked for on an order, a registration without it.
+        account_pb2.SignRequest(url=NEW_ACCOUNT_URL, nonce=NONCE, payload=json.dumps(
+            {**REGISTRATION, "externalAccountBinding": {}}).encode()),
+        account_pb2.SignRequest(url="https://ca.test/order", nonce=NONCE, kid=KID,
+                                payload=json.dumps(order(*NAMES)).encode(),
+                                external_account_binding=True),
+        account_pb2.SignRequest(url=NEW_ACCOUNT_URL, nonce=NONCE, payload=body),
+        # An order of another profile, then of this run's.
+        account_pb2.SignRequest(url="https://ca.test/order", nonce=NONCE, kid=KID,
+                                payload=json.dumps({**order(*NAMES), "profile": "default"})
+                                .encode()),
+        account_pb2.SignRequest(url="https://ca.test/order", nonce=NONCE, kid=KID,
+                                payload=json.dumps({**order(*NAMES), "profile": "shortlived"})
+                                .encode()),
+    ]
+    for attempt in attempts[:4]:
+        context = FakeContext()
+        with pytest.raises(Aborted):
+            service.Sign(attempt, context)
+        assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    service.Sign(attempts[4], FakeContext())
+
+    lines = read_lines(path)
+    assert [(e["kind"], e["decision"], e.get("external_account_binding")) for e in lines] == [
+        ("newAccount", "signed", EAB_KID),
+        ("newAccount", "refused", None),
+        ("newOrder", "refused", "asked"),
+        ("newAccount", "refused", None),
+        ("newOrder", "refused", None),
+        ("newOrder", "signed", None),
+    ]
+    assert lines[0]["payload_sha256"] == hashlib.sha256(body).hexdigest()
+    assert "never taken from netproc" in lines[1]["reason"]
+    assert "only a newAccount" in lines[2]["reason"]
+    assert "registers its account with its external account binding" in lines[3]["reason"]
+    assert "profile 'default' is not this run's profile 'shortlived'" in lines[4]["reason"]
+    # The HMAC key is in no line.
+    assert b64url(EAB_HMAC_KEY) not in path.read_text()
+
+
+def test_sign_without_eab_refuses_a_binding_and_audits_it(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    service = AccountService(ACCOUNT_KEY, policy("issue"),
+                             AuditLog.open(str(path), str(tmp_path / "k")), Logger("acctproc", 0))
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        service.Sign(account_pb2.SignRequest(url=NEW_ACCOUNT_URL, nonce=NONCE,
+                                             payload=json.dumps(REGISTRATION).encode(),
+                                             external_account_binding=True), context)
+    assert "this run has no external account binding" in context.details
+    (line,) = read_lines(path)
+    assert (line["kind"], line["decision"], line["external_account_binding"]) == (
+        "newAccount", "refused", "asked")
+
+
 def test_no_record_no_signature(tmp_path: Path) -> None:
     read_only = os.open(os.devnull, os.O_RDONLY)
     service = AccountService(ACCOUNT_KEY, policy("issue"), AuditLog(read_only),
@@ -790,6 +1052,62 @@ def test_cli_gives_acctproc_the_run_and_netproc_no_audit_log(tmp_path: Path) -> 
     assert settings_for("-r", "-f", key, *NAMES)["acctproc"].operation == "revoke"
     custom = settings_for("-f", key, "--audit-log", str(tmp_path / "x.log"), *NAMES)
     assert custom["acctproc"].audit_log == str(tmp_path / "x.log")
+
+
+def test_cli_gives_the_eab_key_file_to_acctproc_alone(tmp_path: Path) -> None:
+    key = str(tmp_path / "acct" / "privkey.pem")
+    eab = tmp_path / "eab.key"
+    # The command line never reads it: not a key at all passes here.
+    eab.write_text("anything")
+    settings = settings_for("-f", key, "--eab-kid", "kid-1", "--eab-hmac-key", str(eab),
+                            "--profile", "shortlived", *NAMES)  # fmt: skip
+    acct = settings["acctproc"]
+    assert isinstance(acct, AcctprocSettings)
+    assert (acct.eab_kid, acct.eab_hmac_key, acct.profile) == ("kid-1", str(eab), "shortlived")
+    netproc = settings["netproc"]
+    assert netproc.external_account_binding is True  # type: ignore[attr-defined]
+    assert netproc.profile == "shortlived"  # type: ignore[attr-defined]
+    for role, own in settings.items():
+        if role != "acctproc":
+            document = json.dumps(encode(own))
+            assert "eab.key" not in document and "kid-1" not in document, role
+    grants = acctproc.SPEC.opens(acct)
+    assert any(g.path == str(eab) and g.what == "EAB HMAC key" for g in grants)
+    plain = settings_for("-f", key, *NAMES)
+    assert (plain["acctproc"].eab_kid, plain["acctproc"].profile) == (None, None)  # type: ignore[attr-defined]
+    assert not any(g.what == "EAB HMAC key" for g in acctproc.SPEC.opens(plain["acctproc"]))
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--eab-kid", "k"], "--eab-kid and --eab-hmac-key go together"),
+    (["--eab-hmac-key", "EAB"], "--eab-kid and --eab-hmac-key go together"),
+    (["--eab-kid", "k", "--eab-hmac-key", "MISSING"], "--eab-hmac-key .*: no such file"),
+    (["--eab-kid", "k", "--eab-hmac-key", "DIR"], "--eab-hmac-key .*: a directory"),
+    (["--eab-kid", "a b", "--eab-hmac-key", "EAB"], "--eab-kid 'a b': give the key ID"),
+    (["--eab-kid", "", "--eab-hmac-key", "EAB"], "--eab-kid '': give the key ID"),
+    (["--eab-kid", "k\x1b[2J", "--eab-hmac-key", "EAB"], "give the key ID"),
+    (["--eab-kid", "k", "--eab-hmac-key", "ACCOUNT"], "not a key or the audit log"),
+    (["--eab-kid", "k", "--eab-hmac-key", "CERTS/eab.key"], "inside the certificate directory"),
+    (["--profile", "short lived"], "--profile 'short lived': a profile name is"),
+    (["--profile", ""], "a profile name is"),
+    (["--profile=-x"], "a profile name is"),
+    (["--profile", "x" * 65], "a profile name is"),
+])
+def test_cli_refuses_eab_and_profile_mistakes(
+    tmp_path: Path, argv: list[str], message: str
+) -> None:
+    account = tmp_path / "acct" / "privkey.pem"
+    account.parent.mkdir()
+    account.write_text("key")
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "eab.key").write_text("k")
+    (tmp_path / "eab.key").write_text("k")
+    places = {"EAB": tmp_path / "eab.key", "MISSING": tmp_path / "missing", "DIR": tmp_path,
+              "ACCOUNT": account, "CERTS": tmp_path / "certs"}  # fmt: skip
+    for name, place in places.items():
+        argv = [arg.replace(name, str(place)) if arg.startswith(name) else arg for arg in argv]
+    with pytest.raises(InputError, match=message):
+        settings_for("-f", str(account), "-c", str(tmp_path / "certs"), *argv, *NAMES)
 
 
 @pytest.mark.parametrize("which", ["account", "domain"])

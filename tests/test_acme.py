@@ -246,7 +246,7 @@ class RecordingSigner:
     def __init__(self):
         self.calls: list[tuple[str, str, str | None, bytes | None]] = []
 
-    def sign(self, url, nonce, kid, payload):
+    def sign(self, url, nonce, kid, payload, external_account_binding=False):
         self.calls.append((url, nonce, kid, payload))
         return {"protected": "p", "payload": "", "signature": "s"}
 
@@ -1521,7 +1521,7 @@ class KeySigner:
         self.key = key
         self.jwk = keys.jwk(key.public_key())
 
-    def sign(self, url, nonce, kid, payload):
+    def sign(self, url, nonce, kid, payload, external_account_binding=False):
         protected: dict[str, object] = {"nonce": nonce, "url": url}
         if kid is None:
             protected["jwk"] = self.jwk

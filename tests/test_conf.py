@@ -90,6 +90,7 @@ authority ca {
 \tcontact "mailto:ops@example.com"
 \ttrust anchors /etc/acme/roots.pem
 \tca bundle /etc/ssl/cert.pem
+\texternal account binding kid-1 "/etc/acme/ca.eab"
 }
 """)
     assert config.authorities["ca"] == conf.Authority(
@@ -100,8 +101,41 @@ authority ca {
         contact=("mailto:ops@example.com",),
         trust_anchors="/etc/acme/roots.pem",
         ca_bundle="/etc/ssl/cert.pem",
+        eab_kid="kid-1",
+        eab_hmac_key="/etc/acme/ca.eab",
         location=Location("<config>", 1, 1),
     )
+
+
+def test_an_authority_without_external_account_binding() -> None:
+    config = parse("authority a {\n api url u\n account key /a.pem\n}\n")
+    assert (config.authorities["a"].eab_kid, config.authorities["a"].eab_hmac_key) == (
+        None, None)
+
+
+@pytest.mark.parametrize(("written", "kid"), [
+    ('external account binding kid-1 "/etc/acme/eab.key"', "kid-1"),
+    ("external account binding \"key id\" /etc/acme/eab.key", "key id"),
+    ("external account binding $kid $eab", "abc_DEF-123"),
+    ("external account binding 0123 /etc/acme/eab.key", "0123"),
+])
+def test_external_account_binding(written: str, kid: str) -> None:
+    config = parse('kid = "abc_DEF-123"\neab = "/etc/acme/eab.key"\n'
+                   f"authority a {{\n api url u\n account key /a.pem\n {written}\n}}\n")
+    authority = config.authorities["a"]
+    assert (authority.eab_kid, authority.eab_hmac_key) == (kid, "/etc/acme/eab.key")
+
+
+def test_external_account_binding_after_an_account_key_is_no_key_type() -> None:
+    config = parse("authority a { api url u account key /a.pem "
+                   "external account binding k /e.key\n}\n")
+    authority = config.authorities["a"]
+    assert (authority.account_key_type, authority.eab_kid) == (None, "k")
+
+
+def test_external_is_a_word_outside_an_authority_block() -> None:
+    config = parse(with_domain("alternative names { external }"))
+    assert "external" in config.domains["example.com"].names
 
 
 @pytest.mark.parametrize(("written", "key_type"), [
@@ -436,6 +470,23 @@ def test_includes_count_towards_the_size_limit(tmp_path: Path) -> None:
     ("x = 1\r\n", "<config>:1:6: unexpected character '\\r'"),
     ("authority a {\n api url u\n account key /a.pem\n contact a\n contact b\n}\n",
      "<config>:5:2: duplicate 'contact' (first at <config>:4:2)"),
+    ("authority a {\n api url u\n account key /a.pem\n external account binding k e.key\n}\n",
+     "<config>:4:29: external account binding key must be an absolute path, not 'e.key'"),
+    ("authority a {\n api url u\n account key /a.pem\n external account binding k\n}\n",
+     "<config>:4:28: expected a file name, got end of line"),
+    ("authority a {\n api url u\n account key /a.pem\n external account binding\n}\n",
+     "<config>:4:26: expected a key ID, got end of line"),
+    ('authority a {\n api url u\n account key /a.pem\n external account binding "" /k\n}\n',
+     "<config>:4:27: external account binding: the key ID is empty"),
+    ("authority a {\n api url u\n account key /a.pem\n external account k /e\n}\n",
+     "<config>:4:19: expected 'binding' after 'account', got 'k'"),
+    ("authority a {\n api url u\n account key /a.pem\n external binding k /e\n}\n",
+     "<config>:4:11: expected 'account' after 'external', got 'binding'"),
+    ("authority a {\n api url u\n account key /a.pem\n external account binding k /e\n"
+     " external account binding l /f\n}\n",
+     "<config>:5:2: duplicate 'external account binding' (first at <config>:4:2)"),
+    (with_domain("external account binding k /e"),
+     "<config>:7:2: unexpected 'external' in a domain block"),
     (with_domain("domain name a", "domain name b"),
      "<config>:8:2: duplicate 'domain name' (first at <config>:7:2)"),
     (with_domain("sign with ca", "sign with ca"),
@@ -549,7 +600,8 @@ GRAMMAR = [
     "authority", "domain", "api", "url", "account", "key", "contact", "alternative", "names",
     "name", "certificate", "chain", "full", "sign", "with", "challengedir", "include", "rsa",
     "ecdsa", "trust", "anchors", "ca", "bundle", "directory", "challenge", "rotate", "profile",
-    "deploy", "hook", "state", "http-01", "rsa2048", "ecdsa256", "ca", "x.example", "/k.pem",
+    "deploy", "hook", "state", "external", "binding", "http-01", "rsa2048", "ecdsa256", "ca",
+    "x.example", "/k.pem",
     "/etc/ssl/x.crt", "https://ca.example/dir", "{", "}", ",", "=", "\n", "\n", "\n", " ", "\t",
     "#", "\\", "\\\n", '"', "'", '"quoted"', "$m", "$ca", "$", "m", "m = ca", "ca=/x", "\0",
     "include nothere.conf", "include /dev/null", "é", "-", "\r",

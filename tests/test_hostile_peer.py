@@ -15,8 +15,10 @@ directory), that every file is byte-identical where it must be, and that every
 role is still alive.  HOSTILE_CASES counts them.
 """
 
+import base64
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -38,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import NameOID
 from letskencrypt import cli, keys, launch, rpc
-from letskencrypt.b64 import b64url
+from letskencrypt.b64 import b64url, b64url_decode
 from letskencrypt.roles import specs
 from letskencrypt.settings import RoleSettings
 from letskencrypt.supervisor import Supervisor
@@ -70,6 +72,11 @@ DIRECTORY = "https://ca.test/dir"
 KID = "https://ca.test/acct/1"
 NONCE = "bm9uY2U"
 CONTACT = "mailto:admin@example.org"
+# The third run ("eab"): an issue run with external account binding and a profile.
+EAB_KID = "kid-peer"
+EAB_HMAC_KEY = bytes(range(100, 148))
+PROFILE = "shortlived"
+NEW_ACCOUNT_URL = "https://ca.test/new-acct"
 VICTIM = b"outside the roles' directories\n"
 SERVED_ROLES = ("acctproc", "keyproc", "dnsproc", "chngproc", "revokeproc", "fileproc", "certproc")
 TIMEOUT = 10.0
@@ -147,6 +154,10 @@ class Pod:
     @property
     def outside(self) -> Path:
         return self.base / "outside"
+
+    @property
+    def eab_key(self) -> Path:
+        return self.base / "eab" / "hmac.key"
 
     def start(self, role: str, settings: RoleSettings, run: str, name: str = "") -> None:
         """What Supervisor.start does, with stderr kept in a file."""
@@ -227,7 +238,7 @@ class Pod:
     def stop(self) -> dict[str, int]:
         """As netproc ends a run: Stop on each of its edges (certproc stops fileproc)."""
         for run, edges in (("run", ("acct", "key", "dns", "chng", "rvk", "cert")),
-                           ("revoke", ("acct",))):
+                           ("revoke", ("acct",)), ("eab", ("acct",))):
             for edge in edges:
                 with contextlib.suppress(KeyError):
                     rpc.stop_peer(self.channel(edge, run), rpc.EDGES[edge].server, failed=False)
@@ -269,10 +280,12 @@ def pod() -> Iterator[Pod]:
     base = Path(tempfile.mkdtemp(prefix="letskencrypt-hostile-peer-"))
     # The roles that drop to `nobody` name their paths for Landlock after the drop.
     base.chmod(0o755)
-    for directory in ("challenge", "outside", "outside/dir", "logs"):
+    for directory in ("challenge", "outside", "outside/dir", "logs", "eab"):
         (base / directory).mkdir(mode=0o755)
         (base / directory).chmod(0o755)
     (base / "outside" / "victim").write_bytes(VICTIM)
+    (base / "eab" / "hmac.key").write_text(b64url(EAB_HMAC_KEY) + "\n")
+    (base / "eab" / "hmac.key").chmod(0o400)
     (base / "anchors.pem").write_bytes(to_pem(root()))
     for name in ("cert.pem", "chain.pem", "fullchain.pem"):
         (base / "outside" / "dir" / name).write_bytes(VICTIM)
@@ -282,10 +295,12 @@ def pod() -> Iterator[Pod]:
     pod = Pod(base)
     settings = role_settings(base)
     revoking = role_settings(base, "-r")
-    pod.settings = {"run": settings, "revoke": revoking}
+    binding = role_settings(base, "--eab-kid", EAB_KID, "--eab-hmac-key", str(pod.eab_key),
+                            "--profile", PROFILE)  # fmt: skip
+    pod.settings = {"run": settings, "revoke": revoking, "eab": binding}
     codes: dict[str, int] = {}
     try:
-        for run in ("run", "revoke"):
+        for run in ("run", "revoke", "eab"):
             pod.run_dirs[run] = Supervisor(settings={}, run_user=RUN_USER).make_run_dir()
         # The key holders first: they create the keys (-n, -N).
         for role in ("acctproc", "keyproc", "dnsproc", "chngproc", "revokeproc", "fileproc",
@@ -296,6 +311,9 @@ def pod() -> Iterator[Pod]:
         # fileproc only while a case needs it: see Pod.revoking_fileproc).
         pod.start("acctproc", revoking["acctproc"], "revoke", name="acctproc@revoke")
         pod.wait_for_sockets("revoke", ["acct"])
+        # Once the account key exists (the first acctproc made it, -n).
+        pod.start("acctproc", binding["acctproc"], "eab", name="acctproc@eab")
+        pod.wait_for_sockets("eab", ["acct"])
         install_good_chain(pod)
         yield pod
     finally:
@@ -558,9 +576,9 @@ def _keyproc_writes_nothing(pod: Pod) -> None:
 
 
 def sign(pod: Pod, payload: bytes | None, *, url: str = "https://ca.test/x", kid: str = KID,
-         run: str = "run") -> account_pb2.SignReply:
+         run: str = "run", eab: bool = False) -> account_pb2.SignReply:
     request = account_pb2.SignRequest(url=url, nonce=NONCE, kid=kid, payload=payload or b"",
-                                      post_as_get=payload is None)
+                                      post_as_get=payload is None, external_account_binding=eab)
     stub = account_pb2_grpc.AccountStub(pod.channel("acct", run))
     return stub.Sign(request, timeout=TIMEOUT)
 
@@ -580,17 +598,18 @@ def order(names: list[str]) -> bytes:
 
 
 def _acct_refuses(match: str, payload: Callable[[Pod], bytes | None], *, url: str = "",
-                  kid: str = KID, run: str = "run", kind: str = "") -> Case:
+                  kid: str = KID, run: str = "run", kind: str = "", eab: bool = False) -> Case:
     def attack(pod: Pod) -> None:
         before = audit_entries(pod)
         body = payload(pod)
         target = url or "https://ca.test/x"
-        refused(pod, lambda: sign(pod, body, url=target, kid=kid, run=run), match)
+        refused(pod, lambda: sign(pod, body, url=target, kid=kid, run=run, eab=eab), match)
         after = audit_entries(pod)
         assert after[: len(before)] == before
         (entry,) = after[len(before) :]
         assert entry["decision"] == "refused" and entry["url"] == target[:2048]
         assert entry["payload_sha256"] == hashlib.sha256(body or b"").hexdigest()
+        assert entry.get("external_account_binding") == ("asked" if eab else None)
         if kind:
             assert entry["kind"] == kind
 
@@ -687,6 +706,92 @@ case("acct-revoke-run-other-names")(
 case("acct-revoke-run-new-order")(
     _acct_refuses("not part of this run", lambda p: order(NAMES), run="revoke",
                   kind="newOrder"))
+
+# External account binding and profiles: the "run" has neither, the "eab" run both.
+REGISTRATION = json.dumps({"termsOfServiceAgreed": True, "contact": [CONTACT]}).encode()
+
+
+def ordered(names: list[str], **extra: str) -> bytes:
+    return json.dumps({"identifiers": [{"type": "dns", "value": n} for n in names], **extra}
+                      ).encode()
+
+
+case("acct-binding-in-a-run-without-eab")(
+    _acct_refuses("this run has no external account binding", lambda p: REGISTRATION, kid="",
+                  url=NEW_ACCOUNT_URL, eab=True, kind="newAccount"))
+case("acct-netprocs-own-binding-in-a-run-without-eab")(
+    _acct_refuses("never taken from netproc", lambda p: json.dumps(
+        {"termsOfServiceAgreed": True, "externalAccountBinding": {
+            "protected": "e30", "payload": "e30", "signature": "AA"}}).encode(), kid="",
+        url=NEW_ACCOUNT_URL, kind="newAccount"))
+case("acct-profile-in-a-run-without-one")(
+    _acct_refuses("this run asks for no profile", lambda p: ordered(NAMES, profile=PROFILE),
+                  url="https://ca.test/new-order", kind="newOrder"))
+case("acct-eab-run-netprocs-own-binding")(
+    _acct_refuses("never taken from netproc", lambda p: json.dumps(
+        {"termsOfServiceAgreed": True, "externalAccountBinding": eab_jws(
+            p, NEW_ACCOUNT_URL, keys.jwk(OTHER_KEY.public_key()))}).encode(), kid="",
+        url=NEW_ACCOUNT_URL, run="eab", eab=True, kind="newAccount"))
+case("acct-eab-run-registration-without-binding")(
+    _acct_refuses("registers its account with its external account binding",
+                  lambda p: REGISTRATION, kid="", url=NEW_ACCOUNT_URL, run="eab",
+                  kind="newAccount"))
+case("acct-eab-run-binding-on-a-lookup")(
+    _acct_refuses("a lookup carries no external account binding",
+                  lambda p: b'{"onlyReturnExisting": true}', kid="", url=NEW_ACCOUNT_URL,
+                  run="eab", eab=True, kind="newAccount"))
+case("acct-eab-run-binding-on-an-order")(
+    _acct_refuses("only a newAccount carries", lambda p: ordered(NAMES, profile=PROFILE),
+                  run="eab", eab=True, kind="newOrder"))
+case("acct-eab-run-binding-for-another-origin")(
+    _acct_refuses("origin", lambda p: REGISTRATION, kid="", url="https://evil.test/new-acct",
+                  run="eab", eab=True, kind="newAccount"))
+case("acct-eab-run-order-of-another-profile")(
+    _acct_refuses("is not this run's profile", lambda p: ordered(NAMES, profile="default"),
+                  run="eab", kind="newOrder"))
+case("acct-eab-run-order-without-its-profile")(
+    _acct_refuses("must ask for this run's profile", lambda p: order(NAMES), run="eab",
+                  kind="newOrder"))
+
+
+def eab_jws(pod: Pod, url: str, jwk: dict[str, str]) -> dict[str, str]:
+    """A binding as acctproc would build it, with the key from its file."""
+    protected = b64url(json.dumps({"alg": "HS256", "kid": EAB_KID, "url": url}).encode())
+    payload = b64url(json.dumps(jwk).encode())
+    mac = hmac.new(EAB_HMAC_KEY, f"{protected}.{payload}".encode(), hashlib.sha256).digest()
+    return {"protected": protected, "payload": payload, "signature": b64url(mac)}
+
+
+@case("acct-eab-run-signs-its-own-binding-only")
+def _eab_registration(pod: Pod) -> None:
+    """The legitimate registration: acctproc adds the binding it builds from
+    the key file it read at its start; the HMAC key leaves it in no answer,
+    and an order of this run's profile is signed."""
+    before = snapshot(pod)
+    reply = sign(pod, REGISTRATION, kid="", url=NEW_ACCOUNT_URL, run="eab", eab=True)
+    signed = json.loads(b64url_decode(reply.payload))
+    binding = signed.pop("externalAccountBinding")
+    assert signed == json.loads(REGISTRATION)
+    header = json.loads(b64url_decode(binding["protected"]))
+    assert header == {"alg": "HS256", "kid": EAB_KID, "url": NEW_ACCOUNT_URL}
+    assert json.loads(b64url_decode(binding["payload"])) == keys.jwk(account_key(pod).public_key())
+    mac = hmac.new(EAB_HMAC_KEY, f"{binding['protected']}.{binding['payload']}".encode(),
+                   hashlib.sha256).digest()  # fmt: skip
+    assert b64url_decode(binding["signature"]) == mac
+    entry = audit_entries(pod)[-1]
+    assert (entry["kind"], entry["decision"], entry["external_account_binding"]) == (
+        "newAccount", "signed", EAB_KID)
+    sign(pod, ordered(NAMES, profile=PROFILE), url="https://ca.test/new-order", run="eab")
+    entry = audit_entries(pod)[-1]
+    assert (entry["kind"], entry["decision"]) == ("newOrder", "signed")
+    describe = account_pb2_grpc.AccountStub(pod.channel("acct", "eab")).Describe(
+        account_pb2.DescribeRequest(), timeout=TIMEOUT)
+    for answer in (reply.SerializeToString(), describe.SerializeToString()):
+        for form in (EAB_HMAC_KEY, b64url(EAB_HMAC_KEY).encode(),
+                     base64.b64encode(EAB_HMAC_KEY)):  # fmt: skip
+            assert form not in answer
+    assert b64url(EAB_HMAC_KEY) not in pod.audit_log.read_text()
+    assert snapshot(pod) == before
 
 
 # -- chngproc: files outside its directory ---
@@ -1283,8 +1388,8 @@ def test_the_cases_are_many() -> None:
 def test_the_audit_log_records_every_refusal(pod: Pod) -> None:
     entries = audit_entries(pod)
     assert entries, "nothing was recorded"
-    assert all(set(e) <= {"time", "url", "kind", "payload_sha256", "decision", "reason"}
-               for e in entries)
+    assert all(set(e) <= {"time", "url", "kind", "payload_sha256", "decision", "reason",
+                          "external_account_binding"} for e in entries)
     assert all(e["decision"] in ("signed", "refused") for e in entries)
     refusals = [e for e in entries if e["decision"] == "refused"]
     expected = sum(1 for attack in CASES.values() if getattr(attack, "refuses_a_signature", 0))

@@ -32,7 +32,7 @@ from cryptography import x509
 from letskencrypt.filestore import LOCK_WAIT, lock_holder
 
 from tests import pebble as pebble_module
-from tests.conftest import Paths, Result, run_client
+from tests.conftest import Paths, Result, run_client, without_terms
 from tests.pebble import Pebble
 from tests.test_e2e_native import (
     assert_challenges_cleaned,
@@ -70,7 +70,8 @@ def listing(directory: Path) -> dict[str, tuple[str, bytes | str | None]]:
 
 
 def one_line(result: Result) -> str:
-    lines = result.stderr.strip().splitlines()
+    """The one line of a run's output (besides that of an account's creation)."""
+    lines = without_terms(result.stderr).strip().splitlines()
     assert len(lines) == 1, result.stderr
     return lines[0]
 

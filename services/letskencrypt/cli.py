@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import pwd
+import re
 import ssl
 import stat
 import sys
@@ -90,6 +91,9 @@ MIN_FREE_BYTES = 1024 * 1024
 MIN_FREE_INODES = 64
 DEFAULT_INTERVAL = 12 * 3600.0
 DEFAULT_BACKOFF = 60.0
+MAX_EAB_KID = 256
+# A profile name as CAs give them (default, shortlived, tlsserver, classic).
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class Parser(argparse.ArgumentParser):
@@ -134,6 +138,15 @@ def build_parser() -> Parser:
         "servers; required for any other CA)")
     add("--contact", action="append", default=[], metavar="URI",
         help="account contact, e.g. mailto:admin@example.org (repeatable)")
+    add("--eab-kid", metavar="KID",
+        help="external account binding: the key ID the CA gave (with --eab-hmac-key), "
+        "for a CA that requires it when the account is created")
+    add("--eab-hmac-key", metavar="FILE",
+        help="external account binding: the file holding the CA's base64url HMAC key "
+        "(with --eab-kid); only acctproc reads it")
+    add("--profile", metavar="NAME",
+        help="order certificates of this profile of the CA's (e.g. shortlived); it must be "
+        "one the CA's directory offers")
     add("--key-type", choices=KEY_TYPES,
         help=f"type of new keys (default {DEFAULT_KEY_TYPE}); given, an existing key of "
         "another type is refused")
@@ -196,6 +209,33 @@ def check_contact(contact: str) -> str:
     if not contact.isprintable() or not contact.isascii() or " " in contact:
         raise InputError(f"invalid contact {safe_text(contact, 80)!r}")
     return contact
+
+
+def check_eab(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The external account binding's key ID and key file (both or neither).
+    The file must exist and be readable; only acctproc reads what is in it."""
+    kid, key_file = args.eab_kid, args.eab_hmac_key
+    if (kid is None) != (key_file is None):
+        raise InputError("--eab-kid and --eab-hmac-key go together")
+    if kid is None or key_file is None:
+        return None, None
+    if not 0 < len(kid) <= MAX_EAB_KID or not kid.isascii() or not kid.isprintable() or (
+        " " in kid
+    ):
+        raise InputError(
+            f"--eab-kid {safe_text(kid, 80)!r}: give the key ID as the CA gave it "
+            f"(printable ASCII, no spaces, at most {MAX_EAB_KID} characters)"
+        )
+    return kid, check_readable_file(key_file, "--eab-hmac-key")
+
+
+def check_profile(profile: str | None) -> str | None:
+    if profile is not None and not PROFILE_NAME.fullmatch(profile):
+        raise InputError(
+            f"--profile {safe_text(profile, 80)!r}: a profile name is letters, digits, "
+            "'.', '_' and '-' (at most 64)"
+        )
+    return profile
 
 
 def check_directory_url(args: argparse.Namespace) -> str:
@@ -615,9 +655,16 @@ def role_settings(
     domain_key = os.path.abspath(args.domain_key)
     audit_log = check_audit_log(args.audit_log, account_key, domain_key)
     check_distinct_keys(account_key, domain_key)
+    eab_kid, eab_hmac_key = check_eab(args)
+    profile = check_profile(args.profile)
+    secrets = {"account key": account_key, "domain key": domain_key, "audit log": audit_log}
+    if eab_hmac_key is not None:
+        if os.path.realpath(eab_hmac_key) in map(os.path.realpath, secrets.values()):
+            raise InputError(f"--eab-hmac-key {eab_hmac_key}: give the file of the CA's HMAC "
+                             "key, not a key or the audit log of this run")
+        secrets["EAB HMAC key"] = eab_hmac_key
     check_key_places(
-        {"account key": account_key, "domain key": domain_key, "audit log": audit_log},
-        {"certificate directory": cert_dir, "challenge directory": challenge_dir},
+        secrets, {"certificate directory": cert_dir, "challenge directory": challenge_dir}
     )
     daemon = check_schedule(args) if args.daemon else None
     strict = args.strict
@@ -631,6 +678,8 @@ def role_settings(
             revoke_reason=SUBSCRIBER_REVOCATION_REASONS.get(args.revoke_reason or ""),
             daemon=daemon,
             poll_timeout=check_poll_timeout(args.poll_timeout),
+            external_account_binding=eab_kid is not None,
+            profile=profile,
             strict=strict,
         ),
         "acctproc": AcctprocSettings(
@@ -643,6 +692,9 @@ def role_settings(
             names=names,
             contact=contacts,
             audit_log=audit_log,
+            eab_kid=eab_kid,
+            eab_hmac_key=eab_hmac_key,
+            profile=profile,
             strict=strict,
         ),
         "keyproc": KeyprocSettings(

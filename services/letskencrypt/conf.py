@@ -15,8 +15,9 @@ Where this parser differs from OpenBSD's, it is on purpose:
 * Inside a block, options are separated by any number of newlines, and the
   names of `alternative names { ... }` may be spread over several lines.
 * Every file path (account key, domain key, the three certificate files, and
-  our trust anchors, CA bundle, certificate and state directories) must be
-  absolute; OpenBSD only insists for the domain key and certificate.
+  our trust anchors, CA bundle, external account binding key, certificate
+  and state directories) must be absolute; OpenBSD only insists for the
+  domain key and certificate.
 * `sign with` names an authority declared above it.  Without it, a domain is
   signed by the only authority; with several, OpenBSD would take the first
   one, we refuse to guess.
@@ -55,7 +56,9 @@ KEYWORDS = frozenset({
 })
 # The first words of our own directives.  They are keywords only where a
 # directive starts, so an OpenBSD file may still use them as names.
-OUR_WORDS = frozenset({"trust", "ca", "challenge", "rotate", "profile", "deploy", "state"})
+OUR_WORDS = frozenset({
+    "trust", "ca", "challenge", "rotate", "profile", "deploy", "state", "external",
+})
 
 _EOF = ""
 _START_EXPANSION = "start of expansion"
@@ -95,6 +98,10 @@ class Authority:
     contact: tuple[str, ...]
     trust_anchors: str | None
     ca_bundle: str | None
+    # `external account binding KID FILE`: the key ID, and the file of the
+    # base64url HMAC key (read by acctproc alone).
+    eab_kid: str | None
+    eab_hmac_key: str | None
     location: Location
 
 
@@ -541,6 +548,7 @@ class _Parser:
         settings = _Settings(keyword.location)
         contact: tuple[str, ...] = ()
         key_type = None
+        eab_key = None
         for token in self._block(tokens, f"authority {name.text}"):
             if token.is_keyword("api"):
                 tokens.expect("keyword", "url", "api")
@@ -561,6 +569,16 @@ class _Parser:
                 tokens.expect("word", "bundle", "ca")
                 path = _absolute(tokens.argument("a file name"), "ca bundle")
                 settings.set("ca bundle", path, token.location)
+            elif token.is_word("external"):
+                tokens.expect("keyword", "account", "external")
+                tokens.expect("word", "binding", "account")
+                kid = tokens.argument("a key ID")
+                if not kid.text:
+                    raise ConfigError("external account binding: the key ID is empty",
+                                      kid.location)
+                eab_key = _absolute(tokens.argument("a file name"),
+                                    "external account binding key")
+                settings.set("external account binding", kid.text, token.location)
             else:
                 raise ConfigError(f"unexpected {token.describe()} in an authority block",
                                   token.location)
@@ -575,6 +593,8 @@ class _Parser:
             contact=contact,
             trust_anchors=settings.get("trust anchors"),
             ca_bundle=settings.get("ca bundle"),
+            eab_kid=settings.get("external account binding"),
+            eab_hmac_key=eab_key,
             location=keyword.location,
         )
 

@@ -43,6 +43,9 @@ PER_CERTIFICATE = {
     "staging": ("-s/--staging", "api url", False),
     "trust_anchors": ("--trust-anchors", "trust anchors", None),
     "contact": ("--contact", "contact", []),
+    "eab_kid": ("--eab-kid", "external account binding", None),
+    "eab_hmac_key": ("--eab-hmac-key", "external account binding", None),
+    "profile": ("--profile", "profile", None),
 }
 
 
@@ -70,6 +73,9 @@ def domain_arguments(
     one.account_key = authority.account_key
     one.account_key_type = args.account_key_type or authority.account_key_type
     one.contact = list(authority.contact)
+    one.eab_kid = authority.eab_kid
+    one.eab_hmac_key = authority.eab_hmac_key
+    one.profile = domain.profile
     one.domain_key = domain.domain_key
     one.key_type = args.key_type or domain.domain_key_type
     one.cert_dir = domain.certificate_directory or os.path.join(

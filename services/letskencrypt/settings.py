@@ -60,6 +60,11 @@ class NetprocSettings(RoleSettings):
     daemon: Schedule | None = None
     poll_timeout: float = DEFAULT_POLL_TIMEOUT
     ready_timeout: float = DEFAULT_READY_TIMEOUT
+    # The run has an external account binding (acctproc holds its kid and
+    # key; netproc only asks for a newAccount with it).
+    external_account_binding: bool = False
+    # The certificate profile to order (--profile), checked against the directory.
+    profile: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,9 +81,17 @@ class AcctprocSettings(RoleSettings):
     names: tuple[str, ...]
     contact: tuple[str, ...] = ()
     audit_log: str
+    # External account binding (RFC 8555 7.3.4): the key ID the CA gave, and
+    # the file of its base64url HMAC key, which acctproc alone reads.
+    eab_kid: str | None = None
+    eab_hmac_key: str | None = None
+    # The only profile a newOrder may ask for (None: none at all).
+    profile: str | None = None
 
     def __post_init__(self) -> None:
         check_operation(self.operation, ACCOUNT_OPERATIONS)
+        if (self.eab_kid is None) != (self.eab_hmac_key is None):
+            raise InputError("settings: eab_kid and eab_hmac_key go together")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -69,9 +69,18 @@ def _backoff(attempt: int, first: float) -> float:
 
 
 class Signer(Protocol):
-    def sign(self, url: str, nonce: str, kid: str | None, payload: bytes | None) -> dict[str, str]:
+    def sign(
+        self,
+        url: str,
+        nonce: str,
+        kid: str | None,
+        payload: bytes | None,
+        external_account_binding: bool = False,
+    ) -> dict[str, str]:
         """Flattened JWS {protected,payload,signature}; kid None => the signer embeds
-        its JWK (newAccount); payload None => POST-as-GET (empty payload)."""
+        its JWK (newAccount); payload None => POST-as-GET (empty payload);
+        external_account_binding => the signer adds its external account
+        binding to the (newAccount) payload, which it alone can build."""
         ...
 
 
@@ -128,6 +137,7 @@ class AcmeClient:
         directory_url: str,
         *,
         log: Callable[[str], None] | None = None,
+        notice: Callable[[str], None] | None = None,
         bad_nonce_retries: int = MAX_BAD_NONCE_RETRIES,
         poll_timeout: float = DEFAULT_POLL_TIMEOUT,
         sleep: Callable[[float], None] = time.sleep,
@@ -138,6 +148,8 @@ class AcmeClient:
         self._transport = transport
         self._signer = signer
         self._log = log or (lambda _message: None)
+        # What the operator sees without -v (the terms a registration agrees to).
+        self._notice = notice or self._log
         self._bad_nonce_retries = bad_nonce_retries
         self._poll_timeout = poll_timeout
         self._sleep = sleep
@@ -205,9 +217,11 @@ class AcmeClient:
         *,
         expect: str | None = JSON,
         max_body: int | None = None,
+        external_account_binding: bool = False,
     ) -> HttpResponse:
         """Signed POST (payload None: POST-as-GET) whose answer must be of the
-        media type `expect` (None: its body goes unread).
+        media type `expect` (None: its body goes unread); with
+        `external_account_binding`, the signer adds its binding (newAccount).
 
         Retries badNonce at once, and a busy CA (429, 5xx) within the budget.
         """
@@ -219,7 +233,10 @@ class AcmeClient:
         bad_nonces = busy = 0
         with self._within_budget() as budget:
             while True:
-                jws = self._signer.sign(url, self._take_nonce(), kid, body)
+                jws = self._signer.sign(
+                    url, self._take_nonce(), kid, body,
+                    external_account_binding=external_account_binding,
+                )  # fmt: skip
                 response = self._transport.request(
                     "POST", url, body=_jws_body(jws), headers=headers, max_body=max_body
                 )
@@ -267,9 +284,17 @@ class AcmeClient:
 
     # -- account --
 
-    def account(self, contact: list[str], create: bool = True) -> str:
-        """Find (or, if `create`, register) the account for the signer's key; its kid."""
-        new_account = self.directory().new_account
+    def account(
+        self, contact: list[str], create: bool = True, external_account_binding: bool = False
+    ) -> str:
+        """Find (or, if `create`, register) the account for the signer's key; its kid.
+
+        A registration agrees to the CA's terms of service, which are shown
+        (one line, `notice`) once it succeeded; with `external_account_binding`
+        it carries the signer's binding (RFC 8555 7.3.4).
+        """
+        directory = self.directory()
+        new_account = directory.new_account
         created = False
         try:
             response = self.post(new_account, {"onlyReturnExisting": True}, None)
@@ -281,13 +306,21 @@ class AcmeClient:
             payload: dict[str, Any] = {"termsOfServiceAgreed": True}
             if contact:
                 payload["contact"] = list(contact)
-            response = self.post(new_account, payload, None)
+            response = self.post(
+                new_account, payload, None, external_account_binding=external_account_binding
+            )
             created = True
         kid = self._location(response, new_account, "account")
         account = Account.from_json(kid, json_object(response.body, "account"))
         self.kid = account.url
         self.account_contact = account.contact
-        self._log(f"account {kid} {'created' if created else 'found'}")
+        if not created:
+            self._log(f"account {kid} found")
+        elif directory.terms_of_service:
+            self._notice(f"account {kid} created, agreeing to the CA's terms of service "
+                         f"{directory.terms_of_service}")  # fmt: skip
+        else:
+            self._notice(f"account {kid} created (the CA names no terms of service)")
         return kid
 
     def contact_differs(self, contact: list[str]) -> bool:
@@ -306,9 +339,14 @@ class AcmeClient:
 
     # -- orders and authorizations --
 
-    def new_order(self, names: list[str]) -> Order:
+    def new_order(self, names: list[str], profile: str | None = None) -> Order:
+        """Order a certificate for `names`, of the CA's `profile` if given."""
         new_order = self.directory().new_order
-        payload = {"identifiers": [{"type": "dns", "value": name} for name in names]}
+        payload: dict[str, Any] = {
+            "identifiers": [{"type": "dns", "value": name} for name in names]
+        }
+        if profile is not None:
+            payload["profile"] = profile
         response = self.post(new_order, payload, self._require_kid())
         COUNTS.orders += 1
         url = self._location(response, new_order, "order")
@@ -426,15 +464,17 @@ class AcmeClient:
         publish: Callable[[str, str], None],
         withdraw: Callable[[str], None],
         thumbprint: str,
+        profile: str | None = None,
     ) -> bytes:
-        """Order a certificate for `names`, prove control over http-01, return the PEM chain.
+        """Order a certificate for `names` (of the CA's `profile`, if given),
+        prove control over http-01, return the PEM chain.
 
         `publish(token, key_authorization)` must make the response reachable at
         /.well-known/acme-challenge/<token>; `withdraw(token)` removes it again.
         All of it, from the new order to the download, shares one budget.
         """
         with self._within_budget():
-            order = self.new_order(names)
+            order = self.new_order(names, profile)
             # One authorization per identifier (RFC 8555 section 7.1.3): more would
             # have us prove control of names nobody asked for, each one a challenge
             # file and more of the budget.

@@ -295,6 +295,12 @@ class Directory:
     new_order: str
     revoke_cert: str | None
     terms_of_service: str | None  # terminal-safe; shown, never fetched
+    # meta.externalAccountRequired (RFC 8555 7.1.1): a new account needs an
+    # external account binding.
+    external_account_required: bool = False
+    # The names of meta.profiles (draft-ietf-acme-profiles), in the CA's
+    # order; None when the directory has no meta.profiles object.
+    profiles: tuple[str, ...] | None = None
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any], base: str) -> Self:
@@ -311,7 +317,9 @@ class Directory:
         revoke = document.get("revokeCert")
         terms = None
         meta = document.get("meta")
-        if isinstance(meta, dict) and isinstance(meta.get("termsOfService"), str):
+        if not isinstance(meta, dict):
+            meta = {}
+        if isinstance(meta.get("termsOfService"), str):
             terms = safe_text(meta["termsOfService"], 300)
         return cls(
             new_nonce=url("newNonce"),
@@ -319,7 +327,23 @@ class Directory:
             new_order=url("newOrder"),
             revoke_cert=None if revoke is None else url("revokeCert"),
             terms_of_service=terms,
+            external_account_required=meta.get("externalAccountRequired") is True,
+            profiles=_profile_names(meta.get("profiles")),
         )
+
+
+MAX_PROFILES = 100
+MAX_PROFILE_NAME = 64
+
+
+def _profile_names(profiles: object) -> tuple[str, ...] | None:
+    """The profile names of meta.profiles (name -> description): the first
+    MAX_PROFILES, each terminal-safe; None when it is not an object."""
+    if not isinstance(profiles, dict):
+        return None
+    return tuple(
+        safe_text(name, MAX_PROFILE_NAME) for name in list(profiles)[:MAX_PROFILES]
+    )
 
 
 MAX_ACCOUNT_CONTACTS = 100

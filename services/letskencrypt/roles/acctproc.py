@@ -12,20 +12,25 @@ only for URLs on the directory's origin, for the kinds of request this
 run's operation needs (see POLICY), for orders and CSRs naming exactly this
 run's names, for CSRs of the domain key that keyproc holds (learned from
 keyproc, never from netproc), for an account update that sets exactly this
-run's --contact (posted to the account URL), and never the key itself.  Every request,
-signed or refused, is one JSON line in the audit log, which netproc cannot
-reach.
+run's --contact (posted to the account URL), for a newOrder's profile
+only this run's --profile, and never the key itself.  An external account
+binding (RFC 8555 7.3.4) is built here, from the kid and HMAC key of this
+run's configuration (the key file is read before the sandbox, like the
+account key): netproc only asks for "a newAccount with the binding", and
+never sees the HMAC key.  Every request, signed or refused, is one JSON
+line in the audit log, which netproc cannot reach.
 """
 
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import stat
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +40,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from letskencrypt import fsutil, keyfiles, keys, process, rpc
-from letskencrypt.b64 import b64url_decode
+from letskencrypt.b64 import b64url, b64url_decode
 from letskencrypt.constants import REVOCATION_REASON_CODES, default_audit_log
 from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import InputError, LetskencryptError
@@ -60,6 +65,11 @@ SPEC = RoleSpec(
             Fs.MAKE_REG | Fs.WRITE_FILE,
             "audit log",
         ),
+        *(
+            [Grant(settings.eab_hmac_key, Fs.READ_FILE, "EAB HMAC key")]
+            if settings.eab_hmac_key
+            else []
+        ),
     ],
     wheels=("cryptography",),
 )
@@ -69,6 +79,10 @@ MAX_IDENTIFIERS = 100
 MAX_CSR = 16 * 1024
 MAX_CERTIFICATE = 16 * 1024
 MAX_TIMESTAMP = 64
+MAX_PROFILE = 64
+# The file of an EAB HMAC key: base64url text, a line at most.
+MAX_HMAC_KEY_FILE = 1024
+MIN_HMAC_KEY = 16
 AUDIT_LOG_MODE = 0o600
 AUDIT_FLAGS = (
     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
@@ -120,7 +134,7 @@ POLICY: dict[str, frozenset[str]] = {
 EMBEDS_JWK = frozenset({NEW_ACCOUNT})
 
 NEW_ACCOUNT_FIELDS = frozenset({"termsOfServiceAgreed", "onlyReturnExisting", "contact"})
-NEW_ORDER_FIELDS = frozenset({"identifiers", "notBefore", "notAfter"})
+NEW_ORDER_FIELDS = frozenset({"identifiers", "notBefore", "notAfter", "profile"})
 REVOKE_FIELDS = frozenset({"certificate", "reason"})
 ACCOUNT_UPDATE_FIELDS = frozenset({"contact", "termsOfServiceAgreed"})
 JWS_FIELDS = frozenset({"protected", "payload", "signature"})
@@ -144,6 +158,50 @@ class Request:
     kid: str
     payload: bytes
     post_as_get: bool
+    # netproc asks for a newAccount with this run's external account binding.
+    external_account_binding: bool = False
+
+
+@dataclass(frozen=True)
+class ExternalAccountBinding:
+    """This run's external account binding (RFC 8555 7.3.4): the key ID
+    and the HMAC key the CA gave, from acctproc's own settings."""
+
+    kid: str
+    hmac_key: bytes = field(repr=False)
+
+    @classmethod
+    def read(cls, kid: str, path: str) -> "ExternalAccountBinding":
+        """The binding of `kid` with the base64url HMAC key in the file at
+        `path` (read now, before the sandbox: it is out of reach afterwards)."""
+        try:
+            data = fsutil.read_file(path, MAX_HMAC_KEY_FILE, follow_symlinks=True)
+        except fsutil.FileTooLarge:
+            raise InputError(f"EAB HMAC key {path}: larger than {MAX_HMAC_KEY_FILE} bytes, "
+                             "not a base64url key") from None
+        except fsutil.NotRegularFile:
+            raise InputError(f"EAB HMAC key {path}: not a regular file") from None
+        except OSError as error:
+            raise InputError(f"EAB HMAC key {path}: {error.strerror or error}") from None
+        try:
+            text = data.decode("ascii").strip().rstrip("=")
+            key = b64url_decode(text)
+        except (UnicodeDecodeError, InputError):
+            raise InputError(f"EAB HMAC key {path}: not base64url text (give the key as the "
+                             "CA hands it out)") from None
+        if len(key) < MIN_HMAC_KEY:
+            raise InputError(f"EAB HMAC key {path}: {len(key)} bytes, too short for an HMAC "
+                             f"key (at least {MIN_HMAC_KEY})")
+        return cls(kid=kid, hmac_key=key)
+
+    def jws(self, url: str, account_jwk: dict[str, str]) -> dict[str, str]:
+        """The binding as a flattened JWS: {alg HS256, kid, url} over the
+        account's public JWK, MACed with the HMAC key."""
+        header = {"alg": "HS256", "kid": self.kid, "url": url}
+        protected = b64url(json.dumps(header, separators=(",", ":")).encode())
+        payload = b64url(json.dumps(account_jwk, separators=(",", ":")).encode())
+        mac = hmac.new(self.hmac_key, f"{protected}.{payload}".encode(), hashlib.sha256)
+        return {"protected": protected, "payload": payload, "signature": b64url(mac.digest())}
 
 
 # The domain public key (SubjectPublicKeyInfo DER) a finalize's CSR must
@@ -224,13 +282,25 @@ class RunPolicy:
     account_jwk: dict[str, str]
     account_public_key_der: bytes
     domain_key: DomainKeySource
+    # The external account binding a registration carries (None: none).
+    binding: ExternalAccountBinding | None = None
+    # The one profile a newOrder must ask for (None: it asks for none).
+    profile: str | None = None
 
     @classmethod
     def from_settings(
-        cls, settings: AcctprocSettings, key: keys.PrivateKey, domain_key: DomainKeySource
+        cls,
+        settings: AcctprocSettings,
+        key: keys.PrivateKey,
+        domain_key: DomainKeySource,
+        binding: ExternalAccountBinding | None = None,
     ) -> "RunPolicy":
         if not settings.names or not all(settings.names):
             raise InputError("settings give no names for this run")
+        if (binding is None) != (settings.eab_kid is None) or (
+            binding is not None and binding.kid != settings.eab_kid
+        ):
+            raise InputError("settings: the external account binding is not this run's")
         return cls(
             operation=settings.operation,
             names=settings.names,
@@ -239,6 +309,8 @@ class RunPolicy:
             account_jwk=keys.jwk(key.public_key()),
             account_public_key_der=keys.public_key_der(key),
             domain_key=domain_key,
+            binding=binding,
+            profile=settings.profile,
         )
 
     def judge(self, request: Request) -> str:
@@ -256,8 +328,22 @@ class RunPolicy:
             raise refuse("needs the account URL (kid); only newAccount embeds the JWK")
         if self.operation not in POLICY[kind]:
             raise refuse(f"not part of this run (operation {self.operation})")
+        if request.external_account_binding and kind != NEW_ACCOUNT:
+            raise refuse("only a newAccount carries an external account binding")
         self.check_content(kind, document, request, refuse)
         return kind
+
+    def payload_to_sign(self, request: Request) -> bytes:
+        """What is signed for a request `judge` passed: netproc's payload, or
+        for a newAccount with this run's binding, that payload with the
+        binding acctproc builds added as externalAccountBinding."""
+        if not request.external_account_binding:
+            return request.payload
+        if self.binding is None:  # judge refused it already
+            raise Refused(NEW_ACCOUNT, "this run has no external account binding")
+        document = json.loads(request.payload)
+        document["externalAccountBinding"] = self.binding.jws(request.url, self.account_jwk)
+        return json.dumps(document, separators=(",", ":")).encode()
 
     def check_content(
         self, kind: str, document: dict[str, Any] | None, request: Request, refuse: "Refuser"
@@ -265,7 +351,7 @@ class RunPolicy:
         if document is None or kind == CHALLENGE:
             return
         if kind == NEW_ACCOUNT:
-            self.check_new_account(document, refuse)
+            self.check_new_account(document, request, refuse)
         elif kind == NEW_ORDER:
             self.check_new_order(document, refuse)
         elif kind == FINALIZE:
@@ -288,31 +374,41 @@ class RunPolicy:
         if not isinstance(contact, list) or tuple(contact) != self.contact:
             raise refuse("contact differs from the configured --contact")
 
-    def check_new_account(self, document: dict[str, Any], refuse: "Refuser") -> None:
+    def check_new_account(
+        self, document: dict[str, Any], request: Request, refuse: "Refuser"
+    ) -> None:
         if "externalAccountBinding" in document:
-            raise refuse("external account binding is not supported")
+            raise refuse("an external account binding is built by acctproc from this run's "
+                         "configuration, never taken from netproc")
         extra = set(document) - NEW_ACCOUNT_FIELDS
         if extra:
             raise refuse(f"unexpected field {safe_text(sorted(extra)[0], 40)!r}")
         if "onlyReturnExisting" in document:
             if len(document) != 1 or document["onlyReturnExisting"] is not True:
                 raise refuse('a lookup is exactly {"onlyReturnExisting": true}')
+            if request.external_account_binding:
+                raise refuse("a lookup carries no external account binding")
             return
         if document.get("termsOfServiceAgreed") is not True:
             raise refuse("termsOfServiceAgreed must be true")
         if "contact" in document:
             self.check_contact(document["contact"], refuse)
+        if request.external_account_binding and self.binding is None:
+            raise refuse("this run has no external account binding (--eab-kid)")
+        if self.binding is not None and not request.external_account_binding:
+            raise refuse("this run registers its account with its external account binding")
 
     def check_new_order(self, document: dict[str, Any], refuse: "Refuser") -> None:
         extra = set(document) - NEW_ORDER_FIELDS
         if extra:
             raise refuse(f"unexpected field {safe_text(sorted(extra)[0], 40)!r}")
-        for field in ("notBefore", "notAfter"):
-            value = document.get(field)
+        for name in ("notBefore", "notAfter"):
+            value = document.get(name)
             if value is not None and (
                 not isinstance(value, str) or not 0 < len(value) <= MAX_TIMESTAMP
             ):
-                raise refuse(f"{field} is not a timestamp")
+                raise refuse(f"{name} is not a timestamp")
+        self.check_profile(document.get("profile"), refuse)
         identifiers = document["identifiers"]
         if not isinstance(identifiers, list) or not 0 < len(identifiers) <= MAX_IDENTIFIERS:
             raise refuse(f"identifiers is not a list of 1 to {MAX_IDENTIFIERS} identifiers")
@@ -330,6 +426,18 @@ class RunPolicy:
                 )
             values.append(identifier["value"])
         self.check_names(values, "identifiers", refuse)
+
+    def check_profile(self, profile: object, refuse: "Refuser") -> None:
+        """A newOrder asks for exactly this run's --profile, or for none without one."""
+        if profile is None:
+            if self.profile is not None:
+                raise refuse(f"the order must ask for this run's profile {self.profile!r}")
+            return
+        shown = safe_text(profile, MAX_PROFILE) if isinstance(profile, str) else "(not text)"
+        if self.profile is None:
+            raise refuse(f"profile {shown!r}: this run asks for no profile (--profile)")
+        if profile != self.profile:
+            raise refuse(f"profile {shown!r} is not this run's profile {self.profile!r}")
 
     def check_names(self, names: list[str], what: str, refuse: "Refuser") -> None:
         if len(set(names)) != len(names) or set(names) != set(self.names):
@@ -607,8 +715,19 @@ class AuditLog:
         return cls(fd)
 
     def record(
-        self, url: str, kind: str, payload: bytes, decision: str, reason: str | None = None
+        self,
+        url: str,
+        kind: str,
+        payload: bytes,
+        decision: str,
+        reason: str | None = None,
+        *,
+        binding: str | None = None,
+        asked_binding: bool = False,
     ) -> None:
+        """One line: `payload` is netproc's; `binding`, the kid of the
+        external account binding acctproc added to what it signed;
+        `asked_binding`, that netproc asked for one."""
         entry: dict[str, str] = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "url": url[:MAX_URL_LENGTH],
@@ -616,6 +735,10 @@ class AuditLog:
             "payload_sha256": hashlib.sha256(payload).hexdigest(),
             "decision": decision,
         }
+        if asked_binding:
+            entry["external_account_binding"] = "asked"
+        if binding is not None:
+            entry["external_account_binding"] = safe_text(binding, 200)
         if reason is not None:
             entry["reason"] = safe_text(reason, 500)
         line = json.dumps(entry, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
@@ -662,21 +785,27 @@ class AccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
             kid=request.kid,
             payload=request.payload,
             post_as_get=request.post_as_get,
+            external_account_binding=request.external_account_binding,
         )
+        bound = asked.external_account_binding
         try:
             kind = self.policy.judge(asked)
         except Refused as refusal:
-            self.audit.record(asked.url, refusal.kind, asked.payload, "refused", refusal.reason)
+            self.audit.record(asked.url, refusal.kind, asked.payload, "refused", refusal.reason,
+                              asked_binding=bound)  # fmt: skip
             self.log.info(str(refusal))
             raise
+        payload = self.policy.payload_to_sign(asked)
         protected: dict[str, object] = {"nonce": asked.nonce, "url": asked.url}
         if asked.kid:
             protected["kid"] = asked.kid
         else:
             protected["jwk"] = self.jwk
-        jws = keys.sign_jws(self.key, protected, None if asked.post_as_get else asked.payload)
+        jws = keys.sign_jws(self.key, protected, None if asked.post_as_get else payload)
+        binding = self.policy.binding
         # Recorded before netproc can use it: no line, no signature.
-        self.audit.record(asked.url, kind, asked.payload, "signed")
+        self.audit.record(asked.url, kind, asked.payload, "signed",
+                          binding=binding.kid if bound and binding else None)  # fmt: skip
         return account_pb2.SignReply(
             protected=jws["protected"], payload=jws["payload"], signature=jws["signature"]
         )
@@ -698,7 +827,10 @@ def run(config: RoleConfig[AcctprocSettings], log: Logger) -> int:
         settings.names,
         keys.public_key_der(key),
     )
-    policy = RunPolicy.from_settings(settings, key, domain_key)
+    binding = None
+    if settings.eab_kid is not None and settings.eab_hmac_key is not None:
+        binding = ExternalAccountBinding.read(settings.eab_kid, settings.eab_hmac_key)
+    policy = RunPolicy.from_settings(settings, key, domain_key, binding)
     # Opened while we may still reach it: the sandbox keeps the descriptor.
     audit = AuditLog.open(settings.audit_log or default_audit_log(key_path), key_path)
     process.confine(config)

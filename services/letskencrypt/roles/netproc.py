@@ -8,7 +8,10 @@ and certproc (check and install).  It never sees a private key: an attacker
 who owns it can ask acctproc only for the signatures acctproc's own policy
 allows for this run (this run's names, the CA's origin, no key change or
 revocation unless asked), and can hand certproc a chain, which certproc
-checks against keyproc's key and names.
+checks against keyproc's key and names.  An external account binding is
+acctproc's: netproc asks for "a new account with the binding" and never
+sees its HMAC key; a profile (--profile) is checked against the CA's
+directory before any order.
 
 Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
 2 nothing to do, and then no request at all reached the CA.  In daemon mode
@@ -93,9 +96,21 @@ class RemoteSigner:
     def __init__(self, channel: grpc.Channel) -> None:
         self.stub = account_pb2_grpc.AccountStub(channel)
 
-    def sign(self, url: str, nonce: str, kid: str | None, payload: bytes | None) -> dict[str, str]:
+    def sign(
+        self,
+        url: str,
+        nonce: str,
+        kid: str | None,
+        payload: bytes | None,
+        external_account_binding: bool = False,
+    ) -> dict[str, str]:
         request = account_pb2.SignRequest(
-            url=url, nonce=nonce, kid=kid or "", payload=payload or b"", post_as_get=payload is None
+            url=url,
+            nonce=nonce,
+            kid=kid or "",
+            payload=payload or b"",
+            post_as_get=payload is None,
+            external_account_binding=external_account_binding,
         )
         reply = rpc.call(self.stub.Sign, request, peer="acctproc", timeout=KEY_DEADLINE)
         return {
@@ -192,6 +207,7 @@ def obtain(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) 
         raise InputError("revokeproc gave no decision")
     log.info(check.reason)
     client = connect_ca(peers, settings, ca_pem, log)
+    check_profile(client.directory(), settings.profile)
     find_account(client, settings, log)
     pem_chain = client.issue(
         list(settings.names),
@@ -199,6 +215,7 @@ def obtain(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) 
         publish=peers.publish,
         withdraw=peers.withdraw,
         thumbprint=peers.signer.thumbprint(),
+        profile=settings.profile,
     )
     reply = rpc.call(
         peers.certificate.Submit,
@@ -239,12 +256,32 @@ def revoke(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) 
     return EXIT_CHANGED
 
 
+def check_profile(directory: acme.Directory, profile: str | None) -> None:
+    """The profile this run orders (if any) is one the CA's directory offers."""
+    if profile is None:
+        return
+    if directory.profiles is None:
+        raise InputError(f"profile {profile!r}: the CA offers no profiles")
+    if profile not in directory.profiles:
+        offered = ", ".join(directory.profiles) or "none"
+        raise InputError(
+            f"profile {profile!r} is not one the CA offers (it offers: {offered})"
+        )
+
+
 def find_account(client: acme.AcmeClient, settings: NetprocSettings, log: Logger) -> None:
     """Find (or register) the account; if --contact was given and the CA shows
     another contact, set it.  A refused update is said in one line and the
-    run goes on: the contact must not stand in the way of a certificate."""
+    run goes on: the contact must not stand in the way of a certificate.
+
+    A CA that requires external account binding, with none configured, is
+    refused before any newAccount request."""
+    if client.directory().external_account_required and not settings.external_account_binding:
+        raise InputError(
+            "the CA requires external account binding: give --eab-kid and --eab-hmac-key"
+        )
     contact = list(settings.contact)
-    kid = client.account(contact)
+    kid = client.account(contact, external_account_binding=settings.external_account_binding)
     if not contact or not client.contact_differs(contact):
         return
     try:
@@ -266,6 +303,7 @@ def connect_ca(
         peers.signer,
         settings.directory_url,
         log=log.info,
+        notice=log.notice,
         poll_timeout=settings.poll_timeout,
     )
 

@@ -19,18 +19,20 @@ class DescribeReply(_message.Message):
     def __init__(self, jwk_json: _Optional[str] = ..., thumbprint: _Optional[str] = ..., algorithm: _Optional[str] = ...) -> None: ...
 
 class SignRequest(_message.Message):
-    __slots__ = ("url", "nonce", "kid", "payload", "post_as_get")
+    __slots__ = ("url", "nonce", "kid", "payload", "post_as_get", "external_account_binding")
     URL_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     KID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     POST_AS_GET_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_ACCOUNT_BINDING_FIELD_NUMBER: _ClassVar[int]
     url: str
     nonce: str
     kid: str
     payload: bytes
     post_as_get: bool
-    def __init__(self, url: _Optional[str] = ..., nonce: _Optional[str] = ..., kid: _Optional[str] = ..., payload: _Optional[bytes] = ..., post_as_get: _Optional[bool] = ...) -> None: ...
+    external_account_binding: bool
+    def __init__(self, url: _Optional[str] = ..., nonce: _Optional[str] = ..., kid: _Optional[str] = ..., payload: _Optional[bytes] = ..., post_as_get: _Optional[bool] = ..., external_account_binding: _Optional[bool] = ...) -> None: ...
 
 class SignReply(_message.Message):
     __slots__ = ("protected", "payload", "signature")
