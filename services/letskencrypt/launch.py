@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
@@ -230,9 +230,17 @@ def fork_role(role: str, *, dies_with_us: bool = True) -> ForkedRole:
     parent = os.getpid() if dies_with_us else None
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        become_role(role, parent, environment, (stdin_read, stdout_write, stderr_write))
+    # Blocked from before the fork until the child has its own handlers: a
+    # stop signal that comes meanwhile is not lost in the child's copy of our
+    # handlers (see become_role); ours, we get when they are unblocked.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.STOP_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            stdio = (stdin_read, stdout_write, stderr_write)
+            become_role(role, parent, environment, stdio, mask)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     for fd in (stdin_read, stdout_write, stderr_write):
         os.close(fd)
     return ForkedRole(
@@ -248,11 +256,28 @@ def fork_role(role: str, *, dies_with_us: bool = True) -> ForkedRole:
 HIGH_FD = 10
 
 
+# Stop signals that, pending in a newly forked role, came to the terminal's
+# process group before the role left it: the supervisor has them too.
+GROUP_SIGNALS = (signal.SIGINT, signal.SIGHUP)
+
+
 def become_role(
-    role: str, parent: int | None, environment: Mapping[str, str], stdio: tuple[int, int, int]
+    role: str,
+    parent: int | None,
+    environment: Mapping[str, str],
+    stdio: tuple[int, int, int],
+    mask: Iterable[int] = (),
 ) -> NoReturn:
     """In the forked child: what `spawn_role`'s exec would have given it,
-    then the role itself; never returns."""
+    then the role itself; never returns.
+
+    It starts with the stop signals blocked (fork_role), and `mask` is the
+    signal mask to restore once its handlers are its own.  One that came
+    meanwhile: a SIGTERM is the supervisor stopping this role (caught by the
+    supervisor's handler in our copy, it would be lost: the role would run
+    on, waiting for peers that never start), and ends it now; a SIGINT or
+    SIGHUP was the terminal's, to the process group, and is the supervisor's
+    to act on."""
     try:
         # First: out of the terminal's process group before the handlers
         # below go, so a Ctrl-C to the group is never this role's death.
@@ -263,6 +288,9 @@ def become_role(
         for signum in interrupts.STOP_SIGNALS:
             if callable(signal.getsignal(signum)):
                 signal.signal(signum, signal.SIG_DFL)
+        for signum in signal.sigpending() & set(GROUP_SIGNALS):
+            signal.sigwait({signum})
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, HIGH_FD) for fd in stdio]
         for target, fd in enumerate(moved):
             os.dup2(fd, target)
