@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
@@ -230,13 +230,15 @@ def fork_role(role: str, *, dies_with_us: bool = True) -> ForkedRole:
     parent = os.getpid() if dies_with_us else None
     sys.stdout.flush()
     sys.stderr.flush()
-    # Held back across the fork: a stop signal the supervisor sends the role
-    # at once must reach the role, not the supervisor's handler in the child.
+    # Blocked from before the fork until the child has its own handlers: a
+    # stop signal that comes meanwhile is not lost in the child's copy of our
+    # handlers (see become_role); ours, we get when they are unblocked.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.STOP_SIGNALS)
     try:
         pid = os.fork()
         if pid == 0:
-            become_role(role, parent, environment, (stdin_read, stdout_write, stderr_write), mask)
+            stdio = (stdin_read, stdout_write, stderr_write)
+            become_role(role, parent, environment, stdio, mask)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     for fd in (stdin_read, stdout_write, stderr_write):
@@ -254,15 +256,28 @@ def fork_role(role: str, *, dies_with_us: bool = True) -> ForkedRole:
 HIGH_FD = 10
 
 
+# Stop signals that, pending in a newly forked role, came to the terminal's
+# process group before the role left it: the supervisor has them too.
+GROUP_SIGNALS = (signal.SIGINT, signal.SIGHUP)
+
+
 def become_role(
     role: str,
     parent: int | None,
     environment: Mapping[str, str],
     stdio: tuple[int, int, int],
-    mask: set[signal.Signals],
+    mask: Iterable[int] = (),
 ) -> NoReturn:
-    """In the forked child, its stop signals blocked: what `spawn_role`'s
-    exec would have given it, then the role itself; never returns."""
+    """In the forked child: what `spawn_role`'s exec would have given it,
+    then the role itself; never returns.
+
+    It starts with the stop signals blocked (fork_role), and `mask` is the
+    signal mask to restore once its handlers are its own.  One that came
+    meanwhile: a SIGTERM is the supervisor stopping this role (caught by the
+    supervisor's handler in our copy, it would be lost: the role would run
+    on, waiting for peers that never start), and ends it now; a SIGINT or
+    SIGHUP was the terminal's, to the process group, and is the supervisor's
+    to act on."""
     try:
         # Out of the terminal's process group: Ctrl-C is the supervisor's to
         # act on, and a role ignores it (process.start does too).
@@ -275,7 +290,8 @@ def become_role(
                 signal.signal(signum, signal.SIG_IGN)
             elif callable(signal.getsignal(signum)):
                 signal.signal(signum, signal.SIG_DFL)
-        # A SIGTERM the supervisor sent meanwhile takes effect now.
+        for signum in signal.sigpending() & set(GROUP_SIGNALS):
+            signal.sigwait({signum})
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, HIGH_FD) for fd in stdio]
         for target, fd in enumerate(moved):
