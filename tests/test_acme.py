@@ -1040,6 +1040,18 @@ def test_revoke_rejects_bad_reason(reason: Any):
         client.revoke(b"der", reason=reason)
 
 
+def test_revoke_says_whether_the_ca_revoked_it_now_or_before():
+    client, *_ = scripted(response(200), response(200))
+    assert client.revoke(b"der", reason=1) is True
+    already = {"type": "urn:ietf:params:acme:error:alreadyRevoked", "detail": "revoked"}
+    client, *_ = scripted(response(200), response(400, already))
+    assert client.revoke(b"der") is False
+    refused = {"type": "urn:ietf:params:acme:error:unauthorized", "detail": "not yours"}
+    client, *_ = scripted(response(200), response(403, refused))
+    with pytest.raises(AcmeError, match="not yours"):
+        client.revoke(b"der")
+
+
 def test_calls_need_an_account():
     client, *_ = scripted()
     client.kid = None

@@ -1,6 +1,7 @@
 """End to end, native mode: the real `letskencrypt` against a real pebble."""
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -84,12 +85,26 @@ def test_issue_renew_and_revoke_ecdsa(pebble: Pebble, paths: Paths) -> None:
 
     # -r revokes the current certificate and removes the files.
     keys_before = {p: p.read_bytes() for p in (paths.account_key, paths.domain_key)}
+    kept = paths.base / "kept-certs"
+    shutil.copytree(paths.cert_dir, kept, symlinks=True)
     revoked = run_client(pebble, paths, "-r", *changed)
     assert revoked.code == 0, revoked.stderr
     assert pebble.cert_status(latest.serial_number) == "Revoked"
     for name in ("cert.pem", "chain.pem", "fullchain.pem"):
         assert not (paths.cert_dir / name).exists()
     assert {p: p.read_bytes() for p in keys_before} == keys_before
+
+    # Revoked already (the CA says alreadyRevoked): the end asked for, not a
+    # failure; exit 0, one line says so, and the files go all the same.
+    shutil.rmtree(paths.cert_dir)
+    shutil.copytree(kept, paths.cert_dir, symlinks=True)
+    again_revoked = run_client(pebble, paths, "-r", *changed)
+    assert again_revoked.code == 0, again_revoked.stderr
+    assert again_revoked.stderr == (
+        "letskencrypt: netproc: the certificate was revoked already (the CA says alreadyRevoked)\n"
+    )
+    for name in ("cert.pem", "chain.pem", "fullchain.pem"):
+        assert not (paths.cert_dir / name).exists()
 
     # Nothing left to revoke.
     nothing = run_client(pebble, paths, "-r", *changed)

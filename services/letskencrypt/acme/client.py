@@ -23,6 +23,7 @@ from urllib.parse import urljoin
 from letskencrypt import pem
 from letskencrypt.acme.messages import (
     ACCOUNT_DOES_NOT_EXIST,
+    ALREADY_REVOKED,
     AUTHZ_FAILED,
     BAD_NONCE,
     JSON,
@@ -443,7 +444,9 @@ class AcmeClient:
         self._log(f"downloaded a chain of {count} certificate(s)")
         return response.body
 
-    def revoke(self, cert_der: bytes, reason: int | None = None) -> None:
+    def revoke(self, cert_der: bytes, reason: int | None = None) -> bool:
+        """Revoke the certificate; False if the CA says it was revoked already
+        (RFC 8555 §7.6, alreadyRevoked): the end the caller wanted, too."""
         revoke_cert = self.directory().revoke_cert
         if revoke_cert is None:
             raise AcmeError("the CA's directory offers no revokeCert")
@@ -452,8 +455,15 @@ class AcmeClient:
             if not isinstance(reason, int) or reason not in REVOCATION_REASON_CODES:
                 raise AcmeError(f"invalid revocation reason {reason!r} (RFC 5280: 0-6, 8-10)")
             payload["reason"] = reason
-        self.post(revoke_cert, payload, self._require_kid(), expect=None)
+        try:
+            self.post(revoke_cert, payload, self._require_kid(), expect=None)
+        except AcmeError as error:
+            if error.problem_type != ALREADY_REVOKED:
+                raise
+            self._log("the CA says the certificate was revoked already")
+            return False
         self._log("certificate revoked")
+        return True
 
     # -- the whole issuance --
 

@@ -25,6 +25,7 @@ ERROR_PREFIX = "urn:ietf:params:acme:error:"
 BAD_NONCE = ERROR_PREFIX + "badNonce"
 ACCOUNT_DOES_NOT_EXIST = ERROR_PREFIX + "accountDoesNotExist"
 RATE_LIMITED = ERROR_PREFIX + "rateLimited"
+ALREADY_REVOKED = ERROR_PREFIX + "alreadyRevoked"
 
 # The media types RFC 8555 gives each kind of answer.
 JSON = "application/json"

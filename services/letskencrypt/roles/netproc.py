@@ -250,8 +250,11 @@ def revoke(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) 
         raise InputError("there is no certificate to revoke")
     client = connect_ca(peers, settings, ca_pem, log)
     find_account(client, settings, log)
-    client.revoke(current.certificate_der, settings.revoke_reason)
-    log.info("certificate revoked")
+    if client.revoke(current.certificate_der, settings.revoke_reason):
+        log.info("certificate revoked")
+    else:
+        # Not a failure: it is revoked, as asked; its files go all the same.
+        log.notice("the certificate was revoked already (the CA says alreadyRevoked)")
     rpc.call(peers.certificate.Retire, certificate_pb2.RetireRequest(), peer="certproc")
     return EXIT_CHANGED
 
