@@ -73,6 +73,7 @@ def test_openbsd_example_parses_as_is() -> None:
         certificate_directory=None,
         rotate_key=False,
         profile=None,
+        preferred_chain=None,
         deploy_hook=None,
         location=Location(str(SAMPLE), 27, 1),
     )
@@ -202,6 +203,8 @@ def test_a_domain_with_every_openbsd_directive() -> None:
     ('challenge "http-01"', "challenge", "http-01"),
     ("rotate key", "rotate_key", True),
     ("profile shortlived", "profile", "shortlived"),
+    ('preferred chain "ISRG Root X1"', "preferred_chain", "ISRG Root X1"),
+    ("preferred chain Pebble", "preferred_chain", "Pebble"),
     ('deploy hook "rcctl reload httpd"', "deploy_hook", "rcctl reload httpd"),
 ])
 def test_our_domain_directives(line: str, field: str, value: object) -> None:
@@ -435,6 +438,14 @@ def test_includes_count_towards_the_size_limit(tmp_path: Path) -> None:
      "<config>:7:21: domain certificate '/etc/ssl/private/example.com.key' is already used"
      " (at <config>:6:13)"),
     (with_domain("profile $undefined"), "<config>:7:10: macro 'undefined' not defined"),
+    (with_domain("preferred issuer X"),
+     "<config>:7:12: expected 'chain' after 'preferred', got 'issuer'"),
+    (with_domain('preferred chain ""'),
+     "<config>:7:18: preferred chain: the issuer name is 1 to 64 printable characters"),
+    (with_domain("preferred chain " + "x" * 65),
+     "<config>:7:18: preferred chain: the issuer name is 1 to 64 printable characters"),
+    (with_domain("preferred chain A", "preferred chain B"),
+     "<config>:8:2: duplicate 'preferred chain' (first at <config>:7:2)"),
     ('x = "unterminated\n\n', "<config>:1:5: unterminated quoted string"),
     ("authority a {\n api url u\n", "<config>:1:13: unterminated authority a block:"
      " no '}' before end of file"),
@@ -600,8 +611,8 @@ GRAMMAR = [
     "authority", "domain", "api", "url", "account", "key", "contact", "alternative", "names",
     "name", "certificate", "chain", "full", "sign", "with", "challengedir", "include", "rsa",
     "ecdsa", "trust", "anchors", "ca", "bundle", "directory", "challenge", "rotate", "profile",
-    "deploy", "hook", "state", "external", "binding", "http-01", "rsa2048", "ecdsa256", "ca",
-    "x.example", "/k.pem",
+    "preferred", "deploy", "hook", "state", "external", "binding", "http-01", "rsa2048",
+    "ecdsa256", "ca", "x.example", "/k.pem",
     "/etc/ssl/x.crt", "https://ca.example/dir", "{", "}", ",", "=", "\n", "\n", "\n", " ", "\t",
     "#", "\\", "\\\n", '"', "'", '"quoted"', "$m", "$ca", "$", "m", "m = ca", "ca=/x", "\0",
     "include nothere.conf", "include /dev/null", "é", "-", "\r",

@@ -204,7 +204,8 @@ def test_conf_directives_are_found() -> None:
     directives = conf_directives()
     assert {"api url", "account key", "domain key", "domain full chain certificate",
             "trust anchors", "ca bundle", "certificate directory", "challenge", "rotate key",
-            "profile", "deploy hook", "state directory", "sign with"} <= directives
+            "profile", "preferred chain", "deploy hook", "state directory",
+            "sign with"} <= directives
     for directive in directives:
         assert directive.split()[0] in conf.KEYWORDS | conf.OUR_WORDS, directive
 

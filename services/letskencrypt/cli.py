@@ -93,6 +93,7 @@ DEFAULT_INTERVAL = 12 * 3600.0
 DEFAULT_BACKOFF = 60.0
 MAX_EAB_KID = 256
 # A profile name as CAs give them (default, shortlived, tlsserver, classic).
+MAX_COMMON_NAME = 64
 PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -147,6 +148,9 @@ def build_parser() -> Parser:
     add("--profile", metavar="NAME",
         help="order certificates of this profile of the CA's (e.g. shortlived); it must be "
         "one the CA's directory offers")
+    add("--preferred-chain", metavar="NAME",
+        help="of the CA's alternate certificate chains, install the one whose topmost "
+        "certificate's issuer has this Common Name (default: the CA's default chain)")
     add("--key-type", choices=KEY_TYPES,
         help=f"type of new keys (default {DEFAULT_KEY_TYPE}); given, an existing key of "
         "another type is refused")
@@ -227,6 +231,16 @@ def check_eab(args: argparse.Namespace) -> tuple[str | None, str | None]:
             f"(printable ASCII, no spaces, at most {MAX_EAB_KID} characters)"
         )
     return kid, check_readable_file(key_file, "--eab-hmac-key")
+
+
+def check_preferred_chain(name: str | None) -> str | None:
+    """An issuer Common Name: 1 to 64 printable characters (RFC 5280's ub-common-name)."""
+    if name is not None and not (0 < len(name) <= MAX_COMMON_NAME and name.isprintable()):
+        raise InputError(
+            f"--preferred-chain {safe_text(name, 80)!r}: give the issuer's Common Name "
+            f"(1 to {MAX_COMMON_NAME} printable characters)"
+        )
+    return name
 
 
 def check_profile(profile: str | None) -> str | None:
@@ -680,6 +694,7 @@ def role_settings(
             poll_timeout=check_poll_timeout(args.poll_timeout),
             external_account_binding=eab_kid is not None,
             profile=profile,
+            preferred_chain=check_preferred_chain(args.preferred_chain),
             strict=strict,
         ),
         "acctproc": AcctprocSettings(

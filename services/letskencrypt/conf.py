@@ -58,6 +58,7 @@ KEYWORDS = frozenset({
 # directive starts, so an OpenBSD file may still use them as names.
 OUR_WORDS = frozenset({
     "trust", "ca", "challenge", "rotate", "profile", "deploy", "state", "external",
+    "preferred",
 })
 
 _EOF = ""
@@ -120,6 +121,7 @@ class Domain:
     certificate_directory: str | None
     rotate_key: bool
     profile: str | None
+    preferred_chain: str | None
     deploy_hook: str | None
     location: Location
 
@@ -642,6 +644,13 @@ class _Parser:
             settings.set("rotate key", "yes", token.location)
         elif token.is_word("profile"):
             settings.set("profile", tokens.argument("a profile name").text, token.location)
+        elif token.is_word("preferred"):
+            tokens.expect("keyword", "chain", "preferred")
+            name = tokens.argument("an issuer name")
+            if not 0 < len(name.text) <= 64 or not name.text.isprintable():
+                raise ConfigError("preferred chain: the issuer name is 1 to 64 printable"
+                                  " characters", name.location)
+            settings.set("preferred chain", name.text, token.location)
         elif token.is_word("deploy"):
             tokens.expect("word", "hook", "deploy")
             settings.set("deploy hook", tokens.argument("a command").text, token.location)
@@ -703,6 +712,7 @@ class _Parser:
             certificate_directory=settings.get("certificate directory"),
             rotate_key=settings.get("rotate key") is not None,
             profile=settings.get("profile"),
+            preferred_chain=settings.get("preferred chain"),
             deploy_hook=default_hook if hook is None else hook,
             location=settings.location,
         )

@@ -46,6 +46,7 @@ PER_CERTIFICATE = {
     "eab_kid": ("--eab-kid", "external account binding", None),
     "eab_hmac_key": ("--eab-hmac-key", "external account binding", None),
     "profile": ("--profile", "profile", None),
+    "preferred_chain": ("--preferred-chain", "preferred chain", None),
 }
 
 
@@ -76,6 +77,7 @@ def domain_arguments(
     one.eab_kid = authority.eab_kid
     one.eab_hmac_key = authority.eab_hmac_key
     one.profile = domain.profile
+    one.preferred_chain = domain.preferred_chain
     one.domain_key = domain.domain_key
     one.key_type = args.key_type or domain.domain_key_type
     one.cert_dir = domain.certificate_directory or os.path.join(

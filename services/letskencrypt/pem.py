@@ -8,6 +8,10 @@ whitespace only; each block body is plain base64 that decodes to a DER
 SEQUENCE of exactly its own length holding the three parts of an X.509
 certificate (SEQUENCE, SEQUENCE, BIT STRING).  certs.parse_pem_chain runs the
 same text checks and then parses each certificate fully.
+
+One field is read: the issuer's Common Name, with which netproc picks among
+the CA's alternate chains (--preferred-chain); certproc still verifies the
+chain picked, so a wrong answer here can only pick another chain to check.
 """
 
 import binascii
@@ -31,6 +35,13 @@ _SEQUENCE = 0x30
 _BIT_STRING = 0x03
 # tbsCertificate, signatureAlgorithm, signatureValue (RFC 5280 section 4.1).
 _CERTIFICATE_PARTS = (_SEQUENCE, _SEQUENCE, _BIT_STRING)
+_SET = 0x31
+_OID = 0x06
+_VERSION = 0xA0  # [0] EXPLICIT, before the serial number
+_COMMON_NAME = bytes.fromhex("550403")  # 2.5.4.3
+# The DirectoryString types a Common Name is written in, and how each decodes.
+_STRING_CODECS = {0x0C: "utf-8", 0x13: "ascii", 0x16: "ascii", 0x14: "latin-1",
+                  0x1E: "utf-16-be", 0x1C: "utf-32-be"}  # fmt: skip
 
 
 def _unexpected(text: str, pos: int) -> CertificateRejected:
@@ -88,6 +99,51 @@ def looks_like_certificate(der: bytes) -> bool:
     except ValueError:
         return False
     return pos == end
+
+
+def issuer_common_name(der: bytes) -> str | None:
+    """The (first) Common Name of the certificate's issuer; None when it has
+    none or the DER does not frame as a certificate (nothing else is checked)."""
+    if not looks_like_certificate(der):
+        return None
+    try:
+        _tag, pos, _end = _tlv(der, 0)
+        _tag, pos, tbs_end = _tlv(der, pos)  # tbsCertificate
+        tag, start, end = _tlv(der, pos)
+        if tag == _VERSION:
+            tag, start, end = _tlv(der, end)
+        # serialNumber, signature (AlgorithmIdentifier), then the issuer Name.
+        tag, start, end = _tlv(der, end)
+        tag, start, end = _tlv(der, end)
+        if tag != _SEQUENCE or end > tbs_end:
+            return None
+        return _common_name(der, start, end)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _common_name(der: bytes, pos: int, end: int) -> str | None:
+    """The first CN of the RDNSequence in der[pos:end]."""
+    while pos < end:
+        tag, rdn, rdn_end = _tlv(der, pos)
+        if tag != _SET or rdn_end > end:
+            raise ValueError("not an RDN")
+        while rdn < rdn_end:
+            tag, attribute, attribute_end = _tlv(der, rdn)
+            if tag != _SEQUENCE or attribute_end > rdn_end:
+                raise ValueError("not an attribute")
+            tag, oid, oid_end = _tlv(der, attribute)
+            if tag != _OID:
+                raise ValueError("not an OID")
+            if der[oid:oid_end] == _COMMON_NAME:
+                tag, value, value_end = _tlv(der, oid_end)
+                codec = _STRING_CODECS.get(tag)
+                if codec is None or value_end != attribute_end:
+                    raise ValueError("not a string")
+                return der[value:value_end].decode(codec)
+            rdn = attribute_end
+        pos = rdn_end
+    return None
 
 
 def _decode_block(body: str, index: int) -> bytes:

@@ -65,6 +65,9 @@ class NetprocSettings(RoleSettings):
     external_account_binding: bool = False
     # The certificate profile to order (--profile), checked against the directory.
     profile: str | None = None
+    # The issuer Common Name the chain's topmost certificate should have
+    # (--preferred-chain), among the CA's alternate chains.
+    preferred_chain: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -35,6 +35,7 @@ from letskencrypt.acme.messages import (
     Directory,
     Order,
     Problem,
+    alternate_links,
     check_url,
     failure_text,
     json_object,
@@ -67,6 +68,12 @@ MAX_BACKOFF = 10.0
 def _backoff(attempt: int, first: float) -> float:
     """The `attempt`-th wait (from 1) when the CA gave no Retry-After."""
     return min(first * 2 ** min(attempt - 1, 10), MAX_BACKOFF)
+
+
+def _chain_issuer(body: bytes) -> str | None:
+    """The issuer's Common Name of a chain's topmost certificate (one that
+    _fetch_chain framed); None without one."""
+    return pem.issuer_common_name(pem.certificate_ders(body, MAX_CERTIFICATE_BODY)[-1])
 
 
 class Signer(Protocol):
@@ -427,14 +434,41 @@ class AcmeClient:
             raise AcmeError(f"order {order.url} is valid but has no certificate URL")
         return final
 
-    def download(self, certificate_url: str) -> bytes:
-        """The PEM certificate chain (at most 256 KiB, every block a certificate)."""
+    def download(self, certificate_url: str, preferred_chain: str | None = None) -> bytes:
+        """The PEM certificate chain (at most 256 KiB, every block a certificate).
+
+        With `preferred_chain`, the first of the default chain and the CA's
+        alternates (RFC 8555 section 7.4.2) whose topmost certificate's issuer
+        has that Common Name; the default chain when none has.
+        """
+        response = self._fetch_chain(certificate_url)
+        if preferred_chain is None or _chain_issuer(response.body) == preferred_chain:
+            return response.body
+        try:
+            alternates = alternate_links(
+                response.headers.get("Link"), certificate_url, self.directory_url
+            )
+        except AcmeError as error:
+            self._notice(f"{error}; installing the default chain")
+            return response.body
+        for url in alternates:
+            try:
+                body = self._fetch_chain(url).body
+            except AcmeError as error:
+                self._notice(f"alternate chain {safe_text(url, 200)}: {error}; skipped")
+                continue
+            if _chain_issuer(body) == preferred_chain:
+                self._log(f"chose the alternate chain {url}")
+                return body
+        self._log(
+            f"no chain of the CA's {1 + len(alternates)} ends in a certificate issued by "
+            f"{safe_text(preferred_chain, 100)!r} (--preferred-chain): the default chain"
+        )
+        return response.body
+
+    def _fetch_chain(self, url: str) -> HttpResponse:
         response = self.post(
-            certificate_url,
-            None,
-            self._require_kid(),
-            expect=PEM_CHAIN,
-            max_body=MAX_CERTIFICATE_BODY,
+            url, None, self._require_kid(), expect=PEM_CHAIN, max_body=MAX_CERTIFICATE_BODY
         )
         try:
             # Text and DER framing only: certproc parses and checks the chain.
@@ -442,7 +476,7 @@ class AcmeClient:
         except CertificateRejected as error:
             raise AcmeError(f"CA sent an unusable certificate chain: {error}") from None
         self._log(f"downloaded a chain of {count} certificate(s)")
-        return response.body
+        return response
 
     def revoke(self, cert_der: bytes, reason: int | None = None) -> bool:
         """Revoke the certificate; False if the CA says it was revoked already
@@ -475,9 +509,11 @@ class AcmeClient:
         withdraw: Callable[[str], None],
         thumbprint: str,
         profile: str | None = None,
+        preferred_chain: str | None = None,
     ) -> bytes:
         """Order a certificate for `names` (of the CA's `profile`, if given),
-        prove control over http-01, return the PEM chain.
+        prove control over http-01, return the PEM chain (see `download` for
+        `preferred_chain`).
 
         `publish(token, key_authorization)` must make the response reachable at
         /.well-known/acme-challenge/<token>; `withdraw(token)` removes it again.
@@ -505,7 +541,7 @@ class AcmeClient:
                 order = self.finalize(order, csr_provider())
             if order.certificate is None:
                 raise AcmeError(f"order {order.url} is valid but has no certificate URL")
-            return self.download(order.certificate)
+            return self.download(order.certificate, preferred_chain)
 
     def _authorize(
         self,

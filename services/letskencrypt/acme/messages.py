@@ -12,10 +12,12 @@ document's fields.
 import email.utils
 import http
 import json
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Self
+from urllib.parse import urljoin
 
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.urls import origin, well_formed
@@ -33,6 +35,11 @@ PROBLEM_JSON = "application/problem+json"
 PEM_CHAIN = "application/pem-certificate-chain"
 
 MAX_AUTHORIZATIONS = 100
+# Alternate certificate chains (RFC 8555 section 7.4.2) a CA may list, and
+# the Link header that lists them.
+MAX_ALTERNATES = 8
+MAX_LINK_HEADER = 16 * 1024
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
 MAX_RETRY_AFTER = 10**10  # seconds; larger delay-seconds are read as this
 
 AUTHZ_FAILED = frozenset({"invalid", "deactivated", "expired", "revoked"})
@@ -209,6 +216,102 @@ def check_url(url: object, base: str, what: str) -> str:
     except InputError as error:
         raise AcmeError(f"unusable {what} URL: {error}") from None
     return url
+
+
+def _link_values(header: str) -> list[tuple[str, dict[str, str]]]:
+    """The link-values of a Link header (RFC 8288 section 3, several headers
+    joined with commas): (URI reference, parameters by lower-case name, the
+    first of each); ValueError if it does not parse."""
+    links: list[tuple[str, dict[str, str]]] = []
+    pos, size = 0, len(header)
+
+    def skip(chars: str) -> None:
+        nonlocal pos
+        while pos < size and header[pos] in chars:
+            pos += 1
+
+    while True:
+        skip(" \t,")
+        if pos == size:
+            return links
+        if header[pos] != "<":
+            raise ValueError("a link does not start with '<'")
+        close = header.find(">", pos)
+        if close < 0:
+            raise ValueError("a link has no '>'")
+        target, pos = header[pos + 1 : close], close + 1
+        params: dict[str, str] = {}
+        while True:
+            skip(" \t")
+            if pos == size or header[pos] == ",":
+                break
+            if header[pos] != ";":
+                raise ValueError("expected ';' or ',' after a link")
+            pos += 1
+            skip(" \t")
+            start = pos
+            while pos < size and header[pos] in _TOKEN_CHARS:
+                pos += 1
+            name = header[start:pos].lower()
+            if not name:
+                raise ValueError("a link parameter has no name")
+            skip(" \t")
+            value = ""
+            if pos < size and header[pos] == "=":
+                pos += 1
+                skip(" \t")
+                value, pos = _param_value(header, pos)
+            params.setdefault(name, value)
+        links.append((target, params))
+
+
+def _param_value(header: str, pos: int) -> tuple[str, int]:
+    """A token or quoted-string at `pos`, and where it ends."""
+    if pos < len(header) and header[pos] == '"':
+        value: list[str] = []
+        pos += 1
+        while pos < len(header):
+            char = header[pos]
+            if char == '"':
+                return "".join(value), pos + 1
+            if char == "\\":
+                pos += 1
+                if pos == len(header):
+                    break
+                char = header[pos]
+            value.append(char)
+            pos += 1
+        raise ValueError("an unterminated quoted string")
+    start = pos
+    while pos < len(header) and header[pos] in _TOKEN_CHARS:
+        pos += 1
+    if pos == start:
+        raise ValueError("a link parameter has no value")
+    return header[start:pos], pos
+
+
+def alternate_links(header: str | None, certificate_url: str, directory_url: str) -> list[str]:
+    """The URLs of the alternate chains a certificate's answer lists (Link
+    headers of rel "alternate", RFC 8555 section 7.4.2), each https on the
+    directory's origin, at most MAX_ALTERNATES; AcmeError otherwise."""
+    if header is None:
+        return []
+    if len(header) > MAX_LINK_HEADER:
+        raise AcmeError(f"CA sent a Link header longer than {MAX_LINK_HEADER} characters")
+    try:
+        links = _link_values(header)
+    except ValueError as error:
+        raise AcmeError(f"CA sent a malformed Link header: {error}") from None
+    alternates: list[str] = []
+    for target, params in links:
+        if "alternate" not in params.get("rel", "").lower().split():
+            continue
+        if len(alternates) == MAX_ALTERNATES:
+            raise AcmeError(f"CA lists more than {MAX_ALTERNATES} alternate chains")
+        url = check_url(urljoin(certificate_url, target.strip()), directory_url, "alternate chain")
+        if url != certificate_url and url not in alternates:
+            alternates.append(url)
+    return alternates
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

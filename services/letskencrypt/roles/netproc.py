@@ -11,7 +11,10 @@ revocation unless asked), and can hand certproc a chain, which certproc
 checks against keyproc's key and names.  An external account binding is
 acctproc's: netproc asks for "a new account with the binding" and never
 sees its HMAC key; a profile (--profile) is checked against the CA's
-directory before any order.
+directory before any order.  With --preferred-chain it picks, among the
+CA's alternate chains (Link rel="alternate", same origin, at most 8), the
+one whose topmost certificate's issuer has that Common Name; certproc
+verifies whichever chain it hands on, so the choice gives netproc no trust.
 
 Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
 2 nothing to do, and then no request at all reached the CA.  In daemon mode
@@ -216,6 +219,7 @@ def obtain(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) 
         withdraw=peers.withdraw,
         thumbprint=peers.signer.thumbprint(),
         profile=settings.profile,
+        preferred_chain=settings.preferred_chain,
     )
     reply = rpc.call(
         peers.certificate.Submit,
