@@ -143,7 +143,7 @@ def wait_for_handlers(pid: int) -> None:
 
 def processes_marked(marker: str) -> list[int]:
     """Live processes whose environment holds `marker` (in PATH, which the
-    supervisor passes on to every role: see launch.PASSED_ENVIRONMENT)."""
+    supervisor passes on to every role: see constants.ROLE_ENVIRONMENT)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():

@@ -2,12 +2,36 @@
 `letskencrypt status` (confrun.py) or `letskencrypt sandbox-check`
 (sandbox_check.py)."""
 
+import os
 import sys
 
 from letskencrypt import interrupts
+from letskencrypt.constants import COMMAND_ENVIRONMENT
+
+# Where this package is imported from (the start below must find it again).
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def keep_only_our_environment() -> None:
+    """Start again as `python -P -m letskencrypt` with only COMMAND_ENVIRONMENT
+    of the caller's environment, when it has more: the roles are forked from
+    this process, and whatever else it was given (a cloud credential, a
+    proxy with a password) would otherwise be in every role's memory and
+    its /proc/PID/environ.  Before anything else, signal handlers
+    included: a stop signal the caller blocked stays blocked across it."""
+    if set(os.environ) <= set(COMMAND_ENVIRONMENT):
+        return
+    environment = {k: os.environ[k] for k in COMMAND_ENVIRONMENT if k in os.environ}
+    environment["PYTHONPATH"] = os.pathsep.join(
+        filter(None, (PACKAGE_ROOT, environment.get("PYTHONPATH")))
+    )
+    # -P: no working directory on sys.path (a `letskencrypt` there is not ours).
+    argv = [sys.executable, "-P", "-m", "letskencrypt", *sys.argv[1:]]
+    os.execve(sys.executable, argv, environment)  # noqa: S606 - ourselves, no shell
 
 
 def main() -> None:
+    keep_only_our_environment()
     if sys.argv[1:2] == ["sandbox-check"]:
         from letskencrypt import sandbox_check
 

@@ -132,6 +132,8 @@ class Config:
     authorities: dict[str, Authority]
     domains: dict[str, Domain]
     state_directory: str | None
+    # The file and every file it includes, as read.
+    files: tuple[str, ...] = ()
 
 
 def parse(text: str, path: str = "<config>") -> Config:
@@ -449,13 +451,17 @@ class _Parser:
         self.used_files: dict[str, Location] = {}
         self.top = _Settings(Location(path, 1, 1))
         self.reading: list[str] = []
+        self.files: list[str] = [path]
 
     def config(self, text: str) -> Config:
         self.reading.append(_real(self.path))
         self._file(text, self.path, 0)
         hook = self.top.get("deploy hook")
         domains = {handle: self._domain_from(draft, hook) for handle, draft in self.domains.items()}
-        return Config(self.path, self.authorities, domains, self.top.get("state directory"))
+        return Config(
+            self.path, self.authorities, domains, self.top.get("state directory"),
+            tuple(self.files),
+        )  # fmt: skip
 
     def _file(self, text: str, path: str, depth: int) -> None:
         tokens = _Tokens(_Lexer(text, path, self.macros, self.budget))
@@ -523,6 +529,7 @@ class _Parser:
         if self.size > MAX_BYTES:
             raise ConfigError(f"with {included}, the configuration is larger than"
                               f" {MAX_BYTES} bytes", target.location)
+        self.files.append(included)
         self.reading.append(real)
         self._file(text, included, depth + 1)
         self.reading.pop()

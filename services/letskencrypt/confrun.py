@@ -15,6 +15,7 @@ import argparse
 import copy
 import os
 import random
+import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +55,25 @@ def refuse_per_certificate_options(args: argparse.Namespace) -> None:
     for attribute, (option, directive, default) in PER_CERTIFICATE.items():
         if getattr(args, attribute) != default:
             raise InputError(f"{option} goes in the configuration file ({directive}) with --config")
+
+
+def refuse_files_others_may_change(config: conf.Config) -> None:
+    """The file and its includes name commands (deploy hooks) that run as
+    this process, and paths it writes: a file that another user (or a group)
+    may change is refused, as sshd and sudo refuse theirs."""
+    for path in config.files:
+        status = os.stat(path)
+        if status.st_uid not in (0, os.geteuid()):
+            raise InputError(
+                f"{path}: owned by uid {status.st_uid}; the configuration must belong "
+                f"to root or to uid {os.geteuid()}, which runs its deploy hooks"
+            )
+        if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise InputError(
+                f"{path}: writable by its group or others (mode "
+                f"{stat.S_IMODE(status.st_mode):o}), and it names commands this run "
+                f"executes: chmod go-w {path}"
+            )
 
 
 def state_directory(config: conf.Config) -> str:
@@ -190,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"-j/--jobs must be between 1 and {MAX_JOBS}")
     schedule = cli.check_schedule(args) if args.daemon else None
     config = conf.load(os.path.abspath(args.config))
+    refuse_files_others_may_change(config)
     user = cli.run_user(args.user)
     jobs = build_jobs(args, config, user)
     STYLE.timestamps = schedule is not None

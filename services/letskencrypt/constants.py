@@ -14,6 +14,35 @@ EXIT_FAILED = 1
 EXIT_NOTHING_TO_DO = 2  # and then no request reached the CA
 EXIT_CODES = (EXIT_CHANGED, EXIT_FAILED, EXIT_NOTHING_TO_DO)
 
+# --- the environment ------------------------------------------------------------------
+
+# All of the caller's environment a native role gets (launch.role_environment):
+# no proxies, no credentials.  LETSKENCRYPT_NO_NAMESPACES: namespace.py;
+# LETSKENCRYPT_LANDLOCK_ABI: sandbox.py.
+ROLE_ENVIRONMENT = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "SSL_CERT_FILE",
+    "LETSKENCRYPT_LANDLOCK_ABI",
+    "LETSKENCRYPT_NO_NAMESPACES",
+    "GRPC_VERBOSITY",
+)
+# All of it the native command keeps (__main__ starts itself again without
+# the rest): its roles are forked from it, and a forked process carries its
+# parent's memory, environment block included.  Deploy hooks get this too.
+COMMAND_ENVIRONMENT = (
+    *ROLE_ENVIRONMENT,
+    "SSL_CERT_DIR",
+    "TMPDIR",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "PYTHONPATH",
+)
+
 # --- defaults of the command line that roles also need ------------------------------
 
 # The type of keys made when --key-type is not given.

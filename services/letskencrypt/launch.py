@@ -25,23 +25,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
 
-from letskencrypt import interrupts, namespace, settings
-from letskencrypt.constants import EXIT_FAILED
+from letskencrypt import interrupts, settings
+from letskencrypt.constants import EXIT_FAILED, ROLE_ENVIRONMENT
 from letskencrypt.linux import PR_SET_PDEATHSIG, prctl
 from letskencrypt.roles import spec_of
 from letskencrypt.rpc import EDGES
 
-PASSED_ENVIRONMENT = (
-    "PATH",
-    "LANG",
-    "LC_ALL",
-    "LC_CTYPE",
-    "TZ",
-    "SSL_CERT_FILE",
-    "LETSKENCRYPT_LANDLOCK_ABI",
-    namespace.DISABLE_VARIABLE,
-    "GRPC_VERBOSITY",
-)
 # gRPC's own log lines (a peer's GOAWAY when the run stops, a failed bind)
 # are not for the operator: every failure reaches them as the role's one
 # line.  GRPC_VERBOSITY=ERROR (or DEBUG) in our environment brings them back.
@@ -54,7 +43,7 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def role_environment() -> dict[str, str]:
     """The whole environment of a role process (and of sandbox-check's probes)."""
-    environment = {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
+    environment = {k: os.environ[k] for k in ROLE_ENVIRONMENT if k in os.environ}
     environment["PYTHONPATH"] = PACKAGE_ROOT
     environment.setdefault("GRPC_VERBOSITY", GRPC_QUIET)
     return environment
