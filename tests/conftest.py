@@ -131,3 +131,43 @@ def run_client(
     ]
     completed = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     return Result(completed.returncode, completed.stdout, completed.stderr)
+
+
+def write_config(
+    base: Path,
+    server: Pebble,
+    domains: dict[str, list[str]],
+    authority: tuple[str, ...] = (),
+) -> Path:
+    """An acme-client.conf in `base`: one authority `ca` for `server` (plus
+    the `authority` lines), and a domain block per handle with its extra lines."""
+    lines = [
+        f'state directory "{base / "state"}"',
+        "authority ca {",
+        f'    api url "{server.directory_url}"',
+        f'    account key "{base / "account" / "privkey.pem"}"',
+        f'    trust anchors "{server.trust_anchors}"',
+        f'    ca bundle "{server.ca_bundle}"',
+        *(f"    {line}" for line in authority),
+        "}",
+    ]
+    for handle, extra in domains.items():
+        lines += [
+            f"domain {handle} {{",
+            f'    domain key "{base / "keys" / handle}.pem"',
+            f'    challengedir "{server.challenge_dir}"',
+            *(f"    {line}" for line in extra),
+            "}",
+        ]
+    path = base / "letskencrypt.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_config(config: Path, *args: str, timeout: float = RUN_TIMEOUT) -> Result:
+    """`letskencrypt --config CONFIG -n -N ARGS`."""
+    completed = subprocess.run(
+        [LETSKENCRYPT, "--config", str(config), "-n", "-N", *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    return Result(completed.returncode, completed.stdout, completed.stderr)

@@ -3,7 +3,6 @@
 12's), each with two more issuance hierarchies (PEBBLE_ALTERNATE_ROOTS)."""
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import LETSKENCRYPT, RUN_TIMEOUT, Paths, Result, run_client
+from tests.conftest import Paths, run_client, run_config, write_config
 from tests.pebble import Pebble
 from tests.test_e2e_native import assert_installed
 
@@ -101,36 +100,10 @@ def test_a_name_that_matches_nothing(pebble_chains: Pebble, tmp_path: Path) -> N
     assert stderr.count("downloaded a chain") == 1 + ALTERNATES
 
 
-def write_config(base: Path, server: Pebble, preferred: dict[str, str | None]) -> Path:
-    """One authority, a domain per preferred chain (None: no directive)."""
-    lines = [
-        f'state directory "{base / "state"}"',
-        "authority ca {",
-        f'    api url "{server.directory_url}"',
-        f'    account key "{base / "account" / "privkey.pem"}"',
-        f'    trust anchors "{server.trust_anchors}"',
-        f'    ca bundle "{server.ca_bundle}"',
-        "}",
-    ]
-    for handle, name in preferred.items():
-        lines += [
-            f"domain {handle} {{",
-            f'    domain key "{base / "keys" / handle}.pem"',
-            f'    challengedir "{server.challenge_dir}"',
-            *([f'    preferred chain "{name}"'] if name else []),
-            "}",
-        ]
-    path = base / "letskencrypt.conf"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def run_config(config: Path, *args: str) -> Result:
-    completed = subprocess.run(
-        [LETSKENCRYPT, "--config", str(config), "-n", "-N", *args],
-        capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False,
-    )  # fmt: skip
-    return Result(completed.returncode, completed.stdout, completed.stderr)
+def preferred_chains(preferred: dict[str, str | None]) -> dict[str, list[str]]:
+    """The domain blocks' extra lines: `preferred chain NAME` where a name is given."""
+    return {handle: [f'preferred chain "{name}"'] if name else []
+            for handle, name in preferred.items()}  # fmt: skip
 
 
 def test_the_preferred_chain_directive(pebble_chains: Pebble, tmp_path: Path) -> None:
@@ -141,7 +114,7 @@ def test_the_preferred_chain_directive(pebble_chains: Pebble, tmp_path: Path) ->
         f"alt{tag}.conf.example.org": root_name(pebble_chains, ALTERNATES),
         f"none{tag}.conf.example.org": "No Such Root",
     }
-    result = run_config(write_config(tmp_path, pebble_chains, preferred))
+    result = run_config(write_config(tmp_path, pebble_chains, preferred_chains(preferred)))
     assert result.code == 0, result.stderr
     for handle, name in preferred.items():
         chain = x509.load_pem_x509_certificates(
@@ -152,7 +125,7 @@ def test_the_preferred_chain_directive(pebble_chains: Pebble, tmp_path: Path) ->
 
 
 def test_the_option_goes_in_the_file_with_config(pebble_chains: Pebble, tmp_path: Path) -> None:
-    config = write_config(tmp_path, pebble_chains, {"x.example.org": None})
+    config = write_config(tmp_path, pebble_chains, {"x.example.org": []})
     result = run_config(config, "--preferred-chain", "Root")
     assert result.code == 1
     assert result.stderr == (

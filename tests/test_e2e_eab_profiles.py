@@ -5,7 +5,6 @@ the subset pebble 2.4 (Debian 12's) has: EAB, and no profiles."""
 import base64
 import json
 import secrets
-import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from cryptography import x509
 from letskencrypt import renewal
 
-from tests.conftest import LETSKENCRYPT, RUN_TIMEOUT, Paths, Result, run_client
+from tests.conftest import Paths, Result, run_client, run_config, write_config
 from tests.pebble import DEFAULT_PROFILES, Pebble
 from tests.test_e2e_native import assert_installed, leaf
 
@@ -233,40 +232,17 @@ def test_the_terms_of_service_are_shown_when_an_account_is_created(
     assert not any("external_account_binding" in e for e in registration)
 
 
+def eab(key: str) -> tuple[str, ...]:
+    return (f'external account binding {EAB_KID} "{key}"',)
+
+
+def with_profiles(profiles: dict[str, str | None]) -> dict[str, list[str]]:
+    return {h: [f"profile {p}"] if p else [] for h, p in profiles.items()}
+
+
 # --- the configuration file ------------------------------------------------------------
 
 
-def write_config(base: Path, server: Pebble, key: str, profiles: dict[str, str | None]) -> Path:
-    """One authority with `external account binding`, a domain per profile."""
-    lines = [
-        f'state directory "{base / "state"}"',
-        "authority ca {",
-        f'    api url "{server.directory_url}"',
-        f'    account key "{base / "account" / "privkey.pem"}"',
-        f'    trust anchors "{server.trust_anchors}"',
-        f'    ca bundle "{server.ca_bundle}"',
-        f'    external account binding {EAB_KID} "{key}"',
-        "}",
-    ]
-    for handle, profile in profiles.items():
-        lines += [
-            f"domain {handle} {{",
-            f'    domain key "{base / "keys" / handle}.pem"',
-            f'    challengedir "{server.challenge_dir}"',
-            *([f"    profile {profile}"] if profile else []),
-            "}",
-        ]
-    path = base / "letskencrypt.conf"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def run_config(config: Path, *args: str) -> Result:
-    completed = subprocess.run(
-        [LETSKENCRYPT, "--config", str(config), "-n", "-N", *args],
-        capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False,
-    )  # fmt: skip
-    return Result(completed.returncode, completed.stdout, completed.stderr)
 
 
 def test_a_configuration_file_binds_the_account_and_orders_each_profile(
@@ -277,7 +253,8 @@ def test_a_configuration_file_binds_the_account_and_orders_each_profile(
     profiles: dict[str, str | None] = {f"plain{generation}.conf.example.org": None}
     if pebble_eab.generation == "2.10":
         profiles.update({f"{name}.conf.example.org": name for name in DEFAULT_PROFILES})
-    config = write_config(tmp_path, pebble_eab, key_file(tmp_path, EAB_KEY), profiles)
+    config = write_config(tmp_path, pebble_eab, with_profiles(profiles),
+                          eab(key_file(tmp_path, EAB_KEY)))  # fmt: skip
     result = run_config(config)
     assert result.code == 0, result.stderr
     assert sum(TERMS in line for line in result.stderr.splitlines()) == 1, result.stderr
@@ -307,7 +284,7 @@ def test_a_configuration_file_binds_the_account_and_orders_each_profile(
 def test_profile_and_eab_options_go_in_the_file_with_config(
     pebble: Pebble, tmp_path: Path, option: list[str], directive: str
 ) -> None:
-    config = write_config(tmp_path, pebble, "/nonexistent", {"x.example.org": None})
+    config = write_config(tmp_path, pebble, {"x.example.org": []}, eab("/nonexistent"))
     result = run_config(config, *option)
     assert result.code == 1
     assert result.stderr == (

@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import LETSKENCRYPT, Paths
+from tests.conftest import LETSKENCRYPT, Paths, run_config
 from tests.crashkit import children, comm
 from tests.pebble import Pebble
 
@@ -70,11 +70,6 @@ def test_a_credential_in_the_caller_s_environment_reaches_no_role(
     assert daemon.returncode == 0
 
 
-def run_config(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([LETSKENCRYPT, "--config", str(config), "-n", "-N"],
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
-
-
 def test_a_configuration_others_may_change_is_refused(pebble: Pebble, tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     included = tmp_path / "hooks.conf"
@@ -91,7 +86,7 @@ def test_a_configuration_others_may_change_is_refused(pebble: Pebble, tmp_path: 
             other.chmod(0o644)
         path.chmod(mode)
         result = run_config(config)
-        assert result.returncode == 1
+        assert result.code == 1
         assert result.stderr == (
             f"letskencrypt: {path}: writable by its group or others (mode {mode:o}), and it "
             f"names commands this run executes: chmod go-w {path}\n"
@@ -99,7 +94,7 @@ def test_a_configuration_others_may_change_is_refused(pebble: Pebble, tmp_path: 
     included.chmod(0o644)
     os.chown(included, 65534, 65534)
     result = run_config(config)
-    assert result.returncode == 1
+    assert result.code == 1
     assert result.stderr.startswith(f"letskencrypt: {included}: owned by uid 65534;")
     assert pebble.request_count() == before
     assert not Path("/tmp/pwned").exists()
