@@ -648,7 +648,7 @@ def own_certificate(attacker: Attacker) -> str:
             publish=attacker.peers.publish,
             withdraw=attacker.peers.withdraw,
             thumbprint=attacker.peers.signer.thumbprint(),
-        )
+        ).default
     except rpc.RpcError as error:
         raise Refused(str(error)) from None
     attacker.stolen_chain = chain

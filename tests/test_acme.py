@@ -377,7 +377,7 @@ def test_certificate_must_be_a_pem_chain():
     )
     kind = "application/pem-certificate-chain; charset=utf-8"  # pebble's
     client, *_ = scripted(response(200), response(200, pem, Content_Type=kind))
-    assert client.download(f"{BASE}/cert/1") == pem
+    assert client.download(f"{BASE}/cert/1").default == pem
 
 
 def test_revocation_answer_is_not_read():
@@ -1591,7 +1591,7 @@ def test_end_to_end(pebble: Pebble):
         publish,
         withdraw,
         keys.thumbprint(account_key),
-    )
+    ).default
     if not nonce_reject:
         assert pebble.request_count() - before < 25
     assert len(published) == 2

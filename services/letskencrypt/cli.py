@@ -694,7 +694,6 @@ def role_settings(
             poll_timeout=check_poll_timeout(args.poll_timeout),
             external_account_binding=eab_kid is not None,
             profile=profile,
-            preferred_chain=check_preferred_chain(args.preferred_chain),
             strict=strict,
         ),
         "acctproc": AcctprocSettings(
@@ -733,7 +732,12 @@ def role_settings(
             trust_anchors=anchor_pem,
             strict=strict,
         ),
-        "certproc": CertprocSettings(operation=operation, trust_anchors=anchor_pem, strict=strict),
+        "certproc": CertprocSettings(
+            operation=operation,
+            trust_anchors=anchor_pem,
+            preferred_chain=check_preferred_chain(args.preferred_chain),
+            strict=strict,
+        ),
         "fileproc": FileprocSettings(
             cert_dir=cert_dir, backup=args.backup, operation=operation, strict=strict
         ),

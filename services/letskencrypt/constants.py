@@ -99,3 +99,7 @@ SUBSCRIBER_REVOCATION_REASONS: dict[str, int] = {
         "cessationOfOperation",
     )
 }
+
+# Alternate certificate chains (RFC 8555 section 7.4.2) a CA may list:
+# netproc fetches at most this many, certproc takes no more.
+MAX_ALTERNATES = 8

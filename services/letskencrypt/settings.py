@@ -65,9 +65,6 @@ class NetprocSettings(RoleSettings):
     external_account_binding: bool = False
     # The certificate profile to order (--profile), checked against the directory.
     profile: str | None = None
-    # The issuer Common Name the chain's topmost certificate should have
-    # (--preferred-chain), among the CA's alternate chains.
-    preferred_chain: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,6 +136,9 @@ class CertprocSettings(RoleSettings):
     operation: str
     # PEM text of the CA's roots (see anchors.py); None: not given.
     trust_anchors: str | None = None
+    # The issuer Common Name the chain's topmost certificate should have
+    # (--preferred-chain), among the default chain and the CA's alternates.
+    preferred_chain: str | None = None
     # How long it waits for fileproc (and so for the certificate directory's
     # lock) before it serves.
     ready_timeout: float = DEFAULT_READY_TIMEOUT

@@ -17,6 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urljoin
 
@@ -51,6 +52,8 @@ from letskencrypt.errors import CertificateRejected, InputError
 from letskencrypt.validate import safe_text, validate_key_authorization
 
 MAX_CERTIFICATE_BODY = 256 * 1024
+# The default chain and its alternates together (certproc's edge takes them).
+MAX_CHAINS_BYTES = 1024 * 1024
 MAX_BAD_NONCE_RETRIES = 5
 MAX_BUSY_RETRIES = 3
 # The shortest wait whatever the CA says: a CA answering "Retry-After: 0"
@@ -70,10 +73,13 @@ def _backoff(attempt: int, first: float) -> float:
     return min(first * 2 ** min(attempt - 1, 10), MAX_BACKOFF)
 
 
-def _chain_issuer(body: bytes) -> str | None:
-    """The issuer's Common Name of a chain's topmost certificate (one that
-    _fetch_chain framed); None without one."""
-    return pem.issuer_common_name(pem.certificate_ders(body, MAX_CERTIFICATE_BODY)[-1])
+@dataclass(frozen=True)
+class Chains:
+    """What the CA issued: its default chain, and the alternates it offered
+    that could be fetched, in the order of its Link headers (PEM, leaf first)."""
+
+    default: bytes
+    alternates: tuple[bytes, ...] = ()
 
 
 class Signer(Protocol):
@@ -434,37 +440,38 @@ class AcmeClient:
             raise AcmeError(f"order {order.url} is valid but has no certificate URL")
         return final
 
-    def download(self, certificate_url: str, preferred_chain: str | None = None) -> bytes:
-        """The PEM certificate chain (at most 256 KiB, every block a certificate).
-
-        With `preferred_chain`, the first of the default chain and the CA's
-        alternates (RFC 8555 section 7.4.2) whose topmost certificate's issuer
-        has that Common Name; the default chain when none has.
+    def download(self, certificate_url: str) -> Chains:
+        """The PEM certificate chain (at most 256 KiB, every block a
+        certificate) and the CA's alternate chains (RFC 8555 section 7.4.2:
+        Link rel="alternate", same origin, at most 8, 1 MiB in all).  Which
+        one is installed is certproc's choice, among those it verifies; an
+        alternate that cannot be fetched is said and left out.
         """
         response = self._fetch_chain(certificate_url)
-        if preferred_chain is None or _chain_issuer(response.body) == preferred_chain:
-            return response.body
         try:
-            alternates = alternate_links(
+            urls = alternate_links(
                 response.headers.get("Link"), certificate_url, self.directory_url
             )
         except AcmeError as error:
-            self._notice(f"{error}; installing the default chain")
-            return response.body
-        for url in alternates:
+            self._notice(f"{error}; only the default chain")
+            return Chains(response.body)
+        alternates: list[bytes] = []
+        total = len(response.body)
+        for url in urls:
             try:
                 body = self._fetch_chain(url).body
             except AcmeError as error:
                 self._notice(f"alternate chain {safe_text(url, 200)}: {error}; skipped")
                 continue
-            if _chain_issuer(body) == preferred_chain:
-                self._log(f"chose the alternate chain {url}")
-                return body
-        self._log(
-            f"no chain of the CA's {1 + len(alternates)} ends in a certificate issued by "
-            f"{safe_text(preferred_chain, 100)!r} (--preferred-chain): the default chain"
-        )
-        return response.body
+            if total + len(body) > MAX_CHAINS_BYTES:
+                self._notice(
+                    f"alternate chain {safe_text(url, 200)}: the chains would exceed "
+                    f"{MAX_CHAINS_BYTES // 1024} KiB in all; it and the rest skipped"
+                )
+                break
+            total += len(body)
+            alternates.append(body)
+        return Chains(response.body, tuple(alternates))
 
     def _fetch_chain(self, url: str) -> HttpResponse:
         response = self.post(
@@ -509,11 +516,9 @@ class AcmeClient:
         withdraw: Callable[[str], None],
         thumbprint: str,
         profile: str | None = None,
-        preferred_chain: str | None = None,
-    ) -> bytes:
+    ) -> Chains:
         """Order a certificate for `names` (of the CA's `profile`, if given),
-        prove control over http-01, return the PEM chain (see `download` for
-        `preferred_chain`).
+        prove control over http-01, return the PEM chains (see `download`).
 
         `publish(token, key_authorization)` must make the response reachable at
         /.well-known/acme-challenge/<token>; `withdraw(token)` removes it again.
@@ -541,7 +546,7 @@ class AcmeClient:
                 order = self.finalize(order, csr_provider())
             if order.certificate is None:
                 raise AcmeError(f"order {order.url} is valid but has no certificate URL")
-            return self.download(order.certificate, preferred_chain)
+            return self.download(order.certificate)
 
     def _authorize(
         self,

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Self
 from urllib.parse import urljoin
 
+from letskencrypt.constants import MAX_ALTERNATES
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.urls import origin, well_formed
 from letskencrypt.validate import is_nonce, safe_text, validate_token
@@ -35,9 +36,7 @@ PROBLEM_JSON = "application/problem+json"
 PEM_CHAIN = "application/pem-certificate-chain"
 
 MAX_AUTHORIZATIONS = 100
-# Alternate certificate chains (RFC 8555 section 7.4.2) a CA may list, and
-# the Link header that lists them.
-MAX_ALTERNATES = 8
+# The Link header that lists alternate chains.
 MAX_LINK_HEADER = 16 * 1024
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
 MAX_RETRY_AFTER = 10**10  # seconds; larger delay-seconds are read as this

@@ -11,10 +11,10 @@ revocation unless asked), and can hand certproc a chain, which certproc
 checks against keyproc's key and names.  An external account binding is
 acctproc's: netproc asks for "a new account with the binding" and never
 sees its HMAC key; a profile (--profile) is checked against the CA's
-directory before any order.  With --preferred-chain it picks, among the
-CA's alternate chains (Link rel="alternate", same origin, at most 8), the
-one whose topmost certificate's issuer has that Common Name; certproc
-verifies whichever chain it hands on, so the choice gives netproc no trust.
+directory before any order.  It downloads the CA's alternate chains too
+(Link rel="alternate", same origin, at most 8) and hands them all to
+certproc, which verifies each and picks (--preferred-chain): netproc has
+no say in which chain is installed.
 
 Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
 2 nothing to do, and then no request at all reached the CA.  In daemon mode
@@ -212,18 +212,19 @@ def obtain(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) 
     client = connect_ca(peers, settings, ca_pem, log)
     check_profile(client.directory(), settings.profile)
     find_account(client, settings, log)
-    pem_chain = client.issue(
+    chains = client.issue(
         list(settings.names),
         csr_provider=peers.csr,
         publish=peers.publish,
         withdraw=peers.withdraw,
         thumbprint=peers.signer.thumbprint(),
         profile=settings.profile,
-        preferred_chain=settings.preferred_chain,
     )
     reply = rpc.call(
         peers.certificate.Submit,
-        certificate_pb2.SubmitRequest(pem_chain=pem_chain),
+        certificate_pb2.SubmitRequest(
+            pem_chain=chains.default, alternate_pem_chains=chains.alternates
+        ),
         peer="certproc",
     )
     log.info(f"certificate serial {reply.serial_hex} valid until {reply.not_after}")
