@@ -66,8 +66,9 @@ SPEC = RoleSpec(
     wheels=("cryptography",),
 )
 
-# One revokeCert, and the retries a CA's badNonce or a busy CA may ask for.
-MAX_REVOCATION_SIGNATURES = 4
+# One revokeCert and a retry for each badNonce netproc retries
+# (acme.client.MAX_BAD_NONCE_RETRIES; a busy CA's retries count too).
+MAX_REVOCATION_SIGNATURES = 6
 MAX_CERTIFICATE = 16 * 1024
 
 
