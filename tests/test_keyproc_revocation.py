@@ -21,6 +21,7 @@ from letskencrypt.context import Logger
 from letskencrypt.errors import InputError
 from letskencrypt.roles import acctproc, keyproc
 from letskencrypt.roles.keyproc import DomainKeyService, RevocationPolicy
+from letskencrypt.roles.netproc import RemoteRevocationSigner
 from letskencrypt.settings import (
     AcctprocSettings,
     KeyprocSettings,
@@ -341,3 +342,51 @@ def test_a_reason_the_ca_refuses_is_one_line_naming_it() -> None:
         "the CA does not accept the revocation reason cACompromise (2) (badRevocationReason): "
     )
     assert "not 2" in message and "\n" not in message
+
+
+# --- netproc's side ----------------------------------------------------------------------
+
+
+class KeyprocStub:
+    """keyproc's DomainKey as netproc calls it, served by a real DomainKeyService."""
+
+    def __init__(self, domain_key: DomainKeyService, tamper: bool = False) -> None:
+        self.domain_key = domain_key
+        self.tamper = tamper
+        self.requests: list[domainkey_pb2.SignRevocationRequest] = []
+
+    def SignRevocation(
+        self, request: domainkey_pb2.SignRevocationRequest, **_options: Any
+    ) -> domainkey_pb2.SignRevocationReply:
+        self.requests.append(request)
+        reply = self.domain_key.SignRevocation(request, FakeContext())
+        if self.tamper:
+            reply.payload = b64url(b'{"certificate":"AAAA"}')
+        return reply
+
+
+def revocation_payload(reason: int | None) -> bytes:
+    document: dict[str, Any] = {"certificate": b64url(OURS)}
+    if reason is not None:
+        document["reason"] = reason
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def test_netproc_sends_keyprocs_signature_of_the_same_payload() -> None:
+    stub = KeyprocStub(service(keyproc_settings(revoke_reason=None)))
+    signer = RemoteRevocationSigner(stub, OURS, None)  # type: ignore[arg-type]
+    jws = signer.sign(URL, NONCE, None, revocation_payload(None))
+    assert jws["payload"] == b64url(revocation_payload(None))
+    (request,) = stub.requests
+    assert not request.HasField("reason")
+    assert (request.url, request.nonce, request.certificate_der) == (URL, NONCE, OURS)
+
+
+def test_netproc_refuses_a_signature_of_another_payload() -> None:
+    stub = KeyprocStub(service(), tamper=True)
+    signer = RemoteRevocationSigner(stub, OURS, SUPERSEDED)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="keyproc signed another revocation"):
+        signer.sign(URL, NONCE, None, revocation_payload(SUPERSEDED))
+    # Nor does it ask keyproc for anything but a revocation with its JWK.
+    with pytest.raises(InputError, match="signs only the revocation"):
+        signer.sign(URL, NONCE, "https://ca.test/acct/1", revocation_payload(SUPERSEDED))

@@ -2,13 +2,15 @@
 
 Holds: nothing on disk but the CA trust anchors (read once, at start).
 Network: yes, HTTPS to the CA only, to addresses that dnsproc gives it.
-Serves nothing; calls acctproc (signatures), keyproc (CSR), dnsproc
+Serves nothing; calls acctproc (signatures), keyproc (CSR; with
+--revoke-with domain-key, the revocation signed with the domain key), dnsproc
 (addresses), chngproc (challenge files), revokeproc (is a certificate due?)
 and certproc (check and install).  It never sees a private key: an attacker
 who owns it can ask acctproc only for the signatures acctproc's own policy
 allows for this run (this run's names, the CA's origin, no key change or
-revocation unless asked), and can hand certproc a chain, which certproc
-checks against keyproc's key and names.  An external account binding is
+revocation unless asked), keyproc only for the revocation of a certificate
+of its key in a run that revokes with it, and can hand certproc a chain,
+which certproc checks against keyproc's key and names.  An external account binding is
 acctproc's: netproc asks for "a new account with the binding" and never
 sees its HMAC key; a profile (--profile) is checked against the CA's
 directory before any order.  With --preferred-chain it picks, among the
