@@ -10,7 +10,7 @@ import grpc
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from letskencrypt import cli, keys
 from letskencrypt.acme import AcmeError
@@ -141,7 +141,13 @@ def test_an_rsa_domain_key_signs_rs256() -> None:
     assert json.loads(b64url_decode(reply.protected))["alg"] == "RS256"
 
 
+ED25519_LEAF = certfactory.make_cert(
+    "leaf", "intermediate", ed25519.Ed25519PrivateKey.generate().public_key(),  # type: ignore[arg-type]
+    certfactory.INTERMEDIATE_KEY, ca=False, names=NAMES,
+).public_bytes(serialization.Encoding.DER)  # fmt: skip
+
 REFUSALS = {
+    "ed25519-certificate": ({"certificate_der": ED25519_LEAF}, "not a DER certificate of an RSA"),
     "another-keys-certificate": ({"certificate_der": THEIRS}, "is not for the domain key"),
     "not-a-certificate": ({"certificate_der": b"\x30\x03junk"}, "not a DER certificate"),
     "no-certificate": ({"certificate_der": b""}, "empty or larger than"),

@@ -37,6 +37,7 @@ import threading
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from letskencrypt import keyfiles, keys, process, rpc
@@ -126,7 +127,7 @@ class RevocationPolicy:
         try:
             certificate = x509.load_der_x509_certificate(der)
             spki = keys.public_key_der(certificate.public_key())
-        except (ValueError, TypeError, x509.InvalidVersion):
+        except (ValueError, TypeError, InputError, UnsupportedAlgorithm, x509.InvalidVersion):
             raise Refused("the certificate is not a DER certificate of an RSA or EC key") from None
         if certificate.public_bytes(serialization.Encoding.DER) != der:
             raise Refused("the certificate is not in canonical DER")
