@@ -32,6 +32,10 @@ from letskencrypt.constants import (
     EXIT_FAILED,
     EXIT_NOTHING_TO_DO,
     MAX_CA_BUNDLE,
+    REVOCATION_REASONS,
+    REVOKE_WITH,
+    REVOKE_WITH_ACCOUNT,
+    REVOKE_WITH_DOMAIN_KEY,
     SUBSCRIBER_REVOCATION_REASONS,
     default_audit_log,
 )
@@ -160,8 +164,14 @@ def build_parser() -> Parser:
     add("--rotate-domain-key", action="store_true",
         help="replace the domain key with a new one (of --key-type) and renew; the old key "
         "is kept as KEY.old-TIME once the new certificate is installed")
-    add("--revoke-reason", choices=sorted(SUBSCRIBER_REVOCATION_REASONS), metavar="REASON",
-        help="revocation reason: " + ", ".join(sorted(SUBSCRIBER_REVOCATION_REASONS)))
+    add("--revoke-reason", choices=list(REVOCATION_REASONS), metavar="REASON",
+        help="with -r: the RFC 5280 reason the revocation gives: "
+        + ", ".join(REVOCATION_REASONS) + " (the CA may refuse some; Let's Encrypt takes "
+        + ", ".join(SUBSCRIBER_REVOCATION_REASONS) + ")")
+    add("--revoke-with", choices=REVOKE_WITH, metavar="KEY",
+        help=f"with -r: sign the revocation with the {REVOKE_WITH_ACCOUNT} key (default) or "
+        f"the {REVOKE_WITH_DOMAIN_KEY}, for when the account key is lost or compromised "
+        "(no account is used)")
     add("--daemon", action="store_true",
         help="keep running: check on a schedule and renew when due (exit 0 on SIGTERM)")
     add("--interval", type=float, default=DEFAULT_INTERVAL, metavar="SECONDS",
@@ -250,6 +260,24 @@ def check_profile(profile: str | None) -> str | None:
             "'.', '_' and '-' (at most 64)"
         )
     return profile
+
+
+def check_revoke_with(args: argparse.Namespace) -> bool:
+    """Whether the revocation is signed with the domain key (--revoke-with)."""
+    if args.revoke_with is None:
+        return False
+    if not args.revoke:
+        raise InputError("--revoke-with goes with -r")
+    # -n is let be (a configuration file's runs may always give it): no
+    # account key is read, nor made.
+    return args.revoke_with == REVOKE_WITH_DOMAIN_KEY
+
+
+def origin_text(url: str) -> str:
+    """"https://host:port" of an https URL (checked by check_directory_url)."""
+    scheme, host, port = origin(url)
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}"
 
 
 def check_directory_url(args: argparse.Namespace) -> str:
@@ -649,6 +677,7 @@ def role_settings(
         raise InputError(f"at most {MAX_CONTACTS} contacts")
     if args.revoke_reason and not args.revoke:
         raise InputError("--revoke-reason goes with -r")
+    with_domain_key = check_revoke_with(args)
     rotate = args.rotate_domain_key
     if rotate and args.revoke:
         raise InputError("--rotate-domain-key does not go with -r (revoke first, then rotate)")
@@ -689,7 +718,8 @@ def role_settings(
             contact=contacts,
             names=names,
             revoke=args.revoke,
-            revoke_reason=SUBSCRIBER_REVOCATION_REASONS.get(args.revoke_reason or ""),
+            revoke_reason=REVOCATION_REASONS.get(args.revoke_reason or ""),
+            revoke_with_domain_key=with_domain_key,
             daemon=daemon,
             poll_timeout=check_poll_timeout(args.poll_timeout),
             external_account_binding=eab_kid is not None,
@@ -698,9 +728,9 @@ def role_settings(
         ),
         "acctproc": AcctprocSettings(
             key_path=account_key,
-            create=args.new_account_key,
+            create=args.new_account_key and not with_domain_key,
             key_type=account_key_type,
-            require_key_type=account_key_type_given,
+            require_key_type=account_key_type_given and not with_domain_key,
             directory_url=directory_url,
             operation=operation,
             names=names,
@@ -709,6 +739,7 @@ def role_settings(
             eab_kid=eab_kid,
             eab_hmac_key=eab_hmac_key,
             profile=profile,
+            idle=with_domain_key,
             strict=strict,
         ),
         "keyproc": KeyprocSettings(
@@ -720,6 +751,9 @@ def role_settings(
             operation=operation,
             rotate=rotate,
             key_compromised=args.revoke and args.revoke_reason == "keyCompromise",
+            revoke_with_domain_key=with_domain_key,
+            ca_origin=origin_text(directory_url) if with_domain_key else None,
+            revoke_reason=REVOCATION_REASONS.get(args.revoke_reason or ""),
             strict=strict,
         ),
         "dnsproc": DnsprocSettings(strict=strict),

@@ -57,6 +57,9 @@ class NetprocSettings(RoleSettings):
     names: tuple[str, ...]
     revoke: bool = False
     revoke_reason: int | None = None
+    # -r --revoke-with domain-key: keyproc signs the revokeCert (RFC 8555
+    # 7.6, the JWK embedded); no account is looked up, acctproc is not asked.
+    revoke_with_domain_key: bool = False
     daemon: Schedule | None = None
     poll_timeout: float = DEFAULT_POLL_TIMEOUT
     ready_timeout: float = DEFAULT_READY_TIMEOUT
@@ -87,9 +90,15 @@ class AcctprocSettings(RoleSettings):
     eab_hmac_key: str | None = None
     # The only profile a newOrder may ask for (None: none at all).
     profile: str | None = None
+    # A revocation with the domain key needs no account: acctproc reads no
+    # key (it may be lost: that may be why), opens no audit log, and refuses
+    # every request.
+    idle: bool = False
 
     def __post_init__(self) -> None:
         check_operation(self.operation, ACCOUNT_OPERATIONS)
+        if self.idle and self.operation != "revoke":
+            raise InputError("settings: AcctprocSettings.idle goes with a revoke run only")
         if (self.eab_kid is None) != (self.eab_hmac_key is None):
             raise InputError("settings: eab_kid and eab_hmac_key go together")
 
@@ -110,9 +119,20 @@ class KeyprocSettings(RoleSettings):
     rotate: bool = False
     # -r --revoke-reason keyCompromise: record the key as compromised.
     key_compromised: bool = False
+    # -r --revoke-with domain-key: keyproc signs the revokeCert itself, for a
+    # certificate of its key, to the CA's origin ("https://host:port"), with
+    # the run's reason (None: the request names none).
+    revoke_with_domain_key: bool = False
+    ca_origin: str | None = None
+    revoke_reason: int | None = None
 
     def __post_init__(self) -> None:
         check_operation(self.operation)
+        if self.revoke_with_domain_key and (self.operation != "revoke" or not self.ca_origin):
+            raise InputError(
+                "settings: KeyprocSettings.revoke_with_domain_key goes with a revoke run "
+                "and the CA's origin"
+            )
         if self.rotate and self.operation != "issue":
             raise InputError("settings: KeyprocSettings.rotate goes with an issue run only")
         if self.key_compromised and self.operation != "revoke":

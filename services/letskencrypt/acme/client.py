@@ -27,6 +27,7 @@ from letskencrypt.acme.messages import (
     ALREADY_REVOKED,
     AUTHZ_FAILED,
     BAD_NONCE,
+    BAD_REVOCATION_REASON,
     JSON,
     PEM_CHAIN,
     RATE_LIMITED,
@@ -47,7 +48,11 @@ from letskencrypt.acme.messages import (
 )
 from letskencrypt.acme.transport import COUNTS, HttpResponse, Transport
 from letskencrypt.b64 import b64url
-from letskencrypt.constants import DEFAULT_POLL_TIMEOUT, REVOCATION_REASON_CODES
+from letskencrypt.constants import (
+    DEFAULT_POLL_TIMEOUT,
+    REVOCATION_REASON_CODES,
+    revocation_reason_name,
+)
 from letskencrypt.errors import CertificateRejected, InputError
 from letskencrypt.validate import safe_text, validate_key_authorization
 
@@ -232,10 +237,13 @@ class AcmeClient:
         expect: str | None = JSON,
         max_body: int | None = None,
         external_account_binding: bool = False,
+        signer: Signer | None = None,
     ) -> HttpResponse:
         """Signed POST (payload None: POST-as-GET) whose answer must be of the
         media type `expect` (None: its body goes unread); with
-        `external_account_binding`, the signer adds its binding (newAccount).
+        `external_account_binding`, the signer adds its binding (newAccount);
+        `signer`, one other than the account's (a revocation with the
+        certificate's key).
 
         Retries badNonce at once, and a busy CA (429, 5xx) within the budget.
         """
@@ -247,7 +255,7 @@ class AcmeClient:
         bad_nonces = busy = 0
         with self._within_budget() as budget:
             while True:
-                jws = self._signer.sign(
+                jws = (signer or self._signer).sign(
                     url, self._take_nonce(), kid, body,
                     external_account_binding=external_account_binding,
                 )  # fmt: skip
@@ -485,9 +493,15 @@ class AcmeClient:
         self._log(f"downloaded a chain of {count} certificate(s)")
         return response
 
-    def revoke(self, cert_der: bytes, reason: int | None = None) -> bool:
+    def revoke(
+        self, cert_der: bytes, reason: int | None = None, certificate_key: Signer | None = None
+    ) -> bool:
         """Revoke the certificate; False if the CA says it was revoked already
-        (RFC 8555 §7.6, alreadyRevoked): the end the caller wanted, too."""
+        (RFC 8555 §7.6, alreadyRevoked): the end the caller wanted, too.
+
+        Signed with the account key (kid), or, given `certificate_key`, by
+        that signer with its JWK embedded (the certificate's own key; no
+        account needed).  The payload is the same either way."""
         revoke_cert = self.directory().revoke_cert
         if revoke_cert is None:
             raise AcmeError("the CA's directory offers no revokeCert")
@@ -496,9 +510,18 @@ class AcmeClient:
             if not isinstance(reason, int) or reason not in REVOCATION_REASON_CODES:
                 raise AcmeError(f"invalid revocation reason {reason!r} (RFC 5280: 0-6, 8-10)")
             payload["reason"] = reason
+        kid = None if certificate_key is not None else self._require_kid()
         try:
-            self.post(revoke_cert, payload, self._require_kid(), expect=None)
+            self.post(revoke_cert, payload, kid, expect=None, signer=certificate_key)
         except AcmeError as error:
+            if error.problem_type == BAD_REVOCATION_REASON:
+                shown = "no reason" if reason is None else revocation_reason_name(reason)
+                raise AcmeError(
+                    f"the CA does not accept the revocation reason {shown} "
+                    f"(badRevocationReason): {error}",
+                    problem_type=error.problem_type,
+                    status=error.status,
+                ) from None
             if error.problem_type != ALREADY_REVOKED:
                 raise
             self._log("the CA says the certificate was revoked already")

@@ -29,6 +29,7 @@ BAD_NONCE = ERROR_PREFIX + "badNonce"
 ACCOUNT_DOES_NOT_EXIST = ERROR_PREFIX + "accountDoesNotExist"
 RATE_LIMITED = ERROR_PREFIX + "rateLimited"
 ALREADY_REVOKED = ERROR_PREFIX + "alreadyRevoked"
+BAD_REVOCATION_REASON = ERROR_PREFIX + "badRevocationReason"
 
 # The media types RFC 8555 gives each kind of answer.
 JSON = "application/json"

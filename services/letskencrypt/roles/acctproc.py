@@ -19,6 +19,10 @@ run's configuration (the key file is read before the sandbox, like the
 account key): netproc only asks for "a newAccount with the binding", and
 never sees the HMAC key.  Every request, signed or refused, is one JSON
 line in the audit log, which netproc cannot reach.
+
+In a revocation with the domain key (--revoke-with domain-key) no account
+is used: acctproc starts (its edge is part of every run) but reads no key,
+which may be lost, opens no audit log, and refuses every request.
 """
 
 import contextlib
@@ -58,7 +62,7 @@ SPEC = RoleSpec(
     settings=AcctprocSettings,
     serves=("acct",),
     calls=("keyacct",),
-    opens=lambda settings: [
+    opens=lambda settings: [] if settings.idle else [
         Grant(os.path.dirname(settings.key_path), Fs.READ_FILE | Fs.MAKE_REG, "account key"),
         Grant(
             os.path.dirname(settings.audit_log or default_audit_log(settings.key_path)),
@@ -811,8 +815,39 @@ class AccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
         )
 
 
+class IdleAccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
+    """A run that revokes with the domain key: no account key, nothing signed."""
+
+    def refuse(self, what: str) -> InputError:
+        refusal = InputError(
+            f"refused to {what}: this run revokes with the domain key and uses no account"
+        )
+        self.log.info(str(refusal))
+        return refusal
+
+    @rpc.guarded
+    def Describe(
+        self, request: account_pb2.DescribeRequest, context: grpc.ServicerContext
+    ) -> account_pb2.DescribeReply:
+        raise self.refuse("describe the account key")
+
+    @rpc.guarded
+    def Sign(
+        self, request: account_pb2.SignRequest, context: grpc.ServicerContext
+    ) -> account_pb2.SignReply:
+        raise self.refuse("sign")
+
+
 def run(config: RoleConfig[AcctprocSettings], log: Logger) -> int:
     settings = config.settings
+    if settings.idle:
+        process.confine(config)
+        rpc.serve_until_stopped(
+            config.run_dir,
+            {"acct": [(account_pb2_grpc.add_AccountServicer_to_server, IdleAccountService(log))]},
+            config.instance,
+        )
+        return 0
     key_path = settings.key_path
     key, created = keys.load_or_create_key(
         key_path, settings.create, settings.key_type, "account key", "-n"

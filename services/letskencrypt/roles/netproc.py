@@ -2,13 +2,15 @@
 
 Holds: nothing on disk but the CA trust anchors (read once, at start).
 Network: yes, HTTPS to the CA only, to addresses that dnsproc gives it.
-Serves nothing; calls acctproc (signatures), keyproc (CSR), dnsproc
+Serves nothing; calls acctproc (signatures), keyproc (CSR; with
+--revoke-with domain-key, the revocation signed with the domain key), dnsproc
 (addresses), chngproc (challenge files), revokeproc (is a certificate due?)
 and certproc (check and install).  It never sees a private key: an attacker
 who owns it can ask acctproc only for the signatures acctproc's own policy
 allows for this run (this run's names, the CA's origin, no key change or
-revocation unless asked), and can hand certproc a chain, which certproc
-checks against keyproc's key and names.  An external account binding is
+revocation unless asked), keyproc only for the revocation of a certificate
+of its key in a run that revokes with it, and can hand certproc a chain,
+which certproc checks against keyproc's key and names.  An external account binding is
 acctproc's: netproc asks for "a new account with the binding" and never
 sees its HMAC key; a profile (--profile) is checked against the CA's
 directory before any order.  It downloads the CA's alternate chains too
@@ -36,6 +38,7 @@ import threading
 import grpc
 
 from letskencrypt import acme, process, rpc
+from letskencrypt.b64 import b64url
 from letskencrypt.constants import (
     EXIT_CHANGED,
     EXIT_FAILED,
@@ -125,6 +128,43 @@ class RemoteSigner:
     def thumbprint(self) -> str:
         reply = rpc.call(self.stub.Describe, account_pb2.DescribeRequest(), peer="acctproc")
         return reply.thumbprint
+
+
+class RemoteRevocationSigner:
+    """acme.Signer of one revokeCert with the domain key, backed by keyproc,
+    which builds the same payload (this certificate, this reason) and the
+    protected header (its JWK embedded) itself."""
+
+    def __init__(
+        self, stub: domainkey_pb2_grpc.DomainKeyStub, certificate_der: bytes, reason: int | None
+    ) -> None:
+        self.stub = stub
+        self.certificate_der = certificate_der
+        self.reason = reason
+
+    def sign(
+        self,
+        url: str,
+        nonce: str,
+        kid: str | None,
+        payload: bytes | None,
+        external_account_binding: bool = False,
+    ) -> dict[str, str]:
+        if kid is not None or payload is None or external_account_binding:
+            raise InputError("the domain key signs only the revocation, its JWK embedded")
+        request = domainkey_pb2.SignRevocationRequest(
+            url=url, nonce=nonce, certificate_der=self.certificate_der, reason=self.reason
+        )
+        reply = rpc.call(
+            self.stub.SignRevocation, request, peer="keyproc", timeout=KEY_DEADLINE
+        )
+        if reply.payload != b64url(payload):
+            raise InputError("keyproc signed another revocation than the one asked for")
+        return {
+            "protected": reply.protected,
+            "payload": reply.payload,
+            "signature": reply.signature,
+        }
 
 
 class RemoteResolver:
@@ -249,13 +289,21 @@ def install_kept(peers: Peers, pem_chain: bytes, log: Logger) -> bool:
 
 
 def revoke(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) -> int:
-    """Revoke the current certificate with the account key, then remove its files."""
+    """Revoke the current certificate with the account key, or (--revoke-with
+    domain-key) with the domain key, then remove its files.  With the domain
+    key no account is looked up: acctproc is not asked for anything."""
     current = rpc.call(peers.renewal.Current, renewal_pb2.CurrentRequest(), peer="revokeproc")
     if not current.certificate_der:
         raise InputError("there is no certificate to revoke")
+    der, reason = current.certificate_der, settings.revoke_reason
     client = connect_ca(peers, settings, ca_pem, log)
-    find_account(client, settings, log)
-    if client.revoke(current.certificate_der, settings.revoke_reason):
+    if settings.revoke_with_domain_key:
+        signer = RemoteRevocationSigner(peers.domain_key, der, reason)
+        revoked = client.revoke(der, reason, certificate_key=signer)
+    else:
+        find_account(client, settings, log)
+        revoked = client.revoke(der, reason)
+    if revoked:
         log.info("certificate revoked")
     else:
         # Not a failure: it is revoked, as asked; its files go all the same.
