@@ -97,11 +97,13 @@ def account_report(value: object) -> dict[str, object] | None:
         return None
     if not isinstance(contact, list) or not all(isinstance(c, str) for c in contact):
         return None
-    if not isinstance(status, str):
+    if not isinstance(status, str) or not status:
         return None
     return {
         "url": safe_text(url, MAX_ACCOUNT_URL),
-        "contact": [safe_text(c, MAX_ACCOUNT_CONTACT) for c in contact[:MAX_ACCOUNT_CONTACTS]],
+        "contact": [safe_text(c, MAX_ACCOUNT_CONTACT) for c in contact if c][
+            :MAX_ACCOUNT_CONTACTS
+        ],
         "status": safe_text(status, MAX_ACCOUNT_STATUS),
     }
 
