@@ -86,7 +86,7 @@ HUGE = 4 * 1024 * 1024
 MODULES = (account_pb2, certificate_pb2, challenge_pb2, domainkey_pb2, files_pb2, keyinfo_pb2,
            lifecycle_pb2, renewal_pb2, resolver_pb2)  # fmt: skip
 EXPECTED_METHODS = {
-    "letskencrypt.v1.Account": {"Describe", "Sign"},
+    "letskencrypt.v1.Account": {"Describe", "Sign", "KeyChanged"},
     "letskencrypt.v1.Certificate": {"Submit", "Retire"},
     "letskencrypt.v1.Challenge": {"Publish", "Withdraw"},
     "letskencrypt.v1.DomainKey": {"Csr"},
