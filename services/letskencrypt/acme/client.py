@@ -254,9 +254,11 @@ class AcmeClient:
         bad_nonces = busy = 0
         with self._within_budget() as budget:
             while True:
+                # key_change only when asked: signers that make none need not know it.
                 jws = self._signer.sign(
                     url, self._take_nonce(), kid, body,
-                    external_account_binding=external_account_binding, key_change=key_change,
+                    external_account_binding=external_account_binding,
+                    **({"key_change": True} if key_change else {}),
                 )  # fmt: skip
                 response = self._transport.request(
                     "POST", url, body=_jws_body(jws), headers=headers, max_body=max_body
