@@ -38,7 +38,13 @@ from letskencrypt.roles.acctproc import (
     classify,
 )
 from letskencrypt.roles.keyproc import KeyInfoService
-from letskencrypt.settings import AcctprocSettings, RoleSettings, decode, encode
+from letskencrypt.settings import (
+    AcctprocSettings,
+    NetprocSettings,
+    RoleSettings,
+    decode,
+    encode,
+)
 from letskencrypt.v1 import account_pb2, keyinfo_pb2, keyinfo_pb2_grpc
 
 from tests import certfactory
@@ -1238,6 +1244,41 @@ def test_cli_gives_acctproc_the_run_and_netproc_no_audit_log(tmp_path: Path) -> 
     assert settings_for("-r", "-f", key, *NAMES)["acctproc"].operation == "revoke"
     custom = settings_for("-f", key, "--audit-log", str(tmp_path / "x.log"), *NAMES)
     assert custom["acctproc"].audit_log == str(tmp_path / "x.log")
+
+
+def test_cli_gives_only_acctproc_and_netproc_an_account_operation(tmp_path: Path) -> None:
+    key = str(tmp_path / "acct" / "privkey.pem")
+    new = tmp_path / "new.pem"
+    keys.create_key(str(new), "ecdsa256")
+    rollover = settings_for("-f", key, "--rollover-account-key", str(new), *NAMES)
+    acct, net = rollover["acctproc"], rollover["netproc"]
+    assert isinstance(acct, AcctprocSettings) and isinstance(net, NetprocSettings)
+    assert (acct.operation, acct.new_key_path) == ("rollover", str(new))
+    assert (net.rollover, net.deactivate, net.revoke) == (True, False, False)
+    assert acctproc.SPEC.opens(acct)[-1].path == str(new)
+    for role, own in rollover.items():
+        if role not in ("acctproc", "netproc"):
+            assert str(new) not in json.dumps(encode(own)), role
+            assert getattr(own, "operation", "issue") == "issue", role
+    deactivation = settings_for("-f", key, "--deactivate-account", *NAMES)
+    assert deactivation["acctproc"].operation == "deactivate"
+    assert isinstance(deactivation["netproc"], NetprocSettings)
+    assert deactivation["netproc"].deactivate
+    for argv, message in [
+        (("--rollover-account-key", str(new), "-r"), "does not go with -r"),
+        (("--deactivate-account", "--daemon"), "does not go with --daemon"),
+        (("--deactivate-account", "-n"), "does not go with -n"),
+        (("--rollover-account-key", str(new), "--account-key-type", "rsa2048"),
+         "does not go with --account-key-type"),
+        (("--rollover-account-key", key), "no such file"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            settings_for("-f", key, *argv, *NAMES)
+    with pytest.raises(InputError, match="new_key_path goes with a rollover run"):
+        AcctprocSettings(key_path=key, audit_log="/a", operation="issue", names=tuple(NAMES),
+                         directory_url=DIRECTORY, new_key_path=str(new))  # fmt: skip
+    with pytest.raises(InputError, match="more than one operation"):
+        NetprocSettings(directory_url=DIRECTORY, names=tuple(NAMES), rollover=True, revoke=True)
 
 
 def test_cli_gives_the_eab_key_file_to_acctproc_alone(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ newAccount lookup (onlyReturnExisting) by a key finds its account, with the
 contact and status pebble holds."""
 
 import json
+import os
+import pty
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,13 +228,27 @@ def test_rollover_refusals(tmp_path: Path, pebble: Pebble) -> None:
     assert pebble.request_count() == count
 
 
-def deactivate(server: Pebble, paths: Paths, name: str, *args: str) -> Result:
+def deactivate(
+    server: Pebble, paths: Paths, name: str, *args: str, answer: str | None = None
+) -> Result:
+    """--deactivate-account ARGS, without a terminal, or on a terminal (a
+    pseudo-terminal) where `answer` is typed."""
     argv = [LETSKENCRYPT, "--server", server.directory_url, "--ca-bundle", server.ca_bundle,
             "--trust-anchors", server.trust_anchors, "-C", str(paths.challenge_dir),
             "-c", str(paths.cert_dir), "-f", str(paths.account_key), "-k", str(paths.domain_key),
             "--deactivate-account", *args, name]  # fmt: skip
-    completed = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT,
-                               check=False, stdin=subprocess.DEVNULL)  # fmt: skip
+    if answer is None:
+        completed = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                                   check=False, stdin=subprocess.DEVNULL)  # fmt: skip
+        return Result(completed.returncode, completed.stdout, completed.stderr)
+    controller, terminal = pty.openpty()
+    try:
+        os.write(controller, answer.encode())
+        completed = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                                   check=False, stdin=terminal)  # fmt: skip
+    finally:
+        os.close(terminal)
+        os.close(controller)
     return Result(completed.returncode, completed.stdout, completed.stderr)
 
 
@@ -250,6 +266,26 @@ def test_deactivate_without_a_terminal_sends_nothing(server: Pebble, tmp_path: P
     assert (found.status, found.document["status"]) == (200, "valid")
 
 
+def test_deactivate_asks_on_the_terminal(tmp_path: Path, pebble: Pebble) -> None:
+    paths = paths_for(tmp_path, pebble)
+    name = "asked.example.org"
+    issue(pebble, paths, name)
+    count = pebble.request_count()
+    prompt = (
+        f"letskencrypt: deactivate the account of {paths.account_key} at "
+        f"{pebble.directory_url}? Its key can no longer be used with that CA, and that cannot "
+        "be undone. Type yes to go on: "
+    )
+    no = deactivate(pebble, paths, name, answer="y\n")
+    assert (no.code, no.stderr) == (1, f"{prompt}letskencrypt: --deactivate-account: not "
+                                       "confirmed; nothing was sent\n")  # fmt: skip
+    assert pebble.request_count() == count
+    yes = deactivate(pebble, paths, name, answer="yes\n")
+    assert yes.code == 0, yes.stderr
+    assert yes.stderr.startswith(prompt) and yes.stderr.endswith("its account is deactivated\n")
+    assert lookup(pebble, paths.account_key).status == 403
+
+
 def test_deactivate_with_force_then_the_key_is_refused(server: Pebble, tmp_path: Path) -> None:
     paths = paths_for(tmp_path, server)
     name = f"deactivate-{server.generation}.example.org"
@@ -264,7 +300,7 @@ def test_deactivate_with_force_then_the_key_is_refused(server: Pebble, tmp_path:
     )
     assert audit(paths)[-2:] == [("newAccount", "signed"), ("deactivate", "signed")]
     found = lookup(server, paths.account_key)
-    assert found.status in (401, 403), found
+    assert found.status == 403, found
     # A later run with that key fails in one line, whatever it asks.
     refused = ("letskencrypt: netproc: HTTP 403: unauthorized: An account with the provided "
                "public key exists but is deactivated")
