@@ -1,7 +1,8 @@
 """End to end, native mode: the account's lifecycle against pebble 2.4 (Debian
-12's) and 2.10 (Debian unstable's): a changed contact reaches the CA, a key
-rollover (RFC 8555 7.3.5) then an issue with the new key, a deactivation
-(7.3.6) with -F and without a terminal, and the account in `status`.
+12's) and 2.10 (Debian unstable's): a key rollover (RFC 8555 7.3.5) then an
+issue with the new key, a deactivation (7.3.6) with -F, on a terminal and
+without one, and the account in `status`.  (A changed contact reaching the
+CA is test_interop_matrix.py's cell.)
 
 What the CA knows is asked of the CA itself, with the test's own JWS: a
 newAccount lookup (onlyReturnExisting) by a key finds its account, with the
@@ -98,22 +99,6 @@ def new_key(path: Path, key_type: str = "ecdsa384") -> Path:
 def audit(paths: Paths) -> list[tuple[str, str]]:
     log = paths.account_key.parent / "audit.log"
     return [(e["kind"], e["decision"]) for e in map(json.loads, log.read_text().splitlines())]
-
-
-def test_a_changed_contact_reaches_the_ca(server: Pebble, tmp_path: Path) -> None:
-    paths = paths_for(tmp_path, server)
-    name = f"contact-{server.generation}.example.org"
-    issue(server, paths, name, "--contact", "mailto:first@example.org")
-    first = lookup(server, paths.account_key)
-    assert first.status == 200 and first.document["contact"] == ["mailto:first@example.org"]
-    again = run_client(server, paths, "-F", "-v", "--contact", "mailto:second@example.org",
-                       "--contact", "mailto:third@example.org", name)  # fmt: skip
-    assert again.code == 0, again.stderr
-    assert (f"account {first.url}: contact set to mailto:second@example.org, "
-            "mailto:third@example.org") in again.stderr  # fmt: skip
-    second = lookup(server, paths.account_key)
-    assert (second.url, second.document["contact"]) == (
-        first.url, ["mailto:second@example.org", "mailto:third@example.org"])
 
 
 def test_key_rollover_then_issue_with_the_new_key(server: Pebble, tmp_path: Path) -> None:
