@@ -86,7 +86,7 @@ HUGE = 4 * 1024 * 1024
 MODULES = (account_pb2, certificate_pb2, challenge_pb2, domainkey_pb2, files_pb2, keyinfo_pb2,
            lifecycle_pb2, renewal_pb2, resolver_pb2)  # fmt: skip
 EXPECTED_METHODS = {
-    "letskencrypt.v1.Account": {"Describe", "Sign"},
+    "letskencrypt.v1.Account": {"Describe", "Sign", "KeyChanged"},
     "letskencrypt.v1.Certificate": {"Submit", "Retire"},
     "letskencrypt.v1.Challenge": {"Publish", "Withdraw"},
     "letskencrypt.v1.DomainKey": {"Csr", "SignRevocation"},
@@ -687,6 +687,29 @@ case("acct-key-change-in-issue-run")(
                       json.dumps({"account": KID,
                                   "oldKey": keys.jwk(account_key(p).public_key())}).encode())
     ).encode(), url="https://ca.test/kc", kind="keyChange"))
+@case("acct-asked-key-change-in-issue-run")
+def _asked_key_change(pod: Pod) -> None:
+    """The key change acctproc builds itself (key_change), and netproc's word
+    that the CA accepted one: neither in a run that is no key rollover."""
+    before = audit_entries(pod)
+    stub = account_pb2_grpc.AccountStub(pod.channel("acct", "run"))
+    asked = account_pb2.SignRequest(url="https://ca.test/kc", nonce=NONCE, kid=KID,
+                                    key_change=True)  # fmt: skip
+    refused(pod, lambda: stub.Sign(asked, timeout=TIMEOUT), "not part of this run")
+    changed = account_pb2.KeyChangedRequest(account_url=KID)
+    refused(pod, lambda: stub.KeyChanged(changed, timeout=TIMEOUT), "no key change was signed")
+    after = audit_entries(pod)
+    assert after[: len(before)] == before
+    assert [(e["kind"], e["decision"]) for e in after[len(before):]] == [
+        ("keyChange", "refused"), ("keyChanged", "refused")]
+    # acctproc still signs with the run's own key.
+    reply = stub.Describe(account_pb2.DescribeRequest(), timeout=TIMEOUT)
+    assert reply.thumbprint == keys.thumbprint(account_key(pod).public_key())
+
+
+_asked_key_change.refuses_a_signature = True  # type: ignore[attr-defined]
+
+
 case("acct-deactivate-in-issue-run")(
     _acct_refuses("not part of this run", lambda p: b'{"status": "deactivated"}', url=KID,
                   kind="deactivate"))

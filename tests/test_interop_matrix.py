@@ -15,6 +15,8 @@ can be read in one place:
 | EAB required / right / wrong key       | yes | yes  | test_e2e_eab_profiles.py           |
 | each profile pebble offers             | no profiles: refused | yes | test_e2e_eab_profiles.py |
 | preferred chain (alternate roots)      | yes | yes  | test_e2e_chains.py                 |
+| key rollover, then issue with new key  | yes | yes  | test_e2e_account.py                |
+| deactivate (-F / terminal / refused)   | yes | yes  | test_e2e_account.py                |
 """
 
 import shutil

@@ -68,6 +68,15 @@ class NetprocSettings(RoleSettings):
     external_account_binding: bool = False
     # The certificate profile to order (--profile), checked against the directory.
     profile: str | None = None
+    # The account's own operations (--rollover-account-key,
+    # --deactivate-account): no order, no revocation.
+    rollover: bool = False
+    deactivate: bool = False
+
+    def __post_init__(self) -> None:
+        account = self.rollover or self.deactivate
+        if account and (self.revoke or self.daemon is not None or self.rollover == self.deactivate):
+            raise InputError("settings: NetprocSettings asks for more than one operation")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +103,8 @@ class AcctprocSettings(RoleSettings):
     # key (it may be lost: that may be why), opens no audit log, and refuses
     # every request.
     idle: bool = False
+    # A rollover run (--rollover-account-key): the new key, read before the sandbox.
+    new_key_path: str | None = None
 
     def __post_init__(self) -> None:
         check_operation(self.operation, ACCOUNT_OPERATIONS)
@@ -101,6 +112,8 @@ class AcctprocSettings(RoleSettings):
             raise InputError("settings: AcctprocSettings.idle goes with a revoke run only")
         if (self.eab_kid is None) != (self.eab_hmac_key is None):
             raise InputError("settings: eab_kid and eab_hmac_key go together")
+        if (self.new_key_path is not None) != (self.operation == "rollover"):
+            raise InputError("settings: new_key_path goes with a rollover run, and only there")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -95,11 +95,14 @@ class Signer(Protocol):
         kid: str | None,
         payload: bytes | None,
         external_account_binding: bool = False,
+        key_change: bool = False,
     ) -> dict[str, str]:
         """Flattened JWS {protected,payload,signature}; kid None => the signer embeds
         its JWK (newAccount); payload None => POST-as-GET (empty payload);
         external_account_binding => the signer adds its external account
-        binding to the (newAccount) payload, which it alone can build."""
+        binding to the (newAccount) payload, which it alone can build;
+        key_change => the payload (empty here) is the signer's own key change
+        (RFC 8555 7.3.5), whose inner JWS only it can sign."""
         ...
 
 
@@ -176,8 +179,9 @@ class AcmeClient:
         self._budget: _Budget | None = None  # the running operation's
         self._directory: Directory | None = None
         self._nonce: str | None = None
-        # The account's contact as the CA last showed it (see Account).
+        # The account's contact and status as the CA last showed them (see Account).
         self.account_contact: tuple[str, ...] | None = None
+        self.account_status: str | None = None
 
     @contextlib.contextmanager
     def _within_budget(self) -> Iterator[_Budget]:
@@ -238,6 +242,7 @@ class AcmeClient:
         max_body: int | None = None,
         external_account_binding: bool = False,
         signer: Signer | None = None,
+        key_change: bool = False,
     ) -> HttpResponse:
         """Signed POST (payload None: POST-as-GET) whose answer must be of the
         media type `expect` (None: its body goes unread); with
@@ -249,15 +254,19 @@ class AcmeClient:
         """
         url = self._check(url, "request")
         body = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        if key_change:
+            body = b""
         headers = {"Content-Type": "application/jose+json"}
         if expect == PEM_CHAIN:
             headers["Accept"] = PEM_CHAIN
         bad_nonces = busy = 0
         with self._within_budget() as budget:
             while True:
+                # key_change only when asked: signers that make none need not know it.
                 jws = (signer or self._signer).sign(
                     url, self._take_nonce(), kid, body,
                     external_account_binding=external_account_binding,
+                    **({"key_change": True} if key_change else {}),
                 )  # fmt: skip
                 response = self._transport.request(
                     "POST", url, body=_jws_body(jws), headers=headers, max_body=max_body
@@ -336,6 +345,7 @@ class AcmeClient:
         account = Account.from_json(kid, json_object(response.body, "account"))
         self.kid = account.url
         self.account_contact = account.contact
+        self.account_status = account.status
         if not created:
             self._log(f"account {kid} found")
         elif directory.terms_of_service:
@@ -358,6 +368,30 @@ class AcmeClient:
         account = Account.from_json(kid, json_object(response.body, "account"))
         self.account_contact = account.contact
         self._log(f"account {kid}: contact set to {', '.join(contact)}")
+
+    def change_key(self) -> None:
+        """Roll the account over to the signer's new key (RFC 8555 7.3.5): the
+        signer builds the key change, inner JWS and all; the CA's 200 is all
+        that is read."""
+        kid = self._require_kid()
+        url = self.directory().key_change
+        if url is None:
+            raise AcmeError("the CA's directory offers no keyChange")
+        self.post(url, None, kid, expect=None, key_change=True)
+        self._log(f"account {kid}: the CA changed its key")
+
+    def deactivate(self) -> None:
+        """Deactivate the account (RFC 8555 7.3.6): POST {"status": "deactivated"}
+        to its URL; the CA must answer with the account so deactivated."""
+        kid = self._require_kid()
+        response = self.post(kid, {"status": "deactivated"}, kid)
+        document = json_object(response.body, "account")
+        status = document.get("status")
+        if status != "deactivated":
+            shown = safe_text(status, 40) if isinstance(status, str) else "no status"
+            raise AcmeError(f"account {kid}: the CA answered the deactivation with {shown}")
+        self.account_status = "deactivated"
+        self._log(f"account {kid} deactivated")
 
     # -- orders and authorizations --
 

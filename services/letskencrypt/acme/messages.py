@@ -405,6 +405,8 @@ class Directory:
     # The names of meta.profiles (draft-ietf-acme-profiles), in the CA's
     # order; None when the directory has no meta.profiles object.
     profiles: tuple[str, ...] | None = None
+    # keyChange (RFC 8555 7.3.5), if the CA offers it.
+    key_change: str | None = None
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any], base: str) -> Self:
@@ -419,6 +421,7 @@ class Directory:
             return check_url(document.get(key), base, f"directory {key}")
 
         revoke = document.get("revokeCert")
+        key_change = document.get("keyChange")
         terms = None
         meta = document.get("meta")
         if not isinstance(meta, dict):
@@ -433,6 +436,7 @@ class Directory:
             terms_of_service=terms,
             external_account_required=meta.get("externalAccountRequired") is True,
             profiles=_profile_names(meta.get("profiles")),
+            key_change=None if key_change is None else url("keyChange"),
         )
 
 
@@ -462,6 +466,8 @@ class Account:
     # Its contact URIs as the CA shows them (none when it shows none); None
     # when what it shows is not a short list of strings.
     contact: tuple[str, ...] | None = ()
+    # "valid": what the CA said, or nothing.
+    status: str = "valid"
 
     @classmethod
     def from_json(cls, url: str, document: Mapping[str, Any]) -> Self:

@@ -18,6 +18,15 @@ directory before any order.  It downloads the CA's alternate chains too
 certproc, which verifies each and picks (--preferred-chain): netproc has
 no say in which chain is installed.
 
+A key rollover run (--rollover-account-key) finds the account, has acctproc
+sign the key change (acctproc builds it: netproc holds neither key), posts
+it, tells acctproc the CA accepted it, and checks that the CA now finds the
+same account by the new key.  A deactivation run (--deactivate-account)
+finds the account and posts {"status": "deactivated"} to it.  Neither
+registers an account or orders anything.  Every run that reached the
+account reports it (URL, contact, status as the CA showed them) to the
+supervisor on the counts line, under "account".
+
 Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
 2 nothing to do, and then no request at all reached the CA.  In daemon mode
 it checks on a schedule (interval plus random jitter), backs off after a
@@ -109,6 +118,7 @@ class RemoteSigner:
         kid: str | None,
         payload: bytes | None,
         external_account_binding: bool = False,
+        key_change: bool = False,
     ) -> dict[str, str]:
         request = account_pb2.SignRequest(
             url=url,
@@ -117,6 +127,7 @@ class RemoteSigner:
             payload=payload or b"",
             post_as_get=payload is None,
             external_account_binding=external_account_binding,
+            key_change=key_change,
         )
         reply = rpc.call(self.stub.Sign, request, peer="acctproc", timeout=KEY_DEADLINE)
         return {
@@ -128,6 +139,11 @@ class RemoteSigner:
     def thumbprint(self) -> str:
         reply = rpc.call(self.stub.Describe, account_pb2.DescribeRequest(), peer="acctproc")
         return reply.thumbprint
+
+    def key_changed(self, account_url: str) -> None:
+        """Tell acctproc the CA accepted its key change: it signs with the new key."""
+        request = account_pb2.KeyChangedRequest(account_url=account_url)
+        rpc.call(self.stub.KeyChanged, request, peer="acctproc")
 
 
 class RemoteRevocationSigner:
@@ -252,6 +268,7 @@ def obtain(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) 
     client = connect_ca(peers, settings, ca_pem, log)
     check_profile(client.directory(), settings.profile)
     find_account(client, settings, log)
+    note_account(client)
     chains = client.issue(
         list(settings.names),
         csr_provider=peers.csr,
@@ -302,6 +319,7 @@ def revoke(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) 
         revoked = client.revoke(der, reason, certificate_key=signer)
     else:
         find_account(client, settings, log)
+        note_account(client)
         revoked = client.revoke(der, reason)
     if revoked:
         log.info("certificate revoked")
@@ -310,6 +328,52 @@ def revoke(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) 
         log.notice("the certificate was revoked already (the CA says alreadyRevoked)")
     rpc.call(peers.certificate.Retire, certificate_pb2.RetireRequest(), peer="certproc")
     return EXIT_CHANGED
+
+
+def existing_account(client: acme.AcmeClient) -> str:
+    """The account of the key acctproc signs with, which must exist: an
+    account operation registers none."""
+    kid = client.account([], create=False)
+    note_account(client)
+    return kid
+
+
+def rollover(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) -> int:
+    """Change the account's key to acctproc's new key (RFC 8555 7.3.5)."""
+    client = connect_ca(peers, settings, ca_pem, log)
+    kid = existing_account(client)
+    client.change_key()
+    peers.signer.key_changed(kid)
+    # The new key finds the same account, and the old one is done with.
+    found = client.account([], create=False)
+    note_account(client)
+    if found != kid:
+        raise InputError(f"after the key change the CA finds the account {found}, not {kid}")
+    log.notice(f"account {kid}: key changed")
+    return EXIT_CHANGED
+
+
+def deactivate(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) -> int:
+    """Deactivate the account (RFC 8555 7.3.6); the CA will refuse its key from now on."""
+    client = connect_ca(peers, settings, ca_pem, log)
+    kid = existing_account(client)
+    client.deactivate()
+    note_account(client)
+    log.notice(f"account {kid} deactivated")
+    return EXIT_CHANGED
+
+
+# The account as the CA last showed it in this run (the counts line's "account").
+ACCOUNT: dict[str, object] = {}
+
+
+def note_account(client: acme.AcmeClient) -> None:
+    if client.kid is not None:
+        ACCOUNT.update(
+            url=client.kid,
+            contact=list(client.account_contact or ()),
+            status=client.account_status or "valid",
+        )
 
 
 def check_profile(directory: acme.Directory, profile: str | None) -> None:
@@ -433,6 +497,10 @@ def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
         rpc.wait_ready(peers.channels, settings.ready_timeout)
         if settings.revoke:
             code = revoke(peers, settings, ca_pem, log)
+        elif settings.rollover:
+            code = rollover(peers, settings, ca_pem, log)
+        elif settings.deactivate:
+            code = deactivate(peers, settings, ca_pem, log)
         elif settings.daemon:
             code = keep_renewing(peers, settings, settings.daemon, ca_pem, log)
         else:
@@ -443,7 +511,11 @@ def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
         peers.stop_all(failed=code == EXIT_FAILED)
         if config.supervised:
             # For the run's metrics; the supervisor's relay takes this line, it is not shown.
-            counts = {"requests": acme.COUNTS.requests, "orders": acme.COUNTS.orders}
+            counts: dict[str, object] = {
+                "requests": acme.COUNTS.requests, "orders": acme.COUNTS.orders
+            }
+            if ACCOUNT:
+                counts["account"] = ACCOUNT
             sys.stdout.write(f"{COUNTS_MARKER}{json.dumps(counts)}\n")
     return code
 
