@@ -12,15 +12,15 @@ only for URLs on the directory's origin, for the kinds of request this
 run's operation needs (see POLICY), for orders and CSRs naming exactly this
 run's names, each as what it is (RFC 8738: an IP address as an "ip"
 identifier and an iPAddress entry, never in the CSR's subject; a domain
-name as "dns" and a dNSName), for CSRs of the domain key that keyproc holds (learned from
-keyproc, never from netproc), for an account update that sets exactly this
-run's --contact (posted to the account URL), for a newOrder's profile
-only this run's --profile, and never the key itself.  An external account
-binding (RFC 8555 7.3.4) is built here, from the kid and HMAC key of this
-run's configuration (the key file is read before the sandbox, like the
-account key): netproc only asks for "a newAccount with the binding", and
-never sees the HMAC key.  Every request, signed or refused, is one JSON
-line in the audit log, which netproc cannot reach.
+name as "dns" and a dNSName), for CSRs of the domain key that keyproc
+holds (learned from keyproc, never from netproc), for an account update
+that sets exactly this run's --contact (posted to the account URL), for a
+newOrder's profile only this run's --profile, and never the key itself.
+An external account binding (RFC 8555 7.3.4) is built here, from the kid
+and HMAC key of this run's configuration (the key file is read before the
+sandbox, like the account key): netproc only asks for "a newAccount with
+the binding", and never sees the HMAC key.  Every request, signed or
+refused, is one JSON line in the audit log, which netproc cannot reach.
 
 In a revocation with the domain key (--revoke-with domain-key) no account
 is used: acctproc starts (its edge is part of every run) but reads no key,
