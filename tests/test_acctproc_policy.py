@@ -7,6 +7,7 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -152,12 +153,12 @@ def finalize(der: bytes) -> dict[str, str]:
     return {"csr": b64url(der)}
 
 
-def certificate_der(names: list[str]) -> bytes:
+def certificate_der(names: list[str | x509.GeneralName]) -> bytes:
     pki = certfactory.make_pki()
     return pki.leaf(names).public_bytes(serialization.Encoding.DER)
 
 
-def revocation(names: list[str] = NAMES, **extra: Any) -> dict[str, Any]:
+def revocation(names: list[str | x509.GeneralName] = NAMES, **extra: Any) -> dict[str, Any]:
     return {"certificate": b64url(certificate_der(names)), **extra}
 
 
@@ -246,6 +247,86 @@ def test_issue_run_signs(name: str, req: Request, kind: str) -> None:
     assert judge(policy("issue"), req) == kind
 
 
+# --- IP addresses (RFC 8738) --------------------------------------------------------
+
+IP_NAMES = ["a.example.org", "192.0.2.1", "2001:db8::1"]
+
+
+def ip(text: str) -> x509.IPAddress:
+    return x509.IPAddress(ipaddress.ip_address(text))
+
+
+def ip_order(*identifiers: tuple[str, str]) -> dict[str, Any]:
+    return {"identifiers": [{"type": kind, "value": value} for kind, value in identifiers]}
+
+
+def ip_csr(
+    sans: list[x509.GeneralName] | None = None, common_name: str | None = "a.example.org"
+) -> bytes:
+    sans = sans or [x509.DNSName("a.example.org"), ip("192.0.2.1"), ip("2001:db8::1")]
+    subject = [] if common_name is None else [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    return csr([], extra_san=sans, subject=subject)
+
+
+def test_a_run_with_addresses_signs_their_order_and_csr() -> None:
+    p = policy("issue", names=IP_NAMES)
+    identifiers = [("dns", "a.example.org"), ("ip", "192.0.2.1"), ("ip", "2001:db8::1")]
+    assert judge(p, request(ip_order(*identifiers))) == "newOrder"
+    assert judge(p, request(ip_order(*reversed(identifiers)))) == "newOrder"
+    assert judge(p, request(finalize(keys.build_csr(DOMAIN_KEY, IP_NAMES)))) == "finalize"
+    assert judge(p, request(finalize(ip_csr()))) == "finalize"
+    assert judge(p, request(finalize(ip_csr(common_name=None)))) == "finalize"
+    only = policy("issue", names=["::1"])
+    assert judge(only, request(ip_order(("ip", "::1")))) == "newOrder"
+    assert judge(only, request(finalize(keys.build_csr(DOMAIN_KEY, ["::1"])))) == "finalize"
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind", "reason"),
+    [
+        # The type must be the name's: never an address as a DNS name, nor
+        # a domain name as an address.
+        (ip_order(("dns", "a.example.org"), ("dns", "192.0.2.1"), ("ip", "2001:db8::1")),
+         "newOrder", "identifier '192.0.2.1' is an IP address, not of type 'dns'"),
+        (ip_order(("ip", "a.example.org"), ("ip", "192.0.2.1"), ("ip", "2001:db8::1")),
+         "newOrder", "identifier 'a.example.org' is no IP address, not of type 'ip'"),
+        # Addresses as this run writes them, and no other.
+        (ip_order(("dns", "a.example.org"), ("ip", "192.0.2.1"), ("ip", "2001:DB8::1")),
+         "newOrder", "not this run's names"),
+        (ip_order(("dns", "a.example.org"), ("ip", "192.0.2.1"), ("ip", "2001:db8:0::1")),
+         "newOrder", "not this run's names"),
+        (ip_order(("dns", "a.example.org"), ("ip", "192.0.2.1"), ("ip", "::ffff:192.0.2.1")),
+         "newOrder", "not this run's names"),
+        (ip_order(("dns", "a.example.org"), ("ip", "192.0.2.1")),
+         "newOrder", "not this run's names"),
+        (ip_order(("dns", "a.example.org"), ("ip", "192.0.2.1"), ("ip", "2001:db8::1"),
+                  ("ip", "192.0.2.2")), "newOrder", "not this run's names"),
+        (finalize(ip_csr([x509.DNSName("a.example.org"), x509.DNSName("192.0.2.1"),
+                          ip("2001:db8::1")])),
+         "finalize", "csr asks for the IP address '192.0.2.1' as a DNS name"),
+        (finalize(ip_csr([x509.DNSName("a.example.org"), ip("192.0.2.1")])),
+         "finalize", "not this run's names"),
+        (finalize(ip_csr([x509.DNSName("a.example.org"), ip("192.0.2.1"), ip("2001:db8::1"),
+                          ip("192.0.2.2")])), "finalize", "not this run's names"),
+        (finalize(ip_csr(common_name="192.0.2.1")), "finalize",
+         "csr subject names an IP address"),
+    ],
+)
+def test_a_run_with_addresses_refuses(payload: dict[str, Any], kind: str, reason: str) -> None:
+    refused(policy("issue", names=IP_NAMES), request(payload), kind, re.escape(reason))
+
+
+def test_a_revoke_run_with_addresses_signs_only_their_certificate() -> None:
+    p = policy("revoke", names=IP_NAMES)
+    good = [ip("2001:db8::1"), "a.example.org", ip("192.0.2.1")]
+    assert judge(p, request(revocation(good))) == "revokeCert"
+    for bad in (
+        ["a.example.org", "192.0.2.1", ip("2001:db8::1")],  # an address as a dNSName
+        ["a.example.org", ip("192.0.2.1")],
+    ):
+        refused(p, request(revocation(bad)), "revokeCert", "not this run's names")
+
+
 # --- an issue run: what it refuses -------------------------------------------------
 
 BAD_SIGNATURE_CSR = bytearray(csr())
@@ -284,7 +365,10 @@ ISSUE_REFUSALS = [
     ("order-duplicate", request(order(*NAMES, NAMES[0])), "newOrder", "not this run's names"),
     ("order-upper-case", request(order(*(n.upper() for n in NAMES))), "newOrder",
      "not this run's names"),
-    ("order-ip", request(order(*NAMES, "192.0.2.1", kind="ip")), "newOrder", "not dns"),
+    ("order-ip", request(order(*NAMES, "192.0.2.1", kind="ip")), "newOrder",
+     "'a.example.org' is no IP address, not of type 'ip'"),
+    ("order-email", request(order(*NAMES, "me@example.org", kind="email")), "newOrder",
+     "type 'email' is not dns or ip"),
     ("order-extra-identifier-field",
      request({"identifiers": [{"type": "dns", "value": n, "x": 1} for n in NAMES]}),
      "newOrder", "exactly"),
@@ -299,7 +383,10 @@ ISSUE_REFUSALS = [
     ("finalize-subset", request(finalize(csr([NAMES[0]]))), "finalize", "not this run's names"),
     ("finalize-extra-ip",
      request(finalize(csr(extra_san=[x509.IPAddress(ipaddress.ip_address("192.0.2.1"))]))),
-     "finalize", "other than DNS names"),
+     "finalize", "not this run's names"),
+    ("finalize-extra-uri",
+     request(finalize(csr(extra_san=[x509.UniformResourceIdentifier("https://a.example.org/")]))),
+     "finalize", "other than DNS names and IP addresses"),
     ("finalize-account-key", request(finalize(csr(key=ACCOUNT_KEY))), "finalize",
      "account key"),
     # Issue 7: netproc's own key, for exactly this run's names.

@@ -633,8 +633,13 @@ case("acct-new-order-extra-name")(
     _acct_refuses("not this run's names", lambda p: order([*NAMES, *OTHER_NAMES]),
                   kind="newOrder"))
 case("acct-new-order-ip-identifier")(
-    _acct_refuses("not dns", lambda p: json.dumps(
+    _acct_refuses("not this run's names", lambda p: json.dumps(
         {"identifiers": [{"type": "ip", "value": "192.0.2.1"}]}).encode(), kind="newOrder"))
+# Our names, each of the wrong type (RFC 8738): a domain name is no address.
+case("acct-new-order-names-as-ip-identifiers")(
+    _acct_refuses("is no IP address, not of type 'ip'", lambda p: json.dumps(
+        {"identifiers": [{"type": "ip", "value": name} for name in NAMES]}).encode(),
+        kind="newOrder"))
 case("acct-finalize-csr-other-names")(
     _acct_refuses("not this run's names", lambda p: json.dumps(
         {"csr": b64url(csr_der(OTHER_KEY, OTHER_NAMES))}).encode(), kind="finalize"))

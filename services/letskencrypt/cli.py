@@ -70,7 +70,7 @@ from letskencrypt.settings import (
 )
 from letskencrypt.supervisor import RunUser, Supervisor
 from letskencrypt.urls import origin
-from letskencrypt.validate import KEY_TYPES, safe_text, validate_domains
+from letskencrypt.validate import KEY_TYPES, safe_text, validate_names
 
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -215,8 +215,8 @@ def build_parser() -> Parser:
         help="write Prometheus textfile metrics here after the run (replaced atomically)")
     add("--version", action="version", version=f"letskencrypt {version()}")
     add("domains", nargs="*", metavar="domain",
-        help="primary domain, then alternative names; with --config: the domain blocks "
-        "to run (default: all)")
+        help="primary domain, then alternative names (domain names or IP addresses); "
+        "with --config: the domain blocks to run (default: all)")
     return parser
 
 
@@ -790,7 +790,7 @@ def role_settings(
     that needs none) leaves the anchors out of certproc's and revokeproc's.
     `account_type_follows=False` (a configuration file's domain, whose key
     type is its own): the account key's type is only --account-key-type's."""
-    names = tuple(validate_domains(args.domains))
+    names = tuple(validate_names(args.domains))
     directory_url = check_directory_url(args)
     anchor_pem = check_trust_anchors(args, directory_url) if trust_anchors else None
     # What certproc, fileproc and acctproc may do: only what this run is for.

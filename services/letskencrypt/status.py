@@ -26,7 +26,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from letskencrypt import filestore, runstate
-from letskencrypt.certs import cert_dns_names
+from letskencrypt.certs import cert_names
 from letskencrypt.errors import CertificateFileError, CertificateRejected, InputError
 from letskencrypt.keys import key_type_of
 from letskencrypt.renewal import load_certificate_file, renewal_due
@@ -100,7 +100,7 @@ def _read(path: str) -> tuple[x509.Certificate | None, tuple[str, ...], str | No
     why it cannot be used (None if it can)."""
     try:
         cert = load_certificate_file(path)
-        return cert, (tuple(cert_dns_names(cert)) if cert else ()), None
+        return cert, (tuple(cert_names(cert)) if cert else ()), None
     except CertificateFileError as error:
         return None, (), safe_text(str(error), MAX_ERROR)
     except CertificateRejected as error:

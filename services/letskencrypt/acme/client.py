@@ -1,5 +1,7 @@
 """The ACME (RFC 8555) flow: directory, nonces, account, order, authorizations,
 http-01 challenges, finalize, polling with Retry-After, download, revoke.
+Names are domain names ("dns" identifiers) and IP addresses ("ip", RFC 8738);
+each authorization must be for one of the order's, by type and value.
 
 `AcmeClient` holds no private key and reads no CA document itself: requests
 are signed by a `Signer` (acctproc), sent through a `Transport`, and every
@@ -13,6 +15,7 @@ waits back off from 1 s, doubling, to 10 s.
 """
 
 import contextlib
+import ipaddress
 import json
 import math
 import time
@@ -28,6 +31,7 @@ from letskencrypt.acme.messages import (
     AUTHZ_FAILED,
     BAD_NONCE,
     BAD_REVOCATION_REASON,
+    IDENTIFIER_REFUSALS,
     JSON,
     PEM_CHAIN,
     RATE_LIMITED,
@@ -54,7 +58,13 @@ from letskencrypt.constants import (
     revocation_reason_name,
 )
 from letskencrypt.errors import CertificateRejected, InputError
-from letskencrypt.validate import safe_text, validate_key_authorization
+from letskencrypt.validate import (
+    DNS,
+    IP,
+    identifier_type,
+    safe_text,
+    validate_key_authorization,
+)
 
 MAX_CERTIFICATE_BODY = 256 * 1024
 # The default chain and its alternates together (certproc's edge takes them).
@@ -76,6 +86,45 @@ MAX_BACKOFF = 10.0
 def _backoff(attempt: int, first: float) -> float:
     """The `attempt`-th wait (from 1) when the CA gave no Retry-After."""
     return min(first * 2 ** min(attempt - 1, 10), MAX_BACKOFF)
+
+
+def identifier(name: str) -> dict[str, str]:
+    """The ACME identifier of a validated name: "ip" for an address (RFC
+    8738), "dns" for a domain name."""
+    return {"type": identifier_type(name), "value": name}
+
+
+def _ordered(authz: Authorization, names: list[str]) -> bool:
+    """Whether `authz` is for one of `names`, by type and value (RFC 8555
+    7.1.4: a wildcard's authorization names the domain below the "*.", with
+    the flag wildcard)."""
+    kind, value = authz.identifier_type, authz.identifier_value
+    if value is None:
+        return False
+    if kind == IP:
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            return False
+        return any(
+            identifier_type(name) == IP and ipaddress.ip_address(name) == address
+            for name in names
+        )
+    if kind == DNS:
+        wanted = ("*." if authz.wildcard else "") + value.lower()
+        return identifier_type(wanted) == DNS and wanted in names
+    return False
+
+
+def _refuses_addresses(error: AcmeError, names: list[str]) -> bool:
+    """Whether a CA's refusal of a newOrder for `names` is a refusal of IP
+    addresses: of an identifier, with addresses in the order, and with
+    subproblems that blame an address or none that blames a domain name."""
+    if error.problem_type not in IDENTIFIER_REFUSALS:
+        return False
+    if not any(identifier_type(name) == IP for name in names):
+        return False
+    return IP in error.identifier_types or DNS not in error.identifier_types
 
 
 @dataclass(frozen=True)
@@ -396,14 +445,27 @@ class AcmeClient:
     # -- orders and authorizations --
 
     def new_order(self, names: list[str], profile: str | None = None) -> Order:
-        """Order a certificate for `names`, of the CA's `profile` if given."""
+        """Order a certificate for `names` (domain names and IP addresses),
+        of the CA's `profile` if given.
+
+        RFC 8738 gives a CA no way to say in advance that it issues for
+        addresses: one that does not refuses the order, and that refusal is
+        said as such."""
         new_order = self.directory().new_order
-        payload: dict[str, Any] = {
-            "identifiers": [{"type": "dns", "value": name} for name in names]
-        }
+        payload: dict[str, Any] = {"identifiers": [identifier(name) for name in names]}
         if profile is not None:
             payload["profile"] = profile
-        response = self.post(new_order, payload, self._require_kid())
+        try:
+            response = self.post(new_order, payload, self._require_kid())
+        except AcmeError as error:
+            if not _refuses_addresses(error, names):
+                raise
+            raise AcmeError(
+                f"the CA does not issue certificates for IP addresses ({error})",
+                problem_type=error.problem_type,
+                status=error.status,
+                retry_after=error.retry_after,
+            ) from None
         COUNTS.orders += 1
         url = self._location(response, new_order, "order")
         order = Order.from_json(url, json_object(response.body, "order"), self.directory_url)
@@ -596,7 +658,7 @@ class AcmeClient:
                 raise AcmeError(safe_text(f"{order.url} is invalid{reason}", 3000))
             if order.status == "pending":
                 for url in order.authorizations:
-                    self._authorize(url, publish, withdraw, thumbprint)
+                    self._authorize(url, publish, withdraw, thumbprint, names)
             document = self.poll(order.url, {"ready", "valid"}, {"invalid"}, what="order")
             order = Order.from_json(order.url, document, self.directory_url)
             if order.status == "ready":
@@ -611,8 +673,14 @@ class AcmeClient:
         publish: Callable[[str, str], None],
         withdraw: Callable[[str], None],
         thumbprint: str,
+        names: list[str],
     ) -> None:
         authz = self.authorization(url)
+        # Or the CA could have us prove control of a name nobody asked for.
+        if not _ordered(authz, names):
+            raise AcmeError(
+                f"CA sent an authorization for {authz.identifier}, which the order did not ask for"
+            )
         if authz.status == "valid":
             self._log(f"{authz.identifier}: already authorized")
             return

@@ -10,15 +10,17 @@ acctproc never sees the CA's directory, so it judges each request by its
 payload (RFC 8555): a netproc under an attacker's control gets signatures
 only for URLs on the directory's origin, for the kinds of request this
 run's operation needs (see POLICY), for orders and CSRs naming exactly this
-run's names, for CSRs of the domain key that keyproc holds (learned from
-keyproc, never from netproc), for an account update that sets exactly this
-run's --contact (posted to the account URL), for a newOrder's profile
-only this run's --profile, and never the key itself.  An external account
-binding (RFC 8555 7.3.4) is built here, from the kid and HMAC key of this
-run's configuration (the key file is read before the sandbox, like the
-account key): netproc only asks for "a newAccount with the binding", and
-never sees the HMAC key.  Every request, signed or refused, is one JSON
-line in the audit log, which netproc cannot reach.
+run's names, each as what it is (RFC 8738: an IP address as an "ip"
+identifier and an iPAddress entry, never in the CSR's subject; a domain
+name as "dns" and a dNSName), for CSRs of the domain key that keyproc
+holds (learned from keyproc, never from netproc), for an account update
+that sets exactly this run's --contact (posted to the account URL), for a
+newOrder's profile only this run's --profile, and never the key itself.
+An external account binding (RFC 8555 7.3.4) is built here, from the kid
+and HMAC key of this run's configuration (the key file is read before the
+sandbox, like the account key): netproc only asks for "a newAccount with
+the binding", and never sees the HMAC key.  Every request, signed or
+refused, is one JSON line in the audit log, which netproc cannot reach.
 
 In a revocation with the domain key (--revoke-with domain-key) no account
 is used: acctproc starts (its edge is part of every run) but reads no key,
@@ -47,6 +49,7 @@ import dataclasses
 import fcntl
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import stat
@@ -64,6 +67,7 @@ from cryptography.hazmat.primitives import serialization
 
 from letskencrypt import fsutil, keyfiles, keys, process, rpc
 from letskencrypt.b64 import b64url, b64url_decode
+from letskencrypt.certs import san_names
 from letskencrypt.constants import REVOCATION_REASON_CODES, default_audit_log
 from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import InputError, LetskencryptError
@@ -72,7 +76,7 @@ from letskencrypt.settings import ACCOUNT_OPERATIONS, AcctprocSettings
 from letskencrypt.spec import Fs, Grant, RoleSpec
 from letskencrypt.urls import MAX_URL_LENGTH, require_same_origin, well_formed
 from letskencrypt.v1 import account_pb2, account_pb2_grpc, keyinfo_pb2, keyinfo_pb2_grpc
-from letskencrypt.validate import is_nonce, safe_text
+from letskencrypt.validate import DNS, IP, identifier_type, is_nonce, safe_text
 
 # The key is read (or created, -n) and the audit log opened for appending
 # before the sandbox: no path after.
@@ -456,10 +460,15 @@ class RunPolicy:
                 or not isinstance(identifier["value"], str)
             ):
                 raise refuse('each identifier must be exactly {"type", "value"}')
-            if identifier["type"] != "dns":
+            if identifier["type"] not in (DNS, IP):
                 raise refuse(
-                    f"identifier type {safe_text(str(identifier['type']), 20)!r} is not dns"
+                    f"identifier type {safe_text(str(identifier['type']), 20)!r} is not dns or ip"
                 )
+            # RFC 8738: an address is ordered as "ip", a domain name as "dns".
+            if identifier["type"] != identifier_type(identifier["value"]):
+                what = "an IP address" if identifier["type"] == DNS else "no IP address"
+                raise refuse(f"identifier {safe_text(identifier['value'], 100)!r} is {what}, "
+                             f"not of type {identifier['type']!r}")
             values.append(identifier["value"])
         self.check_names(values, "identifiers", refuse)
 
@@ -508,6 +517,8 @@ class RunPolicy:
         for attribute in csr.subject:
             if attribute.oid != x509.NameOID.COMMON_NAME or attribute.value not in self.names:
                 raise refuse("csr subject holds something other than one of this run's names")
+            if identifier_type(str(attribute.value)) == IP:
+                raise refuse("csr subject names an IP address: addresses go in subjectAltName")
         # Last, as it may ask keyproc: the certificate's key must be the one
         # keyproc holds, or a netproc that made its own key would hold the
         # private half of a trusted certificate for our names.
@@ -529,7 +540,7 @@ class RunPolicy:
         try:
             certificate = x509.load_der_x509_certificate(der)
             san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-            names = [name.lower() for name in san.value.get_values_for_type(x509.DNSName)]
+            names = san_names(san.value)
         except x509.ExtensionNotFound:
             raise refuse("certificate has no subjectAltName") from None
         except (ValueError, x509.InvalidVersion, x509.DuplicateExtension,
@@ -699,7 +710,8 @@ def decode_base64url(value: object, limit: int, what: str, refuse: Refuser) -> b
 
 
 def csr_names(csr: x509.CertificateSigningRequest, refuse: Refuser) -> list[str]:
-    """The CSR's DNS names; refused if it asks for anything else."""
+    """The CSR's DNS names and IP addresses (as canonical text); refused if
+    it asks for anything else, or for an address as a DNS name."""
     try:
         extensions = list(csr.extensions)
     except (ValueError, x509.UnsupportedGeneralNameType):
@@ -710,9 +722,18 @@ def csr_names(csr: x509.CertificateSigningRequest, refuse: Refuser) -> list[str]
             raise refuse(f"csr asks for an extension other than subjectAltName "
                          f"({extension.oid.dotted_string})")
         for general_name in extension.value:
-            if not isinstance(general_name, x509.DNSName):
-                raise refuse("csr subjectAltName holds something other than DNS names")
-            names.append(general_name.value)
+            if isinstance(general_name, x509.IPAddress) and isinstance(
+                general_name.value, ipaddress.IPv4Address | ipaddress.IPv6Address
+            ):
+                names.append(str(general_name.value))
+            elif not isinstance(general_name, x509.DNSName):
+                raise refuse("csr subjectAltName holds something other than DNS names "
+                             "and IP addresses")
+            elif identifier_type(general_name.value) == IP:
+                raise refuse(f"csr asks for the IP address {safe_text(general_name.value, 60)!r} "
+                             "as a DNS name")
+            else:
+                names.append(general_name.value)
     return names
 
 
