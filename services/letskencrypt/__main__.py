@@ -7,6 +7,7 @@ import sys
 
 from letskencrypt import interrupts
 from letskencrypt.constants import COMMAND_ENVIRONMENT
+from letskencrypt.linux import PR_SET_NAME, prctl
 
 # Where this package is imported from (the start below must find it again).
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +33,9 @@ def keep_only_our_environment() -> None:
 
 def main() -> None:
     keep_only_our_environment()
+    # Started again as `python -m`, the process (and whatever it forks before
+    # a role names itself) would show as "python" in ps and /proc/PID/comm.
+    prctl(PR_SET_NAME, b"letskencrypt")
     if sys.argv[1:2] == ["sandbox-check"]:
         from letskencrypt import sandbox_check
 
