@@ -28,6 +28,7 @@ BAD_NONCE = ERROR_PREFIX + "badNonce"
 ACCOUNT_DOES_NOT_EXIST = ERROR_PREFIX + "accountDoesNotExist"
 RATE_LIMITED = ERROR_PREFIX + "rateLimited"
 ALREADY_REVOKED = ERROR_PREFIX + "alreadyRevoked"
+ALREADY_REPLACED = ERROR_PREFIX + "alreadyReplaced"
 
 # The media types RFC 8555 gives each kind of answer.
 JSON = "application/json"
@@ -405,6 +406,9 @@ class Directory:
     # The names of meta.profiles (draft-ietf-acme-profiles), in the CA's
     # order; None when the directory has no meta.profiles object.
     profiles: tuple[str, ...] | None = None
+    # renewalInfo (RFC 9773 section 3): where a certificate's suggested
+    # renewal window is; None when the CA offers none.
+    renewal_info: str | None = None
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any], base: str) -> Self:
@@ -419,6 +423,7 @@ class Directory:
             return check_url(document.get(key), base, f"directory {key}")
 
         revoke = document.get("revokeCert")
+        renewal_info = document.get("renewalInfo")
         terms = None
         meta = document.get("meta")
         if not isinstance(meta, dict):
@@ -433,6 +438,7 @@ class Directory:
             terms_of_service=terms,
             external_account_required=meta.get("externalAccountRequired") is True,
             profiles=_profile_names(meta.get("profiles")),
+            renewal_info=None if renewal_info is None else url("renewalInfo"),
         )
 
 
