@@ -25,13 +25,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO
 
+from letskencrypt import ari
 from letskencrypt.roles import ROLES
+from letskencrypt.settings import AriNote
 from letskencrypt.validate import safe_text
 
 LOG_FORMATS = ("text", "json")
 PREFIX = "letskencrypt: "
 # A line that starts so, from a stream added with counts=True, is not shown:
-# it says, as JSON, how many requests and orders its role sent the CA.
+# it says, as JSON, how many requests and orders its role sent the CA, and
+# what it learnt of the CA's renewal information ("ari", see ari.py).
 COUNTS_MARKER = "letskencrypt-counts: "
 MAX_COUNT = 10**9
 
@@ -99,6 +102,8 @@ class Relay:
         self.last_lines: dict[str, str] = {}
         # Summed from the COUNTS_MARKER lines.
         self.counts = {"requests": 0, "orders": 0}
+        # Each stream's (netproc's, a lane's) last ARI note, from those lines.
+        self.ari: dict[str, AriNote] = {}
         self.writing = False
 
     # --- reading the roles ---------------------------------------------------------
@@ -168,7 +173,7 @@ class Relay:
 
     def _line(self, stream: _Stream, raw: bytes) -> None:
         if stream.counts and raw.startswith(COUNTS_MARKER.encode()):
-            self._count(raw[len(COUNTS_MARKER):])
+            self._count(raw[len(COUNTS_MARKER):], stream.role)
             return
         role = stream.role
         used = self.volume.get(role, 0)
@@ -192,10 +197,10 @@ class Relay:
             text = text[len(prefix):]
         self.write(prefix + text)
 
-    def _count(self, raw: bytes) -> None:
+    def _count(self, raw: bytes, role: str) -> None:
         try:
             counts = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         if not isinstance(counts, dict):
             return
@@ -203,9 +208,17 @@ class Relay:
             value = counts.get(name)
             if isinstance(value, int) and 0 <= value <= MAX_COUNT:
                 self.counts[name] = min(self.counts[name] + value, MAX_COUNT)
+        if "ari" in counts:
+            with contextlib.suppress(ari.AriError):
+                self.ari[role] = ari.note_from_json(counts["ari"])
 
     def counts_line(self) -> str:
-        return COUNTS_MARKER + json.dumps(self.counts)
+        """The marker line for the relay above (a lane's): the counts, and
+        the ARI note when one stream gave one."""
+        line: dict[str, object] = dict(self.counts)
+        if len(self.ari) == 1:
+            line["ari"] = ari.note_to_json(next(iter(self.ari.values())))
+        return COUNTS_MARKER + json.dumps(line)
 
     # --- writing ours -----------------------------------------------------------------
 
