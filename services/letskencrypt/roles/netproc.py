@@ -450,10 +450,11 @@ def keep_renewing(
     schedule: Schedule,
     ca_pem: bytes,
     log: Logger,
-    ari_state: AriState,
+    ari_state: AriState | None = None,
 ) -> int:
     """Daemon mode: check, renew when due, wait, until SIGTERM.  The next
     check comes no later than the time picked in the CA's renewal window."""
+    ari_state = ari_state or AriState(settings)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
     failures = 0
