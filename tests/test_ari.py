@@ -5,8 +5,10 @@ the marker line and the run state.  End to end: test_e2e_ari.py."""
 
 import dataclasses
 import json
+import math
 import os
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from letskencrypt import ari, certs, cli, fleet, relay, runstate
+from letskencrypt import ari, certs, cli, fleet, relay, runstate, status
 from letskencrypt.acme import AcmeError
 from letskencrypt.context import Logger
+from letskencrypt.roles import netproc
 from letskencrypt.roles.acctproc import AccountService, AuditLog, RunPolicy
 from letskencrypt.settings import AcctprocSettings, AriNote
 from letskencrypt.v1 import account_pb2
@@ -464,3 +467,40 @@ def test_cli_names_the_installed_certificates_id_for_acctproc(tmp_path: Path) ->
     assert cli.installed_ari_cert_id(str(cert_dir)) == RFC_CERT_ID
     (cert_dir / "cert.pem").write_bytes(b"garbage")
     assert cli.installed_ari_cert_id(str(cert_dir)) is None
+
+
+# --- when the next check comes -------------------------------------------------------
+
+
+def test_a_daemon_wakes_no_later_than_the_picked_time() -> None:
+    soon = time.time() + 100
+    note = AriNote(cert_id=RFC_CERT_ID, start=soon - 10, end=soon + 10, chosen=soon,
+                   retry_until=soon + 3600)  # fmt: skip
+    assert 95 < netproc.until_ari_renewal(note) <= 100
+    assert netproc.until_ari_renewal(None) == math.inf
+    assert netproc.until_ari_renewal(ari.no_ari(datetime.now(UTC))) == math.inf
+    gone = dataclasses.replace(note, start=soon - 1000, end=soon - 500, chosen=soon - 800)
+    assert netproc.until_ari_renewal(gone) == netproc.MIN_ARI_WAIT
+
+
+def test_status_shows_the_ari_window_when_it_comes_first(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    cert_dir = tmp_path / "certs"
+    cert_dir.mkdir()
+    leaf = leaf_with_key_id(["a.example.org"], now - timedelta(days=1), now + timedelta(days=89))
+    (cert_dir / "cert.pem").write_bytes(certfactory.pem(leaf))
+    entry = status.Entry(handle="a", names=("a.example.org",), cert_dir=str(cert_dir),
+                         key_type=None, authority="ca", directory_url=DIRECTORY)  # fmt: skip
+    note = a_note(timedelta(days=2), cert_id=str(certs.ari_cert_id(leaf)), now=now)
+    state = runstate.record(runstate.State(), "a", "changed", "", now.timestamp(), note)
+    (facts,) = status.gather([entry], state, now)
+    assert facts.next_renewal == datetime.fromtimestamp(note.chosen or 0, UTC)
+    assert facts.renewal_reason.startswith("ARI window ")
+    assert not facts.due
+    assert "ARI window" in status.render_text([facts])
+    assert json.loads(status.render_json([facts]))["certificates"][0]["ari"]["chosen"]
+    # A note of another certificate is not this one's.
+    other = runstate.record(runstate.State(), "a", "changed", "", now.timestamp(),
+                            dataclasses.replace(note, cert_id="aYhb.AIdl"))  # fmt: skip
+    (facts,) = status.gather([entry], other, now)
+    assert facts.ari is None and facts.renewal_reason.startswith("lifetime rule")
