@@ -16,8 +16,18 @@ CA's alternate chains (Link rel="alternate", same origin, at most 8), the
 one whose topmost certificate's issuer has that Common Name; certproc
 verifies whichever chain it hands on, so the choice gives netproc no trust.
 
+Renewal information (RFC 9773): when revokeproc's lifetime rule finds the
+certificate current, netproc asks the CA's renewalInfo for revokeproc's
+ARI identifier of it (unless a note, from a --config run's state or an
+earlier check of this daemon, still holds), picks a time in the window
+(ari.py) and renews once it has come; a CA without renewalInfo, or a
+request for it that fails, leaves the lifetime rule alone to decide.  A
+renewal's newOrder carries `replaces`, which acctproc checks against its
+own configuration.  The note goes to the supervisor on the marker line.
+
 Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
-2 nothing to do, and then no request at all reached the CA.  In daemon mode
+2 nothing to do: no order, and no request reached the CA but the unsigned
+ones for its renewal information (none with --no-ari).  In daemon mode
 it checks on a schedule (interval plus random jitter), backs off after a
 failure (doubling, up to the interval) but never orders again sooner than
 the CA asked, and exits 0 on SIGTERM.
