@@ -73,7 +73,8 @@ def test_window_in_the_past_renews_with_replaces(pebble_sid: Pebble, tmp_path: P
     # Said without -v: why the certificate was renewed early, and the CA's explanation.
     assert "renewing early, as the CA's renewal information suggests" in renewed.stderr
     assert EXPLANATION in renewed.stderr
-    assert new_orders(pebble_sid, before) == 1
+    # (pebble rejects a nonce now and then: the newOrder may be sent twice)
+    assert new_orders(pebble_sid, before) >= 1
     new = leaf(paths)
     assert new.serial_number != old.serial_number
     # The newOrder said which certificate it replaces; acctproc signed it and pebble took it.
