@@ -270,12 +270,23 @@ def obtain(
     )
     log.info(f"certificate serial {reply.serial_hex} valid until {reply.not_after}")
     if ari_state.enabled:
-        # RFC 9773 4.3: the renewal information of a new certificate is
-        # asked for at once (the next run need not).
-        new = rpc.call(peers.renewal.Check, renewal_pb2.CheckRequest(), peer="revokeproc")
-        if new.ari_cert_id:
-            ari_state.note = ask_ari(client, new.ari_cert_id, log) or ari_state.note
+        learn_ari(peers, client, ari_state, log)
     return EXIT_CHANGED
+
+
+def learn_ari(
+    peers: Peers, client: acme.AcmeClient, ari_state: AriState, log: Logger
+) -> None:
+    """The renewal information of the certificate just installed, asked at
+    once (RFC 9773 4.3) so that the next run need not.  The certificate is
+    installed: nothing here can fail the run."""
+    try:
+        new = rpc.call(peers.renewal.Check, renewal_pb2.CheckRequest(), peer="revokeproc")
+    except LetskencryptError as error:
+        log.notice(f"renewal information (ARI) of the new certificate not asked: {error}")
+        return
+    if new.ari_cert_id:
+        ari_state.note = ask_ari(client, new.ari_cert_id, log) or ari_state.note
 
 
 def due_by_ari(
