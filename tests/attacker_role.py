@@ -54,6 +54,7 @@ from letskencrypt.v1 import (
     account_pb2,
     certificate_pb2,
     challenge_pb2,
+    domainkey_pb2,
     files_pb2,
     files_pb2_grpc,
     keyinfo_pb2,
@@ -648,7 +649,7 @@ def own_certificate(attacker: Attacker) -> str:
             publish=attacker.peers.publish,
             withdraw=attacker.peers.withdraw,
             thumbprint=attacker.peers.signer.thumbprint(),
-        )
+        ).default
     except rpc.RpcError as error:
         raise Refused(str(error)) from None
     attacker.stolen_chain = chain
@@ -724,6 +725,16 @@ def submit_own_key_certificate(attacker: Attacker) -> str:
     return _submit(attacker, chain)
 
 
+def sign_revocation_with_domain_key(attacker: Attacker) -> str:
+    """keyproc's revokeCert signature, for its own certificate, in an issue run."""
+    request = domainkey_pb2.SignRevocationRequest(
+        url=_origin(attacker) + "/revoke-cert", nonce=NONCE,
+        certificate_der=_current_der(attacker), reason=1,
+    )  # fmt: skip
+    reply = _call(attacker.peers.domain_key.SignRevocation, request)
+    return f"keyproc signed a revocation: protected={reply.protected[:60]}..."
+
+
 def retire(attacker: Attacker) -> str:
     _call(attacker.peers.certificate.Retire, certificate_pb2.RetireRequest())
     return "certproc retired (removed) the installed certificate in an issue run"
@@ -772,6 +783,8 @@ def netproc_cases() -> list[Case]:
         Case("acct-sign-revocation", EXPECT_REFUSED, sign_payload(
             lambda a: (_origin(a) + "/revoke-cert",
                        {"certificate": b64url(_current_der(a))}, True))),
+        Case("key-sign-revocation-in-issue-run", EXPECT_REFUSED,
+             sign_revocation_with_domain_key),
         Case("acct-sign-key-change", EXPECT_REFUSED, sign_payload(_key_change)),
         Case("acct-sign-deactivation", EXPECT_REFUSED, sign_payload(
             lambda a: (_kid(a), {"status": "deactivated"}, True))),

@@ -28,7 +28,7 @@ def make_cert(
     signing_key: ec.EllipticCurvePrivateKey,
     *,
     ca: bool,
-    names: list[str] | None = None,
+    names: list[str | x509.GeneralName] | None = None,
     not_before: datetime = NOW - timedelta(hours=1),
     not_after: datetime = NOW + timedelta(days=90),
 ) -> x509.Certificate:
@@ -44,7 +44,10 @@ def make_cert(
     )
     if names is not None:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+            x509.SubjectAlternativeName(
+                [n if isinstance(n, x509.GeneralName) else x509.DNSName(n) for n in names]
+            ),
+            critical=False,
         )
     return builder.sign(signing_key, hashes.SHA256())
 
@@ -54,7 +57,12 @@ class Pki:
     root: x509.Certificate
     intermediate: x509.Certificate
 
-    def leaf(self, names: list[str], key: ec.EllipticCurvePrivateKey = LEAF_KEY, **kw: object):
+    def leaf(
+        self,
+        names: list[str | x509.GeneralName],
+        key: ec.EllipticCurvePrivateKey = LEAF_KEY,
+        **kw: object,
+    ):
         return make_cert(
             "leaf", "intermediate", key.public_key(), INTERMEDIATE_KEY, ca=False, names=names, **kw
         )

@@ -8,6 +8,7 @@ Usage::
         p.ca_bundle          # PEM file to trust for pebble's HTTPS API
         p.trust_anchors      # PEM file of pebble's issuing roots (--trust-anchors)
         p.challenge_dir      # files named <token> here are served for http-01
+                             # (on 127.0.0.1 and ::1, port p.http_port)
 
 Everything lives in a private temporary directory that ``stop()`` removes.
 Only loopback addresses are ever bound or contacted.
@@ -40,6 +41,7 @@ import atexit
 import base64
 import contextlib
 import ctypes
+import errno
 import http.server
 import ipaddress
 import json
@@ -98,6 +100,11 @@ DEFAULT_PROFILES: dict[str, dict[str, object]] = {
 MANAGEMENT_LOGGED = frozenset({"/set-renewal-info/"})
 
 LOOPBACK = "127.0.0.1"
+# The challenge server listens here too: pebble validates http-01 for an IP
+# identifier (RFC 8738) at that address, on the same httpPort.
+LOOPBACK6 = "::1"
+# Tries at a port free on both loopback addresses.
+_HTTP_PORT_ATTEMPTS = 20
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 # RFC 8555 tokens are base64url; this also rules out "..", "/", "%" etc.
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -211,6 +218,10 @@ def _rfc3339(moment: datetime) -> str:
 class _ChallengeServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     challenge_dir: Path
+
+
+class _ChallengeServer6(_ChallengeServer):
+    address_family = socket.AF_INET6
 
 
 class _ChallengeHandler(http.server.BaseHTTPRequestHandler):
@@ -346,8 +357,8 @@ class Pebble:
 
         self._pebble: subprocess.Popen[bytes] | None = None
         self._challtestsrv: subprocess.Popen[bytes] | None = None
-        self._httpd: _ChallengeServer | None = None
-        self._http_thread: threading.Thread | None = None
+        # The challenge servers (on 127.0.0.1 and ::1) and their threads.
+        self._http_servers: list[tuple[_ChallengeServer, threading.Thread]] = []
         self._session: requests.Session | None = None
         self._baseline_requests = 0
         self._final_log: str | None = None
@@ -415,13 +426,11 @@ class Pebble:
         """Stop processes and HTTP server, delete the temp dir. Idempotent."""
         with self._lock:
             self._kill_processes()
-            if self._httpd is not None:
-                self._httpd.shutdown()
-                self._httpd.server_close()
-                self._httpd = None
-            if self._http_thread is not None:
-                self._http_thread.join(STOP_TIMEOUT)
-                self._http_thread = None
+            for httpd, thread in self._http_servers:
+                httpd.shutdown()
+                httpd.server_close()
+                thread.join(STOP_TIMEOUT)
+            self._http_servers = []
             if self._session is not None:
                 self._session.close()
                 self._session = None
@@ -597,17 +606,30 @@ class Pebble:
         self._session.verify = self.ca_bundle
 
     def _start_http_server(self) -> None:
-        httpd = _ChallengeServer((LOOPBACK, 0), _ChallengeHandler)
-        httpd.challenge_dir = self.challenge_dir
+        """The challenge directory over HTTP on 127.0.0.1 and ::1, one port."""
+        for _ in range(_HTTP_PORT_ATTEMPTS):
+            httpd = _ChallengeServer((LOOPBACK, 0), _ChallengeHandler)
+            try:
+                httpd6 = _ChallengeServer6((LOOPBACK6, httpd.server_address[1]), _ChallengeHandler)
+            except OSError as error:
+                httpd.server_close()
+                if error.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            break
+        else:
+            raise PebbleError(f"no port free on both {LOOPBACK} and {LOOPBACK6} for http-01")
         self.http_port = httpd.server_address[1]
-        self._httpd = httpd
-        self._http_thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"pebble-http01-{self.http_port}",
-            daemon=True,
-        )
-        self._http_thread.start()
+        for server in (httpd, httpd6):
+            server.challenge_dir = self.challenge_dir
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.1},
+                name=f"pebble-http01-{server.server_address[0]}-{self.http_port}",
+                daemon=True,
+            )
+            thread.start()
+            self._http_servers.append((server, thread))
 
     def _popen(self, argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         assert self.workdir is not None

@@ -7,6 +7,7 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -38,7 +39,13 @@ from letskencrypt.roles.acctproc import (
     classify,
 )
 from letskencrypt.roles.keyproc import KeyInfoService
-from letskencrypt.settings import AcctprocSettings, RoleSettings, decode, encode
+from letskencrypt.settings import (
+    AcctprocSettings,
+    NetprocSettings,
+    RoleSettings,
+    decode,
+    encode,
+)
 from letskencrypt.v1 import account_pb2, keyinfo_pb2, keyinfo_pb2_grpc
 
 from tests import certfactory
@@ -77,6 +84,7 @@ def policy(
     *,
     binding: ExternalAccountBinding | None = None,
     profile: str | None = None,
+    new_key_path: str | None = None,
 ) -> RunPolicy:
     settings = AcctprocSettings(
         key_path="/nonexistent/account.pem",
@@ -89,6 +97,7 @@ def policy(
         eab_kid=None if binding is None else binding.kid,
         eab_hmac_key=None if binding is None else "/nonexistent/eab.key",
         profile=profile,
+        new_key_path=new_key_path,
     )
     return RunPolicy.from_settings(settings, ACCOUNT_KEY, domain_key or keyproc_says(), binding)
 
@@ -144,12 +153,12 @@ def finalize(der: bytes) -> dict[str, str]:
     return {"csr": b64url(der)}
 
 
-def certificate_der(names: list[str]) -> bytes:
+def certificate_der(names: list[str | x509.GeneralName]) -> bytes:
     pki = certfactory.make_pki()
     return pki.leaf(names).public_bytes(serialization.Encoding.DER)
 
 
-def revocation(names: list[str] = NAMES, **extra: Any) -> dict[str, Any]:
+def revocation(names: list[str | x509.GeneralName] = NAMES, **extra: Any) -> dict[str, Any]:
     return {"certificate": b64url(certificate_der(names)), **extra}
 
 
@@ -238,6 +247,86 @@ def test_issue_run_signs(name: str, req: Request, kind: str) -> None:
     assert judge(policy("issue"), req) == kind
 
 
+# --- IP addresses (RFC 8738) --------------------------------------------------------
+
+IP_NAMES = ["a.example.org", "192.0.2.1", "2001:db8::1"]
+
+
+def ip(text: str) -> x509.IPAddress:
+    return x509.IPAddress(ipaddress.ip_address(text))
+
+
+def ip_order(*identifiers: tuple[str, str]) -> dict[str, Any]:
+    return {"identifiers": [{"type": kind, "value": value} for kind, value in identifiers]}
+
+
+def ip_csr(
+    sans: list[x509.GeneralName] | None = None, common_name: str | None = "a.example.org"
+) -> bytes:
+    sans = sans or [x509.DNSName("a.example.org"), ip("192.0.2.1"), ip("2001:db8::1")]
+    subject = [] if common_name is None else [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    return csr([], extra_san=sans, subject=subject)
+
+
+def test_a_run_with_addresses_signs_their_order_and_csr() -> None:
+    p = policy("issue", names=IP_NAMES)
+    identifiers = [("dns", "a.example.org"), ("ip", "192.0.2.1"), ("ip", "2001:db8::1")]
+    assert judge(p, request(ip_order(*identifiers))) == "newOrder"
+    assert judge(p, request(ip_order(*reversed(identifiers)))) == "newOrder"
+    assert judge(p, request(finalize(keys.build_csr(DOMAIN_KEY, IP_NAMES)))) == "finalize"
+    assert judge(p, request(finalize(ip_csr()))) == "finalize"
+    assert judge(p, request(finalize(ip_csr(common_name=None)))) == "finalize"
+    only = policy("issue", names=["::1"])
+    assert judge(only, request(ip_order(("ip", "::1")))) == "newOrder"
+    assert judge(only, request(finalize(keys.build_csr(DOMAIN_KEY, ["::1"])))) == "finalize"
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind", "reason"),
+    [
+        # The type must be the name's: never an address as a DNS name, nor
+        # a domain name as an address.
+        (ip_order(("dns", "a.example.org"), ("dns", "192.0.2.1"), ("ip", "2001:db8::1")),
+         "newOrder", "identifier '192.0.2.1' is an IP address, not of type 'dns'"),
+        (ip_order(("ip", "a.example.org"), ("ip", "192.0.2.1"), ("ip", "2001:db8::1")),
+         "newOrder", "identifier 'a.example.org' is no IP address, not of type 'ip'"),
+        # Addresses as this run writes them, and no other.
+        (ip_order(("dns", "a.example.org"), ("ip", "192.0.2.1"), ("ip", "2001:DB8::1")),
+         "newOrder", "not this run's names"),
+        (ip_order(("dns", "a.example.org"), ("ip", "192.0.2.1"), ("ip", "2001:db8:0::1")),
+         "newOrder", "not this run's names"),
+        (ip_order(("dns", "a.example.org"), ("ip", "192.0.2.1"), ("ip", "::ffff:192.0.2.1")),
+         "newOrder", "not this run's names"),
+        (ip_order(("dns", "a.example.org"), ("ip", "192.0.2.1")),
+         "newOrder", "not this run's names"),
+        (ip_order(("dns", "a.example.org"), ("ip", "192.0.2.1"), ("ip", "2001:db8::1"),
+                  ("ip", "192.0.2.2")), "newOrder", "not this run's names"),
+        (finalize(ip_csr([x509.DNSName("a.example.org"), x509.DNSName("192.0.2.1"),
+                          ip("2001:db8::1")])),
+         "finalize", "csr asks for the IP address '192.0.2.1' as a DNS name"),
+        (finalize(ip_csr([x509.DNSName("a.example.org"), ip("192.0.2.1")])),
+         "finalize", "not this run's names"),
+        (finalize(ip_csr([x509.DNSName("a.example.org"), ip("192.0.2.1"), ip("2001:db8::1"),
+                          ip("192.0.2.2")])), "finalize", "not this run's names"),
+        (finalize(ip_csr(common_name="192.0.2.1")), "finalize",
+         "csr subject names an IP address"),
+    ],
+)
+def test_a_run_with_addresses_refuses(payload: dict[str, Any], kind: str, reason: str) -> None:
+    refused(policy("issue", names=IP_NAMES), request(payload), kind, re.escape(reason))
+
+
+def test_a_revoke_run_with_addresses_signs_only_their_certificate() -> None:
+    p = policy("revoke", names=IP_NAMES)
+    good = [ip("2001:db8::1"), "a.example.org", ip("192.0.2.1")]
+    assert judge(p, request(revocation(good))) == "revokeCert"
+    for bad in (
+        ["a.example.org", "192.0.2.1", ip("2001:db8::1")],  # an address as a dNSName
+        ["a.example.org", ip("192.0.2.1")],
+    ):
+        refused(p, request(revocation(bad)), "revokeCert", "not this run's names")
+
+
 # --- an issue run: what it refuses -------------------------------------------------
 
 BAD_SIGNATURE_CSR = bytearray(csr())
@@ -276,7 +365,10 @@ ISSUE_REFUSALS = [
     ("order-duplicate", request(order(*NAMES, NAMES[0])), "newOrder", "not this run's names"),
     ("order-upper-case", request(order(*(n.upper() for n in NAMES))), "newOrder",
      "not this run's names"),
-    ("order-ip", request(order(*NAMES, "192.0.2.1", kind="ip")), "newOrder", "not dns"),
+    ("order-ip", request(order(*NAMES, "192.0.2.1", kind="ip")), "newOrder",
+     "'a.example.org' is no IP address, not of type 'ip'"),
+    ("order-email", request(order(*NAMES, "me@example.org", kind="email")), "newOrder",
+     "type 'email' is not dns or ip"),
     ("order-extra-identifier-field",
      request({"identifiers": [{"type": "dns", "value": n, "x": 1} for n in NAMES]}),
      "newOrder", "exactly"),
@@ -292,7 +384,10 @@ ISSUE_REFUSALS = [
     ("finalize-subset", request(finalize(csr([NAMES[0]]))), "finalize", "not this run's names"),
     ("finalize-extra-ip",
      request(finalize(csr(extra_san=[x509.IPAddress(ipaddress.ip_address("192.0.2.1"))]))),
-     "finalize", "other than DNS names"),
+     "finalize", "not this run's names"),
+    ("finalize-extra-uri",
+     request(finalize(csr(extra_san=[x509.UniformResourceIdentifier("https://a.example.org/")]))),
+     "finalize", "other than DNS names and IP addresses"),
     ("finalize-account-key", request(finalize(csr(key=ACCOUNT_KEY))), "finalize",
      "account key"),
     # Issue 7: netproc's own key, for exactly this run's names.
@@ -589,17 +684,16 @@ def test_revoke_run_refuses(req: Request, kind: str, reason: str) -> None:
 
 
 def test_rollover_run() -> None:
-    p = policy("rollover")
+    """A key change's inner JWS is acctproc's own (AccountService.sign_key_change):
+    one that netproc built is refused, in a rollover run as in any other."""
+    p = policy("rollover", new_key_path="/nonexistent/new.pem")
     url = "https://ca.test/kc"
-    assert judge(p, request(key_change(url=url), url=url)) == "keyChange"
-    refused(p, request(key_change(url=url), url="https://ca.test/other"), "keyChange", "url")
-    refused(p, request(key_change(url=url, account="https://ca.test/acct/2"), url=url),
-            "keyChange", "name this account")
-    refused(p, request(key_change(url=url, new_key=ACCOUNT_KEY), url=url), "keyChange",
-            "the new key is the account key")
+    refused(p, request(key_change(url=url), url=url), "keyChange", "built by acctproc")
     refused(p, request({"protected": 1, "payload": "", "signature": ""}, url=url), "keyChange",
-            "flattened JWS")
+            "built by acctproc")
     refused(p, request(order(*NAMES)), "newOrder", "not part of this run")
+    refused(p, request({"status": "deactivated"}, url=KID), "deactivate", "not part of this run")
+    assert judge(p, request({"onlyReturnExisting": True}, kid="")) == "newAccount"
 
 
 def test_deactivate_run() -> None:
@@ -1002,6 +1096,191 @@ def test_sign_without_eab_refuses_a_binding_and_audits_it(tmp_path: Path) -> Non
         "newAccount", "refused", "asked")
 
 
+# --- a key rollover and a deactivation, through the service ------------------------------
+
+KEY_CHANGE_URL = "https://ca.test/rollover-account-key"
+NEW_KEY = keys.generate_key("ecdsa384")
+
+
+def rollover_service(
+    tmp_path: Path, operation: str = "rollover", domain_key: Callable[[], bytes] | None = None
+) -> tuple[AccountService, Path]:
+    path = tmp_path / "audit.log"
+    rollover = operation == "rollover"
+    service = AccountService(
+        ACCOUNT_KEY,
+        policy(operation, domain_key=domain_key,
+               new_key_path="/nonexistent/new.pem" if rollover else None),
+        AuditLog.open(str(path), str(tmp_path / "k")),
+        Logger("acctproc", 0),
+        NEW_KEY if rollover else None,
+    )  # fmt: skip
+    return service, path
+
+
+def ask_key_change(
+    service: AccountService, *, url: str = KEY_CHANGE_URL, kid: str = KID, payload: bytes = b""
+) -> account_pb2.SignReply:
+    return service.Sign(account_pb2.SignRequest(url=url, nonce=NONCE, kid=kid, payload=payload,
+                                                key_change=True), FakeContext())  # fmt: skip
+
+
+def refused_call(call: Callable[[FakeContext], object], reason: str) -> None:
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        call(context)
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason in context.details, context.details
+
+
+def verify(key: keys.PrivateKey, jws: dict[str, str] | account_pb2.SignReply) -> None:
+    """The flattened JWS is signed by `key` (EC: r || s as JWS has it)."""
+    protected, payload, raw = (
+        (jws["protected"], jws["payload"], b64url_decode(jws["signature"]))
+        if isinstance(jws, dict) else (jws.protected, jws.payload, b64url_decode(jws.signature))
+    )  # fmt: skip
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    half = len(raw) // 2
+    signature = encode_dss_signature(int.from_bytes(raw[:half]), int.from_bytes(raw[half:]))
+    digest = hashes.SHA256() if key.curve.key_size == 256 else hashes.SHA384()
+    key.public_key().verify(signature, f"{protected}.{payload}".encode(), ec.ECDSA(digest))
+
+
+def test_a_rollover_run_builds_and_signs_both_jws_then_uses_the_new_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, path = rollover_service(tmp_path)
+    reply = ask_key_change(service)
+    outer = json.loads(b64url_decode(reply.protected))
+    assert outer == {"nonce": NONCE, "url": KEY_CHANGE_URL, "kid": KID, "alg": "ES256"}
+    verify(ACCOUNT_KEY, reply)
+    inner = json.loads(b64url_decode(reply.payload))
+    inner_header = json.loads(b64url_decode(inner["protected"]))
+    assert inner_header == {"jwk": keys.jwk(NEW_KEY.public_key()), "url": KEY_CHANGE_URL,
+                            "alg": "ES384"}  # fmt: skip
+    assert json.loads(b64url_decode(inner["payload"])) == {
+        "account": KID, "oldKey": keys.jwk(ACCOUNT_KEY.public_key())}
+    verify(NEW_KEY, inner)
+    # A badNonce retry is signed again; the old key still signs the rest until the CA said yes.
+    ask_key_change(service)
+    lookup = account_pb2.SignRequest(url=NEW_ACCOUNT_URL, nonce=NONCE,
+                                     payload=b'{"onlyReturnExisting": true}')  # fmt: skip
+    assert json.loads(b64url_decode(service.Sign(lookup, FakeContext()).protected))["jwk"] == (
+        keys.jwk(ACCOUNT_KEY.public_key()))
+
+    refused_call(lambda c: service.KeyChanged(
+        account_pb2.KeyChangedRequest(account_url="https://ca.test/acct/2"), c),
+        "not the account whose key change was signed")  # fmt: skip
+    described = service.KeyChanged(account_pb2.KeyChangedRequest(account_url=KID), FakeContext())
+    assert described.thumbprint == keys.thumbprint(NEW_KEY.public_key())
+    assert described.algorithm == "ES384"
+    report = capsys.readouterr().out
+    digest = keys.spki_sha256(NEW_KEY)
+    assert report == f'letskencrypt-report: {{"account_key_changed": "{digest}"}}\n'
+
+    # From now on: the new key only, and no second key change.
+    embedded = service.Sign(lookup, FakeContext())
+    assert json.loads(b64url_decode(embedded.protected))["jwk"] == keys.jwk(NEW_KEY.public_key())
+    verify(NEW_KEY, embedded)
+    verify(NEW_KEY, service.Sign(account_pb2.SignRequest(url=KID, nonce=NONCE, kid=KID,
+                                                         post_as_get=True), FakeContext()))
+    refused_call(lambda c: service.Sign(account_pb2.SignRequest(
+        url=KEY_CHANGE_URL, nonce=NONCE, kid=KID, key_change=True), c), "changed already")
+    refused_call(lambda c: service.KeyChanged(
+        account_pb2.KeyChangedRequest(account_url=KID), c), "changed already")
+
+    lines = read_lines(path)
+    assert [(e["kind"], e["decision"]) for e in lines] == [
+        ("keyChange", "signed"), ("keyChange", "signed"), ("newAccount", "signed"),
+        ("keyChanged", "refused"), ("keyChanged", "switched"), ("newAccount", "signed"),
+        ("post-as-get", "signed"), ("keyChange", "refused"), ("keyChanged", "refused"),
+    ]  # fmt: skip
+    assert lines[0]["new_key_sha256"] == lines[4]["new_key_sha256"] == digest
+    assert lines[0]["payload_sha256"] == hashlib.sha256(b64url_decode(reply.payload)).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("name", "ask", "reason"),
+    [
+        ("foreign-origin", {"url": "https://evil.test/rollover-account-key"}, "origin"),
+        ("foreign-account", {"kid": "https://evil.test/acct/1"}, "origin"),
+        ("netproc-payload", {"payload": json.dumps(key_change(url=KEY_CHANGE_URL)).encode()},
+         "netproc sends none"),
+        ("no-kid", {"kid": ""}, "needs the account URL"),
+    ],
+)
+def test_a_rollover_run_refuses_a_key_change_and_audits_it(
+    tmp_path: Path, name: str, ask: dict[str, Any], reason: str
+) -> None:
+    service, path = rollover_service(tmp_path)
+    refused_call(lambda c: service.Sign(account_pb2.SignRequest(
+        nonce=NONCE, key_change=True, **{"url": KEY_CHANGE_URL, "kid": KID, **ask}), c), reason)
+    (line,) = read_lines(path)
+    assert (line["kind"], line["decision"]) == ("keyChange", "refused")
+    assert reason in line["reason"]
+    # Nothing was signed: there is nothing the CA could have accepted.
+    refused_call(lambda c: service.KeyChanged(
+        account_pb2.KeyChangedRequest(account_url=KID), c), "no key change was signed")
+
+
+def test_a_key_change_is_for_one_account_a_few_times(tmp_path: Path) -> None:
+    service, path = rollover_service(tmp_path)
+    ask_key_change(service)
+    refused_call(lambda c: service.Sign(account_pb2.SignRequest(
+        url=KEY_CHANGE_URL, nonce=NONCE, kid="https://ca.test/acct/2", key_change=True), c),
+        "another account")  # fmt: skip
+    for _ in range(acctproc.MAX_KEY_CHANGE_SIGNATURES - 1):
+        ask_key_change(service)
+    refused_call(lambda c: service.Sign(account_pb2.SignRequest(
+        url=KEY_CHANGE_URL, nonce=NONCE, kid=KID, key_change=True), c), "more than")
+    decisions = [(e["kind"], e["decision"]) for e in read_lines(path)]
+    assert decisions.count(("keyChange", "signed")) == acctproc.MAX_KEY_CHANGE_SIGNATURES
+    assert decisions.count(("keyChange", "refused")) == 2
+
+
+def test_a_new_key_that_is_the_domain_key_is_refused(tmp_path: Path) -> None:
+    keyproc = keyproc_says(keys.public_key_der(NEW_KEY))
+    service, path = rollover_service(tmp_path, domain_key=keyproc)
+    refused_call(lambda c: service.Sign(account_pb2.SignRequest(
+        url=KEY_CHANGE_URL, nonce=NONCE, kid=KID, key_change=True), c), "domain key")
+    (line,) = read_lines(path)
+    assert (line["kind"], line["decision"]) == ("keyChange", "refused")
+
+
+@pytest.mark.parametrize("operation", ["issue", "revoke", "deactivate"])
+def test_no_key_change_in_another_run(tmp_path: Path, operation: str) -> None:
+    service, path = rollover_service(tmp_path, operation)
+    refused_call(lambda c: service.Sign(account_pb2.SignRequest(
+        url=KEY_CHANGE_URL, nonce=NONCE, kid=KID, key_change=True), c), "not part of this run")
+    # Nor one that netproc built itself.
+    refused_call(lambda c: service.Sign(account_pb2.SignRequest(
+        url=KEY_CHANGE_URL, nonce=NONCE, kid=KID,
+        payload=json.dumps(key_change(url=KEY_CHANGE_URL)).encode()), c), "not part of this run")
+    refused_call(lambda c: service.KeyChanged(
+        account_pb2.KeyChangedRequest(account_url=KID), c), "no key change was signed")
+    assert [(e["kind"], e["decision"]) for e in read_lines(path)] == [
+        ("keyChange", "refused"), ("keyChange", "refused"), ("keyChanged", "refused")]
+
+
+@pytest.mark.parametrize("operation", ["issue", "revoke", "rollover", "deactivate"])
+def test_a_deactivation_only_in_a_deactivation_run_audited_either_way(
+    tmp_path: Path, operation: str
+) -> None:
+    service, path = rollover_service(tmp_path, operation)
+    deactivation = account_pb2.SignRequest(url=KID, nonce=NONCE, kid=KID,
+                                           payload=b'{"status": "deactivated"}')  # fmt: skip
+    if operation == "deactivate":
+        reply = service.Sign(deactivation, FakeContext())
+        verify(ACCOUNT_KEY, reply)
+        assert json.loads(b64url_decode(reply.payload)) == {"status": "deactivated"}
+        decision = "signed"
+    else:
+        refused_call(lambda c: service.Sign(deactivation, c), "not part of this run")
+        decision = "refused"
+    (line,) = read_lines(path)
+    assert (line["kind"], line["decision"]) == ("deactivate", decision)
+
+
 def test_no_record_no_signature(tmp_path: Path) -> None:
     read_only = os.open(os.devnull, os.O_RDONLY)
     service = AccountService(ACCOUNT_KEY, policy("issue"), AuditLog(read_only),
@@ -1053,6 +1332,41 @@ def test_cli_gives_acctproc_the_run_and_netproc_no_audit_log(tmp_path: Path) -> 
     assert settings_for("-r", "-f", key, *NAMES)["acctproc"].operation == "revoke"
     custom = settings_for("-f", key, "--audit-log", str(tmp_path / "x.log"), *NAMES)
     assert custom["acctproc"].audit_log == str(tmp_path / "x.log")
+
+
+def test_cli_gives_only_acctproc_and_netproc_an_account_operation(tmp_path: Path) -> None:
+    key = str(tmp_path / "acct" / "privkey.pem")
+    new = tmp_path / "new.pem"
+    keys.create_key(str(new), "ecdsa256")
+    rollover = settings_for("-f", key, "--rollover-account-key", str(new), *NAMES)
+    acct, net = rollover["acctproc"], rollover["netproc"]
+    assert isinstance(acct, AcctprocSettings) and isinstance(net, NetprocSettings)
+    assert (acct.operation, acct.new_key_path) == ("rollover", str(new))
+    assert (net.rollover, net.deactivate, net.revoke) == (True, False, False)
+    assert acctproc.SPEC.opens(acct)[-1].path == str(new)
+    for role, own in rollover.items():
+        if role not in ("acctproc", "netproc"):
+            assert str(new) not in json.dumps(encode(own)), role
+            assert getattr(own, "operation", "issue") == "issue", role
+    deactivation = settings_for("-f", key, "--deactivate-account", *NAMES)
+    assert deactivation["acctproc"].operation == "deactivate"
+    assert isinstance(deactivation["netproc"], NetprocSettings)
+    assert deactivation["netproc"].deactivate
+    for argv, message in [
+        (("--rollover-account-key", str(new), "-r"), "does not go with -r"),
+        (("--deactivate-account", "--daemon"), "does not go with --daemon"),
+        (("--deactivate-account", "-n"), "does not go with -n"),
+        (("--rollover-account-key", str(new), "--account-key-type", "rsa2048"),
+         "does not go with --account-key-type"),
+        (("--rollover-account-key", key), "no such file"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            settings_for("-f", key, *argv, *NAMES)
+    with pytest.raises(InputError, match="new_key_path goes with a rollover run"):
+        AcctprocSettings(key_path=key, audit_log="/a", operation="issue", names=tuple(NAMES),
+                         directory_url=DIRECTORY, new_key_path=str(new))  # fmt: skip
+    with pytest.raises(InputError, match="more than one operation"):
+        NetprocSettings(directory_url=DIRECTORY, names=tuple(NAMES), rollover=True, revoke=True)
 
 
 def test_cli_gives_the_eab_key_file_to_acctproc_alone(tmp_path: Path) -> None:

@@ -377,7 +377,7 @@ def test_certificate_must_be_a_pem_chain():
     )
     kind = "application/pem-certificate-chain; charset=utf-8"  # pebble's
     client, *_ = scripted(response(200), response(200, pem, Content_Type=kind))
-    assert client.download(f"{BASE}/cert/1") == pem
+    assert client.download(f"{BASE}/cert/1").default == pem
 
 
 def test_revocation_answer_is_not_read():
@@ -800,6 +800,129 @@ def test_authorization_rejects_bad_challenge(challenge: dict[str, Any]):
     client, *_ = scripted(response(200), response(200, authz(**challenge)))
     with pytest.raises(AcmeError):
         client.authorization(f"{BASE}/authz/1")
+
+
+# --- IP identifiers (RFC 8738) ------------------------------------------------------
+
+
+def test_new_order_orders_addresses_as_ip_identifiers():
+    client, _, signer, *_ = scripted(
+        response(200), response(201, ORDER, Location=f"{BASE}/order/1")
+    )
+    client.new_order(["a.test", "192.0.2.1", "2001:db8::1"])
+    assert json.loads(signer.calls[0][3]) == {"identifiers": [
+        {"type": "dns", "value": "a.test"},
+        {"type": "ip", "value": "192.0.2.1"},
+        {"type": "ip", "value": "2001:db8::1"},
+    ]}  # fmt: skip
+
+
+def _identifier_problem(kind: str, *blamed: tuple[str, str]) -> dict[str, Any]:
+    document: dict[str, Any] = {"type": f"urn:ietf:params:acme:error:{kind}", "detail": "no"}
+    if blamed:
+        document["subproblems"] = [
+            {"type": f"urn:ietf:params:acme:error:{kind}", "detail": "not this one",
+             "identifier": {"type": t, "value": v}}
+            for t, v in blamed
+        ]  # fmt: skip
+    return document
+
+
+@pytest.mark.parametrize(
+    ("names", "problem"),
+    [
+        (["a.test", "192.0.2.1"], _identifier_problem("rejectedIdentifier")),
+        (["::1"], _identifier_problem("malformed")),
+        (["a.test", "::1"], _identifier_problem("unsupportedIdentifier", ("ip", "::1"))),
+        (["a.test", "::1"],
+         _identifier_problem("rejectedIdentifier", ("dns", "a.test"), ("ip", "::1"))),
+    ],
+)
+def test_a_ca_that_refuses_addresses_is_named_at_the_order(names, problem):
+    client, transport, signer, *_ = scripted(response(200), response(400, problem))
+    publish: list[str] = []
+    with pytest.raises(AcmeError) as info:
+        client.issue(names, bytes, lambda t, _k: publish.append(t), lambda _t: None, "t" * 43)
+    message = str(info.value)
+    assert message.startswith("the CA does not issue certificates for IP addresses (HTTP 400: ")
+    assert info.value.problem_type == problem["type"]
+    assert len(signer.calls) == 1 and not publish and not transport.responses
+
+
+@pytest.mark.parametrize(
+    ("names", "problem"),
+    [
+        # No address in the order.
+        (["a.test"], _identifier_problem("rejectedIdentifier")),
+        # The CA blames the domain name alone.
+        (["a.test", "::1"], _identifier_problem("rejectedIdentifier", ("dns", "a.test"))),
+        # Not a refusal of an identifier.
+        (["a.test", "::1"], _identifier_problem("rateLimited")),
+        (["a.test", "::1"], _identifier_problem("caa")),
+    ],
+)
+def test_other_refusals_are_not_said_to_be_of_addresses(names, problem):
+    client, *_ = scripted(response(200), response(400, problem))
+    with pytest.raises(AcmeError) as info:
+        client.new_order(names)
+    assert str(info.value).startswith("HTTP 400: ")
+    assert "IP addresses" not in str(info.value)
+
+
+def _ip_authz(kind: str, value: str, **extra: Any) -> dict[str, Any]:
+    return {**authz(), "identifier": {"type": kind, "value": value}, **extra}
+
+
+@pytest.mark.parametrize(
+    ("names", "identifier", "extra"),
+    [
+        (["a.test"], ("dns", "a.test"), {}),
+        (["a.test"], ("dns", "A.Test"), {}),
+        (["192.0.2.1", "a.test"], ("ip", "192.0.2.1"), {}),
+        # The same address, however the CA writes it.
+        (["2001:db8::1"], ("ip", "2001:DB8:0:0:0:0:0:1"), {}),
+        # RFC 8555 7.1.4: a wildcard's authorization names the domain below it.
+        (["*.a.test"], ("dns", "a.test"), {"wildcard": True}),
+    ],
+)
+def test_an_authorization_for_an_ordered_identifier_is_answered(names, identifier, extra):
+    pending = _ip_authz(*identifier, **extra)
+    client, _, signer, *_ = scripted(
+        response(200),
+        response(200, pending),
+        response(200, {"type": "http-01", "status": "pending"}),
+        response(200, {**pending, "status": "valid"}),
+    )
+    published: list[str] = []
+    client._authorize(f"{BASE}/authz/1", lambda t, _k: published.append(t), lambda _t: None,
+                      "t" * 43, names)  # fmt: skip
+    assert published == ["tok_en-1"]
+    assert len(signer.calls) == 3
+
+
+@pytest.mark.parametrize(
+    ("names", "identifier", "extra"),
+    [
+        (["a.test"], ("dns", "b.test"), {}),
+        (["a.test"], ("ip", "a.test"), {}),
+        # An ordered address is no DNS name, nor the other way round.
+        (["192.0.2.1"], ("dns", "192.0.2.1"), {}),
+        (["1.2.3.com"], ("ip", "1.2.3.com"), {}),
+        (["192.0.2.1"], ("ip", "::ffff:192.0.2.1"), {}),
+        (["192.0.2.1"], ("ip", "192.0.2.2"), {}),
+        (["a.test"], ("dns", "a.test"), {"wildcard": True}),
+        (["*.a.test"], ("dns", "a.test"), {}),
+        (["a.test"], ("email", "a.test"), {}),
+        (["a.test"], ("dns", 5), {}),
+    ],
+)
+def test_an_authorization_for_anything_else_is_refused(names, identifier, extra):
+    client, _, signer, *_ = scripted(response(200), response(200, _ip_authz(*identifier, **extra)))
+    published: list[str] = []
+    with pytest.raises(AcmeError, match="which the order did not ask for"):
+        client._authorize(f"{BASE}/authz/1", lambda t, _k: published.append(t),
+                          lambda _t: None, "t" * 43, names)  # fmt: skip
+    assert not published and len(signer.calls) == 1
 
 
 # --- a server that is no ACME CA, and messages in plain words -----------------------
@@ -1591,7 +1714,7 @@ def test_end_to_end(pebble: Pebble):
         publish,
         withdraw,
         keys.thumbprint(account_key),
-    )
+    ).default
     if not nonce_reject:
         assert pebble.request_count() - before < 25
     assert len(published) == 2

@@ -1,3 +1,4 @@
+import ipaddress
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -7,6 +8,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from letskencrypt.certs import (
     MAX_LIFETIME,
     cert_dns_names,
+    cert_names,
     check_chain,
     parse_anchors,
     parse_pem_chain,
@@ -142,6 +144,22 @@ def test_cert_dns_names(pki):
     assert cert_dns_names(pki.root) == []
 
 
+def ip(text: str) -> x509.IPAddress:
+    return x509.IPAddress(ipaddress.ip_address(text))
+
+
+def test_cert_names_has_addresses_as_canonical_text(pki):
+    cert = pki.leaf(["A.Example", ip("192.0.2.1"), ip("2001:db8::1"), "b.example"])
+    assert cert_names(cert) == ["a.example", "b.example", "192.0.2.1", "2001:db8::1"]
+    assert cert_names(pki.root) == []
+
+
+def test_a_dns_name_that_reads_as_an_address_is_no_address(pki):
+    # So that a CA cannot answer an order for 192.0.2.1 with a dNSName.
+    cert = pki.leaf(["192.0.2.1", "::1"])
+    assert cert_names(cert) == ["DNS:192.0.2.1", "DNS:::1"]
+
+
 # --- check_chain -----------------------------------------------------------
 
 
@@ -174,6 +192,30 @@ def test_wrong_names(pki):
         _check([cert, pki.intermediate])
     assert str(info.value) == (
         "certificate names ['a.example'] differ from the requested ['a.example', 'b.example']"
+    )
+
+
+def test_addresses_must_match_exactly(pki):
+    names = ["a.example", "192.0.2.1", "2001:db8::1"]
+    good = pki.leaf(["a.example", ip("2001:db8::1"), ip("192.0.2.1")])
+    assert _check([good, pki.intermediate], names=names) == pki.root
+    for wrong in (
+        ["a.example", ip("192.0.2.1")],  # one missing
+        ["a.example", ip("192.0.2.1"), ip("2001:db8::1"), ip("192.0.2.2")],  # one more
+        ["a.example", "192.0.2.1", ip("2001:db8::1")],  # an address as a dNSName
+        ["a.example", ip("192.0.2.1"), ip("::ffff:192.0.2.1")],  # mapped is another address
+        [ip("192.0.2.1"), ip("2001:db8::1")],  # the domain name missing
+    ):
+        _rejected([pki.leaf(wrong), pki.intermediate], "differ from the requested", names=names)
+
+
+def test_wrong_address_message(pki):
+    cert = pki.leaf(["a.example", "192.0.2.1"])
+    with pytest.raises(CertificateRejected) as info:
+        _check([cert, pki.intermediate], names=["a.example", "192.0.2.1"])
+    assert str(info.value) == (
+        "certificate names ['DNS:192.0.2.1', 'a.example'] differ from the requested "
+        "['192.0.2.1', 'a.example']"
     )
 
 

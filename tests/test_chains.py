@@ -2,15 +2,22 @@
 the Link header parser, the issuer's Common Name read without cryptography,
 and which chain netproc's client hands on."""
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from letskencrypt import cli, pem
-from letskencrypt.acme.messages import MAX_ALTERNATES, AcmeError, alternate_links
+from letskencrypt.acme.client import MAX_CHAINS_BYTES, Chains
+from letskencrypt.acme.messages import AcmeError, alternate_links
+from letskencrypt.constants import MAX_ALTERNATES
 from letskencrypt.errors import InputError
+from letskencrypt.roles.certproc import CertificateService
+from letskencrypt.v1 import certificate_pb2, files_pb2, keyinfo_pb2
 
-from tests.certfactory import INTERMEDIATE_KEY, LEAF_KEY, ROOT_KEY, make_cert
+from tests.certfactory import INTERMEDIATE_KEY, LEAF_KEY, ROOT_KEY, make_cert, spki
+from tests.certfactory import pem as pem_of
 from tests.test_acme import BASE, response, scripted
 
 CERT = f"{BASE}/cert/1"
@@ -169,68 +176,41 @@ def chain_answer(body: bytes, *links: str, nonce: str = "n0"):
     return response(200, body, nonce=nonce, Content_Type=PEM_CHAIN, Link=link)
 
 
-def test_without_a_preference_the_alternates_are_not_fetched() -> None:
+def test_no_alternates_at_all_is_the_default_chain() -> None:
     default = chain("Root A")
-    client, transport, *_ = scripted(response(200), chain_answer(default, f"{BASE}/cert/1/1"))
-    assert client.download(CERT) == default
-    assert [call[1] for call in transport.calls][-1] == CERT
+    client, transport, *_ = scripted(response(200), chain_answer(default))
+    assert client.download(CERT) == Chains(default)
+    assert len(transport.calls) == 3
 
 
-def test_the_default_chain_when_it_matches() -> None:
-    default = chain("Root A")
-    client, transport, *_ = scripted(response(200), chain_answer(default, f"{BASE}/cert/1/1"))
-    assert client.download(CERT, "Root A") == default
-    assert [call[1] for call in transport.calls][-1] == CERT
-
-
-def test_the_alternate_that_matches() -> None:
+def test_every_alternate_is_fetched_in_order() -> None:
     default, first, second = chain("Root A"), chain("Root B"), chain("Root C")
-    client, transport, signer, _sleeps, lines = scripted(
+    client, transport, signer, _sleeps, _lines = scripted(
         response(200),
         chain_answer(default, f"{BASE}/cert/1/1", f"{BASE}/cert/1/2"),
         chain_answer(first),
         chain_answer(second),
     )
-    assert client.download(CERT, "Root C") == second
+    assert client.download(CERT) == Chains(default, (first, second))
     fetched = [call[1] for call in transport.calls[2:]]
     assert fetched == [CERT, f"{BASE}/cert/1/1", f"{BASE}/cert/1/2"]
     # Each alternate: a signed POST-as-GET with the same limits and Accept.
     assert [call[3] for call in signer.calls] == [None, None, None]
     assert all(call[2].get("Accept") == PEM_CHAIN for call in transport.calls[2:])
     assert all(call[3] == 256 * 1024 for call in transport.calls[2:])
-    assert lines[-1] == f"chose the alternate chain {BASE}/cert/1/2"
 
 
-def test_no_match_is_the_default_chain_said_in_one_line() -> None:
-    default = chain("Root A")
-    client, _transport, _signer, _sleeps, lines = scripted(
-        response(200), chain_answer(default, f"{BASE}/cert/1/1"), chain_answer(chain("Root B"))
-    )
-    assert client.download(CERT, "Root Z") == default
-    assert lines[-1] == (
-        "no chain of the CA's 2 ends in a certificate issued by 'Root Z' "
-        "(--preferred-chain): the default chain"
-    )
-
-
-def test_no_alternates_at_all_is_the_default_chain() -> None:
-    default = chain("Root A")
-    client, transport, *_ = scripted(response(200), chain_answer(default))
-    assert client.download(CERT, "Root B") == default
-    assert len(transport.calls) == 3
-
-
-def test_an_unusable_link_header_is_the_default_chain() -> None:
+def test_an_unusable_link_header_is_the_default_chain_only() -> None:
     default = chain("Root A")
     notices: list[str] = []
     client, transport, *_ = scripted(
         response(200), chain_answer(default, "https://elsewhere.test/cert"), notice=notices.append
     )
-    assert client.download(CERT, "Root B") == default
+    assert client.download(CERT) == Chains(default)
     assert len(transport.calls) == 3  # nothing is fetched off the CA's origin
     assert notices == [
         "alternate chain URL 'https://elsewhere.test/cert' is not on the CA's origin "
-        "'https://ca.test/dir'; installing the default chain"
+        "'https://ca.test/dir'; only the default chain"
     ]
 
 
@@ -244,16 +224,39 @@ def test_an_alternate_that_fails_is_skipped() -> None:
         chain_answer(good),
         notice=notices.append,
     )
-    assert client.download(CERT, "Root B") == good
+    assert client.download(CERT) == Chains(default, (good,))
     assert len(notices) == 1
     assert notices[0].startswith(f"alternate chain {BASE}/cert/1/1: ")
     assert notices[0].endswith("; skipped")
 
 
+def test_alternates_beyond_a_mebibyte_in_all_are_left_out() -> None:
+    default = chain("Root A")
+    # A chain padded (whitespace between blocks is allowed) to about 220 KiB.
+    padding = b"\n" * 220 * 1024
+    big = padding + chain("Root B")
+    links = [f"{BASE}/cert/1/{i}" for i in range(1, 7)]
+    notices: list[str] = []
+    client, transport, *_ = scripted(
+        response(200),
+        chain_answer(default, *links),
+        *[chain_answer(big) for _ in links],
+        notice=notices.append,
+    )
+    chains = client.download(CERT)
+    assert chains.alternates == (big,) * 4
+    assert len(default) + sum(map(len, chains.alternates)) <= MAX_CHAINS_BYTES
+    assert len(transport.calls) == 3 + 5  # the fifth is fetched, then the rest are not
+    assert notices == [
+        f"alternate chain {links[4]}: the chains would exceed 1024 KiB in all; "
+        "it and the rest skipped"
+    ]
+
+
 def test_a_default_chain_that_is_no_chain_is_still_an_error() -> None:
     client, *_ = scripted(response(200), response(200, b"junk", Content_Type=PEM_CHAIN))
     with pytest.raises(AcmeError, match="unusable certificate chain"):
-        client.download(CERT, "Root A")
+        client.download(CERT)
 
 
 # --- the option -----------------------------------------------------------------------
@@ -268,3 +271,134 @@ def test_preferred_chain_names(name: str) -> None:
 def test_preferred_chain_refuses(name: str) -> None:
     with pytest.raises(InputError, match=r"--preferred-chain .*: give the issuer's Common Name"):
         cli.check_preferred_chain(name)
+
+
+# --- which chain certproc installs ---------------------------------------------------
+
+
+ROOT_B_KEY = ec.generate_private_key(ec.SECP256R1())
+NAMES = ["example.org"]
+
+
+class Recorder:
+    """Stands in for the keyinfo and file stubs certproc calls."""
+
+    def __init__(self) -> None:
+        self.installed: list[bytes] = []
+
+    def Describe(self, _request: object, **_kw: object) -> keyinfo_pb2.KeyInfoReply:
+        return keyinfo_pb2.KeyInfoReply(public_key_der=spki(LEAF_KEY), names=NAMES)
+
+    def Install(self, request: files_pb2.InstallRequest, **_kw: object) -> files_pb2.InstallReply:
+        self.installed.append(request.certificate_pem + request.chain_pem)
+        return files_pb2.InstallReply()
+
+
+class Aborted(Exception):
+    pass
+
+
+class Context:
+    def abort(self, _code: object, details: str) -> None:
+        raise Aborted(details)
+
+
+def cross_signed() -> tuple[list[x509.Certificate], bytes, bytes, bytes]:
+    """Two roots, "Root A" and "Root B", that both certify the intermediate
+    that issued the leaf: the default chain ends at A, the alternate at B."""
+    root_a = make_cert("Root A", "Root A", ROOT_KEY.public_key(), ROOT_KEY, ca=True)
+    root_b = make_cert("Root B", "Root B", ROOT_B_KEY.public_key(), ROOT_B_KEY, ca=True)
+    under_a = make_cert("intermediate", "Root A", INTERMEDIATE_KEY.public_key(), ROOT_KEY, ca=True)
+    under_b = make_cert(
+        "intermediate", "Root B", INTERMEDIATE_KEY.public_key(), ROOT_B_KEY, ca=True
+    )
+    leaf = make_cert(
+        "leaf", "intermediate", LEAF_KEY.public_key(), INTERMEDIATE_KEY, ca=False, names=NAMES
+    )
+    return [root_a, root_b], pem_of(leaf, under_a), pem_of(leaf, under_b), pem_of(leaf)
+
+
+def submit(
+    anchors: list[x509.Certificate],
+    preferred: str | None,
+    default: bytes,
+    *alternates: bytes,
+    kept: bool = False,
+) -> tuple[list[bytes], list[str]]:
+    service = CertificateService.__new__(CertificateService)
+    notes: list[str] = []
+    recorder = Recorder()
+
+    class Log:
+        info = notice = error = debug = staticmethod(notes.append)
+
+    CertificateService.__init__(service, grpc.insecure_channel("unix:/nonexistent"),
+                                grpc.insecure_channel("unix:/nonexistent"), anchors, "issue",
+                                preferred, Log())  # fmt: skip
+    service.key_info = service.files = recorder  # type: ignore[assignment]
+    request = certificate_pb2.SubmitRequest(
+        pem_chain=default, alternate_pem_chains=alternates, kept=kept
+    )
+    service.Submit(request, Context())  # type: ignore[arg-type]
+    return recorder.installed, notes
+
+
+def test_without_a_preference_the_default_chain_is_installed() -> None:
+    anchors, default, alternate, _leaf = cross_signed()
+    installed, _notes = submit(anchors, None, default, alternate)
+    assert installed == [default]
+
+
+def test_the_preferred_alternate_is_installed_once_verified() -> None:
+    anchors, default, alternate, _leaf = cross_signed()
+    installed, notes = submit(anchors, "Root B", default, alternate)
+    assert installed == [alternate]
+    assert "chose alternate chain 1 (--preferred-chain)" in notes
+
+
+def test_the_default_when_it_is_the_preferred_one() -> None:
+    anchors, default, alternate, _leaf = cross_signed()
+    assert submit(anchors, "Root A", default, alternate)[0] == [default]
+
+
+def test_an_alternate_that_does_not_verify_is_never_chosen() -> None:
+    # Root B is not a trust anchor of this run: its chain is said and left out.
+    anchors, default, alternate, _leaf = cross_signed()
+    installed, notes = submit(anchors[:1], "Root B", default, alternate)
+    assert installed == [default]
+    assert any(note.startswith("alternate chain 1: ") and note.endswith("; left out")
+               for note in notes)  # fmt: skip
+    assert notes[-2] == (
+        "no verified chain of the 1 ends in a certificate issued by 'Root B' "
+        "(--preferred-chain): the default chain"
+    )
+
+
+def test_an_alternate_with_another_leaf_is_never_chosen() -> None:
+    anchors, default, _alternate, _leaf = cross_signed()
+    other_leaf = make_cert(
+        "leaf", "intermediate", LEAF_KEY.public_key(), INTERMEDIATE_KEY, ca=False, names=NAMES
+    )
+    under_b = x509.load_pem_x509_certificates(_alternate)[1]
+    installed, notes = submit(anchors, "Root B", default, pem_of(other_leaf, under_b))
+    assert installed == [default]
+    assert "alternate chain 1: its leaf is not the default chain's; left out" in notes
+
+
+def test_a_default_chain_that_fails_fails_whatever_the_alternates() -> None:
+    anchors, _default, alternate, leaf_only = cross_signed()
+    with pytest.raises(Aborted):
+        submit(anchors, "Root B", leaf_only, alternate)
+
+
+@pytest.mark.parametrize("count", [MAX_ALTERNATES + 1])
+def test_more_alternates_than_netproc_may_fetch_are_refused(count: int) -> None:
+    anchors, default, alternate, _leaf = cross_signed()
+    with pytest.raises(Aborted, match=f"netproc sent {count} alternate chains"):
+        submit(anchors, None, default, *[alternate] * count)
+
+
+def test_a_kept_chain_comes_alone() -> None:
+    anchors, default, alternate, _leaf = cross_signed()
+    with pytest.raises(Aborted, match="netproc sent 1 alternate chains"):
+        submit(anchors, None, default, alternate, kept=True)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from letskencrypt import conf
 from letskencrypt.conf import Config, ConfigError, Location, load, parse, select
 from letskencrypt.errors import InputError
-from letskencrypt.validate import KEY_TYPES
+from letskencrypt.validate import KEY_TYPES, validate_names
 
 from tests.conftest import ROOT
 
@@ -228,6 +228,23 @@ def test_alternative_names_commas_newlines_repeats_and_duplicates() -> None:
     )
     assert domain.names == (
         "example.com", "a.example", "b.example", "c.example", "d.example", "e.example")
+
+
+def test_ip_addresses_are_names_as_any_other() -> None:
+    # Unquoted: an address is a word (it may start with a digit or ':').
+    config = parse(
+        AUTHORITY
+        + "domain ::1 {\n domain key /k1.pem\n alternative names { 127.0.0.1, 2001:DB8::1 }\n}\n"
+        + "domain web {\n domain key /k2.pem\n domain name 192.0.2.1\n"
+        + " alternative names { www.example.org fe80::1%eth0 }\n}\n"
+    )
+    assert config.domains["::1"].names == ("::1", "127.0.0.1", "2001:DB8::1")
+    assert config.domains["web"].names == ("192.0.2.1", "www.example.org", "fe80::1%eth0")
+    # The file does not check names (the command line does, for every domain):
+    # there, addresses come out canonical, or the one bad name is named.
+    assert validate_names(list(config.domains["::1"].names)) == ["::1", "127.0.0.1", "2001:db8::1"]
+    with pytest.raises(InputError, match="invalid IP address 'fe80::1%eth0': a zone id"):
+        validate_names(list(config.domains["web"].names))
 
 
 def test_top_level_directives() -> None:

@@ -314,8 +314,8 @@ def test_rotate_domain_key_to_another_type(pebble: Pebble, paths: Paths) -> None
     assert typed.code == 1
     assert typed.stderr == (
         f"letskencrypt: account key {paths.account_key} is ecdsa256, not rsa2048: give "
-        "--account-key-type ecdsa256 to keep it (replacing an account key, a key rollover, "
-        "is not supported yet)\n"
+        "--account-key-type ecdsa256 to keep it, or --rollover-account-key NEWKEY to change "
+        "the account to a new rsa2048 key\n"
     )
     both = run_client(pebble, paths, "--key-type", "rsa2048", "--account-key-type", "ecdsa256",
                       *names)  # fmt: skip

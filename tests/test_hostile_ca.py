@@ -548,6 +548,18 @@ CASES = [
         Misbehaviour("newOrder", "extra-authorizations", 2),
         r"CA sent an order with 4 authorizations for 2 names",
     ),
+    # An authorization for a name nobody ordered: nothing is published for it.
+    Case(
+        "authz-for-another-name",
+        fields("authz", identifier__value="evil.example.net"),
+        r"CA sent an authorization for dns:evil\.example\.net, which the order did not ask for$",
+    ),
+    Case(
+        "authz-for-our-name-as-an-ip-identifier",
+        fields("authz", identifier__type="ip"),
+        r"CA sent an authorization for ip:hostile\.example\.org, which the order did not ask "
+        r"for$",
+    ),
     Case(
         "authz-without-http01",
         fields("authz", challenges__1=DELETE),

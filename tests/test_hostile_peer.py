@@ -86,10 +86,10 @@ HUGE = 4 * 1024 * 1024
 MODULES = (account_pb2, certificate_pb2, challenge_pb2, domainkey_pb2, files_pb2, keyinfo_pb2,
            lifecycle_pb2, renewal_pb2, resolver_pb2)  # fmt: skip
 EXPECTED_METHODS = {
-    "letskencrypt.v1.Account": {"Describe", "Sign"},
+    "letskencrypt.v1.Account": {"Describe", "Sign", "KeyChanged"},
     "letskencrypt.v1.Certificate": {"Submit", "Retire"},
     "letskencrypt.v1.Challenge": {"Publish", "Withdraw"},
-    "letskencrypt.v1.DomainKey": {"Csr"},
+    "letskencrypt.v1.DomainKey": {"Csr", "SignRevocation"},
     "letskencrypt.v1.Files": {"Install", "Remove"},
     "letskencrypt.v1.KeyInfo": {"Describe"},
     "letskencrypt.v1.Lifecycle": {"Stop"},
@@ -238,7 +238,8 @@ class Pod:
     def stop(self) -> dict[str, int]:
         """As netproc ends a run: Stop on each of its edges (certproc stops fileproc)."""
         for run, edges in (("run", ("acct", "key", "dns", "chng", "rvk", "cert")),
-                           ("revoke", ("acct",)), ("eab", ("acct",))):
+                           ("revoke", ("acct",)), ("eab", ("acct",)),
+                           ("domainkey", ("acct", "key"))):
             for edge in edges:
                 with contextlib.suppress(KeyError):
                     rpc.stop_peer(self.channel(edge, run), rpc.EDGES[edge].server, failed=False)
@@ -297,10 +298,14 @@ def pod() -> Iterator[Pod]:
     revoking = role_settings(base, "-r")
     binding = role_settings(base, "--eab-kid", EAB_KID, "--eab-hmac-key", str(pod.eab_key),
                             "--profile", PROFILE)  # fmt: skip
-    pod.settings = {"run": settings, "revoke": revoking, "eab": binding}
+    # The fourth run ("domainkey"): -r --revoke-with domain-key, reason superseded.
+    by_domain_key = role_settings(base, "-r", "--revoke-with", "domain-key",
+                                  "--revoke-reason", "superseded")  # fmt: skip
+    pod.settings = {"run": settings, "revoke": revoking, "eab": binding,
+                    "domainkey": by_domain_key}  # fmt: skip
     codes: dict[str, int] = {}
     try:
-        for run in ("run", "revoke", "eab"):
+        for run in ("run", "revoke", "eab", "domainkey"):
             pod.run_dirs[run] = Supervisor(settings={}, run_user=RUN_USER).make_run_dir()
         # The key holders first: they create the keys (-n, -N).
         for role in ("acctproc", "keyproc", "dnsproc", "chngproc", "revokeproc", "fileproc",
@@ -314,6 +319,10 @@ def pod() -> Iterator[Pod]:
         # Once the account key exists (the first acctproc made it, -n).
         pod.start("acctproc", binding["acctproc"], "eab", name="acctproc@eab")
         pod.wait_for_sockets("eab", ["acct"])
+        # Once the domain key exists (the first keyproc made it, -N).
+        for role in ("acctproc", "keyproc"):
+            pod.start(role, by_domain_key[role], "domainkey", name=f"{role}@domainkey")
+        pod.wait_for_sockets("domainkey", ["acct", "key"])
         install_good_chain(pod)
         yield pod
     finally:
@@ -475,6 +484,7 @@ def _descriptors(pod: Pod) -> None:
         account_pb2.SignReply: {"protected", "payload", "signature"},
         keyinfo_pb2.KeyInfoReply: {"public_key_der", "names"},
         domainkey_pb2.CsrReply: {"der"},
+        domainkey_pb2.SignRevocationReply: {"protected", "payload", "signature"},
         renewal_pb2.CurrentReply: {"certificate_der"},
     }
     for message, names in reply_fields.items():
@@ -623,8 +633,13 @@ case("acct-new-order-extra-name")(
     _acct_refuses("not this run's names", lambda p: order([*NAMES, *OTHER_NAMES]),
                   kind="newOrder"))
 case("acct-new-order-ip-identifier")(
-    _acct_refuses("not dns", lambda p: json.dumps(
+    _acct_refuses("not this run's names", lambda p: json.dumps(
         {"identifiers": [{"type": "ip", "value": "192.0.2.1"}]}).encode(), kind="newOrder"))
+# Our names, each of the wrong type (RFC 8738): a domain name is no address.
+case("acct-new-order-names-as-ip-identifiers")(
+    _acct_refuses("is no IP address, not of type 'ip'", lambda p: json.dumps(
+        {"identifiers": [{"type": "ip", "value": name} for name in NAMES]}).encode(),
+        kind="newOrder"))
 case("acct-finalize-csr-other-names")(
     _acct_refuses("not this run's names", lambda p: json.dumps(
         {"csr": b64url(csr_der(OTHER_KEY, OTHER_NAMES))}).encode(), kind="finalize"))
@@ -677,6 +692,29 @@ case("acct-key-change-in-issue-run")(
                       json.dumps({"account": KID,
                                   "oldKey": keys.jwk(account_key(p).public_key())}).encode())
     ).encode(), url="https://ca.test/kc", kind="keyChange"))
+@case("acct-asked-key-change-in-issue-run")
+def _asked_key_change(pod: Pod) -> None:
+    """The key change acctproc builds itself (key_change), and netproc's word
+    that the CA accepted one: neither in a run that is no key rollover."""
+    before = audit_entries(pod)
+    stub = account_pb2_grpc.AccountStub(pod.channel("acct", "run"))
+    asked = account_pb2.SignRequest(url="https://ca.test/kc", nonce=NONCE, kid=KID,
+                                    key_change=True)  # fmt: skip
+    refused(pod, lambda: stub.Sign(asked, timeout=TIMEOUT), "not part of this run")
+    changed = account_pb2.KeyChangedRequest(account_url=KID)
+    refused(pod, lambda: stub.KeyChanged(changed, timeout=TIMEOUT), "no key change was signed")
+    after = audit_entries(pod)
+    assert after[: len(before)] == before
+    assert [(e["kind"], e["decision"]) for e in after[len(before):]] == [
+        ("keyChange", "refused"), ("keyChanged", "refused")]
+    # acctproc still signs with the run's own key.
+    reply = stub.Describe(account_pb2.DescribeRequest(), timeout=TIMEOUT)
+    assert reply.thumbprint == keys.thumbprint(account_key(pod).public_key())
+
+
+_asked_key_change.refuses_a_signature = True  # type: ignore[attr-defined]
+
+
 case("acct-deactivate-in-issue-run")(
     _acct_refuses("not part of this run", lambda p: b'{"status": "deactivated"}', url=KID,
                   kind="deactivate"))
@@ -706,6 +744,60 @@ case("acct-revoke-run-other-names")(
 case("acct-revoke-run-new-order")(
     _acct_refuses("not part of this run", lambda p: order(NAMES), run="revoke",
                   kind="newOrder"))
+
+# Revocation with the domain key: keyproc signs only in the "domainkey" run,
+# only its own certificate, to the CA's origin, with the run's reason
+# (superseded, 4); that run's acctproc signs nothing.
+SUPERSEDED = 4
+
+
+def sign_revocation(pod: Pod, *, run: str = "domainkey", url: str = "https://ca.test/revoke",
+                    der: bytes | None = None, reason: int | None = SUPERSEDED,
+                    nonce: str = NONCE) -> domainkey_pb2.SignRevocationReply:  # fmt: skip
+    if der is None:
+        der = leaf(domain_key(pod).public_key(), NAMES).public_bytes(serialization.Encoding.DER)
+    request = domainkey_pb2.SignRevocationRequest(url=url, nonce=nonce, certificate_der=der,
+                                                  reason=reason)  # fmt: skip
+    return domainkey_pb2_grpc.DomainKeyStub(pod.channel("key", run)).SignRevocation(
+        request, timeout=TIMEOUT)  # fmt: skip
+
+
+def _key_refuses(match: str, **request: Any) -> Case:
+    def attack(pod: Pod) -> None:
+        refused(pod, lambda: sign_revocation(pod, **request), match)
+
+    return attack
+
+
+case("key-revoke-in-issue-run")(_key_refuses("this run is an issue run", run="run"))
+case("key-revoke-other-keys-certificate")(_key_refuses(
+    "is not for the domain key",
+    der=leaf(OTHER_KEY.public_key(), NAMES).public_bytes(serialization.Encoding.DER)))
+case("key-revoke-other-origin")(_key_refuses("origin", url="https://evil.test/revoke"))
+case("key-revoke-other-reason")(_key_refuses("reason 1 is not this run's (4)", reason=1))
+case("key-revoke-bad-nonce")(_key_refuses("nonce", nonce="no nonce"))
+case("key-revoke-not-a-certificate")(_key_refuses("not a DER certificate", der=b"\x30\x00"))
+
+
+@case("key-revoke-signs-its-own-certificate")
+def _key_revoke_own(pod: Pod) -> None:
+    """The legitimate request of the run goes through, with keyproc's JWK."""
+    reply = sign_revocation(pod)
+    header = json.loads(b64url_decode(reply.protected))
+    assert header["jwk"] == keys.jwk(domain_key(pod).public_key())
+    assert header["url"] == "https://ca.test/revoke" and "kid" not in header
+    assert json.loads(b64url_decode(reply.payload))["reason"] == SUPERSEDED
+
+
+@case("acct-idle-in-domain-key-revocation")
+def _acct_idle(pod: Pod) -> None:
+    body = json.dumps({"certificate": b64url(leaf(domain_key(pod).public_key(), NAMES)
+                                             .public_bytes(serialization.Encoding.DER))})
+    refused(pod, lambda: sign(pod, body.encode(), run="domainkey"), "uses no account")
+    stub = account_pb2_grpc.AccountStub(pod.channel("acct", "domainkey"))
+    refused(pod, lambda: stub.Describe(account_pb2.DescribeRequest(), timeout=TIMEOUT),
+            "uses no account")  # fmt: skip
+
 
 # External account binding and profiles: the "run" has neither, the "eab" run both.
 REGISTRATION = json.dumps({"termsOfServiceAgreed": True, "contact": [CONTACT]}).encode()

@@ -49,7 +49,8 @@ def test_the_key_type_messages() -> None:
     )
     assert keyfiles.key_type_mismatch("account key", "/a/privkey.pem", "rsa2048", "ecdsa384") == (
         "account key /a/privkey.pem is rsa2048, not ecdsa384: give --account-key-type rsa2048 "
-        "to keep it (replacing an account key, a key rollover, is not supported yet)"
+        "to keep it, or --rollover-account-key NEWKEY to change the account to a new "
+        "ecdsa384 key"
     )
     keyfiles.check_key_type("domain key", "/k", "rsa2048", "rsa2048")
     with pytest.raises(KeyFileError, match="is rsa2048, not rsa3072"):

@@ -1,4 +1,5 @@
 import errno
+import ipaddress
 import json
 import os
 import stat
@@ -201,6 +202,36 @@ def test_csr_long_first_name_has_empty_subject(all_keys):
     assert len(csr.subject) == 0
     san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert san.value.get_values_for_type(x509.DNSName) == [long_name, "b.example"]
+
+
+def test_csr_addresses_are_ip_sans_never_the_common_name(all_keys):
+    names = ["192.0.2.1", "Www.Example.com", "2001:DB8::1", "example.net"]
+    csr = x509.load_der_x509_csr(keys.build_csr(all_keys["ecdsa256"], names))
+    assert csr.is_signature_valid
+    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert list(san) == [
+        x509.IPAddress(ipaddress.ip_address("192.0.2.1")),
+        x509.DNSName("www.example.com"),
+        x509.IPAddress(ipaddress.ip_address("2001:db8::1")),
+        x509.DNSName("example.net"),
+    ]
+    # The first domain name, not the first name.
+    cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    assert [a.value for a in cn] == ["www.example.com"]
+
+
+@pytest.mark.parametrize("names", [["127.0.0.1"], ["::1", "192.0.2.7"]])
+def test_csr_of_addresses_alone_has_an_empty_subject(all_keys, names):
+    csr = x509.load_der_x509_csr(keys.build_csr(all_keys["ecdsa256"], names))
+    assert len(csr.subject) == 0
+    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == []
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == names
+
+
+def test_csr_rejects_bad_addresses(all_keys):
+    with pytest.raises(InputError, match="IPv4-mapped"):
+        keys.build_csr(all_keys["ecdsa256"], ["ok.example", "::ffff:127.0.0.1"])
 
 
 def test_csr_rejects_bad_names(all_keys):

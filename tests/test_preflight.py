@@ -155,14 +155,16 @@ def test_an_account_key_of_another_type(tmp_path: Path) -> None:
     result = run(tmp_path, "--key-type", "ecdsa384")
     refused_in_one_line(result, (
         f"account key {account} is rsa2048, not ecdsa384: give --account-key-type rsa2048 "
-        "to keep it (replacing an account key, a key rollover, is not supported yet)"
+        "to keep it, or --rollover-account-key NEWKEY to change the account to a new "
+        "ecdsa384 key"
     ))
     assert account.read_bytes() == before
     assert not (tmp_path / "domain.pem").exists()
     # Its own type, given, is what it is held to.
     refused_in_one_line(run(tmp_path, "--account-key-type", "rsa4096"), (
         f"account key {account} is rsa2048, not rsa4096: give --account-key-type rsa2048 "
-        "to keep it (replacing an account key, a key rollover, is not supported yet)"
+        "to keep it, or --rollover-account-key NEWKEY to change the account to a new "
+        "rsa4096 key"
     ))
     passed = run(tmp_path, "--key-type", "ecdsa384", "--account-key-type", "rsa2048")
     assert passed.returncode == 1 and "127.0.0.1" in passed.stderr, passed.stderr

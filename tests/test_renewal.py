@@ -1,7 +1,9 @@
+import ipaddress
 import os
 from datetime import timedelta
 
 import pytest
+from cryptography import x509
 from letskencrypt.errors import CertificateFileError
 from letskencrypt.renewal import (
     Decision,
@@ -104,6 +106,23 @@ def test_names_changed(pki):
 def test_names_compare_case_and_order_insensitively(pki):
     cert = _cert(pki, 90)
     assert decide(cert, ["B.example", "A.EXAMPLE"], NOW, False)[0] is Decision.UP_TO_DATE
+
+
+def test_names_changed_with_addresses(pki):
+    cert = pki.leaf(
+        ["a.example", x509.IPAddress(ipaddress.ip_address("2001:db8::1"))],
+        not_before=NOW, not_after=NOW + timedelta(days=90),
+    )  # fmt: skip
+    assert decide(cert, ["2001:db8::1", "a.example"], NOW, False)[0] is Decision.UP_TO_DATE
+    assert decide(cert, ["a.example", "2001:db8::1", "192.0.2.1"], NOW, False) == (
+        Decision.RENEW, "names changed: adding ['192.0.2.1']",
+    )  # fmt: skip
+    assert decide(cert, ["a.example"], NOW, False)[1] == "names changed: removing ['2001:db8::1']"
+    # An address the certificate holds as a DNS name is not the address.
+    as_text = _cert(pki, 90, names=["a.example", "2001:db8::1"])
+    assert decide(as_text, ["a.example", "2001:db8::1"], NOW, False)[1] == (
+        "names changed: adding ['2001:db8::1'], removing ['DNS:2001:db8::1']"
+    )
 
 
 def test_force(pki):

@@ -1,9 +1,11 @@
+import ipaddress
 import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from letskencrypt import filestore, runstate, status
 from letskencrypt.renewal import Decision, decide
@@ -151,6 +153,20 @@ def test_names_changed(tmp_path, pki):
     assert facts.installed_names == NAMES
     expired = one(cert_dir, NOW + 100 * DAY, names=("c.example",))
     assert expired.renewal_reason.startswith("expired; names changed: adding ['c.example']")
+
+
+def test_addresses_are_shown_like_names(tmp_path, pki):
+    names = ("a.example", "192.0.2.1", "2001:db8::1")
+    sans = ["a.example", *(x509.IPAddress(ipaddress.ip_address(a)) for a in names[1:])]
+    cert_dir = installed(tmp_path, pki, leaf(pki, 90, names=sans))
+    facts = one(cert_dir, NOW, names=names)
+    assert not facts.due
+    assert facts.installed_names == names
+    assert "a.example, 192.0.2.1, 2001:db8::1" in status.render_text([facts])
+    shown = json.loads(status.render_json([facts]))["certificates"][0]
+    assert shown["names"] == shown["installed_names"] == list(names)
+    fewer = one(cert_dir, NOW, names=("a.example", "192.0.2.1"))
+    assert fewer.renewal_reason == "names changed: removing ['2001:db8::1']"
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.validate import (
+    DNS,
+    IP,
+    identifier_type,
     safe_text,
     validate_domain,
     validate_domains,
+    validate_ip,
     validate_key_authorization,
+    validate_name,
+    validate_names,
     validate_token,
 )
 
@@ -139,6 +145,119 @@ def test_any_text_is_rejected_cleanly_or_well_formed(text):
     assert DOMAIN_RE.fullmatch(result)
     assert not result.split(".")[-1].isdigit()
     assert validate_domain(result) == result
+
+
+# --- IP addresses (RFC 8738) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given_address", "expected"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("192.0.2.10", "192.0.2.10"),
+        ("10.1.2.3", "10.1.2.3"),
+        ("169.254.1.1", "169.254.1.1"),
+        ("::1", "::1"),
+        ("0:0:0:0:0:0:0:1", "::1"),
+        # RFC 5952: lower case, no leading zeros, the longest run of zeros as
+        # "::" (the first of two as long), never "::" for one group.
+        ("2001:DB8::A", "2001:db8::a"),
+        ("2001:0db8:0000:0000:0000:0000:0000:0001", "2001:db8::1"),
+        ("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"),
+        ("2001:db8:0:1:1:1:1:1", "2001:db8:0:1:1:1:1:1"),
+        ("fd00::1", "fd00::1"),
+        ("64:ff9b::192.0.2.1", "64:ff9b::c000:201"),
+    ],
+)
+def test_valid_addresses_are_canonical(given_address, expected):
+    assert validate_ip(given_address) == expected
+    assert validate_name(given_address) == expected
+    assert identifier_type(expected) == IP
+    assert validate_ip(expected) == expected
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("fe80::1%eth0", "a zone id"),
+        ("2001:db8::1%1", "a zone id"),
+        ("010.0.0.1", "without leading zeros"),
+        ("127.1", "four decimal numbers"),
+        ("1.2.3", "four decimal numbers"),
+        ("1.2.3.256", "four decimal numbers"),
+        ("1.2.3.4.", "four decimal numbers"),
+        ("::ffff:192.0.2.1", "IPv4-mapped address; give the IPv4 address 192.0.2.1"),
+        ("::ffff:c000:201", "IPv4-mapped address; give the IPv4 address 192.0.2.1"),
+        ("192.0.2.0/24", "a prefix is no address"),
+        ("2001:db8::/32", "a prefix is no address"),
+        ("[::1]", "without brackets"),
+        ("[::1", "without brackets"),
+        ("2001:db8::1::2", "not an IPv6 address"),
+        ("example.org:443", "not an IPv6 address"),
+        ("0.0.0.0", "the unspecified address"),
+        ("::", "the unspecified address"),
+        ("255.255.255.255", "the broadcast address"),
+        ("224.0.0.1", "a multicast address"),
+        ("239.255.255.250", "a multicast address"),
+        ("ff02::1", "a multicast address"),
+        ("fe80::1", "a link-local address"),
+        ("127.0.0.1\x1b[31m", "invalid domain name"),
+    ],
+)
+def test_invalid_addresses(bad, reason):
+    with pytest.raises(InputError, match=re.escape(reason)) as info:
+        validate_name(bad)
+    message = str(info.value)
+    assert message.count("\n") == 0 and "\x1b" not in message
+
+
+def test_a_wildcard_covers_no_address():
+    for name in ("*.192.0.2.1", "*.::1", "*.2001:db8::1"):
+        with pytest.raises(InputError, match="a wildcard cannot cover an IP address"):
+            validate_name(name)
+
+
+def test_identifier_type_tells_names_from_addresses():
+    assert [identifier_type(n) for n in ("a.example", "1.2.3.com", "127.0.0.1", "::1")] == [
+        DNS, DNS, IP, IP,
+    ]  # fmt: skip
+    # What no validated name is (a certificate's DNS name that reads as an
+    # address, say) is still told by its text.
+    assert identifier_type("DNS:127.0.0.1") == DNS
+
+
+def test_validate_names_mixes_domains_and_addresses_in_order():
+    assert validate_names(["Www.Example.", "0:0::1", "192.0.2.1", "a.example"]) == [
+        "www.example", "::1", "192.0.2.1", "a.example",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["::1", "0:0::1"], "duplicate IP address '::1'"),
+        (["a.example", "2001:DB8::1", "2001:db8:0::1"], "duplicate IP address '2001:db8::1'"),
+        (["a.example", "A.example."], "duplicate domain name 'a.example'"),
+        ([], "no domain names given"),
+        ([f"10.0.0.{i}" for i in range(101)], "too many names: 101 (at most 100)"),
+        (["a.example", "010.1.1.1"], "invalid IP address '010.1.1.1'"),
+    ],
+)
+def test_validate_names_refuses(names, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        validate_names(names)
+
+
+@given(st.ip_addresses())
+def test_any_address_is_refused_cleanly_or_canonical(address):
+    try:
+        canonical = validate_name(str(address).upper())
+    except InputError as error:
+        assert "\n" not in str(error)
+        return
+    assert canonical == str(address)
+    assert validate_name(canonical) == canonical
+    assert identifier_type(canonical) == IP
 
 
 # --- tokens ----------------------------------------------------------------

@@ -25,7 +25,7 @@ from letskencrypt import pem
 from letskencrypt.b64 import b64url
 from letskencrypt.constants import MAX_ANCHOR_BYTES, MAX_ANCHORS
 from letskencrypt.errors import CertificateRejected
-from letskencrypt.validate import safe_text
+from letskencrypt.validate import IP, identifier_type, safe_text
 
 MAX_CHAIN_BYTES = pem.MAX_CHAIN_BYTES
 MAX_CHAIN_CERTS = pem.MAX_CHAIN_CERTS
@@ -73,6 +73,36 @@ def cert_dns_names(cert: x509.Certificate) -> list[str]:
     return [name.lower() for name in san.value.get_values_for_type(x509.DNSName)]
 
 
+# How a dNSName entry that reads as an IP address is shown: never equal to
+# any requested name, and plain about what it is.
+DNS_ADDRESS_PREFIX = "DNS:"
+
+
+def san_names(san: x509.SubjectAlternativeName) -> list[str]:
+    """The names of a subjectAltName as requested names are written: dNSName
+    entries lower-cased, iPAddress entries as their canonical text (RFC
+    8738).  A dNSName that reads as an IP address is no address: it comes
+    out as 'DNS:<text>', so that it never matches one."""
+    names = []
+    for name in san.get_values_for_type(x509.DNSName):
+        name = name.lower()
+        names.append(DNS_ADDRESS_PREFIX + name if identifier_type(name) == IP else name)
+    names.extend(str(address) for address in san.get_values_for_type(x509.IPAddress))
+    return names
+
+
+def cert_names(cert: x509.Certificate) -> list[str]:
+    """The DNS names and IP addresses of the subjectAltName (see san_names;
+    empty if there is none)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    except _PARSE_ERRORS as exc:
+        raise CertificateRejected(f"certificate has malformed extensions: {exc}") from None
+    return san_names(san.value)
+
+
 def ari_cert_id(cert: x509.Certificate) -> str | None:
     """The certificate's ARI identifier (RFC 9773 section 4.1):
     base64url(its authorityKeyIdentifier's keyIdentifier) "." base64url(the
@@ -106,7 +136,7 @@ def _check_key(leaf: x509.Certificate, expected_public_key_der: bytes) -> None:
 
 
 def _check_names(leaf: x509.Certificate, expected_names: list[str]) -> None:
-    actual = cert_dns_names(leaf)
+    actual = cert_names(leaf)
     expected = [name.lower() for name in expected_names]
     if set(actual) != set(expected):
         raise CertificateRejected(
@@ -276,10 +306,10 @@ def check_chain(
     """Raise CertificateRejected unless `chain` is a fit for our key and names
     and leads to one of `anchors`; return that anchor.
 
-    Checks: the leaf's key is ours, its DNS names are exactly the requested
-    ones, it is not a CA, lives at most 398 days, and the chain leads to an
-    anchor (verify_path: signatures, names, CA flags, validity within
-    ±5 minutes).  A naive `now` is taken as UTC.
+    Checks: the leaf's key is ours, its names (dNSName and iPAddress
+    entries, see san_names) are exactly the requested ones, it is not a CA,
+    lives at most 398 days, and the chain leads to an anchor (verify_path:
+    signatures, names, CA flags, validity within ±5 minutes).  A naive `now` is taken as UTC.
     """
     if not chain:
         raise CertificateRejected("certificate chain is empty")

@@ -32,6 +32,10 @@ from letskencrypt.constants import (
     EXIT_FAILED,
     EXIT_NOTHING_TO_DO,
     MAX_CA_BUNDLE,
+    REVOCATION_REASONS,
+    REVOKE_WITH,
+    REVOKE_WITH_ACCOUNT,
+    REVOKE_WITH_DOMAIN_KEY,
     SUBSCRIBER_REVOCATION_REASONS,
     default_audit_log,
 )
@@ -66,7 +70,7 @@ from letskencrypt.settings import (
 )
 from letskencrypt.supervisor import RunUser, Supervisor
 from letskencrypt.urls import origin
-from letskencrypt.validate import KEY_TYPES, safe_text, validate_domains
+from letskencrypt.validate import KEY_TYPES, safe_text, validate_names
 
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -115,7 +119,8 @@ def build_parser() -> Parser:
     )
     add = parser.add_argument
     add("-b", "--backup", action="store_true", help="keep the previous certificate set")
-    add("-F", "--force", action="store_true", help="renew even if the certificate is current")
+    add("-F", "--force", action="store_true",
+        help="renew even if the certificate is current; with --deactivate-account, do not ask")
     add("-n", "--new-account-key", action="store_true", help="create the account key if missing")
     add("-N", "--new-domain-key", action="store_true", help="create the domain key if missing")
     add("-r", "--revoke", action="store_true", help="revoke the current certificate")
@@ -163,8 +168,22 @@ def build_parser() -> Parser:
     add("--rotate-domain-key", action="store_true",
         help="replace the domain key with a new one (of --key-type) and renew; the old key "
         "is kept as KEY.old-TIME once the new certificate is installed")
-    add("--revoke-reason", choices=sorted(SUBSCRIBER_REVOCATION_REASONS), metavar="REASON",
-        help="revocation reason: " + ", ".join(sorted(SUBSCRIBER_REVOCATION_REASONS)))
+    add("--revoke-reason", choices=list(REVOCATION_REASONS), metavar="REASON",
+        help="with -r: the RFC 5280 reason the revocation gives: "
+        + ", ".join(REVOCATION_REASONS) + " (the CA may refuse some; Let's Encrypt takes "
+        + ", ".join(SUBSCRIBER_REVOCATION_REASONS) + ")")
+    add("--revoke-with", choices=REVOKE_WITH, metavar="KEY",
+        help=f"with -r: sign the revocation with the {REVOKE_WITH_ACCOUNT} key (default) or "
+        f"the {REVOKE_WITH_DOMAIN_KEY}, for when the account key is lost or compromised "
+        "(no account is used)")
+    add("--rollover-account-key", metavar="NEWKEY",
+        help="change the account's key to the key in NEWKEY (RFC 8555 key rollover; it must "
+        "exist and be its owner's alone), then put NEWKEY's key at the account key's path, "
+        "keeping the old one as FILE.old-TIME; orders nothing (give the run's domains)")
+    add("--deactivate-account", action="store_true",
+        help="deactivate the account (RFC 8555): its key can no longer be used with the CA; "
+        "asks to type yes on the terminal first, unless -F; orders nothing (give the run's "
+        "domains)")
     add("--daemon", action="store_true",
         help="keep running: check on a schedule and renew when due (exit 0 on SIGTERM)")
     add("--interval", type=float, default=DEFAULT_INTERVAL, metavar="SECONDS",
@@ -199,8 +218,8 @@ def build_parser() -> Parser:
         help="write Prometheus textfile metrics here after the run (replaced atomically)")
     add("--version", action="version", version=f"letskencrypt {version()}")
     add("domains", nargs="*", metavar="domain",
-        help="primary domain, then alternative names; with --config: the domain blocks "
-        "to run (default: all)")
+        help="primary domain, then alternative names (domain names or IP addresses); "
+        "with --config: the domain blocks to run (default: all)")
     return parser
 
 
@@ -253,6 +272,72 @@ def check_profile(profile: str | None) -> str | None:
             "'.', '_' and '-' (at most 64)"
         )
     return profile
+
+
+def check_revoke_with(args: argparse.Namespace) -> bool:
+    """Whether the revocation is signed with the domain key (--revoke-with)."""
+    if args.revoke_with is None:
+        return False
+    if not args.revoke:
+        raise InputError("--revoke-with goes with -r")
+    # -n is let be (a configuration file's runs may always give it): no
+    # account key is read, nor made.
+    return args.revoke_with == REVOKE_WITH_DOMAIN_KEY
+
+
+def origin_text(url: str) -> str:
+    """"https://host:port" of an https URL (checked by check_directory_url)."""
+    scheme, host, port = origin(url)
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}"
+
+
+def check_account_operation(args: argparse.Namespace) -> str | None:
+    """The account's own operation this run is for ("rollover", "deactivate"),
+    None for a certificate's; what makes no sense with it is refused."""
+    rollover = args.rollover_account_key is not None
+    if not rollover and not args.deactivate_account:
+        return None
+    flag = "--rollover-account-key" if rollover else "--deactivate-account"
+    others = {
+        "--deactivate-account": rollover and args.deactivate_account,
+        "-r": args.revoke,
+        "--daemon": args.daemon,
+        "--rotate-domain-key": args.rotate_domain_key,
+        "-n (the account must exist)": args.new_account_key,
+        "--account-key-type (the new key is of its own type)": (
+            rollover and args.account_key_type is not None
+        ),
+    }
+    for other, given in others.items():
+        if given:
+            raise InputError(f"{flag} does not go with {other}")
+    return "rollover" if rollover else "deactivate"
+
+
+def check_new_account_key(path: str, secrets: dict[str, str]) -> str:
+    """--rollover-account-key: a regular file (no symlink) of ours alone, no
+    other key of this run.  What is in it the roles check (check_keys)."""
+    path = os.path.abspath(path)
+    what = f"--rollover-account-key {path}"
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        raise InputError(f"{what}: no such file (make the new key first)") from None
+    if stat.S_ISLNK(status.st_mode):
+        raise InputError(f"{what}: is a symbolic link, refusing to follow it")
+    if not stat.S_ISREG(status.st_mode):
+        raise InputError(f"{what}: not a regular file")
+    if status.st_uid != os.geteuid():
+        raise InputError(f"{what}: owned by uid {status.st_uid}, not by uid {os.geteuid()} "
+                         "that runs letskencrypt")  # fmt: skip
+    if status.st_mode & 0o077:
+        raise InputError(f"{what}: its group or others may use it (mode "
+                         f"{stat.S_IMODE(status.st_mode):o}): chmod 400 {path}")  # fmt: skip
+    for other, other_path in secrets.items():
+        if os.path.realpath(other_path) == os.path.realpath(path):
+            raise InputError(f"{what}: is the {other} of this run; give the new key's own file")
+    return path
 
 
 def check_directory_url(args: argparse.Namespace) -> str:
@@ -474,7 +559,27 @@ def check_keys(settings: dict[str, RoleSettings], cert_dir: str) -> list[str]:
         if facts is not None:
             keyfiles.check_key_type("account key", account.key_path, facts.key_type,
                                     account.key_type)  # fmt: skip
+    if account.new_key_path is not None:
+        check_rollover_keys(account.key_path, account.new_key_path, domain.key_path)
     return notes
+
+
+def check_rollover_keys(account_key: str, new_key: str, domain_key: str) -> None:
+    """A rollover's new key is one we support, and neither the account key
+    (which must exist: its account is the one changed) nor the domain key."""
+    new = keyfiles.probe(new_key, "new account key", "--rollover-account-key")
+    try:
+        current = keyfiles.probe(account_key, "account key", "-n")
+    except KeyFileMissing:
+        raise KeyFileError(f"account key {account_key}: no such file; a key rollover changes "
+                           "the key of an account that exists") from None
+    if new.spki_sha256 == current.spki_sha256:
+        raise KeyFileError(f"new account key {new_key} is the account key {account_key}: "
+                           "give a new key")  # fmt: skip
+    domain = existing_key(domain_key, "domain key", "-N")
+    if domain is not None and new.spki_sha256 == domain.spki_sha256:
+        raise KeyFileError(f"new account key {new_key} is the domain key {domain_key}: "
+                           "give a key of its own")  # fmt: skip
 
 
 def existing_key(path: str, what: str, create_flag: str) -> "keyfiles.KeyFacts | None":
@@ -521,6 +626,53 @@ def finish_run(settings: dict[str, RoleSettings], cert_dir: str, status: int) ->
             "for the new key; the key is unchanged"
         )
         return EXIT_FAILED
+    return status
+
+
+def confirm_deactivation(account: AcctprocSettings) -> None:
+    """--deactivate-account without -F: a typed "yes" on the terminal, or
+    nothing is sent.  Asked here, before any role starts (roles have no
+    terminal)."""
+    refused = "--deactivate-account: not confirmed; nothing was sent"
+    if not sys.stdin.isatty():
+        raise InputError("--deactivate-account: no terminal to confirm on; give -F (--force) "
+                         "to deactivate without asking; nothing was sent")  # fmt: skip
+    sys.stderr.write(
+        f"letskencrypt: deactivate the account of {account.key_path} at "
+        f"{safe_text(account.directory_url, 200)}? Its key can no longer be used with that CA, "
+        "and that cannot be undone. Type yes to go on: "
+    )
+    sys.stderr.flush()
+    try:
+        answer = sys.stdin.readline(64)
+    except (OSError, UnicodeDecodeError):
+        raise InputError(refused) from None
+    if answer.strip() != "yes":
+        raise InputError(refused)
+
+
+def finish_account(
+    settings: dict[str, RoleSettings], report: dict[str, object], status: int
+) -> int:
+    """After an account operation: the line that a deactivation is final;
+    after a rollover the CA accepted (acctproc's `report`, see
+    roles/acctproc.py), the new key put at the account key's path."""
+    account = typing.cast(AcctprocSettings, settings["acctproc"])
+    if account.operation == "deactivate" and status == EXIT_CHANGED:
+        tell(f"letskencrypt: account key {account.key_path} can no longer be used with "
+             f"{account.directory_url}: its account is deactivated")  # fmt: skip
+    changed = report.get("account_key_changed")
+    if account.new_key_path is None or not isinstance(changed, str):
+        return status
+    try:
+        old = keyfiles.replace_account_key(account.key_path, account.new_key_path, changed)
+    except KeyFileError as error:
+        tell(f"letskencrypt: {error}; the CA changed the account's key to the key in "
+             f"{account.new_key_path}: copy it to {account.key_path}")  # fmt: skip
+        return EXIT_FAILED
+    kept = f" (the old one is kept as {old})" if old else ""
+    tell(f"letskencrypt: account key {account.key_path} replaced with the key of "
+         f"{account.new_key_path}, to which the CA changed the account{kept}")  # fmt: skip
     return status
 
 
@@ -661,10 +813,13 @@ def role_settings(
     type is its own): the account key's type is only --account-key-type's.
     `knows_certificate=False` (a container, which cannot read the
     certificate directory): acctproc signs any well-formed `replaces`."""
-    names = tuple(validate_domains(args.domains))
+    names = tuple(validate_names(args.domains))
     directory_url = check_directory_url(args)
     anchor_pem = check_trust_anchors(args, directory_url) if trust_anchors else None
     # What certproc, fileproc and acctproc may do: only what this run is for.
+    # An account operation orders nothing, so the others are told "issue":
+    # netproc hands them nothing (and "revoke" would let fileproc remove).
+    account_operation = check_account_operation(args)
     operation = "revoke" if args.revoke else "issue"
     ca_bundle = check_ca_bundle(args.ca_bundle) if args.ca_bundle else None
     contacts = tuple(check_contact(c) for c in args.contact)
@@ -672,6 +827,7 @@ def role_settings(
         raise InputError(f"at most {MAX_CONTACTS} contacts")
     if args.revoke_reason and not args.revoke:
         raise InputError("--revoke-reason goes with -r")
+    with_domain_key = check_revoke_with(args)
     rotate = args.rotate_domain_key
     if rotate and args.revoke:
         raise InputError("--rotate-domain-key does not go with -r (revoke first, then rotate)")
@@ -686,6 +842,9 @@ def role_settings(
     account_key_type_given = args.account_key_type is not None or (
         key_type_given and not rotate and account_type_follows
     )
+    # A rollover replaces the account key, whatever its type.
+    if account_operation == "rollover":
+        account_key_type_given = False
     cert_dir = os.path.abspath(args.cert_dir)
     challenge_dir = os.path.abspath(args.challenge_dir)
     account_key = os.path.abspath(args.account_key)
@@ -700,6 +859,10 @@ def role_settings(
             raise InputError(f"--eab-hmac-key {eab_hmac_key}: give the file of the CA's HMAC "
                              "key, not a key or the audit log of this run")
         secrets["EAB HMAC key"] = eab_hmac_key
+    new_account_key = None
+    if account_operation == "rollover":
+        new_account_key = check_new_account_key(args.rollover_account_key, secrets)
+        secrets["new account key"] = new_account_key
     check_key_places(
         secrets, {"certificate directory": cert_dir, "challenge directory": challenge_dir}
     )
@@ -716,22 +879,24 @@ def role_settings(
             contact=contacts,
             names=names,
             revoke=args.revoke,
-            revoke_reason=SUBSCRIBER_REVOCATION_REASONS.get(args.revoke_reason or ""),
+            revoke_reason=REVOCATION_REASONS.get(args.revoke_reason or ""),
+            revoke_with_domain_key=with_domain_key,
             daemon=daemon,
             poll_timeout=check_poll_timeout(args.poll_timeout),
             external_account_binding=eab_kid is not None,
             profile=profile,
-            preferred_chain=check_preferred_chain(args.preferred_chain),
             ari=not args.no_ari,
+            rollover=account_operation == "rollover",
+            deactivate=account_operation == "deactivate",
             strict=strict,
         ),
         "acctproc": AcctprocSettings(
             key_path=account_key,
-            create=args.new_account_key,
+            create=args.new_account_key and not with_domain_key,
             key_type=account_key_type,
-            require_key_type=account_key_type_given,
+            require_key_type=account_key_type_given and not with_domain_key,
             directory_url=directory_url,
-            operation=operation,
+            operation=account_operation or operation,
             names=names,
             contact=contacts,
             audit_log=audit_log,
@@ -740,6 +905,8 @@ def role_settings(
             profile=profile,
             replaces=None if replaces_any else replaces,
             replaces_any=replaces_any,
+            idle=with_domain_key,
+            new_key_path=new_account_key,
             strict=strict,
         ),
         "keyproc": KeyprocSettings(
@@ -751,6 +918,9 @@ def role_settings(
             operation=operation,
             rotate=rotate,
             key_compromised=args.revoke and args.revoke_reason == "keyCompromise",
+            revoke_with_domain_key=with_domain_key,
+            ca_origin=origin_text(directory_url) if with_domain_key else None,
+            revoke_reason=REVOCATION_REASONS.get(args.revoke_reason or ""),
             strict=strict,
         ),
         "dnsproc": DnsprocSettings(strict=strict),
@@ -763,7 +933,12 @@ def role_settings(
             trust_anchors=anchor_pem,
             strict=strict,
         ),
-        "certproc": CertprocSettings(operation=operation, trust_anchors=anchor_pem, strict=strict),
+        "certproc": CertprocSettings(
+            operation=operation,
+            trust_anchors=anchor_pem,
+            preferred_chain=check_preferred_chain(args.preferred_chain),
+            strict=strict,
+        ),
         "fileproc": FileprocSettings(
             cert_dir=cert_dir, backup=args.backup, operation=operation, strict=strict
         ),
@@ -776,6 +951,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(arguments)
     STYLE.log_format = args.log_format
     if args.config:
+        if args.rollover_account_key is not None or args.deactivate_account:
+            raise_usage("--rollover-account-key and --deactivate-account do not go with "
+                        "--config: give the authority's account key with -f")
         run_config(args)
     if not args.domains:
         build_parser().error("the following arguments are required: domain")
@@ -791,6 +969,8 @@ def main(argv: list[str] | None = None) -> None:
             tell(f"letskencrypt: {moved}")
         for note in check_keys(settings, cert_dir):
             tell(f"letskencrypt: {note}")
+        if args.deactivate_account and not args.force:
+            confirm_deactivation(typing.cast(AcctprocSettings, settings["acctproc"]))
     except OSError as error:
         tell(f"letskencrypt: {plain_words(error)}")
         sys.exit(EXIT_FAILED)
@@ -816,7 +996,9 @@ def main(argv: list[str] | None = None) -> None:
         tell(f"letskencrypt: {plain_words(error)}")
         sys.exit(EXIT_FAILED)
     status = finish_run(settings, cert_dir, status)
-    if status == EXIT_CHANGED and args.deploy_hook and not args.revoke:
+    status = finish_account(settings, supervisor.relay.reports.get("acctproc", {}), status)
+    account_run = args.rollover_account_key is not None or args.deactivate_account
+    if status == EXIT_CHANGED and args.deploy_hook and not args.revoke and not account_run:
         status = deploy(args, settings, cert_dir)
     if args.metrics_file:
         run = runstate.RunRecord(

@@ -25,7 +25,8 @@ Where this parser differs from OpenBSD's, it is on purpose:
   4096-bit RSA keys and P-384 keys); no type at all is None, the caller's
   default (OpenBSD's is RSA).  Our own KEY_TYPES names are accepted as well.
 * A domain needs no certificate file: without any, the caller decides where
-  its certificates go.  Domain names are not checked here.
+  its certificates go.  Names (domain names and IP addresses) are not
+  checked here: the command line checks them, for every domain.
 * Include paths are relative to the directory of the including file.
 * The first error ends the parse; its message is `file:line:column: message`.
 """

@@ -12,6 +12,7 @@ the run, naming the file, line and column of the block.
 """
 
 import argparse
+import contextlib
 import copy
 import os
 import random
@@ -307,6 +308,7 @@ def record(
             result = "revoked"
         note = runner.relay.ari.get(outcome.handle)
         state = runstate.record(state, outcome.handle, result, outcome.reason, now, note)
+    state = record_accounts(state, runner, now)
     counts = runner.relay.counts
     state = runstate.record_run(
         state,
@@ -323,6 +325,25 @@ def record(
             metrics.write(os.path.abspath(args.metrics_file), metrics.render(facts, state))
         except OSError as error:
             tell(f"letskencrypt: --metrics-file: {plain_words(error)}")
+
+
+def record_accounts(state: runstate.State, runner: fleet.Fleet, now: float) -> runstate.State:
+    """Each authority's account as a lane's netproc last reported it (the
+    relay bounded it; the CA's word through netproc: shown, never acted on)."""
+    for job in runner.jobs:
+        account = runner.relay.accounts.get(job.handle)
+        if account is None:
+            continue
+        contact = account["contact"]
+        record = runstate.AccountRecord(
+            url=str(account["url"]),
+            contact=tuple(map(str, contact)) if isinstance(contact, list) else (),
+            status=str(account["status"]),
+            seen=now,
+        )
+        with contextlib.suppress(ValueError):
+            state = runstate.record_account(state, job.authority, record)
+    return state
 
 
 def status_parser() -> cli.Parser:
@@ -356,6 +377,11 @@ def status_main(argv: Sequence[str]) -> None:
         sys.stderr.write(f"letskencrypt: {error}\n")
         sys.exit(EXIT_FAILED)
     facts = status.gather(entries, state, datetime.now(UTC))
-    sys.stdout.write(status.render_json(facts) if args.json else status.render_text(facts))
+    accounts = status.gather_accounts([entry.authority for entry in entries], state)
+    sys.stdout.write(
+        status.render_json(facts, accounts)
+        if args.json
+        else status.render_text(facts) + status.render_accounts_text(accounts)
+    )
     sys.stdout.flush()
     sys.exit(0)

@@ -87,8 +87,20 @@ REVOCATION_REASONS: dict[str, int] = {
     "aACompromise": 10,
 }
 REVOCATION_REASON_CODES = frozenset(REVOCATION_REASONS.values())
-# What a subscriber may give with --revoke-reason: the reasons ACME CAs
-# accept from the holder of a certificate.
+
+
+def revocation_reason_name(code: int) -> str:
+    """"keyCompromise (1)" for 1; the bare number for a code RFC 5280 does not name."""
+    names = [name for name, value in REVOCATION_REASONS.items() if value == code]
+    return f"{names[0]} ({code})" if names else str(code)
+
+
+# The reasons ACME CAs take from a subscriber (Let's Encrypt's Boulder:
+# UserAllowedReasons, of late without affiliationChanged).  --revoke-reason
+# takes every RFC 5280 reason and the CA decides: pebble 2.4 and 2.10 take
+# them all, a CA that refuses one says badRevocationReason.  Let's Encrypt
+# records a revocation signed with the domain key as keyCompromise, whatever
+# the reason asked.
 SUBSCRIBER_REVOCATION_REASONS: dict[str, int] = {
     name: REVOCATION_REASONS[name]
     for name in (
@@ -99,3 +111,12 @@ SUBSCRIBER_REVOCATION_REASONS: dict[str, int] = {
         "cessationOfOperation",
     )
 }
+
+# Alternate certificate chains (RFC 8555 section 7.4.2) a CA may list:
+# netproc fetches at most this many, certproc takes no more.
+MAX_ALTERNATES = 8
+
+# -r --revoke-with: the key that signs the revocation (RFC 8555 section 7.6).
+REVOKE_WITH_ACCOUNT = "account"
+REVOKE_WITH_DOMAIN_KEY = "domain-key"
+REVOKE_WITH = (REVOKE_WITH_ACCOUNT, REVOKE_WITH_DOMAIN_KEY)

@@ -3,10 +3,10 @@
 - **--key-type against an existing key.**  Given on the command line, it is
   the type the keys must have: an existing key of another type is refused
   (`key_type_mismatch`), never silently used.  The domain key can be
-  replaced (`--rotate-domain-key`); the account key cannot yet (that is an
-  ACME key rollover, a separate feature), so its type can be given on its
-  own (`--account-key-type`), and a run that rotates the domain key does
-  not hold the account key to --key-type.
+  replaced (`--rotate-domain-key`); the account key is replaced by an ACME
+  key rollover (`--rollover-account-key`, below), so its type can be given
+  on its own (`--account-key-type`), and a run that rotates the domain key
+  does not hold the account key to --key-type.
 - **Compromised domain keys.**  `-r --revoke-reason keyCompromise` says the
   domain key is compromised: keyproc records the SHA-256 of its public key
   (SubjectPublicKeyInfo, DER) in `compromised-keys` next to the key, at its
@@ -33,6 +33,12 @@
   before it starts any role (`finish_rotation`).  keyproc drops to an
   unprivileged user once it has opened its files, so it could not rename
   in a root-owned key directory after the certificate is in.
+- **Account key rollover.**  `--rollover-account-key NEWKEY`: once acctproc
+  says the CA accepted the key change (relay.REPORT_MARKER; see
+  roles/acctproc.py), the command line copies NEWKEY to the account key's
+  path (`replace_account_key`, in a child: mode 0400, fsynced, renamed
+  into place), keeping the old key as `<key>.old-<UTC time>` as a rotation
+  does.  NEWKEY itself stays where it is.
 - **`probe`**: the type and public-key digest of key files, learned in a
   child process (not dumpable, which exits at once), so that no private key
   enters the memory of the supervisor; the installed certificate, which
@@ -42,6 +48,7 @@ Standard library only at import (the command line runs in every container
 image, some without cryptography); `keys` is imported where a key is read.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -87,7 +94,7 @@ def key_type_mismatch(what: str, path: str, actual: str, wanted: str) -> str:
         )
     return (
         f"{what} {path} is {actual}, not {wanted}: give --account-key-type {actual} to keep "
-        "it (replacing an account key, a key rollover, is not supported yet)"
+        f"it, or --rollover-account-key NEWKEY to change the account to a new {wanted} key"
     )
 
 
@@ -345,32 +352,35 @@ def finish_rotation(key_path: str, cert_dir: str, now: datetime | None = None) -
     return Rotation(promoted=False)
 
 
-def promote(key_path: str, now: datetime) -> str | None:
-    """Rename `<key>.new` over the key, keeping the old key as
-    `<key>.old-<time>`; returns that name (None: there was no old key)."""
+def promote(
+    key_path: str, now: datetime, pending: str | None = None, what: str = "domain key"
+) -> str | None:
+    """Rename `pending` (a name in the key's directory; `<key>.new` by
+    default) over the key, keeping the old key as `<key>.old-<time>`;
+    returns that name (None: there was no old key)."""
     directory, name = os.path.split(os.path.abspath(key_path))
-    pending = name + PENDING_SUFFIX
+    pending = pending or name + PENDING_SUFFIX
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     try:
         dir_fd = fsutil.open_directory(directory)
     except OSError as error:
         raise KeyFileError(
-            f"domain key {key_path}: cannot open {directory}: {error.strerror}"
+            f"{what} {key_path}: cannot open {directory}: {error.strerror}"
         ) from None
     try:
-        old = _keep_old(dir_fd, name, f"{name}{OLD_SUFFIX}{stamp}", key_path)
+        old = _keep_old(dir_fd, name, f"{name}{OLD_SUFFIX}{stamp}", f"{what} {key_path}")
         os.rename(pending, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         os.fsync(dir_fd)
     except OSError as error:
         raise KeyFileError(
-            f"domain key {key_path}: cannot put the new key in place: {error.strerror}"
+            f"{what} {key_path}: cannot put the new key in place: {error.strerror}"
         ) from None
     finally:
         os.close(dir_fd)
     return None if old is None else os.path.join(directory, old)
 
 
-def _keep_old(dir_fd: int, name: str, wanted: str, key_path: str) -> str | None:
+def _keep_old(dir_fd: int, name: str, wanted: str, label: str) -> str | None:
     """A second name for the old key (a hard link; a rename where the file
     system has none), never over an existing file."""
     try:
@@ -397,4 +407,64 @@ def _keep_old(dir_fd: int, name: str, wanted: str, key_path: str) -> str | None:
             os.rename(name, old, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         os.fsync(dir_fd)
         return old
-    raise KeyFileError(f"domain key {key_path}: too many old keys named {wanted}-N")
+    raise KeyFileError(f"{label}: too many old keys named {wanted}-N")
+
+
+# --- account key rollover ----------------------------------------------------------------
+
+
+def _copy_new_account_key(
+    source: str, directory: str, temp_name: str, expected: str
+) -> dict[str, object]:  # pragma: no cover - in the child
+    """Write the key at `source` as `temp_name` in `directory` (mode 0400,
+    fsynced), if its public key is the one whose digest is `expected`."""
+    from cryptography.hazmat.primitives import serialization
+
+    from letskencrypt import keys
+
+    try:
+        key = keys.load_key(source, "new account key", "--rollover-account-key")
+    except KeyFileError as error:
+        return {"error": str(error)}
+    if keys.spki_sha256(key) != expected:
+        return {"error": f"new account key {source}: no longer the key the CA changed the "
+                         "account to"}  # fmt: skip
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    dir_fd = fsutil.open_directory(directory)
+    try:
+        fsutil.write_new(temp_name, pem, fsutil.KEY_FILE_MODE, dir_fd=dir_fd,
+                         create_mode=fsutil.KEY_FILE_MODE)  # fmt: skip
+    finally:
+        os.close(dir_fd)
+    return {"written": temp_name}
+
+
+def replace_account_key(
+    key_path: str, new_key_path: str, expected: str, now: datetime | None = None
+) -> str | None:
+    """After the CA accepted a key rollover to the key at `new_key_path`
+    (whose public key's SHA-256 is `expected`): put a copy of it at
+    `key_path`, keeping the old key as `<key>.old-<time>` (`promote`);
+    returns that name.  The copy is made in a child (`in_child`): no private
+    key enters this process.  `new_key_path` is left as it is.  A crash in
+    between leaves the old key at `key_path` (and at most a temporary file
+    beside it): the new key is still at `new_key_path`."""
+    directory = os.path.dirname(os.path.abspath(key_path))
+    temp_name = f".key-{secrets.token_hex(8)}.tmp"
+    reply = in_child(
+        lambda: _copy_new_account_key(new_key_path, directory, temp_name, expected),
+        f"new account key {new_key_path}",
+    )
+    if reply.get("written") != temp_name:
+        raise KeyFileError(str(reply.get("error") or f"new account key {new_key_path}: "
+                                                     "cannot be copied"))  # fmt: skip
+    try:
+        return promote(key_path, now or datetime.now(UTC), pending=temp_name, what="account key")
+    except KeyFileError:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, temp_name))
+        raise

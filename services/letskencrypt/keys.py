@@ -2,6 +2,7 @@
 
 import errno
 import hashlib
+import ipaddress
 import json
 import os
 import secrets
@@ -18,7 +19,7 @@ from letskencrypt.b64 import b64url
 from letskencrypt.b64 import b64url_decode as b64url_decode
 from letskencrypt.errors import InputError, KeyFileError, KeyFileMissing
 from letskencrypt.fsutil import KEY_DIR_MODE, KEY_FILE_MODE, MAX_KEY_FILE_SIZE, make_directories
-from letskencrypt.validate import KEY_TYPES, validate_domains
+from letskencrypt.validate import IP, KEY_TYPES, identifier_type, validate_names
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
@@ -359,19 +360,32 @@ def sign_jws(
 # --- CSR --------------------------------------------------------------------
 
 
+def san_entry(name: str) -> x509.GeneralName:
+    """A validated name as a subjectAltName entry: iPAddress for an address,
+    dNSName for a domain name (RFC 8738 section 7)."""
+    if identifier_type(name) == IP:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    return x509.DNSName(name)
+
+
 def build_csr(key: PrivateKey, names: list[str]) -> bytes:
-    """DER CSR for `names` (all in subjectAltName; CN = first if ≤ 64 chars)."""
-    names = validate_domains(names)
+    """DER CSR for `names` (domain names and IP addresses, all in
+    subjectAltName).  CN: the first domain name, if it has at most 64
+    characters; never an address, which belongs in an iPAddress entry (RFC
+    8738 section 7) and in a CN, read by clients as a host name, would only
+    repeat it as text: a CSR of addresses alone has an empty subject."""
+    names = validate_names(names)
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
         raise InputError(f"cannot sign a CSR with key type {type(key).__name__} (use RSA or EC)")
     subject: list[x509.NameAttribute] = []
-    if len(names[0]) <= 64:  # ub-common-name (RFC 5280)
-        subject.append(x509.NameAttribute(NameOID.COMMON_NAME, names[0]))
+    domains = [name for name in names if identifier_type(name) != IP]
+    if domains and len(domains[0]) <= 64:  # ub-common-name (RFC 5280)
+        subject.append(x509.NameAttribute(NameOID.COMMON_NAME, domains[0]))
     builder = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name(subject))
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+            x509.SubjectAlternativeName([san_entry(n) for n in names]), critical=False
         )
     )
     csr = builder.sign(key, hashes.SHA256())

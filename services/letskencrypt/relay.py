@@ -37,6 +37,17 @@ PREFIX = "letskencrypt: "
 # what it learnt of the CA's renewal information ("ari", see ari.py).
 COUNTS_MARKER = "letskencrypt-counts: "
 MAX_COUNT = 10**9
+# A line that starts so, from a role's own stream, is not shown: it is a
+# JSON object the role tells the command line (acctproc: the account key
+# it changed), kept in Relay.reports under the role's name.  A role can
+# only write its own pipes, so a report names the role that made it.
+REPORT_MARKER = "letskencrypt-report: "
+# The account in the counts line ("account": {"url", "contact", "status"},
+# as the CA showed it to netproc): each field bounded, the rest dropped.
+MAX_ACCOUNT_URL = 2000
+MAX_ACCOUNT_CONTACTS = 10
+MAX_ACCOUNT_CONTACT = 320
+MAX_ACCOUNT_STATUS = 40
 
 MAX_LINE = 2000
 # A line longer than this (bytes, before decoding) is cut; the rest of it dropped.
@@ -79,6 +90,27 @@ def tell(line: str, certificate: str | None = None) -> None:
     os.write(2, (Relay().render(line, certificate) + "\n").encode(errors="replace"))
 
 
+def account_report(value: object) -> dict[str, object] | None:
+    """The "account" of a counts line, as {"url", "contact", "status"}, each
+    bounded and made safe; None if it is not one."""
+    if not isinstance(value, dict):
+        return None
+    url, contact, status = value.get("url"), value.get("contact"), value.get("status")
+    if not isinstance(url, str) or not 0 < len(url) <= MAX_ACCOUNT_URL:
+        return None
+    if not isinstance(contact, list) or not all(isinstance(c, str) for c in contact):
+        return None
+    if not isinstance(status, str) or not status:
+        return None
+    return {
+        "url": safe_text(url, MAX_ACCOUNT_URL),
+        "contact": [safe_text(c, MAX_ACCOUNT_CONTACT) for c in contact if c][
+            :MAX_ACCOUNT_CONTACTS
+        ],
+        "status": safe_text(status, MAX_ACCOUNT_STATUS),
+    }
+
+
 class Relay:
     def __init__(
         self,
@@ -102,6 +134,10 @@ class Relay:
         self.last_lines: dict[str, str] = {}
         # Summed from the COUNTS_MARKER lines.
         self.counts = {"requests": 0, "orders": 0}
+        # The account each counts stream (netproc, a lane) last reported.
+        self.accounts: dict[str, dict[str, object]] = {}
+        # Each role's last REPORT_MARKER object.
+        self.reports: dict[str, dict[str, object]] = {}
         # Each stream's (netproc's, a lane's) last ARI note, from those lines.
         self.ari: dict[str, AriNote] = {}
         self.writing = False
@@ -175,6 +211,9 @@ class Relay:
         if stream.counts and raw.startswith(COUNTS_MARKER.encode()):
             self._count(raw[len(COUNTS_MARKER):], stream.role)
             return
+        if not stream.nested and raw.startswith(REPORT_MARKER.encode()):
+            self._report(raw[len(REPORT_MARKER):], stream.role)
+            return
         role = stream.role
         used = self.volume.get(role, 0)
         limit = MAX_VOLUME * (len(ROLES) if stream.nested else 1)
@@ -208,17 +247,30 @@ class Relay:
             value = counts.get(name)
             if isinstance(value, int) and 0 <= value <= MAX_COUNT:
                 self.counts[name] = min(self.counts[name] + value, MAX_COUNT)
+        account = account_report(counts.get("account"))
+        if account is not None:
+            self.accounts[role] = account
         if "ari" in counts:
             with contextlib.suppress(ari.AriError):
                 self.ari[role] = ari.note_from_json(counts["ari"])
 
+    def _report(self, raw: bytes, role: str) -> None:
+        try:
+            report = json.loads(raw)
+        except ValueError:
+            return
+        if isinstance(report, dict):
+            self.reports[role] = report
+
     def counts_line(self) -> str:
         """The marker line for the relay above (a lane's): the counts, and
-        the ARI note when one stream gave one."""
-        line: dict[str, object] = dict(self.counts)
+        the account and the ARI note when one stream gave one."""
+        counts: dict[str, object] = dict(self.counts)
+        if len(self.accounts) == 1:
+            (counts["account"],) = self.accounts.values()
         if len(self.ari) == 1:
-            line["ari"] = ari.note_to_json(next(iter(self.ari.values())))
-        return COUNTS_MARKER + json.dumps(line)
+            counts["ari"] = ari.note_to_json(next(iter(self.ari.values())))
+        return COUNTS_MARKER + json.dumps(counts)
 
     # --- writing ours -----------------------------------------------------------------
 

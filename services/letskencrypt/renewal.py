@@ -8,7 +8,7 @@ from typing import NamedTuple
 from cryptography import x509
 
 from letskencrypt import fsutil
-from letskencrypt.certs import cert_dns_names, parse_pem_chain
+from letskencrypt.certs import cert_names, parse_pem_chain
 from letskencrypt.errors import CertificateFileError, CertificateRejected
 
 MAX_CERT_FILE_BYTES = 256 * 1024
@@ -81,7 +81,7 @@ def renewal_due(
         return Due(None, "no certificate yet")
     if distrust:
         return Due(None, f"installed {distrust}")
-    changed = _names_changed(cert_dns_names(cert), [name.lower() for name in names])
+    changed = _names_changed(cert_names(cert), [name.lower() for name in names])
     if changed:
         return Due(None, changed)
     window = renewal_window(cert)

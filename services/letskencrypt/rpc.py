@@ -45,8 +45,9 @@ EDGES: dict[str, Edge] = {
         Edge("chng", "netproc", "chngproc", 4 * KIB),
         # A kept chain travels from revokeproc to netproc, as on "cert".
         Edge("rvk", "netproc", "revokeproc", 320 * KIB),
-        # A PEM chain from the CA is capped at 256 KiB; leave room for framing.
-        Edge("cert", "netproc", "certproc", 320 * KIB),
+        # The CA's chains, default and alternates, are capped at 1 MiB in all
+        # (one at 256 KiB); leave room for framing.
+        Edge("cert", "netproc", "certproc", 1088 * KIB),
         Edge("file", "certproc", "fileproc", 320 * KIB),
         Edge("keyinfo", "certproc", "keyproc", 16 * KIB),
         # The same KeyInfo for acctproc: it signs a finalize only for keyproc's key.

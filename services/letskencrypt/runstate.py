@@ -6,7 +6,8 @@ the last success and failure, how many runs in a row have failed, and what
 netproc last learnt of the CA's renewal information (ARI, an
 ari.note_from_json note; absent in files of before); for
 the whole last run its start, duration, and how many orders and requests
-it made.
+it made; per authority the account as the CA last showed it to a run (its
+URL, contact and status, and when: netproc's word, relay.account_report).
 
 The file is a convenience, never a source of truth: `load` takes a missing
 file as no history, and a file it cannot use (unreadable, a symlink, larger
@@ -23,6 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from letskencrypt import ari, fsutil, publicfile
+from letskencrypt.relay import (
+    MAX_ACCOUNT_CONTACT,
+    MAX_ACCOUNT_CONTACTS,
+    MAX_ACCOUNT_STATUS,
+    MAX_ACCOUNT_URL,
+)
 from letskencrypt.settings import AriNote
 from letskencrypt.validate import safe_text
 
@@ -65,6 +72,16 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class AccountRecord:
+    """One authority's account as the CA last showed it to a run (unix time `seen`)."""
+
+    url: str
+    contact: tuple[str, ...]
+    status: str
+    seen: float
+
+
+@dataclass(frozen=True)
 class State:
     """Everything in the file.  `warning` is not stored: it is why `load`
     could not use the file and started from no history (None if it could,
@@ -73,6 +90,8 @@ class State:
     certificates: dict[str, CertRecord] = field(default_factory=dict)
     last_run: RunRecord | None = None
     warning: str | None = None
+    # Authority name -> its account (absent in files older than this field).
+    accounts: dict[str, AccountRecord] = field(default_factory=dict)
 
 
 class _Invalid(Exception):
@@ -130,6 +149,17 @@ def record_run(state: State, run: RunRecord) -> State:
     return dataclasses.replace(state, last_run=run)
 
 
+def record_account(state: State, authority: str, account: AccountRecord) -> State:
+    """`state` with `account` as `authority`'s; ValueError for one that `load`
+    would refuse."""
+    try:
+        document = {**dataclasses.asdict(account), "contact": list(account.contact)}
+        checked = _account_record(_handle(authority), document)
+    except _Invalid as error:
+        raise ValueError(str(error)) from None
+    return dataclasses.replace(state, accounts={**state.accounts, authority: checked})
+
+
 # --- the file ----------------------------------------------------------------
 
 
@@ -171,6 +201,10 @@ def _serialise(state: State) -> bytes:
             handle: dataclasses.asdict(entry) for handle, entry in state.certificates.items()
         },
         "last_run": dataclasses.asdict(state.last_run) if state.last_run else None,
+        "accounts": {
+            authority: {**dataclasses.asdict(account), "contact": list(account.contact)}
+            for authority, account in state.accounts.items()
+        },
     }
     return (json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
 
@@ -192,11 +226,18 @@ def _parse(data: bytes) -> State:
     if not isinstance(certificates, dict):
         raise _Invalid("'certificates' is not an object")
     last_run = document.get("last_run")
+    accounts = document.get("accounts", {})
+    if not isinstance(accounts, dict):
+        raise _Invalid("'accounts' is not an object")
     return State(
         certificates={
             _handle(handle): _cert_record(handle, entry) for handle, entry in certificates.items()
         },
         last_run=None if last_run is None else _run_record(last_run),
+        accounts={
+            _handle(authority): _account_record(authority, entry)
+            for authority, entry in accounts.items()
+        },
     )
 
 
@@ -264,4 +305,25 @@ def _run_record(value: Any) -> RunRecord:
         duration=_number(run["duration"], "last_run: duration"),
         orders=_count(run["orders"], "last_run: orders"),
         requests=_count(run["requests"], "last_run: requests"),
+    )
+
+
+def _text(value: Any, what: str, limit: int) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
+        raise _Invalid(f"{what} is not text of 1 to {limit} characters")
+    return value
+
+
+def _account_record(authority: str, value: Any) -> AccountRecord:
+    # Bounded as the relay bounds netproc's report of it.
+    what = f"account of {safe_text(authority, 100)!r}"
+    entry = _fields(value, what, tuple(f.name for f in dataclasses.fields(AccountRecord)))
+    contact = entry["contact"]
+    if not isinstance(contact, list) or len(contact) > MAX_ACCOUNT_CONTACTS:
+        raise _Invalid(f"{what}: contact is not a list of at most {MAX_ACCOUNT_CONTACTS}")
+    return AccountRecord(
+        url=_text(entry["url"], f"{what}: url", MAX_ACCOUNT_URL),
+        contact=tuple(_text(c, f"{what}: contact", MAX_ACCOUNT_CONTACT) for c in contact),
+        status=_text(entry["status"], f"{what}: status", MAX_ACCOUNT_STATUS),
+        seen=_number(entry["seen"], f"{what}: seen"),
     )

@@ -72,6 +72,9 @@ class NetprocSettings(RoleSettings):
     names: tuple[str, ...]
     revoke: bool = False
     revoke_reason: int | None = None
+    # -r --revoke-with domain-key: keyproc signs the revokeCert (RFC 8555
+    # 7.6, the JWK embedded); no account is looked up, acctproc is not asked.
+    revoke_with_domain_key: bool = False
     daemon: Schedule | None = None
     poll_timeout: float = DEFAULT_POLL_TIMEOUT
     ready_timeout: float = DEFAULT_READY_TIMEOUT
@@ -80,15 +83,21 @@ class NetprocSettings(RoleSettings):
     external_account_binding: bool = False
     # The certificate profile to order (--profile), checked against the directory.
     profile: str | None = None
-    # The issuer Common Name the chain's topmost certificate should have
-    # (--preferred-chain), among the CA's alternate chains.
-    preferred_chain: str | None = None
     # Ask the CA's renewal information (RFC 9773) for a certificate that is
     # not due by its lifetime (--no-ari: never).
     ari: bool = True
     # What an earlier run learnt of it (a --config run's state file): used
     # instead of asking again while it holds for the installed certificate.
     ari_note: AriNote | None = None
+    # The account's own operations (--rollover-account-key,
+    # --deactivate-account): no order, no revocation.
+    rollover: bool = False
+    deactivate: bool = False
+
+    def __post_init__(self) -> None:
+        account = self.rollover or self.deactivate
+        if account and (self.revoke or self.daemon is not None or self.rollover == self.deactivate):
+            raise InputError("settings: NetprocSettings asks for more than one operation")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,11 +126,21 @@ class AcctprocSettings(RoleSettings):
     # daemon's, which changes while it runs; a container's).
     replaces: str | None = None
     replaces_any: bool = False
+    # A revocation with the domain key needs no account: acctproc reads no
+    # key (it may be lost: that may be why), opens no audit log, and refuses
+    # every request.
+    idle: bool = False
+    # A rollover run (--rollover-account-key): the new key, read before the sandbox.
+    new_key_path: str | None = None
 
     def __post_init__(self) -> None:
         check_operation(self.operation, ACCOUNT_OPERATIONS)
+        if self.idle and self.operation != "revoke":
+            raise InputError("settings: AcctprocSettings.idle goes with a revoke run only")
         if (self.eab_kid is None) != (self.eab_hmac_key is None):
             raise InputError("settings: eab_kid and eab_hmac_key go together")
+        if (self.new_key_path is not None) != (self.operation == "rollover"):
+            raise InputError("settings: new_key_path goes with a rollover run, and only there")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,9 +159,20 @@ class KeyprocSettings(RoleSettings):
     rotate: bool = False
     # -r --revoke-reason keyCompromise: record the key as compromised.
     key_compromised: bool = False
+    # -r --revoke-with domain-key: keyproc signs the revokeCert itself, for a
+    # certificate of its key, to the CA's origin ("https://host:port"), with
+    # the run's reason (None: the request names none).
+    revoke_with_domain_key: bool = False
+    ca_origin: str | None = None
+    revoke_reason: int | None = None
 
     def __post_init__(self) -> None:
         check_operation(self.operation)
+        if self.revoke_with_domain_key and (self.operation != "revoke" or not self.ca_origin):
+            raise InputError(
+                "settings: KeyprocSettings.revoke_with_domain_key goes with a revoke run "
+                "and the CA's origin"
+            )
         if self.rotate and self.operation != "issue":
             raise InputError("settings: KeyprocSettings.rotate goes with an issue run only")
         if self.key_compromised and self.operation != "revoke":
@@ -166,6 +196,9 @@ class CertprocSettings(RoleSettings):
     operation: str
     # PEM text of the CA's roots (see anchors.py); None: not given.
     trust_anchors: str | None = None
+    # The issuer Common Name the chain's topmost certificate should have
+    # (--preferred-chain), among the default chain and the CA's alternates.
+    preferred_chain: str | None = None
     # How long it waits for fileproc (and so for the certificate directory's
     # lock) before it serves.
     ready_timeout: float = DEFAULT_READY_TIMEOUT

@@ -1,5 +1,7 @@
 """`letskencrypt status`: what is installed for each configured certificate,
-when it is due for renewal and why, and how its last run went.
+when it is due for renewal and why, and how its last run went; and each
+authority's account (URL, contact, status) as the CA last showed it to a
+run (the run state's, which netproc reported).
 
 Read-only and local: it reads each certificate directory's cert.pem
 (through the filestore's symlinks, bounded, see renewal.load_certificate_file)
@@ -27,7 +29,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from letskencrypt import ari, filestore, runstate
-from letskencrypt.certs import ari_cert_id, cert_dns_names
+from letskencrypt.certs import ari_cert_id, cert_names
 from letskencrypt.errors import CertificateFileError, CertificateRejected, InputError
 from letskencrypt.keys import key_type_of
 from letskencrypt.renewal import load_certificate_file, renewal_due
@@ -105,7 +107,7 @@ def _read(path: str) -> tuple[x509.Certificate | None, tuple[str, ...], str | No
     why it cannot be used (None if it can)."""
     try:
         cert = load_certificate_file(path)
-        return cert, (tuple(cert_dns_names(cert)) if cert else ()), None
+        return cert, (tuple(cert_names(cert)) if cert else ()), None
     except CertificateFileError as error:
         return None, (), safe_text(str(error), MAX_ERROR)
     except CertificateRejected as error:
@@ -156,6 +158,33 @@ def gather(entries: Sequence[Entry], state: runstate.State, now: datetime) -> li
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     return [_facts(entry, state, now) for entry in entries]
+
+
+@dataclass(frozen=True)
+class AccountFacts:
+    """An authority's account as the run state has it (all None/empty if no
+    run has reached the CA yet)."""
+
+    authority: str
+    url: str | None
+    contact: tuple[str, ...]
+    status: str | None
+    seen: datetime | None
+
+
+def gather_accounts(authorities: Sequence[str], state: runstate.State) -> list[AccountFacts]:
+    """The account of each authority, once each, in the order first named."""
+    facts = []
+    for authority in dict.fromkeys(authorities):
+        record = state.accounts.get(authority)
+        facts.append(AccountFacts(
+            authority=authority,
+            url=record.url if record else None,
+            contact=record.contact if record else (),
+            status=record.status if record else None,
+            seen=datetime.fromtimestamp(record.seen, UTC) if record else None,
+        ))  # fmt: skip
+    return facts
 
 
 # --- rendering ---------------------------------------------------------------
@@ -239,6 +268,26 @@ def render_text(facts: list[Facts]) -> str:
     return "\n".join(_block(one) for one in facts)
 
 
+def render_accounts_text(accounts: list[AccountFacts]) -> str:
+    """One block per authority, each after a blank line (none without any)."""
+    blocks = []
+    for account in accounts:
+        lines = [f"account {safe_text(account.authority, 200)}"]
+        if account.seen is None:
+            lines.append("  (not seen yet: no run has reached the CA)")
+        else:
+            contact = ", ".join(safe_text(c, 320) for c in account.contact) or "(none)"
+            rows = [
+                ("url", safe_text(account.url or "")),
+                ("contact", contact),
+                ("status", safe_text(account.status or "")),
+                ("seen", _time(account.seen)),
+            ]
+            lines += [f"  {label.ljust(7)}  {value}" for label, value in rows]
+        blocks.append("\n" + "\n".join(lines) + "\n")
+    return "".join(blocks)
+
+
 def _document(facts: Facts) -> dict[str, object]:
     return {
         "handle": facts.handle,
@@ -276,8 +325,20 @@ def _ari_document(note: AriNote) -> dict[str, object]:
     }
 
 
-def render_json(facts: list[Facts]) -> str:
-    """One JSON document, {"certificates": [...]}, every key always present
-    (null when unknown), times as ISO 8601 UTC with Z."""
-    document = {"certificates": [_document(one) for one in facts]}
+def render_json(facts: list[Facts], accounts: list[AccountFacts] | None = None) -> str:
+    """One JSON document, {"certificates": [...]} (and "accounts": [...] if
+    given), every key always present (null when unknown), times as ISO 8601
+    UTC with Z."""
+    document: dict[str, object] = {"certificates": [_document(one) for one in facts]}
+    if accounts is not None:
+        document["accounts"] = [
+            {
+                "authority": account.authority,
+                "url": account.url,
+                "contact": list(account.contact),
+                "status": account.status,
+                "seen": _iso(account.seen),
+            }
+            for account in accounts
+        ]
     return json.dumps(document, indent=2, sort_keys=True) + "\n"

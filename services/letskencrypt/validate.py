@@ -1,4 +1,12 @@
-"""Validation of untrusted input: domain names, ACME tokens, terminal text."""
+"""Validation of untrusted input: domain names, IP addresses, ACME tokens,
+terminal text.
+
+A certificate's names are domain names and IP addresses (RFC 8738), each kept
+as its canonical text: a domain name in lower case without a trailing dot, an
+address as `ipaddress` writes it (RFC 5952 for IPv6).  No valid domain name
+reads as an IP address (an all-numeric top-level label is refused), so the
+text alone says which of the two a name is: `identifier_type`.
+"""
 
 import ipaddress
 import re
@@ -35,6 +43,24 @@ _NEWLINES_RE = re.compile("[\r\n\x85\u2028\u2029]+")
 # Cc: C0, DEL, C1.  Cf: bidi overrides, zero-width chars, etc.
 # Cs: lone surrogates, which would crash a UTF-8 terminal writer.
 _UNSAFE_CATEGORIES = frozenset(("Cc", "Cf", "Cs"))
+
+# The identifier types of RFC 8555 and RFC 8738.
+IP = "ip"
+DNS = "dns"
+# Addresses that cannot be the far end of an http-01 validation, whatever
+# the CA: no TCP connection reaches an unspecified, multicast or broadcast
+# address, and a link-local IPv6 address needs a zone that an identifier
+# cannot carry.  Everything else (loopback and private ranges included) is
+# left to the CA's own policy.
+_UNREACHABLE = (
+    (ipaddress.ip_network("0.0.0.0/32"), "the unspecified address"),
+    (ipaddress.ip_network("::/128"), "the unspecified address"),
+    (ipaddress.ip_network("255.255.255.255/32"), "the broadcast address"),
+    (ipaddress.ip_network("224.0.0.0/4"), "a multicast address"),
+    (ipaddress.ip_network("ff00::/8"), "a multicast address"),
+    (ipaddress.ip_network("fe80::/10"), "a link-local address (it needs a zone)"),
+)
+_DOTTED_DECIMAL = frozenset("0123456789.")
 
 
 def _quote(value: str) -> str:
@@ -96,7 +122,7 @@ def validate_domain(name: str) -> str:
     if "*" in normalised:
         raise _domain_error(name, "wildcard names are not supported")
     if _is_ip_address(normalised):
-        raise _domain_error(name, "IP addresses are not supported")
+        raise _domain_error(name, "IP addresses are not domain names")
     if len(normalised) > MAX_NAME_LENGTH:
         raise _domain_error(name, f"longer than {MAX_NAME_LENGTH} characters")
     labels = normalised.split(".")
@@ -109,6 +135,93 @@ def validate_domain(name: str) -> str:
     if labels[-1].isdigit():
         raise _domain_error(name, f"top-level label {labels[-1]!r} is all-numeric")
     return normalised
+
+
+def _address_error(text: str, reason: str) -> InputError:
+    return InputError(f"invalid IP address {_quote(text)}: {reason}")
+
+
+def _looks_like_address(text: str) -> bool:
+    """Text meant as an IP address rather than a domain name: with a ':'
+    (IPv6, or a port), a '/' (a prefix), or only digits and dots."""
+    return ":" in text or "/" in text or (
+        "." in text and not set(text) - _DOTTED_DECIMAL
+    )
+
+
+def validate_ip(text: str) -> str:
+    """Return the canonical text of an IPv4 or IPv6 address, or raise InputError.
+
+    Refused: brackets, zone ids, prefixes, IPv4 written otherwise than as
+    four decimal numbers without leading zeros (other parsers read "010" as
+    octal), IPv4-mapped IPv6 addresses (the same host as the IPv4 address),
+    and addresses no http-01 validation can reach (_UNREACHABLE).
+    """
+    if not isinstance(text, str):
+        raise InputError(f"IP address must be a string, not {type(text).__name__}")
+    if text.startswith("[") or text.endswith("]"):
+        raise _address_error(text, "give the address without brackets")
+    if "%" in text:
+        raise _address_error(text, "a zone id (%...) cannot be part of a certificate's name")
+    if "/" in text:
+        raise _address_error(text, "a prefix is no address; give one address")
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        if ":" in text:
+            raise _address_error(
+                text, "not an IPv6 address (and a domain name has no ':')"
+            ) from None
+        raise _address_error(
+            text, "an IPv4 address is four decimal numbers 0-255 without leading zeros"
+        ) from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        raise _address_error(
+            text, f"an IPv4-mapped address; give the IPv4 address {address.ipv4_mapped}"
+        )
+    for network, what in _UNREACHABLE:
+        if address in network:
+            raise _address_error(text, f"{what} cannot be validated by a CA")
+    return str(address)
+
+
+def identifier_type(name: str) -> str:
+    """IP for a name that is an IP address, DNS for any other (RFC 8738)."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return DNS
+    return IP
+
+
+def validate_name(name: str) -> str:
+    """A certificate's name: an IP address or a domain name, canonical, or InputError."""
+    if not isinstance(name, str):
+        raise InputError(f"name must be a string, not {type(name).__name__}")
+    if name.startswith("*.") and _looks_like_address(name[2:]):
+        raise _domain_error(name, "a wildcard cannot cover an IP address")
+    if _looks_like_address(name) or _is_ip_address(name):
+        return validate_ip(name)
+    return validate_domain(name)
+
+
+def validate_names(names: list[str]) -> list[str]:
+    """Validate and canonicalise a certificate's names (domain names and IP
+    addresses), keeping their order."""
+    if not names:
+        raise InputError("no domain names given")
+    if len(names) > MAX_DOMAINS:
+        raise InputError(f"too many names: {len(names)} (at most {MAX_DOMAINS})")
+    result: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        canonical = validate_name(name)
+        if canonical in seen:
+            what = "IP address" if identifier_type(canonical) == IP else "domain name"
+            raise InputError(f"duplicate {what} {canonical!r}")
+        seen.add(canonical)
+        result.append(canonical)
+    return result
 
 
 def validate_domains(names: list[str]) -> list[str]:

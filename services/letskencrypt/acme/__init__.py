@@ -10,7 +10,7 @@ signed by a `Signer` (acctproc) and host names are resolved by a `Resolver`
 - `client`: the protocol flow, `AcmeClient`.
 """
 
-from letskencrypt.acme.client import AcmeClient, Signer
+from letskencrypt.acme.client import AcmeClient, Chains, Signer
 from letskencrypt.acme.messages import (
     RATE_LIMITED,
     AcmeError,
@@ -34,6 +34,7 @@ __all__ = [
     "AcmeClient",
     "AcmeError",
     "Authorization",
+    "Chains",
     "Challenge",
     "Directory",
     "HttpResponse",

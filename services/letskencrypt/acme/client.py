@@ -1,5 +1,7 @@
 """The ACME (RFC 8555) flow: directory, nonces, account, order, authorizations,
 http-01 challenges, finalize, polling with Retry-After, download, revoke.
+Names are domain names ("dns" identifiers) and IP addresses ("ip", RFC 8738);
+each authorization must be for one of the order's, by type and value.
 
 `AcmeClient` holds no private key and reads no CA document itself: requests
 are signed by a `Signer` (acctproc), sent through a `Transport`, and every
@@ -13,10 +15,12 @@ waits back off from 1 s, doubling, to 10 s.
 """
 
 import contextlib
+import ipaddress
 import json
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urljoin
 
@@ -27,6 +31,8 @@ from letskencrypt.acme.messages import (
     ALREADY_REVOKED,
     AUTHZ_FAILED,
     BAD_NONCE,
+    BAD_REVOCATION_REASON,
+    IDENTIFIER_REFUSALS,
     JSON,
     PEM_CHAIN,
     RATE_LIMITED,
@@ -47,11 +53,23 @@ from letskencrypt.acme.messages import (
 )
 from letskencrypt.acme.transport import COUNTS, HttpResponse, Transport
 from letskencrypt.b64 import b64url
-from letskencrypt.constants import DEFAULT_POLL_TIMEOUT, REVOCATION_REASON_CODES
+from letskencrypt.constants import (
+    DEFAULT_POLL_TIMEOUT,
+    REVOCATION_REASON_CODES,
+    revocation_reason_name,
+)
 from letskencrypt.errors import CertificateRejected, InputError
-from letskencrypt.validate import safe_text, validate_key_authorization
+from letskencrypt.validate import (
+    DNS,
+    IP,
+    identifier_type,
+    safe_text,
+    validate_key_authorization,
+)
 
 MAX_CERTIFICATE_BODY = 256 * 1024
+# The default chain and its alternates together (certproc's edge takes them).
+MAX_CHAINS_BYTES = 1024 * 1024
 MAX_BAD_NONCE_RETRIES = 5
 MAX_BUSY_RETRIES = 3
 # The shortest wait whatever the CA says: a CA answering "Retry-After: 0"
@@ -71,10 +89,52 @@ def _backoff(attempt: int, first: float) -> float:
     return min(first * 2 ** min(attempt - 1, 10), MAX_BACKOFF)
 
 
-def _chain_issuer(body: bytes) -> str | None:
-    """The issuer's Common Name of a chain's topmost certificate (one that
-    _fetch_chain framed); None without one."""
-    return pem.issuer_common_name(pem.certificate_ders(body, MAX_CERTIFICATE_BODY)[-1])
+def identifier(name: str) -> dict[str, str]:
+    """The ACME identifier of a validated name: "ip" for an address (RFC
+    8738), "dns" for a domain name."""
+    return {"type": identifier_type(name), "value": name}
+
+
+def _ordered(authz: Authorization, names: list[str]) -> bool:
+    """Whether `authz` is for one of `names`, by type and value (RFC 8555
+    7.1.4: a wildcard's authorization names the domain below the "*.", with
+    the flag wildcard)."""
+    kind, value = authz.identifier_type, authz.identifier_value
+    if value is None:
+        return False
+    if kind == IP:
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            return False
+        return any(
+            identifier_type(name) == IP and ipaddress.ip_address(name) == address
+            for name in names
+        )
+    if kind == DNS:
+        wanted = ("*." if authz.wildcard else "") + value.lower()
+        return identifier_type(wanted) == DNS and wanted in names
+    return False
+
+
+def _refuses_addresses(error: AcmeError, names: list[str]) -> bool:
+    """Whether a CA's refusal of a newOrder for `names` is a refusal of IP
+    addresses: of an identifier, with addresses in the order, and with
+    subproblems that blame an address or none that blames a domain name."""
+    if error.problem_type not in IDENTIFIER_REFUSALS:
+        return False
+    if not any(identifier_type(name) == IP for name in names):
+        return False
+    return IP in error.identifier_types or DNS not in error.identifier_types
+
+
+@dataclass(frozen=True)
+class Chains:
+    """What the CA issued: its default chain, and the alternates it offered
+    that could be fetched, in the order of its Link headers (PEM, leaf first)."""
+
+    default: bytes
+    alternates: tuple[bytes, ...] = ()
 
 
 class Signer(Protocol):
@@ -85,11 +145,14 @@ class Signer(Protocol):
         kid: str | None,
         payload: bytes | None,
         external_account_binding: bool = False,
+        key_change: bool = False,
     ) -> dict[str, str]:
         """Flattened JWS {protected,payload,signature}; kid None => the signer embeds
         its JWK (newAccount); payload None => POST-as-GET (empty payload);
         external_account_binding => the signer adds its external account
-        binding to the (newAccount) payload, which it alone can build."""
+        binding to the (newAccount) payload, which it alone can build;
+        key_change => the payload (empty here) is the signer's own key change
+        (RFC 8555 7.3.5), whose inner JWS only it can sign."""
         ...
 
 
@@ -166,8 +229,9 @@ class AcmeClient:
         self._budget: _Budget | None = None  # the running operation's
         self._directory: Directory | None = None
         self._nonce: str | None = None
-        # The account's contact as the CA last showed it (see Account).
+        # The account's contact and status as the CA last showed them (see Account).
         self.account_contact: tuple[str, ...] | None = None
+        self.account_status: str | None = None
 
     @contextlib.contextmanager
     def _within_budget(self) -> Iterator[_Budget]:
@@ -227,24 +291,32 @@ class AcmeClient:
         expect: str | None = JSON,
         max_body: int | None = None,
         external_account_binding: bool = False,
+        signer: Signer | None = None,
+        key_change: bool = False,
     ) -> HttpResponse:
         """Signed POST (payload None: POST-as-GET) whose answer must be of the
         media type `expect` (None: its body goes unread); with
-        `external_account_binding`, the signer adds its binding (newAccount).
+        `external_account_binding`, the signer adds its binding (newAccount);
+        `signer`, one other than the account's (a revocation with the
+        certificate's key).
 
         Retries badNonce at once, and a busy CA (429, 5xx) within the budget.
         """
         url = self._check(url, "request")
         body = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        if key_change:
+            body = b""
         headers = {"Content-Type": "application/jose+json"}
         if expect == PEM_CHAIN:
             headers["Accept"] = PEM_CHAIN
         bad_nonces = busy = 0
         with self._within_budget() as budget:
             while True:
-                jws = self._signer.sign(
+                # key_change only when asked: signers that make none need not know it.
+                jws = (signer or self._signer).sign(
                     url, self._take_nonce(), kid, body,
                     external_account_binding=external_account_binding,
+                    **({"key_change": True} if key_change else {}),
                 )  # fmt: skip
                 response = self._transport.request(
                     "POST", url, body=_jws_body(jws), headers=headers, max_body=max_body
@@ -323,6 +395,7 @@ class AcmeClient:
         account = Account.from_json(kid, json_object(response.body, "account"))
         self.kid = account.url
         self.account_contact = account.contact
+        self.account_status = account.status
         if not created:
             self._log(f"account {kid} found")
         elif directory.terms_of_service:
@@ -346,19 +419,45 @@ class AcmeClient:
         self.account_contact = account.contact
         self._log(f"account {kid}: contact set to {', '.join(contact)}")
 
+    def change_key(self) -> None:
+        """Roll the account over to the signer's new key (RFC 8555 7.3.5): the
+        signer builds the key change, inner JWS and all; the CA's 200 is all
+        that is read."""
+        kid = self._require_kid()
+        url = self.directory().key_change
+        if url is None:
+            raise AcmeError("the CA's directory offers no keyChange")
+        self.post(url, None, kid, expect=None, key_change=True)
+        self._log(f"account {kid}: the CA changed its key")
+
+    def deactivate(self) -> None:
+        """Deactivate the account (RFC 8555 7.3.6): POST {"status": "deactivated"}
+        to its URL; the CA must answer with the account so deactivated."""
+        kid = self._require_kid()
+        response = self.post(kid, {"status": "deactivated"}, kid)
+        document = json_object(response.body, "account")
+        status = document.get("status")
+        if status != "deactivated":
+            shown = safe_text(status, 40) if isinstance(status, str) else "no status"
+            raise AcmeError(f"account {kid}: the CA answered the deactivation with {shown}")
+        self.account_status = "deactivated"
+        self._log(f"account {kid} deactivated")
+
     # -- orders and authorizations --
 
     def new_order(
         self, names: list[str], profile: str | None = None, replaces: str | None = None
     ) -> Order:
-        """Order a certificate for `names`, of the CA's `profile` if given,
-        saying that it `replaces` the certificate of that ARI identifier
-        (RFC 9773 section 5), if given.  A CA that answers alreadyReplaced
-        gets the same order again without it."""
+        """Order a certificate for `names` (domain names and IP addresses),
+        of the CA's `profile` if given, saying that it `replaces` the
+        certificate of that ARI identifier (RFC 9773 section 5), if given.
+        A CA that answers alreadyReplaced gets the same order again without it.
+
+        RFC 8738 gives a CA no way to say in advance that it issues for
+        addresses: one that does not refuses the order, and that refusal is
+        said as such."""
         new_order = self.directory().new_order
-        payload: dict[str, Any] = {
-            "identifiers": [{"type": "dns", "value": name} for name in names]
-        }
+        payload: dict[str, Any] = {"identifiers": [identifier(name) for name in names]}
         if profile is not None:
             payload["profile"] = profile
         if replaces is not None:
@@ -366,11 +465,17 @@ class AcmeClient:
         try:
             response = self.post(new_order, payload, self._require_kid())
         except AcmeError as error:
-            if replaces is None or error.problem_type != ALREADY_REPLACED:
+            if replaces is not None and error.problem_type == ALREADY_REPLACED:
+                self._notice(f"{error}; ordering without saying which certificate it replaces")
+                return self.new_order(names, profile)
+            if not _refuses_addresses(error, names):
                 raise
-            self._notice(f"{error}; ordering without saying which certificate it replaces")
-            del payload["replaces"]
-            response = self.post(new_order, payload, self._require_kid())
+            raise AcmeError(
+                f"the CA does not issue certificates for IP addresses ({error})",
+                problem_type=error.problem_type,
+                status=error.status,
+                retry_after=error.retry_after,
+            ) from None
         COUNTS.orders += 1
         url = self._location(response, new_order, "order")
         order = Order.from_json(url, json_object(response.body, "order"), self.directory_url)
@@ -449,37 +554,38 @@ class AcmeClient:
             raise AcmeError(f"order {order.url} is valid but has no certificate URL")
         return final
 
-    def download(self, certificate_url: str, preferred_chain: str | None = None) -> bytes:
-        """The PEM certificate chain (at most 256 KiB, every block a certificate).
-
-        With `preferred_chain`, the first of the default chain and the CA's
-        alternates (RFC 8555 section 7.4.2) whose topmost certificate's issuer
-        has that Common Name; the default chain when none has.
+    def download(self, certificate_url: str) -> Chains:
+        """The PEM certificate chain (at most 256 KiB, every block a
+        certificate) and the CA's alternate chains (RFC 8555 section 7.4.2:
+        Link rel="alternate", same origin, at most 8, 1 MiB in all).  Which
+        one is installed is certproc's choice, among those it verifies; an
+        alternate that cannot be fetched is said and left out.
         """
         response = self._fetch_chain(certificate_url)
-        if preferred_chain is None or _chain_issuer(response.body) == preferred_chain:
-            return response.body
         try:
-            alternates = alternate_links(
+            urls = alternate_links(
                 response.headers.get("Link"), certificate_url, self.directory_url
             )
         except AcmeError as error:
-            self._notice(f"{error}; installing the default chain")
-            return response.body
-        for url in alternates:
+            self._notice(f"{error}; only the default chain")
+            return Chains(response.body)
+        alternates: list[bytes] = []
+        total = len(response.body)
+        for url in urls:
             try:
                 body = self._fetch_chain(url).body
             except AcmeError as error:
                 self._notice(f"alternate chain {safe_text(url, 200)}: {error}; skipped")
                 continue
-            if _chain_issuer(body) == preferred_chain:
-                self._log(f"chose the alternate chain {url}")
-                return body
-        self._log(
-            f"no chain of the CA's {1 + len(alternates)} ends in a certificate issued by "
-            f"{safe_text(preferred_chain, 100)!r} (--preferred-chain): the default chain"
-        )
-        return response.body
+            if total + len(body) > MAX_CHAINS_BYTES:
+                self._notice(
+                    f"alternate chain {safe_text(url, 200)}: the chains would exceed "
+                    f"{MAX_CHAINS_BYTES // 1024} KiB in all; it and the rest skipped"
+                )
+                break
+            total += len(body)
+            alternates.append(body)
+        return Chains(response.body, tuple(alternates))
 
     def _fetch_chain(self, url: str) -> HttpResponse:
         response = self.post(
@@ -493,9 +599,15 @@ class AcmeClient:
         self._log(f"downloaded a chain of {count} certificate(s)")
         return response
 
-    def revoke(self, cert_der: bytes, reason: int | None = None) -> bool:
+    def revoke(
+        self, cert_der: bytes, reason: int | None = None, certificate_key: Signer | None = None
+    ) -> bool:
         """Revoke the certificate; False if the CA says it was revoked already
-        (RFC 8555 §7.6, alreadyRevoked): the end the caller wanted, too."""
+        (RFC 8555 §7.6, alreadyRevoked): the end the caller wanted, too.
+
+        Signed with the account key (kid), or, given `certificate_key`, by
+        that signer with its JWK embedded (the certificate's own key; no
+        account needed).  The payload is the same either way."""
         revoke_cert = self.directory().revoke_cert
         if revoke_cert is None:
             raise AcmeError("the CA's directory offers no revokeCert")
@@ -504,9 +616,18 @@ class AcmeClient:
             if not isinstance(reason, int) or reason not in REVOCATION_REASON_CODES:
                 raise AcmeError(f"invalid revocation reason {reason!r} (RFC 5280: 0-6, 8-10)")
             payload["reason"] = reason
+        kid = None if certificate_key is not None else self._require_kid()
         try:
-            self.post(revoke_cert, payload, self._require_kid(), expect=None)
+            self.post(revoke_cert, payload, kid, expect=None, signer=certificate_key)
         except AcmeError as error:
+            if error.problem_type == BAD_REVOCATION_REASON:
+                shown = "no reason" if reason is None else revocation_reason_name(reason)
+                raise AcmeError(
+                    f"the CA does not accept the revocation reason {shown} "
+                    f"(badRevocationReason): {error}",
+                    problem_type=error.problem_type,
+                    status=error.status,
+                ) from None
             if error.problem_type != ALREADY_REVOKED:
                 raise
             self._log("the CA says the certificate was revoked already")
@@ -551,13 +672,11 @@ class AcmeClient:
         withdraw: Callable[[str], None],
         thumbprint: str,
         profile: str | None = None,
-        preferred_chain: str | None = None,
         replaces: str | None = None,
-    ) -> bytes:
+    ) -> Chains:
         """Order a certificate for `names` (of the CA's `profile`, if given,
         replacing the certificate of ARI identifier `replaces`, if given),
-        prove control over http-01, return the PEM chain (see `download` for
-        `preferred_chain`).
+        prove control over http-01, return the PEM chains (see `download`).
 
         `publish(token, key_authorization)` must make the response reachable at
         /.well-known/acme-challenge/<token>; `withdraw(token)` removes it again.
@@ -578,14 +697,14 @@ class AcmeClient:
                 raise AcmeError(safe_text(f"{order.url} is invalid{reason}", 3000))
             if order.status == "pending":
                 for url in order.authorizations:
-                    self._authorize(url, publish, withdraw, thumbprint)
+                    self._authorize(url, publish, withdraw, thumbprint, names)
             document = self.poll(order.url, {"ready", "valid"}, {"invalid"}, what="order")
             order = Order.from_json(order.url, document, self.directory_url)
             if order.status == "ready":
                 order = self.finalize(order, csr_provider())
             if order.certificate is None:
                 raise AcmeError(f"order {order.url} is valid but has no certificate URL")
-            return self.download(order.certificate, preferred_chain)
+            return self.download(order.certificate)
 
     def _authorize(
         self,
@@ -593,8 +712,14 @@ class AcmeClient:
         publish: Callable[[str, str], None],
         withdraw: Callable[[str], None],
         thumbprint: str,
+        names: list[str],
     ) -> None:
         authz = self.authorization(url)
+        # Or the CA could have us prove control of a name nobody asked for.
+        if not _ordered(authz, names):
+            raise AcmeError(
+                f"CA sent an authorization for {authz.identifier}, which the order did not ask for"
+            )
         if authz.status == "valid":
             self._log(f"{authz.identifier}: already authorized")
             return

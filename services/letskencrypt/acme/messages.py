@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Self
 from urllib.parse import urljoin
 
+from letskencrypt.constants import MAX_ALTERNATES
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.urls import origin, well_formed
 from letskencrypt.validate import is_nonce, safe_text, validate_token
@@ -28,6 +29,13 @@ BAD_NONCE = ERROR_PREFIX + "badNonce"
 ACCOUNT_DOES_NOT_EXIST = ERROR_PREFIX + "accountDoesNotExist"
 RATE_LIMITED = ERROR_PREFIX + "rateLimited"
 ALREADY_REVOKED = ERROR_PREFIX + "alreadyRevoked"
+BAD_REVOCATION_REASON = ERROR_PREFIX + "badRevocationReason"
+# What a CA answers a newOrder with when it will not issue for an
+# identifier, or for a type of identifier (RFC 8555 section 6.7).
+IDENTIFIER_REFUSALS = frozenset(
+    ERROR_PREFIX + kind for kind in ("rejectedIdentifier", "unsupportedIdentifier", "malformed")
+)
+MAX_SUBPROBLEMS = 100
 ALREADY_REPLACED = ERROR_PREFIX + "alreadyReplaced"
 
 # The media types RFC 8555 gives each kind of answer.
@@ -36,9 +44,7 @@ PROBLEM_JSON = "application/problem+json"
 PEM_CHAIN = "application/pem-certificate-chain"
 
 MAX_AUTHORIZATIONS = 100
-# Alternate certificate chains (RFC 8555 section 7.4.2) a CA may list, and
-# the Link header that lists them.
-MAX_ALTERNATES = 8
+# The Link header that lists alternate chains.
 MAX_LINK_HEADER = 16 * 1024
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
 MAX_RETRY_AFTER = 10**10  # seconds; larger delay-seconds are read as this
@@ -63,11 +69,14 @@ class AcmeError(LetskencryptError):
         problem_type: str | None = None,
         status: int | None = None,
         retry_after: float | None = None,
+        identifier_types: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__(message)
         self.problem_type = problem_type
         self.status = status
         self.retry_after = retry_after
+        # The identifier types its subproblems name (RFC 8555 section 6.7.1).
+        self.identifier_types = identifier_types
 
 
 # --- media types (RFC 8555 section 6.2 and 7.4.2) --------------------------------
@@ -120,6 +129,20 @@ def identifier_text(identifier: object) -> str:
     return f"{kind_text}:{value_text}"
 
 
+def subproblem_identifier_types(problem: object) -> frozenset[str]:
+    """The identifier types ("dns", "ip", ...) that a problem document's
+    subproblems name: the first MAX_SUBPROBLEMS, short strings only."""
+    if not isinstance(problem, dict) or not isinstance(problem.get("subproblems"), list):
+        return frozenset()
+    types = set()
+    for sub in problem["subproblems"][:MAX_SUBPROBLEMS]:
+        identifier = sub.get("identifier") if isinstance(sub, dict) else None
+        kind = identifier.get("type") if isinstance(identifier, dict) else None
+        if isinstance(kind, str) and len(kind) <= 20:
+            types.add(kind)
+    return frozenset(types)
+
+
 def format_problem(problem: object, status: int) -> str:
     """One terminal-safe line for an RFC 7807 problem document (status 0: none)."""
     prefix = f"HTTP {status}: " if status else ""
@@ -151,6 +174,7 @@ class Problem:
     message: str
     status: int
     retry_after: float | None = None
+    identifier_types: frozenset[str] = frozenset()
 
     @classmethod
     def from_response(cls, status: int, headers: Mapping[str, str], body: bytes) -> Self:
@@ -179,6 +203,7 @@ class Problem:
             message=format_problem(document, status),
             status=status,
             retry_after=retry_after,
+            identifier_types=subproblem_identifier_types(document),
         )
 
     def error(self, prefix: str = "", suffix: str = "") -> AcmeError:
@@ -187,6 +212,7 @@ class Problem:
             problem_type=self.type,
             status=self.status,
             retry_after=self.retry_after,
+            identifier_types=self.identifier_types,
         )
 
 
@@ -406,6 +432,8 @@ class Directory:
     # The names of meta.profiles (draft-ietf-acme-profiles), in the CA's
     # order; None when the directory has no meta.profiles object.
     profiles: tuple[str, ...] | None = None
+    # keyChange (RFC 8555 7.3.5), if the CA offers it.
+    key_change: str | None = None
     # renewalInfo (RFC 9773 section 3): where a certificate's suggested
     # renewal window is; None when the CA offers none.
     renewal_info: str | None = None
@@ -423,6 +451,7 @@ class Directory:
             return check_url(document.get(key), base, f"directory {key}")
 
         revoke = document.get("revokeCert")
+        key_change = document.get("keyChange")
         renewal_info = document.get("renewalInfo")
         terms = None
         meta = document.get("meta")
@@ -438,6 +467,7 @@ class Directory:
             terms_of_service=terms,
             external_account_required=meta.get("externalAccountRequired") is True,
             profiles=_profile_names(meta.get("profiles")),
+            key_change=None if key_change is None else url("keyChange"),
             renewal_info=None if renewal_info is None else url("renewalInfo"),
         )
 
@@ -468,6 +498,8 @@ class Account:
     # Its contact URIs as the CA shows them (none when it shows none); None
     # when what it shows is not a short list of strings.
     contact: tuple[str, ...] | None = ()
+    # "valid": what the CA said, or nothing.
+    status: str = "valid"
 
     @classmethod
     def from_json(cls, url: str, document: Mapping[str, Any]) -> Self:
@@ -551,11 +583,17 @@ class Authorization:
     status: str
     identifier: str  # terminal-safe
     challenge: Challenge | None  # the http-01 one, if offered
+    # The identifier as the CA sent it (None: not a string), to be matched
+    # against the order's; `wildcard`, RFC 8555 7.1.4's flag.
+    identifier_type: str | None = None
+    identifier_value: str | None = None
+    wildcard: bool = False
 
     @classmethod
     def from_json(cls, url: str, document: Mapping[str, Any], base: str) -> Self:
         status = _status(document, AUTHZ_STATUSES, "authorization")
-        identifier = identifier_text(document.get("identifier"))
+        raw = document.get("identifier")
+        identifier = identifier_text(raw)
         challenges = document.get("challenges")
         if not isinstance(challenges, list):
             raise AcmeError(f"CA sent an authorization for {identifier} without challenges")
@@ -564,4 +602,13 @@ class Authorization:
             if isinstance(item, dict) and item.get("type") == "http-01":
                 challenge = Challenge.from_json(item, base)
                 break
-        return cls(url=url, status=status, identifier=identifier, challenge=challenge)
+        kind, value = (raw.get("type"), raw.get("value")) if isinstance(raw, dict) else (None, None)
+        return cls(
+            url=url,
+            status=status,
+            identifier=identifier,
+            challenge=challenge,
+            identifier_type=kind if isinstance(kind, str) else None,
+            identifier_value=value if isinstance(value, str) else None,
+            wildcard=document.get("wildcard") is True,
+        )

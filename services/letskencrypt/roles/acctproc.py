@@ -10,17 +10,40 @@ acctproc never sees the CA's directory, so it judges each request by its
 payload (RFC 8555): a netproc under an attacker's control gets signatures
 only for URLs on the directory's origin, for the kinds of request this
 run's operation needs (see POLICY), for orders and CSRs naming exactly this
-run's names, for CSRs of the domain key that keyproc holds (learned from
-keyproc, never from netproc), for an account update that sets exactly this
-run's --contact (posted to the account URL), for a newOrder's profile
-only this run's --profile, for a newOrder's `replaces` (RFC 9773) only the
-ARI identifier of the certificate this run replaces, and never the key
-itself.  An external account
-binding (RFC 8555 7.3.4) is built here, from the kid and HMAC key of this
-run's configuration (the key file is read before the sandbox, like the
-account key): netproc only asks for "a newAccount with the binding", and
-never sees the HMAC key.  Every request, signed or refused, is one JSON
-line in the audit log, which netproc cannot reach.
+run's names, each as what it is (RFC 8738: an IP address as an "ip"
+identifier and an iPAddress entry, never in the CSR's subject; a domain
+name as "dns" and a dNSName), for CSRs of the domain key that keyproc
+holds (learned from keyproc, never from netproc), for an account update
+that sets exactly this run's --contact (posted to the account URL), for a
+newOrder's profile only this run's --profile, for a newOrder's `replaces`
+(RFC 9773) only the ARI identifier of the certificate this run replaces,
+and never the key itself.
+An external account binding (RFC 8555 7.3.4) is built here, from the kid
+and HMAC key of this run's configuration (the key file is read before the
+sandbox, like the account key): netproc only asks for "a newAccount with
+the binding", and never sees the HMAC key.  Every request, signed or
+refused, is one JSON line in the audit log, which netproc cannot reach.
+
+In a revocation with the domain key (--revoke-with domain-key) no account
+is used: acctproc starts (its edge is part of every run) but reads no key,
+which may be lost, opens no audit log, and refuses every request.
+
+A key rollover run (--rollover-account-key NEWKEY, RFC 8555 7.3.5) reads
+the new key before the sandbox too.  netproc asks only for "the key change
+of account KID at URL U with nonce N" (SignRequest.key_change): acctproc
+builds both JWSs itself, the inner one (jwk = the new key, url = U, payload
+{"account": KID, "oldKey": the old JWK}) signed by the new key, the outer
+one (kid = KID) by the old key; it refuses a key change that netproc built,
+one in any other run, to a URL off the CA's origin, with a new key that is
+keyproc's domain key, and any once the key was changed.  When netproc says
+the CA accepted it (KeyChanged, for that same KID), acctproc signs with the
+new key only and tells its supervisor so, on its stdout (the supervisor's
+relay, relay.REPORT_MARKER: {"account_key_changed": SHA-256 of the new
+public key}); the command line then puts the new key at the account key's
+path and keeps the old one as KEY.old-TIME (keyfiles.replace_account_key).
+A lying netproc can have that done without the CA's consent: at worst the
+account key file then holds a key that the CA does not know, and the old
+key, still known to the CA, is kept beside it.
 
 `replaces`: the supervisor computes the identifier from the installed
 certificate when it builds the settings (cli.role_settings), so netproc
@@ -35,12 +58,15 @@ replacement for it); it gains no certificate and no names.
 """
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import stat
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,14 +80,16 @@ from cryptography.hazmat.primitives import serialization
 
 from letskencrypt import ari, fsutil, keyfiles, keys, process, rpc
 from letskencrypt.b64 import b64url, b64url_decode
+from letskencrypt.certs import san_names
 from letskencrypt.constants import REVOCATION_REASON_CODES, default_audit_log
 from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import InputError, LetskencryptError
+from letskencrypt.relay import REPORT_MARKER
 from letskencrypt.settings import ACCOUNT_OPERATIONS, AcctprocSettings
 from letskencrypt.spec import Fs, Grant, RoleSpec
 from letskencrypt.urls import MAX_URL_LENGTH, require_same_origin, well_formed
 from letskencrypt.v1 import account_pb2, account_pb2_grpc, keyinfo_pb2, keyinfo_pb2_grpc
-from letskencrypt.validate import is_nonce, safe_text
+from letskencrypt.validate import DNS, IP, identifier_type, is_nonce, safe_text
 
 # The key is read (or created, -n) and the audit log opened for appending
 # before the sandbox: no path after.
@@ -71,7 +99,7 @@ SPEC = RoleSpec(
     settings=AcctprocSettings,
     serves=("acct",),
     calls=("keyacct",),
-    opens=lambda settings: [
+    opens=lambda settings: [] if settings.idle else [
         Grant(os.path.dirname(settings.key_path), Fs.READ_FILE | Fs.MAKE_REG, "account key"),
         Grant(
             os.path.dirname(settings.audit_log or default_audit_log(settings.key_path)),
@@ -81,6 +109,11 @@ SPEC = RoleSpec(
         *(
             [Grant(settings.eab_hmac_key, Fs.READ_FILE, "EAB HMAC key")]
             if settings.eab_hmac_key
+            else []
+        ),
+        *(
+            [Grant(settings.new_key_path, Fs.READ_FILE, "new account key")]
+            if settings.new_key_path
             else []
         ),
     ],
@@ -107,9 +140,8 @@ KEYPROC_DEADLINE = 10.0
 # --- what a run may have signed ------------------------------------------------------
 
 # The operations a run can be (settings.ACCOUNT_OPERATIONS; cli.role_settings
-# says which).  Only "issue" and "revoke" exist on the command line so far;
-# the others name what a key rollover, account deactivation or contact
-# update needs.
+# says which).  "update-account" has no command line of its own: an issue
+# or revoke run sets its --contact.
 ISSUE, REVOKE, ROLLOVER, DEACTIVATE, UPDATE_ACCOUNT = ACCOUNT_OPERATIONS
 OPERATIONS = ACCOUNT_OPERATIONS
 
@@ -124,6 +156,8 @@ REVOKE_CERT = "revokeCert"
 ACCOUNT_UPDATE = "accountUpdate"
 DEACTIVATION = "deactivate"
 KEY_CHANGE = "keyChange"
+# Not a request to sign: netproc saying that the CA accepted the key change.
+KEY_CHANGED = "keyChanged"
 UNKNOWN = "unknown"
 MALFORMED = "malformed"
 
@@ -151,6 +185,9 @@ NEW_ORDER_FIELDS = frozenset({"identifiers", "notBefore", "notAfter", "profile",
 REVOKE_FIELDS = frozenset({"certificate", "reason"})
 ACCOUNT_UPDATE_FIELDS = frozenset({"contact", "termsOfServiceAgreed"})
 JWS_FIELDS = frozenset({"protected", "payload", "signature"})
+# Each badNonce and busy retry of the key change is signed anew (see
+# acme.client): a handful, never an unbounded supply.
+MAX_KEY_CHANGE_SIGNATURES = 10
 
 
 class Refused(InputError):
@@ -173,6 +210,8 @@ class Request:
     post_as_get: bool
     # netproc asks for a newAccount with this run's external account binding.
     external_account_binding: bool = False
+    # netproc asks for this run's key change (acctproc builds its payload).
+    key_change: bool = False
 
 
 @dataclass(frozen=True)
@@ -386,7 +425,8 @@ class RunPolicy:
             ):
                 raise refuse('only {"status": "deactivated"} posted to the account URL')
         elif kind == KEY_CHANGE:
-            self.check_key_change(document, request, refuse)
+            raise refuse("the inner JWS of a key change is built by acctproc from this run's "
+                         "new key, never taken from netproc")
 
     # -- one check per kind --
 
@@ -442,10 +482,15 @@ class RunPolicy:
                 or not isinstance(identifier["value"], str)
             ):
                 raise refuse('each identifier must be exactly {"type", "value"}')
-            if identifier["type"] != "dns":
+            if identifier["type"] not in (DNS, IP):
                 raise refuse(
-                    f"identifier type {safe_text(str(identifier['type']), 20)!r} is not dns"
+                    f"identifier type {safe_text(str(identifier['type']), 20)!r} is not dns or ip"
                 )
+            # RFC 8738: an address is ordered as "ip", a domain name as "dns".
+            if identifier["type"] != identifier_type(identifier["value"]):
+                what = "an IP address" if identifier["type"] == DNS else "no IP address"
+                raise refuse(f"identifier {safe_text(identifier['value'], 100)!r} is {what}, "
+                             f"not of type {identifier['type']!r}")
             values.append(identifier["value"])
         self.check_names(values, "identifiers", refuse)
 
@@ -507,6 +552,8 @@ class RunPolicy:
         for attribute in csr.subject:
             if attribute.oid != x509.NameOID.COMMON_NAME or attribute.value not in self.names:
                 raise refuse("csr subject holds something other than one of this run's names")
+            if identifier_type(str(attribute.value)) == IP:
+                raise refuse("csr subject names an IP address: addresses go in subjectAltName")
         # Last, as it may ask keyproc: the certificate's key must be the one
         # keyproc holds, or a netproc that made its own key would hold the
         # private half of a trusted certificate for our names.
@@ -528,7 +575,7 @@ class RunPolicy:
         try:
             certificate = x509.load_der_x509_certificate(der)
             san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-            names = [name.lower() for name in san.value.get_values_for_type(x509.DNSName)]
+            names = san_names(san.value)
         except x509.ExtensionNotFound:
             raise refuse("certificate has no subjectAltName") from None
         except (ValueError, x509.InvalidVersion, x509.DuplicateExtension,
@@ -555,28 +602,29 @@ class RunPolicy:
         if "contact" in document:
             self.check_contact(document["contact"], refuse)
 
-    def check_key_change(
-        self, document: dict[str, Any], request: Request, refuse: "Refuser"
-    ) -> None:
-        """RFC 8555 7.3.5: the inner JWS, by the new key, names our account and key."""
-        if set(document) != JWS_FIELDS or not all(isinstance(v, str) for v in document.values()):
-            raise refuse("the payload is not a flattened JWS")
-        try:
-            inner_header = json.loads(b64url_decode(document["protected"]))
-            inner_payload = json.loads(b64url_decode(document["payload"]))
-        except (InputError, ValueError):
-            raise refuse("the inner JWS does not decode") from None
-        if (
-            not isinstance(inner_header, dict)
-            or not isinstance(inner_header.get("jwk"), dict)
-            or inner_header.get("url") != request.url
-            or {"kid", "nonce"} & set(inner_header)
-        ):
-            raise refuse("the inner JWS header must embed the new JWK and the same url")
-        if inner_header["jwk"] == self.account_jwk:
+    def judge_key_change(self, request: Request, new_key: keys.PrivateKey) -> None:
+        """Whether this run's key change (to `new_key`) may be signed for
+        `request`; Refused (as keyChange) if not.  The payload acctproc
+        builds, so netproc sends none."""
+        refuse = Refuser(KEY_CHANGE)
+        if request.payload or request.post_as_get:
+            raise refuse("the key change's payload is built by acctproc; netproc sends none")
+        check_envelope(request, self.directory_url, refuse)
+        if not request.kid:
+            raise refuse("needs the account URL (kid)")
+        if self.operation not in POLICY[KEY_CHANGE]:
+            raise refuse(f"not part of this run (operation {self.operation})")
+        if request.external_account_binding:
+            raise refuse("only a newAccount carries an external account binding")
+        new_der = keys.public_key_der(new_key)
+        if new_der == self.account_public_key_der:
             raise refuse("the new key is the account key")
-        if inner_payload != {"account": request.kid, "oldKey": self.account_jwk}:
-            raise refuse("the inner payload must name this account and its key")
+        try:
+            domain_key_der = self.domain_key()
+        except LetskencryptError as error:
+            raise refuse(f"cannot learn the domain key from keyproc: {error}") from None
+        if new_der == domain_key_der:
+            raise refuse("the new key is the domain key held by keyproc")
 
 
 class Refuser:
@@ -697,7 +745,8 @@ def decode_base64url(value: object, limit: int, what: str, refuse: Refuser) -> b
 
 
 def csr_names(csr: x509.CertificateSigningRequest, refuse: Refuser) -> list[str]:
-    """The CSR's DNS names; refused if it asks for anything else."""
+    """The CSR's DNS names and IP addresses (as canonical text); refused if
+    it asks for anything else, or for an address as a DNS name."""
     try:
         extensions = list(csr.extensions)
     except (ValueError, x509.UnsupportedGeneralNameType):
@@ -708,9 +757,18 @@ def csr_names(csr: x509.CertificateSigningRequest, refuse: Refuser) -> list[str]
             raise refuse(f"csr asks for an extension other than subjectAltName "
                          f"({extension.oid.dotted_string})")
         for general_name in extension.value:
-            if not isinstance(general_name, x509.DNSName):
-                raise refuse("csr subjectAltName holds something other than DNS names")
-            names.append(general_name.value)
+            if isinstance(general_name, x509.IPAddress) and isinstance(
+                general_name.value, ipaddress.IPv4Address | ipaddress.IPv6Address
+            ):
+                names.append(str(general_name.value))
+            elif not isinstance(general_name, x509.DNSName):
+                raise refuse("csr subjectAltName holds something other than DNS names "
+                             "and IP addresses")
+            elif identifier_type(general_name.value) == IP:
+                raise refuse(f"csr asks for the IP address {safe_text(general_name.value, 60)!r} "
+                             "as a DNS name")
+            else:
+                names.append(general_name.value)
     return names
 
 
@@ -774,12 +832,14 @@ class AuditLog:
         *,
         binding: str | None = None,
         asked_binding: bool = False,
+        new_key: str | None = None,
         replaces: str | None = None,
     ) -> None:
-        """One line: `payload` is netproc's; `binding`, the kid of the
-        external account binding acctproc added to what it signed;
-        `asked_binding`, that netproc asked for one; `replaces`, the
-        `replaces` of a newOrder (see replaces_field)."""
+        """One line: `payload` is netproc's (for a key change, what acctproc
+        built); `binding`, the kid of the external account binding acctproc
+        added to what it signed; `asked_binding`, that netproc asked for one;
+        `new_key`, the SHA-256 of a rollover's new public key; `replaces`,
+        the `replaces` of a newOrder (see replaces_field)."""
         entry: dict[str, str] = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "url": url[:MAX_URL_LENGTH],
@@ -793,6 +853,8 @@ class AuditLog:
             entry["external_account_binding"] = safe_text(binding, 200)
         if replaces is not None:
             entry["replaces"] = replaces
+        if new_key is not None:
+            entry["new_key_sha256"] = new_key
         if reason is not None:
             entry["reason"] = safe_text(reason, 500)
         line = json.dumps(entry, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
@@ -810,7 +872,12 @@ class AuditLog:
 
 class AccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
     def __init__(
-        self, key: keys.PrivateKey, policy: RunPolicy, audit: AuditLog, log: Logger
+        self,
+        key: keys.PrivateKey,
+        policy: RunPolicy,
+        audit: AuditLog,
+        log: Logger,
+        new_key: keys.PrivateKey | None = None,
     ) -> None:
         super().__init__(log)
         self.key = key
@@ -818,16 +885,28 @@ class AccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
         self.audit = audit
         self.jwk = keys.jwk(key.public_key())
         self.thumbprint = keys.thumbprint(key.public_key())
+        # A rollover run's new key, until the CA accepted the key change.
+        self.new_key = new_key
+        # The account of the key change signed so far, and how many times.
+        self.key_change_kid: str | None = None
+        self.key_change_signatures = 0
+        self.key_changed = False
+        # The key and the policy change together, once: no signature in between.
+        self.lock = threading.Lock()
 
-    @rpc.guarded
-    def Describe(
-        self, request: account_pb2.DescribeRequest, context: grpc.ServicerContext
-    ) -> account_pb2.DescribeReply:
+    def describe(self) -> account_pb2.DescribeReply:
         return account_pb2.DescribeReply(
             jwk_json=json.dumps(self.jwk, sort_keys=True),
             thumbprint=self.thumbprint,
             algorithm=keys.jws_alg(self.key),
         )
+
+    @rpc.guarded
+    def Describe(
+        self, request: account_pb2.DescribeRequest, context: grpc.ServicerContext
+    ) -> account_pb2.DescribeReply:
+        with self.lock:
+            return self.describe()
 
     @rpc.guarded
     def Sign(
@@ -840,7 +919,14 @@ class AccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
             payload=request.payload,
             post_as_get=request.post_as_get,
             external_account_binding=request.external_account_binding,
+            key_change=request.key_change,
         )
+        with self.lock:
+            if asked.key_change:
+                return self.sign_key_change(asked)
+            return self.sign(asked)
+
+    def sign(self, asked: Request) -> account_pb2.SignReply:
         bound = asked.external_account_binding
         replaces = replaces_field(asked)
         try:
@@ -866,9 +952,120 @@ class AccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
             protected=jws["protected"], payload=jws["payload"], signature=jws["signature"]
         )
 
+    def sign_key_change(self, asked: Request) -> account_pb2.SignReply:
+        """RFC 8555 7.3.5: the inner JWS by the new key, inside the outer by the old."""
+        try:
+            new_key = self.key_change_allowed(asked)
+            self.policy.judge_key_change(asked, new_key)
+        except Refused as refusal:
+            self.audit.record(asked.url, refusal.kind, asked.payload, "refused", refusal.reason)
+            self.log.info(str(refusal))
+            raise
+        inner = keys.sign_jws(
+            new_key,
+            {"jwk": keys.jwk(new_key.public_key()), "url": asked.url},
+            json.dumps({"account": asked.kid, "oldKey": self.jwk}, separators=(",", ":")).encode(),
+        )
+        payload = json.dumps(inner, separators=(",", ":")).encode()
+        jws = keys.sign_jws(self.key, {"nonce": asked.nonce, "url": asked.url, "kid": asked.kid},
+                            payload)  # fmt: skip
+        self.audit.record(asked.url, KEY_CHANGE, payload, "signed",
+                          new_key=keys.spki_sha256(new_key))  # fmt: skip
+        self.key_change_kid = asked.kid
+        self.key_change_signatures += 1
+        return account_pb2.SignReply(
+            protected=jws["protected"], payload=jws["payload"], signature=jws["signature"]
+        )
+
+    def key_change_allowed(self, asked: Request) -> keys.PrivateKey:
+        """This run's new key, if one more signature of its key change may be made."""
+        refuse = Refuser(KEY_CHANGE)
+        if self.key_changed:
+            raise refuse("the account key was changed already in this run")
+        if self.new_key is None:
+            raise refuse(f"not part of this run (operation {self.policy.operation})")
+        if self.key_change_kid is not None and asked.kid != self.key_change_kid:
+            raise refuse("a key change for another account than the first one asked for")
+        if self.key_change_signatures >= MAX_KEY_CHANGE_SIGNATURES:
+            raise refuse(f"more than {MAX_KEY_CHANGE_SIGNATURES} signatures of the key change")
+        return self.new_key
+
+    @rpc.guarded
+    def KeyChanged(
+        self, request: account_pb2.KeyChangedRequest, context: grpc.ServicerContext
+    ) -> account_pb2.DescribeReply:
+        """netproc says the CA accepted the key change: the new key from now on."""
+        with self.lock:
+            url = request.account_url
+            refuse = Refuser(KEY_CHANGED)
+            try:
+                if self.key_changed:
+                    raise refuse("the account key was changed already in this run")
+                if self.new_key is None or self.key_change_kid is None:
+                    raise refuse("no key change was signed in this run")
+                if url != self.key_change_kid:
+                    raise refuse("not the account whose key change was signed")
+            except Refused as refusal:
+                self.audit.record(url, KEY_CHANGED, b"", "refused", refusal.reason)
+                self.log.info(str(refusal))
+                raise
+            new_key, digest = self.new_key, keys.spki_sha256(self.new_key)
+            self.audit.record(url, KEY_CHANGED, b"", "switched", new_key=digest)
+            self.key, self.new_key, self.key_changed = new_key, None, True
+            self.jwk = keys.jwk(new_key.public_key())
+            self.thumbprint = keys.thumbprint(new_key.public_key())
+            self.policy = dataclasses.replace(self.policy, account_jwk=self.jwk,
+                                              account_public_key_der=keys.public_key_der(new_key))
+            # For the command line, which puts the new key in place (see the docstring).
+            sys.stdout.write(f"{REPORT_MARKER}{json.dumps({'account_key_changed': digest})}\n")
+            sys.stdout.flush()
+            self.log.notice(f"account {url}: the CA changed its key; signing with the new key")
+            return self.describe()
+
+
+def read_new_key(path: str, key: keys.PrivateKey) -> keys.PrivateKey:
+    """A rollover's new key (read now, before the sandbox): a key we support,
+    not the account key (the command line checked it too, and that it is
+    the owner's alone; keyproc's domain key is checked at the key change)."""
+    new_key = keys.load_key(path, "new account key", "--rollover-account-key")
+    if keys.public_key_der(new_key) == keys.public_key_der(key):
+        raise InputError(f"new account key {path} is the account key")
+    return new_key
+
+
+class IdleAccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
+    """A run that revokes with the domain key: no account key, nothing signed."""
+
+    def refuse(self, what: str) -> InputError:
+        refusal = InputError(
+            f"refused to {what}: this run revokes with the domain key and uses no account"
+        )
+        self.log.info(str(refusal))
+        return refusal
+
+    @rpc.guarded
+    def Describe(
+        self, request: account_pb2.DescribeRequest, context: grpc.ServicerContext
+    ) -> account_pb2.DescribeReply:
+        raise self.refuse("describe the account key")
+
+    @rpc.guarded
+    def Sign(
+        self, request: account_pb2.SignRequest, context: grpc.ServicerContext
+    ) -> account_pb2.SignReply:
+        raise self.refuse("sign")
+
 
 def run(config: RoleConfig[AcctprocSettings], log: Logger) -> int:
     settings = config.settings
+    if settings.idle:
+        process.confine(config)
+        rpc.serve_until_stopped(
+            config.run_dir,
+            {"acct": [(account_pb2_grpc.add_AccountServicer_to_server, IdleAccountService(log))]},
+            config.instance,
+        )
+        return 0
     key_path = settings.key_path
     key, created = keys.load_or_create_key(
         key_path, settings.create, settings.key_type, "account key", "-n"
@@ -887,10 +1084,13 @@ def run(config: RoleConfig[AcctprocSettings], log: Logger) -> int:
     if settings.eab_kid is not None and settings.eab_hmac_key is not None:
         binding = ExternalAccountBinding.read(settings.eab_kid, settings.eab_hmac_key)
     policy = RunPolicy.from_settings(settings, key, domain_key, binding)
+    new_key = None
+    if settings.new_key_path is not None:
+        new_key = read_new_key(settings.new_key_path, key)
     # Opened while we may still reach it: the sandbox keeps the descriptor.
     audit = AuditLog.open(settings.audit_log or default_audit_log(key_path), key_path)
     process.confine(config)
-    service = AccountService(key, policy, audit, log)
+    service = AccountService(key, policy, audit, log, new_key)
     rpc.serve_until_stopped(
         config.run_dir,
         {"acct": [(account_pb2_grpc.add_AccountServicer_to_server, service)]},

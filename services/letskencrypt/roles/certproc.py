@@ -17,20 +17,29 @@ netproc, which waits for certproc, reaches the CA only after that.
 A chain netproc marks as kept (an earlier run's, that revokeproc found) is
 checked the same way; if it does not fit this run, the reply says why
 instead of failing the run, and netproc goes on as if there were none.
+
+The CA's alternate chains (RFC 8555 7.4.2) come with the default one; each
+must carry the same leaf and is verified like the default, and one that
+fails is said and left out.  The chain installed is the first verified one
+(default first) whose topmost certificate's issuer has the Common Name of
+our own settings' preferred chain, else the default: which chain is
+installed is never netproc's choice.
 """
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from letskencrypt import process, rpc
+from letskencrypt import pem, process, rpc
 from letskencrypt.certs import (
     check_chain,
     configured_anchors,
     parse_pem_chain,
     split_leaf_and_chain,
 )
+from letskencrypt.constants import MAX_ALTERNATES
 from letskencrypt.context import Logger, RoleConfig
-from letskencrypt.errors import CertificateRejected, NotThisRun
+from letskencrypt.errors import CertificateRejected, InputError, NotThisRun
 from letskencrypt.settings import CertprocSettings
 from letskencrypt.spec import RoleSpec
 from letskencrypt.v1 import (
@@ -60,6 +69,7 @@ class CertificateService(rpc.Servicer, certificate_pb2_grpc.CertificateServicer)
         files: grpc.Channel,
         anchors: list[x509.Certificate],
         operation: str,
+        preferred_chain: str | None,
         log: Logger,
     ) -> None:
         super().__init__(log)
@@ -67,6 +77,7 @@ class CertificateService(rpc.Servicer, certificate_pb2_grpc.CertificateServicer)
         self.files = files_pb2_grpc.FilesStub(files)
         self.anchors = anchors
         self.operation = operation
+        self.preferred_chain = preferred_chain
 
     @rpc.guarded
     def Submit(
@@ -74,6 +85,9 @@ class CertificateService(rpc.Servicer, certificate_pb2_grpc.CertificateServicer)
     ) -> certificate_pb2.SubmitReply:
         if self.operation != "issue":
             raise NotThisRun(f"this is a {self.operation} run: no certificate is installed")
+        alternates = list(request.alternate_pem_chains)
+        if len(alternates) > MAX_ALTERNATES or (request.kept and alternates):
+            raise InputError(f"netproc sent {len(alternates)} alternate chains")
         try:
             chain = parse_pem_chain(request.pem_chain)
             expected = rpc.call(
@@ -87,7 +101,21 @@ class CertificateService(rpc.Servicer, certificate_pb2_grpc.CertificateServicer)
                 raise
             self.log.info(f"the kept certificate does not fit this run: {error}")
             return certificate_pb2.SubmitReply(unfit=str(error))
-        leaf_pem, chain_pem = split_leaf_and_chain(request.pem_chain)
+        verified = [(request.pem_chain, chain, anchor)]
+        for number, pem_chain in enumerate(alternates, 1):
+            try:
+                alternate = parse_pem_chain(pem_chain)
+                if alternate[0] != chain[0]:
+                    raise CertificateRejected("its leaf is not the default chain's")
+                found = check_chain(
+                    alternate, expected.public_key_der, list(expected.names), self.anchors
+                )
+            except CertificateRejected as error:
+                self.log.notice(f"alternate chain {number}: {error}; left out")
+                continue
+            verified.append((pem_chain, alternate, found))
+        pem_chain, chain, anchor = self.choose(verified)
+        leaf_pem, chain_pem = split_leaf_and_chain(pem_chain)
         rpc.call(
             self.files.Install,
             files_pb2.InstallRequest(certificate_pem=leaf_pem, chain_pem=chain_pem),
@@ -102,6 +130,26 @@ class CertificateService(rpc.Servicer, certificate_pb2_grpc.CertificateServicer)
             serial_hex=f"{leaf.serial_number:x}",
             not_after=leaf.not_valid_after_utc.isoformat(),
         )
+
+    def choose(
+        self, verified: list[tuple[bytes, list[x509.Certificate], x509.Certificate]]
+    ) -> tuple[bytes, list[x509.Certificate], x509.Certificate]:
+        """The first verified chain (the default first) that ends in a
+        certificate issued by the preferred chain's Common Name, else the
+        default."""
+        if self.preferred_chain is None:
+            return verified[0]
+        for number, candidate in enumerate(verified):
+            topmost = candidate[1][-1].public_bytes(serialization.Encoding.DER)
+            if pem.issuer_common_name(topmost) == self.preferred_chain:
+                if number:
+                    self.log.info(f"chose alternate chain {number} (--preferred-chain)")
+                return candidate
+        self.log.info(
+            f"no verified chain of the {len(verified)} ends in a certificate issued by "
+            f"{self.preferred_chain!r} (--preferred-chain): the default chain"
+        )
+        return verified[0]
 
     @rpc.guarded
     def Retire(
@@ -129,7 +177,14 @@ def run(config: RoleConfig[CertprocSettings], log: Logger) -> int:
             "cert": [
                 (
                     certificate_pb2_grpc.add_CertificateServicer_to_server,
-                    CertificateService(key_info, files, anchors, operation, log),
+                    CertificateService(
+                        key_info,
+                        files,
+                        anchors,
+                        operation,
+                        config.settings.preferred_chain,
+                        log,
+                    ),
                 )
             ]
         },

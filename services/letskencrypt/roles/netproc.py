@@ -2,19 +2,30 @@
 
 Holds: nothing on disk but the CA trust anchors (read once, at start).
 Network: yes, HTTPS to the CA only, to addresses that dnsproc gives it.
-Serves nothing; calls acctproc (signatures), keyproc (CSR), dnsproc
+Serves nothing; calls acctproc (signatures), keyproc (CSR; with
+--revoke-with domain-key, the revocation signed with the domain key), dnsproc
 (addresses), chngproc (challenge files), revokeproc (is a certificate due?)
 and certproc (check and install).  It never sees a private key: an attacker
 who owns it can ask acctproc only for the signatures acctproc's own policy
 allows for this run (this run's names, the CA's origin, no key change or
-revocation unless asked), and can hand certproc a chain, which certproc
-checks against keyproc's key and names.  An external account binding is
+revocation unless asked), keyproc only for the revocation of a certificate
+of its key in a run that revokes with it, and can hand certproc a chain,
+which certproc checks against keyproc's key and names.  An external account binding is
 acctproc's: netproc asks for "a new account with the binding" and never
 sees its HMAC key; a profile (--profile) is checked against the CA's
-directory before any order.  With --preferred-chain it picks, among the
-CA's alternate chains (Link rel="alternate", same origin, at most 8), the
-one whose topmost certificate's issuer has that Common Name; certproc
-verifies whichever chain it hands on, so the choice gives netproc no trust.
+directory before any order.  It downloads the CA's alternate chains too
+(Link rel="alternate", same origin, at most 8) and hands them all to
+certproc, which verifies each and picks (--preferred-chain): netproc has
+no say in which chain is installed.
+
+A key rollover run (--rollover-account-key) finds the account, has acctproc
+sign the key change (acctproc builds it: netproc holds neither key), posts
+it, tells acctproc the CA accepted it, and checks that the CA now finds the
+same account by the new key.  A deactivation run (--deactivate-account)
+finds the account and posts {"status": "deactivated"} to it.  Neither
+registers an account or orders anything.  Every run that reached the
+account reports it (URL, contact, status as the CA showed them) to the
+supervisor on the counts line, under "account".
 
 Renewal information (RFC 9773): when revokeproc's lifetime rule finds the
 certificate current, netproc asks the CA's renewalInfo for revokeproc's
@@ -48,6 +59,7 @@ from datetime import UTC, datetime
 import grpc
 
 from letskencrypt import acme, ari, process, rpc
+from letskencrypt.b64 import b64url
 from letskencrypt.constants import (
     EXIT_CHANGED,
     EXIT_FAILED,
@@ -121,6 +133,7 @@ class RemoteSigner:
         kid: str | None,
         payload: bytes | None,
         external_account_binding: bool = False,
+        key_change: bool = False,
     ) -> dict[str, str]:
         request = account_pb2.SignRequest(
             url=url,
@@ -129,6 +142,7 @@ class RemoteSigner:
             payload=payload or b"",
             post_as_get=payload is None,
             external_account_binding=external_account_binding,
+            key_change=key_change,
         )
         reply = rpc.call(self.stub.Sign, request, peer="acctproc", timeout=KEY_DEADLINE)
         return {
@@ -140,6 +154,48 @@ class RemoteSigner:
     def thumbprint(self) -> str:
         reply = rpc.call(self.stub.Describe, account_pb2.DescribeRequest(), peer="acctproc")
         return reply.thumbprint
+
+    def key_changed(self, account_url: str) -> None:
+        """Tell acctproc the CA accepted its key change: it signs with the new key."""
+        request = account_pb2.KeyChangedRequest(account_url=account_url)
+        rpc.call(self.stub.KeyChanged, request, peer="acctproc")
+
+
+class RemoteRevocationSigner:
+    """acme.Signer of one revokeCert with the domain key, backed by keyproc,
+    which builds the same payload (this certificate, this reason) and the
+    protected header (its JWK embedded) itself."""
+
+    def __init__(
+        self, stub: domainkey_pb2_grpc.DomainKeyStub, certificate_der: bytes, reason: int | None
+    ) -> None:
+        self.stub = stub
+        self.certificate_der = certificate_der
+        self.reason = reason
+
+    def sign(
+        self,
+        url: str,
+        nonce: str,
+        kid: str | None,
+        payload: bytes | None,
+        external_account_binding: bool = False,
+    ) -> dict[str, str]:
+        if kid is not None or payload is None or external_account_binding:
+            raise InputError("the domain key signs only the revocation, its JWK embedded")
+        request = domainkey_pb2.SignRevocationRequest(
+            url=url, nonce=nonce, certificate_der=self.certificate_der, reason=self.reason
+        )
+        reply = rpc.call(
+            self.stub.SignRevocation, request, peer="keyproc", timeout=KEY_DEADLINE
+        )
+        if reply.payload != b64url(payload):
+            raise InputError("keyproc signed another revocation than the one asked for")
+        return {
+            "protected": reply.protected,
+            "payload": reply.payload,
+            "signature": reply.signature,
+        }
 
 
 class RemoteResolver:
@@ -249,23 +305,25 @@ def obtain(
     client = client or connect_ca(peers, settings, ca_pem, log)
     check_profile(client.directory(), settings.profile)
     find_account(client, settings, log)
+    note_account(client)
     # The order replaces the installed certificate (RFC 9773 5) where the CA speaks ARI.
     replaces = None
     if check.ari_cert_id and client.directory().renewal_info is not None:
         replaces = check.ari_cert_id
-    pem_chain = client.issue(
+    chains = client.issue(
         list(settings.names),
         csr_provider=peers.csr,
         publish=peers.publish,
         withdraw=peers.withdraw,
         thumbprint=peers.signer.thumbprint(),
         profile=settings.profile,
-        preferred_chain=settings.preferred_chain,
         replaces=replaces,
     )
     reply = rpc.call(
         peers.certificate.Submit,
-        certificate_pb2.SubmitRequest(pem_chain=pem_chain),
+        certificate_pb2.SubmitRequest(
+            pem_chain=chains.default, alternate_pem_chains=chains.alternates
+        ),
         peer="certproc",
     )
     log.info(f"certificate serial {reply.serial_hex} valid until {reply.not_after}")
@@ -365,19 +423,74 @@ def install_kept(peers: Peers, pem_chain: bytes, log: Logger) -> bool:
 
 
 def revoke(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) -> int:
-    """Revoke the current certificate with the account key, then remove its files."""
+    """Revoke the current certificate with the account key, or (--revoke-with
+    domain-key) with the domain key, then remove its files.  With the domain
+    key no account is looked up: acctproc is not asked for anything."""
     current = rpc.call(peers.renewal.Current, renewal_pb2.CurrentRequest(), peer="revokeproc")
     if not current.certificate_der:
         raise InputError("there is no certificate to revoke")
+    der, reason = current.certificate_der, settings.revoke_reason
     client = connect_ca(peers, settings, ca_pem, log)
-    find_account(client, settings, log)
-    if client.revoke(current.certificate_der, settings.revoke_reason):
+    if settings.revoke_with_domain_key:
+        signer = RemoteRevocationSigner(peers.domain_key, der, reason)
+        revoked = client.revoke(der, reason, certificate_key=signer)
+    else:
+        find_account(client, settings, log)
+        note_account(client)
+        revoked = client.revoke(der, reason)
+    if revoked:
         log.info("certificate revoked")
     else:
         # Not a failure: it is revoked, as asked; its files go all the same.
         log.notice("the certificate was revoked already (the CA says alreadyRevoked)")
     rpc.call(peers.certificate.Retire, certificate_pb2.RetireRequest(), peer="certproc")
     return EXIT_CHANGED
+
+
+def existing_account(client: acme.AcmeClient) -> str:
+    """The account of the key acctproc signs with, which must exist: an
+    account operation registers none."""
+    kid = client.account([], create=False)
+    note_account(client)
+    return kid
+
+
+def rollover(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) -> int:
+    """Change the account's key to acctproc's new key (RFC 8555 7.3.5)."""
+    client = connect_ca(peers, settings, ca_pem, log)
+    kid = existing_account(client)
+    client.change_key()
+    peers.signer.key_changed(kid)
+    # The new key finds the same account, and the old one is done with.
+    found = client.account([], create=False)
+    note_account(client)
+    if found != kid:
+        raise InputError(f"after the key change the CA finds the account {found}, not {kid}")
+    log.notice(f"account {kid}: key changed")
+    return EXIT_CHANGED
+
+
+def deactivate(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) -> int:
+    """Deactivate the account (RFC 8555 7.3.6); the CA will refuse its key from now on."""
+    client = connect_ca(peers, settings, ca_pem, log)
+    kid = existing_account(client)
+    client.deactivate()
+    note_account(client)
+    log.notice(f"account {kid} deactivated")
+    return EXIT_CHANGED
+
+
+# The account as the CA last showed it in this run (the counts line's "account").
+ACCOUNT: dict[str, object] = {}
+
+
+def note_account(client: acme.AcmeClient) -> None:
+    if client.kid is not None:
+        ACCOUNT.update(
+            url=client.kid,
+            contact=list(client.account_contact or ()),
+            status=client.account_status or "valid",
+        )
 
 
 def check_profile(directory: acme.Directory, profile: str | None) -> None:
@@ -519,6 +632,10 @@ def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
         rpc.wait_ready(peers.channels, settings.ready_timeout)
         if settings.revoke:
             code = revoke(peers, settings, ca_pem, log)
+        elif settings.rollover:
+            code = rollover(peers, settings, ca_pem, log)
+        elif settings.deactivate:
+            code = deactivate(peers, settings, ca_pem, log)
         elif settings.daemon:
             code = keep_renewing(peers, settings, settings.daemon, ca_pem, log, ari_state)
         else:
@@ -534,6 +651,8 @@ def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
             }
             if ari_state.note is not None:
                 counts["ari"] = ari.note_to_json(ari_state.note)
+            if ACCOUNT:
+                counts["account"] = ACCOUNT
             sys.stdout.write(f"{COUNTS_MARKER}{json.dumps(counts)}\n")
     return code
 

@@ -19,20 +19,28 @@ class DescribeReply(_message.Message):
     def __init__(self, jwk_json: _Optional[str] = ..., thumbprint: _Optional[str] = ..., algorithm: _Optional[str] = ...) -> None: ...
 
 class SignRequest(_message.Message):
-    __slots__ = ("url", "nonce", "kid", "payload", "post_as_get", "external_account_binding")
+    __slots__ = ("url", "nonce", "kid", "payload", "post_as_get", "external_account_binding", "key_change")
     URL_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     KID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     POST_AS_GET_FIELD_NUMBER: _ClassVar[int]
     EXTERNAL_ACCOUNT_BINDING_FIELD_NUMBER: _ClassVar[int]
+    KEY_CHANGE_FIELD_NUMBER: _ClassVar[int]
     url: str
     nonce: str
     kid: str
     payload: bytes
     post_as_get: bool
     external_account_binding: bool
-    def __init__(self, url: _Optional[str] = ..., nonce: _Optional[str] = ..., kid: _Optional[str] = ..., payload: _Optional[bytes] = ..., post_as_get: _Optional[bool] = ..., external_account_binding: _Optional[bool] = ...) -> None: ...
+    key_change: bool
+    def __init__(self, url: _Optional[str] = ..., nonce: _Optional[str] = ..., kid: _Optional[str] = ..., payload: _Optional[bytes] = ..., post_as_get: _Optional[bool] = ..., external_account_binding: _Optional[bool] = ..., key_change: _Optional[bool] = ...) -> None: ...
+
+class KeyChangedRequest(_message.Message):
+    __slots__ = ("account_url",)
+    ACCOUNT_URL_FIELD_NUMBER: _ClassVar[int]
+    account_url: str
+    def __init__(self, account_url: _Optional[str] = ...) -> None: ...
 
 class SignReply(_message.Message):
     __slots__ = ("protected", "payload", "signature")

@@ -44,6 +44,11 @@ class AccountStub:
                 request_serializer=letskencrypt_dot_v1_dot_account__pb2.SignRequest.SerializeToString,
                 response_deserializer=letskencrypt_dot_v1_dot_account__pb2.SignReply.FromString,
                 _registered_method=True)
+        self.KeyChanged = channel.unary_unary(
+                '/letskencrypt.v1.Account/KeyChanged',
+                request_serializer=letskencrypt_dot_v1_dot_account__pb2.KeyChangedRequest.SerializeToString,
+                response_deserializer=letskencrypt_dot_v1_dot_account__pb2.DescribeReply.FromString,
+                _registered_method=True)
 
 
 class AccountServicer:
@@ -64,6 +69,14 @@ class AccountServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def KeyChanged(self, request, context):
+        """A key rollover run (RFC 8555 7.3.5): the CA accepted the key change that
+        acctproc signed; from now on it signs with the new key only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +89,11 @@ def add_AccountServicer_to_server(servicer, server):
                     servicer.Sign,
                     request_deserializer=letskencrypt_dot_v1_dot_account__pb2.SignRequest.FromString,
                     response_serializer=letskencrypt_dot_v1_dot_account__pb2.SignReply.SerializeToString,
+            ),
+            'KeyChanged': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeyChanged,
+                    request_deserializer=letskencrypt_dot_v1_dot_account__pb2.KeyChangedRequest.FromString,
+                    response_serializer=letskencrypt_dot_v1_dot_account__pb2.DescribeReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +150,33 @@ class Account:
             '/letskencrypt.v1.Account/Sign',
             letskencrypt_dot_v1_dot_account__pb2.SignRequest.SerializeToString,
             letskencrypt_dot_v1_dot_account__pb2.SignReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeyChanged(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/letskencrypt.v1.Account/KeyChanged',
+            letskencrypt_dot_v1_dot_account__pb2.KeyChangedRequest.SerializeToString,
+            letskencrypt_dot_v1_dot_account__pb2.DescribeReply.FromString,
             options,
             channel_credentials,
             insecure,

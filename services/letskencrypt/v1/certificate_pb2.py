@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!letskencrypt/v1/certificate.proto\x12\x0fletskencrypt.v1\"0\n\rSubmitRequest\x12\x11\n\tpem_chain\x18\x01 \x01(\x0c\x12\x0c\n\x04kept\x18\x02 \x01(\x08\"C\n\x0bSubmitReply\x12\x12\n\nserial_hex\x18\x01 \x01(\t\x12\x11\n\tnot_after\x18\x02 \x01(\t\x12\r\n\x05unfit\x18\x03 \x01(\t\"\x0f\n\rRetireRequest\"\r\n\x0bRetireReply2\x9d\x01\n\x0b\x43\x65rtificate\x12\x46\n\x06Submit\x12\x1e.letskencrypt.v1.SubmitRequest\x1a\x1c.letskencrypt.v1.SubmitReply\x12\x46\n\x06Retire\x12\x1e.letskencrypt.v1.RetireRequest\x1a\x1c.letskencrypt.v1.RetireReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!letskencrypt/v1/certificate.proto\x12\x0fletskencrypt.v1\"N\n\rSubmitRequest\x12\x11\n\tpem_chain\x18\x01 \x01(\x0c\x12\x0c\n\x04kept\x18\x02 \x01(\x08\x12\x1c\n\x14\x61lternate_pem_chains\x18\x03 \x03(\x0c\"C\n\x0bSubmitReply\x12\x12\n\nserial_hex\x18\x01 \x01(\t\x12\x11\n\tnot_after\x18\x02 \x01(\t\x12\r\n\x05unfit\x18\x03 \x01(\t\"\x0f\n\rRetireRequest\"\r\n\x0bRetireReply2\x9d\x01\n\x0b\x43\x65rtificate\x12\x46\n\x06Submit\x12\x1e.letskencrypt.v1.SubmitRequest\x1a\x1c.letskencrypt.v1.SubmitReply\x12\x46\n\x06Retire\x12\x1e.letskencrypt.v1.RetireRequest\x1a\x1c.letskencrypt.v1.RetireReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'letskencrypt.v1.certificate
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBMITREQUEST']._serialized_start=54
-  _globals['_SUBMITREQUEST']._serialized_end=102
-  _globals['_SUBMITREPLY']._serialized_start=104
-  _globals['_SUBMITREPLY']._serialized_end=171
-  _globals['_RETIREREQUEST']._serialized_start=173
-  _globals['_RETIREREQUEST']._serialized_end=188
-  _globals['_RETIREREPLY']._serialized_start=190
-  _globals['_RETIREREPLY']._serialized_end=203
-  _globals['_CERTIFICATE']._serialized_start=206
-  _globals['_CERTIFICATE']._serialized_end=363
+  _globals['_SUBMITREQUEST']._serialized_end=132
+  _globals['_SUBMITREPLY']._serialized_start=134
+  _globals['_SUBMITREPLY']._serialized_end=201
+  _globals['_RETIREREQUEST']._serialized_start=203
+  _globals['_RETIREREQUEST']._serialized_end=218
+  _globals['_RETIREREPLY']._serialized_start=220
+  _globals['_RETIREREPLY']._serialized_end=233
+  _globals['_CERTIFICATE']._serialized_start=236
+  _globals['_CERTIFICATE']._serialized_end=393
 # @@protoc_insertion_point(module_scope)

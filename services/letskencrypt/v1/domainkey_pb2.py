@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fletskencrypt/v1/domainkey.proto\x12\x0fletskencrypt.v1\"\x0c\n\nCsrRequest\"\x17\n\x08\x43srReply\x12\x0b\n\x03\x64\x65r\x18\x01 \x01(\x0c\x32J\n\tDomainKey\x12=\n\x03\x43sr\x12\x1b.letskencrypt.v1.CsrRequest\x1a\x19.letskencrypt.v1.CsrReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fletskencrypt/v1/domainkey.proto\x12\x0fletskencrypt.v1\"\x0c\n\nCsrRequest\"\x17\n\x08\x43srReply\x12\x0b\n\x03\x64\x65r\x18\x01 \x01(\x0c\"l\n\x15SignRevocationRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_der\x18\x03 \x01(\x0c\x12\x13\n\x06reason\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\t\n\x07_reason\"L\n\x13SignRevocationReply\x12\x11\n\tprotected\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\t2\xaa\x01\n\tDomainKey\x12=\n\x03\x43sr\x12\x1b.letskencrypt.v1.CsrRequest\x1a\x19.letskencrypt.v1.CsrReply\x12^\n\x0eSignRevocation\x12&.letskencrypt.v1.SignRevocationRequest\x1a$.letskencrypt.v1.SignRevocationReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CSRREQUEST']._serialized_end=64
   _globals['_CSRREPLY']._serialized_start=66
   _globals['_CSRREPLY']._serialized_end=89
-  _globals['_DOMAINKEY']._serialized_start=91
-  _globals['_DOMAINKEY']._serialized_end=165
+  _globals['_SIGNREVOCATIONREQUEST']._serialized_start=91
+  _globals['_SIGNREVOCATIONREQUEST']._serialized_end=199
+  _globals['_SIGNREVOCATIONREPLY']._serialized_start=201
+  _globals['_SIGNREVOCATIONREPLY']._serialized_end=277
+  _globals['_DOMAINKEY']._serialized_start=280
+  _globals['_DOMAINKEY']._serialized_end=450
 # @@protoc_insertion_point(module_scope)

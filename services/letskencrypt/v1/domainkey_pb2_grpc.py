@@ -39,6 +39,11 @@ class DomainKeyStub:
                 request_serializer=letskencrypt_dot_v1_dot_domainkey__pb2.CsrRequest.SerializeToString,
                 response_deserializer=letskencrypt_dot_v1_dot_domainkey__pb2.CsrReply.FromString,
                 _registered_method=True)
+        self.SignRevocation = channel.unary_unary(
+                '/letskencrypt.v1.DomainKey/SignRevocation',
+                request_serializer=letskencrypt_dot_v1_dot_domainkey__pb2.SignRevocationRequest.SerializeToString,
+                response_deserializer=letskencrypt_dot_v1_dot_domainkey__pb2.SignRevocationReply.FromString,
+                _registered_method=True)
 
 
 class DomainKeyServicer:
@@ -50,6 +55,17 @@ class DomainKeyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignRevocation(self, request, context):
+        """A revokeCert request signed with the domain key, the JWK embedded.
+        keyproc builds the payload {"certificate", "reason"} and the protected
+        header {alg, jwk, nonce, url} itself, and signs only in a run that
+        revokes with the domain key, only for a certificate of its own key, a
+        URL on the CA's origin and the run's reason, a few times per run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DomainKeyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +73,11 @@ def add_DomainKeyServicer_to_server(servicer, server):
                     servicer.Csr,
                     request_deserializer=letskencrypt_dot_v1_dot_domainkey__pb2.CsrRequest.FromString,
                     response_serializer=letskencrypt_dot_v1_dot_domainkey__pb2.CsrReply.SerializeToString,
+            ),
+            'SignRevocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignRevocation,
+                    request_deserializer=letskencrypt_dot_v1_dot_domainkey__pb2.SignRevocationRequest.FromString,
+                    response_serializer=letskencrypt_dot_v1_dot_domainkey__pb2.SignRevocationReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +107,33 @@ class DomainKey:
             '/letskencrypt.v1.DomainKey/Csr',
             letskencrypt_dot_v1_dot_domainkey__pb2.CsrRequest.SerializeToString,
             letskencrypt_dot_v1_dot_domainkey__pb2.CsrReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignRevocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/letskencrypt.v1.DomainKey/SignRevocation',
+            letskencrypt_dot_v1_dot_domainkey__pb2.SignRevocationRequest.SerializeToString,
+            letskencrypt_dot_v1_dot_domainkey__pb2.SignRevocationReply.FromString,
             options,
             channel_credentials,
             insecure,
