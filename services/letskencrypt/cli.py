@@ -790,12 +790,16 @@ def installed_ari_cert_id(cert_dir: str) -> str | None:
     """The ARI identifier (RFC 9773) of the certificate installed in
     `cert_dir`, the one a renewal replaces; None without one (or when it
     cannot be read: revokeproc says why)."""
-    # Here, not at the top: a container's image may lack cryptography.
+    path = os.path.join(cert_dir, "cert.pem")
+    if not os.path.lexists(path):
+        return None
+    # Here, not at the top, and only for a certificate: most roles' images
+    # (sandbox-check runs this there) lack cryptography.
     from letskencrypt.certs import ari_cert_id
     from letskencrypt.renewal import load_certificate_file
 
     try:
-        certificate = load_certificate_file(os.path.join(cert_dir, "cert.pem"))
+        certificate = load_certificate_file(path)
     except LetskencryptError:
         return None
     return None if certificate is None else ari_cert_id(certificate)
