@@ -120,7 +120,9 @@ def validate_domain(name: str) -> str:
     if normalised.endswith("."):
         normalised = normalised[:-1]
     if "*" in normalised:
-        raise _domain_error(name, "wildcard names are not supported")
+        raise _domain_error(
+            name, "a wildcard name needs --challenge dns-01 or dns-persist-01"
+        )
     if _is_ip_address(normalised):
         raise _domain_error(name, "IP addresses are not domain names")
     if len(normalised) > MAX_NAME_LENGTH:
@@ -194,20 +196,23 @@ def identifier_type(name: str) -> str:
     return IP
 
 
-def validate_name(name: str) -> str:
-    """A certificate's name: an IP address or a domain name, canonical, or InputError."""
+def validate_name(name: str, wildcard: bool = False) -> str:
+    """A certificate's name: an IP address or a domain name, canonical, or
+    InputError; with `wildcard`, also "*." and a domain name (RFC 8555 7.1.3)."""
     if not isinstance(name, str):
         raise InputError(f"name must be a string, not {type(name).__name__}")
     if name.startswith("*.") and _looks_like_address(name[2:]):
         raise _domain_error(name, "a wildcard cannot cover an IP address")
+    if wildcard and name.startswith("*."):
+        return "*." + validate_domain(name[2:])
     if _looks_like_address(name) or _is_ip_address(name):
         return validate_ip(name)
     return validate_domain(name)
 
 
-def validate_names(names: list[str]) -> list[str]:
+def validate_names(names: list[str], wildcards: bool = False) -> list[str]:
     """Validate and canonicalise a certificate's names (domain names and IP
-    addresses), keeping their order."""
+    addresses, and with `wildcards` "*.NAME"), keeping their order."""
     if not names:
         raise InputError("no domain names given")
     if len(names) > MAX_DOMAINS:
@@ -215,7 +220,7 @@ def validate_names(names: list[str]) -> list[str]:
     result: list[str] = []
     seen: set[str] = set()
     for name in names:
-        canonical = validate_name(name)
+        canonical = validate_name(name, wildcards)
         if canonical in seen:
             what = "IP address" if identifier_type(canonical) == IP else "domain name"
             raise InputError(f"duplicate {what} {canonical!r}")
