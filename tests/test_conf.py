@@ -471,8 +471,9 @@ def test_includes_count_towards_the_size_limit(tmp_path: Path) -> None:
     ("domain = x\n", "<config>:1:1: reserved word 'domain' cannot be a macro name"),
     ("  rsa=x\n", "<config>:1:3: reserved word 'rsa' cannot be a macro name"),
     ("a.b = x\n", "<config>:1:1: macro name 'a.b' may only have letters, digits and '_'"),
-    (with_domain("challenge dns-01"),
-     "<config>:7:12: unsupported challenge type 'dns-01' (supported: http-01)"),
+    (with_domain("challenge tls-alpn-01"),
+     "<config>:7:12: unsupported challenge type 'tls-alpn-01' "
+     "(supported: http-01, dns-persist-01)"),
     (with_domain("alternative names { a, }"),
      "<config>:7:25: expected a name in alternative names, got '}'"),
     (with_domain("alternative names { }"),

@@ -1,5 +1,7 @@
 """letskencrypt: the command line.  Validates everything it is given, then hands
 each role only its own settings and starts the eight of them (native mode).
+`letskencrypt persist-record NAME...` runs them to learn the account and the
+CA's issuer domain name, and prints the dns-persist-01 records to provision.
 
 Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
 2 nothing to do (no request reached the CA).  Interrupted by SIGINT, SIGTERM
@@ -11,6 +13,7 @@ daemon that is up and running exits 0 instead.
 import argparse
 import contextlib
 import errno
+import ipaddress
 import os
 import pwd
 import re
@@ -24,8 +27,21 @@ from datetime import UTC, datetime
 from typing import NoReturn
 
 import letskencrypt
-from letskencrypt import anchors, fsutil, interrupts, keyfiles, namespace, runstate, sandbox
+from letskencrypt import (
+    anchors,
+    fsutil,
+    interrupts,
+    keyfiles,
+    namespace,
+    persist,
+    runstate,
+    sandbox,
+)
 from letskencrypt.constants import (
+    CHALLENGE_DNS_01,
+    CHALLENGE_DNS_PERSIST_01,
+    CHALLENGE_HTTP_01,
+    CHALLENGES,
     DEFAULT_KEY_TYPE,
     DEFAULT_POLL_TIMEOUT,
     EXIT_CHANGED,
@@ -70,7 +86,7 @@ from letskencrypt.settings import (
 )
 from letskencrypt.supervisor import RunUser, Supervisor
 from letskencrypt.urls import origin
-from letskencrypt.validate import KEY_TYPES, safe_text, validate_names
+from letskencrypt.validate import IP, KEY_TYPES, identifier_type, safe_text, validate_names
 
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -213,6 +229,20 @@ def build_parser() -> Parser:
         help="text (default), or json: one object per line (time, certificate, role, event)")
     add("--metrics-file", metavar="FILE",
         help="write Prometheus textfile metrics here after the run (replaced atomically)")
+    add("--challenge", choices=CHALLENGES, default=CHALLENGE_HTTP_01, metavar="TYPE",
+        help=f"how control of the names is proven: {', '.join(CHALLENGES)} (default "
+        f"{CHALLENGE_HTTP_01}); {CHALLENGE_DNS_PERSIST_01} needs the record that "
+        "persist-record prints, and no DNS credentials; the DNS challenges allow *.NAME")
+    add("--dns-check-server", metavar="ADDR[:PORT]",
+        help="ask this DNS server (an IP address; port 53 by default) directly, without "
+        "recursion, for the records a DNS challenge checks, instead of the system's resolver "
+        "(split-horizon DNS)")
+    add("--wildcard", action="store_true",
+        help="persist-record: records with policy=wildcard, which also cover *.NAME and "
+        "the names below NAME")
+    add("--persist-until", metavar="DATE",
+        help="persist-record: records the CA takes until DATE only (2027-06-30, or "
+        "2027-06-30T12:00:00Z)")
     add("--version", action="version", version=f"letskencrypt {version()}")
     add("domains", nargs="*", metavar="domain",
         help="primary domain, then alternative names (domain names or IP addresses); "
@@ -290,9 +320,27 @@ def origin_text(url: str) -> str:
 
 
 def check_account_operation(args: argparse.Namespace) -> str | None:
-    """The account's own operation this run is for ("rollover", "deactivate"),
-    None for a certificate's; what makes no sense with it is refused."""
+    """The account's own operation this run is for ("rollover", "deactivate",
+    "persist-record"), None for a certificate's; what makes no sense with it
+    is refused."""
     rollover = args.rollover_account_key is not None
+    persist_record = getattr(args, "persist_record", False)
+    if not persist_record and (args.wildcard or args.persist_until):
+        raise InputError("--wildcard and --persist-until go with persist-record")
+    if persist_record:
+        others = {
+            "--rollover-account-key": rollover,
+            "--deactivate-account": args.deactivate_account,
+            "-r": args.revoke,
+            "--daemon": args.daemon,
+            "--rotate-domain-key": args.rotate_domain_key,
+            "--deploy-hook": args.deploy_hook,
+            "--metrics-file": args.metrics_file,
+        }
+        for other, given in others.items():
+            if given:
+                raise InputError(f"persist-record does not go with {other}")
+        return "persist-record"
     if not rollover and not args.deactivate_account:
         return None
     flag = "--rollover-account-key" if rollover else "--deactivate-account"
@@ -335,6 +383,40 @@ def check_new_account_key(path: str, secrets: dict[str, str]) -> str:
         if os.path.realpath(other_path) == os.path.realpath(path):
             raise InputError(f"{what}: is the {other} of this run; give the new key's own file")
     return path
+
+
+def check_challenge(args: argparse.Namespace) -> str:
+    """--challenge; a wildcard name needs a DNS challenge (validate_names says so)."""
+    if args.challenge == CHALLENGE_DNS_01:
+        raise InputError("--challenge dns-01 is not part of this build")
+    if args.dns_check_server and args.challenge == CHALLENGE_HTTP_01 and not args.config:
+        raise InputError("--dns-check-server goes with --challenge dns-persist-01")
+    return typing.cast(str, args.challenge)
+
+
+def check_dns_server(text: str | None) -> tuple[str | None, int]:
+    """--dns-check-server ADDR[:PORT]: an IP address ("[v6]:port" with a
+    port), and the port, 53 if none is given."""
+    if text is None:
+        return None, 53
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                host = ""
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise InputError(f"--dns-check-server {safe_text(text, 80)!r}: give an IP address, "
+                         "with :PORT if not 53 ([ADDR]:PORT for IPv6)") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"--dns-check-server {safe_text(text, 80)!r}: the port is not "
+                         "1 to 65535")  # fmt: skip
+    return address, int(port)
 
 
 def check_directory_url(args: argparse.Namespace) -> str:
@@ -790,13 +872,21 @@ def role_settings(
     that needs none) leaves the anchors out of certproc's and revokeproc's.
     `account_type_follows=False` (a configuration file's domain, whose key
     type is its own): the account key's type is only --account-key-type's."""
-    names = tuple(validate_names(args.domains))
+    account_operation = check_account_operation(args)
+    challenge = check_challenge(args)
+    wildcards = challenge != CHALLENGE_HTTP_01 or account_operation == "persist-record"
+    names = tuple(validate_names(args.domains, wildcards=wildcards))
+    if challenge == CHALLENGE_DNS_PERSIST_01 or account_operation == "persist-record":
+        addresses = [name for name in names if identifier_type(name) == IP]
+        if addresses:
+            raise InputError(f"{addresses[0]}: dns-persist-01 validates domain names, "
+                             "not IP addresses")  # fmt: skip
+    dns_check_server, dns_check_port = check_dns_server(args.dns_check_server)
     directory_url = check_directory_url(args)
     anchor_pem = check_trust_anchors(args, directory_url) if trust_anchors else None
     # What certproc, fileproc and acctproc may do: only what this run is for.
     # An account operation orders nothing, so the others are told "issue":
     # netproc hands them nothing (and "revoke" would let fileproc remove).
-    account_operation = check_account_operation(args)
     operation = "revoke" if args.revoke else "issue"
     ca_bundle = check_ca_bundle(args.ca_bundle) if args.ca_bundle else None
     contacts = tuple(check_contact(c) for c in args.contact)
@@ -860,6 +950,11 @@ def role_settings(
             profile=profile,
             rollover=account_operation == "rollover",
             deactivate=account_operation == "deactivate",
+            challenge=challenge,
+            dns_check_server=dns_check_server,
+            dns_check_port=dns_check_port,
+            persist_record=account_operation == "persist-record",
+            new_account=account_operation == "persist-record" and args.new_account_key,
             strict=strict,
         ),
         "acctproc": AcctprocSettings(
@@ -877,6 +972,7 @@ def role_settings(
             profile=profile,
             idle=with_domain_key,
             new_key_path=new_account_key,
+            challenge=challenge,
             strict=strict,
         ),
         "keyproc": KeyprocSettings(
@@ -918,6 +1014,8 @@ def role_settings(
 def main(argv: list[str] | None = None) -> None:
     interrupts.catch()
     arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["persist-record"]:
+        persist_record_main(arguments[1:])
     args = build_parser().parse_args(arguments)
     STYLE.log_format = args.log_format
     if args.config:
@@ -1036,6 +1134,67 @@ def write_metrics(
         metrics.write(os.path.abspath(args.metrics_file), metrics.render(facts, state))
     except OSError as error:
         tell(f"letskencrypt: --metrics-file: {plain_words(error)}")
+
+
+def persist_record_main(arguments: list[str]) -> NoReturn:
+    """`letskencrypt persist-record [options] NAME...`: find the account of
+    the account key (acctproc signs, netproc asks the CA; -n registers it),
+    then print one dns-persist-01 record per name on stdout, in zone-file
+    syntax.  A name and its wildcard share one record, with policy=wildcard."""
+    args = build_parser().parse_args(arguments)
+    args.persist_record = True
+    STYLE.log_format = args.log_format
+    if args.config:
+        raise_usage("persist-record does not go with --config: give the names")
+    if not args.domains:
+        build_parser().error("the following arguments are required: domain")
+    try:
+        settings = role_settings(args)
+        until = persist.parse_persist_until(args.persist_until) if args.persist_until else None
+        user = run_user(args.user)
+        preflight(settings, user)
+        for note in check_keys(settings, os.path.abspath(args.cert_dir)):
+            tell(f"letskencrypt: {note}")
+        supervisor = Supervisor(settings=settings, cert_dir=os.path.abspath(args.cert_dir),
+                                verbosity=args.verbose, run_user=user,
+                                relay=Relay(certificate=args.domains[0]))  # fmt: skip
+        status = supervisor.run()
+        if status == EXIT_CHANGED:
+            report = supervisor.relay.reports.get("netproc", {}).get("persist_record")
+            names = typing.cast(NetprocSettings, settings["netproc"]).names
+            for line in persist_records(report, names, args.wildcard, until):
+                sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+    except OSError as error:
+        tell(f"letskencrypt: {plain_words(error)}")
+        sys.exit(EXIT_FAILED)
+    except LetskencryptError as error:
+        tell(f"letskencrypt: {error}")
+        sys.exit(EXIT_FAILED)
+    interrupts.exit_with(status)
+
+
+def persist_records(
+    report: object, names: tuple[str, ...], wildcard: bool, until: int | None
+) -> list[str]:
+    """The records for `names` from netproc's report (the account URL and the
+    CA's issuer domain names, its word: checked for form here)."""
+    if not isinstance(report, dict):
+        raise InputError("netproc reported no account and issuer domain name")
+    issuers = persist.check_issuer_names(report.get("issuers"), "the CA's caaIdentities")
+    account = report.get("account")
+    if not isinstance(account, str):
+        raise InputError("netproc reported no account URL")
+    persist.check_account_uri(account)
+    bases: dict[str, bool] = {}
+    for name in names:
+        base = persist.base_name(name)
+        bases[base] = bases.get(base, False) or wildcard or name != base
+    return [
+        persist.zone_line(base, persist.issue_value(
+            issuers[0], account, wildcard=covers, persist_until=until))
+        for base, covers in bases.items()
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":
