@@ -143,7 +143,8 @@ def lookup_txt(name: str, server: str, port: int) -> list[str]:
             resolver.lifetime = TXT_TIMEOUT
             answer = resolver.resolve(qname, dns.rdatatype.TXT, raise_on_no_answer=False)
             return txt_values(answer.response, qname)
-        query = dns.message.make_query(qname, dns.rdatatype.TXT)
+        # EDNS: answers of up to 4 KiB by UDP (TCP, the fallback, may reach port 53 only).
+        query = dns.message.make_query(qname, dns.rdatatype.TXT, use_edns=0, payload=4096)
         query.flags &= ~dns.flags.RD
         response, _ = dns.query.udp_with_fallback(query, server, TXT_TIMEOUT, port=port)
     except dns.resolver.NXDOMAIN:
