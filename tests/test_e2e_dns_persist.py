@@ -21,7 +21,7 @@ import dns.rdatatype
 import pytest
 from cryptography import x509
 
-from tests.conftest import LETSKENCRYPT, RUN_TIMEOUT, Paths, Result
+from tests.conftest import LETSKENCRYPT, RUN_TIMEOUT, Paths, Result, run_config, write_config
 from tests.dnsserver import AuthoritativeDns
 from tests.pebble import Pebble
 
@@ -220,3 +220,28 @@ def test_wildcard_needs_a_dns_challenge(ca: Pebble, named: AuthoritativeDns, fil
         f"letskencrypt: invalid domain name '*.web.{ZONE}': a wildcard name needs "
         "--challenge dns-01 or dns-persist-01"
     ]
+
+
+def test_configuration_file_authority_challenge(
+    ca: Pebble, named: AuthoritativeDns, files: Paths
+) -> None:
+    """`challenge dns-persist-01` for an authority: its domains use it (with
+    --dns-check-server given once on the command line)."""
+    name = f"www.{ZONE}"
+    line, _ = account_url(ca, named, files)
+    line = line.replace(f"web.{ZONE}", name)
+    config = write_config(files.base, ca, {name: []}, authority=("challenge dns-persist-01",))
+    check = ("--dns-check-server", f"{named.address}:{named.port}")
+    missing = run_config(config, *check)
+    assert missing.code == 1
+    assert f"expected: {line}" in missing.stderr
+    provision(named, line)
+    try:
+        issued = run_config(config, *check)
+    finally:
+        clear(named, name)
+    assert issued.code == 0, issued.stderr
+    installed = files.base / "state" / "certs" / name / "cert.pem"
+    leaf = x509.load_pem_x509_certificate(installed.read_bytes())
+    assert leaf.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == [name]
