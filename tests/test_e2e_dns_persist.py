@@ -20,6 +20,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 from cryptography import x509
+from letskencrypt import keys
 
 from tests.conftest import LETSKENCRYPT, RUN_TIMEOUT, Paths, Result, run_config, write_config
 from tests.dnsserver import AuthoritativeDns
@@ -245,3 +246,20 @@ def test_configuration_file_authority_challenge(
     leaf = x509.load_pem_x509_certificate(installed.read_bytes())
     assert leaf.extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == [name]
+
+
+def test_persist_record_registers_no_account_without_n(
+    ca: Pebble, named: AuthoritativeDns, files: Paths
+) -> None:
+    files.account_key.parent.mkdir(mode=0o700)
+    keys.load_or_create_key(str(files.account_key), True, "ecdsa256", "account key", "-n")
+    before = ca.request_lines()
+    result = persist_record(ca, named, files, "-N", f"web.{ZONE}")
+    assert result.code == 1
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "letskencrypt: netproc: the CA has no account for this key; give -n to register one"
+    ]
+    # A lookup (onlyReturnExisting) and nothing more.
+    sent = ca.request_lines()[len(before):]
+    assert [request for request in sent if request[0] == "POST"] == [("POST", "/sign-me-up")]

@@ -352,7 +352,12 @@ def persist_record(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: 
         note_account(client)
         kid = client.kid or ""
     else:
-        kid = existing_account(client)
+        try:
+            kid = existing_account(client)
+        except acme.AcmeError as error:
+            if "has no account" not in str(error):
+                raise
+            raise InputError(f"{error}; give -n to register one") from None
     report = {"persist_record": {"account": kid, "issuers": list(directory.caa_identities)}}
     sys.stdout.write(f"{REPORT_MARKER}{json.dumps(report)}\n")
     sys.stdout.flush()
