@@ -170,7 +170,10 @@ def role_config(
     command line built from it: domain_command_line)."""
     spec_of(role)  # an unknown role is refused here, in one line
     args = cli.build_parser().parse_args(command_line(role, environ) if argv is None else argv)
-    settings = cli.role_settings(args, trust_anchors=uses(role, "trust_anchors"))[role]
+    # Not the certificate: acctproc's container cannot read it.
+    settings = cli.role_settings(
+        args, trust_anchors=uses(role, "trust_anchors"), knows_certificate=False
+    )[role]
     if uses(role, "ready_timeout"):
         ready_timeout = seconds(environ, "READY_TIMEOUT", READY_TIMEOUT)
         settings = dataclasses.replace(settings, ready_timeout=ready_timeout)  # type: ignore[call-arg]
