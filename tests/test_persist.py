@@ -284,25 +284,29 @@ def test_dnsproc_asks_only_an_address() -> None:
 # --- the command line ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    (None, (None, 53)),
-    ("127.0.0.1", ("127.0.0.1", 53)),
-    ("127.0.0.1:5353", ("127.0.0.1", 5353)),
-    ("::1", ("::1", 53)),
-    ("[::1]:5353", ("::1", 5353)),
-    ("[::1]", ("::1", 53)),
+@pytest.mark.parametrize(("texts", "expected"), [
+    ([], ()),
+    (["127.0.0.1"], ("127.0.0.1:53",)),
+    (["127.0.0.1:5353", "127.0.0.1:5353", "::1"], ("127.0.0.1:5353", "[::1]:53")),
+    (["[::1]:5353"], ("[::1]:5353",)),
+    (["[::1]"], ("[::1]:53",)),
 ])
-def test_dns_check_server(text: str | None, expected: tuple[str | None, int]) -> None:
-    assert cli.check_dns_server(text) == expected
+def test_dns_check_servers(texts: list[str], expected: tuple[str, ...]) -> None:
+    assert cli.check_dns_servers(texts) == expected
 
 
 @pytest.mark.parametrize("text", [
     "ns1.example.test", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:x", "[::1]x",
-    "::1:53:", "",
+    "::1:53:", "", "127.0.0.1:", "[fe80::1%eth0]:53",
 ])
 def test_a_bad_dns_check_server_is_refused_in_one_line(text: str) -> None:
     with pytest.raises(InputError, match="--dns-check-server"):
-        cli.check_dns_server(text)
+        cli.check_dns_servers([text])
+
+
+def test_at_most_eight_dns_check_servers() -> None:
+    with pytest.raises(InputError, match="at most 8 --dns-check-server"):
+        cli.check_dns_servers([f"127.0.0.{i}" for i in range(1, 10)])
 
 
 def test_persist_records_one_per_name_wildcards_folded() -> None:

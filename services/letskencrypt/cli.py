@@ -13,7 +13,6 @@ daemon that is up and running exits 0 instead.
 import argparse
 import contextlib
 import errno
-import ipaddress
 import os
 import pwd
 import re
@@ -86,7 +85,15 @@ from letskencrypt.settings import (
 )
 from letskencrypt.supervisor import RunUser, Supervisor
 from letskencrypt.urls import origin
-from letskencrypt.validate import IP, KEY_TYPES, identifier_type, safe_text, validate_names
+from letskencrypt.validate import (
+    IP,
+    KEY_TYPES,
+    dns_server_text,
+    identifier_type,
+    parse_dns_server,
+    safe_text,
+    validate_names,
+)
 
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -105,6 +112,7 @@ FORMER_DEFAULT_DOMAIN_KEY = "/etc/ssl/acme/private/privkey.pem"
 DEFAULT_ACCOUNT_KEY = "/etc/acme/privkey.pem"
 DEFAULT_CHALLENGE_DIR = "/var/www/acme"
 MAX_CONTACTS = 10
+MAX_CHECK_SERVERS = 8
 # What preflight wants free where a role writes: a certificate set is a few
 # KiB and a handful of files (and its temporary copy, the links, the backups).
 MIN_FREE_BYTES = 1024 * 1024
@@ -236,10 +244,10 @@ def build_parser() -> Parser:
         help=f"how control of the names is proven: {', '.join(CHALLENGES)} (default "
         f"{CHALLENGE_HTTP_01}); {CHALLENGE_DNS_PERSIST_01} needs the record that "
         "persist-record prints, and no DNS credentials; the DNS challenges allow *.NAME")
-    add("--dns-check-server", metavar="ADDR[:PORT]",
+    add("--dns-check-server", action="append", default=[], metavar="ADDR[:PORT]",
         help="ask this DNS server (an IP address; port 53 by default) directly, without "
         "recursion, for the records a DNS challenge checks, instead of the system's resolver "
-        "(split-horizon DNS)")
+        "(split-horizon DNS; repeatable: every one must serve them)")
     add("--wildcard", action="store_true",
         help="persist-record: records with policy=wildcard, which also cover *.NAME and "
         "the names below NAME")
@@ -397,29 +405,14 @@ def check_challenge(args: argparse.Namespace) -> str:
     return typing.cast(str, args.challenge)
 
 
-def check_dns_server(text: str | None) -> tuple[str | None, int]:
-    """--dns-check-server ADDR[:PORT]: an IP address ("[v6]:port" with a
-    port), and the port, 53 if none is given."""
-    if text is None:
-        return None, 53
-    host, port = text, "53"
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            if not rest.startswith(":"):
-                host = ""
-            port = rest[1:]
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    try:
-        address = str(ipaddress.ip_address(host))
-    except ValueError:
-        raise InputError(f"--dns-check-server {safe_text(text, 80)!r}: give an IP address, "
-                         "with :PORT if not 53 ([ADDR]:PORT for IPv6)") from None
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise InputError(f"--dns-check-server {safe_text(text, 80)!r}: the port is not "
-                         "1 to 65535")  # fmt: skip
-    return address, int(port)
+def check_dns_servers(texts: list[str]) -> tuple[str, ...]:
+    """--dns-check-server ADDR[:PORT] (repeatable): canonical "ADDR:PORT" texts."""
+    servers = tuple(dict.fromkeys(
+        dns_server_text(*parse_dns_server(text, "--dns-check-server")) for text in texts
+    ))  # fmt: skip
+    if len(servers) > MAX_CHECK_SERVERS:
+        raise InputError(f"at most {MAX_CHECK_SERVERS} --dns-check-server")
+    return servers
 
 
 def check_directory_url(args: argparse.Namespace) -> str:
@@ -904,7 +897,7 @@ def role_settings(
         if addresses:
             raise InputError(f"{addresses[0]}: dns-persist-01 validates domain names, "
                              "not IP addresses")  # fmt: skip
-    dns_check_server, dns_check_port = check_dns_server(args.dns_check_server)
+    dns_check_servers = check_dns_servers(args.dns_check_server)
     directory_url = check_directory_url(args)
     anchor_pem = check_trust_anchors(args, directory_url) if trust_anchors else None
     # What certproc, fileproc and acctproc may do: only what this run is for.
@@ -979,8 +972,7 @@ def role_settings(
             rollover=account_operation == "rollover",
             deactivate=account_operation == "deactivate",
             challenge=challenge,
-            dns_check_server=dns_check_server,
-            dns_check_port=dns_check_port,
+            dns_check_servers=dns_check_servers,
             persist_record=account_operation == "persist-record",
             new_account=account_operation == "persist-record" and args.new_account_key,
             strict=strict,

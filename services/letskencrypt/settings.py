@@ -108,11 +108,10 @@ class NetprocSettings(RoleSettings):
     deactivate: bool = False
     # How names are validated (--challenge, constants.CHALLENGES).
     challenge: str = CHALLENGE_HTTP_01
-    # Where a dns-persist-01 record is checked (--dns-check-server): that
-    # server's IP address and port, asked without recursion; None: the
-    # system's resolver.
-    dns_check_server: str | None = None
-    dns_check_port: int = 53
+    # The servers ("ADDRESS:PORT", "[ADDRESS]:PORT") a DNS challenge's
+    # records are checked at, directly and without recursion
+    # (--dns-check-server); none: the system's resolver.
+    dns_check_servers: tuple[str, ...] = ()
     # `letskencrypt persist-record`: find the account (register it only
     # with `new_account`, -n) and report its URL and the CA's issuer
     # domain names; no order.

@@ -210,6 +210,43 @@ def validate_name(name: str, wildcard: bool = False) -> str:
     return validate_domain(name)
 
 
+def parse_dns_server(text: str, what: str, default_port: int = 53) -> tuple[str, int]:
+    """(address, port) of "ADDRESS", "ADDRESS:PORT", "[IPV6]" or "[IPV6]:PORT":
+    an IP address, never a name (no resolver stands between us and the
+    server that gets our updates)."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise InputError(f"{what} {_quote(text)}: give [IPV6]:PORT")
+        port_text = rest[1:]
+        if rest and not port_text:
+            raise InputError(f"{what} {_quote(text)}: no port after ':'")
+    elif text.count(":") == 1:
+        host, _colon, port_text = text.partition(":")
+        if not port_text:
+            raise InputError(f"{what} {_quote(text)}: no port after ':'")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise InputError(
+            f"{what} {_quote(text)}: give an IP address (and :PORT), not a name"
+        ) from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise InputError(f"{what} {_quote(text)}: no zone id (%...)")
+    port = default_port
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise InputError(f"{what} {_quote(text)}: the port is a number from 1 to 65535")
+        port = int(port_text)
+    return str(address), port
+
+
+def dns_server_text(address: str, port: int) -> str:
+    """The canonical "ADDRESS:PORT" ("[IPV6]:PORT") that parse_dns_server reads."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def validate_names(names: list[str], wildcards: bool = False) -> list[str]:
     """Validate and canonicalise a certificate's names (domain names and IP
     addresses, and with `wildcards` "*.NAME"), keeping their order."""

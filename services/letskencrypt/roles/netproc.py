@@ -99,7 +99,7 @@ from letskencrypt.v1 import (
     resolver_pb2,
     resolver_pb2_grpc,
 )
-from letskencrypt.validate import safe_text
+from letskencrypt.validate import dns_server_text, parse_dns_server, safe_text
 
 # OpenSSL's configuration and the system's trust anchors, for the CA's TLS
 # (not /etc/ssl/private); --ca-bundle is read before the sandbox.
@@ -225,8 +225,8 @@ class RemoteResolver:
         reply = rpc.call(self.stub.Resolve, resolver_pb2.ResolveRequest(host=host), peer="dnsproc")
         return list(reply.addresses)[:8]
 
-    def txt(self, name: str, server: str | None, port: int) -> list[str]:
-        request = resolver_pb2.TxtRequest(name=name, server=server or "", port=port)
+    def txt(self, name: str, server: str = "", port: int = 0) -> list[str]:
+        request = resolver_pb2.TxtRequest(name=name, server=server, port=port)
         reply = rpc.call(self.stub.Txt, request, peer="dnsproc", timeout=TXT_DEADLINE)
         return [value[: persist.MAX_TXT_VALUE] for value in reply.values][: persist.MAX_TXT_VALUES]
 
@@ -434,18 +434,26 @@ def record_check(
 ) -> acme.RecordCheck:
     """dns-persist-01: the check that an authorization's record is in place."""
 
+    servers = [
+        parse_dns_server(text, "dns check server") for text in settings.dns_check_servers
+    ] or [("", 0)]
+
     def check(authz: acme.Authorization, challenge: acme.Challenge) -> None:
         base = authz.identifier_value or ""
         name = f"*.{base}" if authz.wildcard else base
-        values = peers.resolver.txt(
-            persist.record_name(name), settings.dns_check_server, settings.dns_check_port
-        )
         account = persist.check_account_uri(client.kid or "")
-        wrong = persist.problem(
-            values, challenge.issuer_names, account, authz.wildcard, int(time.time())
-        )
-        if wrong is None:
+        # At every server asked (the resolver, or each --dns-check-server).
+        for server, port in servers:
+            values = peers.resolver.txt(persist.record_name(name), server, port)
+            wrong = persist.problem(
+                values, challenge.issuer_names, account, authz.wildcard, int(time.time())
+            )
+            if wrong is not None:
+                break
+        else:
             return
+        if server:
+            wrong += f" at {dns_server_text(server, port)}"
         # The record persist-record prints for this run's names.
         shown = f"*.{base}" if f"*.{base}" in settings.names else name
         expected = persist.expected_line(shown, challenge.issuer_names[0], account)
