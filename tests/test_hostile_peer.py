@@ -94,7 +94,7 @@ EXPECTED_METHODS = {
     "letskencrypt.v1.KeyInfo": {"Describe"},
     "letskencrypt.v1.Lifecycle": {"Stop"},
     "letskencrypt.v1.Renewal": {"Check", "Current"},
-    "letskencrypt.v1.Resolver": {"Resolve"},
+    "letskencrypt.v1.Resolver": {"Resolve", "Txt"},
 }
 # One harmless call per edge: an answer (even a refusal) means the server is alive.
 PROBES = {

@@ -65,6 +65,10 @@ MAX_UNIQUE_LAYERS = 150e6
 MAX_ROLE_LAYER = 2e6
 
 
+# A wheel whose top-level module has another name.
+IMPORT_NAMES = {"dnspython": "dns"}
+
+
 def absent_wheels(role: str) -> list[str]:
     return sorted(set(OPTIONAL_MODULES) - set(ROLE_WHEELS[role]))
 
@@ -103,7 +107,9 @@ IMPORT_PROBE = textwrap.dedent(
 def test_role_imports_without_unneeded_wheels(role):
     """The role module and the container entry point import with the wheels
     its image lacks made unimportable, and they do use each wheel it has."""
-    blocked = sorted(set().union(*(OPTIONAL_MODULES[w] for w in absent_wheels(role))))
+    # A module two wheels bring (idna: requests and dnspython) is there if one is.
+    present = set().union(*(OPTIONAL_MODULES[w] for w in ROLE_WHEELS[role]))
+    blocked = sorted(set().union(*(OPTIONAL_MODULES[w] for w in absent_wheels(role))) - present)
     result = subprocess.run(
         [sys.executable, "-c", IMPORT_PROBE, role, ",".join(blocked)],
         capture_output=True,
@@ -117,7 +123,8 @@ def test_role_imports_without_unneeded_wheels(role):
     assert report["code"] == 1
     assert result.stderr.startswith(f"letskencrypt: {role}: {MISSING_DOMAINS}")
     for wheel in ROLE_WHEELS[role]:
-        assert wheel in report["loaded"], f"{role} gets {wheel} but does not import it"
+        module = IMPORT_NAMES.get(wheel, wheel)
+        assert module in report["loaded"], f"{role} gets {wheel} but does not import it"
 
 
 def test_every_role_has_an_image_definition():

@@ -46,7 +46,9 @@ MAX_INCLUDE_DEPTH = 16
 MAX_STRING = 8094  # OpenBSD's token buffer
 MAX_EXPANSION = 1 << 20  # characters produced by macro expansion, all told
 
-CHALLENGE_TYPES = ("http-01",)
+# The first is the default.  dns-persist-01 needs a record that `letskencrypt
+# persist-record` prints, and no DNS credentials.
+CHALLENGE_TYPES = ("http-01", "dns-persist-01")
 OPENBSD_KEY_TYPES = {"rsa": "rsa4096", "ecdsa": "ecdsa384"}
 
 # OpenBSD's reserved words: never a plain argument, never a macro name.
@@ -105,6 +107,8 @@ class Authority:
     eab_kid: str | None
     eab_hmac_key: str | None
     location: Location
+    # `challenge TYPE`: the type of its domains that name none.
+    challenge: str | None = None
 
 
 @dataclass(frozen=True)
@@ -589,6 +593,8 @@ class _Parser:
                 eab_key = _absolute(tokens.argument("a file name"),
                                     "external account binding key")
                 settings.set("external account binding", kid.text, token.location)
+            elif token.is_word("challenge"):
+                settings.set("challenge", _challenge(tokens), token.location)
             else:
                 raise ConfigError(f"unexpected {token.describe()} in an authority block",
                                   token.location)
@@ -606,6 +612,7 @@ class _Parser:
             eab_kid=settings.get("external account binding"),
             eab_hmac_key=eab_key,
             location=keyword.location,
+            challenge=settings.get("challenge"),
         )
 
     def _domain(self, keyword: _Token, tokens: _Tokens) -> None:
@@ -642,11 +649,7 @@ class _Parser:
             directory = _absolute(tokens.argument("a directory"), "certificate directory")
             settings.set("certificate directory", directory, token.location)
         elif token.is_word("challenge"):
-            challenge = tokens.argument("a challenge type")
-            if challenge.text not in CHALLENGE_TYPES:
-                raise ConfigError(f"unsupported challenge type {challenge.text!r}"
-                                  f" (supported: {', '.join(CHALLENGE_TYPES)})", challenge.location)
-            settings.set("challenge", challenge.text, token.location)
+            settings.set("challenge", _challenge(tokens), token.location)
         elif token.is_word("rotate"):
             tokens.expect("keyword", "key", "rotate")
             settings.set("rotate key", "yes", token.location)
@@ -716,7 +719,8 @@ class _Parser:
             full_chain_certificate=settings.get("domain full chain certificate"),
             sign_with=sign_with,
             challenge_dir=settings.get("challengedir"),
-            challenge=settings.get("challenge") or CHALLENGE_TYPES[0],
+            challenge=(settings.get("challenge") or self.authorities[sign_with].challenge
+                       or CHALLENGE_TYPES[0]),
             certificate_directory=settings.get("certificate directory"),
             rotate_key=settings.get("rotate key") is not None,
             profile=settings.get("profile"),
@@ -724,6 +728,14 @@ class _Parser:
             deploy_hook=default_hook if hook is None else hook,
             location=settings.location,
         )
+
+
+def _challenge(tokens: _Tokens) -> str:
+    challenge = tokens.argument("a challenge type")
+    if challenge.text not in CHALLENGE_TYPES:
+        raise ConfigError(f"unsupported challenge type {challenge.text!r}"
+                          f" (supported: {', '.join(CHALLENGE_TYPES)})", challenge.location)
+    return challenge.text
 
 
 def _names(tokens: _Tokens) -> list[str]:

@@ -49,6 +49,7 @@ PER_CERTIFICATE = {
     "eab_hmac_key": ("--eab-hmac-key", "external account binding", None),
     "profile": ("--profile", "profile", None),
     "preferred_chain": ("--preferred-chain", "preferred chain", None),
+    "challenge": ("--challenge", "challenge", "http-01"),
 }
 
 
@@ -99,6 +100,7 @@ def domain_arguments(
     one.eab_hmac_key = authority.eab_hmac_key
     one.profile = domain.profile
     one.preferred_chain = domain.preferred_chain
+    one.challenge = domain.challenge
     one.domain_key = domain.domain_key
     one.key_type = args.key_type or domain.domain_key_type
     one.cert_dir = domain.certificate_directory or os.path.join(

@@ -41,7 +41,8 @@ EDGES: dict[str, Edge] = {
     for edge in (
         Edge("acct", "netproc", "acctproc", 64 * KIB),
         Edge("key", "netproc", "keyproc", 64 * KIB),
-        Edge("dns", "netproc", "dnsproc", 4 * KIB),
+        # A TxtReply: at most 32 values of at most 512 bytes, and framing.
+        Edge("dns", "netproc", "dnsproc", 20 * KIB),
         Edge("chng", "netproc", "chngproc", 4 * KIB),
         # A kept chain travels from revokeproc to netproc, as on "cert".
         Edge("rvk", "netproc", "revokeproc", 320 * KIB),

@@ -17,13 +17,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from letskencrypt.constants import DEFAULT_KEY_TYPE, DEFAULT_POLL_TIMEOUT, DEFAULT_READY_TIMEOUT
+from letskencrypt.constants import (
+    CHALLENGE_HTTP_01,
+    CHALLENGES,
+    DEFAULT_KEY_TYPE,
+    DEFAULT_POLL_TIMEOUT,
+    DEFAULT_READY_TIMEOUT,
+)
 from letskencrypt.errors import InputError
 
 # What a run is for: certproc and fileproc know these two; acctproc also the
 # account's own operations (cli.role_settings says which a run is).
 OPERATIONS = ("issue", "revoke")
-ACCOUNT_OPERATIONS = (*OPERATIONS, "rollover", "deactivate", "update-account")
+ACCOUNT_OPERATIONS = (
+    *OPERATIONS, "rollover", "deactivate", "update-account", "persist-record"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +45,11 @@ class RoleSettings:
 def check_operation(operation: str, known: tuple[str, ...] = OPERATIONS) -> None:
     if operation not in known:
         raise InputError(f"settings: operation must be one of {', '.join(known)}")
+
+
+def check_challenge(challenge: str) -> None:
+    if challenge not in CHALLENGES:
+        raise InputError(f"settings: challenge must be one of {', '.join(CHALLENGES)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,10 +106,23 @@ class NetprocSettings(RoleSettings):
     # --deactivate-account): no order, no revocation.
     rollover: bool = False
     deactivate: bool = False
+    # How names are validated (--challenge, constants.CHALLENGES).
+    challenge: str = CHALLENGE_HTTP_01
+    # The servers ("ADDRESS:PORT", "[ADDRESS]:PORT") a DNS challenge's
+    # records are checked at, directly and without recursion
+    # (--dns-check-server); none: the system's resolver.
+    dns_check_servers: tuple[str, ...] = ()
+    # `letskencrypt persist-record`: find the account (register it only
+    # with `new_account`, -n) and report its URL and the CA's issuer
+    # domain names; no order.
+    persist_record: bool = False
+    new_account: bool = False
 
     def __post_init__(self) -> None:
-        account = self.rollover or self.deactivate
-        if account and (self.revoke or self.daemon is not None or self.rollover == self.deactivate):
+        check_challenge(self.challenge)
+        operations = [self.rollover, self.deactivate, self.persist_record]
+        account = any(operations)
+        if account and (self.revoke or self.daemon is not None or sum(operations) != 1):
             raise InputError("settings: NetprocSettings asks for more than one operation")
 
 
@@ -132,9 +158,12 @@ class AcctprocSettings(RoleSettings):
     idle: bool = False
     # A rollover run (--rollover-account-key): the new key, read before the sandbox.
     new_key_path: str | None = None
+    # The challenge type whose responses it signs (--challenge).
+    challenge: str = CHALLENGE_HTTP_01
 
     def __post_init__(self) -> None:
         check_operation(self.operation, ACCOUNT_OPERATIONS)
+        check_challenge(self.challenge)
         if self.idle and self.operation != "revoke":
             raise InputError("settings: AcctprocSettings.idle goes with a revoke run only")
         if (self.eab_kid is None) != (self.eab_hmac_key is None):

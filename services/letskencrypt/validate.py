@@ -120,7 +120,9 @@ def validate_domain(name: str) -> str:
     if normalised.endswith("."):
         normalised = normalised[:-1]
     if "*" in normalised:
-        raise _domain_error(name, "wildcard names are not supported")
+        raise _domain_error(
+            name, "a wildcard name needs --challenge dns-01 or dns-persist-01"
+        )
     if _is_ip_address(normalised):
         raise _domain_error(name, "IP addresses are not domain names")
     if len(normalised) > MAX_NAME_LENGTH:
@@ -194,20 +196,60 @@ def identifier_type(name: str) -> str:
     return IP
 
 
-def validate_name(name: str) -> str:
-    """A certificate's name: an IP address or a domain name, canonical, or InputError."""
+def validate_name(name: str, wildcard: bool = False) -> str:
+    """A certificate's name: an IP address or a domain name, canonical, or
+    InputError; with `wildcard`, also "*." and a domain name (RFC 8555 7.1.3)."""
     if not isinstance(name, str):
         raise InputError(f"name must be a string, not {type(name).__name__}")
     if name.startswith("*.") and _looks_like_address(name[2:]):
         raise _domain_error(name, "a wildcard cannot cover an IP address")
+    if wildcard and name.startswith("*."):
+        return "*." + validate_domain(name[2:])
     if _looks_like_address(name) or _is_ip_address(name):
         return validate_ip(name)
     return validate_domain(name)
 
 
-def validate_names(names: list[str]) -> list[str]:
+def parse_dns_server(text: str, what: str, default_port: int = 53) -> tuple[str, int]:
+    """(address, port) of "ADDRESS", "ADDRESS:PORT", "[IPV6]" or "[IPV6]:PORT":
+    an IP address, never a name (no resolver stands between us and the
+    server that gets our updates)."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise InputError(f"{what} {_quote(text)}: give [IPV6]:PORT")
+        port_text = rest[1:]
+        if rest and not port_text:
+            raise InputError(f"{what} {_quote(text)}: no port after ':'")
+    elif text.count(":") == 1:
+        host, _colon, port_text = text.partition(":")
+        if not port_text:
+            raise InputError(f"{what} {_quote(text)}: no port after ':'")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise InputError(
+            f"{what} {_quote(text)}: give an IP address (and :PORT), not a name"
+        ) from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise InputError(f"{what} {_quote(text)}: no zone id (%...)")
+    port = default_port
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise InputError(f"{what} {_quote(text)}: the port is a number from 1 to 65535")
+        port = int(port_text)
+    return str(address), port
+
+
+def dns_server_text(address: str, port: int) -> str:
+    """The canonical "ADDRESS:PORT" ("[IPV6]:PORT") that parse_dns_server reads."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def validate_names(names: list[str], wildcards: bool = False) -> list[str]:
     """Validate and canonicalise a certificate's names (domain names and IP
-    addresses), keeping their order."""
+    addresses, and with `wildcards` "*.NAME"), keeping their order."""
     if not names:
         raise InputError("no domain names given")
     if len(names) > MAX_DOMAINS:
@@ -215,7 +257,7 @@ def validate_names(names: list[str]) -> list[str]:
     result: list[str] = []
     seen: set[str] = set()
     for name in names:
-        canonical = validate_name(name)
+        canonical = validate_name(name, wildcards)
         if canonical in seen:
             what = "IP address" if identifier_type(canonical) == IP else "domain name"
             raise InputError(f"duplicate {what} {canonical!r}")

@@ -19,8 +19,9 @@ from datetime import UTC, datetime
 from typing import Any, Self
 from urllib.parse import urljoin
 
-from letskencrypt.constants import MAX_ALTERNATES
+from letskencrypt.constants import CHALLENGE_DNS_PERSIST_01, CHALLENGE_HTTP_01, MAX_ALTERNATES
 from letskencrypt.errors import InputError, LetskencryptError
+from letskencrypt.persist import check_issuer_names
 from letskencrypt.urls import origin, well_formed
 from letskencrypt.validate import is_nonce, safe_text, validate_token
 
@@ -437,6 +438,9 @@ class Directory:
     # renewalInfo (RFC 9773 section 3): where a certificate's suggested
     # renewal window is; None when the CA offers none.
     renewal_info: str | None = None
+    # meta.caaIdentities (RFC 8555 7.1.1), where the CA's dns-persist-01
+    # issuer domain names come from; () when it lists none usable.
+    caa_identities: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any], base: str) -> Self:
@@ -469,7 +473,16 @@ class Directory:
             profiles=_profile_names(meta.get("profiles")),
             key_change=None if key_change is None else url("keyChange"),
             renewal_info=None if renewal_info is None else url("renewalInfo"),
+            caa_identities=_caa_identities(meta.get("caaIdentities")),
         )
+
+
+def _caa_identities(identities: object) -> tuple[str, ...]:
+    """meta.caaIdentities if it is a list of 1 to 10 normalised domain names."""
+    try:
+        return check_issuer_names(identities, "directory caaIdentities")
+    except InputError:
+        return ()
 
 
 MAX_PROFILES = 100
@@ -556,14 +569,32 @@ class Order:
 
 @dataclass(frozen=True)
 class Challenge:
-    """An http-01 challenge: the only type netproc answers."""
+    """A challenge of the type the run answers: http-01 (a token), or
+    dns-persist-01 (the CA's issuer domain names, no token)."""
 
     url: str
-    token: str  # safe as a file name: base64url, bounded
+    token: str  # safe as a file name: base64url, bounded ("" for dns-persist-01)
     status: str
+    type: str = CHALLENGE_HTTP_01
+    # dns-persist-01: "issuer-domain-names", checked (persist.check_issuer_names).
+    issuer_names: tuple[str, ...] = ()
 
     @classmethod
-    def from_json(cls, document: Mapping[str, Any], base: str) -> Self:
+    def from_json(
+        cls, document: Mapping[str, Any], base: str, kind: str = CHALLENGE_HTTP_01
+    ) -> Self:
+        if kind == CHALLENGE_DNS_PERSIST_01:
+            try:
+                names = check_issuer_names(document.get("issuer-domain-names"))
+            except InputError as error:
+                raise AcmeError(f"CA sent an unusable {error}") from None
+            return cls(
+                url=check_url(document.get("url"), base, "challenge"),
+                token="",
+                status=_status(document, CHALLENGE_STATUSES, "challenge"),
+                type=kind,
+                issuer_names=names,
+            )
         if not isinstance(document.get("token"), str):
             raise AcmeError("CA sent an http-01 challenge whose token is not a string")
         try:
@@ -582,7 +613,7 @@ class Authorization:
     url: str
     status: str
     identifier: str  # terminal-safe
-    challenge: Challenge | None  # the http-01 one, if offered
+    challenge: Challenge | None  # the one of the type asked for, if offered
     # The identifier as the CA sent it (None: not a string), to be matched
     # against the order's; `wildcard`, RFC 8555 7.1.4's flag.
     identifier_type: str | None = None
@@ -590,7 +621,13 @@ class Authorization:
     wildcard: bool = False
 
     @classmethod
-    def from_json(cls, url: str, document: Mapping[str, Any], base: str) -> Self:
+    def from_json(
+        cls,
+        url: str,
+        document: Mapping[str, Any],
+        base: str,
+        challenge_type: str = CHALLENGE_HTTP_01,
+    ) -> Self:
         status = _status(document, AUTHZ_STATUSES, "authorization")
         raw = document.get("identifier")
         identifier = identifier_text(raw)
@@ -599,8 +636,8 @@ class Authorization:
             raise AcmeError(f"CA sent an authorization for {identifier} without challenges")
         challenge = None
         for item in challenges:
-            if isinstance(item, dict) and item.get("type") == "http-01":
-                challenge = Challenge.from_json(item, base)
+            if isinstance(item, dict) and item.get("type") == challenge_type:
+                challenge = Challenge.from_json(item, base, challenge_type)
                 break
         kind, value = (raw.get("type"), raw.get("value")) if isinstance(raw, dict) else (None, None)
         return cls(
