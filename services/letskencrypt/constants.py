@@ -120,3 +120,15 @@ MAX_ALTERNATES = 8
 REVOKE_WITH_ACCOUNT = "account"
 REVOKE_WITH_DOMAIN_KEY = "domain-key"
 REVOKE_WITH = (REVOKE_WITH_ACCOUNT, REVOKE_WITH_DOMAIN_KEY)
+
+# --- challenges ------------------------------------------------------------------------
+
+# --challenge: how the CA is shown control of the names (RFC 8555 section 8).
+CHALLENGE_HTTP_01 = "http-01"
+CHALLENGE_DNS_01 = "dns-01"
+CHALLENGE_DNS_PERSIST_01 = "dns-persist-01"
+CHALLENGES = (CHALLENGE_HTTP_01, CHALLENGE_DNS_01, CHALLENGE_DNS_PERSIST_01)
+# dns-01: the port of a DNS server given without one (--dns-server, --dns-check-server).
+DNS_PORT = 53
+# dns-01: how long the zone's servers get to serve a new TXT record (--dns-propagation-timeout).
+DEFAULT_DNS_PROPAGATION_TIMEOUT = 120.0

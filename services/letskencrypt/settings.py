@@ -17,7 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from letskencrypt.constants import DEFAULT_KEY_TYPE, DEFAULT_POLL_TIMEOUT, DEFAULT_READY_TIMEOUT
+from letskencrypt.constants import (
+    CHALLENGE_DNS_01,
+    CHALLENGE_HTTP_01,
+    CHALLENGES,
+    DEFAULT_DNS_PROPAGATION_TIMEOUT,
+    DEFAULT_KEY_TYPE,
+    DEFAULT_POLL_TIMEOUT,
+    DEFAULT_READY_TIMEOUT,
+)
 from letskencrypt.errors import InputError
 
 # What a run is for: certproc and fileproc know these two; acctproc also the
@@ -32,6 +40,11 @@ class RoleSettings:
 
     # A sandbox feature the kernel lacks is fatal.
     strict: bool = False
+
+
+def check_challenge(challenge: str) -> None:
+    if challenge not in CHALLENGES:
+        raise InputError(f"settings: challenge must be one of {', '.join(CHALLENGES)}")
 
 
 def check_operation(operation: str, known: tuple[str, ...] = OPERATIONS) -> None:
@@ -72,8 +85,16 @@ class NetprocSettings(RoleSettings):
     # --deactivate-account): no order, no revocation.
     rollover: bool = False
     deactivate: bool = False
+    # How the CA is shown control of the names (constants.CHALLENGES).
+    challenge: str = CHALLENGE_HTTP_01
+    # dns-01: the servers ("ADDRESS:PORT", "[ADDRESS]:PORT") the propagation
+    # check asks instead of the zone's NS servers (--dns-check-server), and
+    # how long it waits for them all to serve the record.
+    dns_check_servers: tuple[str, ...] = ()
+    dns_propagation_timeout: float = DEFAULT_DNS_PROPAGATION_TIMEOUT
 
     def __post_init__(self) -> None:
+        check_challenge(self.challenge)
         account = self.rollover or self.deactivate
         if account and (self.revoke or self.daemon is not None or self.rollover == self.deactivate):
             raise InputError("settings: NetprocSettings asks for more than one operation")
@@ -161,7 +182,26 @@ class DnsprocSettings(RoleSettings):
 
 @dataclass(frozen=True, kw_only=True)
 class ChngprocSettings(RoleSettings):
-    challenge_dir: str
+    # http-01: the directory the web server serves.
+    challenge_dir: str | None = None
+    challenge: str = CHALLENGE_HTTP_01
+    # dns-01: this run's names (the only ones whose records it touches),
+    # the DNS server that takes the updates ("ADDRESS:PORT") and the TSIG
+    # key file (a BIND `key` statement), which chngproc alone reads.
+    names: tuple[str, ...] = ()
+    dns_server: str | None = None
+    tsig_key: str | None = None
+
+    def __post_init__(self) -> None:
+        check_challenge(self.challenge)
+        dns = self.challenge == CHALLENGE_DNS_01
+        if dns != (self.dns_server is not None and self.tsig_key is not None and bool(self.names)):
+            raise InputError(
+                "settings: ChngprocSettings.names, dns_server and tsig_key go with dns-01, "
+                "and only there"
+            )
+        if (self.challenge == CHALLENGE_HTTP_01) != (self.challenge_dir is not None):
+            raise InputError("settings: ChngprocSettings.challenge_dir goes with http-01 only")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -195,11 +195,18 @@ def identifier_type(name: str) -> str:
 
 
 def validate_name(name: str) -> str:
-    """A certificate's name: an IP address or a domain name, canonical, or InputError."""
+    """A certificate's name: an IP address or a domain name, canonical, or
+    InputError.  A wildcard ("*." and a domain name of two labels or more)
+    is a domain name; only dns-01 can validate it (the command line says so)."""
     if not isinstance(name, str):
         raise InputError(f"name must be a string, not {type(name).__name__}")
     if name.startswith("*.") and _looks_like_address(name[2:]):
         raise _domain_error(name, "a wildcard cannot cover an IP address")
+    if name.startswith("*."):
+        try:
+            return "*." + validate_domain(name[2:])
+        except InputError as error:
+            raise _domain_error(name, f"a wildcard is '*.' and a domain name ({error})") from None
     if _looks_like_address(name) or _is_ip_address(name):
         return validate_ip(name)
     return validate_domain(name)
@@ -222,6 +229,47 @@ def validate_names(names: list[str]) -> list[str]:
         seen.add(canonical)
         result.append(canonical)
     return result
+
+
+def is_wildcard(name: str) -> bool:
+    return name.startswith("*.")
+
+
+def parse_dns_server(text: str, what: str, default_port: int = 53) -> tuple[str, int]:
+    """(address, port) of "ADDRESS", "ADDRESS:PORT", "[IPV6]" or "[IPV6]:PORT":
+    an IP address, never a name (no resolver stands between us and the
+    server that gets our updates)."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise InputError(f"{what} {_quote(text)}: give [IPV6]:PORT")
+        port_text = rest[1:]
+        if rest and not port_text:
+            raise InputError(f"{what} {_quote(text)}: no port after ':'")
+    elif text.count(":") == 1:
+        host, _colon, port_text = text.partition(":")
+        if not port_text:
+            raise InputError(f"{what} {_quote(text)}: no port after ':'")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise InputError(
+            f"{what} {_quote(text)}: give an IP address (and :PORT), not a name"
+        ) from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise InputError(f"{what} {_quote(text)}: no zone id (%...)")
+    port = default_port
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise InputError(f"{what} {_quote(text)}: the port is a number from 1 to 65535")
+        port = int(port_text)
+    return str(address), port
+
+
+def dns_server_text(address: str, port: int) -> str:
+    """The canonical "ADDRESS:PORT" ("[IPV6]:PORT") that parse_dns_server reads."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def validate_domains(names: list[str]) -> list[str]:
