@@ -20,12 +20,18 @@ import sys
 import tempfile
 import time
 import typing
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NoReturn
 
 import letskencrypt
 from letskencrypt import anchors, fsutil, interrupts, keyfiles, namespace, runstate, sandbox
 from letskencrypt.constants import (
+    CHALLENGE_DNS_01,
+    CHALLENGE_DNS_PERSIST_01,
+    CHALLENGE_HTTP_01,
+    CHALLENGES,
+    DEFAULT_DNS_PROPAGATION_TIMEOUT,
     DEFAULT_KEY_TYPE,
     DEFAULT_POLL_TIMEOUT,
     EXIT_CHANGED,
@@ -70,7 +76,16 @@ from letskencrypt.settings import (
 )
 from letskencrypt.supervisor import RunUser, Supervisor
 from letskencrypt.urls import origin
-from letskencrypt.validate import KEY_TYPES, safe_text, validate_names
+from letskencrypt.validate import (
+    IP,
+    KEY_TYPES,
+    dns_server_text,
+    identifier_type,
+    is_wildcard,
+    parse_dns_server,
+    safe_text,
+    validate_names,
+)
 
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -128,6 +143,23 @@ def build_parser() -> Parser:
     add("-v", "--verbose", action="count", default=0, help="more output (-vv: debug)")
     add("-C", "--challenge-dir", default=DEFAULT_CHALLENGE_DIR, metavar="DIR",
         help=f"http-01 challenge directory (default {DEFAULT_CHALLENGE_DIR})")
+    add("--challenge", choices=CHALLENGES, default=CHALLENGE_HTTP_01,
+        help=f"how the CA checks control of the names (default {CHALLENGE_HTTP_01}); "
+        f"{CHALLENGE_DNS_01} publishes TXT records by RFC 2136 update (--dns-server, "
+        "--tsig-key) and is the only one for wildcard names")
+    add("--dns-server", metavar="ADDR[:PORT]",
+        help="dns-01: the DNS server (primary of the names' zones) that takes the signed "
+        "updates, an IP address (port 53 by default)")
+    add("--tsig-key", metavar="FILE",
+        help="dns-01: the TSIG key the updates are signed with, a BIND key statement as "
+        "tsig-keygen writes it (hmac-sha256, -384 or -512); only chngproc reads it")
+    add("--dns-check-server", action="append", default=[], metavar="ADDR[:PORT]",
+        help="dns-01: ask these servers whether the record is served before answering the "
+        "challenge, instead of the zone's NS servers (split-horizon DNS; repeatable)")
+    add("--dns-propagation-timeout", type=float, default=DEFAULT_DNS_PROPAGATION_TIMEOUT,
+        metavar="SECONDS",
+        help="dns-01: longest wait for the zone's servers to serve a new record "
+        f"(default {DEFAULT_DNS_PROPAGATION_TIMEOUT:.0f})")
     add("-c", "--cert-dir", default=DEFAULT_CERT_DIR, metavar="DIR",
         help=f"certificate directory (default {DEFAULT_CERT_DIR})")
     add("-f", "--account-key", default=DEFAULT_ACCOUNT_KEY, metavar="FILE",
@@ -335,6 +367,65 @@ def check_new_account_key(path: str, secrets: dict[str, str]) -> str:
         if os.path.realpath(other_path) == os.path.realpath(path):
             raise InputError(f"{what}: is the {other} of this run; give the new key's own file")
     return path
+
+
+DNS_OPTIONS = {
+    "--dns-server": "dns_server",
+    "--tsig-key": "tsig_key",
+    "--dns-check-server": "dns_check_server",
+}
+MAX_CHECK_SERVERS = 8
+
+
+@dataclass(frozen=True)
+class DnsChallengeOptions:
+    """dns-01's checked options: canonical server texts, the key file's path."""
+
+    server: str
+    tsig_key: str
+    check_servers: tuple[str, ...]
+    propagation_timeout: float
+
+
+def check_challenge(args: argparse.Namespace, names: tuple[str, ...]) -> DnsChallengeOptions | None:
+    """The run's challenge and its options: wildcards only with dns-01,
+    dns-01 only for domain names, its options only with it.  The TSIG key
+    file must be there and readable; what is in it only chngproc reads."""
+    challenge = args.challenge
+    if challenge == CHALLENGE_DNS_PERSIST_01:
+        raise InputError(f"--challenge {challenge} is not available yet")
+    if challenge != CHALLENGE_DNS_01:
+        for option, attribute in DNS_OPTIONS.items():
+            if getattr(args, attribute):
+                raise InputError(f"{option} goes with --challenge {CHALLENGE_DNS_01}")
+        for name in names:
+            if is_wildcard(name):
+                raise InputError(f"{name}: a wildcard name can only be validated by "
+                                 f"{CHALLENGE_DNS_01}: give --challenge {CHALLENGE_DNS_01} "
+                                 "with --dns-server and --tsig-key")  # fmt: skip
+        return None
+    for name in names:
+        if identifier_type(name) == IP:
+            raise InputError(f"{name}: {CHALLENGE_DNS_01} validates domain names only; an IP "
+                             f"address needs {CHALLENGE_HTTP_01}")  # fmt: skip
+    if not args.dns_server or not args.tsig_key:
+        raise InputError(f"--challenge {CHALLENGE_DNS_01} needs --dns-server and --tsig-key")
+    server = dns_server_text(*parse_dns_server(args.dns_server, "--dns-server"))
+    checks = tuple(
+        dns_server_text(*parse_dns_server(text, "--dns-check-server"))
+        for text in args.dns_check_server
+    )
+    if len(checks) > MAX_CHECK_SERVERS:
+        raise InputError(f"at most {MAX_CHECK_SERVERS} --dns-check-server")
+    timeout = args.dns_propagation_timeout
+    if not 1 <= timeout <= 3600:
+        raise InputError("--dns-propagation-timeout must be between 1 and 3600 seconds")
+    return DnsChallengeOptions(
+        server=server,
+        tsig_key=check_readable_file(args.tsig_key, "--tsig-key"),
+        check_servers=tuple(dict.fromkeys(checks)),
+        propagation_timeout=timeout,
+    )
 
 
 def check_directory_url(args: argparse.Namespace) -> str:
@@ -840,9 +931,16 @@ def role_settings(
     if account_operation == "rollover":
         new_account_key = check_new_account_key(args.rollover_account_key, secrets)
         secrets["new account key"] = new_account_key
-    check_key_places(
-        secrets, {"certificate directory": cert_dir, "challenge directory": challenge_dir}
-    )
+    dns = check_challenge(args, names)
+    if dns is not None:
+        if os.path.realpath(dns.tsig_key) in map(os.path.realpath, secrets.values()):
+            raise InputError(f"--tsig-key {dns.tsig_key}: give the TSIG key's own file, not "
+                             "a key or the audit log of this run")  # fmt: skip
+        secrets["TSIG key"] = dns.tsig_key
+    written = {"certificate directory": cert_dir}
+    if dns is None:
+        written["challenge directory"] = challenge_dir
+    check_key_places(secrets, written)
     daemon = check_schedule(args) if args.daemon else None
     strict = args.strict
     return {
@@ -860,6 +958,12 @@ def role_settings(
             profile=profile,
             rollover=account_operation == "rollover",
             deactivate=account_operation == "deactivate",
+            challenge=args.challenge,
+            dns_server=dns.server if dns else None,
+            dns_check_servers=dns.check_servers if dns else (),
+            dns_propagation_timeout=dns.propagation_timeout if dns else (
+                DEFAULT_DNS_PROPAGATION_TIMEOUT
+            ),
             strict=strict,
         ),
         "acctproc": AcctprocSettings(
@@ -894,7 +998,14 @@ def role_settings(
             strict=strict,
         ),
         "dnsproc": DnsprocSettings(strict=strict),
-        "chngproc": ChngprocSettings(challenge_dir=challenge_dir, strict=strict),
+        "chngproc": ChngprocSettings(
+            challenge=args.challenge,
+            challenge_dir=challenge_dir if dns is None else None,
+            names=names if dns else (),
+            dns_server=dns.server if dns else None,
+            tsig_key=dns.tsig_key if dns else None,
+            strict=strict,
+        ),
         "revokeproc": RevokeprocSettings(
             cert_dir=cert_dir,
             names=names,

@@ -87,6 +87,9 @@ class NetprocSettings(RoleSettings):
     deactivate: bool = False
     # How the CA is shown control of the names (constants.CHALLENGES).
     challenge: str = CHALLENGE_HTTP_01
+    # dns-01: the DNS server that takes chngproc's updates ("ADDRESS:PORT"),
+    # asked for the zone of each record.
+    dns_server: str | None = None
     # dns-01: the servers ("ADDRESS:PORT", "[ADDRESS]:PORT") the propagation
     # check asks instead of the zone's NS servers (--dns-check-server), and
     # how long it waits for them all to serve the record.
@@ -95,6 +98,10 @@ class NetprocSettings(RoleSettings):
 
     def __post_init__(self) -> None:
         check_challenge(self.challenge)
+        if (self.challenge == CHALLENGE_DNS_01) != (self.dns_server is not None):
+            raise InputError(
+                "settings: NetprocSettings.dns_server goes with dns-01, and only there"
+            )
         account = self.rollover or self.deactivate
         if account and (self.revoke or self.daemon is not None or self.rollover == self.deactivate):
             raise InputError("settings: NetprocSettings asks for more than one operation")

@@ -43,6 +43,7 @@ OPTIONAL_WHEELS = frozenset(name for names in ROLE_WHEELS.values() for name in n
 OPTIONAL_MODULES: dict[str, frozenset[str]] = {
     "cryptography": frozenset({"cryptography", "cffi", "_cffi_backend", "pycparser"}),
     "requests": frozenset({"requests", "urllib3", "idna", "charset_normalizer", "certifi"}),
+    "dnspython": frozenset({"dns"}),
 }
 
 
@@ -64,6 +65,7 @@ RUNTIMES: dict[str, Runtime] = {
         Runtime("grpc", None, ()),
         Runtime("crypto", "grpc", ("cryptography",)),
         Runtime("net", "grpc", ("requests",)),
+        Runtime("dns", "grpc", ("dnspython",)),
     )
 }
 

@@ -53,6 +53,8 @@ from letskencrypt.acme.messages import (
 from letskencrypt.acme.transport import COUNTS, HttpResponse, Transport
 from letskencrypt.b64 import b64url
 from letskencrypt.constants import (
+    CHALLENGE_DNS_01,
+    CHALLENGE_HTTP_01,
     DEFAULT_POLL_TIMEOUT,
     REVOCATION_REASON_CODES,
     revocation_reason_name,
@@ -635,12 +637,17 @@ class AcmeClient:
         withdraw: Callable[[str], None],
         thumbprint: str,
         profile: str | None = None,
+        challenge: str = CHALLENGE_HTTP_01,
     ) -> Chains:
         """Order a certificate for `names` (of the CA's `profile`, if given),
-        prove control over http-01, return the PEM chains (see `download`).
+        prove control over `challenge` (http-01 or dns-01), return the PEM
+        chains (see `download`).
 
-        `publish(token, key_authorization)` must make the response reachable at
-        /.well-known/acme-challenge/<token>; `withdraw(token)` removes it again.
+        http-01: `publish(token, key_authorization)` must make the response
+        reachable at /.well-known/acme-challenge/<token>; `withdraw(token)`
+        removes it again.  dns-01: both are given name= too, the
+        authorization's domain name (a wildcard's without "*."), and
+        `publish` returns once the TXT record is served.
         All of it, from the new order to the download, shares one budget.
         """
         with self._within_budget():
@@ -658,7 +665,7 @@ class AcmeClient:
                 raise AcmeError(safe_text(f"{order.url} is invalid{reason}", 3000))
             if order.status == "pending":
                 for url in order.authorizations:
-                    self._authorize(url, publish, withdraw, thumbprint, names)
+                    self._authorize(url, publish, withdraw, thumbprint, names, challenge)
             document = self.poll(order.url, {"ready", "valid"}, {"invalid"}, what="order")
             order = Order.from_json(order.url, document, self.directory_url)
             if order.status == "ready":
@@ -674,6 +681,7 @@ class AcmeClient:
         withdraw: Callable[[str], None],
         thumbprint: str,
         names: list[str],
+        challenge_type: str = CHALLENGE_HTTP_01,
     ) -> None:
         authz = self.authorization(url)
         # Or the CA could have us prove control of a name nobody asked for.
@@ -686,20 +694,23 @@ class AcmeClient:
             return
         if authz.status != "pending":
             raise AcmeError(f"authorization for {authz.identifier} is {authz.status}")
-        challenge = authz.challenge
+        dns = challenge_type == CHALLENGE_DNS_01
+        challenge = authz.dns_challenge if dns else authz.challenge
         if challenge is None:
-            raise AcmeError(f"the CA offers no http-01 challenge for {authz.identifier}")
+            raise AcmeError(f"the CA offers no {challenge_type} challenge for {authz.identifier}")
         try:
             key_authorization = validate_key_authorization(
                 challenge.token, f"{challenge.token}.{thumbprint}"
             )
         except InputError as error:
             raise AcmeError(str(error)) from None
-        publish(challenge.token, key_authorization)
+        # dns-01: the record's name; only a "dns" identifier gets here (_ordered).
+        where = {"name": (authz.identifier_value or "").lower()} if dns else {}
+        publish(challenge.token, key_authorization, **where)
         try:
             if challenge.status == "pending":
                 self.respond(challenge.url)
             self.poll(authz.url, {"valid"}, set(AUTHZ_FAILED), what="authorization")
         finally:
-            withdraw(challenge.token)
+            withdraw(challenge.token, **where)
         self._log(f"{authz.identifier}: authorized")

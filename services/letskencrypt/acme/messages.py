@@ -550,7 +550,7 @@ class Order:
 
 @dataclass(frozen=True)
 class Challenge:
-    """An http-01 challenge: the only type netproc answers."""
+    """An http-01 or dns-01 challenge (both are a token to answer)."""
 
     url: str
     token: str  # safe as a file name: base64url, bounded
@@ -558,12 +558,14 @@ class Challenge:
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any], base: str) -> Self:
+        kind = "dns-01" if document.get("type") == "dns-01" else "http-01"
+        article = "a" if kind == "dns-01" else "an"
         if not isinstance(document.get("token"), str):
-            raise AcmeError("CA sent an http-01 challenge whose token is not a string")
+            raise AcmeError(f"CA sent {article} {kind} challenge whose token is not a string")
         try:
             token = validate_token(document.get("token"))
         except InputError as error:
-            raise AcmeError(f"CA sent an unusable http-01 challenge: {error}") from None
+            raise AcmeError(f"CA sent an unusable {kind} challenge: {error}") from None
         return cls(
             url=check_url(document.get("url"), base, "challenge"),
             token=token,
@@ -582,6 +584,7 @@ class Authorization:
     identifier_type: str | None = None
     identifier_value: str | None = None
     wildcard: bool = False
+    dns_challenge: Challenge | None = None  # the dns-01 one, if offered
 
     @classmethod
     def from_json(cls, url: str, document: Mapping[str, Any], base: str) -> Self:
@@ -591,11 +594,12 @@ class Authorization:
         challenges = document.get("challenges")
         if not isinstance(challenges, list):
             raise AcmeError(f"CA sent an authorization for {identifier} without challenges")
-        challenge = None
+        challenge = dns_challenge = None
         for item in challenges:
-            if isinstance(item, dict) and item.get("type") == "http-01":
+            if isinstance(item, dict) and item.get("type") == "http-01" and challenge is None:
                 challenge = Challenge.from_json(item, base)
-                break
+            if isinstance(item, dict) and item.get("type") == "dns-01" and dns_challenge is None:
+                dns_challenge = Challenge.from_json(item, base)
         kind, value = (raw.get("type"), raw.get("value")) if isinstance(raw, dict) else (None, None)
         return cls(
             url=url,
@@ -605,4 +609,5 @@ class Authorization:
             identifier_type=kind if isinstance(kind, str) else None,
             identifier_value=value if isinstance(value, str) else None,
             wildcard=document.get("wildcard") is True,
+            dns_challenge=dns_challenge,
         )
