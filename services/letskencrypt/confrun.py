@@ -49,6 +49,10 @@ PER_CERTIFICATE = {
     "eab_hmac_key": ("--eab-hmac-key", "external account binding", None),
     "profile": ("--profile", "profile", None),
     "preferred_chain": ("--preferred-chain", "preferred chain", None),
+    "challenge": ("--challenge", "challenge", cli.CHALLENGE_HTTP_01),
+    "dns_server": ("--dns-server", "dns server", None),
+    "tsig_key": ("--tsig-key", "tsig key", None),
+    "dns_check_server": ("--dns-check-server", "dns check server", []),
 }
 
 
@@ -105,6 +109,10 @@ def domain_arguments(
         state_directory(config), "certs", domain.handle
     )
     one.challenge_dir = domain.challenge_dir or cli.DEFAULT_CHALLENGE_DIR
+    one.challenge = domain.challenge
+    one.dns_server = domain.dns_server
+    one.tsig_key = domain.tsig_key
+    one.dns_check_server = list(domain.dns_check_servers)
     one.rotate_domain_key = args.rotate_domain_key or domain.rotate_key
     # A --config daemon is confrun's loop; each run of a certificate is one-shot.
     one.daemon = False
