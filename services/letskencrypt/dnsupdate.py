@@ -61,6 +61,13 @@ _KEY_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 
+class UpdateRefused(InputError):
+    """The server answered that it did not apply the update (an rcode, or a
+    TSIG error: such answers are unsigned, so a carrier could fake one; what
+    it gains is a record chngproc forgets, as it could by dropping the
+    withdrawal)."""
+
+
 @dataclass(frozen=True)
 class TsigKey:
     name: str
@@ -222,14 +229,16 @@ def check_answer(update: Update, key: TsigKey, answer: bytes, server: str) -> No
     try:
         message = dns.message.from_wire(answer, keyring=key.keyring(), request_mac=update.mac)
     except dns.tsig.PeerBadKey:
-        raise InputError(f"{failed}: it does not know the TSIG key {key.name} (BADKEY)") from None
+        raise UpdateRefused(
+            f"{failed}: it does not know the TSIG key {key.name.rstrip('.')} (BADKEY)"
+        ) from None
     except dns.tsig.PeerBadSignature:
-        raise InputError(f"{failed}: the TSIG signature is wrong (BADSIG): "
+        raise UpdateRefused(f"{failed}: the TSIG signature is wrong (BADSIG): "
                          "is the secret the server's?") from None  # fmt: skip
     except dns.tsig.PeerBadTime:
-        raise InputError(f"{failed}: the clocks differ (BADTIME)") from None
+        raise UpdateRefused(f"{failed}: the clocks differ (BADTIME)") from None
     except dns.tsig.PeerError as error:
-        raise InputError(f"{failed}: TSIG error {error}") from None
+        raise UpdateRefused(f"{failed}: TSIG error {error}") from None
     except dns.message.UnknownTSIGKey:
         raise InputError(f"DNS server {server}: an answer signed with another key") from None
     except (dns.tsig.BadSignature, dns.tsig.BadTime):
@@ -251,4 +260,4 @@ def check_answer(update: Update, key: TsigKey, answer: bytes, server: str) -> No
             "and does it know the key?)",
             "NOTZONE": f" (the record is not in {update.zone.to_text(True)})",
         }.get(text, "")
-        raise InputError(f"{failed}: {text}{why}")
+        raise UpdateRefused(f"{failed}: {text}{why}")

@@ -164,7 +164,8 @@ class DnsRecords:
         self.added: dict[tuple[str, str], tuple[str, str, str]] = {}
         self.cleared: set[str] = set()  # owners whose old records are gone
         self.tried: set[tuple[str, str]] = set()  # withdrawn by WITHDRAW_NEXT, unconfirmed
-        self.pending: dict[int, tuple[dnsupdate.Update, tuple[str, str] | None]] = {}
+        # id -> (update, its record, whether it removes it)
+        self.pending: dict[int, tuple[dnsupdate.Update, tuple[str, str], bool]] = {}
         self.lock = threading.Lock()
 
     def name(self, text: str) -> str:
@@ -202,7 +203,7 @@ class DnsRecords:
         self.cleared.add(owner)
         # From now on it may be there, whatever becomes of the answer.
         self.added[(name, token)] = (owner, zone.to_text(True), value)
-        return self._hand_out(update, None, value, owner)
+        return self._hand_out(update, (name, token), False, value, owner)
 
     def _withdraw(self, name: str, token: str) -> challenge_pb2.DnsUpdateReply:
         record = self.added.get((name, token))
@@ -212,16 +213,17 @@ class DnsRecords:
         update = dnsupdate.build_update(
             self.key, dnsupdate.check_zone(owner, zone), owner, remove=value
         )
-        return self._hand_out(update, (name, token), value, owner)
+        return self._hand_out(update, (name, token), True, value, owner)
 
     def _hand_out(
         self,
         update: dnsupdate.Update,
-        removes: tuple[str, str] | None,
+        record: tuple[str, str],
+        removes: bool,
         value: str,
         owner: str,
     ) -> challenge_pb2.DnsUpdateReply:
-        self.pending[update.id] = (update, removes)
+        self.pending[update.id] = (update, record, removes)
         return challenge_pb2.DnsUpdateReply(message=update.wire, txt_value=value, owner=owner)
 
     def answer(self, answer: bytes) -> str:
@@ -232,11 +234,17 @@ class DnsRecords:
             pending = self.pending.pop(int.from_bytes(answer[:2], "big"), None)
             if pending is None:
                 raise InputError("an answer to no update chngproc signed")
-            update, removes = pending
-            dnsupdate.check_answer(update, self.key, answer, self.server)
-            if removes is not None:
-                self.added.pop(removes, None)
-                self.tried.discard(removes)
+            update, record, removes = pending
+            try:
+                dnsupdate.check_answer(update, self.key, answer, self.server)
+            except dnsupdate.UpdateRefused:
+                if not removes:
+                    # The server says it added nothing: nothing to withdraw.
+                    self.added.pop(record, None)
+                raise
+            if removes:
+                self.added.pop(record, None)
+                self.tried.discard(record)
             return update.what
 
     def left_behind(self) -> list[str]:
