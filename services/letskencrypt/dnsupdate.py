@@ -56,7 +56,7 @@ _KEY_STATEMENT = re.compile(
     r"(?P<body>[^{}]*)"
     r"\}\s*;\s*",
 )
-_CLAUSE = re.compile(r'\s*(?P<keyword>[a-z-]+)\s+(?P<value>"[^"\\]*"|[A-Za-z0-9-]+)\s*;')
+_CLAUSE = re.compile(r'\s*(?P<keyword>[a-z-]+)\s+(?P<value>"[^"\\]*"|[A-Za-z0-9+/=-]+)\s*;')
 _KEY_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
@@ -243,6 +243,12 @@ def check_answer(update: Update, key: TsigKey, answer: bytes, server: str) -> No
         raise InputError(f"DNS server {server}: an answer signed with another key") from None
     except (dns.tsig.BadSignature, dns.tsig.BadTime):
         raise InputError(f"DNS server {server}: an answer whose TSIG does not verify") from None
+    except dns.exception.FormError as error:
+        if "TSIG" in str(error):  # dnspython: "response requires a TSIG but does not have one"
+            raise InputError(
+                f"DNS server {server}: an unsigned answer to a signed update"
+            ) from None
+        raise InputError(f"DNS server {server}: an answer that is not a DNS message") from None
     except dns.exception.DNSException:
         raise InputError(f"DNS server {server}: an answer that is not a DNS message") from None
     if message.id != update.id or message.opcode() != dns.opcode.UPDATE or not (
