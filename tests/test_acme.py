@@ -900,6 +900,48 @@ def test_an_authorization_for_an_ordered_identifier_is_answered(names, identifie
     assert len(signer.calls) == 3
 
 
+def _dns_authz(value: str, **extra: Any) -> dict[str, Any]:
+    document = _ip_authz("dns", value, **extra)
+    dns01 = {"type": "dns-01", "url": f"{BASE}/chall/2", "token": "dns_tok-1", "status": "pending"}
+    return {**document, "challenges": [*document["challenges"][1:], dns01]}
+
+
+@pytest.mark.parametrize(
+    ("names", "value", "extra", "where"),
+    [
+        (["a.test"], "A.test", {}, "a.test"),
+        # The wildcard's record is at the name below the "*." (RFC 8555 8.4).
+        (["*.a.test", "a.test"], "a.test", {"wildcard": True}, "a.test"),
+    ],
+)
+def test_dns01_answers_the_dns01_challenge_at_the_identifiers_name(names, value, extra, where):
+    pending = _dns_authz(value, **extra)
+    client, _, signer, *_ = scripted(
+        response(200),
+        response(200, pending),
+        response(200, {"type": "dns-01", "status": "pending"}),
+        response(200, {**pending, "status": "valid"}),
+    )
+    calls: list[tuple[str, str, str]] = []
+    client._authorize(
+        f"{BASE}/authz/1",
+        lambda token, key_authorization, *, name: calls.append(("publish", token, name)),
+        lambda token, *, name: calls.append(("withdraw", token, name)),
+        "t" * 43, names, "dns-01",
+    )  # fmt: skip
+    assert calls == [("publish", "dns_tok-1", where), ("withdraw", "dns_tok-1", where)]
+    # The POST answering the challenge went to the dns-01 one.
+    assert signer.calls[1][0] == f"{BASE}/chall/2"
+
+
+def test_dns01_says_what_is_wrong_with_the_cas_dns01_challenge():
+    """An http-01 run ignores the dns-01 challenge whatever it is; a dns-01 run names it."""
+    client, *_ = scripted(response(200), response(200, authz()))
+    with pytest.raises(AcmeError, match="unusable dns-01 challenge: invalid challenge token"):
+        client._authorize(f"{BASE}/authz/1", lambda *a, **k: None, lambda *a, **k: None,
+                          "t" * 43, ["a.test"], "dns-01")  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("names", "identifier", "extra"),
     [

@@ -696,6 +696,8 @@ class AcmeClient:
             raise AcmeError(f"authorization for {authz.identifier} is {authz.status}")
         dns = challenge_type == CHALLENGE_DNS_01
         challenge = authz.dns_challenge if dns else authz.challenge
+        if challenge is None and dns and authz.dns_problem is not None:
+            raise AcmeError(authz.dns_problem)
         if challenge is None:
             raise AcmeError(f"the CA offers no {challenge_type} challenge for {authz.identifier}")
         try:

@@ -585,6 +585,7 @@ class Authorization:
     identifier_value: str | None = None
     wildcard: bool = False
     dns_challenge: Challenge | None = None  # the dns-01 one, if offered
+    dns_problem: str | None = None  # what is wrong with the dns-01 one offered
 
     @classmethod
     def from_json(cls, url: str, document: Mapping[str, Any], base: str) -> Self:
@@ -594,12 +595,16 @@ class Authorization:
         challenges = document.get("challenges")
         if not isinstance(challenges, list):
             raise AcmeError(f"CA sent an authorization for {identifier} without challenges")
-        challenge = dns_challenge = None
+        challenge = dns_challenge = dns_problem = None
         for item in challenges:
             if isinstance(item, dict) and item.get("type") == "http-01" and challenge is None:
                 challenge = Challenge.from_json(item, base)
             if isinstance(item, dict) and item.get("type") == "dns-01" and dns_challenge is None:
-                dns_challenge = Challenge.from_json(item, base)
+                # Only a dns-01 run answers it (and then says what is wrong with it).
+                try:
+                    dns_challenge = Challenge.from_json(item, base)
+                except AcmeError as error:
+                    dns_problem = str(error)
         kind, value = (raw.get("type"), raw.get("value")) if isinstance(raw, dict) else (None, None)
         return cls(
             url=url,
@@ -610,4 +615,5 @@ class Authorization:
             identifier_value=value if isinstance(value, str) else None,
             wildcard=document.get("wildcard") is True,
             dns_challenge=dns_challenge,
+            dns_problem=dns_problem,
         )
