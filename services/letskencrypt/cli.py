@@ -387,7 +387,9 @@ class DnsChallengeOptions:
     propagation_timeout: float
 
 
-def check_challenge(args: argparse.Namespace, names: tuple[str, ...]) -> DnsChallengeOptions | None:
+def check_challenge(
+    args: argparse.Namespace, names: tuple[str, ...], key_readable: bool = True
+) -> DnsChallengeOptions | None:
     """The run's challenge and its options: wildcards only with dns-01,
     dns-01 only for domain names, its options only with it.  The TSIG key
     file must be there and readable; what is in it only chngproc reads."""
@@ -422,7 +424,9 @@ def check_challenge(args: argparse.Namespace, names: tuple[str, ...]) -> DnsChal
         raise InputError("--dns-propagation-timeout must be between 1 and 3600 seconds")
     return DnsChallengeOptions(
         server=server,
-        tsig_key=check_readable_file(args.tsig_key, "--tsig-key"),
+        tsig_key=check_readable_file(args.tsig_key, "--tsig-key")
+        if key_readable
+        else os.path.abspath(args.tsig_key),
         check_servers=tuple(dict.fromkeys(checks)),
         propagation_timeout=timeout,
     )
@@ -875,10 +879,15 @@ def run_user(name: str) -> RunUser | None:
 
 
 def role_settings(
-    args: argparse.Namespace, trust_anchors: bool = True, account_type_follows: bool = True
+    args: argparse.Namespace,
+    trust_anchors: bool = True,
+    account_type_follows: bool = True,
+    tsig_key_readable: bool = True,
 ) -> dict[str, RoleSettings]:
     """Each role's settings.  `trust_anchors=False` (a container of a role
-    that needs none) leaves the anchors out of certproc's and revokeproc's.
+    that needs none) leaves the anchors out of certproc's and revokeproc's;
+    `tsig_key_readable=False` (a container without the key) takes
+    --tsig-key's path as it is.
     `account_type_follows=False` (a configuration file's domain, whose key
     type is its own): the account key's type is only --account-key-type's."""
     names = tuple(validate_names(args.domains))
@@ -931,7 +940,7 @@ def role_settings(
     if account_operation == "rollover":
         new_account_key = check_new_account_key(args.rollover_account_key, secrets)
         secrets["new account key"] = new_account_key
-    dns = check_challenge(args, names)
+    dns = check_challenge(args, names, tsig_key_readable)
     if dns is not None:
         if os.path.realpath(dns.tsig_key) in map(os.path.realpath, secrets.values()):
             raise InputError(f"--tsig-key {dns.tsig_key}: give the TSIG key's own file, not "
