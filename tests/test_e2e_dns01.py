@@ -45,8 +45,16 @@ def named() -> Iterator[AuthoritativeDns]:
 
 @pytest.fixture(scope="module")
 def ca(named: AuthoritativeDns) -> Iterator[Pebble]:
-    """pebble 2.4 resolving through named; pebble 2.10 is in test_e2e_dns01_sid."""
+    """pebble 2.4 resolving through named."""
     with Pebble(dns_server=named.dns_server) as server:
+        os.chmod(server.challenge_dir, 0o755)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def ca_sid(named: AuthoritativeDns) -> Iterator[Pebble]:
+    """pebble 2.10 resolving through named."""
+    with Pebble(generation="2.10", dns_server=named.dns_server) as server:
         os.chmod(server.challenge_dir, 0o755)
         yield server
 
@@ -90,6 +98,17 @@ def test_a_name_and_its_wildcard(ca: Pebble, named: AuthoritativeDns, paths: Pat
     result = run_client(ca, paths, "-n", "-N", *dns_args(named), ZONE, f"*.{ZONE}")
     assert result.code == 0, result.stderr
     assert dns_names(paths.cert_dir / "cert.pem") == sorted([ZONE, f"*.{ZONE}"])
+    assert acme_records(named) == {}
+
+
+def test_a_name_and_its_wildcard_on_pebble_2_10(
+    ca_sid: Pebble, named: AuthoritativeDns, tmp_path: Path
+) -> None:
+    tmp_path.chmod(0o755)
+    paths = Paths(base=tmp_path, challenge_dir=ca_sid.challenge_dir)
+    result = run_client(ca_sid, paths, "-n", "-N", *dns_args(named), f"*.{ZONE}", f"www.{ZONE}")
+    assert result.code == 0, result.stderr
+    assert dns_names(paths.cert_dir / "cert.pem") == sorted([f"www.{ZONE}", f"*.{ZONE}"])
     assert acme_records(named) == {}
 
 
