@@ -145,8 +145,8 @@ class ChallengeDirectory:
             ) from None
 
 
-# Updates signed and not yet answered: more would be a netproc that never
-# brings the answers back.
+# Updates signed and not yet answered (the answers of older ones are
+# refused): more would be a netproc that never brings the answers back.
 MAX_PENDING = 8
 
 
@@ -175,8 +175,9 @@ class DnsRecords:
 
     def update(self, request: challenge_pb2.DnsUpdateRequest) -> challenge_pb2.DnsUpdateReply:
         with self.lock:
-            if len(self.pending) >= MAX_PENDING:
-                raise InputError(f"more than {MAX_PENDING} DNS updates without an answer")
+            while len(self.pending) >= MAX_PENDING:
+                # The oldest is taken as lost: its answer will not be believed.
+                del self.pending[next(iter(self.pending))]
             if request.action == challenge_pb2.DNS_ACTION_PUBLISH:
                 return self._publish(request)
             if request.action == challenge_pb2.DNS_ACTION_WITHDRAW:

@@ -317,9 +317,16 @@ class DnsChallenge:
         self.wait_for_propagation(reply.owner, reply.txt_value)
 
     def withdraw(self, token: str, *, name: str) -> None:
-        self.update(challenge_pb2.DnsUpdateRequest(
-            action=challenge_pb2.DNS_ACTION_WITHDRAW, name=name, token=token
-        ))  # fmt: skip
+        """Remove the record now; if that fails, withdraw_all tries again at the
+        end of the run (the certificate need not wait for it)."""
+        try:
+            self.update(challenge_pb2.DnsUpdateRequest(
+                action=challenge_pb2.DNS_ACTION_WITHDRAW, name=name, token=token
+            ))  # fmt: skip
+        except Interrupted:
+            raise
+        except LetskencryptError as error:
+            self.log.error(f"could not remove a TXT record yet: {error}")
 
     def update(self, request: challenge_pb2.DnsUpdateRequest) -> challenge_pb2.DnsUpdateReply:
         """Have chngproc sign the update, dnsproc carry it, chngproc check the answer."""
