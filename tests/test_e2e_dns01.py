@@ -99,6 +99,11 @@ def test_a_name_and_its_wildcard(ca: Pebble, named: AuthoritativeDns, paths: Pat
     assert result.code == 0, result.stderr
     assert dns_names(paths.cert_dir / "cert.pem") == sorted([ZONE, f"*.{ZONE}"])
     assert acme_records(named) == {}
+    # The wildcard is one of the certificate's names: a rerun has nothing to do.
+    before = ca.request_count()
+    again = run_client(ca, paths, *dns_args(named), ZONE, f"*.{ZONE}")
+    assert again.code == 2, again.stderr
+    assert ca.request_count() == before
 
 
 def test_a_name_and_its_wildcard_on_pebble_2_10(
