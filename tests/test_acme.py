@@ -934,6 +934,27 @@ def test_dns01_answers_the_dns01_challenge_at_the_identifiers_name(names, value,
     assert signer.calls[1][0] == f"{BASE}/chall/2"
 
 
+def test_dns01_leaves_an_address_to_http01():
+    """RFC 8738: dns-01 validates no address; in a dns-01 run its authorization
+    is answered over http-01, and publish gets no name."""
+    pending = _ip_authz("ip", "192.0.2.1")
+    client, _, signer, *_ = scripted(
+        response(200),
+        response(200, pending),
+        response(200, {"type": "http-01", "status": "pending"}),
+        response(200, {**pending, "status": "valid"}),
+    )
+    calls: list[tuple[Any, ...]] = []
+    client._authorize(
+        f"{BASE}/authz/1",
+        lambda token, key_authorization, **where: calls.append(("publish", token, where)),
+        lambda token, **where: calls.append(("withdraw", token, where)),
+        "t" * 43, ["example.test", "192.0.2.1"], "dns-01",
+    )  # fmt: skip
+    assert calls == [("publish", "tok_en-1", {}), ("withdraw", "tok_en-1", {})]
+    assert signer.calls[1][0] == f"{BASE}/chall/1"
+
+
 def test_dns01_says_what_is_wrong_with_the_cas_dns01_challenge():
     """An http-01 run ignores the dns-01 challenge whatever it is; a dns-01 run names it."""
     client, *_ = scripted(response(200), response(200, authz()))

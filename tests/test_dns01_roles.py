@@ -32,7 +32,7 @@ from letskencrypt.v1 import challenge_pb2, challenge_pb2_grpc
 from tests.dnsserver import AuthoritativeDns
 from tests.test_sandbox import RoleProcess, wait_for_socket
 
-NAMES = ("web.example.test", "*.example.test")
+NAMES = ("web.example.test", "*.example.test", "127.0.0.1")
 TOKEN = "token_of-the-ca"
 KEY_AUTHORIZATION = f"{TOKEN}.{'T' * 43}"
 TIMEOUT = 10
@@ -101,7 +101,7 @@ def test_a_hostile_netproc_gets_only_this_runs_records_signed(
     good = {"action": PUBLISH, "token": TOKEN, "key_authorization": KEY_AUTHORIZATION,
             "zone": "example.test"}  # fmt: skip
     for name in ("other.example.test", "example.org", "*.example.test", "_acme-challenge.web",
-                 "web.example.test.", "WEB.example.test", ""):
+                 "web.example.test.", "WEB.example.test", "", "127.0.0.1"):
         assert "is not one of this run's names" in refused(chngproc, **{**good, "name": name})
     # The wildcard's record is at the name below it: allowed.  Another zone is not.
     assert "does not hold" in refused(chngproc, **{**good, "name": "example.test",
@@ -133,8 +133,8 @@ def test_a_hostile_netproc_gets_only_this_runs_records_signed(
     assert named.txt(reply.owner) == []
     nothing_left = update(chngproc, action=challenge_pb2.DNS_ACTION_WITHDRAW_NEXT)
     assert nothing_left.message == b""
-    # http-01 is not this run's.
-    with chngproc.channel("chng") as channel, pytest.raises(grpc.RpcError, match="dns-01"):
+    # No challenge directory in this run: no file either.
+    with chngproc.channel("chng") as channel, pytest.raises(grpc.RpcError, match="no http-01"):
         challenge_pb2_grpc.ChallengeStub(channel).Publish(
             challenge_pb2.PublishRequest(token=TOKEN, key_authorization=KEY_AUTHORIZATION),
             timeout=TIMEOUT,

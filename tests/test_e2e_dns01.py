@@ -249,14 +249,31 @@ def test_dns01_options_are_checked_before_any_request(
     assert ca.request_count() == before
 
 
-def test_an_address_with_dns01_is_refused(
+def test_addresses_alone_with_dns01_are_refused(
     ca: Pebble, named: AuthoritativeDns, paths: Paths
 ) -> None:
     result = run_client(ca, paths, "-n", "-N", *dns_args(named), "127.0.0.1")
     assert result.code == 1
     assert one_line(result) == (
-        "letskencrypt: 127.0.0.1: dns-01 validates domain names only; an IP address needs http-01"
+        "letskencrypt: dns-01 validates domain names only; IP addresses need http-01"
     )
+
+
+def test_one_certificate_by_dns01_and_http01(
+    ca: Pebble, named: AuthoritativeDns, paths: Paths
+) -> None:
+    """A wildcard needs dns-01, an address http-01: in one certificate, each
+    name goes by the one that can validate it (the address's file in -C)."""
+    result = run_client(
+        ca, paths, "-n", "-N", *dns_args(named), f"*.{ZONE}", "127.0.0.1", "-v")
+    assert result.code == 0, result.stderr
+    leaf = x509.load_pem_x509_certificate((paths.cert_dir / "cert.pem").read_bytes())
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == [f"*.{ZONE}"]
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert f"published _acme-challenge.{ZONE} TXT" in result.stderr
+    assert acme_records(named) == {}
+    assert list(ca.challenge_dir.iterdir()) == []
 
 
 def test_a_malformed_tsig_key_fails_in_one_line(

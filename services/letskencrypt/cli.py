@@ -146,7 +146,8 @@ def build_parser() -> Parser:
     add("--challenge", choices=CHALLENGES, default=CHALLENGE_HTTP_01,
         help=f"how the CA checks control of the names (default {CHALLENGE_HTTP_01}); "
         f"{CHALLENGE_DNS_01} publishes TXT records by RFC 2136 update (--dns-server, "
-        "--tsig-key) and is the only one for wildcard names")
+        "--tsig-key) and is the only one for wildcard names; IP addresses go by "
+        f"{CHALLENGE_HTTP_01} whatever is given")
     add("--dns-server", metavar="ADDR[:PORT]",
         help="dns-01: the DNS server (primary of the names' zones) that takes the signed "
         "updates, an IP address (port 53 by default)")
@@ -406,10 +407,11 @@ def check_challenge(
                                  f"{CHALLENGE_DNS_01}: give --challenge {CHALLENGE_DNS_01} "
                                  "with --dns-server and --tsig-key")  # fmt: skip
         return None
-    for name in names:
-        if identifier_type(name) == IP:
-            raise InputError(f"{name}: {CHALLENGE_DNS_01} validates domain names only; an IP "
-                             f"address needs {CHALLENGE_HTTP_01}")  # fmt: skip
+    # dns-01 validates domain names only: the addresses of a certificate go by
+    # http-01 (and -C) all the same, but one of addresses alone is no dns-01.
+    if all(identifier_type(name) == IP for name in names):
+        raise InputError(f"{CHALLENGE_DNS_01} validates domain names only; IP addresses need "
+                         f"{CHALLENGE_HTTP_01}")  # fmt: skip
     if not args.dns_server or not args.tsig_key:
         raise InputError(f"--challenge {CHALLENGE_DNS_01} needs --dns-server and --tsig-key")
     server = dns_server_text(*parse_dns_server(args.dns_server, "--dns-server"))
@@ -947,7 +949,9 @@ def role_settings(
                              "a key or the audit log of this run")  # fmt: skip
         secrets["TSIG key"] = dns.tsig_key
     written = {"certificate directory": cert_dir}
-    if dns is None:
+    # http-01's files: every name's, or with dns-01 the addresses'.
+    http = dns is None or any(identifier_type(name) == IP for name in names)
+    if http:
         written["challenge directory"] = challenge_dir
     check_key_places(secrets, written)
     daemon = check_schedule(args) if args.daemon else None
@@ -1009,7 +1013,7 @@ def role_settings(
         "dnsproc": DnsprocSettings(strict=strict),
         "chngproc": ChngprocSettings(
             challenge=args.challenge,
-            challenge_dir=challenge_dir if dns is None else None,
+            challenge_dir=challenge_dir if http else None,
             names=names if dns else (),
             dns_server=dns.server if dns else None,
             tsig_key=dns.tsig_key if dns else None,

@@ -189,7 +189,8 @@ class DnsprocSettings(RoleSettings):
 
 @dataclass(frozen=True, kw_only=True)
 class ChngprocSettings(RoleSettings):
-    # http-01: the directory the web server serves.
+    # http-01's directory the web server serves (with dns-01: for the
+    # certificate's IP addresses, which only http-01 validates).
     challenge_dir: str | None = None
     challenge: str = CHALLENGE_HTTP_01
     # dns-01: this run's names (the only ones whose records it touches),
@@ -207,8 +208,8 @@ class ChngprocSettings(RoleSettings):
                 "settings: ChngprocSettings.names, dns_server and tsig_key go with dns-01, "
                 "and only there"
             )
-        if (self.challenge == CHALLENGE_HTTP_01) != (self.challenge_dir is not None):
-            raise InputError("settings: ChngprocSettings.challenge_dir goes with http-01 only")
+        if self.challenge == CHALLENGE_HTTP_01 and self.challenge_dir is None:
+            raise InputError("settings: ChngprocSettings.challenge_dir is missing for http-01")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -647,7 +647,8 @@ class AcmeClient:
         reachable at /.well-known/acme-challenge/<token>; `withdraw(token)`
         removes it again.  dns-01: both are given name= too, the
         authorization's domain name (a wildcard's without "*."), and
-        `publish` returns once the TXT record is served.
+        `publish` returns once the TXT record is served; an IP address's
+        authorization goes by http-01 (no name=) all the same.
         All of it, from the new order to the download, shares one budget.
         """
         with self._within_budget():
@@ -694,7 +695,10 @@ class AcmeClient:
             return
         if authz.status != "pending":
             raise AcmeError(f"authorization for {authz.identifier} is {authz.status}")
-        dns = challenge_type == CHALLENGE_DNS_01
+        # dns-01 validates domain names only: an address goes by http-01.
+        dns = challenge_type == CHALLENGE_DNS_01 and authz.identifier_type == DNS
+        if not dns:
+            challenge_type = CHALLENGE_HTTP_01
         challenge = authz.dns_challenge if dns else authz.challenge
         if challenge is None and dns and authz.dns_problem is not None:
             raise AcmeError(authz.dns_problem)

@@ -1,8 +1,9 @@
 """chngproc: publishes the challenge responses: http-01 key authorisations
 in the challenge directory, or dns-01 TXT records by signed RFC 2136 updates.
 
-Holds: write access to the challenge directory (http-01), or the TSIG key
-(dns-01), read before the sandbox; nothing else.
+Holds: write access to the challenge directory (http-01; with dns-01, for
+the certificate's IP addresses, if any), and the TSIG key (dns-01), read
+before the sandbox; nothing else.
 Network: none, even for dns-01.  Serves: Challenge on the `chng` edge.
 
 http-01: file names are validated base64url tokens (no `/`, no `..`), files
@@ -42,7 +43,13 @@ from letskencrypt.errors import InputError
 from letskencrypt.settings import ChngprocSettings
 from letskencrypt.spec import Fs, Grant, RoleSpec
 from letskencrypt.v1 import challenge_pb2, challenge_pb2_grpc
-from letskencrypt.validate import safe_text, validate_key_authorization, validate_token
+from letskencrypt.validate import (
+    DNS,
+    identifier_type,
+    safe_text,
+    validate_key_authorization,
+    validate_token,
+)
 
 
 def challenge_grants(settings: ChngprocSettings) -> list[Grant]:
@@ -158,8 +165,11 @@ class DnsRecords:
         assert settings.tsig_key is not None
         self.key = dnsupdate.read_tsig_key(settings.tsig_key)
         self.server = server
-        # Bare domain names: "*.example.org" is validated at example.org.
-        self.names = frozenset(name.removeprefix("*.") for name in settings.names)
+        # Bare domain names: "*.example.org" is validated at example.org; an
+        # IP address is no dns-01 name.
+        self.names = frozenset(
+            name.removeprefix("*.") for name in settings.names if identifier_type(name) == DNS
+        )
         # (name, token) -> (owner, zone, TXT value): added, as far as we know.
         self.added: dict[tuple[str, str], tuple[str, str, str]] = {}
         self.cleared: set[str] = set()  # owners whose old records are gone
@@ -263,7 +273,7 @@ class ChallengeService(rpc.Servicer, challenge_pb2_grpc.ChallengeServicer):
 
     def _directory(self) -> ChallengeDirectory:
         if self.directory is None:
-            raise InputError(f"this run's challenge is {CHALLENGE_DNS_01}, not {CHALLENGE_HTTP_01}")
+            raise InputError(f"this run has no {CHALLENGE_HTTP_01} challenge directory")
         return self.directory
 
     def _records(self) -> DnsRecords:
@@ -312,7 +322,7 @@ def run(config: RoleConfig[ChngprocSettings], log: Logger) -> int:
     if settings.challenge == CHALLENGE_DNS_01:
         assert settings.dns_server is not None
         records = DnsRecords(settings, settings.dns_server)
-    elif settings.challenge_dir is not None:
+    if settings.challenge_dir is not None:
         directory = ChallengeDirectory(settings.challenge_dir)
     process.confine(config)
     try:

@@ -302,7 +302,10 @@ class DnsChallenge:
         self.withdrawing = False
         self.interrupted = False
 
-    def publish(self, token: str, key_authorization: str, *, name: str) -> None:
+    def publish(self, token: str, key_authorization: str, *, name: str | None = None) -> None:
+        if name is None:  # an IP address: http-01
+            self.peers.publish(token, key_authorization)
+            return
         owner = f"_acme-challenge.{name}"
         zone = rpc.call(
             self.resolver.Authoritative,
@@ -316,9 +319,12 @@ class DnsChallenge:
         self.log.info(f"published {reply.owner} TXT {reply.txt_value} in {zone}")
         self.wait_for_propagation(reply.owner, reply.txt_value)
 
-    def withdraw(self, token: str, *, name: str) -> None:
+    def withdraw(self, token: str, *, name: str | None = None) -> None:
         """Remove the record now; if that fails, withdraw_all tries again at the
         end of the run (the certificate need not wait for it)."""
+        if name is None:
+            self.peers.withdraw(token)
+            return
         try:
             self.update(challenge_pb2.DnsUpdateRequest(
                 action=challenge_pb2.DNS_ACTION_WITHDRAW, name=name, token=token
