@@ -962,10 +962,10 @@ def main() -> None:
         real_obtain = module.obtain
 
         def obtain_then_attack(
-            peers: Any, settings: Any, ca_pem: bytes, log: Logger
+            peers: Any, settings: Any, ca_pem: bytes, log: Logger, *rest: Any
         ) -> int:
             try:
-                return int(real_obtain(peers, settings, ca_pem, log))
+                return int(real_obtain(peers, settings, ca_pem, log, *rest))
             finally:
                 attack(Attacker(role, held["config"], target, peers, settings, ca_pem))
 

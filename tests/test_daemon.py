@@ -252,7 +252,9 @@ def test_daemon_orders_again_no_sooner_than_the_ca_asks(monkeypatch: pytest.Monk
     outcomes: list[object] = [rate_limited(7200.0), rate_limited(None), EXIT_CHANGED]
     checks: list[float] = []
 
-    def obtain(_peers: object, _settings: object, _ca_pem: bytes, _log: object) -> int:
+    def obtain(
+        _peers: object, _settings: object, _ca_pem: bytes, _log: object, _ari: object = None
+    ) -> int:
         checks.append(FakeEvent.now)
         outcome = outcomes.pop(0)
         if not outcomes and FakeEvent.last is not None:

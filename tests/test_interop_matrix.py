@@ -17,6 +17,7 @@ can be read in one place:
 | preferred chain (alternate roots)      | yes | yes  | test_e2e_chains.py                 |
 | key rollover, then issue with new key  | yes | yes  | test_e2e_account.py                |
 | deactivate (-F / terminal / refused)   | yes | yes  | test_e2e_account.py                |
+| ARI window / replaces / --config state | no renewalInfo: lifetime rule | yes | test_e2e_ari.py |
 """
 
 import shutil
@@ -60,7 +61,8 @@ def test_issue_skip_force(server: Pebble, client: Paths) -> None:
     assert list(server.challenge_dir.iterdir()) == []
 
     before = server.request_count()
-    skipped = run_client(server, client, *names)
+    # --no-ari: no request at all (the CA's renewal information is test_e2e_ari's).
+    skipped = run_client(server, client, "--no-ari", *names)
     assert skipped.code == 2, skipped.stderr
     assert server.request_count() == before
     assert leaf(client) == first

@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from letskencrypt import pem
+from letskencrypt.b64 import b64url
 from letskencrypt.constants import MAX_ANCHOR_BYTES, MAX_ANCHORS
 from letskencrypt.errors import CertificateRejected
 from letskencrypt.validate import IP, identifier_type, safe_text
@@ -100,6 +101,23 @@ def cert_names(cert: x509.Certificate) -> list[str]:
     except _PARSE_ERRORS as exc:
         raise CertificateRejected(f"certificate has malformed extensions: {exc}") from None
     return san_names(san.value)
+
+
+def ari_cert_id(cert: x509.Certificate) -> str | None:
+    """The certificate's ARI identifier (RFC 9773 section 4.1):
+    base64url(its authorityKeyIdentifier's keyIdentifier) "." base64url(the
+    DER content octets of its serial number, a leading zero when the top bit
+    is set); None without a keyIdentifier or with a serial number that is
+    not positive."""
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+    serial = cert.serial_number
+    if aki.key_identifier is None or not aki.key_identifier or serial <= 0:
+        return None
+    serial_der = serial.to_bytes(serial.bit_length() // 8 + 1, "big")
+    return f"{b64url(aki.key_identifier)}.{b64url(serial_der)}"
 
 
 def _show_names(names: list[str]) -> str:

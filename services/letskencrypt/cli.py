@@ -189,6 +189,9 @@ def build_parser() -> Parser:
     add("--preferred-chain", metavar="NAME",
         help="of the CA's alternate certificate chains, install the one whose topmost "
         "certificate's issuer has this Common Name (default: the CA's default chain)")
+    add("--no-ari", action="store_true",
+        help="never ask the CA's renewal information (RFC 9773, ARI): renew by the "
+        "certificate's lifetime alone")
     add("--key-type", choices=KEY_TYPES,
         help=f"type of new keys (default {DEFAULT_KEY_TYPE}); given, an existing key of "
         "another type is refused")
@@ -880,18 +883,36 @@ def run_user(name: str) -> RunUser | None:
     return RunUser(entry.pw_uid, entry.pw_gid)
 
 
+def installed_ari_cert_id(cert_dir: str) -> str | None:
+    """The ARI identifier (RFC 9773) of the certificate installed in
+    `cert_dir`, the one a renewal replaces; None without one (or when it
+    cannot be read: revokeproc says why)."""
+    # Here, not at the top: a container's image may lack cryptography.
+    from letskencrypt.certs import ari_cert_id
+    from letskencrypt.renewal import load_certificate_file
+
+    try:
+        certificate = load_certificate_file(os.path.join(cert_dir, "cert.pem"))
+    except LetskencryptError:
+        return None
+    return None if certificate is None else ari_cert_id(certificate)
+
+
 def role_settings(
     args: argparse.Namespace,
     trust_anchors: bool = True,
     account_type_follows: bool = True,
     tsig_key_readable: bool = True,
+    knows_certificate: bool = True,
 ) -> dict[str, RoleSettings]:
     """Each role's settings.  `trust_anchors=False` (a container of a role
-    that needs none) leaves the anchors out of certproc's and revokeproc's;
-    `tsig_key_readable=False` (a container without the key) takes
-    --tsig-key's path as it is.
+    that needs none) leaves the anchors out of certproc's and revokeproc's.
     `account_type_follows=False` (a configuration file's domain, whose key
-    type is its own): the account key's type is only --account-key-type's."""
+    type is its own): the account key's type is only --account-key-type's.
+    `tsig_key_readable=False` (a container without the TSIG key): --tsig-key's
+    path is taken as it is.
+    `knows_certificate=False` (a container, which cannot read the
+    certificate directory): acctproc signs any well-formed `replaces`."""
     names = tuple(validate_names(args.domains))
     directory_url = check_directory_url(args)
     anchor_pem = check_trust_anchors(args, directory_url) if trust_anchors else None
@@ -956,6 +977,10 @@ def role_settings(
     check_key_places(secrets, written)
     daemon = check_schedule(args) if args.daemon else None
     strict = args.strict
+    # What a newOrder may say it replaces: the installed certificate, which
+    # a daemon's run replaces while acctproc runs (see acctproc).
+    replaces = installed_ari_cert_id(cert_dir) if knows_certificate else None
+    replaces_any = bool(daemon) or not knows_certificate
     return {
         "netproc": NetprocSettings(
             directory_url=directory_url,
@@ -969,6 +994,7 @@ def role_settings(
             poll_timeout=check_poll_timeout(args.poll_timeout),
             external_account_binding=eab_kid is not None,
             profile=profile,
+            ari=not args.no_ari,
             rollover=account_operation == "rollover",
             deactivate=account_operation == "deactivate",
             challenge=args.challenge,
@@ -992,6 +1018,8 @@ def role_settings(
             eab_kid=eab_kid,
             eab_hmac_key=eab_hmac_key,
             profile=profile,
+            replaces=None if replaces_any else replaces,
+            replaces_any=replaces_any,
             idle=with_domain_key,
             new_key_path=new_account_key,
             strict=strict,

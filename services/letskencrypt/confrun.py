@@ -232,12 +232,14 @@ def run_once(
     args: argparse.Namespace, config: conf.Config, jobs: list[fleet.Job], user: RunUser | None
 ) -> int:
     started = time.time()
+    state = runstate.load(os.path.join(state_directory(config), STATE_FILE))
     runner = fleet.Fleet(
         jobs=jobs,
         concurrency=args.jobs or fleet.default_concurrency(),
         verbosity=args.verbose,
         run_user=user,
         relay=Relay(),
+        notes={handle: entry.ari for handle, entry in state.certificates.items() if entry.ari},
     )
     exit_status = runner.run()
     record(config, args, runner, started)
@@ -275,8 +277,10 @@ def keep_renewing(
 
 
 def seconds_to_next_renewal(config: conf.Config, args: argparse.Namespace) -> float:
-    """Until the first configured certificate falls due (at least a minute)."""
-    facts = status.gather(status_entries(config, args), runstate.State(), datetime.now(UTC))
+    """Until the first configured certificate falls due, by its lifetime or
+    the time picked in the CA's renewal window (at least a minute)."""
+    state = runstate.load(os.path.join(state_directory(config), STATE_FILE))
+    facts = status.gather(status_entries(config, args), state, datetime.now(UTC))
     times = [f.next_renewal for f in facts if f.next_renewal is not None and not f.due]
     if not times:
         return float("inf")
@@ -310,7 +314,8 @@ def record(
         result = {"changed": "changed", "not due": "not-due"}.get(outcome.result, "failed")
         if args.revoke and result == "changed":
             result = "revoked"
-        state = runstate.record(state, outcome.handle, result, outcome.reason, now)
+        note = runner.relay.ari.get(outcome.handle)
+        state = runstate.record(state, outcome.handle, result, outcome.reason, now, note)
     state = record_accounts(state, runner, now)
     counts = runner.relay.counts
     state = runstate.record_run(

@@ -190,9 +190,11 @@ def role_config(
     command line built from it: domain_command_line)."""
     spec_of(role)  # an unknown role is refused here, in one line
     args = cli.build_parser().parse_args(command_line(role, environ) if argv is None else argv)
+    # Not the certificate: acctproc's container cannot read it.
     settings = cli.role_settings(
         args,
         trust_anchors=uses(role, "trust_anchors"),
+        knows_certificate=False,
         # Mounted into chngproc's container alone.
         tsig_key_readable=uses(role, "tsig_key"),
     )[role]

@@ -11,8 +11,14 @@ certificate alone; the account (one per authority) is the same in every lane
 of that authority.
 
 Before any lane starts, the certificates that are not due are left out by
-the same rule revokeproc applies (renewal.decide on the installed set): a
-rerun with nothing due starts no role and sends no request.  Lanes run
+the same rule revokeproc applies (renewal.decide on the installed set) and
+by what an earlier run learnt of the CA's renewal information (ARI, the
+run state's note, see ari.judge): a rerun with nothing due starts no role
+and sends no request.  A certificate is due for a lane when its lifetime
+says so, when the time picked in the CA's renewal window has come, or when
+the CA is to be asked again (no note for it yet, or its Retry-After has
+passed); a lane's netproc gets the note, and its acctproc the ARI
+identifier of the certificate installed when the lane starts.  Lanes run
 `concurrency` at a time; the first lane of an authority whose account key
 does not exist yet runs alone, so that one account is made, not one per lane.
 
@@ -24,6 +30,7 @@ failed (the others are still done), 2 when nothing was due.
 """
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import signal
@@ -32,8 +39,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from letskencrypt import interrupts, launch
-from letskencrypt.certs import configured_anchors, trust_problem
+from letskencrypt import ari, interrupts, launch
+from letskencrypt.certs import ari_cert_id, configured_anchors, trust_problem
+from letskencrypt.cli import installed_ari_cert_id
 from letskencrypt.constants import (
     EXIT_CHANGED,
     EXIT_CODES,
@@ -44,7 +52,13 @@ from letskencrypt.errors import LetskencryptError, plain_words
 from letskencrypt.linux import PR_SET_PDEATHSIG, prctl
 from letskencrypt.relay import STYLE, Relay
 from letskencrypt.renewal import Decision, decide, load_certificate_file, load_chain_file
-from letskencrypt.settings import RevokeprocSettings, RoleSettings
+from letskencrypt.settings import (
+    AcctprocSettings,
+    AriNote,
+    NetprocSettings,
+    RevokeprocSettings,
+    RoleSettings,
+)
 from letskencrypt.supervisor import RunUser, Supervisor, stop_signals_caught
 
 POLL_INTERVAL = 0.02
@@ -92,8 +106,9 @@ class Lane:
     pid: int
 
 
-def due(job: Job, now: datetime) -> tuple[bool, str]:
-    """Whether the job's certificate needs a run, and why (revokeproc's rule)."""
+def due(job: Job, now: datetime, note: AriNote | None = None) -> tuple[bool, str]:
+    """Whether the job's certificate needs a run, and why (revokeproc's
+    rule, then the CA's renewal information as `note` has it)."""
     if job.always:
         return True, "forced"
     revokeproc = job.settings["revokeproc"]
@@ -111,7 +126,31 @@ def due(job: Job, now: datetime) -> tuple[bool, str]:
     # Not revokeproc's `force`: a domain's `rotate key` sets it, yet rotates
     # only a certificate that is due; -F and the like make `always`.
     decision, reason = decide(certificate, list(job.names), now, False, distrust)
-    return decision != Decision.UP_TO_DATE, reason
+    netproc = job.settings["netproc"]
+    assert isinstance(netproc, NetprocSettings)
+    if decision != Decision.UP_TO_DATE or certificate is None or not netproc.ari:
+        return decision != Decision.UP_TO_DATE, reason
+    cert_id = ari_cert_id(certificate)
+    if cert_id is None:
+        return False, reason
+    verdict, why = ari.judge(note, cert_id, now)
+    if verdict == ari.WAIT:
+        return False, f"{reason}; {why}"
+    return True, why
+
+
+def with_ari(job: Job, note: AriNote | None) -> dict[str, RoleSettings]:
+    """The job's settings for a lane starting now: netproc's with the ARI
+    note, acctproc's with the installed certificate's ARI identifier (it
+    may have changed since the settings were made: a --config daemon)."""
+    settings = dict(job.settings)
+    netproc, acctproc = settings["netproc"], settings["acctproc"]
+    assert isinstance(netproc, NetprocSettings) and isinstance(acctproc, AcctprocSettings)
+    settings["netproc"] = dataclasses.replace(netproc, ari_note=note)
+    if not acctproc.replaces_any:
+        replaces = installed_ari_cert_id(job.cert_dir)
+        settings["acctproc"] = dataclasses.replace(acctproc, replaces=replaces)
+    return settings
 
 
 @dataclass
@@ -121,6 +160,8 @@ class Fleet:
     verbosity: int = 0
     run_user: RunUser | None = None
     relay: Relay = field(default_factory=Relay)
+    # Each certificate's ARI note from the run state (see ari.py).
+    notes: dict[str, AriNote] = field(default_factory=dict)
     lanes: dict[int, Lane] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     interrupted: signal.Signals | None = None
@@ -133,8 +174,10 @@ class Fleet:
             if job.refused is not None:
                 self.fail(job, job.refused)
                 continue
-            needed, reason = due(job, now)
+            note = self.notes.get(job.handle)
+            needed, reason = due(job, now, note)
             if needed:
+                job.settings = with_ari(job, note)
                 waiting.append(job)
                 self.say(job.handle, f"due: {reason}", level=1)
             else:

@@ -25,13 +25,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO
 
+from letskencrypt import ari
 from letskencrypt.roles import ROLES
+from letskencrypt.settings import AriNote
 from letskencrypt.validate import safe_text
 
 LOG_FORMATS = ("text", "json")
 PREFIX = "letskencrypt: "
 # A line that starts so, from a stream added with counts=True, is not shown:
-# it says, as JSON, how many requests and orders its role sent the CA.
+# it says, as JSON, how many requests and orders its role sent the CA, and
+# what it learnt of the CA's renewal information ("ari", see ari.py).
 COUNTS_MARKER = "letskencrypt-counts: "
 MAX_COUNT = 10**9
 # A line that starts so, from a role's own stream, is not shown: it is a
@@ -135,6 +138,8 @@ class Relay:
         self.accounts: dict[str, dict[str, object]] = {}
         # Each role's last REPORT_MARKER object.
         self.reports: dict[str, dict[str, object]] = {}
+        # Each stream's (netproc's, a lane's) last ARI note, from those lines.
+        self.ari: dict[str, AriNote] = {}
         self.writing = False
 
     # --- reading the roles ---------------------------------------------------------
@@ -234,7 +239,7 @@ class Relay:
     def _count(self, raw: bytes, role: str) -> None:
         try:
             counts = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         if not isinstance(counts, dict):
             return
@@ -245,6 +250,9 @@ class Relay:
         account = account_report(counts.get("account"))
         if account is not None:
             self.accounts[role] = account
+        if "ari" in counts:
+            with contextlib.suppress(ari.AriError):
+                self.ari[role] = ari.note_from_json(counts["ari"])
 
     def _report(self, raw: bytes, role: str) -> None:
         try:
@@ -255,9 +263,13 @@ class Relay:
             self.reports[role] = report
 
     def counts_line(self) -> str:
+        """The marker line for the relay above (a lane's): the counts, and
+        the account and the ARI note when one stream gave one."""
         counts: dict[str, object] = dict(self.counts)
         if len(self.accounts) == 1:
             (counts["account"],) = self.accounts.values()
+        if len(self.ari) == 1:
+            counts["ari"] = ari.note_to_json(next(iter(self.ari.values())))
         return COUNTS_MARKER + json.dumps(counts)
 
     # --- writing ours -----------------------------------------------------------------

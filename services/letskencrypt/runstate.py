@@ -2,7 +2,9 @@
 and the metrics read, and every run rewrites.
 
 Per certificate (by its handle) the last run's time, result and message,
-the last success and failure, and how many runs in a row have failed; for
+the last success and failure, how many runs in a row have failed, and what
+netproc last learnt of the CA's renewal information (ARI, an
+ari.note_from_json note; absent in files of before); for
 the whole last run its start, duration, and how many orders and requests
 it made; per authority the account as the CA last showed it to a run (its
 URL, contact and status, and when: netproc's word, relay.account_report).
@@ -21,13 +23,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from letskencrypt import fsutil, publicfile
+from letskencrypt import ari, fsutil, publicfile
 from letskencrypt.relay import (
     MAX_ACCOUNT_CONTACT,
     MAX_ACCOUNT_CONTACTS,
     MAX_ACCOUNT_STATUS,
     MAX_ACCOUNT_URL,
 )
+from letskencrypt.settings import AriNote
 from letskencrypt.validate import safe_text
 
 DEFAULT_PATH = "/var/lib/letskencrypt/state.json"
@@ -53,6 +56,8 @@ class CertRecord:
     last_success: float | None
     last_failure: float | None
     failures_in_row: int
+    # The CA's renewal information for the certificate (see ari.py).
+    ari: AriNote | None = None
 
 
 @dataclass(frozen=True)
@@ -96,11 +101,19 @@ class _Invalid(Exception):
 # --- updating ----------------------------------------------------------------
 
 
-def record(state: State, handle: str, result: str, message: str, now: float) -> State:
+def record(
+    state: State,
+    handle: str,
+    result: str,
+    message: str,
+    now: float,
+    ari_note: AriNote | None = None,
+) -> State:
     """`state` with the outcome of one run for `handle`; `state` is unchanged.
 
     `message` is kept as one line of at most MAX_MESSAGE characters.  Any
     result but "failed" counts as a success and ends a series of failures.
+    `ari_note` replaces the ARI note kept (None: the one before stays).
     ValueError for a result not in RESULTS or a handle `load` would refuse.
     """
     if not handle or len(handle) > MAX_HANDLE:
@@ -122,6 +135,7 @@ def record(state: State, handle: str, result: str, message: str, now: float) -> 
         last_success=last_success,
         last_failure=last_failure,
         failures_in_row=failures,
+        ari=ari_note or (previous.ari if previous else None),
     )
     return dataclasses.replace(state, certificates={**state.certificates, handle: entry})
 
@@ -259,7 +273,16 @@ def _count(value: Any, what: str) -> int:
 
 def _cert_record(handle: str, value: Any) -> CertRecord:
     what = f"certificate {safe_text(handle, 100)!r}"
-    entry = _fields(value, what, tuple(f.name for f in dataclasses.fields(CertRecord)))
+    names = tuple(f.name for f in dataclasses.fields(CertRecord))
+    if isinstance(value, dict) and "ari" not in value:
+        names = tuple(name for name in names if name != "ari")
+    entry = _fields(value, what, names)
+    note = None
+    if entry.get("ari") is not None:
+        try:
+            note = ari.note_from_json(entry["ari"])
+        except ari.AriError as error:
+            raise _Invalid(f"{what}: {error}") from None
     if entry["last_result"] not in RESULTS:
         raise _Invalid(f"{what}: last_result is not one of {', '.join(RESULTS)}")
     if not isinstance(entry["last_message"], str):
@@ -271,6 +294,7 @@ def _cert_record(handle: str, value: Any) -> CertRecord:
         last_success=_optional_number(entry["last_success"], f"{what}: last_success"),
         last_failure=_optional_number(entry["last_failure"], f"{what}: last_failure"),
         failures_in_row=_count(entry["failures_in_row"], f"{what}: failures_in_row"),
+        ari=note,
     )
 
 

@@ -63,6 +63,21 @@ class Schedule:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AriNote:
+    """What a run learnt of the CA's renewal information (RFC 9773) for one
+    certificate (see ari.py): its suggested window, the time picked in it
+    and the time before which the CA is not asked again (unix times), and
+    the CA's explanationURL.  cert_id "": the CA offers no renewalInfo."""
+
+    cert_id: str
+    start: float | None = None
+    end: float | None = None
+    chosen: float | None = None
+    retry_until: float
+    explanation: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class NetprocSettings(RoleSettings):
     directory_url: str
     ca_bundle: str | None = None
@@ -81,6 +96,12 @@ class NetprocSettings(RoleSettings):
     external_account_binding: bool = False
     # The certificate profile to order (--profile), checked against the directory.
     profile: str | None = None
+    # Ask the CA's renewal information (RFC 9773) for a certificate that is
+    # not due by its lifetime (--no-ari: never).
+    ari: bool = True
+    # What an earlier run learnt of it (a --config run's state file): used
+    # instead of asking again while it holds for the installed certificate.
+    ari_note: AriNote | None = None
     # The account's own operations (--rollover-account-key,
     # --deactivate-account): no order, no revocation.
     rollover: bool = False
@@ -127,6 +148,12 @@ class AcctprocSettings(RoleSettings):
     eab_hmac_key: str | None = None
     # The only profile a newOrder may ask for (None: none at all).
     profile: str | None = None
+    # The ARI identifier (RFC 9773) of the installed certificate: the only
+    # `replaces` a newOrder may carry (None: none).  `replaces_any`: any
+    # well-formed one (where the settings cannot know the certificate: a
+    # daemon's, which changes while it runs; a container's).
+    replaces: str | None = None
+    replaces_any: bool = False
     # A revocation with the domain key needs no account: acctproc reads no
     # key (it may be lost: that may be why), opens no audit log, and refuses
     # every request.

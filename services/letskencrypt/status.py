@@ -7,8 +7,11 @@ Read-only and local: it reads each certificate directory's cert.pem
 (through the filestore's symlinks, bounded, see renewal.load_certificate_file)
 and takes the run state it is given; never a private key, never the network.
 Whether renewal is due is renewal.renewal_due's rule, the one the runs
-apply.  What status cannot know without the CA's trust anchors is whether a
-run would also refuse the installed chain (renewal.decide's `distrust`).
+apply, and the CA's renewal information (ARI) as the last run that asked
+learnt it (the run state's note, when it is about the installed
+certificate): renewal comes at the earlier of the two.  What status
+cannot know without the CA's trust anchors is whether a run would also
+refuse the installed chain (renewal.decide's `distrust`).
 
 render_text shows everything taken from a certificate or the run state
 made safe for a terminal (validate.safe_text); render_json leaves that to
@@ -25,11 +28,12 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from letskencrypt import filestore, runstate
-from letskencrypt.certs import cert_names
+from letskencrypt import ari, filestore, runstate
+from letskencrypt.certs import ari_cert_id, cert_names
 from letskencrypt.errors import CertificateFileError, CertificateRejected, InputError
 from letskencrypt.keys import key_type_of
 from letskencrypt.renewal import load_certificate_file, renewal_due
+from letskencrypt.settings import AriNote
 from letskencrypt.validate import safe_text
 
 UNREADABLE = "unknown: the certificate cannot be read"
@@ -77,6 +81,9 @@ class Facts:
     last_run: datetime | None
     last_message: str | None
     error: str | None
+    # The CA's renewal information for the installed certificate, as the
+    # last run that asked learnt it (None: none known).
+    ari: AriNote | None = None
 
 
 # --- gathering ---------------------------------------------------------------
@@ -112,6 +119,13 @@ def _facts(entry: Entry, state: runstate.State, now: datetime) -> Facts:
     cert, installed, error = _read(os.path.join(entry.cert_dir, filestore.CERT))
     due = renewal_due(cert, list(entry.names))
     reason = due.reason
+    next_renewal = due.at
+    note = record.ari if record else None
+    if cert is None or note is None or note.cert_id != ari_cert_id(cert):
+        note = None
+    elif due.at is not None and note.chosen is not None and note.chosen < due.at.timestamp():
+        next_renewal = datetime.fromtimestamp(note.chosen, UTC)
+        reason = ari.window_text(note)
     if error is not None:
         reason = UNREADABLE
     elif cert is not None and now >= cert.not_valid_after_utc:
@@ -128,13 +142,14 @@ def _facts(entry: Entry, state: runstate.State, now: datetime) -> Facts:
         serial=format(cert.serial_number, "x") if cert else None,
         not_before=cert.not_valid_before_utc if cert else None,
         not_after=cert.not_valid_after_utc if cert else None,
-        next_renewal=due.at,
+        next_renewal=next_renewal,
         renewal_reason=reason,
-        due=error is None and (due.at is None or now > due.at),
+        due=error is None and (next_renewal is None or now > next_renewal),
         last_result=record.last_result if record else None,
         last_run=datetime.fromtimestamp(record.last_run, UTC) if record else None,
         last_message=record.last_message if record else None,
         error=error,
+        ari=note,
     )
 
 
@@ -198,6 +213,20 @@ def _renewal_line(facts: Facts) -> str:
     return f"due after {_time(facts.next_renewal)} ({reason})"
 
 
+def _ari_line(note: AriNote) -> str:
+    if note.cert_id == "":
+        return f"the CA offers none (asked again after {_time(_utc(note.retry_until))})"
+    line = (f"{ari.window_text(note)}, renewal picked for {ari.format_time(note.chosen)}, "
+            f"asked again after {_time(_utc(note.retry_until))}")  # fmt: skip
+    if note.explanation:
+        line += f"; explained at {safe_text(note.explanation, 300)}"
+    return line
+
+
+def _utc(stamp: float) -> datetime:
+    return datetime.fromtimestamp(stamp, UTC)
+
+
 def _block(facts: Facts) -> str:
     rows: list[tuple[str, str]] = [
         ("names", _names(facts.names)),
@@ -215,6 +244,8 @@ def _block(facts: Facts) -> str:
     elif facts.error is None:
         rows.append(("installed", "(nothing)"))
     rows.append(("renewal", _renewal_line(facts)))
+    if facts.ari is not None:
+        rows.append(("ari", _ari_line(facts.ari)))
     if facts.last_run is not None:
         last = f"{_time(facts.last_run)}, {safe_text(facts.last_result or '')}"
         if facts.last_message:
@@ -277,6 +308,20 @@ def _document(facts: Facts) -> dict[str, object]:
         "last_run": _iso(facts.last_run),
         "last_message": facts.last_message,
         "error": facts.error,
+        "ari": None if facts.ari is None else _ari_document(facts.ari),
+    }
+
+
+def _ari_document(note: AriNote) -> dict[str, object]:
+    def iso(stamp: float | None) -> str | None:
+        return None if stamp is None else _iso(_utc(stamp))
+
+    return {
+        "window_start": iso(note.start),
+        "window_end": iso(note.end),
+        "chosen": iso(note.chosen),
+        "retry_after": iso(note.retry_until),
+        "explanation_url": note.explanation,
     }
 
 

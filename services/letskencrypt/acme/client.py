@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urljoin
 
-from letskencrypt import pem
+from letskencrypt import ari, pem
 from letskencrypt.acme.messages import (
     ACCOUNT_DOES_NOT_EXIST,
+    ALREADY_REPLACED,
     ALREADY_REVOKED,
     AUTHZ_FAILED,
     BAD_NONCE,
@@ -446,9 +447,13 @@ class AcmeClient:
 
     # -- orders and authorizations --
 
-    def new_order(self, names: list[str], profile: str | None = None) -> Order:
+    def new_order(
+        self, names: list[str], profile: str | None = None, replaces: str | None = None
+    ) -> Order:
         """Order a certificate for `names` (domain names and IP addresses),
-        of the CA's `profile` if given.
+        of the CA's `profile` if given, saying that it `replaces` the
+        certificate of that ARI identifier (RFC 9773 section 5), if given.
+        A CA that answers alreadyReplaced gets the same order again without it.
 
         RFC 8738 gives a CA no way to say in advance that it issues for
         addresses: one that does not refuses the order, and that refusal is
@@ -457,9 +462,14 @@ class AcmeClient:
         payload: dict[str, Any] = {"identifiers": [identifier(name) for name in names]}
         if profile is not None:
             payload["profile"] = profile
+        if replaces is not None:
+            payload["replaces"] = replaces
         try:
             response = self.post(new_order, payload, self._require_kid())
         except AcmeError as error:
+            if replaces is not None and error.problem_type == ALREADY_REPLACED:
+                self._notice(f"{error}; ordering without saying which certificate it replaces")
+                return self.new_order(names, profile)
             if not _refuses_addresses(error, names):
                 raise
             raise AcmeError(
@@ -627,6 +637,33 @@ class AcmeClient:
         self._log("certificate revoked")
         return True
 
+    # -- renewal information (RFC 9773) --
+
+    def renewal_info(self, cert_id: str) -> tuple[ari.Window, float | None]:
+        """The CA's suggested renewal window for the certificate of ARI
+        identifier `cert_id`, and its Retry-After (seconds, None without
+        one): an unauthenticated GET of renewalInfo/<cert_id>, at most
+        ari.MAX_RENEWAL_INFO bytes, checked by ari.parse_window.  AcmeError
+        when the CA offers no renewalInfo or answers with anything else."""
+        base = self.directory().renewal_info
+        if base is None:
+            raise AcmeError("the CA's directory offers no renewalInfo")
+        if not ari.is_cert_id(cert_id):
+            raise AcmeError("not an ARI certificate identifier")
+        url = self._check(f"{base.rstrip('/')}/{cert_id}", "renewalInfo")
+        response = self._transport.request(
+            "GET", url, headers={"Accept": JSON}, max_body=ari.MAX_RENEWAL_INFO
+        )
+        if response.status != 200:
+            problem = Problem.from_response(response.status, response.headers, response.body)
+            raise problem.error("renewalInfo: ")
+        require_media_type(response.headers, JSON, url)
+        try:
+            window = ari.parse_window(response.body)
+        except ari.AriError as error:
+            raise AcmeError(str(error)) from None
+        return window, parse_retry_after(response.headers.get("Retry-After"))
+
     # -- the whole issuance --
 
     def issue(
@@ -637,9 +674,11 @@ class AcmeClient:
         withdraw: Callable[[str], None],
         thumbprint: str,
         profile: str | None = None,
+        replaces: str | None = None,
         challenge: str = CHALLENGE_HTTP_01,
     ) -> Chains:
-        """Order a certificate for `names` (of the CA's `profile`, if given),
+        """Order a certificate for `names` (of the CA's `profile`, if given,
+        replacing the certificate of ARI identifier `replaces`, if given),
         prove control over `challenge` (http-01 or dns-01), return the PEM
         chains (see `download`).
 
@@ -652,7 +691,7 @@ class AcmeClient:
         All of it, from the new order to the download, shares one budget.
         """
         with self._within_budget():
-            order = self.new_order(names, profile)
+            order = self.new_order(names, profile, replaces)
             # One authorization per identifier (RFC 8555 section 7.1.3): more would
             # have us prove control of names nobody asked for, each one a challenge
             # file and more of the budget.

@@ -36,6 +36,7 @@ IDENTIFIER_REFUSALS = frozenset(
     ERROR_PREFIX + kind for kind in ("rejectedIdentifier", "unsupportedIdentifier", "malformed")
 )
 MAX_SUBPROBLEMS = 100
+ALREADY_REPLACED = ERROR_PREFIX + "alreadyReplaced"
 
 # The media types RFC 8555 gives each kind of answer.
 JSON = "application/json"
@@ -433,6 +434,9 @@ class Directory:
     profiles: tuple[str, ...] | None = None
     # keyChange (RFC 8555 7.3.5), if the CA offers it.
     key_change: str | None = None
+    # renewalInfo (RFC 9773 section 3): where a certificate's suggested
+    # renewal window is; None when the CA offers none.
+    renewal_info: str | None = None
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any], base: str) -> Self:
@@ -448,6 +452,7 @@ class Directory:
 
         revoke = document.get("revokeCert")
         key_change = document.get("keyChange")
+        renewal_info = document.get("renewalInfo")
         terms = None
         meta = document.get("meta")
         if not isinstance(meta, dict):
@@ -463,6 +468,7 @@ class Directory:
             external_account_required=meta.get("externalAccountRequired") is True,
             profiles=_profile_names(meta.get("profiles")),
             key_change=None if key_change is None else url("keyChange"),
+            renewal_info=None if renewal_info is None else url("renewalInfo"),
         )
 
 

@@ -15,7 +15,9 @@ identifier and an iPAddress entry, never in the CSR's subject; a domain
 name as "dns" and a dNSName), for CSRs of the domain key that keyproc
 holds (learned from keyproc, never from netproc), for an account update
 that sets exactly this run's --contact (posted to the account URL), for a
-newOrder's profile only this run's --profile, and never the key itself.
+newOrder's profile only this run's --profile, for a newOrder's `replaces`
+(RFC 9773) only the ARI identifier of the certificate this run replaces,
+and never the key itself.
 An external account binding (RFC 8555 7.3.4) is built here, from the kid
 and HMAC key of this run's configuration (the key file is read before the
 sandbox, like the account key): netproc only asks for "a newAccount with
@@ -42,6 +44,17 @@ path and keeps the old one as KEY.old-TIME (keyfiles.replace_account_key).
 A lying netproc can have that done without the CA's consent: at worst the
 account key file then holds a key that the CA does not know, and the old
 key, still known to the CA, is kept beside it.
+
+`replaces`: the supervisor computes the identifier from the installed
+certificate when it builds the settings (cli.role_settings), so netproc
+cannot choose it.  Where the settings cannot know the certificate - a
+--daemon run, whose certificate changes while acctproc runs, and a role in
+its own container, which cannot read the certificate directory - any
+well-formed identifier is signed (settings.replaces_any).  The residual
+risk there: an attacker in netproc can have an order for this run's names
+claim to replace another certificate of the same account, which at worst
+makes the CA treat that one as replaced (no renewal exemption, no second
+replacement for it); it gains no certificate and no names.
 """
 
 import contextlib
@@ -65,7 +78,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from letskencrypt import fsutil, keyfiles, keys, process, rpc
+from letskencrypt import ari, fsutil, keyfiles, keys, process, rpc
 from letskencrypt.b64 import b64url, b64url_decode
 from letskencrypt.certs import san_names
 from letskencrypt.constants import REVOCATION_REASON_CODES, default_audit_log
@@ -168,7 +181,7 @@ POLICY: dict[str, frozenset[str]] = {
 EMBEDS_JWK = frozenset({NEW_ACCOUNT})
 
 NEW_ACCOUNT_FIELDS = frozenset({"termsOfServiceAgreed", "onlyReturnExisting", "contact"})
-NEW_ORDER_FIELDS = frozenset({"identifiers", "notBefore", "notAfter", "profile"})
+NEW_ORDER_FIELDS = frozenset({"identifiers", "notBefore", "notAfter", "profile", "replaces"})
 REVOKE_FIELDS = frozenset({"certificate", "reason"})
 ACCOUNT_UPDATE_FIELDS = frozenset({"contact", "termsOfServiceAgreed"})
 JWS_FIELDS = frozenset({"protected", "payload", "signature"})
@@ -325,6 +338,11 @@ class RunPolicy:
     binding: ExternalAccountBinding | None = None
     # The one profile a newOrder must ask for (None: it asks for none).
     profile: str | None = None
+    # The ARI identifier of the certificate this run replaces, the only
+    # `replaces` a newOrder may carry (None: none); `replaces_any`: any
+    # well-formed one (see check_replaces).
+    replaces: str | None = None
+    replaces_any: bool = False
 
     @classmethod
     def from_settings(
@@ -350,6 +368,8 @@ class RunPolicy:
             domain_key=domain_key,
             binding=binding,
             profile=settings.profile,
+            replaces=settings.replaces,
+            replaces_any=settings.replaces_any,
         )
 
     def judge(self, request: Request) -> str:
@@ -449,6 +469,8 @@ class RunPolicy:
             ):
                 raise refuse(f"{name} is not a timestamp")
         self.check_profile(document.get("profile"), refuse)
+        if "replaces" in document:
+            self.check_replaces(document["replaces"], refuse)
         identifiers = document["identifiers"]
         if not isinstance(identifiers, list) or not 0 < len(identifiers) <= MAX_IDENTIFIERS:
             raise refuse(f"identifiers is not a list of 1 to {MAX_IDENTIFIERS} identifiers")
@@ -483,6 +505,19 @@ class RunPolicy:
             raise refuse(f"profile {shown!r}: this run asks for no profile (--profile)")
         if profile != self.profile:
             raise refuse(f"profile {shown!r} is not this run's profile {self.profile!r}")
+
+    def check_replaces(self, replaces: object, refuse: "Refuser") -> None:
+        """A newOrder's `replaces` (RFC 9773 5): a well-formed ARI identifier,
+        and the one of the certificate this run replaces (its settings')."""
+        if not ari.is_cert_id(replaces):
+            raise refuse("replaces is not an ARI certificate identifier")
+        if self.replaces_any:
+            return
+        if self.replaces is None:
+            raise refuse("replaces: this run replaces no certificate")
+        if replaces != self.replaces:
+            raise refuse(f"replaces {replaces!r} is not the installed certificate's "
+                         f"{self.replaces!r}")  # fmt: skip
 
     def check_names(self, names: list[str], what: str, refuse: "Refuser") -> None:
         if len(set(names)) != len(names) or set(names) != set(self.names):
@@ -740,6 +775,21 @@ def csr_names(csr: x509.CertificateSigningRequest, refuse: Refuser) -> list[str]
 # --- the audit log ---------------------------------------------------------------
 
 
+def replaces_field(request: Request) -> str | None:
+    """What a request's payload says it `replaces` (RFC 9773), for the audit
+    log: the value made terminal-safe, "(not text)", or None without one."""
+    if request.post_as_get or len(request.payload) > MAX_PAYLOAD:
+        return None
+    try:
+        document = json.loads(request.payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict) or "replaces" not in document:
+        return None
+    value = document["replaces"]
+    return safe_text(value, 200) if isinstance(value, str) else "(not text)"
+
+
 class AuditLog:
     """One JSON line per Sign request, appended through a descriptor opened
     before the sandbox: netproc never learns where it is, and cannot write it."""
@@ -783,11 +833,13 @@ class AuditLog:
         binding: str | None = None,
         asked_binding: bool = False,
         new_key: str | None = None,
+        replaces: str | None = None,
     ) -> None:
         """One line: `payload` is netproc's (for a key change, what acctproc
         built); `binding`, the kid of the external account binding acctproc
         added to what it signed; `asked_binding`, that netproc asked for one;
-        `new_key`, the SHA-256 of a rollover's new public key."""
+        `new_key`, the SHA-256 of a rollover's new public key; `replaces`,
+        the `replaces` of a newOrder (see replaces_field)."""
         entry: dict[str, str] = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "url": url[:MAX_URL_LENGTH],
@@ -799,6 +851,8 @@ class AuditLog:
             entry["external_account_binding"] = "asked"
         if binding is not None:
             entry["external_account_binding"] = safe_text(binding, 200)
+        if replaces is not None:
+            entry["replaces"] = replaces
         if new_key is not None:
             entry["new_key_sha256"] = new_key
         if reason is not None:
@@ -874,11 +928,12 @@ class AccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
 
     def sign(self, asked: Request) -> account_pb2.SignReply:
         bound = asked.external_account_binding
+        replaces = replaces_field(asked)
         try:
             kind = self.policy.judge(asked)
         except Refused as refusal:
             self.audit.record(asked.url, refusal.kind, asked.payload, "refused", refusal.reason,
-                              asked_binding=bound)  # fmt: skip
+                              asked_binding=bound, replaces=replaces)  # fmt: skip
             self.log.info(str(refusal))
             raise
         payload = self.policy.payload_to_sign(asked)
@@ -891,7 +946,8 @@ class AccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
         binding = self.policy.binding
         # Recorded before netproc can use it: no line, no signature.
         self.audit.record(asked.url, kind, asked.payload, "signed",
-                          binding=binding.kid if bound and binding else None)  # fmt: skip
+                          binding=binding.kid if bound and binding else None,
+                          replaces=replaces)  # fmt: skip
         return account_pb2.SignReply(
             protected=jws["protected"], payload=jws["payload"], signature=jws["signature"]
         )

@@ -39,8 +39,18 @@ registers an account or orders anything.  Every run that reached the
 account reports it (URL, contact, status as the CA showed them) to the
 supervisor on the counts line, under "account".
 
+Renewal information (RFC 9773): when revokeproc's lifetime rule finds the
+certificate current, netproc asks the CA's renewalInfo for revokeproc's
+ARI identifier of it (unless a note, from a --config run's state or an
+earlier check of this daemon, still holds), picks a time in the window
+(ari.py) and renews once it has come; a CA without renewalInfo, or a
+request for it that fails, leaves the lifetime rule alone to decide.  A
+renewal's newOrder carries `replaces`, which acctproc checks against its
+own configuration.  The note goes to the supervisor on the marker line.
+
 Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
-2 nothing to do, and then no request at all reached the CA.  In daemon mode
+2 nothing to do: no order, and no request reached the CA but the unsigned
+ones for its renewal information (none with --no-ari).  In daemon mode
 it checks on a schedule (interval plus random jitter), backs off after a
 failure (doubling, up to the interval) but never orders again sooner than
 the CA asked, and exits 0 on SIGTERM.
@@ -57,10 +67,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import grpc
 
-from letskencrypt import acme, process, rpc
+from letskencrypt import acme, ari, process, rpc
 from letskencrypt.b64 import b64url
 from letskencrypt.constants import (
     CHALLENGE_DNS_01,
@@ -74,7 +85,7 @@ from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.fsutil import FileTooLarge, NotRegularFile, read_file
 from letskencrypt.relay import COUNTS_MARKER
-from letskencrypt.settings import NetprocSettings, Schedule
+from letskencrypt.settings import AriNote, NetprocSettings, Schedule
 from letskencrypt.spec import READ, Fs, Grant, Network, RoleSpec
 from letskencrypt.v1 import (
     account_pb2,
@@ -90,7 +101,7 @@ from letskencrypt.v1 import (
     resolver_pb2,
     resolver_pb2_grpc,
 )
-from letskencrypt.validate import parse_dns_server
+from letskencrypt.validate import parse_dns_server, safe_text
 
 # OpenSSL's configuration and the system's trust anchors, for the CA's TLS
 # (not /etc/ssl/private); --ca-bundle is read before the sandbox.
@@ -120,6 +131,8 @@ SPEC = RoleSpec(
 KEY_DEADLINE = 20.0
 # The longest the daemon waits because the CA asked it to.
 MAX_CA_WAIT = 7 * 86400.0
+# The shortest wait for the time picked in a renewal window.
+MIN_ARI_WAIT = 1.0
 
 
 class RemoteSigner:
@@ -433,22 +446,48 @@ def load_trust_anchors(path: str | None) -> bytes:
     return data
 
 
-def obtain(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) -> int:
+class AriState:
+    """What this netproc knows of the CA's renewal information: the last
+    note (a --config run's state file gives the first), and it goes on
+    the marker line for the supervisor."""
+
+    def __init__(self, settings: NetprocSettings) -> None:
+        self.enabled = settings.ari
+        self.note: AriNote | None = settings.ari_note
+
+
+def obtain(
+    peers: Peers,
+    settings: NetprocSettings,
+    ca_pem: bytes,
+    log: Logger,
+    ari_state: AriState | None = None,
+) -> int:
     """Issue or renew, unless revokeproc says the current certificate is fine
-    or offers one that an earlier run kept."""
+    (and the CA's renewal information does not say otherwise) or offers
+    one that an earlier run kept."""
+    ari_state = ari_state or AriState(settings)
     check = rpc.call(peers.renewal.Check, renewal_pb2.CheckRequest(), peer="revokeproc")
     if check.kept_chain_pem and install_kept(peers, check.kept_chain_pem, log):
         return EXIT_CHANGED
+    client = None
     if check.decision == renewal_pb2.DECISION_UP_TO_DATE:
-        log.info(f"certificate is up to date: {check.reason}")
-        return EXIT_NOTHING_TO_DO
-    if check.decision not in (renewal_pb2.DECISION_ISSUE, renewal_pb2.DECISION_RENEW):
+        client, due = due_by_ari(peers, settings, ca_pem, log, check.ari_cert_id, ari_state)
+        if not due:
+            log.info(f"certificate is up to date: {check.reason}")
+            return EXIT_NOTHING_TO_DO
+    elif check.decision in (renewal_pb2.DECISION_ISSUE, renewal_pb2.DECISION_RENEW):
+        log.info(check.reason)
+    else:
         raise InputError("revokeproc gave no decision")
-    log.info(check.reason)
-    client = connect_ca(peers, settings, ca_pem, log)
+    client = client or connect_ca(peers, settings, ca_pem, log)
     check_profile(client.directory(), settings.profile)
     find_account(client, settings, log)
     note_account(client)
+    # The order replaces the installed certificate (RFC 9773 5) where the CA speaks ARI.
+    replaces = None
+    if check.ari_cert_id and client.directory().renewal_info is not None:
+        replaces = check.ari_cert_id
     publish: Callable[..., None] = peers.publish
     withdraw: Callable[..., None] = peers.withdraw
     dns = DnsChallenge(peers, settings, log) if settings.challenge == CHALLENGE_DNS_01 else None
@@ -464,6 +503,7 @@ def obtain(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) 
             withdraw=withdraw,
             thumbprint=peers.signer.thumbprint(),
             profile=settings.profile,
+            replaces=replaces,
             challenge=settings.challenge,
         )
     finally:
@@ -477,7 +517,82 @@ def obtain(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) 
         peer="certproc",
     )
     log.info(f"certificate serial {reply.serial_hex} valid until {reply.not_after}")
+    if ari_state.enabled:
+        learn_ari(peers, client, ari_state, log)
     return EXIT_CHANGED
+
+
+def learn_ari(
+    peers: Peers, client: acme.AcmeClient, ari_state: AriState, log: Logger
+) -> None:
+    """The renewal information of the certificate just installed, asked at
+    once (RFC 9773 4.3) so that the next run need not.  The certificate is
+    installed: nothing here can fail the run."""
+    try:
+        new = rpc.call(peers.renewal.Check, renewal_pb2.CheckRequest(), peer="revokeproc")
+    except LetskencryptError as error:
+        log.notice(f"renewal information (ARI) of the new certificate not asked: {error}")
+        return
+    if new.ari_cert_id:
+        ari_state.note = ask_ari(client, new.ari_cert_id, log) or ari_state.note
+
+
+def due_by_ari(
+    peers: Peers,
+    settings: NetprocSettings,
+    ca_pem: bytes,
+    log: Logger,
+    cert_id: str,
+    ari_state: AriState,
+) -> tuple[acme.AcmeClient | None, bool]:
+    """Whether the CA's renewal information (RFC 9773) makes a certificate
+    that the lifetime rule finds current due now, and the client that
+    asked the CA (None if nothing was asked: a note that still holds,
+    --no-ari, or a certificate without an ARI identifier).  Asking fails
+    only into "not due": the lifetime rule decides then."""
+    if not ari_state.enabled or not cert_id:
+        return None, False
+    now = datetime.now(UTC)
+    verdict, why = ari.judge(ari_state.note, cert_id, now)
+    client = None
+    if verdict == ari.ASK:
+        client = connect_ca(peers, settings, ca_pem, log)
+        ari_state.note = ask_ari(client, cert_id, log, now) or ari_state.note
+        verdict, why = ari.judge(ari_state.note, cert_id, now)
+    if verdict == ari.RENEW:
+        assert ari_state.note is not None
+        explanation = ari_state.note.explanation
+        told = f" (the CA explains: {safe_text(explanation, 300)})" if explanation else ""
+        log.notice(f"renewing early, as the CA's renewal information suggests: {why}{told}")
+        return client, True
+    if verdict == ari.WAIT:
+        log.info(f"renewal information: {why}")
+    return client, False
+
+
+def ask_ari(
+    client: acme.AcmeClient, cert_id: str, log: Logger, now: datetime | None = None
+) -> AriNote | None:
+    """The CA's renewal information for the certificate `cert_id` as a
+    note (the time picked in its window); a note of "no ARI" for a CA whose
+    directory has no renewalInfo; None, logged, when asking failed."""
+    now = now or datetime.now(UTC)
+    try:
+        if client.directory().renewal_info is None:
+            log.info("the CA offers no renewal information (ARI): the lifetime rule decides")
+            return ari.no_ari(now)
+        window, retry_after = client.renewal_info(cert_id)
+    except LetskencryptError as error:
+        log.notice(f"renewal information (ARI) for {cert_id}: {error}; "
+                   "the lifetime rule decides")  # fmt: skip
+        return None
+    note = ari.note(cert_id, window, retry_after, now)
+    log.info(f"renewal information for {cert_id}: {ari.window_text(note)}; picked "
+             f"{ari.format_time(note.chosen)}, not asked again before "
+             f"{ari.format_time(note.retry_until)}")  # fmt: skip
+    if window.explanation:
+        log.info(f"the CA explains its renewal window: {safe_text(window.explanation, 300)}")
+    return note
 
 
 def install_kept(peers: Peers, pem_chain: bytes, log: Logger) -> bool:
@@ -644,19 +759,36 @@ def wait_after_failure(
     return granted, ", as the CA asks"
 
 
+def until_ari_renewal(note: AriNote | None) -> float:
+    """Seconds to the time picked in the CA's renewal window (inf: none
+    ahead); the CA is not asked again before its Retry-After all the same
+    (ari.judge)."""
+    if note is None or note.chosen is None:
+        return math.inf
+    return max(note.chosen - time.time(), MIN_ARI_WAIT)
+
+
 def keep_renewing(
-    peers: Peers, settings: NetprocSettings, schedule: Schedule, ca_pem: bytes, log: Logger
+    peers: Peers,
+    settings: NetprocSettings,
+    schedule: Schedule,
+    ca_pem: bytes,
+    log: Logger,
+    ari_state: AriState | None = None,
 ) -> int:
-    """Daemon mode: check, renew when due, wait, until SIGTERM."""
+    """Daemon mode: check, renew when due, wait, until SIGTERM.  The next
+    check comes no later than the time picked in the CA's renewal window."""
+    ari_state = ari_state or AriState(settings)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
     failures = 0
     while not stopping.is_set():
         try:
-            if obtain(peers, settings, ca_pem, log) == EXIT_CHANGED:
+            if obtain(peers, settings, ca_pem, log, ari_state) == EXIT_CHANGED:
                 log.error("installed a new certificate")
             failures = 0
             delay = schedule.interval + random.uniform(0, schedule.jitter)  # noqa: S311
+            delay = min(delay, until_ari_renewal(ari_state.note))
         except LetskencryptError as error:
             failures += 1
             delay, why = wait_after_failure(schedule, failures, error)
@@ -679,6 +811,7 @@ def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
     except LetskencryptError as error:
         problem = error
     peers = Peers(config.run_dir, config.instance)
+    ari_state = AriState(settings)
     code = EXIT_FAILED
     interrupted = False
     try:
@@ -695,9 +828,9 @@ def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
         elif settings.deactivate:
             code = deactivate(peers, settings, ca_pem, log)
         elif settings.daemon:
-            code = keep_renewing(peers, settings, settings.daemon, ca_pem, log)
+            code = keep_renewing(peers, settings, settings.daemon, ca_pem, log, ari_state)
         else:
-            code = obtain(peers, settings, ca_pem, log)
+            code = obtain(peers, settings, ca_pem, log, ari_state)
     except Interrupted:
         interrupted = True
     except LetskencryptError as error:
@@ -709,6 +842,8 @@ def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
             counts: dict[str, object] = {
                 "requests": acme.COUNTS.requests, "orders": acme.COUNTS.orders
             }
+            if ari_state.note is not None:
+                counts["ari"] = ari.note_to_json(ari_state.note)
             if ACCOUNT:
                 counts["account"] = ACCOUNT
             sys.stdout.write(f"{COUNTS_MARKER}{json.dumps(counts)}\n")

@@ -16,6 +16,12 @@ for renewal, Check hands it to netproc with the decision (kept_chain_pem),
 and netproc submits it to certproc, which checks it again, key included,
 before fileproc installs it: no new order.  Anything less is only logged,
 and the run goes on as it would have.
+
+Check also gives the certificate's ARI identifier (RFC 9773 4.1) and when
+the lifetime rule makes it due: netproc asks the CA's renewal information
+with the one and weighs it against the other, and a renewal's newOrder says
+it `replaces` the certificate (acctproc signs only the identifier its own
+configuration names).  Only for a trusted certificate for this run's names.
 """
 
 import os
@@ -26,7 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from letskencrypt import process, rpc
-from letskencrypt.certs import configured_anchors, parse_pem_chain, trust_problem
+from letskencrypt.certs import ari_cert_id, configured_anchors, parse_pem_chain, trust_problem
 from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import (
     CertificateFileError,
@@ -35,7 +41,13 @@ from letskencrypt.errors import (
     InputError,
 )
 from letskencrypt.filestore import read_pending
-from letskencrypt.renewal import Decision, decide, load_certificate_file, load_chain_file
+from letskencrypt.renewal import (
+    Decision,
+    decide,
+    load_certificate_file,
+    load_chain_file,
+    renewal_due,
+)
 from letskencrypt.settings import RevokeprocSettings
 from letskencrypt.spec import Fs, Grant, RoleSpec
 from letskencrypt.v1 import renewal_pb2, renewal_pb2_grpc
@@ -125,8 +137,13 @@ class RenewalService(rpc.Servicer, renewal_pb2_grpc.RenewalServicer):
         # -F forces one renewal, not one per check of a long-running pod.
         self.force = False
         self.log.info(f"{decision.name.lower().replace('_', ' ')}: {reason}")
+        ari_cert_id, due_at = replaced(certificate, self.names, distrust)
         return renewal_pb2.CheckReply(
-            decision=DECISIONS[decision], reason=reason, kept_chain_pem=self.kept_chain(now)
+            decision=DECISIONS[decision],
+            reason=reason,
+            kept_chain_pem=self.kept_chain(now),
+            ari_cert_id=ari_cert_id,
+            due_at=due_at,
         )
 
     @rpc.guarded
@@ -137,6 +154,19 @@ class RenewalService(rpc.Servicer, renewal_pb2_grpc.RenewalServicer):
         if certificate is None:
             return renewal_pb2.CurrentReply()
         return renewal_pb2.CurrentReply(certificate_der=certificate.public_bytes(Encoding.DER))
+
+
+def replaced(
+    certificate: x509.Certificate | None, names: list[str], distrust: str | None
+) -> tuple[str, int]:
+    """The ARI identifier of the certificate a renewal replaces and when the
+    lifetime rule makes it due (unix seconds): ("", 0) unless it is a
+    trusted certificate for this run's names (a CA is not told that an
+    order replaces a certificate for other names, or one it did not issue)."""
+    due = renewal_due(certificate, names, distrust)
+    if certificate is None or due.at is None:
+        return "", 0
+    return ari_cert_id(certificate) or "", int(due.at.timestamp())
 
 
 def run(config: RoleConfig[RevokeprocSettings], log: Logger) -> int:

@@ -24,23 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dletskencrypt/v1/renewal.proto\x12\x0fletskencrypt.v1\"\x0e\n\x0c\x43heckRequest\"a\n\nCheckReply\x12+\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x19.letskencrypt.v1.Decision\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x16\n\x0ekept_chain_pem\x18\x03 \x01(\x0c\"\x10\n\x0e\x43urrentRequest\"\'\n\x0c\x43urrentReply\x12\x17\n\x0f\x63\x65rtificate_der\x18\x01 \x01(\x0c*e\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ISSUE\x10\x01\x12\x12\n\x0e\x44\x45\x43ISION_RENEW\x10\x02\x12\x17\n\x13\x44\x45\x43ISION_UP_TO_DATE\x10\x03\x32\x99\x01\n\x07Renewal\x12\x43\n\x05\x43heck\x12\x1d.letskencrypt.v1.CheckRequest\x1a\x1b.letskencrypt.v1.CheckReply\x12I\n\x07\x43urrent\x12\x1f.letskencrypt.v1.CurrentRequest\x1a\x1d.letskencrypt.v1.CurrentReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dletskencrypt/v1/renewal.proto\x12\x0fletskencrypt.v1\"\x0e\n\x0c\x43heckRequest\"\x86\x01\n\nCheckReply\x12+\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x19.letskencrypt.v1.Decision\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x16\n\x0ekept_chain_pem\x18\x03 \x01(\x0c\x12\x13\n\x0b\x61ri_cert_id\x18\x04 \x01(\t\x12\x0e\n\x06\x64ue_at\x18\x05 \x01(\x03\"\x10\n\x0e\x43urrentRequest\"\'\n\x0c\x43urrentReply\x12\x17\n\x0f\x63\x65rtificate_der\x18\x01 \x01(\x0c*e\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ISSUE\x10\x01\x12\x12\n\x0e\x44\x45\x43ISION_RENEW\x10\x02\x12\x17\n\x13\x44\x45\x43ISION_UP_TO_DATE\x10\x03\x32\x99\x01\n\x07Renewal\x12\x43\n\x05\x43heck\x12\x1d.letskencrypt.v1.CheckRequest\x1a\x1b.letskencrypt.v1.CheckReply\x12I\n\x07\x43urrent\x12\x1f.letskencrypt.v1.CurrentRequest\x1a\x1d.letskencrypt.v1.CurrentReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'letskencrypt.v1.renewal_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISION']._serialized_start=224
-  _globals['_DECISION']._serialized_end=325
+  _globals['_DECISION']._serialized_start=262
+  _globals['_DECISION']._serialized_end=363
   _globals['_CHECKREQUEST']._serialized_start=50
   _globals['_CHECKREQUEST']._serialized_end=64
-  _globals['_CHECKREPLY']._serialized_start=66
-  _globals['_CHECKREPLY']._serialized_end=163
-  _globals['_CURRENTREQUEST']._serialized_start=165
-  _globals['_CURRENTREQUEST']._serialized_end=181
-  _globals['_CURRENTREPLY']._serialized_start=183
-  _globals['_CURRENTREPLY']._serialized_end=222
-  _globals['_RENEWAL']._serialized_start=328
-  _globals['_RENEWAL']._serialized_end=481
+  _globals['_CHECKREPLY']._serialized_start=67
+  _globals['_CHECKREPLY']._serialized_end=201
+  _globals['_CURRENTREQUEST']._serialized_start=203
+  _globals['_CURRENTREQUEST']._serialized_end=219
+  _globals['_CURRENTREPLY']._serialized_start=221
+  _globals['_CURRENTREPLY']._serialized_end=260
+  _globals['_RENEWAL']._serialized_start=366
+  _globals['_RENEWAL']._serialized_end=519
 # @@protoc_insertion_point(module_scope)

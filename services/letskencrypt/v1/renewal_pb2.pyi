@@ -21,14 +21,18 @@ class CheckRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CheckReply(_message.Message):
-    __slots__ = ("decision", "reason", "kept_chain_pem")
+    __slots__ = ("decision", "reason", "kept_chain_pem", "ari_cert_id", "due_at")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     KEPT_CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
+    ARI_CERT_ID_FIELD_NUMBER: _ClassVar[int]
+    DUE_AT_FIELD_NUMBER: _ClassVar[int]
     decision: Decision
     reason: str
     kept_chain_pem: bytes
-    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., reason: _Optional[str] = ..., kept_chain_pem: _Optional[bytes] = ...) -> None: ...
+    ari_cert_id: str
+    due_at: int
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., reason: _Optional[str] = ..., kept_chain_pem: _Optional[bytes] = ..., ari_cert_id: _Optional[str] = ..., due_at: _Optional[int] = ...) -> None: ...
 
 class CurrentRequest(_message.Message):
     __slots__ = ()
