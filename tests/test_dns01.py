@@ -18,7 +18,7 @@ import dns.rdatatype
 import dns.resolver
 import dns.update
 import pytest
-from letskencrypt import dnsupdate
+from letskencrypt import dnsquery, dnsupdate
 from letskencrypt.b64 import b64url
 from letskencrypt.errors import InputError
 from letskencrypt.roles import dnsproc
@@ -255,15 +255,15 @@ def test_the_wait_is_bounded_and_says_who_is_missing_and_why() -> None:
     assert max(clock.sleeps) == MAX_CHECK_WAIT
 
 
-# --- dnsproc's look-ups ----------------------------------------------------------------
+# --- dnsproc's look-ups (dnsquery.py) and its carrying (dnsproc.exchange) -----------------
 
 
 def test_txt_asks_a_server_directly(named: AuthoritativeDns) -> None:
     owner = "_acme-challenge.www.example.test"
     named.add_txt(owner, "v" * 300)  # two strings, joined
     try:
-        assert dnsproc.txt(owner, named.address, named.port) == ["v" * 300]
-        assert dnsproc.txt("_acme-challenge.nothing.example.test", named.address, named.port) == []
+        assert dnsquery.txt(owner, named.address, named.port) == ["v" * 300]
+        assert dnsquery.txt("_acme-challenge.nothing.example.test", named.address, named.port) == []
     finally:
         named.delete_txt(owner)
 
@@ -274,18 +274,18 @@ def test_txt_values_are_bounded(named: AuthoritativeDns) -> None:
         named.add_txt(owner, f"value-{index:02}")
     named.add_txt(owner, "x" * 600)
     try:
-        values = dnsproc.txt(owner, named.address, named.port)
-        assert len(values) == dnsproc.MAX_TXT_VALUES
-        assert all(len(value) <= dnsproc.MAX_TXT_VALUE for value in values)
+        values = dnsquery.txt(owner, named.address, named.port)
+        assert len(values) == dnsquery.MAX_TXT_VALUES
+        assert all(len(value) <= dnsquery.MAX_TXT_VALUE for value in values)
     finally:
         named.delete_txt(owner)
 
 
 def test_the_zone_and_its_servers_as_a_server_has_them(named: AuthoritativeDns) -> None:
-    assert dnsproc.authoritative(OWNER, named.address, named.port) == (
+    assert dnsquery.authoritative(OWNER, named.address, named.port) == (
         "example.test", ["127.0.0.1"])
     with pytest.raises(InputError, match="REFUSED"):
-        dnsproc.authoritative("_acme-challenge.other.test", named.address, named.port)
+        dnsquery.authoritative("_acme-challenge.other.test", named.address, named.port)
 
 
 def test_the_zone_and_its_servers_through_a_resolver(
@@ -296,11 +296,11 @@ def test_the_zone_and_its_servers_through_a_resolver(
     resolver = dns.resolver.Resolver(configure=False)
     resolver.nameservers = [named.address]
     resolver.port = named.port
-    monkeypatch.setattr(dnsproc, "system_resolver", lambda: resolver)
-    assert dnsproc.authoritative(OWNER, None, 0) == ("example.test", ["127.0.0.1"])
+    monkeypatch.setattr(dnsquery, "system_resolver", lambda: resolver)
+    assert dnsquery.authoritative(OWNER, None, 0) == ("example.test", ["127.0.0.1"])
     named.add_txt(OWNER, "through-the-resolver")
     try:
-        assert dnsproc.txt(OWNER, None, 0) == ["through-the-resolver"]
+        assert dnsquery.txt(OWNER, None, 0) == ["through-the-resolver"]
     finally:
         named.delete_txt(OWNER)
 

@@ -33,10 +33,12 @@ import os
 import secrets
 import signal
 import threading
+import types
+from typing import TYPE_CHECKING
 
 import grpc
 
-from letskencrypt import dnsupdate, fsutil, process, rpc
+from letskencrypt import fsutil, process, rpc
 from letskencrypt.constants import CHALLENGE_DNS_01, CHALLENGE_HTTP_01
 from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import InputError
@@ -50,6 +52,9 @@ from letskencrypt.validate import (
     validate_key_authorization,
     validate_token,
 )
+
+if TYPE_CHECKING:
+    from letskencrypt import dnsupdate
 
 
 def challenge_grants(settings: ChngprocSettings) -> list[Grant]:
@@ -163,6 +168,10 @@ class DnsRecords:
 
     def __init__(self, settings: ChngprocSettings, server: str) -> None:
         assert settings.tsig_key is not None
+        # dnspython (about 0.1 s to load) for dns-01 runs only.
+        from letskencrypt import dnsupdate
+
+        self.dns: types.ModuleType = dnsupdate
         self.key = dnsupdate.read_tsig_key(settings.tsig_key)
         self.server = server
         # Bare domain names: "*.example.org" is validated at example.org; an
@@ -206,11 +215,11 @@ class DnsRecords:
         key_authorization = validate_key_authorization(token, request.key_authorization)
         if (name, token) in self.added:
             raise InputError(f"a TXT record for this token at {name} was published already")
-        owner = dnsupdate.owner_of(name)
-        zone = dnsupdate.check_zone(owner, request.zone)
-        value = dnsupdate.txt_value(key_authorization)
+        owner = self.dns.owner_of(name)
+        zone = self.dns.check_zone(owner, request.zone)
+        value = self.dns.txt_value(key_authorization)
         clear = owner not in self.cleared
-        update = dnsupdate.build_update(self.key, zone, owner, add=value, clear=clear)
+        update = self.dns.build_update(self.key, zone, owner, add=value, clear=clear)
         self.cleared.add(owner)
         # From now on it may be there, whatever becomes of the answer.
         self.added[(name, token)] = (owner, zone.to_text(True), value)
@@ -221,14 +230,14 @@ class DnsRecords:
         if record is None:
             raise InputError(f"no TXT record for this token at {name} was published")
         owner, zone, value = record
-        update = dnsupdate.build_update(
-            self.key, dnsupdate.check_zone(owner, zone), owner, remove=value
+        update = self.dns.build_update(
+            self.key, self.dns.check_zone(owner, zone), owner, remove=value
         )
         return self._hand_out(update, (name, token), True, value, owner)
 
     def _hand_out(
         self,
-        update: dnsupdate.Update,
+        update: "dnsupdate.Update",
         record: tuple[str, str],
         removes: bool,
         value: str,
@@ -247,8 +256,8 @@ class DnsRecords:
                 raise InputError("an answer to no update chngproc signed")
             update, record, removes = pending
             try:
-                dnsupdate.check_answer(update, self.key, answer, self.server)
-            except dnsupdate.UpdateRefused:
+                self.dns.check_answer(update, self.key, answer, self.server)
+            except self.dns.UpdateRefused:
                 if not removes:
                     # The server says it added nothing: nothing to withdraw.
                     self.added.pop(record, None)

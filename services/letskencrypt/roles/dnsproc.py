@@ -8,24 +8,17 @@ server and port, TCP to port 53.
 Serves: Resolver on the `dns` edge.  It answers questions and carries
 messages it cannot change (an update is TSIG-signed by chngproc, whose
 check of the signed answer is what counts), nothing else.  Every answer is
-bounded: 8 addresses, 32 TXT values of 512 bytes, 4 KiB of DNS message,
-a few seconds.
+bounded: 8 addresses, 32 TXT values of 512 bytes (dnsquery.py, loaded with
+dnspython by the first dns-01 question only), 4 KiB of DNS message, a few
+seconds.
 """
 
 import ipaddress
 import re
 import socket
 import time
-from collections.abc import Callable
+import types
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.query
-import dns.rcode
-import dns.rdatatype
-import dns.resolver
 import grpc
 
 from letskencrypt import process, rpc
@@ -34,7 +27,7 @@ from letskencrypt.errors import InputError
 from letskencrypt.settings import DnsprocSettings
 from letskencrypt.spec import Fs, Grant, Network, RoleSpec
 from letskencrypt.v1 import resolver_pb2, resolver_pb2_grpc
-from letskencrypt.validate import safe_text
+from letskencrypt.validate import dns_server_text, safe_text
 
 # The resolver's configuration, for getaddrinfo.
 RESOLVER_FILES = (
@@ -102,11 +95,9 @@ def resolve(host: str) -> list[str]:
     return addresses[:MAX_ADDRESSES]
 
 
-MAX_TXT_VALUES = 32
-MAX_TXT_VALUE = 512
 MAX_MESSAGE = 4096
-QUERY_TIMEOUT = 3.0
 EXCHANGE_TIMEOUT = 5.0
+
 # Underscore labels too (_acme-challenge, _validation-persist).
 DNS_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
@@ -129,144 +120,11 @@ def check_server(server: str, port: int) -> tuple[str, int]:
     return address, port
 
 
-def shown(server: str, port: int) -> str:
-    return f"[{server}]:{port}" if ":" in server else f"{server}:{port}"
-
-
-def system_resolver() -> dns.resolver.Resolver:
-    resolver = dns.resolver.Resolver()
-    resolver.lifetime = EXCHANGE_TIMEOUT
-    resolver.timeout = QUERY_TIMEOUT
-    return resolver
-
-
-def ask(server: str, port: int, name: str, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
-    """`name` `rdtype` of `server` itself (no recursion asked); TCP when the
-    UDP answer is truncated."""
-    query = dns.message.make_query(name, rdtype)
-    query.flags &= ~dns.flags.RD
-    where = shown(server, port)
-    try:
-        answer, _tcp = dns.query.udp_with_fallback(query, server, port=port, timeout=QUERY_TIMEOUT)
-    except dns.exception.Timeout:
-        raise InputError(f"DNS server {where} did not answer within {QUERY_TIMEOUT:g} s") from None
-    except (dns.exception.DNSException, OSError) as error:
-        raise InputError(f"DNS server {where}: {safe_text(str(error), 200)}") from None
-    rcode = answer.rcode()
-    if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-        raise InputError(f"DNS server {where}: {dns.rcode.to_text(rcode)} for {name} "
-                         f"{dns.rdatatype.to_text(rdtype)}")  # fmt: skip
-    return answer
-
-
-def txt_values(rrsets: list, name: str) -> list[str]:
-    """The values (strings joined) of `name`'s TXT records, bounded; longer ones left out."""
-    qname = dns.name.from_text(name)
-    values: list[str] = []
-    for rrset in rrsets:
-        if rrset.name != qname or rrset.rdtype != dns.rdatatype.TXT:
-            continue
-        for rdata in rrset:
-            value = b"".join(rdata.strings)
-            if len(value) <= MAX_TXT_VALUE and len(values) < MAX_TXT_VALUES:
-                values.append(value.decode("utf-8", "replace"))
-    return values
-
-
-def txt(name: str, server: str | None, port: int) -> list[str]:
-    if server is not None:
-        return txt_values(ask(server, port, name, dns.rdatatype.TXT).answer, name)
-    try:
-        answer = system_resolver().resolve(name, dns.rdatatype.TXT, raise_on_no_answer=False)
-    except dns.resolver.NXDOMAIN:
-        return []
-    except dns.exception.DNSException as error:
-        raise InputError(f"{name} TXT: {safe_text(str(error), 200)}") from None
-    return txt_values([answer.rrset] if answer.rrset is not None else [], name)
-
-
-def zone_at(server: str, port: int, name: str) -> str:
-    """The zone of `name` as `server` serves it: the owner of the SOA it
-    sends with its answer (authority section), or of the one it holds at
-    the name (the zone's apex)."""
-    answer = ask(server, port, name, dns.rdatatype.SOA)
-    for rrset in (*answer.answer, *answer.authority):
-        if rrset.rdtype == dns.rdatatype.SOA and dns.name.from_text(name).is_subdomain(
-            rrset.name
-        ):
-            return rrset.name.to_text(omit_final_dot=True)
-    raise InputError(f"DNS server {shown(server, port)} is not authoritative for {name}")
-
-
-def addresses_of(
-    targets: list[dns.name.Name],
-    glue: list,
-    lookup: Callable[[dns.name.Name, dns.rdatatype.RdataType], list[str]],
-) -> list[str]:
-    """The addresses of the NS `targets`: glue first, else looked up; at most 8."""
-    found: list[str] = []
-    for target in targets:
-        known = [
-            rdata.address
-            for rrset in glue
-            if rrset.name == target and rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA)
-            for rdata in rrset
-        ]
-        if not known:
-            for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                known += lookup(target, rdtype)
-        for address in known:
-            if address not in found:
-                found.append(address)
-    if not found:
-        raise InputError("none of the zone's NS servers has an address")
-    return found[:MAX_ADDRESSES]
-
-
-def authoritative(name: str, server: str | None, port: int) -> tuple[str, list[str]]:
-    """The zone apex of `name` and its NS servers' addresses: as `server`
-    serves them, or as the system's resolver finds them."""
-    if server is not None:
-        zone = zone_at(server, port, name)
-        answer = ask(server, port, zone, dns.rdatatype.NS)
-
-        def lookup(target: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> list[str]:
-            reply = ask(server, port, target.to_text(), rdtype)
-            return [r.address for rrset in reply.answer if rrset.rdtype == rdtype for r in rrset]
-
-        rrsets, glue = answer.answer, answer.additional
-    else:
-        resolver = system_resolver()
-        try:
-            zone = dns.resolver.zone_for_name(name, resolver=resolver).to_text(True)
-            rrsets = [resolver.resolve(zone, dns.rdatatype.NS).rrset]
-        except dns.exception.DNSException as error:
-            raise InputError(f"the zone of {name}: {safe_text(str(error), 200)}") from None
-        glue = []
-
-        def lookup(target: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> list[str]:
-            try:
-                reply = resolver.resolve(target, rdtype, raise_on_no_answer=False)
-            except dns.exception.DNSException:
-                return []
-            return [r.address for r in reply.rrset or ()]
-
-    targets = [
-        rdata.target
-        for rrset in rrsets
-        if rrset is not None and rrset.rdtype == dns.rdatatype.NS
-        for rdata in rrset
-    ][:MAX_ADDRESSES]
-    if not targets:
-        raise InputError(f"the zone {zone} has no NS records")
-    return zone, addresses_of(targets, glue, lookup)
-
-
 def exchange(message: bytes, server: str, port: int) -> bytes:
     """Send a DNS message over UDP; the answer with its id (from that server)."""
     if not 12 <= len(message) <= MAX_MESSAGE:
         raise InputError(f"a DNS message is 12 to {MAX_MESSAGE} bytes")
-    where = shown(server, port)
+    where = dns_server_text(server, port)
     family = socket.AF_INET6 if ":" in server else socket.AF_INET
     deadline = time.monotonic() + EXCHANGE_TIMEOUT
     with socket.socket(family, socket.SOCK_DGRAM) as udp:
@@ -295,6 +153,14 @@ def exchange(message: bytes, server: str, port: int) -> bytes:
     return answer
 
 
+def dnsquery() -> types.ModuleType:
+    """dns-01's queries, with dnspython, loaded by the first run that asks
+    one: about 0.1 s that the others do not spend."""
+    from letskencrypt import dnsquery
+
+    return dnsquery
+
+
 class ResolverService(rpc.Servicer, resolver_pb2_grpc.ResolverServicer):
     @rpc.guarded
     def Resolve(
@@ -313,7 +179,7 @@ class ResolverService(rpc.Servicer, resolver_pb2_grpc.ResolverServicer):
         server = None
         if request.server:
             server, _port = check_server(request.server, request.port)
-        values = txt(name, server, request.port)
+        values = dnsquery().txt(name, server, request.port)
         self.log.debug(f"{name} TXT -> {len(values)} value(s)")
         return resolver_pb2.TxtReply(values=values)
 
@@ -325,7 +191,7 @@ class ResolverService(rpc.Servicer, resolver_pb2_grpc.ResolverServicer):
         server = None
         if request.server:
             server, _port = check_server(request.server, request.port)
-        zone, servers = authoritative(name, server, request.port)
+        zone, servers = dnsquery().authoritative(name, server, request.port)
         self.log.debug(f"{name}: zone {zone}, servers {' '.join(servers)}")
         return resolver_pb2.AuthoritativeReply(zone=zone, servers=servers)
 
