@@ -217,6 +217,39 @@ def test_sigterm_during_the_propagation_check_leaves_no_record(
     assert not (paths.cert_dir / "cert.pem").exists()
 
 
+def test_the_record_of_a_run_killed_outright_is_removed_by_the_next(
+    ca: Pebble, named: AuthoritativeDns, paths: Paths
+) -> None:
+    """SIGKILL to the whole command during the propagation check: nothing can
+    withdraw the record; the next run for the name replaces it, then removes it."""
+    with AuthoritativeDns(a_records=HOSTS) as elsewhere:
+        argv = [
+            LETSKENCRYPT, "--server", ca.directory_url, "--ca-bundle", ca.ca_bundle,
+            "--trust-anchors", ca.trust_anchors, "-c", str(paths.cert_dir),
+            "-f", str(paths.account_key), "-k", str(paths.domain_key), "-n", "-N",
+            "--challenge", "dns-01", "--dns-server", named.dns_server,
+            "--tsig-key", named.tsig_key_file, "--dns-check-server", elsewhere.dns_server,
+            f"www.{ZONE}",
+        ]  # fmt: skip
+        process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + RUN_TIMEOUT
+            while not acme_records(named) and time.monotonic() < deadline:
+                assert process.poll() is None, process.communicate()[1]
+                time.sleep(0.05)
+            left = acme_records(named)
+            process.kill()
+            process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert list(left) == [f"_acme-challenge.www.{ZONE}"]
+    assert acme_records(named) == left
+    result = run_client(ca, paths, "-n", "-N", *dns_args(named), f"www.{ZONE}")
+    assert result.code == 0, result.stderr
+    assert acme_records(named) == {}
+
+
 def test_a_wildcard_with_http01_is_refused_before_any_request(
     ca: Pebble, paths: Paths
 ) -> None:
