@@ -2,6 +2,7 @@
 audit log and the settings that feed them (see roles/acctproc.py)."""
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
@@ -1443,3 +1444,110 @@ def test_container_acctproc_gets_the_run_through_cli() -> None:
     assert config.settings.audit_log == "/etc/acme/audit.log"
     netproc = container.role_config("netproc", {"DOMAINS": " ".join(NAMES)})
     assert "audit" not in json.dumps(encode(netproc.settings))
+
+
+# --- challenge types (--challenge): a response only of the run's type --------------
+
+
+def challenge(challenge_type: str, **changes: Any) -> Request:
+    return dataclasses.replace(request({}, **changes), challenge_type=challenge_type)
+
+
+def with_challenge(kind: str, operation: str = "issue") -> RunPolicy:
+    return dataclasses.replace(policy(operation), challenge=kind)
+
+
+def test_an_http_01_run_answers_http_01_only() -> None:
+    p = policy("issue")
+    assert p.challenge == "http-01"
+    assert judge(p, challenge("")) == "challenge"  # no type: http-01, as ever
+    assert judge(p, challenge("http-01")) == "challenge"
+    refused(p, challenge("dns-persist-01"), "challenge",
+            "a dns-persist-01 challenge response; this run answers http-01 only")
+    refused(p, challenge("dns-01"), "challenge", "this run answers http-01 only")
+
+
+def test_a_dns_persist_01_run_answers_dns_persist_01_only() -> None:
+    p = with_challenge("dns-persist-01")
+    assert judge(p, challenge("dns-persist-01")) == "challenge"
+    refused(p, challenge(""), "challenge", "a http-01 challenge response; this run answers "
+            "dns-persist-01 only")  # fmt: skip
+    refused(p, challenge("http-01"), "challenge", "this run answers dns-persist-01 only")
+    refused(p, challenge("dns-01"), "challenge", "this run answers dns-persist-01 only")
+    refused(p, challenge("\x1b[2Jdns-persist-01"), "challenge", "only")
+    # Its type changes nothing else: the origin and the run's operation still rule.
+    refused(p, challenge("dns-persist-01", url="https://evil.test/x"), "challenge", "origin")
+    refused(with_challenge("dns-persist-01", "revoke"), challenge("dns-persist-01"),
+            "challenge", "not part of this run")
+
+
+@pytest.mark.parametrize("kind", ["http-01", "dns-persist-01"])
+def test_only_a_challenge_response_names_a_challenge_type(kind: str) -> None:
+    p = with_challenge(kind)
+    refused(p, dataclasses.replace(request(order(*NAMES)), challenge_type=kind), "newOrder",
+            "only a challenge response names a challenge type")
+    refused(p, dataclasses.replace(request(None), challenge_type=kind), "post-as-get",
+            "only a challenge response names a challenge type")
+
+
+def test_the_challenge_type_comes_from_the_settings() -> None:
+    settings = AcctprocSettings(
+        key_path="/k", audit_log="/a", operation="issue", names=tuple(NAMES),
+        directory_url=DIRECTORY, challenge="dns-persist-01",
+    )  # fmt: skip
+    p = RunPolicy.from_settings(settings, ACCOUNT_KEY, keyproc_says())
+    assert p.challenge == "dns-persist-01"
+    assert decode(AcctprocSettings, encode(settings)) == settings
+    with pytest.raises(InputError, match="challenge must be one of"):
+        AcctprocSettings(key_path="/k", audit_log="/a", operation="issue", names=("a.b",),
+                         directory_url=DIRECTORY, challenge="tls-alpn-01")  # fmt: skip
+
+
+def test_a_persist_record_run_signs_the_account_lookup_only() -> None:
+    p = with_challenge("dns-persist-01", "persist-record")
+    assert judge(p, request({"onlyReturnExisting": True}, kid="")) == "newAccount"
+    assert judge(p, request({"termsOfServiceAgreed": True}, kid="")) == "newAccount"
+    assert judge(p, request(None)) == "post-as-get"
+    for req, kind in [
+        (request(order(*NAMES)), "newOrder"),
+        (challenge("dns-persist-01"), "challenge"),
+        (request(finalize(csr())), "finalize"),
+        (request(revocation()), "revokeCert"),
+        (request({"contact": CONTACT}, url=KID), "accountUpdate"),
+        (request({"status": "deactivated"}, url=KID), "deactivate"),
+    ]:
+        refused(p, req, kind, "not part of this run")
+
+
+def test_the_audit_log_keeps_the_challenge_type(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    service = AccountService(
+        ACCOUNT_KEY, with_challenge("dns-persist-01"),
+        AuditLog.open(str(path), str(tmp_path / "k")), Logger("acctproc", 0),
+    )  # fmt: skip
+    answer = account_pb2.SignRequest(url="https://ca.test/chal/1", nonce=NONCE, kid=KID,
+                                     payload=b"{}", challenge_type="dns-persist-01")
+    service.Sign(answer, FakeContext())
+    other = account_pb2.SignRequest(url="https://ca.test/chal/2", nonce=NONCE, kid=KID,
+                                    payload=b"{}")
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        service.Sign(other, context)
+    assert context.details == ("refused to sign challenge: a http-01 challenge response; "
+                               "this run answers dns-persist-01 only")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(e["kind"], e["decision"], e.get("challenge_type")) for e in lines] == [
+        ("challenge", "signed", "dns-persist-01"),
+        ("challenge", "refused", None),
+    ]
+
+
+def test_netproc_settings_know_the_challenge_and_one_operation() -> None:
+    base = {"directory_url": DIRECTORY, "names": tuple(NAMES)}
+    assert NetprocSettings(**base).challenge == "http-01"
+    with pytest.raises(InputError, match="challenge must be one of"):
+        NetprocSettings(**base, challenge="tls-alpn-01")
+    with pytest.raises(InputError, match="more than one operation"):
+        NetprocSettings(**base, persist_record=True, rollover=True)
+    with pytest.raises(InputError, match="more than one operation"):
+        NetprocSettings(**base, persist_record=True, revoke=True)

@@ -245,9 +245,13 @@ class ScriptedTransport:
 class RecordingSigner:
     def __init__(self):
         self.calls: list[tuple[str, str, str | None, bytes | None]] = []
+        # The challenge type each call named (http-01: none named).
+        self.challenge_types: list[str] = []
 
-    def sign(self, url, nonce, kid, payload, external_account_binding=False):
+    def sign(self, url, nonce, kid, payload, external_account_binding=False,
+             challenge_type="http-01"):  # fmt: skip
         self.calls.append((url, nonce, kid, payload))
+        self.challenge_types.append(challenge_type)
         return {"protected": "p", "payload": "", "signature": "s"}
 
 
@@ -930,8 +934,9 @@ def test_dns01_answers_the_dns01_challenge_at_the_identifiers_name(names, value,
         "t" * 43, names, "dns-01",
     )  # fmt: skip
     assert calls == [("publish", "dns_tok-1", where), ("withdraw", "dns_tok-1", where)]
-    # The POST answering the challenge went to the dns-01 one.
+    # The POST answering the challenge went to the dns-01 one, saying so to the signer.
     assert signer.calls[1][0] == f"{BASE}/chall/2"
+    assert signer.challenge_types[1] == "dns-01"
 
 
 def test_dns01_leaves_an_address_to_http01():
@@ -953,6 +958,7 @@ def test_dns01_leaves_an_address_to_http01():
     )  # fmt: skip
     assert calls == [("publish", "tok_en-1", {}), ("withdraw", "tok_en-1", {})]
     assert signer.calls[1][0] == f"{BASE}/chall/1"
+    assert signer.challenge_types[1] == "http-01"
 
 
 def test_dns01_says_what_is_wrong_with_the_cas_dns01_challenge():

@@ -211,6 +211,27 @@ def test_our_domain_directives(line: str, field: str, value: object) -> None:
     assert getattr(one_domain(line), field) == value
 
 
+def test_challenge_per_authority_and_per_domain() -> None:
+    persist = AUTHORITY.replace("\taccount key", "\tchallenge dns-persist-01\n\taccount key")
+    other = AUTHORITY.replace("authority ca", "authority other")
+    domains = "".join(
+        f'domain {handle} {{\n\tdomain key "/k/{handle}"\n\tsign with {authority}\n{extra}}}\n'
+        for handle, authority, extra in [
+            ("a.example", "ca", ""),
+            ("b.example", "ca", "\tchallenge http-01\n"),
+            ("c.example", "other", ""),
+        ]
+    )
+    config = parse(persist + other + domains)
+    assert config.authorities["ca"].challenge == "dns-persist-01"
+    assert config.authorities["other"].challenge is None
+    assert [config.domains[h].challenge for h in ("a.example", "b.example", "c.example")] == [
+        "dns-persist-01", "http-01", "http-01"]
+    assert one_domain("challenge dns-persist-01").challenge == "dns-persist-01"
+    with pytest.raises(ConfigError, match="unsupported challenge type 'dns-02'"):
+        parse(AUTHORITY.replace("\taccount key", "\tchallenge dns-02\n\taccount key"))
+
+
 def test_domain_defaults() -> None:
     domain = one_domain()
     assert (domain.challenge, domain.rotate_key, domain.profile, domain.deploy_hook) == (
@@ -472,7 +493,8 @@ def test_includes_count_towards_the_size_limit(tmp_path: Path) -> None:
     ("  rsa=x\n", "<config>:1:3: reserved word 'rsa' cannot be a macro name"),
     ("a.b = x\n", "<config>:1:1: macro name 'a.b' may only have letters, digits and '_'"),
     (with_domain("challenge tls-alpn-01"),
-     "<config>:7:12: unsupported challenge type 'tls-alpn-01' (supported: http-01, dns-01)"),
+     "<config>:7:12: unsupported challenge type 'tls-alpn-01' "
+     "(supported: http-01, dns-01, dns-persist-01)"),
     (with_domain("challenge dns-01"),
      "<config>:5:1: domain 'example.com': challenge dns-01 needs 'dns server' and"
      " 'tsig key' (in it or its authority)"),

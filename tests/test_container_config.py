@@ -184,7 +184,8 @@ def test_a_refusing_server_answers_with_why_until_stopped(tmp_path: Path) -> Non
     )
     try:
         channel = rpc.connect(str(tmp_path), "key", 3)
-        rpc.wait_ready({"key": channel}, 30)
+        # Both edges, each served once it is bound (one after the other).
+        rpc.wait_ready({"key": channel, "keyinfo": rpc.connect(str(tmp_path), "keyinfo", 3)}, 30)
         assert os.path.exists(tmp_path / "key" / "sock-3")
         assert os.path.exists(tmp_path / "keyinfo" / "sock-3")
         stub = domainkey_pb2_grpc.DomainKeyStub(channel)

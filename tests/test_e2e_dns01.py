@@ -257,8 +257,8 @@ def test_a_wildcard_with_http01_is_refused_before_any_request(
     result = run_client(ca, paths, "-n", "-N", f"*.{ZONE}")
     assert result.code == 1
     assert one_line(result) == (
-        "letskencrypt: *.example.test: a wildcard name can only be validated by dns-01: "
-        "give --challenge dns-01 with --dns-server and --tsig-key"
+        "letskencrypt: invalid domain name '*.example.test': a wildcard name needs "
+        "--challenge dns-01 or dns-persist-01"
     )
     assert ca.request_count() == before
     assert not paths.account_key.exists()

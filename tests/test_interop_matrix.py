@@ -9,7 +9,8 @@ can be read in one place:
 | cell                                   | 2.4 | 2.10 | where                              |
 |----------------------------------------|-----|------|------------------------------------|
 | issue, skip (no request), force        | yes | yes  | here                               |
-| revoke with the account key            | yes | yes  | here                               |
+| revoke with the account key            | yes | yes  | here, test_e2e_revoke.py           |
+| revoke with the domain key, each reason| yes | yes  | test_e2e_revoke.py                 |
 | already revoked: exit 0, files removed | yes | yes  | here                               |
 | contact update                         | yes | yes  | here                               |
 | EAB required / right / wrong key       | yes | yes  | test_e2e_eab_profiles.py           |
@@ -17,6 +18,7 @@ can be read in one place:
 | preferred chain (alternate roots)      | yes | yes  | test_e2e_chains.py                 |
 | key rollover, then issue with new key  | yes | yes  | test_e2e_account.py                |
 | deactivate (-F / terminal / refused)   | yes | yes  | test_e2e_account.py                |
+| IPv4 and IPv6 identifiers              | yes | yes  | test_e2e_ip.py                     |
 | ARI window / replaces / --config state | no renewalInfo: lifetime rule | yes | test_e2e_ari.py |
 """
 

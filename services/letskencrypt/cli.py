@@ -1,5 +1,7 @@
 """letskencrypt: the command line.  Validates everything it is given, then hands
 each role only its own settings and starts the eight of them (native mode).
+`letskencrypt persist-record NAME...` runs them to learn the account and the
+CA's issuer domain name, and prints the dns-persist-01 records to provision.
 
 Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
 2 nothing to do (no request reached the CA).  Interrupted by SIGINT, SIGTERM
@@ -25,7 +27,16 @@ from datetime import UTC, datetime
 from typing import NoReturn
 
 import letskencrypt
-from letskencrypt import anchors, fsutil, interrupts, keyfiles, namespace, runstate, sandbox
+from letskencrypt import (
+    anchors,
+    fsutil,
+    interrupts,
+    keyfiles,
+    namespace,
+    persist,
+    runstate,
+    sandbox,
+)
 from letskencrypt.constants import (
     CHALLENGE_DNS_01,
     CHALLENGE_DNS_PERSIST_01,
@@ -81,7 +92,6 @@ from letskencrypt.validate import (
     KEY_TYPES,
     dns_server_text,
     identifier_type,
-    is_wildcard,
     parse_dns_server,
     safe_text,
     validate_names,
@@ -104,6 +114,7 @@ FORMER_DEFAULT_DOMAIN_KEY = "/etc/ssl/acme/private/privkey.pem"
 DEFAULT_ACCOUNT_KEY = "/etc/acme/privkey.pem"
 DEFAULT_CHALLENGE_DIR = "/var/www/acme"
 MAX_CONTACTS = 10
+MAX_CHECK_SERVERS = 8
 # What preflight wants free where a role writes: a certificate set is a few
 # KiB and a handful of files (and its temporary copy, the links, the backups).
 MIN_FREE_BYTES = 1024 * 1024
@@ -143,20 +154,12 @@ def build_parser() -> Parser:
     add("-v", "--verbose", action="count", default=0, help="more output (-vv: debug)")
     add("-C", "--challenge-dir", default=DEFAULT_CHALLENGE_DIR, metavar="DIR",
         help=f"http-01 challenge directory (default {DEFAULT_CHALLENGE_DIR})")
-    add("--challenge", choices=CHALLENGES, default=CHALLENGE_HTTP_01,
-        help=f"how the CA checks control of the names (default {CHALLENGE_HTTP_01}); "
-        f"{CHALLENGE_DNS_01} publishes TXT records by RFC 2136 update (--dns-server, "
-        "--tsig-key) and is the only one for wildcard names; IP addresses go by "
-        f"{CHALLENGE_HTTP_01} whatever is given")
     add("--dns-server", metavar="ADDR[:PORT]",
         help="dns-01: the DNS server (primary of the names' zones) that takes the signed "
         "updates, an IP address (port 53 by default)")
     add("--tsig-key", metavar="FILE",
         help="dns-01: the TSIG key the updates are signed with, a BIND key statement as "
         "tsig-keygen writes it (hmac-sha256, -384 or -512); only chngproc reads it")
-    add("--dns-check-server", action="append", default=[], metavar="ADDR[:PORT]",
-        help="dns-01: ask these servers whether the record is served before answering the "
-        "challenge, instead of the zone's NS servers (split-horizon DNS; repeatable)")
     add("--dns-propagation-timeout", type=float, default=DEFAULT_DNS_PROPAGATION_TIMEOUT,
         metavar="SECONDS",
         help="dns-01: longest wait for the zone's servers to serve a new record "
@@ -249,6 +252,23 @@ def build_parser() -> Parser:
         help="text (default), or json: one object per line (time, certificate, role, event)")
     add("--metrics-file", metavar="FILE",
         help="write Prometheus textfile metrics here after the run (replaced atomically)")
+    add("--challenge", choices=CHALLENGES, default=CHALLENGE_HTTP_01, metavar="TYPE",
+        help=f"how control of the names is proven: {', '.join(CHALLENGES)} (default "
+        f"{CHALLENGE_HTTP_01}); {CHALLENGE_DNS_01} publishes TXT records by RFC 2136 "
+        "update (--dns-server, --tsig-key), IP addresses going by http-01; "
+        f"{CHALLENGE_DNS_PERSIST_01} needs the record that persist-record prints, and no "
+        "DNS credentials; the DNS challenges allow *.NAME")
+    add("--dns-check-server", action="append", default=[], metavar="ADDR[:PORT]",
+        help="ask this DNS server (an IP address; port 53 by default) directly, without "
+        "recursion, for the records a DNS challenge checks, instead of the system's resolver "
+        "or, for dns-01, the zone's NS servers (split-horizon DNS; repeatable: every one "
+        "must serve them)")
+    add("--wildcard", action="store_true",
+        help="persist-record: records with policy=wildcard, which also cover *.NAME and "
+        "the names below NAME")
+    add("--persist-until", metavar="DATE",
+        help="persist-record: records the CA takes until DATE only (2027-06-30, or "
+        "2027-06-30T12:00:00Z)")
     add("--version", action="version", version=f"letskencrypt {version()}")
     add("domains", nargs="*", metavar="domain",
         help="primary domain, then alternative names (domain names or IP addresses); "
@@ -326,9 +346,27 @@ def origin_text(url: str) -> str:
 
 
 def check_account_operation(args: argparse.Namespace) -> str | None:
-    """The account's own operation this run is for ("rollover", "deactivate"),
-    None for a certificate's; what makes no sense with it is refused."""
+    """The account's own operation this run is for ("rollover", "deactivate",
+    "persist-record"), None for a certificate's; what makes no sense with it
+    is refused."""
     rollover = args.rollover_account_key is not None
+    persist_record = getattr(args, "persist_record", False)
+    if not persist_record and (args.wildcard or args.persist_until):
+        raise InputError("--wildcard and --persist-until go with persist-record")
+    if persist_record:
+        others = {
+            "--rollover-account-key": rollover,
+            "--deactivate-account": args.deactivate_account,
+            "-r": args.revoke,
+            "--daemon": args.daemon,
+            "--rotate-domain-key": args.rotate_domain_key,
+            "--deploy-hook": args.deploy_hook,
+            "--metrics-file": args.metrics_file,
+        }
+        for other, given in others.items():
+            if given:
+                raise InputError(f"persist-record does not go with {other}")
+        return "persist-record"
     if not rollover and not args.deactivate_account:
         return None
     flag = "--rollover-account-key" if rollover else "--deactivate-account"
@@ -373,42 +411,35 @@ def check_new_account_key(path: str, secrets: dict[str, str]) -> str:
     return path
 
 
-DNS_OPTIONS = {
-    "--dns-server": "dns_server",
-    "--tsig-key": "tsig_key",
-    "--dns-check-server": "dns_check_server",
-}
-MAX_CHECK_SERVERS = 8
+DNS01_OPTIONS = {"--dns-server": "dns_server", "--tsig-key": "tsig_key"}
 
 
 @dataclass(frozen=True)
 class DnsChallengeOptions:
-    """dns-01's checked options: canonical server texts, the key file's path."""
+    """dns-01's checked options: the server's canonical text, the key file's path."""
 
     server: str
     tsig_key: str
-    check_servers: tuple[str, ...]
     propagation_timeout: float
 
 
-def check_challenge(
-    args: argparse.Namespace, names: tuple[str, ...], key_readable: bool = True
-) -> DnsChallengeOptions | None:
-    """The run's challenge and its options: wildcards only with dns-01,
-    dns-01 only for domain names, its options only with it.  The TSIG key
-    file must be there and readable; what is in it only chngproc reads."""
-    challenge = args.challenge
-    if challenge == CHALLENGE_DNS_PERSIST_01:
-        raise InputError(f"--challenge {challenge} is not available yet")
-    if challenge != CHALLENGE_DNS_01:
-        for option, attribute in DNS_OPTIONS.items():
+def check_challenge(args: argparse.Namespace) -> str:
+    """--challenge; a wildcard name needs a DNS challenge (validate_names says so)."""
+    if args.dns_check_server and args.challenge == CHALLENGE_HTTP_01 and not args.config:
+        raise InputError("--dns-check-server goes with --challenge dns-01 or dns-persist-01")
+    if args.challenge != CHALLENGE_DNS_01:
+        for option, attribute in DNS01_OPTIONS.items():
             if getattr(args, attribute):
                 raise InputError(f"{option} goes with --challenge {CHALLENGE_DNS_01}")
-        for name in names:
-            if is_wildcard(name):
-                raise InputError(f"{name}: a wildcard name can only be validated by "
-                                 f"{CHALLENGE_DNS_01}: give --challenge {CHALLENGE_DNS_01} "
-                                 "with --dns-server and --tsig-key")  # fmt: skip
+    return typing.cast(str, args.challenge)
+
+
+def check_dns01(
+    args: argparse.Namespace, names: tuple[str, ...], key_readable: bool = True
+) -> DnsChallengeOptions | None:
+    """dns-01's options (None: another challenge).  The TSIG key file must be
+    there and readable; what is in it only chngproc reads."""
+    if args.challenge != CHALLENGE_DNS_01:
         return None
     # dns-01 validates domain names only: the addresses of a certificate go by
     # http-01 (and -C) all the same, but one of addresses alone is no dns-01.
@@ -417,24 +448,26 @@ def check_challenge(
                          f"{CHALLENGE_HTTP_01}")  # fmt: skip
     if not args.dns_server or not args.tsig_key:
         raise InputError(f"--challenge {CHALLENGE_DNS_01} needs --dns-server and --tsig-key")
-    server = dns_server_text(*parse_dns_server(args.dns_server, "--dns-server"))
-    checks = tuple(
-        dns_server_text(*parse_dns_server(text, "--dns-check-server"))
-        for text in args.dns_check_server
-    )
-    if len(checks) > MAX_CHECK_SERVERS:
-        raise InputError(f"at most {MAX_CHECK_SERVERS} --dns-check-server")
     timeout = args.dns_propagation_timeout
     if not 1 <= timeout <= 3600:
         raise InputError("--dns-propagation-timeout must be between 1 and 3600 seconds")
     return DnsChallengeOptions(
-        server=server,
+        server=dns_server_text(*parse_dns_server(args.dns_server, "--dns-server")),
         tsig_key=check_readable_file(args.tsig_key, "--tsig-key")
         if key_readable
         else os.path.abspath(args.tsig_key),
-        check_servers=tuple(dict.fromkeys(checks)),
         propagation_timeout=timeout,
     )
+
+
+def check_dns_servers(texts: list[str]) -> tuple[str, ...]:
+    """--dns-check-server ADDR[:PORT] (repeatable): canonical "ADDR:PORT" texts."""
+    servers = tuple(dict.fromkeys(
+        dns_server_text(*parse_dns_server(text, "--dns-check-server")) for text in texts
+    ))  # fmt: skip
+    if len(servers) > MAX_CHECK_SERVERS:
+        raise InputError(f"at most {MAX_CHECK_SERVERS} --dns-check-server")
+    return servers
 
 
 def check_directory_url(args: argparse.Namespace) -> str:
@@ -887,12 +920,16 @@ def installed_ari_cert_id(cert_dir: str) -> str | None:
     """The ARI identifier (RFC 9773) of the certificate installed in
     `cert_dir`, the one a renewal replaces; None without one (or when it
     cannot be read: revokeproc says why)."""
-    # Here, not at the top: a container's image may lack cryptography.
+    path = os.path.join(cert_dir, "cert.pem")
+    if not os.path.lexists(path):
+        return None
+    # Here, not at the top, and only for a certificate: most roles' images
+    # (sandbox-check runs this there) lack cryptography.
     from letskencrypt.certs import ari_cert_id
     from letskencrypt.renewal import load_certificate_file
 
     try:
-        certificate = load_certificate_file(os.path.join(cert_dir, "cert.pem"))
+        certificate = load_certificate_file(path)
     except LetskencryptError:
         return None
     return None if certificate is None else ari_cert_id(certificate)
@@ -913,13 +950,21 @@ def role_settings(
     path is taken as it is.
     `knows_certificate=False` (a container, which cannot read the
     certificate directory): acctproc signs any well-formed `replaces`."""
-    names = tuple(validate_names(args.domains))
+    account_operation = check_account_operation(args)
+    challenge = check_challenge(args)
+    wildcards = challenge != CHALLENGE_HTTP_01 or account_operation == "persist-record"
+    names = tuple(validate_names(args.domains, wildcards=wildcards))
+    if challenge == CHALLENGE_DNS_PERSIST_01 or account_operation == "persist-record":
+        addresses = [name for name in names if identifier_type(name) == IP]
+        if addresses:
+            raise InputError(f"{addresses[0]}: dns-persist-01 validates domain names, "
+                             "not IP addresses")  # fmt: skip
+    dns_check_servers = check_dns_servers(args.dns_check_server)
     directory_url = check_directory_url(args)
     anchor_pem = check_trust_anchors(args, directory_url) if trust_anchors else None
     # What certproc, fileproc and acctproc may do: only what this run is for.
     # An account operation orders nothing, so the others are told "issue":
     # netproc hands them nothing (and "revoke" would let fileproc remove).
-    account_operation = check_account_operation(args)
     operation = "revoke" if args.revoke else "issue"
     ca_bundle = check_ca_bundle(args.ca_bundle) if args.ca_bundle else None
     contacts = tuple(check_contact(c) for c in args.contact)
@@ -963,7 +1008,7 @@ def role_settings(
     if account_operation == "rollover":
         new_account_key = check_new_account_key(args.rollover_account_key, secrets)
         secrets["new account key"] = new_account_key
-    dns = check_challenge(args, names, tsig_key_readable)
+    dns = check_dns01(args, names, tsig_key_readable)
     if dns is not None:
         if os.path.realpath(dns.tsig_key) in map(os.path.realpath, secrets.values()):
             raise InputError(f"--tsig-key {dns.tsig_key}: give the TSIG key's own file, not "
@@ -997,12 +1042,14 @@ def role_settings(
             ari=not args.no_ari,
             rollover=account_operation == "rollover",
             deactivate=account_operation == "deactivate",
-            challenge=args.challenge,
+            challenge=challenge,
             dns_server=dns.server if dns else None,
-            dns_check_servers=dns.check_servers if dns else (),
+            dns_check_servers=dns_check_servers,
             dns_propagation_timeout=dns.propagation_timeout if dns else (
                 DEFAULT_DNS_PROPAGATION_TIMEOUT
             ),
+            persist_record=account_operation == "persist-record",
+            new_account=account_operation == "persist-record" and args.new_account_key,
             strict=strict,
         ),
         "acctproc": AcctprocSettings(
@@ -1022,6 +1069,7 @@ def role_settings(
             replaces_any=replaces_any,
             idle=with_domain_key,
             new_key_path=new_account_key,
+            challenge=challenge,
             strict=strict,
         ),
         "keyproc": KeyprocSettings(
@@ -1040,7 +1088,7 @@ def role_settings(
         ),
         "dnsproc": DnsprocSettings(strict=strict),
         "chngproc": ChngprocSettings(
-            challenge=args.challenge,
+            challenge=challenge,
             challenge_dir=challenge_dir if http else None,
             names=names if dns else (),
             dns_server=dns.server if dns else None,
@@ -1070,6 +1118,8 @@ def role_settings(
 def main(argv: list[str] | None = None) -> None:
     interrupts.catch()
     arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["persist-record"]:
+        persist_record_main(arguments[1:])
     args = build_parser().parse_args(arguments)
     STYLE.log_format = args.log_format
     if args.config:
@@ -1188,6 +1238,67 @@ def write_metrics(
         metrics.write(os.path.abspath(args.metrics_file), metrics.render(facts, state))
     except OSError as error:
         tell(f"letskencrypt: --metrics-file: {plain_words(error)}")
+
+
+def persist_record_main(arguments: list[str]) -> NoReturn:
+    """`letskencrypt persist-record [options] NAME...`: find the account of
+    the account key (acctproc signs, netproc asks the CA; -n registers it),
+    then print one dns-persist-01 record per name on stdout, in zone-file
+    syntax.  A name and its wildcard share one record, with policy=wildcard."""
+    args = build_parser().parse_args(arguments)
+    args.persist_record = True
+    STYLE.log_format = args.log_format
+    if args.config:
+        raise_usage("persist-record does not go with --config: give the names")
+    if not args.domains:
+        build_parser().error("the following arguments are required: domain")
+    try:
+        settings = role_settings(args)
+        until = persist.parse_persist_until(args.persist_until) if args.persist_until else None
+        user = run_user(args.user)
+        preflight(settings, user)
+        for note in check_keys(settings, os.path.abspath(args.cert_dir)):
+            tell(f"letskencrypt: {note}")
+        supervisor = Supervisor(settings=settings, cert_dir=os.path.abspath(args.cert_dir),
+                                verbosity=args.verbose, run_user=user,
+                                relay=Relay(certificate=args.domains[0]))  # fmt: skip
+        status = supervisor.run()
+        if status == EXIT_CHANGED:
+            report = supervisor.relay.reports.get("netproc", {}).get("persist_record")
+            names = typing.cast(NetprocSettings, settings["netproc"]).names
+            for line in persist_records(report, names, args.wildcard, until):
+                sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+    except OSError as error:
+        tell(f"letskencrypt: {plain_words(error)}")
+        sys.exit(EXIT_FAILED)
+    except LetskencryptError as error:
+        tell(f"letskencrypt: {error}")
+        sys.exit(EXIT_FAILED)
+    interrupts.exit_with(status)
+
+
+def persist_records(
+    report: object, names: tuple[str, ...], wildcard: bool, until: int | None
+) -> list[str]:
+    """The records for `names` from netproc's report (the account URL and the
+    CA's issuer domain names, its word: checked for form here)."""
+    if not isinstance(report, dict):
+        raise InputError("netproc reported no account and issuer domain name")
+    issuers = persist.check_issuer_names(report.get("issuers"), "the CA's caaIdentities")
+    account = report.get("account")
+    if not isinstance(account, str):
+        raise InputError("netproc reported no account URL")
+    persist.check_account_uri(account)
+    bases: dict[str, bool] = {}
+    for name in names:
+        base = persist.base_name(name)
+        bases[base] = bases.get(base, False) or wildcard or name != base
+    return [
+        persist.zone_line(base, persist.issue_value(
+            issuers[0], account, wildcard=covers, persist_until=until))
+        for base, covers in bases.items()
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":

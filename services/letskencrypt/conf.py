@@ -30,10 +30,11 @@ Where this parser differs from OpenBSD's, it is on purpose:
 * Include paths are relative to the directory of the including file.
 * The first error ends the parse; its message is `file:line:column: message`.
 
-Our dns-01 directives, in an authority block (for all its domains) or a
-domain block (for that one, over its authority's): `challenge dns-01`,
-`dns server ADDR[:PORT]`, `tsig key FILE` and `dns check server ADDR[:PORT]
-...` (one or more on the line).  Addresses are IP addresses, checked here.
+Our DNS challenge directives, in an authority block (for all its domains)
+or a domain block (for that one, over its authority's): `challenge TYPE`
+(http-01, dns-01, dns-persist-01), for dns-01 `dns server ADDR[:PORT]` and
+`tsig key FILE`, for both DNS challenges `dns check server ADDR[:PORT] ...`
+(one or more on the line).  Addresses are IP addresses, checked here.
 """
 
 import os
@@ -42,7 +43,7 @@ import string
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from letskencrypt.constants import CHALLENGE_DNS_01, CHALLENGE_HTTP_01
+from letskencrypt.constants import CHALLENGE_DNS_01, CHALLENGE_DNS_PERSIST_01, CHALLENGE_HTTP_01
 from letskencrypt.errors import InputError
 from letskencrypt.validate import KEY_TYPES, dns_server_text, parse_dns_server
 
@@ -52,7 +53,10 @@ MAX_INCLUDE_DEPTH = 16
 MAX_STRING = 8094  # OpenBSD's token buffer
 MAX_EXPANSION = 1 << 20  # characters produced by macro expansion, all told
 
-CHALLENGE_TYPES = (CHALLENGE_HTTP_01, CHALLENGE_DNS_01)
+# The first is the default.  dns-01 needs a DNS server and a TSIG key;
+# dns-persist-01 a record that `letskencrypt persist-record` prints, and no
+# DNS credentials.
+CHALLENGE_TYPES = (CHALLENGE_HTTP_01, CHALLENGE_DNS_01, CHALLENGE_DNS_PERSIST_01)
 MAX_CHECK_SERVERS = 8
 OPENBSD_KEY_TYPES = {"rsa": "rsa4096", "ecdsa": "ecdsa384"}
 
@@ -737,7 +741,9 @@ class _Parser:
                               "'dns server' and 'tsig key' (in it or its authority)",
                               settings.location)
         if challenge != CHALLENGE_DNS_01:
-            dns = {"dns_server": None, "tsig_key": None, "dns_check_servers": ()}
+            dns.update(dns_server=None, tsig_key=None)
+        if challenge == CHALLENGE_HTTP_01:
+            dns["dns_check_servers"] = ()
         return Domain(
             handle=draft.handle,
             names=tuple(dict.fromkeys([primary, *draft.names])),

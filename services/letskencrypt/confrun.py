@@ -52,7 +52,6 @@ PER_CERTIFICATE = {
     "challenge": ("--challenge", "challenge", cli.CHALLENGE_HTTP_01),
     "dns_server": ("--dns-server", "dns server", None),
     "tsig_key": ("--tsig-key", "tsig key", None),
-    "dns_check_server": ("--dns-check-server", "dns check server", []),
 }
 
 
@@ -103,6 +102,7 @@ def domain_arguments(
     one.eab_hmac_key = authority.eab_hmac_key
     one.profile = domain.profile
     one.preferred_chain = domain.preferred_chain
+    one.challenge = domain.challenge
     one.domain_key = domain.domain_key
     one.key_type = args.key_type or domain.domain_key_type
     one.cert_dir = domain.certificate_directory or os.path.join(
@@ -112,7 +112,8 @@ def domain_arguments(
     one.challenge = domain.challenge
     one.dns_server = domain.dns_server
     one.tsig_key = domain.tsig_key
-    one.dns_check_server = list(domain.dns_check_servers)
+    # The file's, else the command line's (for every certificate).
+    one.dns_check_server = list(domain.dns_check_servers) or list(args.dns_check_server)
     one.rotate_domain_key = args.rotate_domain_key or domain.rotate_key
     # A --config daemon is confrun's loop; each run of a certificate is one-shot.
     one.daemon = False

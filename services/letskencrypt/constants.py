@@ -121,9 +121,11 @@ REVOKE_WITH_ACCOUNT = "account"
 REVOKE_WITH_DOMAIN_KEY = "domain-key"
 REVOKE_WITH = (REVOKE_WITH_ACCOUNT, REVOKE_WITH_DOMAIN_KEY)
 
-# --- challenges ------------------------------------------------------------------------
+# --- challenges ----------------------------------------------------------------------
 
-# --challenge: how the CA is shown control of the names (RFC 8555 section 8).
+# --challenge: how a run proves control of its names.  http-01 (RFC 8555 8.3)
+# is the default; dns-01 (8.4) needs DNS credentials; dns-persist-01
+# (draft-ietf-acme-dns-persist) a TXT record provisioned once, none.
 CHALLENGE_HTTP_01 = "http-01"
 CHALLENGE_DNS_01 = "dns-01"
 CHALLENGE_DNS_PERSIST_01 = "dns-persist-01"

@@ -1,9 +1,10 @@
-"""dns-01's DNS queries for dnsproc (dnspython): TXT records, asked of one
-server directly or through the system's resolver, and the zone of a name
-with its NS servers' addresses.  Every answer is bounded: 32 TXT values of
-512 bytes, 8 addresses, a few seconds per question.
+"""The DNS challenges' queries for dnsproc (dnspython): TXT records, asked
+of one server directly or through the system's resolver, and the zone of a
+name with its NS servers' addresses.  Every answer is bounded:
+MAX_TXT_VALUES values of at most MAX_TXT_VALUE bytes, 8 addresses, a few
+seconds per question.
 
-dnsproc loads this on the first dns-01 question: the other runs do without
+dnsproc loads this on the first such question: the other runs do without
 dnspython (about 0.1 s to load).
 """
 
@@ -19,10 +20,9 @@ import dns.rdatatype
 import dns.resolver
 
 from letskencrypt.errors import InputError
+from letskencrypt.persist import MAX_TXT_VALUE, MAX_TXT_VALUES
 from letskencrypt.validate import dns_server_text, safe_text
 
-MAX_TXT_VALUES = 32
-MAX_TXT_VALUE = 512
 MAX_ADDRESSES = 8
 QUERY_TIMEOUT = 3.0
 LIFETIME = 5.0
@@ -54,30 +54,41 @@ def ask(server: str, port: int, name: str, rdtype: dns.rdatatype.RdataType) -> d
     return answer
 
 
-def txt_values(rrsets: list, name: str) -> list[str]:
-    """The values (strings joined) of `name`'s TXT records, bounded; longer ones left out."""
-    qname = dns.name.from_text(name)
+def txt_values(answer: dns.message.Message, name: dns.name.Name) -> list[str]:
+    """Each TXT record of `name` in `answer`, its strings joined, bounded."""
     values: list[str] = []
-    for rrset in rrsets:
-        if rrset.name != qname or rrset.rdtype != dns.rdatatype.TXT:
+    for rrset in answer.answer:
+        if rrset.name != name or rrset.rdtype != dns.rdatatype.TXT:
             continue
         for rdata in rrset:
-            value = b"".join(rdata.strings)
-            if len(value) <= MAX_TXT_VALUE and len(values) < MAX_TXT_VALUES:
-                values.append(value.decode("utf-8", "replace"))
+            data = b"".join(rdata.strings)
+            if len(data) <= MAX_TXT_VALUE and len(values) < MAX_TXT_VALUES:
+                values.append(data.decode("ascii", errors="replace"))
     return values
 
 
-def txt(name: str, server: str | None, port: int) -> list[str]:
-    if server is not None:
-        return txt_values(ask(server, port, name, dns.rdatatype.TXT).answer, name)
+def lookup_txt(name: str, server: str, port: int) -> list[str]:
+    """The TXT records of `name` ([] if it has none or does not exist)."""
+    qname = dns.name.from_text(name)
     try:
-        answer = system_resolver().resolve(name, dns.rdatatype.TXT, raise_on_no_answer=False)
+        if not server:
+            resolver = system_resolver()
+            answer = resolver.resolve(qname, dns.rdatatype.TXT, raise_on_no_answer=False)
+            return txt_values(answer.response, qname)
+        # EDNS: answers of up to 4 KiB by UDP (TCP, the fallback, may reach port 53 only).
+        query = dns.message.make_query(qname, dns.rdatatype.TXT, use_edns=0, payload=4096)
+        query.flags &= ~dns.flags.RD
+        response, _ = dns.query.udp_with_fallback(query, server, LIFETIME, port=port)
     except dns.resolver.NXDOMAIN:
         return []
     except dns.exception.DNSException as error:
-        raise InputError(f"{name} TXT: {safe_text(str(error), 200)}") from None
-    return txt_values([answer.rrset] if answer.rrset is not None else [], name)
+        raise InputError(f"TXT {name}: {error}") from None
+    rcode = response.rcode()
+    if rcode == dns.rcode.NXDOMAIN:
+        return []
+    if rcode != dns.rcode.NOERROR:
+        raise InputError(f"TXT {name}: the DNS server answered {dns.rcode.to_text(rcode)}")
+    return txt_values(response, qname)
 
 
 def zone_at(server: str, port: int, name: str) -> str:
@@ -118,10 +129,10 @@ def addresses_of(
     return found[:MAX_ADDRESSES]
 
 
-def authoritative(name: str, server: str | None, port: int) -> tuple[str, list[str]]:
+def authoritative(name: str, server: str, port: int) -> tuple[str, list[str]]:
     """The zone apex of `name` and its NS servers' addresses: as `server`
-    serves them, or as the system's resolver finds them."""
-    if server is not None:
+    serves them, or ("") as the system's resolver finds them."""
+    if server:
         zone = zone_at(server, port, name)
         answer = ask(server, port, zone, dns.rdatatype.NS)
 

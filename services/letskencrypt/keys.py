@@ -369,12 +369,13 @@ def san_entry(name: str) -> x509.GeneralName:
 
 
 def build_csr(key: PrivateKey, names: list[str]) -> bytes:
-    """DER CSR for `names` (domain names and IP addresses, all in
-    subjectAltName).  CN: the first domain name, if it has at most 64
-    characters; never an address, which belongs in an iPAddress entry (RFC
-    8738 section 7) and in a CN, read by clients as a host name, would only
-    repeat it as text: a CSR of addresses alone has an empty subject."""
-    names = validate_names(names)
+    """DER CSR for `names` (domain names, wildcards among them, and IP
+    addresses, all in subjectAltName).  CN: the first domain name, if it has
+    at most 64 characters; never an address, which belongs in an iPAddress
+    entry (RFC 8738 section 7) and in a CN, read by clients as a host name,
+    would only repeat it as text: a CSR of addresses alone has an empty
+    subject."""
+    names = validate_names(names, wildcards=True)
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
         raise InputError(f"cannot sign a CSR with key type {type(key).__name__} (use RSA or EC)")
     subject: list[x509.NameAttribute] = []

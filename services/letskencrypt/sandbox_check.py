@@ -671,7 +671,11 @@ def role_settings(base: Path) -> dict[str, RoleSettings]:
         NAME,
     ]  # fmt: skip
     # The CA here is no real one: any anchors do for the roles that hold them.
-    settings = cli.role_settings(cli.build_parser().parse_args(argv), trust_anchors=False)
+    # The certificate it writes is no real one either: no ARI id is taken
+    # from it (and an image without cryptography could not).
+    settings = cli.role_settings(
+        cli.build_parser().parse_args(argv), trust_anchors=False, knows_certificate=False
+    )
     pem_text = anchors.built_in("letsencrypt-production.pem").decode("ascii")
     return {
         role: dataclasses.replace(role_settings, trust_anchors=pem_text)  # type: ignore[call-arg]

@@ -31,7 +31,9 @@ from letskencrypt.errors import InputError
 # What a run is for: certproc and fileproc know these two; acctproc also the
 # account's own operations (cli.role_settings says which a run is).
 OPERATIONS = ("issue", "revoke")
-ACCOUNT_OPERATIONS = (*OPERATIONS, "rollover", "deactivate", "update-account")
+ACCOUNT_OPERATIONS = (
+    *OPERATIONS, "rollover", "deactivate", "update-account", "persist-record"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,16 +108,23 @@ class NetprocSettings(RoleSettings):
     # --deactivate-account): no order, no revocation.
     rollover: bool = False
     deactivate: bool = False
-    # How the CA is shown control of the names (constants.CHALLENGES).
+    # How names are validated (--challenge, constants.CHALLENGES).
     challenge: str = CHALLENGE_HTTP_01
     # dns-01: the DNS server that takes chngproc's updates ("ADDRESS:PORT"),
     # asked for the zone of each record.
     dns_server: str | None = None
-    # dns-01: the servers ("ADDRESS:PORT", "[ADDRESS]:PORT") the propagation
-    # check asks instead of the zone's NS servers (--dns-check-server), and
-    # how long it waits for them all to serve the record.
+    # The servers ("ADDRESS:PORT", "[ADDRESS]:PORT") a DNS challenge's
+    # records are checked at, directly and without recursion
+    # (--dns-check-server); none: the system's resolver (dns-persist-01) or
+    # the zone's NS servers (dns-01).
     dns_check_servers: tuple[str, ...] = ()
+    # dns-01: how long the servers get to serve a new record.
     dns_propagation_timeout: float = DEFAULT_DNS_PROPAGATION_TIMEOUT
+    # `letskencrypt persist-record`: find the account (register it only
+    # with `new_account`, -n) and report its URL and the CA's issuer
+    # domain names; no order.
+    persist_record: bool = False
+    new_account: bool = False
 
     def __post_init__(self) -> None:
         check_challenge(self.challenge)
@@ -123,8 +132,9 @@ class NetprocSettings(RoleSettings):
             raise InputError(
                 "settings: NetprocSettings.dns_server goes with dns-01, and only there"
             )
-        account = self.rollover or self.deactivate
-        if account and (self.revoke or self.daemon is not None or self.rollover == self.deactivate):
+        operations = [self.rollover, self.deactivate, self.persist_record]
+        account = any(operations)
+        if account and (self.revoke or self.daemon is not None or sum(operations) != 1):
             raise InputError("settings: NetprocSettings asks for more than one operation")
 
 
@@ -160,9 +170,12 @@ class AcctprocSettings(RoleSettings):
     idle: bool = False
     # A rollover run (--rollover-account-key): the new key, read before the sandbox.
     new_key_path: str | None = None
+    # The challenge type whose responses it signs (--challenge).
+    challenge: str = CHALLENGE_HTTP_01
 
     def __post_init__(self) -> None:
         check_operation(self.operation, ACCOUNT_OPERATIONS)
+        check_challenge(self.challenge)
         if self.idle and self.operation != "revoke":
             raise InputError("settings: AcctprocSettings.idle goes with a revoke run only")
         if (self.eab_kid is None) != (self.eab_hmac_key is None):

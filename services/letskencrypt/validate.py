@@ -120,7 +120,9 @@ def validate_domain(name: str) -> str:
     if normalised.endswith("."):
         normalised = normalised[:-1]
     if "*" in normalised:
-        raise _domain_error(name, "wildcard names are not supported")
+        raise _domain_error(
+            name, "a wildcard name needs --challenge dns-01 or dns-persist-01"
+        )
     if _is_ip_address(normalised):
         raise _domain_error(name, "IP addresses are not domain names")
     if len(normalised) > MAX_NAME_LENGTH:
@@ -194,45 +196,18 @@ def identifier_type(name: str) -> str:
     return IP
 
 
-def validate_name(name: str) -> str:
+def validate_name(name: str, wildcard: bool = False) -> str:
     """A certificate's name: an IP address or a domain name, canonical, or
-    InputError.  A wildcard ("*." and a domain name of two labels or more)
-    is a domain name; only dns-01 can validate it (the command line says so)."""
+    InputError; with `wildcard`, also "*." and a domain name (RFC 8555 7.1.3)."""
     if not isinstance(name, str):
         raise InputError(f"name must be a string, not {type(name).__name__}")
     if name.startswith("*.") and _looks_like_address(name[2:]):
         raise _domain_error(name, "a wildcard cannot cover an IP address")
-    if name.startswith("*."):
-        try:
-            return "*." + validate_domain(name[2:])
-        except InputError as error:
-            raise _domain_error(name, f"a wildcard is '*.' and a domain name ({error})") from None
+    if wildcard and name.startswith("*."):
+        return "*." + validate_domain(name[2:])
     if _looks_like_address(name) or _is_ip_address(name):
         return validate_ip(name)
     return validate_domain(name)
-
-
-def validate_names(names: list[str]) -> list[str]:
-    """Validate and canonicalise a certificate's names (domain names and IP
-    addresses), keeping their order."""
-    if not names:
-        raise InputError("no domain names given")
-    if len(names) > MAX_DOMAINS:
-        raise InputError(f"too many names: {len(names)} (at most {MAX_DOMAINS})")
-    result: list[str] = []
-    seen: set[str] = set()
-    for name in names:
-        canonical = validate_name(name)
-        if canonical in seen:
-            what = "IP address" if identifier_type(canonical) == IP else "domain name"
-            raise InputError(f"duplicate {what} {canonical!r}")
-        seen.add(canonical)
-        result.append(canonical)
-    return result
-
-
-def is_wildcard(name: str) -> bool:
-    return name.startswith("*.")
 
 
 def parse_dns_server(text: str, what: str, default_port: int = 53) -> tuple[str, int]:
@@ -270,6 +245,25 @@ def parse_dns_server(text: str, what: str, default_port: int = 53) -> tuple[str,
 def dns_server_text(address: str, port: int) -> str:
     """The canonical "ADDRESS:PORT" ("[IPV6]:PORT") that parse_dns_server reads."""
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def validate_names(names: list[str], wildcards: bool = False) -> list[str]:
+    """Validate and canonicalise a certificate's names (domain names and IP
+    addresses, and with `wildcards` "*.NAME"), keeping their order."""
+    if not names:
+        raise InputError("no domain names given")
+    if len(names) > MAX_DOMAINS:
+        raise InputError(f"too many names: {len(names)} (at most {MAX_DOMAINS})")
+    result: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        canonical = validate_name(name, wildcards)
+        if canonical in seen:
+            what = "IP address" if identifier_type(canonical) == IP else "domain name"
+            raise InputError(f"duplicate {what} {canonical!r}")
+        seen.add(canonical)
+        result.append(canonical)
+    return result
 
 
 def validate_domains(names: list[str]) -> list[str]:

@@ -43,7 +43,8 @@ OPTIONAL_WHEELS = frozenset(name for names in ROLE_WHEELS.values() for name in n
 OPTIONAL_MODULES: dict[str, frozenset[str]] = {
     "cryptography": frozenset({"cryptography", "cffi", "_cffi_backend", "pycparser"}),
     "requests": frozenset({"requests", "urllib3", "idna", "charset_normalizer", "certifi"}),
-    "dnspython": frozenset({"dns"}),
+    # idna: dnspython's extra, which it imports whenever it is installed.
+    "dnspython": frozenset({"dns", "idna"}),
 }
 
 

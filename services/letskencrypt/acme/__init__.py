@@ -10,7 +10,7 @@ signed by a `Signer` (acctproc) and host names are resolved by a `Resolver`
 - `client`: the protocol flow, `AcmeClient`.
 """
 
-from letskencrypt.acme.client import AcmeClient, Chains, Signer
+from letskencrypt.acme.client import AcmeClient, Chains, RecordCheck, Signer
 from letskencrypt.acme.messages import (
     RATE_LIMITED,
     AcmeError,
@@ -40,6 +40,7 @@ __all__ = [
     "HttpResponse",
     "Order",
     "Problem",
+    "RecordCheck",
     "Resolver",
     "Signer",
     "Transport",

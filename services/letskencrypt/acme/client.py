@@ -39,6 +39,7 @@ from letskencrypt.acme.messages import (
     Account,
     AcmeError,
     Authorization,
+    Challenge,
     Directory,
     Order,
     Problem,
@@ -55,6 +56,7 @@ from letskencrypt.acme.transport import COUNTS, HttpResponse, Transport
 from letskencrypt.b64 import b64url
 from letskencrypt.constants import (
     CHALLENGE_DNS_01,
+    CHALLENGE_DNS_PERSIST_01,
     CHALLENGE_HTTP_01,
     DEFAULT_POLL_TIMEOUT,
     REVOCATION_REASON_CODES,
@@ -139,6 +141,11 @@ class Chains:
     alternates: tuple[bytes, ...] = ()
 
 
+# dns-persist-01: checks that the record for an authorization's name is in
+# place (raises AcmeError saying which record is expected if it is not).
+RecordCheck = Callable[[Authorization, Challenge], None]
+
+
 class Signer(Protocol):
     def sign(
         self,
@@ -148,13 +155,15 @@ class Signer(Protocol):
         payload: bytes | None,
         external_account_binding: bool = False,
         key_change: bool = False,
+        challenge_type: str = CHALLENGE_HTTP_01,
     ) -> dict[str, str]:
         """Flattened JWS {protected,payload,signature}; kid None => the signer embeds
         its JWK (newAccount); payload None => POST-as-GET (empty payload);
         external_account_binding => the signer adds its external account
         binding to the (newAccount) payload, which it alone can build;
         key_change => the payload (empty here) is the signer's own key change
-        (RFC 8555 7.3.5), whose inner JWS only it can sign."""
+        (RFC 8555 7.3.5), whose inner JWS only it can sign; challenge_type =>
+        the payload ({}) answers a challenge of that type."""
         ...
 
 
@@ -295,6 +304,7 @@ class AcmeClient:
         external_account_binding: bool = False,
         signer: Signer | None = None,
         key_change: bool = False,
+        challenge_type: str = CHALLENGE_HTTP_01,
     ) -> HttpResponse:
         """Signed POST (payload None: POST-as-GET) whose answer must be of the
         media type `expect` (None: its body goes unread); with
@@ -314,11 +324,14 @@ class AcmeClient:
         bad_nonces = busy = 0
         with self._within_budget() as budget:
             while True:
-                # key_change only when asked: signers that make none need not know it.
+                # key_change and a challenge's type other than http-01 only
+                # when asked: signers that make none need not know them.
                 jws = (signer or self._signer).sign(
                     url, self._take_nonce(), kid, body,
                     external_account_binding=external_account_binding,
                     **({"key_change": True} if key_change else {}),
+                    **({"challenge_type": challenge_type}
+                       if challenge_type != CHALLENGE_HTTP_01 else {}),
                 )  # fmt: skip
                 response = self._transport.request(
                     "POST", url, body=_jws_body(jws), headers=headers, max_body=max_body
@@ -484,15 +497,17 @@ class AcmeClient:
         self._log(f"order {url}: {order.status}")
         return order
 
-    def authorization(self, url: str) -> Authorization:
+    def authorization(
+        self, url: str, challenge_type: str = CHALLENGE_HTTP_01
+    ) -> Authorization:
         url = self._check(url, "authorization")
         response = self.post(url, None, self._require_kid())
         document = json_object(response.body, "authorization")
-        return Authorization.from_json(url, document, self.directory_url)
+        return Authorization.from_json(url, document, self.directory_url, challenge_type)
 
-    def respond(self, challenge_url: str) -> None:
+    def respond(self, challenge_url: str, challenge_type: str = CHALLENGE_HTTP_01) -> None:
         """Tell the CA the challenge response is in place."""
-        self.post(challenge_url, {}, self._require_kid())
+        self.post(challenge_url, {}, self._require_kid(), challenge_type=challenge_type)
 
     def poll(
         self,
@@ -675,19 +690,22 @@ class AcmeClient:
         thumbprint: str,
         profile: str | None = None,
         replaces: str | None = None,
-        challenge: str = CHALLENGE_HTTP_01,
+        challenge_type: str = CHALLENGE_HTTP_01,
+        check_record: "RecordCheck | None" = None,
     ) -> Chains:
         """Order a certificate for `names` (of the CA's `profile`, if given,
         replacing the certificate of ARI identifier `replaces`, if given),
-        prove control over `challenge` (http-01 or dns-01), return the PEM
+        prove control over http-01 (or `challenge_type`), return the PEM
         chains (see `download`).
 
-        http-01: `publish(token, key_authorization)` must make the response
-        reachable at /.well-known/acme-challenge/<token>; `withdraw(token)`
-        removes it again.  dns-01: both are given name= too, the
-        authorization's domain name (a wildcard's without "*."), and
-        `publish` returns once the TXT record is served; an IP address's
-        authorization goes by http-01 (no name=) all the same.
+        `publish(token, key_authorization)` must make the response reachable at
+        /.well-known/acme-challenge/<token>; `withdraw(token)` removes it again.
+        dns-01: both are given name= too, the authorization's domain name (a
+        wildcard's without "*."), and `publish` returns once the TXT record is
+        served; an IP address's authorization goes by http-01 (no name=).
+        dns-persist-01 publishes nothing: `check_record(authorization,
+        challenge)` must find the persistent record in place (or raise, saying
+        which record is expected) before the challenge is answered.
         All of it, from the new order to the download, shares one budget.
         """
         with self._within_budget():
@@ -705,7 +723,12 @@ class AcmeClient:
                 raise AcmeError(safe_text(f"{order.url} is invalid{reason}", 3000))
             if order.status == "pending":
                 for url in order.authorizations:
-                    self._authorize(url, publish, withdraw, thumbprint, names, challenge)
+                    if challenge_type == CHALLENGE_DNS_PERSIST_01:
+                        self._authorize_persist(url, names, check_record)
+                    else:
+                        self._authorize(
+                            url, publish, withdraw, thumbprint, names, challenge_type
+                        )
             document = self.poll(order.url, {"ready", "valid"}, {"invalid"}, what="order")
             order = Order.from_json(order.url, document, self.directory_url)
             if order.status == "ready":
@@ -723,7 +746,7 @@ class AcmeClient:
         names: list[str],
         challenge_type: str = CHALLENGE_HTTP_01,
     ) -> None:
-        authz = self.authorization(url)
+        authz = self.authorization(url, challenge_type)
         # Or the CA could have us prove control of a name nobody asked for.
         if not _ordered(authz, names):
             raise AcmeError(
@@ -734,13 +757,11 @@ class AcmeClient:
             return
         if authz.status != "pending":
             raise AcmeError(f"authorization for {authz.identifier} is {authz.status}")
-        # dns-01 validates domain names only: an address goes by http-01.
-        dns = challenge_type == CHALLENGE_DNS_01 and authz.identifier_type == DNS
-        if not dns:
+        # dns-01 validates domain names only: an address goes by http-01
+        # (Authorization.from_json picked that one for it).
+        if authz.identifier_type == IP:
             challenge_type = CHALLENGE_HTTP_01
-        challenge = authz.dns_challenge if dns else authz.challenge
-        if challenge is None and dns and authz.dns_problem is not None:
-            raise AcmeError(authz.dns_problem)
+        challenge = authz.challenge
         if challenge is None:
             raise AcmeError(f"the CA offers no {challenge_type} challenge for {authz.identifier}")
         try:
@@ -749,13 +770,40 @@ class AcmeClient:
             )
         except InputError as error:
             raise AcmeError(str(error)) from None
-        # dns-01: the record's name; only a "dns" identifier gets here (_ordered).
+        # dns-01: the record's name (a wildcard's without "*.", RFC 8555 8.4).
+        dns = challenge_type == CHALLENGE_DNS_01
         where = {"name": (authz.identifier_value or "").lower()} if dns else {}
         publish(challenge.token, key_authorization, **where)
         try:
             if challenge.status == "pending":
-                self.respond(challenge.url)
+                self.respond(challenge.url, challenge_type)
             self.poll(authz.url, {"valid"}, set(AUTHZ_FAILED), what="authorization")
         finally:
             withdraw(challenge.token, **where)
         self._log(f"{authz.identifier}: authorized")
+
+    def _authorize_persist(
+        self, url: str, names: list[str], check_record: "RecordCheck | None"
+    ) -> None:
+        """dns-persist-01: the record must be there already (checked read-only,
+        before the CA is told); then the challenge is answered with {}."""
+        if check_record is None:
+            raise AcmeError("dns-persist-01 needs a check of the record")
+        authz = self.authorization(url, CHALLENGE_DNS_PERSIST_01)
+        if not _ordered(authz, names):
+            raise AcmeError(
+                f"CA sent an authorization for {authz.identifier}, which the order did not ask for"
+            )
+        if authz.status == "valid":
+            self._log(f"{authz.identifier}: already authorized")
+            return
+        if authz.status != "pending":
+            raise AcmeError(f"authorization for {authz.identifier} is {authz.status}")
+        challenge = authz.challenge
+        if challenge is None:
+            raise AcmeError(f"the CA offers no dns-persist-01 challenge for {authz.identifier}")
+        check_record(authz, challenge)
+        if challenge.status == "pending":
+            self.respond(challenge.url, CHALLENGE_DNS_PERSIST_01)
+        self.poll(authz.url, {"valid"}, set(AUTHZ_FAILED), what="authorization")
+        self._log(f"{authz.identifier}: authorized by its dns-persist-01 record")

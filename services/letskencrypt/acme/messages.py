@@ -19,10 +19,16 @@ from datetime import UTC, datetime
 from typing import Any, Self
 from urllib.parse import urljoin
 
-from letskencrypt.constants import MAX_ALTERNATES
+from letskencrypt.constants import (
+    CHALLENGE_DNS_01,
+    CHALLENGE_DNS_PERSIST_01,
+    CHALLENGE_HTTP_01,
+    MAX_ALTERNATES,
+)
 from letskencrypt.errors import InputError, LetskencryptError
+from letskencrypt.persist import check_issuer_names
 from letskencrypt.urls import origin, well_formed
-from letskencrypt.validate import is_nonce, safe_text, validate_token
+from letskencrypt.validate import IP, is_nonce, safe_text, validate_token
 
 ERROR_PREFIX = "urn:ietf:params:acme:error:"
 BAD_NONCE = ERROR_PREFIX + "badNonce"
@@ -437,6 +443,9 @@ class Directory:
     # renewalInfo (RFC 9773 section 3): where a certificate's suggested
     # renewal window is; None when the CA offers none.
     renewal_info: str | None = None
+    # meta.caaIdentities (RFC 8555 7.1.1), where the CA's dns-persist-01
+    # issuer domain names come from; () when it lists none usable.
+    caa_identities: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any], base: str) -> Self:
@@ -469,7 +478,16 @@ class Directory:
             profiles=_profile_names(meta.get("profiles")),
             key_change=None if key_change is None else url("keyChange"),
             renewal_info=None if renewal_info is None else url("renewalInfo"),
+            caa_identities=_caa_identities(meta.get("caaIdentities")),
         )
+
+
+def _caa_identities(identities: object) -> tuple[str, ...]:
+    """meta.caaIdentities if it is a list of 1 to 10 normalised domain names."""
+    try:
+        return check_issuer_names(identities, "directory caaIdentities")
+    except InputError:
+        return ()
 
 
 MAX_PROFILES = 100
@@ -556,16 +574,33 @@ class Order:
 
 @dataclass(frozen=True)
 class Challenge:
-    """An http-01 or dns-01 challenge (both are a token to answer)."""
+    """A challenge of the type the run answers: http-01 or dns-01 (a token),
+    or dns-persist-01 (the CA's issuer domain names, no token)."""
 
     url: str
-    token: str  # safe as a file name: base64url, bounded
+    token: str  # safe as a file name: base64url, bounded ("" for dns-persist-01)
     status: str
+    type: str = CHALLENGE_HTTP_01
+    # dns-persist-01: "issuer-domain-names", checked (persist.check_issuer_names).
+    issuer_names: tuple[str, ...] = ()
 
     @classmethod
-    def from_json(cls, document: Mapping[str, Any], base: str) -> Self:
-        kind = "dns-01" if document.get("type") == "dns-01" else "http-01"
-        article = "a" if kind == "dns-01" else "an"
+    def from_json(
+        cls, document: Mapping[str, Any], base: str, kind: str = CHALLENGE_HTTP_01
+    ) -> Self:
+        if kind == CHALLENGE_DNS_PERSIST_01:
+            try:
+                names = check_issuer_names(document.get("issuer-domain-names"))
+            except InputError as error:
+                raise AcmeError(f"CA sent an unusable {error}") from None
+            return cls(
+                url=check_url(document.get("url"), base, "challenge"),
+                token="",
+                status=_status(document, CHALLENGE_STATUSES, "challenge"),
+                type=kind,
+                issuer_names=names,
+            )
+        article = "an" if kind == CHALLENGE_HTTP_01 else "a"
         if not isinstance(document.get("token"), str):
             raise AcmeError(f"CA sent {article} {kind} challenge whose token is not a string")
         try:
@@ -576,6 +611,7 @@ class Challenge:
             url=check_url(document.get("url"), base, "challenge"),
             token=token,
             status=_status(document, CHALLENGE_STATUSES, "challenge"),
+            type=kind,
         )
 
 
@@ -584,34 +620,37 @@ class Authorization:
     url: str
     status: str
     identifier: str  # terminal-safe
-    challenge: Challenge | None  # the http-01 one, if offered
+    challenge: Challenge | None  # the one of the type asked for, if offered
     # The identifier as the CA sent it (None: not a string), to be matched
     # against the order's; `wildcard`, RFC 8555 7.1.4's flag.
     identifier_type: str | None = None
     identifier_value: str | None = None
     wildcard: bool = False
-    dns_challenge: Challenge | None = None  # the dns-01 one, if offered
-    dns_problem: str | None = None  # what is wrong with the dns-01 one offered
 
     @classmethod
-    def from_json(cls, url: str, document: Mapping[str, Any], base: str) -> Self:
+    def from_json(
+        cls,
+        url: str,
+        document: Mapping[str, Any],
+        base: str,
+        challenge_type: str = CHALLENGE_HTTP_01,
+    ) -> Self:
+        """`challenge` is the one of `challenge_type`; but dns-01 validates no
+        IP address (RFC 8738 section 7): an "ip" identifier's is http-01's."""
         status = _status(document, AUTHZ_STATUSES, "authorization")
         raw = document.get("identifier")
         identifier = identifier_text(raw)
         challenges = document.get("challenges")
         if not isinstance(challenges, list):
             raise AcmeError(f"CA sent an authorization for {identifier} without challenges")
-        challenge = dns_challenge = dns_problem = None
-        for item in challenges:
-            if isinstance(item, dict) and item.get("type") == "http-01" and challenge is None:
-                challenge = Challenge.from_json(item, base)
-            if isinstance(item, dict) and item.get("type") == "dns-01" and dns_challenge is None:
-                # Only a dns-01 run answers it (and then says what is wrong with it).
-                try:
-                    dns_challenge = Challenge.from_json(item, base)
-                except AcmeError as error:
-                    dns_problem = str(error)
         kind, value = (raw.get("type"), raw.get("value")) if isinstance(raw, dict) else (None, None)
+        if challenge_type == CHALLENGE_DNS_01 and kind == IP:
+            challenge_type = CHALLENGE_HTTP_01
+        challenge = None
+        for item in challenges:
+            if isinstance(item, dict) and item.get("type") == challenge_type:
+                challenge = Challenge.from_json(item, base, challenge_type)
+                break
         return cls(
             url=url,
             status=status,
@@ -620,6 +659,4 @@ class Authorization:
             identifier_type=kind if isinstance(kind, str) else None,
             identifier_value=value if isinstance(value, str) else None,
             wildcard=document.get("wildcard") is True,
-            dns_challenge=dns_challenge,
-            dns_problem=dns_problem,
         )

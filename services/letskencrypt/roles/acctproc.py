@@ -17,7 +17,14 @@ holds (learned from keyproc, never from netproc), for an account update
 that sets exactly this run's --contact (posted to the account URL), for a
 newOrder's profile only this run's --profile, for a newOrder's `replaces`
 (RFC 9773) only the ARI identifier of the certificate this run replaces,
-and never the key itself.
+for a challenge response only one that netproc says is of this run's
+--challenge type (or http-01, for the addresses of a dns-01 run) (its
+word, which the audit log keeps: every type's
+response is the same {}, so a lying netproc is not stopped, but an honest
+one never answers, say, a dns-persist-01 challenge that a standing record
+would pass in a run told to use http-01), and never the key itself.  A
+persist-record run has only the account found (or registered) and looked
+at: it orders nothing.
 An external account binding (RFC 8555 7.3.4) is built here, from the kid
 and HMAC key of this run's configuration (the key file is read before the
 sandbox, like the account key): netproc only asks for "a newAccount with
@@ -81,7 +88,12 @@ from cryptography.hazmat.primitives import serialization
 from letskencrypt import ari, fsutil, keyfiles, keys, process, rpc
 from letskencrypt.b64 import b64url, b64url_decode
 from letskencrypt.certs import san_names
-from letskencrypt.constants import REVOCATION_REASON_CODES, default_audit_log
+from letskencrypt.constants import (
+    CHALLENGE_DNS_01,
+    CHALLENGE_HTTP_01,
+    REVOCATION_REASON_CODES,
+    default_audit_log,
+)
 from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.relay import REPORT_MARKER
@@ -142,7 +154,7 @@ KEYPROC_DEADLINE = 10.0
 # The operations a run can be (settings.ACCOUNT_OPERATIONS; cli.role_settings
 # says which).  "update-account" has no command line of its own: an issue
 # or revoke run sets its --contact.
-ISSUE, REVOKE, ROLLOVER, DEACTIVATE, UPDATE_ACCOUNT = ACCOUNT_OPERATIONS
+ISSUE, REVOKE, ROLLOVER, DEACTIVATE, UPDATE_ACCOUNT, PERSIST_RECORD = ACCOUNT_OPERATIONS
 OPERATIONS = ACCOUNT_OPERATIONS
 
 # The kinds of request, told apart by their payload (and by kid for
@@ -212,6 +224,8 @@ class Request:
     external_account_binding: bool = False
     # netproc asks for this run's key change (acctproc builds its payload).
     key_change: bool = False
+    # A challenge response: the type netproc says it answers ("": http-01).
+    challenge_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -343,6 +357,8 @@ class RunPolicy:
     # well-formed one (see check_replaces).
     replaces: str | None = None
     replaces_any: bool = False
+    # The challenge type whose responses this run signs (--challenge).
+    challenge: str = CHALLENGE_HTTP_01
 
     @classmethod
     def from_settings(
@@ -370,6 +386,7 @@ class RunPolicy:
             profile=settings.profile,
             replaces=settings.replaces,
             replaces_any=settings.replaces_any,
+            challenge=settings.challenge,
         )
 
     def judge(self, request: Request) -> str:
@@ -389,6 +406,8 @@ class RunPolicy:
             raise refuse(f"not part of this run (operation {self.operation})")
         if request.external_account_binding and kind != NEW_ACCOUNT:
             raise refuse("only a newAccount carries an external account binding")
+        if request.challenge_type and kind != CHALLENGE:
+            raise refuse("only a challenge response names a challenge type")
         self.check_content(kind, document, request, refuse)
         return kind
 
@@ -407,7 +426,10 @@ class RunPolicy:
     def check_content(
         self, kind: str, document: dict[str, Any] | None, request: Request, refuse: "Refuser"
     ) -> None:
-        if document is None or kind == CHALLENGE:
+        if kind == CHALLENGE:
+            self.check_challenge(request, refuse)
+            return
+        if document is None:
             return
         if kind == NEW_ACCOUNT:
             self.check_new_account(document, request, refuse)
@@ -429,6 +451,20 @@ class RunPolicy:
                          "new key, never taken from netproc")
 
     # -- one check per kind --
+
+    def check_challenge(self, request: Request, refuse: "Refuser") -> None:
+        """A response ({}) to a challenge of this run's type only.  Every type's
+        response is the same {}: the type is netproc's word, which binds it
+        (and the audit log keeps), so that a run told to use one type never
+        answers another's challenge (a standing dns-persist-01 record, say)."""
+        kind = request.challenge_type or CHALLENGE_HTTP_01
+        # dns-01 validates no IP address (RFC 8738): a dns-01 run's addresses go by http-01.
+        addresses = any(identifier_type(name) == IP for name in self.names)
+        if kind == CHALLENGE_HTTP_01 and self.challenge == CHALLENGE_DNS_01 and addresses:
+            return
+        if kind != self.challenge:
+            shown = safe_text(kind, 40)
+            raise refuse(f"a {shown} challenge response; this run answers {self.challenge} only")
 
     def check_contact(self, contact: object, refuse: "Refuser") -> None:
         if not isinstance(contact, list) or tuple(contact) != self.contact:
@@ -834,12 +870,14 @@ class AuditLog:
         asked_binding: bool = False,
         new_key: str | None = None,
         replaces: str | None = None,
+        challenge_type: str = "",
     ) -> None:
         """One line: `payload` is netproc's (for a key change, what acctproc
         built); `binding`, the kid of the external account binding acctproc
         added to what it signed; `asked_binding`, that netproc asked for one;
         `new_key`, the SHA-256 of a rollover's new public key; `replaces`,
-        the `replaces` of a newOrder (see replaces_field)."""
+        the `replaces` of a newOrder (see replaces_field); `challenge_type`,
+        the type netproc gave a challenge response."""
         entry: dict[str, str] = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "url": url[:MAX_URL_LENGTH],
@@ -855,6 +893,8 @@ class AuditLog:
             entry["replaces"] = replaces
         if new_key is not None:
             entry["new_key_sha256"] = new_key
+        if challenge_type:
+            entry["challenge_type"] = safe_text(challenge_type, 40)
         if reason is not None:
             entry["reason"] = safe_text(reason, 500)
         line = json.dumps(entry, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
@@ -920,6 +960,7 @@ class AccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
             post_as_get=request.post_as_get,
             external_account_binding=request.external_account_binding,
             key_change=request.key_change,
+            challenge_type=request.challenge_type,
         )
         with self.lock:
             if asked.key_change:
@@ -933,7 +974,8 @@ class AccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
             kind = self.policy.judge(asked)
         except Refused as refusal:
             self.audit.record(asked.url, refusal.kind, asked.payload, "refused", refusal.reason,
-                              asked_binding=bound, replaces=replaces)  # fmt: skip
+                              asked_binding=bound, replaces=replaces,
+                              challenge_type=asked.challenge_type)  # fmt: skip
             self.log.info(str(refusal))
             raise
         payload = self.policy.payload_to_sign(asked)
@@ -947,7 +989,7 @@ class AccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
         # Recorded before netproc can use it: no line, no signature.
         self.audit.record(asked.url, kind, asked.payload, "signed",
                           binding=binding.kid if bound and binding else None,
-                          replaces=replaces)  # fmt: skip
+                          replaces=replaces, challenge_type=asked.challenge_type)  # fmt: skip
         return account_pb2.SignReply(
             protected=jws["protected"], payload=jws["payload"], signature=jws["signature"]
         )

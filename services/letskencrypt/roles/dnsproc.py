@@ -1,18 +1,22 @@
-"""dnsproc: turns a host name into at most eight addresses for netproc, and
-for dns-01 reads TXT records, finds a zone's authoritative servers and
-carries chngproc's signed updates to the DNS server.
+"""dnsproc: turns a host name into at most eight addresses for netproc,
+reads a name's TXT records (a dns-persist-01 record before netproc answers
+that challenge, a dns-01 record being served), finds a name's zone and its
+authoritative servers, and carries chngproc's signed dns-01 updates to the
+DNS server.
 
 Holds: nothing but the system's resolver configuration.
 Network: DNS only (in containers it shares netproc's namespace): UDP to any
 server and port, TCP to port 53.
 Serves: Resolver on the `dns` edge.  It answers questions and carries
 messages it cannot change (an update is TSIG-signed by chngproc, whose
-check of the signed answer is what counts), nothing else.  Every answer is
-bounded: 8 addresses, 32 TXT values of 512 bytes (dnsquery.py, loaded with
-dnspython by the first dns-01 question only), 4 KiB of DNS message, a few
-seconds.
+check of the signed answer is what counts), nothing else: a TXT lookup is a
+query, through the system's resolver or, when netproc names a server
+(--dns-check-server), to that address directly without recursion.  What it
+hands back is bounded (MAX_TXT_VALUES values of at most MAX_TXT_VALUE bytes,
+longer ones left out; 8 addresses; 4 KiB of DNS message; a few seconds).
+The queries are dnsquery.py's, loaded with dnspython by the first one
+asked: the runs that ask none do without it (about 0.1 s to load).
 """
-
 import ipaddress
 import re
 import socket
@@ -27,7 +31,7 @@ from letskencrypt.errors import InputError
 from letskencrypt.settings import DnsprocSettings
 from letskencrypt.spec import Fs, Grant, Network, RoleSpec
 from letskencrypt.v1 import resolver_pb2, resolver_pb2_grpc
-from letskencrypt.validate import dns_server_text, safe_text
+from letskencrypt.validate import dns_server_text
 
 # The resolver's configuration, for getaddrinfo.
 RESOLVER_FILES = (
@@ -44,11 +48,12 @@ SPEC = RoleSpec(
     serves=("dns",),
     paths=lambda _settings: [Grant(path, Fs.READ_FILE) for path in RESOLVER_FILES],
     network=Network.DNS,
-    # dns-01: TXT queries, zones and their servers.
+    # The DNS challenges' queries (dnsquery.py).
     wheels=("dnspython",),
 )
 
 MAX_ADDRESSES = 8
+DNS_PORT = 53
 LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 # A last label the C library's inet_aton would take for a number.
 NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
@@ -95,29 +100,29 @@ def resolve(host: str) -> list[str]:
     return addresses[:MAX_ADDRESSES]
 
 
-MAX_MESSAGE = 4096
-EXCHANGE_TIMEOUT = 5.0
-
-# Underscore labels too (_acme-challenge, _validation-persist).
-DNS_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
-
-
-def check_dns_name(text: str) -> str:
-    """A name to look up: LDH labels, underscores allowed, no wildcard."""
-    name = text.lower().removesuffix(".")
-    if not 0 < len(name) <= 253 or not all(map(DNS_LABEL.fullmatch, name.split("."))):
-        raise InputError(f"invalid DNS name {safe_text(text, 100)!r}")
-    return name
+def check_txt_name(name: str) -> str:
+    """A TXT record's owner: LDH labels, with "_" allowed (_validation-persist)."""
+    labels = name.lower().removesuffix(".").split(".")
+    for label in labels:
+        if not 0 < len(label) <= 63 or not set(label) <= LDH | {"_"}:
+            raise InputError(f"invalid TXT record name {name[:100]!r}")
+    if len(".".join(labels)) > 253 or len(labels) < 2:
+        raise InputError(f"invalid TXT record name {name[:100]!r}")
+    return ".".join(labels) + "."
 
 
 def check_server(server: str, port: int) -> tuple[str, int]:
     try:
         address = str(ipaddress.ip_address(server))
     except ValueError:
-        raise InputError(f"DNS server {safe_text(server, 60)!r} is not an IP address") from None
-    if not 0 < port < 65536:
-        raise InputError(f"DNS server port {port} is not 1 to 65535")
-    return address, port
+        raise InputError("the DNS server to ask is not an IP address") from None
+    if not 0 <= port <= 65535:
+        raise InputError("the DNS server's port is not a port")
+    return address, port or DNS_PORT
+
+
+MAX_MESSAGE = 4096
+EXCHANGE_TIMEOUT = 5.0
 
 
 def exchange(message: bytes, server: str, port: int) -> bytes:
@@ -154,8 +159,8 @@ def exchange(message: bytes, server: str, port: int) -> bytes:
 
 
 def dnsquery() -> types.ModuleType:
-    """dns-01's queries, with dnspython, loaded by the first run that asks
-    one: about 0.1 s that the others do not spend."""
+    """The DNS challenges' queries, with dnspython, loaded by the first run
+    that asks one."""
     from letskencrypt import dnsquery
 
     return dnsquery
@@ -175,23 +180,19 @@ class ResolverService(rpc.Servicer, resolver_pb2_grpc.ResolverServicer):
     def Txt(
         self, request: resolver_pb2.TxtRequest, context: grpc.ServicerContext
     ) -> resolver_pb2.TxtReply:
-        name = check_dns_name(request.name)
-        server = None
-        if request.server:
-            server, _port = check_server(request.server, request.port)
-        values = dnsquery().txt(name, server, request.port)
-        self.log.debug(f"{name} TXT -> {len(values)} value(s)")
+        name = check_txt_name(request.name)
+        server, port = check_server(request.server, request.port) if request.server else ("", 0)
+        values = dnsquery().lookup_txt(name, server, port)
+        self.log.debug(f"TXT {name}: {len(values)} record(s)")
         return resolver_pb2.TxtReply(values=values)
 
     @rpc.guarded
     def Authoritative(
         self, request: resolver_pb2.AuthoritativeRequest, context: grpc.ServicerContext
     ) -> resolver_pb2.AuthoritativeReply:
-        name = check_dns_name(request.name)
-        server = None
-        if request.server:
-            server, _port = check_server(request.server, request.port)
-        zone, servers = dnsquery().authoritative(name, server, request.port)
+        name = check_txt_name(request.name)
+        server, port = check_server(request.server, request.port) if request.server else ("", 0)
+        zone, servers = dnsquery().authoritative(name, server, port)
         self.log.debug(f"{name}: zone {zone}, servers {' '.join(servers)}")
         return resolver_pb2.AuthoritativeReply(zone=zone, servers=servers)
 
@@ -199,6 +200,8 @@ class ResolverService(rpc.Servicer, resolver_pb2_grpc.ResolverServicer):
     def Exchange(
         self, request: resolver_pb2.ExchangeRequest, context: grpc.ServicerContext
     ) -> resolver_pb2.ExchangeReply:
+        if not request.server:
+            raise InputError("an update goes to a DNS server: none was named")
         server, port = check_server(request.server, request.port)
         return resolver_pb2.ExchangeReply(answer=exchange(request.message, server, port))
 

@@ -48,6 +48,18 @@ request for it that fails, leaves the lifetime rule alone to decide.  A
 renewal's newOrder carries `replaces`, which acctproc checks against its
 own configuration.  The note goes to the supervisor on the marker line.
 
+With --challenge dns-persist-01 nothing is published: before answering a
+challenge, netproc asks dnsproc (read-only; --dns-check-server: that
+server, without recursion) for the name's _validation-persist TXT records
+and, unless one names one of the challenge's issuer domain names and this
+account (and policy=wildcard for a wildcard), ends the run with one line
+that says which record is expected.  A persist-record run
+(`letskencrypt persist-record`) finds the account (registers it only with
+-n) and reports, on its stdout (relay.REPORT_MARKER), the account URL and
+the CA's caaIdentities, from which the command line prints the records.
+Both are the CA's word through netproc: the command line checks their
+form, and nothing can check more.
+
 Exit status: 0 a certificate was issued, renewed or revoked; 1 failure;
 2 nothing to do: no order, and no request reached the CA but the unsigned
 ones for its renewal information (none with --no-ari).  In daemon mode
@@ -71,10 +83,11 @@ from datetime import UTC, datetime
 
 import grpc
 
-from letskencrypt import acme, ari, process, rpc
+from letskencrypt import acme, ari, persist, process, rpc
 from letskencrypt.b64 import b64url
 from letskencrypt.constants import (
     CHALLENGE_DNS_01,
+    CHALLENGE_HTTP_01,
     DNS_PORT,
     EXIT_CHANGED,
     EXIT_FAILED,
@@ -84,7 +97,7 @@ from letskencrypt.constants import (
 from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.fsutil import FileTooLarge, NotRegularFile, read_file
-from letskencrypt.relay import COUNTS_MARKER
+from letskencrypt.relay import COUNTS_MARKER, REPORT_MARKER
 from letskencrypt.settings import AriNote, NetprocSettings, Schedule
 from letskencrypt.spec import READ, Fs, Grant, Network, RoleSpec
 from letskencrypt.v1 import (
@@ -101,7 +114,7 @@ from letskencrypt.v1 import (
     resolver_pb2,
     resolver_pb2_grpc,
 )
-from letskencrypt.validate import parse_dns_server, safe_text
+from letskencrypt.validate import dns_server_text, parse_dns_server, safe_text
 
 # OpenSSL's configuration and the system's trust anchors, for the CA's TLS
 # (not /etc/ssl/private); --ca-bundle is read before the sandbox.
@@ -129,6 +142,8 @@ SPEC = RoleSpec(
 
 # Signing and CSR building on the key holders: RSA 4096 takes a moment.
 KEY_DEADLINE = 20.0
+# dnsproc's TXT lookup gives up after 5 s.
+TXT_DEADLINE = 10.0
 # The longest the daemon waits because the CA asked it to.
 MAX_CA_WAIT = 7 * 86400.0
 # The shortest wait for the time picked in a renewal window.
@@ -149,6 +164,7 @@ class RemoteSigner:
         payload: bytes | None,
         external_account_binding: bool = False,
         key_change: bool = False,
+        challenge_type: str = CHALLENGE_HTTP_01,
     ) -> dict[str, str]:
         request = account_pb2.SignRequest(
             url=url,
@@ -158,6 +174,7 @@ class RemoteSigner:
             post_as_get=payload is None,
             external_account_binding=external_account_binding,
             key_change=key_change,
+            challenge_type="" if challenge_type == CHALLENGE_HTTP_01 else challenge_type,
         )
         reply = rpc.call(self.stub.Sign, request, peer="acctproc", timeout=KEY_DEADLINE)
         return {
@@ -222,6 +239,11 @@ class RemoteResolver:
     def resolve(self, host: str) -> list[str]:
         reply = rpc.call(self.stub.Resolve, resolver_pb2.ResolveRequest(host=host), peer="dnsproc")
         return list(reply.addresses)[:8]
+
+    def txt(self, name: str, server: str = "", port: int = 0) -> list[str]:
+        request = resolver_pb2.TxtRequest(name=name, server=server, port=port)
+        reply = rpc.call(self.stub.Txt, request, peer="dnsproc", timeout=TXT_DEADLINE)
+        return [value[: persist.MAX_TXT_VALUE] for value in reply.values][: persist.MAX_TXT_VALUES]
 
 
 class Peers:
@@ -504,7 +526,8 @@ def obtain(
             thumbprint=peers.signer.thumbprint(),
             profile=settings.profile,
             replaces=replaces,
-            challenge=settings.challenge,
+            challenge_type=settings.challenge,
+            check_record=record_check(peers, settings, client),
         )
     finally:
         if dns is not None:
@@ -593,6 +616,65 @@ def ask_ari(
     if window.explanation:
         log.info(f"the CA explains its renewal window: {safe_text(window.explanation, 300)}")
     return note
+
+
+def record_check(
+    peers: Peers, settings: NetprocSettings, client: acme.AcmeClient
+) -> acme.RecordCheck:
+    """dns-persist-01: the check that an authorization's record is in place."""
+
+    servers = [
+        parse_dns_server(text, "dns check server") for text in settings.dns_check_servers
+    ] or [("", 0)]
+
+    def check(authz: acme.Authorization, challenge: acme.Challenge) -> None:
+        base = authz.identifier_value or ""
+        name = f"*.{base}" if authz.wildcard else base
+        account = persist.check_account_uri(client.kid or "")
+        # At every server asked (the resolver, or each --dns-check-server).
+        for server, port in servers:
+            values = peers.resolver.txt(persist.record_name(name), server, port)
+            wrong = persist.problem(
+                values, challenge.issuer_names, account, authz.wildcard, int(time.time())
+            )
+            if wrong is not None:
+                break
+        else:
+            return
+        if server:
+            wrong += f" at {dns_server_text(server, port)}"
+        # The record persist-record prints for this run's names.
+        shown = f"*.{base}" if f"*.{base}" in settings.names else name
+        expected = persist.expected_line(shown, challenge.issuer_names[0], account)
+        raise InputError(f"{name}: no dns-persist-01 record lets this account validate "
+                         f"({wrong}); expected: {expected}")  # fmt: skip
+
+    return check
+
+
+def persist_record(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logger) -> int:
+    """Find (with -n, register) the account; report its URL and the CA's
+    issuer domain names (caaIdentities) for persist-record's records."""
+    client = connect_ca(peers, settings, ca_pem, log)
+    directory = client.directory()
+    if not directory.caa_identities:
+        raise InputError("the CA's directory lists no caaIdentities: it names no issuer "
+                         "domain name for dns-persist-01 records")  # fmt: skip
+    if settings.new_account:
+        find_account(client, settings, log)
+        note_account(client)
+        kid = client.kid or ""
+    else:
+        try:
+            kid = existing_account(client)
+        except acme.AcmeError as error:
+            if "has no account" not in str(error):
+                raise
+            raise InputError(f"{error}; give -n to register one") from None
+    report = {"persist_record": {"account": kid, "issuers": list(directory.caa_identities)}}
+    sys.stdout.write(f"{REPORT_MARKER}{json.dumps(report)}\n")
+    sys.stdout.flush()
+    return EXIT_CHANGED
 
 
 def install_kept(peers: Peers, pem_chain: bytes, log: Logger) -> bool:
@@ -827,6 +909,8 @@ def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
             code = rollover(peers, settings, ca_pem, log)
         elif settings.deactivate:
             code = deactivate(peers, settings, ca_pem, log)
+        elif settings.persist_record:
+            code = persist_record(peers, settings, ca_pem, log)
         elif settings.daemon:
             code = keep_renewing(peers, settings, settings.daemon, ca_pem, log, ari_state)
         else:

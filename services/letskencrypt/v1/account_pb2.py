@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dletskencrypt/v1/account.proto\x12\x0fletskencrypt.v1\"\x11\n\x0f\x44\x65scribeRequest\"H\n\rDescribeReply\x12\x10\n\x08jwk_json\x18\x01 \x01(\t\x12\x12\n\nthumbprint\x18\x02 \x01(\t\x12\x11\n\talgorithm\x18\x03 \x01(\t\"\x92\x01\n\x0bSignRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x0b\n\x03kid\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x13\n\x0bpost_as_get\x18\x05 \x01(\x08\x12 \n\x18\x65xternal_account_binding\x18\x06 \x01(\x08\x12\x12\n\nkey_change\x18\x07 \x01(\x08\"(\n\x11KeyChangedRequest\x12\x13\n\x0b\x61\x63\x63ount_url\x18\x01 \x01(\t\"B\n\tSignReply\x12\x11\n\tprotected\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\t2\xeb\x01\n\x07\x41\x63\x63ount\x12L\n\x08\x44\x65scribe\x12 .letskencrypt.v1.DescribeRequest\x1a\x1e.letskencrypt.v1.DescribeReply\x12@\n\x04Sign\x12\x1c.letskencrypt.v1.SignRequest\x1a\x1a.letskencrypt.v1.SignReply\x12P\n\nKeyChanged\x12\".letskencrypt.v1.KeyChangedRequest\x1a\x1e.letskencrypt.v1.DescribeReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dletskencrypt/v1/account.proto\x12\x0fletskencrypt.v1\"\x11\n\x0f\x44\x65scribeRequest\"H\n\rDescribeReply\x12\x10\n\x08jwk_json\x18\x01 \x01(\t\x12\x12\n\nthumbprint\x18\x02 \x01(\t\x12\x11\n\talgorithm\x18\x03 \x01(\t\"\xaa\x01\n\x0bSignRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\t\x12\x0b\n\x03kid\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x13\n\x0bpost_as_get\x18\x05 \x01(\x08\x12 \n\x18\x65xternal_account_binding\x18\x06 \x01(\x08\x12\x12\n\nkey_change\x18\x07 \x01(\x08\x12\x16\n\x0e\x63hallenge_type\x18\x08 \x01(\t\"(\n\x11KeyChangedRequest\x12\x13\n\x0b\x61\x63\x63ount_url\x18\x01 \x01(\t\"B\n\tSignReply\x12\x11\n\tprotected\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\t2\xeb\x01\n\x07\x41\x63\x63ount\x12L\n\x08\x44\x65scribe\x12 .letskencrypt.v1.DescribeRequest\x1a\x1e.letskencrypt.v1.DescribeReply\x12@\n\x04Sign\x12\x1c.letskencrypt.v1.SignRequest\x1a\x1a.letskencrypt.v1.SignReply\x12P\n\nKeyChanged\x12\".letskencrypt.v1.KeyChangedRequest\x1a\x1e.letskencrypt.v1.DescribeReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESCRIBEREPLY']._serialized_start=69
   _globals['_DESCRIBEREPLY']._serialized_end=141
   _globals['_SIGNREQUEST']._serialized_start=144
-  _globals['_SIGNREQUEST']._serialized_end=290
-  _globals['_KEYCHANGEDREQUEST']._serialized_start=292
-  _globals['_KEYCHANGEDREQUEST']._serialized_end=332
-  _globals['_SIGNREPLY']._serialized_start=334
-  _globals['_SIGNREPLY']._serialized_end=400
-  _globals['_ACCOUNT']._serialized_start=403
-  _globals['_ACCOUNT']._serialized_end=638
+  _globals['_SIGNREQUEST']._serialized_end=314
+  _globals['_KEYCHANGEDREQUEST']._serialized_start=316
+  _globals['_KEYCHANGEDREQUEST']._serialized_end=356
+  _globals['_SIGNREPLY']._serialized_start=358
+  _globals['_SIGNREPLY']._serialized_end=424
+  _globals['_ACCOUNT']._serialized_start=427
+  _globals['_ACCOUNT']._serialized_end=662
 # @@protoc_insertion_point(module_scope)

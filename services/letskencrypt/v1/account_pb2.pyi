@@ -19,7 +19,7 @@ class DescribeReply(_message.Message):
     def __init__(self, jwk_json: _Optional[str] = ..., thumbprint: _Optional[str] = ..., algorithm: _Optional[str] = ...) -> None: ...
 
 class SignRequest(_message.Message):
-    __slots__ = ("url", "nonce", "kid", "payload", "post_as_get", "external_account_binding", "key_change")
+    __slots__ = ("url", "nonce", "kid", "payload", "post_as_get", "external_account_binding", "key_change", "challenge_type")
     URL_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     KID_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class SignRequest(_message.Message):
     POST_AS_GET_FIELD_NUMBER: _ClassVar[int]
     EXTERNAL_ACCOUNT_BINDING_FIELD_NUMBER: _ClassVar[int]
     KEY_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_TYPE_FIELD_NUMBER: _ClassVar[int]
     url: str
     nonce: str
     kid: str
@@ -34,7 +35,8 @@ class SignRequest(_message.Message):
     post_as_get: bool
     external_account_binding: bool
     key_change: bool
-    def __init__(self, url: _Optional[str] = ..., nonce: _Optional[str] = ..., kid: _Optional[str] = ..., payload: _Optional[bytes] = ..., post_as_get: _Optional[bool] = ..., external_account_binding: _Optional[bool] = ..., key_change: _Optional[bool] = ...) -> None: ...
+    challenge_type: str
+    def __init__(self, url: _Optional[str] = ..., nonce: _Optional[str] = ..., kid: _Optional[str] = ..., payload: _Optional[bytes] = ..., post_as_get: _Optional[bool] = ..., external_account_binding: _Optional[bool] = ..., key_change: _Optional[bool] = ..., challenge_type: _Optional[str] = ...) -> None: ...
 
 class KeyChangedRequest(_message.Message):
     __slots__ = ("account_url",)

@@ -66,7 +66,9 @@ class ResolverServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Txt(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Read-only: the TXT records of one name (a dns-persist-01 record, a
+        dns-01 record being served).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
