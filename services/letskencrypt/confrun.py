@@ -112,8 +112,10 @@ def domain_arguments(
     one.challenge = domain.challenge
     one.dns_server = domain.dns_server
     one.tsig_key = domain.tsig_key
-    # The file's, else the command line's (for every certificate).
-    one.dns_check_server = list(domain.dns_check_servers) or list(args.dns_check_server)
+    # The file's, else the command line's (for every certificate; `status`
+    # has no such option).
+    given = getattr(args, "dns_check_server", None) or []
+    one.dns_check_server = list(domain.dns_check_servers) or list(given)
     one.rotate_domain_key = args.rotate_domain_key or domain.rotate_key
     # A --config daemon is confrun's loop; each run of a certificate is one-shot.
     one.daemon = False
