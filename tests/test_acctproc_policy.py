@@ -1481,6 +1481,23 @@ def test_a_dns_persist_01_run_answers_dns_persist_01_only() -> None:
             "challenge", "not part of this run")
 
 
+def test_a_dns_01_run_answers_dns_01_and_http_01_for_its_addresses_only() -> None:
+    """dns-01 validates no IP address (RFC 8738): a dns-01 run whose names hold
+    one answers that one's http-01 challenge; without addresses, dns-01 only."""
+    p = with_challenge("dns-01")
+    assert judge(p, challenge("dns-01")) == "challenge"
+    refused(p, challenge(""), "challenge", "this run answers dns-01 only")
+    refused(p, challenge("dns-persist-01"), "challenge", "this run answers dns-01 only")
+    mixed = dataclasses.replace(p, names=(*NAMES, "192.0.2.1"))
+    assert judge(mixed, challenge("dns-01")) == "challenge"
+    assert judge(mixed, challenge("")) == "challenge"
+    assert judge(mixed, challenge("http-01")) == "challenge"
+    refused(mixed, challenge("dns-persist-01"), "challenge", "this run answers dns-01 only")
+    # An http-01 run with addresses answers no dns-01 challenge.
+    refused(dataclasses.replace(policy("issue"), names=(*NAMES, "192.0.2.1")),
+            challenge("dns-01"), "challenge", "this run answers http-01 only")  # fmt: skip
+
+
 @pytest.mark.parametrize("kind", ["http-01", "dns-persist-01"])
 def test_only_a_challenge_response_names_a_challenge_type(kind: str) -> None:
     p = with_challenge(kind)

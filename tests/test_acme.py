@@ -245,9 +245,13 @@ class ScriptedTransport:
 class RecordingSigner:
     def __init__(self):
         self.calls: list[tuple[str, str, str | None, bytes | None]] = []
+        # The challenge type each call named (http-01: none named).
+        self.challenge_types: list[str] = []
 
-    def sign(self, url, nonce, kid, payload, external_account_binding=False):
+    def sign(self, url, nonce, kid, payload, external_account_binding=False,
+             challenge_type="http-01"):  # fmt: skip
         self.calls.append((url, nonce, kid, payload))
+        self.challenge_types.append(challenge_type)
         return {"protected": "p", "payload": "", "signature": "s"}
 
 
@@ -898,6 +902,71 @@ def test_an_authorization_for_an_ordered_identifier_is_answered(names, identifie
                       "t" * 43, names)  # fmt: skip
     assert published == ["tok_en-1"]
     assert len(signer.calls) == 3
+
+
+def _dns_authz(value: str, **extra: Any) -> dict[str, Any]:
+    document = _ip_authz("dns", value, **extra)
+    dns01 = {"type": "dns-01", "url": f"{BASE}/chall/2", "token": "dns_tok-1", "status": "pending"}
+    return {**document, "challenges": [*document["challenges"][1:], dns01]}
+
+
+@pytest.mark.parametrize(
+    ("names", "value", "extra", "where"),
+    [
+        (["a.test"], "A.test", {}, "a.test"),
+        # The wildcard's record is at the name below the "*." (RFC 8555 8.4).
+        (["*.a.test", "a.test"], "a.test", {"wildcard": True}, "a.test"),
+    ],
+)
+def test_dns01_answers_the_dns01_challenge_at_the_identifiers_name(names, value, extra, where):
+    pending = _dns_authz(value, **extra)
+    client, _, signer, *_ = scripted(
+        response(200),
+        response(200, pending),
+        response(200, {"type": "dns-01", "status": "pending"}),
+        response(200, {**pending, "status": "valid"}),
+    )
+    calls: list[tuple[str, str, str]] = []
+    client._authorize(
+        f"{BASE}/authz/1",
+        lambda token, key_authorization, *, name: calls.append(("publish", token, name)),
+        lambda token, *, name: calls.append(("withdraw", token, name)),
+        "t" * 43, names, "dns-01",
+    )  # fmt: skip
+    assert calls == [("publish", "dns_tok-1", where), ("withdraw", "dns_tok-1", where)]
+    # The POST answering the challenge went to the dns-01 one, saying so to the signer.
+    assert signer.calls[1][0] == f"{BASE}/chall/2"
+    assert signer.challenge_types[1] == "dns-01"
+
+
+def test_dns01_leaves_an_address_to_http01():
+    """RFC 8738: dns-01 validates no address; in a dns-01 run its authorization
+    is answered over http-01, and publish gets no name."""
+    pending = _ip_authz("ip", "192.0.2.1")
+    client, _, signer, *_ = scripted(
+        response(200),
+        response(200, pending),
+        response(200, {"type": "http-01", "status": "pending"}),
+        response(200, {**pending, "status": "valid"}),
+    )
+    calls: list[tuple[Any, ...]] = []
+    client._authorize(
+        f"{BASE}/authz/1",
+        lambda token, key_authorization, **where: calls.append(("publish", token, where)),
+        lambda token, **where: calls.append(("withdraw", token, where)),
+        "t" * 43, ["example.test", "192.0.2.1"], "dns-01",
+    )  # fmt: skip
+    assert calls == [("publish", "tok_en-1", {}), ("withdraw", "tok_en-1", {})]
+    assert signer.calls[1][0] == f"{BASE}/chall/1"
+    assert signer.challenge_types[1] == "http-01"
+
+
+def test_dns01_says_what_is_wrong_with_the_cas_dns01_challenge():
+    """An http-01 run ignores the dns-01 challenge whatever it is; a dns-01 run names it."""
+    client, *_ = scripted(response(200), response(200, authz()))
+    with pytest.raises(AcmeError, match="unusable dns-01 challenge: invalid challenge token"):
+        client._authorize(f"{BASE}/authz/1", lambda *a, **k: None, lambda *a, **k: None,
+                          "t" * 43, ["a.test"], "dns-01")  # fmt: skip
 
 
 @pytest.mark.parametrize(

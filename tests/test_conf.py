@@ -494,7 +494,24 @@ def test_includes_count_towards_the_size_limit(tmp_path: Path) -> None:
     ("a.b = x\n", "<config>:1:1: macro name 'a.b' may only have letters, digits and '_'"),
     (with_domain("challenge tls-alpn-01"),
      "<config>:7:12: unsupported challenge type 'tls-alpn-01' "
-     "(supported: http-01, dns-persist-01)"),
+     "(supported: http-01, dns-01, dns-persist-01)"),
+    (with_domain("challenge dns-01"),
+     "<config>:5:1: domain 'example.com': challenge dns-01 needs 'dns server' and"
+     " 'tsig key' (in it or its authority)"),
+    (with_domain("dns server ns1.example.com"),
+     "<config>:7:13: dns server 'ns1.example.com': give an IP address (and :PORT), not a name"),
+    (with_domain("dns server 192.0.2.1:99999"),
+     "<config>:7:13: dns server '192.0.2.1:99999': the port is a number from 1 to 65535"),
+    (with_domain('dns check server 192.0.2.1 ::1 "[::1]:53x"'),
+     "<config>:7:33: dns check server '[::1]:53x': the port is a number from 1 to 65535"),
+    (with_domain("dns resolver 192.0.2.1"),
+     "<config>:7:6: expected 'server' or 'check server' after 'dns', got 'resolver'"),
+    (with_domain("tsig key relative.key"),
+     "<config>:7:11: tsig key must be an absolute path, not 'relative.key'"),
+    (with_domain("dns server 192.0.2.1", "dns server 192.0.2.2"),
+     "<config>:8:2: duplicate 'dns server' (first at <config>:7:2)"),
+    (with_domain("dns check server " + " ".join(f"192.0.2.{n}" for n in range(9))),
+     "<config>:7:2: dns check server: at most 8 servers"),
     (with_domain("alternative names { a, }"),
      "<config>:7:25: expected a name in alternative names, got '}'"),
     (with_domain("alternative names { }"),
@@ -677,3 +694,58 @@ def test_valid_files_with_noise_inserted(data: st.DataObject) -> None:
     position = data.draw(st.integers(0, len(text)))
     noise = data.draw(st.sampled_from(GRAMMAR))
     parses_or_refuses(text[:position] + noise + text[position:])
+
+
+# dns-01
+
+
+DNS_AUTHORITY = """\
+authority ca {
+\tapi url https://ca.example/dir
+\taccount key /etc/acme/ca.pem
+\tchallenge dns-01
+\tdns server 192.0.2.53
+\ttsig key /etc/acme/tsig.key
+\tdns check server 192.0.2.1 "[2001:db8::1]:5353"
+}
+"""
+
+
+def test_dns01_directives_of_an_authority_hold_for_its_domains() -> None:
+    config = parse(with_domain(before=DNS_AUTHORITY))
+    authority = config.authorities["ca"]
+    assert (authority.challenge, authority.dns_server, authority.tsig_key) == (
+        "dns-01", "192.0.2.53:53", "/etc/acme/tsig.key")
+    (domain,) = config.domains.values()
+    assert domain.challenge == "dns-01"
+    assert domain.dns_server == "192.0.2.53:53"
+    assert domain.tsig_key == "/etc/acme/tsig.key"
+    assert domain.dns_check_servers == ("192.0.2.1:53", "[2001:db8::1]:5353")
+
+
+def test_a_domain_overrides_its_authoritys_dns01_directives() -> None:
+    domain = one_domain(
+        'dns server "[::1]:5300"', "tsig key /etc/acme/other.key", "dns check server 127.0.0.1",
+        before=DNS_AUTHORITY,
+    )
+    assert (domain.dns_server, domain.tsig_key, domain.dns_check_servers) == (
+        "[::1]:5300", "/etc/acme/other.key", ("127.0.0.1:53",))
+
+
+def test_a_domain_may_keep_http01_under_a_dns01_authority() -> None:
+    domain = one_domain("challenge http-01", before=DNS_AUTHORITY)
+    assert domain.challenge == "http-01"
+    assert (domain.dns_server, domain.tsig_key, domain.dns_check_servers) == (None, None, ())
+
+
+def test_dns01_in_a_domain_block_alone() -> None:
+    domain = one_domain("challenge dns-01", "dns server 127.0.0.1:5353",
+                        "tsig key /etc/acme/tsig.key")
+    assert (domain.challenge, domain.dns_server, domain.dns_check_servers) == (
+        "dns-01", "127.0.0.1:5353", ())
+
+
+def test_dns_and_tsig_stay_usable_as_names() -> None:
+    """Our words are keywords only where a directive starts."""
+    domain = one_domain("alternative names { dns tsig }")
+    assert domain.names == ("example.com", "dns", "tsig")

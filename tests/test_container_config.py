@@ -91,6 +91,29 @@ def test_paths_inside_the_containers_are_fixed(tmp_path: Path) -> None:
     assert {p.config.settings.challenge_dir for p in chng if p.config} == {"/var/www/acme"}
 
 
+def test_dns01_from_the_file_with_the_mounted_tsig_key(tmp_path: Path) -> None:
+    """Each certificate's challenge and DNS servers are the file's; the TSIG
+    key is the file mounted into chngproc alone, whose path the other roles
+    are told without reading it (there is none here: chngproc says so)."""
+    text = CONFIG.replace(
+        "    sign with other\n",
+        "    sign with other\n    challenge dns-01\n    dns server 192.0.2.53\n"
+        '    tsig key "/host/tsig.key"\n    dns check server 192.0.2.1 192.0.2.2:5353\n',
+    )
+    environ = environment(tmp_path, text)
+    first, second = pod.plans("netproc", environ)
+    assert first.config and second.config
+    assert first.config.settings.challenge == "http-01"
+    settings = second.config.settings
+    assert (settings.challenge, settings.dns_server) == ("dns-01", "192.0.2.53:53")
+    assert settings.dns_check_servers == ("192.0.2.1:53", "192.0.2.2:5353")
+    first, second = pod.plans("chngproc", environ)
+    assert first.config and first.config.settings.challenge_dir == "/var/www/acme"
+    assert second.config is None
+    assert second.error is not None
+    assert second.error.endswith(f"--tsig-key {container.TSIG_KEY}: no such file")
+
+
 def test_key_type_from_the_environment_wins(tmp_path: Path) -> None:
     plans = pod.plans("keyproc", environment(tmp_path, KEY_TYPE="ecdsa256"))
     assert all(p.config and p.config.settings.key_type == "ecdsa256" for p in plans)

@@ -88,13 +88,13 @@ MODULES = (account_pb2, certificate_pb2, challenge_pb2, domainkey_pb2, files_pb2
 EXPECTED_METHODS = {
     "letskencrypt.v1.Account": {"Describe", "Sign", "KeyChanged"},
     "letskencrypt.v1.Certificate": {"Submit", "Retire"},
-    "letskencrypt.v1.Challenge": {"Publish", "Withdraw"},
+    "letskencrypt.v1.Challenge": {"Publish", "Withdraw", "DnsUpdate", "DnsAnswer"},
     "letskencrypt.v1.DomainKey": {"Csr", "SignRevocation"},
     "letskencrypt.v1.Files": {"Install", "Remove"},
     "letskencrypt.v1.KeyInfo": {"Describe"},
     "letskencrypt.v1.Lifecycle": {"Stop"},
     "letskencrypt.v1.Renewal": {"Check", "Current"},
-    "letskencrypt.v1.Resolver": {"Resolve", "Txt"},
+    "letskencrypt.v1.Resolver": {"Resolve", "Txt", "Authoritative", "Exchange"},
 }
 # One harmless call per edge: an answer (even a refusal) means the server is alive.
 PROBES = {

@@ -13,7 +13,7 @@ import dns.rdtypes.ANY.TXT
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from letskencrypt import cli, persist
+from letskencrypt import cli, dnsquery, persist
 from letskencrypt.acme.messages import AcmeError, Authorization, Directory
 from letskencrypt.errors import InputError
 from letskencrypt.roles import dnsproc
@@ -238,13 +238,13 @@ def test_dnsproc_reads_every_record_bounded(named: AuthoritativeDns) -> None:
     add_strings(named, name, [GOOD[:10].encode(), GOOD[10:].encode()])  # two strings, one value
     add_strings(named, name, [b"x" * 255, b"y" * 255, b"z" * 10])  # 520 bytes: left out
     add_strings(named, name, [b"\xff\xfe not ascii"])
-    values = dnsproc.lookup_txt(name + ".", named.address, named.port)
+    values = dnsquery.lookup_txt(name + ".", named.address, named.port)
     assert sorted(values) == sorted([GOOD, "\ufffd\ufffd not ascii"])
     # More records than it hands on: the first MAX_TXT_VALUES in the server's
     # order (BIND's varies), each bounded.
     for i in range(40):
         add_strings(named, name, [f"other{i:02}.example; accounturi=x".encode()])
-    values = dnsproc.lookup_txt(name + ".", named.address, named.port)
+    values = dnsquery.lookup_txt(name + ".", named.address, named.port)
     assert len(values) == persist.MAX_TXT_VALUES
     assert all(len(value.encode()) <= persist.MAX_TXT_VALUE for value in values)
     assert not any(value.startswith("xxx") for value in values)
@@ -252,16 +252,16 @@ def test_dnsproc_reads_every_record_bounded(named: AuthoritativeDns) -> None:
 
 
 def test_dnsproc_says_none_for_a_name_without_records(named: AuthoritativeDns) -> None:
-    assert dnsproc.lookup_txt("_validation-persist.www.example.test.", named.address,
+    assert dnsquery.lookup_txt("_validation-persist.www.example.test.", named.address,
                               named.port) == []  # fmt: skip
-    assert dnsproc.lookup_txt("_validation-persist.nowhere.example.test.", named.address,
+    assert dnsquery.lookup_txt("_validation-persist.nowhere.example.test.", named.address,
                               named.port) == []  # fmt: skip
 
 
 def test_dnsproc_reports_a_refusal_in_one_line(named: AuthoritativeDns) -> None:
     # Not one of the server's zones, and it does not recurse.
     with pytest.raises(InputError, match="REFUSED") as info:
-        dnsproc.lookup_txt("_validation-persist.example.org.", named.address, named.port)
+        dnsquery.lookup_txt("_validation-persist.example.org.", named.address, named.port)
     assert "\n" not in str(info.value)
 
 
@@ -341,7 +341,7 @@ def test_a_report_netproc_could_fake_is_checked_for_form(report: object) -> None
     (["--wildcard", "a.example.org"], "--wildcard and --persist-until go with persist-record"),
     (["--persist-until", "2099-01-01", "a.example.org"], "go with persist-record"),
     (["--dns-check-server", "127.0.0.1", "a.example.org"],
-     "--dns-check-server goes with --challenge dns-persist-01"),
+     "--dns-check-server goes with --challenge dns-01 or dns-persist-01"),
     (["--challenge", "dns-persist-01", "192.0.2.1"],
      "192.0.2.1: dns-persist-01 validates domain names, not IP addresses"),
     (["*.a.example.org"], "a wildcard name needs --challenge dns-01 or dns-persist-01"),

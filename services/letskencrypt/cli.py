@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import typing
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NoReturn
 
@@ -41,6 +42,7 @@ from letskencrypt.constants import (
     CHALLENGE_DNS_PERSIST_01,
     CHALLENGE_HTTP_01,
     CHALLENGES,
+    DEFAULT_DNS_PROPAGATION_TIMEOUT,
     DEFAULT_KEY_TYPE,
     DEFAULT_POLL_TIMEOUT,
     EXIT_CHANGED,
@@ -152,6 +154,16 @@ def build_parser() -> Parser:
     add("-v", "--verbose", action="count", default=0, help="more output (-vv: debug)")
     add("-C", "--challenge-dir", default=DEFAULT_CHALLENGE_DIR, metavar="DIR",
         help=f"http-01 challenge directory (default {DEFAULT_CHALLENGE_DIR})")
+    add("--dns-server", metavar="ADDR[:PORT]",
+        help="dns-01: the DNS server (primary of the names' zones) that takes the signed "
+        "updates, an IP address (port 53 by default)")
+    add("--tsig-key", metavar="FILE",
+        help="dns-01: the TSIG key the updates are signed with, a BIND key statement as "
+        "tsig-keygen writes it (hmac-sha256, -384 or -512); only chngproc reads it")
+    add("--dns-propagation-timeout", type=float, default=DEFAULT_DNS_PROPAGATION_TIMEOUT,
+        metavar="SECONDS",
+        help="dns-01: longest wait for the zone's servers to serve a new record "
+        f"(default {DEFAULT_DNS_PROPAGATION_TIMEOUT:.0f})")
     add("-c", "--cert-dir", default=DEFAULT_CERT_DIR, metavar="DIR",
         help=f"certificate directory (default {DEFAULT_CERT_DIR})")
     add("-f", "--account-key", default=DEFAULT_ACCOUNT_KEY, metavar="FILE",
@@ -242,12 +254,15 @@ def build_parser() -> Parser:
         help="write Prometheus textfile metrics here after the run (replaced atomically)")
     add("--challenge", choices=CHALLENGES, default=CHALLENGE_HTTP_01, metavar="TYPE",
         help=f"how control of the names is proven: {', '.join(CHALLENGES)} (default "
-        f"{CHALLENGE_HTTP_01}); {CHALLENGE_DNS_PERSIST_01} needs the record that "
-        "persist-record prints, and no DNS credentials; the DNS challenges allow *.NAME")
+        f"{CHALLENGE_HTTP_01}); {CHALLENGE_DNS_01} publishes TXT records by RFC 2136 "
+        "update (--dns-server, --tsig-key), IP addresses going by http-01; "
+        f"{CHALLENGE_DNS_PERSIST_01} needs the record that persist-record prints, and no "
+        "DNS credentials; the DNS challenges allow *.NAME")
     add("--dns-check-server", action="append", default=[], metavar="ADDR[:PORT]",
         help="ask this DNS server (an IP address; port 53 by default) directly, without "
         "recursion, for the records a DNS challenge checks, instead of the system's resolver "
-        "(split-horizon DNS; repeatable: every one must serve them)")
+        "or, for dns-01, the zone's NS servers (split-horizon DNS; repeatable: every one "
+        "must serve them)")
     add("--wildcard", action="store_true",
         help="persist-record: records with policy=wildcard, which also cover *.NAME and "
         "the names below NAME")
@@ -396,13 +411,53 @@ def check_new_account_key(path: str, secrets: dict[str, str]) -> str:
     return path
 
 
+DNS01_OPTIONS = {"--dns-server": "dns_server", "--tsig-key": "tsig_key"}
+
+
+@dataclass(frozen=True)
+class DnsChallengeOptions:
+    """dns-01's checked options: the server's canonical text, the key file's path."""
+
+    server: str
+    tsig_key: str
+    propagation_timeout: float
+
+
 def check_challenge(args: argparse.Namespace) -> str:
     """--challenge; a wildcard name needs a DNS challenge (validate_names says so)."""
-    if args.challenge == CHALLENGE_DNS_01:
-        raise InputError("--challenge dns-01 is not part of this build")
     if args.dns_check_server and args.challenge == CHALLENGE_HTTP_01 and not args.config:
-        raise InputError("--dns-check-server goes with --challenge dns-persist-01")
+        raise InputError("--dns-check-server goes with --challenge dns-01 or dns-persist-01")
+    if args.challenge != CHALLENGE_DNS_01:
+        for option, attribute in DNS01_OPTIONS.items():
+            if getattr(args, attribute):
+                raise InputError(f"{option} goes with --challenge {CHALLENGE_DNS_01}")
     return typing.cast(str, args.challenge)
+
+
+def check_dns01(
+    args: argparse.Namespace, names: tuple[str, ...], key_readable: bool = True
+) -> DnsChallengeOptions | None:
+    """dns-01's options (None: another challenge).  The TSIG key file must be
+    there and readable; what is in it only chngproc reads."""
+    if args.challenge != CHALLENGE_DNS_01:
+        return None
+    # dns-01 validates domain names only: the addresses of a certificate go by
+    # http-01 (and -C) all the same, but one of addresses alone is no dns-01.
+    if all(identifier_type(name) == IP for name in names):
+        raise InputError(f"{CHALLENGE_DNS_01} validates domain names only; IP addresses need "
+                         f"{CHALLENGE_HTTP_01}")  # fmt: skip
+    if not args.dns_server or not args.tsig_key:
+        raise InputError(f"--challenge {CHALLENGE_DNS_01} needs --dns-server and --tsig-key")
+    timeout = args.dns_propagation_timeout
+    if not 1 <= timeout <= 3600:
+        raise InputError("--dns-propagation-timeout must be between 1 and 3600 seconds")
+    return DnsChallengeOptions(
+        server=dns_server_text(*parse_dns_server(args.dns_server, "--dns-server")),
+        tsig_key=check_readable_file(args.tsig_key, "--tsig-key")
+        if key_readable
+        else os.path.abspath(args.tsig_key),
+        propagation_timeout=timeout,
+    )
 
 
 def check_dns_servers(texts: list[str]) -> tuple[str, ...]:
@@ -884,12 +939,15 @@ def role_settings(
     args: argparse.Namespace,
     trust_anchors: bool = True,
     account_type_follows: bool = True,
+    tsig_key_readable: bool = True,
     knows_certificate: bool = True,
 ) -> dict[str, RoleSettings]:
     """Each role's settings.  `trust_anchors=False` (a container of a role
     that needs none) leaves the anchors out of certproc's and revokeproc's.
     `account_type_follows=False` (a configuration file's domain, whose key
     type is its own): the account key's type is only --account-key-type's.
+    `tsig_key_readable=False` (a container without the TSIG key): --tsig-key's
+    path is taken as it is.
     `knows_certificate=False` (a container, which cannot read the
     certificate directory): acctproc signs any well-formed `replaces`."""
     account_operation = check_account_operation(args)
@@ -950,9 +1008,18 @@ def role_settings(
     if account_operation == "rollover":
         new_account_key = check_new_account_key(args.rollover_account_key, secrets)
         secrets["new account key"] = new_account_key
-    check_key_places(
-        secrets, {"certificate directory": cert_dir, "challenge directory": challenge_dir}
-    )
+    dns = check_dns01(args, names, tsig_key_readable)
+    if dns is not None:
+        if os.path.realpath(dns.tsig_key) in map(os.path.realpath, secrets.values()):
+            raise InputError(f"--tsig-key {dns.tsig_key}: give the TSIG key's own file, not "
+                             "a key or the audit log of this run")  # fmt: skip
+        secrets["TSIG key"] = dns.tsig_key
+    written = {"certificate directory": cert_dir}
+    # http-01's files: every name's, or with dns-01 the addresses'.
+    http = dns is None or any(identifier_type(name) == IP for name in names)
+    if http:
+        written["challenge directory"] = challenge_dir
+    check_key_places(secrets, written)
     daemon = check_schedule(args) if args.daemon else None
     strict = args.strict
     # What a newOrder may say it replaces: the installed certificate, which
@@ -976,7 +1043,11 @@ def role_settings(
             rollover=account_operation == "rollover",
             deactivate=account_operation == "deactivate",
             challenge=challenge,
+            dns_server=dns.server if dns else None,
             dns_check_servers=dns_check_servers,
+            dns_propagation_timeout=dns.propagation_timeout if dns else (
+                DEFAULT_DNS_PROPAGATION_TIMEOUT
+            ),
             persist_record=account_operation == "persist-record",
             new_account=account_operation == "persist-record" and args.new_account_key,
             strict=strict,
@@ -1016,7 +1087,14 @@ def role_settings(
             strict=strict,
         ),
         "dnsproc": DnsprocSettings(strict=strict),
-        "chngproc": ChngprocSettings(challenge_dir=challenge_dir, strict=strict),
+        "chngproc": ChngprocSettings(
+            challenge=challenge,
+            challenge_dir=challenge_dir if http else None,
+            names=names if dns else (),
+            dns_server=dns.server if dns else None,
+            tsig_key=dns.tsig_key if dns else None,
+            strict=strict,
+        ),
         "revokeproc": RevokeprocSettings(
             cert_dir=cert_dir,
             names=names,

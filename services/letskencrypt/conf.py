@@ -29,6 +29,12 @@ Where this parser differs from OpenBSD's, it is on purpose:
   checked here: the command line checks them, for every domain.
 * Include paths are relative to the directory of the including file.
 * The first error ends the parse; its message is `file:line:column: message`.
+
+Our DNS challenge directives, in an authority block (for all its domains)
+or a domain block (for that one, over its authority's): `challenge TYPE`
+(http-01, dns-01, dns-persist-01), for dns-01 `dns server ADDR[:PORT]` and
+`tsig key FILE`, for both DNS challenges `dns check server ADDR[:PORT] ...`
+(one or more on the line).  Addresses are IP addresses, checked here.
 """
 
 import os
@@ -37,8 +43,9 @@ import string
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from letskencrypt.constants import CHALLENGE_DNS_01, CHALLENGE_DNS_PERSIST_01, CHALLENGE_HTTP_01
 from letskencrypt.errors import InputError
-from letskencrypt.validate import KEY_TYPES
+from letskencrypt.validate import KEY_TYPES, dns_server_text, parse_dns_server
 
 MAX_BYTES = 1 << 20  # per file, and for a file and all it includes together
 MAX_DOMAINS = 10000
@@ -46,9 +53,11 @@ MAX_INCLUDE_DEPTH = 16
 MAX_STRING = 8094  # OpenBSD's token buffer
 MAX_EXPANSION = 1 << 20  # characters produced by macro expansion, all told
 
-# The first is the default.  dns-persist-01 needs a record that `letskencrypt
-# persist-record` prints, and no DNS credentials.
-CHALLENGE_TYPES = ("http-01", "dns-persist-01")
+# The first is the default.  dns-01 needs a DNS server and a TSIG key;
+# dns-persist-01 a record that `letskencrypt persist-record` prints, and no
+# DNS credentials.
+CHALLENGE_TYPES = (CHALLENGE_HTTP_01, CHALLENGE_DNS_01, CHALLENGE_DNS_PERSIST_01)
+MAX_CHECK_SERVERS = 8
 OPENBSD_KEY_TYPES = {"rsa": "rsa4096", "ecdsa": "ecdsa384"}
 
 # OpenBSD's reserved words: never a plain argument, never a macro name.
@@ -61,7 +70,7 @@ KEYWORDS = frozenset({
 # directive starts, so an OpenBSD file may still use them as names.
 OUR_WORDS = frozenset({
     "trust", "ca", "challenge", "rotate", "profile", "deploy", "state", "external",
-    "preferred",
+    "preferred", "dns", "tsig",
 })
 
 _EOF = ""
@@ -107,8 +116,12 @@ class Authority:
     eab_kid: str | None
     eab_hmac_key: str | None
     location: Location
-    # `challenge TYPE`: the type of its domains that name none.
+    # dns-01 for its domains (each may say otherwise): `challenge`, `dns
+    # server`, `tsig key`, `dns check server`.
     challenge: str | None = None
+    dns_server: str | None = None
+    tsig_key: str | None = None
+    dns_check_servers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,10 @@ class Domain:
     preferred_chain: str | None
     deploy_hook: str | None
     location: Location
+    # dns-01: its own, or its authority's.
+    dns_server: str | None = None
+    tsig_key: str | None = None
+    dns_check_servers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -431,8 +448,8 @@ class _Settings:
         self.values[directive] = value
         self.where[directive] = location
 
-    def get(self, directive: str) -> str | None:
-        return self.values.get(directive)
+    def get(self, directive: str, default: str | None = None) -> str | None:
+        return self.values.get(directive, default)
 
 
 @dataclass
@@ -593,9 +610,7 @@ class _Parser:
                 eab_key = _absolute(tokens.argument("a file name"),
                                     "external account binding key")
                 settings.set("external account binding", kid.text, token.location)
-            elif token.is_word("challenge"):
-                settings.set("challenge", _challenge(tokens), token.location)
-            else:
+            elif not _dns_option(settings, token, tokens):
                 raise ConfigError(f"unexpected {token.describe()} in an authority block",
                                   token.location)
         for required in ("api url", "account key"):
@@ -613,6 +628,9 @@ class _Parser:
             eab_hmac_key=eab_key,
             location=keyword.location,
             challenge=settings.get("challenge"),
+            dns_server=settings.get("dns server"),
+            tsig_key=settings.get("tsig key"),
+            dns_check_servers=tuple(settings.get("dns check server", "").split()),
         )
 
     def _domain(self, keyword: _Token, tokens: _Tokens) -> None:
@@ -648,8 +666,8 @@ class _Parser:
             tokens.expect("word", "directory", "certificate")
             directory = _absolute(tokens.argument("a directory"), "certificate directory")
             settings.set("certificate directory", directory, token.location)
-        elif token.is_word("challenge"):
-            settings.set("challenge", _challenge(tokens), token.location)
+        elif _dns_option(settings, token, tokens):
+            pass
         elif token.is_word("rotate"):
             tokens.expect("keyword", "key", "rotate")
             settings.set("rotate key", "yes", token.location)
@@ -709,6 +727,23 @@ class _Parser:
             sign_with = next(iter(self.authorities))
         primary = settings.get("domain name") or draft.handle
         hook = settings.get("deploy hook")
+        authority = self.authorities[sign_with]
+        challenge = settings.get("challenge") or authority.challenge or CHALLENGE_TYPES[0]
+        checks = settings.get("dns check server")
+        dns = {
+            "dns_server": settings.get("dns server") or authority.dns_server,
+            "tsig_key": settings.get("tsig key") or authority.tsig_key,
+            "dns_check_servers": authority.dns_check_servers if checks is None
+            else tuple(checks.split()),
+        }
+        if challenge == CHALLENGE_DNS_01 and not (dns["dns_server"] and dns["tsig_key"]):
+            raise ConfigError(f"domain {draft.handle!r}: challenge {CHALLENGE_DNS_01} needs "
+                              "'dns server' and 'tsig key' (in it or its authority)",
+                              settings.location)
+        if challenge != CHALLENGE_DNS_01:
+            dns.update(dns_server=None, tsig_key=None)
+        if challenge == CHALLENGE_HTTP_01:
+            dns["dns_check_servers"] = ()
         return Domain(
             handle=draft.handle,
             names=tuple(dict.fromkeys([primary, *draft.names])),
@@ -719,23 +754,59 @@ class _Parser:
             full_chain_certificate=settings.get("domain full chain certificate"),
             sign_with=sign_with,
             challenge_dir=settings.get("challengedir"),
-            challenge=(settings.get("challenge") or self.authorities[sign_with].challenge
-                       or CHALLENGE_TYPES[0]),
+            challenge=challenge,
             certificate_directory=settings.get("certificate directory"),
             rotate_key=settings.get("rotate key") is not None,
             profile=settings.get("profile"),
             preferred_chain=settings.get("preferred chain"),
             deploy_hook=default_hook if hook is None else hook,
             location=settings.location,
+            dns_server=dns["dns_server"],
+            tsig_key=dns["tsig_key"],
+            dns_check_servers=dns["dns_check_servers"],
         )
 
 
-def _challenge(tokens: _Tokens) -> str:
-    challenge = tokens.argument("a challenge type")
-    if challenge.text not in CHALLENGE_TYPES:
-        raise ConfigError(f"unsupported challenge type {challenge.text!r}"
-                          f" (supported: {', '.join(CHALLENGE_TYPES)})", challenge.location)
-    return challenge.text
+def _dns_option(settings: _Settings, token: _Token, tokens: _Tokens) -> bool:
+    """`challenge TYPE`, `dns server ADDR`, `dns check server ADDR ...` or
+    `tsig key FILE` (False: the token starts none of them)."""
+    if token.is_word("challenge"):
+        challenge = tokens.argument("a challenge type")
+        if challenge.text not in CHALLENGE_TYPES:
+            raise ConfigError(f"unsupported challenge type {challenge.text!r}"
+                              f" (supported: {', '.join(CHALLENGE_TYPES)})", challenge.location)
+        settings.set("challenge", challenge.text, token.location)
+    elif token.is_word("tsig"):
+        tokens.expect("keyword", "key", "tsig")
+        settings.set("tsig key", _absolute(tokens.argument("a file name"), "tsig key"),
+                     token.location)
+    elif token.is_word("dns"):
+        which = tokens.take()
+        if which.is_word("server"):
+            settings.set("dns server", _server(tokens.argument("an address"), "dns server"),
+                         token.location)
+        elif which.is_word("check"):
+            tokens.expect("word", "server", "check")
+            servers = [_server(tokens.argument("an address"), "dns check server")]
+            while tokens.peek().kind in ("word", "string"):
+                servers.append(_server(tokens.take(), "dns check server"))
+            if len(servers) > MAX_CHECK_SERVERS:
+                raise ConfigError(f"dns check server: at most {MAX_CHECK_SERVERS} servers",
+                                  token.location)
+            settings.set("dns check server", " ".join(servers), token.location)
+        else:
+            raise ConfigError(f"expected 'server' or 'check server' after 'dns', got "
+                              f"{which.describe()}", which.location)
+    else:
+        return False
+    return True
+
+
+def _server(token: _Token, directive: str) -> str:
+    try:
+        return dns_server_text(*parse_dns_server(token.text, directive))
+    except InputError as error:
+        raise ConfigError(str(error), token.location) from None
 
 
 def _names(tokens: _Tokens) -> list[str]:

@@ -49,7 +49,9 @@ PER_CERTIFICATE = {
     "eab_hmac_key": ("--eab-hmac-key", "external account binding", None),
     "profile": ("--profile", "profile", None),
     "preferred_chain": ("--preferred-chain", "preferred chain", None),
-    "challenge": ("--challenge", "challenge", "http-01"),
+    "challenge": ("--challenge", "challenge", cli.CHALLENGE_HTTP_01),
+    "dns_server": ("--dns-server", "dns server", None),
+    "tsig_key": ("--tsig-key", "tsig key", None),
 }
 
 
@@ -107,6 +109,13 @@ def domain_arguments(
         state_directory(config), "certs", domain.handle
     )
     one.challenge_dir = domain.challenge_dir or cli.DEFAULT_CHALLENGE_DIR
+    one.challenge = domain.challenge
+    one.dns_server = domain.dns_server
+    one.tsig_key = domain.tsig_key
+    # The file's, else the command line's (for every certificate; `status`
+    # has no such option).
+    given = getattr(args, "dns_check_server", None) or []
+    one.dns_check_server = list(domain.dns_check_servers) or list(given)
     one.rotate_domain_key = args.rotate_domain_key or domain.rotate_key
     # A --config daemon is confrun's loop; each run of a certificate is one-shot.
     one.daemon = False

@@ -130,3 +130,7 @@ CHALLENGE_HTTP_01 = "http-01"
 CHALLENGE_DNS_01 = "dns-01"
 CHALLENGE_DNS_PERSIST_01 = "dns-persist-01"
 CHALLENGES = (CHALLENGE_HTTP_01, CHALLENGE_DNS_01, CHALLENGE_DNS_PERSIST_01)
+# dns-01: the port of a DNS server given without one (--dns-server, --dns-check-server).
+DNS_PORT = 53
+# dns-01: how long the zone's servers get to serve a new TXT record (--dns-propagation-timeout).
+DEFAULT_DNS_PROPAGATION_TIMEOUT = 120.0

@@ -21,6 +21,16 @@ the command line builds them, from these variables:
                      Kubernetes Job wants 0, or every quiet night is a failure)
     READY_TIMEOUT    seconds netproc waits for the other roles, and certproc
                      for fileproc (default 120)
+    CHALLENGE        http-01 (default) or dns-01
+    DNS_SERVER       dns-01: the DNS server that takes the updates (ADDR[:PORT])
+    DNS_CHECK_SERVER dns-01: space-separated servers the propagation check
+                     asks instead of the zone's NS servers
+
+dns-01's TSIG key is the file mounted at /etc/letskencrypt/tsig.key, in
+chngproc's container only (the other roles are told its path, never read
+it); with CONFIG it is the one key of every dns-01 certificate, and the
+file's `tsig key` is ignored like its other paths (its `challenge`, `dns
+server` and `dns check server` are used).
 
 Paths inside the containers are fixed, and equal to the native defaults:
 the sockets under /run/letskencrypt/<edge>/, the account key in /etc/acme,
@@ -73,12 +83,13 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from letskencrypt import cli, process
-from letskencrypt.constants import EXIT_FAILED, EXIT_NOTHING_TO_DO
+from letskencrypt.constants import CHALLENGE_DNS_01, EXIT_FAILED, EXIT_NOTHING_TO_DO
 from letskencrypt.context import RoleConfig
 from letskencrypt.errors import InputError
 from letskencrypt.roles import spec_of
 
 RUN_DIR = "/run/letskencrypt"
+TSIG_KEY = "/etc/letskencrypt/tsig.key"
 CA_BUNDLE = "/etc/letskencrypt/ca.pem"
 TRUST_ANCHORS = "/etc/letskencrypt/trust-anchors.pem"
 # Where compose.yaml and the Kubernetes CronJob mount the configuration file
@@ -149,6 +160,15 @@ def options(
     ):
         if environ.get(name):
             argv += [option, environ[name]]
+    challenge = environ.get("CHALLENGE", "").strip()
+    if challenge:
+        argv += ["--challenge", challenge]
+    if challenge == CHALLENGE_DNS_01:
+        argv += ["--tsig-key", TSIG_KEY]
+    if environ.get("DNS_SERVER", "").strip():
+        argv += ["--dns-server", environ["DNS_SERVER"].strip()]
+    for server in environ.get("DNS_CHECK_SERVER", "").split():
+        argv += ["--dns-check-server", server]
     argv += ["-v"] * verbosity(environ)
     return argv
 
@@ -172,7 +192,11 @@ def role_config(
     args = cli.build_parser().parse_args(command_line(role, environ) if argv is None else argv)
     # Not the certificate: acctproc's container cannot read it.
     settings = cli.role_settings(
-        args, trust_anchors=uses(role, "trust_anchors"), knows_certificate=False
+        args,
+        trust_anchors=uses(role, "trust_anchors"),
+        knows_certificate=False,
+        # Mounted into chngproc's container alone.
+        tsig_key_readable=uses(role, "tsig_key"),
     )[role]
     if uses(role, "ready_timeout"):
         ready_timeout = seconds(environ, "READY_TIMEOUT", READY_TIMEOUT)

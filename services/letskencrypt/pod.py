@@ -82,6 +82,10 @@ def domain_command_line(
     overrides = {
         "KEY_TYPE": environ.get("KEY_TYPE") or domain.domain_key_type or "",
         "ACCOUNT_KEY_TYPE": environ.get("ACCOUNT_KEY_TYPE") or authority.account_key_type or "",
+        # The file's, for this certificate (the TSIG key is the mounted one).
+        "CHALLENGE": domain.challenge,
+        "DNS_SERVER": domain.dns_server or "",
+        "DNS_CHECK_SERVER": " ".join(domain.dns_check_servers),
     }
     argv = container.options(
         role, {**environ, **overrides}, authority.api_url, list(authority.contact)

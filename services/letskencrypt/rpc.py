@@ -41,9 +41,10 @@ EDGES: dict[str, Edge] = {
     for edge in (
         Edge("acct", "netproc", "acctproc", 64 * KIB),
         Edge("key", "netproc", "keyproc", 64 * KIB),
-        # A TxtReply: at most 32 values of at most 512 bytes, and framing.
-        Edge("dns", "netproc", "dnsproc", 20 * KIB),
-        Edge("chng", "netproc", "chngproc", 4 * KIB),
+        # dns-01: up to 32 TXT values of 512 bytes; a DNS message of 4 KiB.
+        Edge("dns", "netproc", "dnsproc", 24 * KIB),
+        # dns-01: a signed update, or the server's answer of at most 4 KiB.
+        Edge("chng", "netproc", "chngproc", 8 * KIB),
         # A kept chain travels from revokeproc to netproc, as on "cert".
         Edge("rvk", "netproc", "revokeproc", 320 * KIB),
         # The CA's chains, default and alternates, are capped at 1 MiB in all

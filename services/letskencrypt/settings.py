@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from letskencrypt.constants import (
+    CHALLENGE_DNS_01,
     CHALLENGE_HTTP_01,
     CHALLENGES,
+    DEFAULT_DNS_PROPAGATION_TIMEOUT,
     DEFAULT_KEY_TYPE,
     DEFAULT_POLL_TIMEOUT,
     DEFAULT_READY_TIMEOUT,
@@ -42,14 +44,14 @@ class RoleSettings:
     strict: bool = False
 
 
-def check_operation(operation: str, known: tuple[str, ...] = OPERATIONS) -> None:
-    if operation not in known:
-        raise InputError(f"settings: operation must be one of {', '.join(known)}")
-
-
 def check_challenge(challenge: str) -> None:
     if challenge not in CHALLENGES:
         raise InputError(f"settings: challenge must be one of {', '.join(CHALLENGES)}")
+
+
+def check_operation(operation: str, known: tuple[str, ...] = OPERATIONS) -> None:
+    if operation not in known:
+        raise InputError(f"settings: operation must be one of {', '.join(known)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,10 +110,16 @@ class NetprocSettings(RoleSettings):
     deactivate: bool = False
     # How names are validated (--challenge, constants.CHALLENGES).
     challenge: str = CHALLENGE_HTTP_01
+    # dns-01: the DNS server that takes chngproc's updates ("ADDRESS:PORT"),
+    # asked for the zone of each record.
+    dns_server: str | None = None
     # The servers ("ADDRESS:PORT", "[ADDRESS]:PORT") a DNS challenge's
     # records are checked at, directly and without recursion
-    # (--dns-check-server); none: the system's resolver.
+    # (--dns-check-server); none: the system's resolver (dns-persist-01) or
+    # the zone's NS servers (dns-01).
     dns_check_servers: tuple[str, ...] = ()
+    # dns-01: how long the servers get to serve a new record.
+    dns_propagation_timeout: float = DEFAULT_DNS_PROPAGATION_TIMEOUT
     # `letskencrypt persist-record`: find the account (register it only
     # with `new_account`, -n) and report its URL and the CA's issuer
     # domain names; no order.
@@ -120,6 +128,10 @@ class NetprocSettings(RoleSettings):
 
     def __post_init__(self) -> None:
         check_challenge(self.challenge)
+        if (self.challenge == CHALLENGE_DNS_01) != (self.dns_server is not None):
+            raise InputError(
+                "settings: NetprocSettings.dns_server goes with dns-01, and only there"
+            )
         operations = [self.rollover, self.deactivate, self.persist_record]
         account = any(operations)
         if account and (self.revoke or self.daemon is not None or sum(operations) != 1):
@@ -217,7 +229,27 @@ class DnsprocSettings(RoleSettings):
 
 @dataclass(frozen=True, kw_only=True)
 class ChngprocSettings(RoleSettings):
-    challenge_dir: str
+    # http-01's directory the web server serves (with dns-01: for the
+    # certificate's IP addresses, which only http-01 validates).
+    challenge_dir: str | None = None
+    challenge: str = CHALLENGE_HTTP_01
+    # dns-01: this run's names (the only ones whose records it touches),
+    # the DNS server that takes the updates ("ADDRESS:PORT") and the TSIG
+    # key file (a BIND `key` statement), which chngproc alone reads.
+    names: tuple[str, ...] = ()
+    dns_server: str | None = None
+    tsig_key: str | None = None
+
+    def __post_init__(self) -> None:
+        check_challenge(self.challenge)
+        dns = self.challenge == CHALLENGE_DNS_01
+        if dns != (self.dns_server is not None and self.tsig_key is not None and bool(self.names)):
+            raise InputError(
+                "settings: ChngprocSettings.names, dns_server and tsig_key go with dns-01, "
+                "and only there"
+            )
+        if self.challenge == CHALLENGE_HTTP_01 and self.challenge_dir is None:
+            raise InputError("settings: ChngprocSettings.challenge_dir is missing for http-01")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -55,6 +55,7 @@ from letskencrypt.acme.messages import (
 from letskencrypt.acme.transport import COUNTS, HttpResponse, Transport
 from letskencrypt.b64 import b64url
 from letskencrypt.constants import (
+    CHALLENGE_DNS_01,
     CHALLENGE_DNS_PERSIST_01,
     CHALLENGE_HTTP_01,
     DEFAULT_POLL_TIMEOUT,
@@ -699,6 +700,9 @@ class AcmeClient:
 
         `publish(token, key_authorization)` must make the response reachable at
         /.well-known/acme-challenge/<token>; `withdraw(token)` removes it again.
+        dns-01: both are given name= too, the authorization's domain name (a
+        wildcard's without "*."), and `publish` returns once the TXT record is
+        served; an IP address's authorization goes by http-01 (no name=).
         dns-persist-01 publishes nothing: `check_record(authorization,
         challenge)` must find the persistent record in place (or raise, saying
         which record is expected) before the challenge is answered.
@@ -722,7 +726,9 @@ class AcmeClient:
                     if challenge_type == CHALLENGE_DNS_PERSIST_01:
                         self._authorize_persist(url, names, check_record)
                     else:
-                        self._authorize(url, publish, withdraw, thumbprint, names)
+                        self._authorize(
+                            url, publish, withdraw, thumbprint, names, challenge_type
+                        )
             document = self.poll(order.url, {"ready", "valid"}, {"invalid"}, what="order")
             order = Order.from_json(order.url, document, self.directory_url)
             if order.status == "ready":
@@ -738,8 +744,9 @@ class AcmeClient:
         withdraw: Callable[[str], None],
         thumbprint: str,
         names: list[str],
+        challenge_type: str = CHALLENGE_HTTP_01,
     ) -> None:
-        authz = self.authorization(url)
+        authz = self.authorization(url, challenge_type)
         # Or the CA could have us prove control of a name nobody asked for.
         if not _ordered(authz, names):
             raise AcmeError(
@@ -750,22 +757,29 @@ class AcmeClient:
             return
         if authz.status != "pending":
             raise AcmeError(f"authorization for {authz.identifier} is {authz.status}")
+        # dns-01 validates domain names only: an address goes by http-01
+        # (Authorization.from_json picked that one for it).
+        if authz.identifier_type == IP:
+            challenge_type = CHALLENGE_HTTP_01
         challenge = authz.challenge
         if challenge is None:
-            raise AcmeError(f"the CA offers no http-01 challenge for {authz.identifier}")
+            raise AcmeError(f"the CA offers no {challenge_type} challenge for {authz.identifier}")
         try:
             key_authorization = validate_key_authorization(
                 challenge.token, f"{challenge.token}.{thumbprint}"
             )
         except InputError as error:
             raise AcmeError(str(error)) from None
-        publish(challenge.token, key_authorization)
+        # dns-01: the record's name (a wildcard's without "*.", RFC 8555 8.4).
+        dns = challenge_type == CHALLENGE_DNS_01
+        where = {"name": (authz.identifier_value or "").lower()} if dns else {}
+        publish(challenge.token, key_authorization, **where)
         try:
             if challenge.status == "pending":
-                self.respond(challenge.url)
+                self.respond(challenge.url, challenge_type)
             self.poll(authz.url, {"valid"}, set(AUTHZ_FAILED), what="authorization")
         finally:
-            withdraw(challenge.token)
+            withdraw(challenge.token, **where)
         self._log(f"{authz.identifier}: authorized")
 
     def _authorize_persist(

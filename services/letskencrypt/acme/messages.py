@@ -19,11 +19,16 @@ from datetime import UTC, datetime
 from typing import Any, Self
 from urllib.parse import urljoin
 
-from letskencrypt.constants import CHALLENGE_DNS_PERSIST_01, CHALLENGE_HTTP_01, MAX_ALTERNATES
+from letskencrypt.constants import (
+    CHALLENGE_DNS_01,
+    CHALLENGE_DNS_PERSIST_01,
+    CHALLENGE_HTTP_01,
+    MAX_ALTERNATES,
+)
 from letskencrypt.errors import InputError, LetskencryptError
 from letskencrypt.persist import check_issuer_names
 from letskencrypt.urls import origin, well_formed
-from letskencrypt.validate import is_nonce, safe_text, validate_token
+from letskencrypt.validate import IP, is_nonce, safe_text, validate_token
 
 ERROR_PREFIX = "urn:ietf:params:acme:error:"
 BAD_NONCE = ERROR_PREFIX + "badNonce"
@@ -569,8 +574,8 @@ class Order:
 
 @dataclass(frozen=True)
 class Challenge:
-    """A challenge of the type the run answers: http-01 (a token), or
-    dns-persist-01 (the CA's issuer domain names, no token)."""
+    """A challenge of the type the run answers: http-01 or dns-01 (a token),
+    or dns-persist-01 (the CA's issuer domain names, no token)."""
 
     url: str
     token: str  # safe as a file name: base64url, bounded ("" for dns-persist-01)
@@ -595,16 +600,18 @@ class Challenge:
                 type=kind,
                 issuer_names=names,
             )
+        article = "an" if kind == CHALLENGE_HTTP_01 else "a"
         if not isinstance(document.get("token"), str):
-            raise AcmeError("CA sent an http-01 challenge whose token is not a string")
+            raise AcmeError(f"CA sent {article} {kind} challenge whose token is not a string")
         try:
             token = validate_token(document.get("token"))
         except InputError as error:
-            raise AcmeError(f"CA sent an unusable http-01 challenge: {error}") from None
+            raise AcmeError(f"CA sent an unusable {kind} challenge: {error}") from None
         return cls(
             url=check_url(document.get("url"), base, "challenge"),
             token=token,
             status=_status(document, CHALLENGE_STATUSES, "challenge"),
+            type=kind,
         )
 
 
@@ -628,18 +635,22 @@ class Authorization:
         base: str,
         challenge_type: str = CHALLENGE_HTTP_01,
     ) -> Self:
+        """`challenge` is the one of `challenge_type`; but dns-01 validates no
+        IP address (RFC 8738 section 7): an "ip" identifier's is http-01's."""
         status = _status(document, AUTHZ_STATUSES, "authorization")
         raw = document.get("identifier")
         identifier = identifier_text(raw)
         challenges = document.get("challenges")
         if not isinstance(challenges, list):
             raise AcmeError(f"CA sent an authorization for {identifier} without challenges")
+        kind, value = (raw.get("type"), raw.get("value")) if isinstance(raw, dict) else (None, None)
+        if challenge_type == CHALLENGE_DNS_01 and kind == IP:
+            challenge_type = CHALLENGE_HTTP_01
         challenge = None
         for item in challenges:
             if isinstance(item, dict) and item.get("type") == challenge_type:
                 challenge = Challenge.from_json(item, base, challenge_type)
                 break
-        kind, value = (raw.get("type"), raw.get("value")) if isinstance(raw, dict) else (None, None)
         return cls(
             url=url,
             status=status,

@@ -18,7 +18,8 @@ that sets exactly this run's --contact (posted to the account URL), for a
 newOrder's profile only this run's --profile, for a newOrder's `replaces`
 (RFC 9773) only the ARI identifier of the certificate this run replaces,
 for a challenge response only one that netproc says is of this run's
---challenge type (its word, which the audit log keeps: every type's
+--challenge type (or http-01, for the addresses of a dns-01 run) (its
+word, which the audit log keeps: every type's
 response is the same {}, so a lying netproc is not stopped, but an honest
 one never answers, say, a dns-persist-01 challenge that a standing record
 would pass in a run told to use http-01), and never the key itself.  A
@@ -88,6 +89,7 @@ from letskencrypt import ari, fsutil, keyfiles, keys, process, rpc
 from letskencrypt.b64 import b64url, b64url_decode
 from letskencrypt.certs import san_names
 from letskencrypt.constants import (
+    CHALLENGE_DNS_01,
     CHALLENGE_HTTP_01,
     REVOCATION_REASON_CODES,
     default_audit_log,
@@ -456,6 +458,10 @@ class RunPolicy:
         (and the audit log keeps), so that a run told to use one type never
         answers another's challenge (a standing dns-persist-01 record, say)."""
         kind = request.challenge_type or CHALLENGE_HTTP_01
+        # dns-01 validates no IP address (RFC 8738): a dns-01 run's addresses go by http-01.
+        addresses = any(identifier_type(name) == IP for name in self.names)
+        if kind == CHALLENGE_HTTP_01 and self.challenge == CHALLENGE_DNS_01 and addresses:
+            return
         if kind != self.challenge:
             shown = safe_text(kind, 40)
             raise refuse(f"a {shown} challenge response; this run answers {self.challenge} only")

@@ -1,37 +1,37 @@
-"""dnsproc: turns a host name into at most eight addresses for netproc, and
-reads a name's TXT records (a dns-persist-01 record, before netproc
-answers that challenge).
+"""dnsproc: turns a host name into at most eight addresses for netproc,
+reads a name's TXT records (a dns-persist-01 record before netproc answers
+that challenge, a dns-01 record being served), finds a name's zone and its
+authoritative servers, and carries chngproc's signed dns-01 updates to the
+DNS server.
 
 Holds: nothing but the system's resolver configuration.
-Network: DNS only (in containers it shares netproc's namespace).
-Serves: Resolver on the `dns` edge.  It answers questions, nothing else:
-a TXT lookup is a query, through the system's resolver or, when netproc
-names a server (--dns-check-server), to that address directly without
-recursion; never an update.  What it hands back is bounded (MAX_TXT_VALUES
-values of at most MAX_TXT_VALUE bytes; longer ones are left out).
+Network: DNS only (in containers it shares netproc's namespace): UDP to any
+server and port, TCP to port 53.
+Serves: Resolver on the `dns` edge.  It answers questions and carries
+messages it cannot change (an update is TSIG-signed by chngproc, whose
+check of the signed answer is what counts), nothing else: a TXT lookup is a
+query, through the system's resolver or, when netproc names a server
+(--dns-check-server), to that address directly without recursion.  What it
+hands back is bounded (MAX_TXT_VALUES values of at most MAX_TXT_VALUE bytes,
+longer ones left out; 8 addresses; 4 KiB of DNS message; a few seconds).
+The queries are dnsquery.py's, loaded with dnspython by the first one
+asked: the runs that ask none do without it (about 0.1 s to load).
 """
-
 import ipaddress
 import re
 import socket
+import time
+import types
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.query
-import dns.rcode
-import dns.rdatatype
-import dns.resolver
 import grpc
 
 from letskencrypt import process, rpc
 from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import InputError
-from letskencrypt.persist import MAX_TXT_VALUE, MAX_TXT_VALUES
 from letskencrypt.settings import DnsprocSettings
 from letskencrypt.spec import Fs, Grant, Network, RoleSpec
 from letskencrypt.v1 import resolver_pb2, resolver_pb2_grpc
+from letskencrypt.validate import dns_server_text
 
 # The resolver's configuration, for getaddrinfo.
 RESOLVER_FILES = (
@@ -48,11 +48,11 @@ SPEC = RoleSpec(
     serves=("dns",),
     paths=lambda _settings: [Grant(path, Fs.READ_FILE) for path in RESOLVER_FILES],
     network=Network.DNS,
+    # The DNS challenges' queries (dnsquery.py).
     wheels=("dnspython",),
 )
 
 MAX_ADDRESSES = 8
-TXT_TIMEOUT = 5.0
 DNS_PORT = 53
 LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 # A last label the C library's inet_aton would take for a number.
@@ -121,42 +121,49 @@ def check_server(server: str, port: int) -> tuple[str, int]:
     return address, port or DNS_PORT
 
 
-def txt_values(answer: dns.message.Message, name: dns.name.Name) -> list[str]:
-    """Each TXT record of `name` in `answer`, its strings joined, bounded."""
-    values: list[str] = []
-    for rrset in answer.answer:
-        if rrset.name != name or rrset.rdtype != dns.rdatatype.TXT:
-            continue
-        for rdata in rrset:
-            data = b"".join(rdata.strings)
-            if len(data) <= MAX_TXT_VALUE and len(values) < MAX_TXT_VALUES:
-                values.append(data.decode("ascii", errors="replace"))
-    return values
+MAX_MESSAGE = 4096
+EXCHANGE_TIMEOUT = 5.0
 
 
-def lookup_txt(name: str, server: str, port: int) -> list[str]:
-    """The TXT records of `name` ([] if it has none or does not exist)."""
-    qname = dns.name.from_text(name)
-    try:
-        if not server:
-            resolver = dns.resolver.Resolver()
-            resolver.lifetime = TXT_TIMEOUT
-            answer = resolver.resolve(qname, dns.rdatatype.TXT, raise_on_no_answer=False)
-            return txt_values(answer.response, qname)
-        # EDNS: answers of up to 4 KiB by UDP (TCP, the fallback, may reach port 53 only).
-        query = dns.message.make_query(qname, dns.rdatatype.TXT, use_edns=0, payload=4096)
-        query.flags &= ~dns.flags.RD
-        response, _ = dns.query.udp_with_fallback(query, server, TXT_TIMEOUT, port=port)
-    except dns.resolver.NXDOMAIN:
-        return []
-    except dns.exception.DNSException as error:
-        raise InputError(f"TXT {name}: {error}") from None
-    rcode = response.rcode()
-    if rcode == dns.rcode.NXDOMAIN:
-        return []
-    if rcode != dns.rcode.NOERROR:
-        raise InputError(f"TXT {name}: the DNS server answered {dns.rcode.to_text(rcode)}")
-    return txt_values(response, qname)
+def exchange(message: bytes, server: str, port: int) -> bytes:
+    """Send a DNS message over UDP; the answer with its id (from that server)."""
+    if not 12 <= len(message) <= MAX_MESSAGE:
+        raise InputError(f"a DNS message is 12 to {MAX_MESSAGE} bytes")
+    where = dns_server_text(server, port)
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    deadline = time.monotonic() + EXCHANGE_TIMEOUT
+    with socket.socket(family, socket.SOCK_DGRAM) as udp:
+        try:
+            udp.connect((server, port))
+            udp.send(message)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise InputError(
+                        f"DNS server {where} did not answer within {EXCHANGE_TIMEOUT:g} s"
+                    )
+                udp.settimeout(left)
+                try:
+                    answer = udp.recv(MAX_MESSAGE + 1)
+                except TimeoutError:
+                    continue
+                if len(answer) >= 12 and answer[:2] == message[:2]:
+                    break
+        except OSError as error:
+            raise InputError(f"DNS server {where}: {error.strerror or error}") from None
+    if len(answer) > MAX_MESSAGE:
+        raise InputError(f"DNS server {where}: an answer larger than {MAX_MESSAGE} bytes")
+    if answer[2] & 0x02:  # TC
+        raise InputError(f"DNS server {where}: a truncated answer to an update")
+    return answer
+
+
+def dnsquery() -> types.ModuleType:
+    """The DNS challenges' queries, with dnspython, loaded by the first run
+    that asks one."""
+    from letskencrypt import dnsquery
+
+    return dnsquery
 
 
 class ResolverService(rpc.Servicer, resolver_pb2_grpc.ResolverServicer):
@@ -175,9 +182,28 @@ class ResolverService(rpc.Servicer, resolver_pb2_grpc.ResolverServicer):
     ) -> resolver_pb2.TxtReply:
         name = check_txt_name(request.name)
         server, port = check_server(request.server, request.port) if request.server else ("", 0)
-        values = lookup_txt(name, server, port)
+        values = dnsquery().lookup_txt(name, server, port)
         self.log.debug(f"TXT {name}: {len(values)} record(s)")
         return resolver_pb2.TxtReply(values=values)
+
+    @rpc.guarded
+    def Authoritative(
+        self, request: resolver_pb2.AuthoritativeRequest, context: grpc.ServicerContext
+    ) -> resolver_pb2.AuthoritativeReply:
+        name = check_txt_name(request.name)
+        server, port = check_server(request.server, request.port) if request.server else ("", 0)
+        zone, servers = dnsquery().authoritative(name, server, port)
+        self.log.debug(f"{name}: zone {zone}, servers {' '.join(servers)}")
+        return resolver_pb2.AuthoritativeReply(zone=zone, servers=servers)
+
+    @rpc.guarded
+    def Exchange(
+        self, request: resolver_pb2.ExchangeRequest, context: grpc.ServicerContext
+    ) -> resolver_pb2.ExchangeReply:
+        if not request.server:
+            raise InputError("an update goes to a DNS server: none was named")
+        server, port = check_server(request.server, request.port)
+        return resolver_pb2.ExchangeReply(answer=exchange(request.message, server, port))
 
 
 def run(config: RoleConfig, log: Logger) -> int:

@@ -18,6 +18,18 @@ directory before any order.  It downloads the CA's alternate chains too
 certproc, which verifies each and picks (--preferred-chain): netproc has
 no say in which chain is installed.
 
+dns-01 (--challenge dns-01): chngproc builds and signs each RFC 2136
+update (it holds the TSIG key and has no network), netproc has dnsproc
+carry it to the DNS server (--dns-server) and hands the answer back to
+chngproc, which checks its signature and says whether the server applied
+it: netproc sees only signed messages whose content is public.  Before it
+answers the challenge, netproc waits (bounded, backing off) until every
+authoritative server of the zone (its NS records, through dnsproc; or the
+--dns-check-server list, for split-horizon setups) serves the TXT value.
+The records go again on every way out: after each authorization, and at
+the end of the run whatever became of it, SIGTERM included (caught for
+that, and then raised again).
+
 A key rollover run (--rollover-account-key) finds the account, has acctproc
 sign the key change (acctproc builds it: netproc holds neither key), posts
 it, tells acctproc the CA accepted it, and checks that the CA now finds the
@@ -66,6 +78,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import grpc
@@ -73,7 +86,9 @@ import grpc
 from letskencrypt import acme, ari, persist, process, rpc
 from letskencrypt.b64 import b64url
 from letskencrypt.constants import (
+    CHALLENGE_DNS_01,
     CHALLENGE_HTTP_01,
+    DNS_PORT,
     EXIT_CHANGED,
     EXIT_FAILED,
     EXIT_NOTHING_TO_DO,
@@ -264,6 +279,169 @@ class Peers:
             rpc.stop_peer(channel, rpc.EDGES[edge].server, failed)
 
 
+class Interrupted(LetskencryptError):
+    """SIGTERM, caught in a dns-01 run so that its records are withdrawn."""
+
+
+# The propagation check: first wait, doubling up to the longest.
+FIRST_CHECK_WAIT = 0.25
+MAX_CHECK_WAIT = 8.0
+# Records a run may have to withdraw at its end (chngproc's MAX_FILES).
+MAX_RECORDS = 100
+
+
+def wait_until_served(
+    servers: list[tuple[str, int]],
+    serves: Callable[[str, int], bool],
+    timeout: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[str]:
+    """Ask each server until every one `serves` the record, waiting
+    FIRST_CHECK_WAIT, doubling, at most MAX_CHECK_WAIT, in all at most
+    `timeout` seconds; the servers that still do not (with why), [] when all do."""
+    pending = {server: "it does not serve it yet" for server in servers}
+    deadline = clock() + timeout
+    wait = FIRST_CHECK_WAIT
+    while True:
+        for server in list(pending):
+            try:
+                if serves(*server):
+                    del pending[server]
+            except LetskencryptError as error:
+                pending[server] = str(error)
+        left = deadline - clock()
+        if not pending or left <= 0:
+            break
+        sleep(min(wait, left))
+        wait = min(wait * 2, MAX_CHECK_WAIT)
+    return [f"{server}:{port} ({why})" for (server, port), why in pending.items()]
+
+
+class DnsChallenge:
+    """dns-01's publish and withdraw (acme.AcmeClient.issue): chngproc signs,
+    dnsproc carries, chngproc checks; then the propagation check."""
+
+    def __init__(self, peers: Peers, settings: NetprocSettings, log: Logger) -> None:
+        assert settings.dns_server is not None
+        self.peers = peers
+        self.log = log
+        self.server, self.port = parse_dns_server(settings.dns_server, "--dns-server")
+        self.check_servers = [
+            parse_dns_server(text, "--dns-check-server") for text in settings.dns_check_servers
+        ]
+        self.timeout = settings.dns_propagation_timeout
+        self.resolver = resolver_pb2_grpc.ResolverStub(peers.channels["dns"])
+        # SIGTERM while the records are withdrawn waits for the end of it.
+        self.withdrawing = False
+        self.interrupted = False
+
+    def publish(self, token: str, key_authorization: str, *, name: str | None = None) -> None:
+        if name is None:  # an IP address: http-01
+            self.peers.publish(token, key_authorization)
+            return
+        owner = f"_acme-challenge.{name}"
+        zone = rpc.call(
+            self.resolver.Authoritative,
+            resolver_pb2.AuthoritativeRequest(name=owner, server=self.server, port=self.port),
+            peer="dnsproc",
+        ).zone
+        reply = self.update(challenge_pb2.DnsUpdateRequest(
+            action=challenge_pb2.DNS_ACTION_PUBLISH, name=name, token=token,
+            key_authorization=key_authorization, zone=zone,
+        ))  # fmt: skip
+        self.log.info(f"published {reply.owner} TXT {reply.txt_value} in {zone}")
+        self.wait_for_propagation(reply.owner, reply.txt_value)
+
+    def withdraw(self, token: str, *, name: str | None = None) -> None:
+        """Remove the record now; if that fails, withdraw_all tries again at the
+        end of the run (the certificate need not wait for it)."""
+        if name is None:
+            self.peers.withdraw(token)
+            return
+        try:
+            self.update(challenge_pb2.DnsUpdateRequest(
+                action=challenge_pb2.DNS_ACTION_WITHDRAW, name=name, token=token
+            ))  # fmt: skip
+        except Interrupted:
+            raise
+        except LetskencryptError as error:
+            self.log.error(f"could not remove a TXT record yet: {error}")
+
+    def update(self, request: challenge_pb2.DnsUpdateRequest) -> challenge_pb2.DnsUpdateReply:
+        """Have chngproc sign the update, dnsproc carry it, chngproc check the answer."""
+        reply = rpc.call(self.peers.challenge.DnsUpdate, request, peer="chngproc")
+        if reply.message:
+            answer = rpc.call(
+                self.resolver.Exchange,
+                resolver_pb2.ExchangeRequest(
+                    message=reply.message, server=self.server, port=self.port
+                ),
+                peer="dnsproc",
+            ).answer
+            rpc.call(
+                self.peers.challenge.DnsAnswer,
+                challenge_pb2.DnsAnswerRequest(answer=answer),
+                peer="chngproc",
+            )
+        return reply
+
+    def withdraw_all(self) -> None:
+        """Every record chngproc added and has not seen removed, removed now;
+        a failure is said and the others are tried all the same."""
+        self.withdrawing = True
+        try:
+            for _ in range(MAX_RECORDS):
+                try:
+                    reply = self.update(challenge_pb2.DnsUpdateRequest(
+                        action=challenge_pb2.DNS_ACTION_WITHDRAW_NEXT
+                    ))  # fmt: skip
+                except LetskencryptError as error:
+                    self.log.error(f"could not remove a TXT record: {error}")
+                    continue
+                if not reply.message:
+                    break
+                self.log.info(f"removed {reply.owner} TXT {reply.txt_value}")
+        finally:
+            self.withdrawing = False
+        if self.interrupted:
+            raise Interrupted("stopped by SIGTERM")
+
+    def on_sigterm(self, _signum: int, _frame: object) -> None:
+        if self.interrupted:
+            return
+        self.interrupted = True
+        if not self.withdrawing:
+            raise Interrupted("stopped by SIGTERM")
+
+    def wait_for_propagation(self, owner: str, value: str) -> None:
+        servers = self.check_servers or self.authoritative_servers(owner)
+        shown = ", ".join(f"{server}:{port}" for server, port in servers)
+        self.log.info(f"waiting until {shown} serve {owner} TXT {value}")
+
+        def serves(server: str, port: int) -> bool:
+            request = resolver_pb2.TxtRequest(name=owner, server=server, port=port)
+            return value in rpc.call(self.resolver.Txt, request, peer="dnsproc").values
+
+        missing = wait_until_served(servers, serves, self.timeout)
+        if missing:
+            raise InputError(
+                f"{owner} TXT {value}: not served after {self.timeout:g} s by "
+                f"{', '.join(missing)} (--dns-propagation-timeout; --dns-check-server "
+                "for split-horizon DNS)"
+            )
+
+    def authoritative_servers(self, owner: str) -> list[tuple[str, int]]:
+        """The zone's NS servers, as the system's resolver finds them (the CA's view)."""
+        reply = rpc.call(
+            self.resolver.Authoritative,
+            resolver_pb2.AuthoritativeRequest(name=owner),
+            peer="dnsproc",
+        )
+        return [(server, DNS_PORT) for server in reply.servers]
+
+
 def stop_peers(run_dir: str, instance: int | None, timeout: float) -> None:
     """Stop the other roles of a certificate this netproc will not drive
     (its settings failed): those that come within `timeout`."""
@@ -332,17 +510,28 @@ def obtain(
     replaces = None
     if check.ari_cert_id and client.directory().renewal_info is not None:
         replaces = check.ari_cert_id
-    chains = client.issue(
-        list(settings.names),
-        csr_provider=peers.csr,
-        publish=peers.publish,
-        withdraw=peers.withdraw,
-        thumbprint=peers.signer.thumbprint(),
-        profile=settings.profile,
-        replaces=replaces,
-        challenge_type=settings.challenge,
-        check_record=record_check(peers, settings, client),
-    )
+    publish: Callable[..., None] = peers.publish
+    withdraw: Callable[..., None] = peers.withdraw
+    dns = DnsChallenge(peers, settings, log) if settings.challenge == CHALLENGE_DNS_01 else None
+    if dns is not None:
+        publish, withdraw = dns.publish, dns.withdraw
+        if not settings.daemon:
+            signal.signal(signal.SIGTERM, dns.on_sigterm)
+    try:
+        chains = client.issue(
+            list(settings.names),
+            csr_provider=peers.csr,
+            publish=publish,
+            withdraw=withdraw,
+            thumbprint=peers.signer.thumbprint(),
+            profile=settings.profile,
+            replaces=replaces,
+            challenge_type=settings.challenge,
+            check_record=record_check(peers, settings, client),
+        )
+    finally:
+        if dns is not None:
+            dns.withdraw_all()
     reply = rpc.call(
         peers.certificate.Submit,
         certificate_pb2.SubmitRequest(
@@ -706,6 +895,7 @@ def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
     peers = Peers(config.run_dir, config.instance)
     ari_state = AriState(settings)
     code = EXIT_FAILED
+    interrupted = False
     try:
         if problem is not None:
             # Stop whoever came (a peer that is missing cannot be stopped).
@@ -725,6 +915,8 @@ def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
             code = keep_renewing(peers, settings, settings.daemon, ca_pem, log, ari_state)
         else:
             code = obtain(peers, settings, ca_pem, log, ari_state)
+    except Interrupted:
+        interrupted = True
     except LetskencryptError as error:
         log.error(str(error))
     finally:
@@ -739,5 +931,10 @@ def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
             if ACCOUNT:
                 counts["account"] = ACCOUNT
             sys.stdout.write(f"{COUNTS_MARKER}{json.dumps(counts)}\n")
+    if interrupted:
+        # Its records are gone: now die of the SIGTERM, as a run without any would have.
+        sys.stdout.flush()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
     return code
 

@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fletskencrypt/v1/challenge.proto\x12\x0fletskencrypt.v1\":\n\x0ePublishRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x19\n\x11key_authorization\x18\x02 \x01(\t\"\x0e\n\x0cPublishReply\" \n\x0fWithdrawRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x0f\n\rWithdrawReply2\xa4\x01\n\tChallenge\x12I\n\x07Publish\x12\x1f.letskencrypt.v1.PublishRequest\x1a\x1d.letskencrypt.v1.PublishReply\x12L\n\x08Withdraw\x12 .letskencrypt.v1.WithdrawRequest\x1a\x1e.letskencrypt.v1.WithdrawReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fletskencrypt/v1/challenge.proto\x12\x0fletskencrypt.v1\":\n\x0ePublishRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x19\n\x11key_authorization\x18\x02 \x01(\t\"\x0e\n\x0cPublishReply\" \n\x0fWithdrawRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\x0f\n\rWithdrawReply\"\x84\x01\n\x10\x44nsUpdateRequest\x12*\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1a.letskencrypt.v1.DnsAction\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x19\n\x11key_authorization\x18\x04 \x01(\t\x12\x0c\n\x04zone\x18\x05 \x01(\t\"C\n\x0e\x44nsUpdateReply\x12\x0f\n\x07message\x18\x01 \x01(\x0c\x12\x11\n\ttxt_value\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\"\"\n\x10\x44nsAnswerRequest\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\x0c\"\x10\n\x0e\x44nsAnswerReply*v\n\tDnsAction\x12\x1a\n\x16\x44NS_ACTION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44NS_ACTION_PUBLISH\x10\x01\x12\x17\n\x13\x44NS_ACTION_WITHDRAW\x10\x02\x12\x1c\n\x18\x44NS_ACTION_WITHDRAW_NEXT\x10\x03\x32\xc6\x02\n\tChallenge\x12I\n\x07Publish\x12\x1f.letskencrypt.v1.PublishRequest\x1a\x1d.letskencrypt.v1.PublishReply\x12L\n\x08Withdraw\x12 .letskencrypt.v1.WithdrawRequest\x1a\x1e.letskencrypt.v1.WithdrawReply\x12O\n\tDnsUpdate\x12!.letskencrypt.v1.DnsUpdateRequest\x1a\x1f.letskencrypt.v1.DnsUpdateReply\x12O\n\tDnsAnswer\x12!.letskencrypt.v1.DnsAnswerRequest\x1a\x1f.letskencrypt.v1.DnsAnswerReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'letskencrypt.v1.challenge_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DNSACTION']._serialized_start=437
+  _globals['_DNSACTION']._serialized_end=555
   _globals['_PUBLISHREQUEST']._serialized_start=52
   _globals['_PUBLISHREQUEST']._serialized_end=110
   _globals['_PUBLISHREPLY']._serialized_start=112
@@ -39,6 +41,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WITHDRAWREQUEST']._serialized_end=160
   _globals['_WITHDRAWREPLY']._serialized_start=162
   _globals['_WITHDRAWREPLY']._serialized_end=177
-  _globals['_CHALLENGE']._serialized_start=180
-  _globals['_CHALLENGE']._serialized_end=344
+  _globals['_DNSUPDATEREQUEST']._serialized_start=180
+  _globals['_DNSUPDATEREQUEST']._serialized_end=312
+  _globals['_DNSUPDATEREPLY']._serialized_start=314
+  _globals['_DNSUPDATEREPLY']._serialized_end=381
+  _globals['_DNSANSWERREQUEST']._serialized_start=383
+  _globals['_DNSANSWERREQUEST']._serialized_end=417
+  _globals['_DNSANSWERREPLY']._serialized_start=419
+  _globals['_DNSANSWERREPLY']._serialized_end=435
+  _globals['_CHALLENGE']._serialized_start=558
+  _globals['_CHALLENGE']._serialized_end=884
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,16 @@ class ChallengeStub:
                 request_serializer=letskencrypt_dot_v1_dot_challenge__pb2.WithdrawRequest.SerializeToString,
                 response_deserializer=letskencrypt_dot_v1_dot_challenge__pb2.WithdrawReply.FromString,
                 _registered_method=True)
+        self.DnsUpdate = channel.unary_unary(
+                '/letskencrypt.v1.Challenge/DnsUpdate',
+                request_serializer=letskencrypt_dot_v1_dot_challenge__pb2.DnsUpdateRequest.SerializeToString,
+                response_deserializer=letskencrypt_dot_v1_dot_challenge__pb2.DnsUpdateReply.FromString,
+                _registered_method=True)
+        self.DnsAnswer = channel.unary_unary(
+                '/letskencrypt.v1.Challenge/DnsAnswer',
+                request_serializer=letskencrypt_dot_v1_dot_challenge__pb2.DnsAnswerRequest.SerializeToString,
+                response_deserializer=letskencrypt_dot_v1_dot_challenge__pb2.DnsAnswerReply.FromString,
+                _registered_method=True)
 
 
 class ChallengeServicer:
@@ -61,6 +71,20 @@ class ChallengeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DnsUpdate(self, request, context):
+        """dns-01: the signed update that adds, removes or clears a TXT record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DnsAnswer(self, request, context):
+        """dns-01: the DNS server's answer to an update DnsUpdate built.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChallengeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +97,16 @@ def add_ChallengeServicer_to_server(servicer, server):
                     servicer.Withdraw,
                     request_deserializer=letskencrypt_dot_v1_dot_challenge__pb2.WithdrawRequest.FromString,
                     response_serializer=letskencrypt_dot_v1_dot_challenge__pb2.WithdrawReply.SerializeToString,
+            ),
+            'DnsUpdate': grpc.unary_unary_rpc_method_handler(
+                    servicer.DnsUpdate,
+                    request_deserializer=letskencrypt_dot_v1_dot_challenge__pb2.DnsUpdateRequest.FromString,
+                    response_serializer=letskencrypt_dot_v1_dot_challenge__pb2.DnsUpdateReply.SerializeToString,
+            ),
+            'DnsAnswer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DnsAnswer,
+                    request_deserializer=letskencrypt_dot_v1_dot_challenge__pb2.DnsAnswerRequest.FromString,
+                    response_serializer=letskencrypt_dot_v1_dot_challenge__pb2.DnsAnswerReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +163,60 @@ class Challenge:
             '/letskencrypt.v1.Challenge/Withdraw',
             letskencrypt_dot_v1_dot_challenge__pb2.WithdrawRequest.SerializeToString,
             letskencrypt_dot_v1_dot_challenge__pb2.WithdrawReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DnsUpdate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/letskencrypt.v1.Challenge/DnsUpdate',
+            letskencrypt_dot_v1_dot_challenge__pb2.DnsUpdateRequest.SerializeToString,
+            letskencrypt_dot_v1_dot_challenge__pb2.DnsUpdateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DnsAnswer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/letskencrypt.v1.Challenge/DnsAnswer',
+            letskencrypt_dot_v1_dot_challenge__pb2.DnsAnswerRequest.SerializeToString,
+            letskencrypt_dot_v1_dot_challenge__pb2.DnsAnswerReply.FromString,
             options,
             channel_credentials,
             insecure,

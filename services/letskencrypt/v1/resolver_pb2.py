@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eletskencrypt/v1/resolver.proto\x12\x0fletskencrypt.v1\"\x1e\n\x0eResolveRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\"!\n\x0cResolveReply\x12\x11\n\taddresses\x18\x01 \x03(\t\"8\n\nTxtRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\"\x1a\n\x08TxtReply\x12\x0e\n\x06values\x18\x01 \x03(\t2\x94\x01\n\x08Resolver\x12I\n\x07Resolve\x12\x1f.letskencrypt.v1.ResolveRequest\x1a\x1d.letskencrypt.v1.ResolveReply\x12=\n\x03Txt\x12\x1b.letskencrypt.v1.TxtRequest\x1a\x19.letskencrypt.v1.TxtReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eletskencrypt/v1/resolver.proto\x12\x0fletskencrypt.v1\"\x1e\n\x0eResolveRequest\x12\x0c\n\x04host\x18\x01 \x01(\t\"!\n\x0cResolveReply\x12\x11\n\taddresses\x18\x01 \x03(\t\"8\n\nTxtRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\"\x1a\n\x08TxtReply\x12\x0e\n\x06values\x18\x01 \x03(\t\"B\n\x14\x41uthoritativeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\"3\n\x12\x41uthoritativeReply\x12\x0c\n\x04zone\x18\x01 \x01(\t\x12\x0f\n\x07servers\x18\x02 \x03(\t\"@\n\x0f\x45xchangeRequest\x12\x0f\n\x07message\x18\x01 \x01(\x0c\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\"\x1f\n\rExchangeReply\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\x0c\x32\xbf\x02\n\x08Resolver\x12I\n\x07Resolve\x12\x1f.letskencrypt.v1.ResolveRequest\x1a\x1d.letskencrypt.v1.ResolveReply\x12=\n\x03Txt\x12\x1b.letskencrypt.v1.TxtRequest\x1a\x19.letskencrypt.v1.TxtReply\x12[\n\rAuthoritative\x12%.letskencrypt.v1.AuthoritativeRequest\x1a#.letskencrypt.v1.AuthoritativeReply\x12L\n\x08\x45xchange\x12 .letskencrypt.v1.ExchangeRequest\x1a\x1e.letskencrypt.v1.ExchangeReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TXTREQUEST']._serialized_end=174
   _globals['_TXTREPLY']._serialized_start=176
   _globals['_TXTREPLY']._serialized_end=202
-  _globals['_RESOLVER']._serialized_start=205
-  _globals['_RESOLVER']._serialized_end=353
+  _globals['_AUTHORITATIVEREQUEST']._serialized_start=204
+  _globals['_AUTHORITATIVEREQUEST']._serialized_end=270
+  _globals['_AUTHORITATIVEREPLY']._serialized_start=272
+  _globals['_AUTHORITATIVEREPLY']._serialized_end=323
+  _globals['_EXCHANGEREQUEST']._serialized_start=325
+  _globals['_EXCHANGEREQUEST']._serialized_end=389
+  _globals['_EXCHANGEREPLY']._serialized_start=391
+  _globals['_EXCHANGEREPLY']._serialized_end=422
+  _globals['_RESOLVER']._serialized_start=425
+  _globals['_RESOLVER']._serialized_end=744
 # @@protoc_insertion_point(module_scope)

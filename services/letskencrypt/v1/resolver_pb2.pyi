@@ -33,3 +33,37 @@ class TxtReply(_message.Message):
     VALUES_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AuthoritativeRequest(_message.Message):
+    __slots__ = ("name", "server", "port")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    server: str
+    port: int
+    def __init__(self, name: _Optional[str] = ..., server: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class AuthoritativeReply(_message.Message):
+    __slots__ = ("zone", "servers")
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    SERVERS_FIELD_NUMBER: _ClassVar[int]
+    zone: str
+    servers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, zone: _Optional[str] = ..., servers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExchangeRequest(_message.Message):
+    __slots__ = ("message", "server", "port")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    message: bytes
+    server: str
+    port: int
+    def __init__(self, message: _Optional[bytes] = ..., server: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class ExchangeReply(_message.Message):
+    __slots__ = ("answer",)
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    answer: bytes
+    def __init__(self, answer: _Optional[bytes] = ...) -> None: ...

@@ -44,6 +44,16 @@ class ResolverStub:
                 request_serializer=letskencrypt_dot_v1_dot_resolver__pb2.TxtRequest.SerializeToString,
                 response_deserializer=letskencrypt_dot_v1_dot_resolver__pb2.TxtReply.FromString,
                 _registered_method=True)
+        self.Authoritative = channel.unary_unary(
+                '/letskencrypt.v1.Resolver/Authoritative',
+                request_serializer=letskencrypt_dot_v1_dot_resolver__pb2.AuthoritativeRequest.SerializeToString,
+                response_deserializer=letskencrypt_dot_v1_dot_resolver__pb2.AuthoritativeReply.FromString,
+                _registered_method=True)
+        self.Exchange = channel.unary_unary(
+                '/letskencrypt.v1.Resolver/Exchange',
+                request_serializer=letskencrypt_dot_v1_dot_resolver__pb2.ExchangeRequest.SerializeToString,
+                response_deserializer=letskencrypt_dot_v1_dot_resolver__pb2.ExchangeReply.FromString,
+                _registered_method=True)
 
 
 class ResolverServicer:
@@ -56,7 +66,21 @@ class ResolverServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Txt(self, request, context):
-        """Read-only: the TXT records of one name (a dns-persist-01 record).
+        """Read-only: the TXT records of one name (a dns-persist-01 record, a
+        dns-01 record being served).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Authoritative(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Exchange(self, request, context):
+        """A DNS message (chngproc's signed update) to a server; its answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -74,6 +98,16 @@ def add_ResolverServicer_to_server(servicer, server):
                     servicer.Txt,
                     request_deserializer=letskencrypt_dot_v1_dot_resolver__pb2.TxtRequest.FromString,
                     response_serializer=letskencrypt_dot_v1_dot_resolver__pb2.TxtReply.SerializeToString,
+            ),
+            'Authoritative': grpc.unary_unary_rpc_method_handler(
+                    servicer.Authoritative,
+                    request_deserializer=letskencrypt_dot_v1_dot_resolver__pb2.AuthoritativeRequest.FromString,
+                    response_serializer=letskencrypt_dot_v1_dot_resolver__pb2.AuthoritativeReply.SerializeToString,
+            ),
+            'Exchange': grpc.unary_unary_rpc_method_handler(
+                    servicer.Exchange,
+                    request_deserializer=letskencrypt_dot_v1_dot_resolver__pb2.ExchangeRequest.FromString,
+                    response_serializer=letskencrypt_dot_v1_dot_resolver__pb2.ExchangeReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +164,60 @@ class Resolver:
             '/letskencrypt.v1.Resolver/Txt',
             letskencrypt_dot_v1_dot_resolver__pb2.TxtRequest.SerializeToString,
             letskencrypt_dot_v1_dot_resolver__pb2.TxtReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Authoritative(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/letskencrypt.v1.Resolver/Authoritative',
+            letskencrypt_dot_v1_dot_resolver__pb2.AuthoritativeRequest.SerializeToString,
+            letskencrypt_dot_v1_dot_resolver__pb2.AuthoritativeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exchange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/letskencrypt.v1.Resolver/Exchange',
+            letskencrypt_dot_v1_dot_resolver__pb2.ExchangeRequest.SerializeToString,
+            letskencrypt_dot_v1_dot_resolver__pb2.ExchangeReply.FromString,
             options,
             channel_credentials,
             insecure,
