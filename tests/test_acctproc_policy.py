@@ -214,12 +214,13 @@ def test_classify(document: dict[str, Any] | None, has_kid: bool, kind: str) -> 
 def test_every_kind_has_a_policy_row() -> None:
     assert set(acctproc.POLICY) == {
         "post-as-get", "newAccount", "newOrder", "challenge", "finalize",
-        "revokeCert", "accountUpdate", "deactivate", "keyChange",
+        "revokeCert", "accountUpdate", "deactivate", "authzDeactivate", "keyChange",
     }  # fmt: skip
     issue = {kind for kind, ops in acctproc.POLICY.items() if "issue" in ops}
     revoke = {kind for kind, ops in acctproc.POLICY.items() if "revoke" in ops}
     assert issue == {
         "post-as-get", "newAccount", "newOrder", "challenge", "finalize", "accountUpdate",
+        "authzDeactivate",
     }  # fmt: skip
     assert revoke == {"post-as-get", "newAccount", "revokeCert", "accountUpdate"}
 
@@ -701,10 +702,30 @@ def test_deactivate_run() -> None:
     p = policy("deactivate")
     assert judge(p, request({"status": "deactivated"}, url=KID)) == "deactivate"
     # An authorization is deactivated the same way, at its own URL: not this run.
-    refused(p, request({"status": "deactivated"}, url="https://ca.test/authz/1"), "deactivate",
-            "account URL")
+    refused(p, request({"status": "deactivated"}, url="https://ca.test/authz/1"),
+            "authzDeactivate", "not part of this run")
     refused(p, request({"status": "valid"}, url=KID), "deactivate", "deactivated")
     refused(p, request({"contact": CONTACT}, url=KID), "accountUpdate", "not part of this run")
+
+
+def test_a_failed_issue_run_may_give_up_its_authorizations() -> None:
+    """RFC 8555 7.5.2: {"status": "deactivated"} at an authorization's URL, in
+    an issue run only, on the CA's origin, and nothing else in the payload."""
+    authz = "https://ca.test/authz/1"
+    assert judge(policy("issue"), request({"status": "deactivated"}, url=authz)) == (
+        "authzDeactivate"
+    )
+    for operation in ("revoke", "deactivate", "update-account", "persist-record"):
+        refused(policy(operation), request({"status": "deactivated"}, url=authz),
+                "authzDeactivate", "not part of this run")  # fmt: skip
+    p = policy("issue")
+    refused(p, request({"status": "valid"}, url=authz), "authzDeactivate", "deactivated")
+    refused(p, request({"status": "deactivated", "x": 1}, url=authz), "authzDeactivate",
+            "deactivated")
+    refused(p, request({"status": "deactivated"}, url="https://evil.test/authz/1"),
+            "authzDeactivate", "origin")
+    # The account itself stays out of an issue run's reach.
+    refused(p, request({"status": "deactivated"}, url=KID), "deactivate", "not part of this run")
 
 
 def test_update_account_run() -> None:

@@ -186,6 +186,38 @@ def test_a_wrong_tsig_key_fails_in_one_line(
     assert posted == []
 
 
+def test_a_failed_run_leaves_no_authorization_pending(
+    ca: Pebble, named: AuthoritativeDns, paths: Paths
+) -> None:
+    """RFC 8555 7.5.2: once the run cannot go on (here the server refuses the
+    update), the order's pending authorizations are deactivated, so nothing
+    waits at the CA for the authorization to expire."""
+    from letskencrypt import keys
+    from letskencrypt.acme import AcmeClient, Transport
+
+    from tests.test_acme import KeySigner, LoopbackResolver
+
+    wrong = paths.base / "wrong.key"
+    text = Path(named.tsig_key_file).read_text()
+    wrong.write_text(text.replace(text.split('secret "')[1].split('"')[0], "B" * 43 + "="))
+    result = run_client(
+        ca, paths, "-v", "-n", "-N", "--challenge", "dns-01", "--dns-server", named.dns_server,
+        "--tsig-key", str(wrong), "--dns-check-server", named.dns_server, f"web.{ZONE}",
+    )  # fmt: skip
+    assert result.code == 1
+    prefix = "letskencrypt: netproc: deactivated the pending authorization "
+    urls = [line[len(prefix):] for line in result.stderr.splitlines() if line.startswith(prefix)]
+    assert len(urls) == 1, result.stderr
+    client = AcmeClient(
+        Transport(LoopbackResolver(), Path(ca.ca_bundle).read_bytes()),
+        KeySigner(keys.load_key(str(paths.account_key))),
+        ca.directory_url,
+        bad_nonce_retries=40,
+    )
+    client.account([], create=False)
+    assert client.authorization(urls[0], "dns-01").status == "deactivated"
+
+
 def test_sigterm_during_the_propagation_check_leaves_no_record(
     ca: Pebble, named: AuthoritativeDns, paths: Paths
 ) -> None:

@@ -62,7 +62,7 @@ from letskencrypt.constants import (
     REVOCATION_REASON_CODES,
     revocation_reason_name,
 )
-from letskencrypt.errors import CertificateRejected, InputError
+from letskencrypt.errors import CertificateRejected, InputError, LetskencryptError
 from letskencrypt.validate import (
     DNS,
     IP,
@@ -722,13 +722,21 @@ class AcmeClient:
                 reason = "" if order.error is None else f"; {order.error}"
                 raise AcmeError(safe_text(f"{order.url} is invalid{reason}", 3000))
             if order.status == "pending":
-                for url in order.authorizations:
-                    if challenge_type == CHALLENGE_DNS_PERSIST_01:
-                        self._authorize_persist(url, names, check_record)
-                    else:
-                        self._authorize(
-                            url, publish, withdraw, thumbprint, names, challenge_type
-                        )
+                try:
+                    for url in order.authorizations:
+                        if challenge_type == CHALLENGE_DNS_PERSIST_01:
+                            self._authorize_persist(url, names, check_record)
+                        else:
+                            self._authorize(
+                                url, publish, withdraw, thumbprint, names, challenge_type
+                            )
+                except LetskencryptError as error:
+                    # Our side failed (a record not published or not served, a
+                    # role's refusal): the CA is told.  Not when the CA is the
+                    # trouble: more requests to it would only prolong that.
+                    if not isinstance(error, AcmeError):
+                        self._give_up(order.authorizations)
+                    raise
             document = self.poll(order.url, {"ready", "valid"}, {"invalid"}, what="order")
             order = Order.from_json(order.url, document, self.directory_url)
             if order.status == "ready":
@@ -736,6 +744,23 @@ class AcmeClient:
             if order.certificate is None:
                 raise AcmeError(f"order {order.url} is valid but has no certificate URL")
             return self.download(order.certificate)
+
+    def _give_up(self, authorizations: list[str]) -> None:
+        """Deactivate (RFC 8555 7.5.2) the order's authorizations that are
+        still pending once the run cannot finish them: the order does not
+        stay pending at the CA until it expires.  Best effort, within the
+        order's budget: what fails here is only logged, the run's own error
+        is the one said."""
+        for url in authorizations:
+            try:
+                response = self.post(url, None, self._require_kid())
+                status = json_object(response.body, "authorization").get("status")
+                if status != "pending":
+                    continue
+                self.post(url, {"status": "deactivated"}, self._require_kid())
+                self._log(f"deactivated the pending authorization {safe_text(url, 200)}")
+            except LetskencryptError as error:
+                self._log(f"authorization {safe_text(url, 200)} left as it is: {error}")
 
     def _authorize(
         self,

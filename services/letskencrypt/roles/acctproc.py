@@ -22,7 +22,13 @@ for a challenge response only one that netproc says is of this run's
 word, which the audit log keeps: every type's
 response is the same {}, so a lying netproc is not stopped, but an honest
 one never answers, say, a dns-persist-01 challenge that a standing record
-would pass in a run told to use http-01), and never the key itself.  A
+would pass in a run told to use http-01), and never the key itself.  An
+issue run that fails may have its order's pending authorizations
+deactivated (RFC 8555 7.5.2: {"status": "deactivated"} posted to an
+authorization): which URL is an authorization of this run's order is
+netproc's word, so an attacker who owns it can have other authorizations
+of this account deactivated on the CA's origin — names then validated
+again, no certificate for anyone.  A
 persist-record run has only the account found (or registered) and looked
 at: it orders nothing.
 An external account binding (RFC 8555 7.3.4) is built here, from the kid
@@ -167,6 +173,8 @@ FINALIZE = "finalize"
 REVOKE_CERT = "revokeCert"
 ACCOUNT_UPDATE = "accountUpdate"
 DEACTIVATION = "deactivate"
+# The same payload posted to an authorization's URL (RFC 8555 7.5.2).
+AUTHZ_DEACTIVATION = "authzDeactivate"
 KEY_CHANGE = "keyChange"
 # Not a request to sign: netproc saying that the CA accepted the key change.
 KEY_CHANGED = "keyChanged"
@@ -186,6 +194,9 @@ POLICY: dict[str, frozenset[str]] = {
     # (check_account_update), when the CA's account shows another.
     ACCOUNT_UPDATE: frozenset({ISSUE, REVOKE, UPDATE_ACCOUNT}),
     DEACTIVATION: frozenset({DEACTIVATE}),
+    # An issue run that failed gives up its order's pending authorizations
+    # (check_content: the payload only; the URL is netproc's word).
+    AUTHZ_DEACTIVATION: frozenset({ISSUE}),
     KEY_CHANGE: frozenset({ROLLOVER}),
 }
 # newAccount is the only request signed with the JWK embedded (acctproc
@@ -393,6 +404,8 @@ class RunPolicy:
         """The request's kind if it may be signed; Refused (naming the kind) if not."""
         document = parse_payload(request)
         kind = classify(document, has_kid=bool(request.kid))
+        if kind == DEACTIVATION and request.url != request.kid:
+            kind = AUTHZ_DEACTIVATION
         refuse = Refuser(kind)
         check_envelope(request, self.directory_url, refuse)
         if kind == UNKNOWN:
@@ -446,6 +459,9 @@ class RunPolicy:
                 request.url != request.kid
             ):
                 raise refuse('only {"status": "deactivated"} posted to the account URL')
+        elif kind == AUTHZ_DEACTIVATION:
+            if len(document) != 1 or document["status"] != "deactivated":
+                raise refuse('only {"status": "deactivated"} posted to an authorization')
         elif kind == KEY_CHANGE:
             raise refuse("the inner JWS of a key change is built by acctproc from this run's "
                          "new key, never taken from netproc")
