@@ -445,3 +445,38 @@ def test_compose_configuration_with_a_broken_key_fails_that_certificate_alone(
     codes = {service: info["State"]["ExitCode"] for service, info in pod.containers().items()}
     assert codes == {**dict.fromkeys(ROLES, 0), "netproc": 1, "keyproc": 1}, output
     assert list(pod.dirs["challenge"].iterdir()) == []
+
+
+def test_compose_dns01_keeps_the_tsig_key_in_chngproc_alone(
+    tmp_path_factory: pytest.TempPathFactory, built_images: None
+) -> None:
+    """dns-01 in the pod, against pebble and BIND named on the host's
+    loopback: a name and its wildcard; the TSIG key is mounted into
+    chngproc's container and no other, which stays off every network; no
+    record is left."""
+    from tests.dnsserver import AuthoritativeDns
+
+    with (
+        AuthoritativeDns() as named,
+        Pebble(dns_server=named.dns_server) as ca,
+        made_pod(ca, tmp_path_factory.mktemp("compose-dns01")) as pod,
+    ):
+        key = pod.dirs["certs"].parent / "tsig.key"
+        shutil.copyfile(named.tsig_key_file, key)
+        os.chown(key, 65532, 65532)  # the containers' user: its owner alone reads it
+        key.chmod(0o400)
+        names = f"{named.zone} *.{named.zone}"
+        run = pod.up(DOMAINS=names, CHALLENGE="dns-01", DNS_SERVER=named.dns_server,
+                     DNS_CHECK_SERVER=named.dns_server, TSIG_KEY=str(key))  # fmt: skip
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        san = leaf(pod).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sorted(san.get_values_for_type(x509.DNSName)) == sorted(names.split())
+        assert named.txt(f"_acme-challenge.{named.zone}") == []
+        containers = pod.containers()
+        holders = {
+            role for role, info in containers.items()
+            if any(m["Destination"] == "/etc/letskencrypt/tsig.key" and m["Source"] == str(key)
+                   for m in info["Mounts"])
+        }  # fmt: skip
+        assert holders == {"chngproc"}
+        assert containers["chngproc"]["HostConfig"]["NetworkMode"] == "none"
