@@ -258,7 +258,11 @@ def assert_mounts(pod: Pod, containers: dict[str, dict]) -> None:
             "netproc": {"/etc/letskencrypt/ca.pem": (pod.pebble.ca_bundle, False)},
             "acctproc": {"/etc/acme": (str(pod.dirs["account"]), True)},
             "keyproc": {"/etc/ssl/private/acme": (str(pod.dirs["domain-key"]), True)},
-            "chngproc": {"/var/www/acme": (str(pod.dirs["challenge"]), True)},
+            "chngproc": {
+                "/var/www/acme": (str(pod.dirs["challenge"]), True),
+                # dns-01's TSIG key (TSIG_KEY; /dev/null without one), here alone.
+                "/etc/letskencrypt/tsig.key": ("/dev/null", False),
+            },
             "revokeproc": {
                 "/etc/ssl/acme": (str(pod.dirs["certs"]), False),
                 "/etc/letskencrypt/trust-anchors.pem": (pod.pebble.trust_anchors, False),

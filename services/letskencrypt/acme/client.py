@@ -762,6 +762,24 @@ class AcmeClient:
             except LetskencryptError as error:
                 self._log(f"authorization {safe_text(url, 200)} left as it is: {error}")
 
+    def _pending_authorization(
+        self, url: str, names: list[str], challenge_type: str
+    ) -> Authorization | None:
+        """The order's authorization at `url`, if it still needs a challenge
+        answered; None if it is valid already."""
+        authz = self.authorization(url, challenge_type)
+        # Or the CA could have us prove control of a name nobody asked for.
+        if not _ordered(authz, names):
+            raise AcmeError(
+                f"CA sent an authorization for {authz.identifier}, which the order did not ask for"
+            )
+        if authz.status == "valid":
+            self._log(f"{authz.identifier}: already authorized")
+            return None
+        if authz.status != "pending":
+            raise AcmeError(f"authorization for {authz.identifier} is {authz.status}")
+        return authz
+
     def _authorize(
         self,
         url: str,
@@ -771,17 +789,9 @@ class AcmeClient:
         names: list[str],
         challenge_type: str = CHALLENGE_HTTP_01,
     ) -> None:
-        authz = self.authorization(url, challenge_type)
-        # Or the CA could have us prove control of a name nobody asked for.
-        if not _ordered(authz, names):
-            raise AcmeError(
-                f"CA sent an authorization for {authz.identifier}, which the order did not ask for"
-            )
-        if authz.status == "valid":
-            self._log(f"{authz.identifier}: already authorized")
+        authz = self._pending_authorization(url, names, challenge_type)
+        if authz is None:
             return
-        if authz.status != "pending":
-            raise AcmeError(f"authorization for {authz.identifier} is {authz.status}")
         # dns-01 validates domain names only: an address goes by http-01
         # (Authorization.from_json picked that one for it).
         if authz.identifier_type == IP:
@@ -814,16 +824,9 @@ class AcmeClient:
         before the CA is told); then the challenge is answered with {}."""
         if check_record is None:
             raise AcmeError("dns-persist-01 needs a check of the record")
-        authz = self.authorization(url, CHALLENGE_DNS_PERSIST_01)
-        if not _ordered(authz, names):
-            raise AcmeError(
-                f"CA sent an authorization for {authz.identifier}, which the order did not ask for"
-            )
-        if authz.status == "valid":
-            self._log(f"{authz.identifier}: already authorized")
+        authz = self._pending_authorization(url, names, CHALLENGE_DNS_PERSIST_01)
+        if authz is None:
             return
-        if authz.status != "pending":
-            raise AcmeError(f"authorization for {authz.identifier} is {authz.status}")
         challenge = authz.challenge
         if challenge is None:
             raise AcmeError(f"the CA offers no dns-persist-01 challenge for {authz.identifier}")
