@@ -118,7 +118,7 @@ def test_pebble_24_has_no_renewal_information(pebble: Pebble, tmp_path: Path) ->
     again = run_client(pebble, paths, "-v", name)
     assert again.code == 2, again.stderr
     assert pebble.request_lines()[before:] == [("GET", "/dir")]
-    assert "the CA offers no renewal information" in again.stderr
+    assert "renewal information: the CA offers none (no renewalInfo)" in again.stderr
     assert run_client(pebble, paths, "-F", name).code == 0
     assert all("replaces" not in entry for entry in order_audit(paths))
 

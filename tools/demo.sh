@@ -52,7 +52,8 @@ print(f"demo: valid {leaf.not_valid_before_utc} .. {leaf.not_valid_after_utc}, c
 PY
 
 echo
-echo "demo: the same command again: the certificate is current, so exit 2 and no request"
+echo "demo: the same command again: the certificate is current, so exit 2 and no order"
+echo "demo: (the only request: the CA's directory, to look for renewal information; --no-ari: none)"
 status=0
 "$ROOT/.venv/bin/letskencrypt" -v \
     --server "$DIRECTORY_URL" --ca-bundle "$CA_BUNDLE" --trust-anchors "$TRUST_ANCHORS" \

@@ -219,7 +219,7 @@ def judge(note: AriNote | None, cert_id: str | None, now: datetime) -> tuple[str
     if stamp >= note.retry_until:
         return ASK, "time to ask for renewal information again"
     if note.cert_id == "":
-        return WAIT, "the CA offers no renewal information"
+        return WAIT, "the CA offers none (no renewalInfo): the lifetime rule decides"
     if note.chosen is not None and stamp >= note.chosen:
         return RENEW, f"{window_text(note)}, renewing from {format_time(note.chosen)}"
     return WAIT, f"{window_text(note)}, renewal picked for {format_time(note.chosen)}"

@@ -602,7 +602,7 @@ def ask_ari(
     now = now or datetime.now(UTC)
     try:
         if client.directory().renewal_info is None:
-            log.info("the CA offers no renewal information (ARI): the lifetime rule decides")
+            log.debug("the CA's directory has no renewalInfo (ARI)")
             return ari.no_ari(now)
         window, retry_after = client.renewal_info(cert_id)
     except LetskencryptError as error:
