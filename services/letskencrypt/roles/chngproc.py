@@ -294,20 +294,21 @@ class ChallengeService(rpc.Servicer, challenge_pb2_grpc.ChallengeServicer):
     def Publish(
         self, request: challenge_pb2.PublishRequest, context: grpc.ServicerContext
     ) -> challenge_pb2.PublishReply:
-        self._directory()
+        directory = self._directory()
         token = validate_token(request.token)
         key_authorization = validate_key_authorization(token, request.key_authorization)
-        self.directory.publish(token, key_authorization)
-        self.log.debug(f"published {self.directory.path}/{token}")
+        directory.publish(token, key_authorization)
+        self.log.debug(f"published {directory.path}/{token}")
         return challenge_pb2.PublishReply()
 
     @rpc.guarded
     def Withdraw(
         self, request: challenge_pb2.WithdrawRequest, context: grpc.ServicerContext
     ) -> challenge_pb2.WithdrawReply:
+        directory = self._directory()
         token = validate_token(request.token)
-        self._directory().withdraw(token)
-        self.log.debug(f"withdrew {self._directory().path}/{token}")
+        directory.withdraw(token)
+        self.log.debug(f"withdrew {directory.path}/{token}")
         return challenge_pb2.WithdrawReply()
 
     @rpc.guarded
