@@ -349,19 +349,52 @@ def test_renewal_info_of_another_origin_is_refused() -> None:
         client.renewal_info(RFC_CERT_ID)
 
 
-def test_a_new_order_carries_replaces_and_drops_it_on_already_replaced() -> None:
-    order_answer = {"status": "pending", "authorizations": [f"{BASE}/authz/1"],
-                    "finalize": f"{BASE}/fin/1"}  # fmt: skip
-    replaced = {"type": "urn:ietf:params:acme:error:alreadyReplaced", "detail": "taken"}
-    client, _transport, signer, _sleeps, _lines = scripted(
+ORDER_ANSWER = {"status": "pending", "authorizations": [f"{BASE}/authz/1"],
+                "finalize": f"{BASE}/fin/1"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (409, "alreadyReplaced"),
+        (400, "malformed"),  # Boulder, for a certificate it does not know
+        # pebble, for a certificate it has not indexed yet (it finalizes an
+        # order in a goroutine and indexes it by serial afterwards).
+        (500, "serverInternal"),
+    ],
+)
+def test_a_new_order_carries_replaces_and_drops_it_when_refused(status: int, kind: str) -> None:
+    refusal = {"type": f"urn:ietf:params:acme:error:{kind}", "detail": "replaces: no"}
+    client, _transport, signer, _sleeps, lines = scripted(
         response(200),  # newNonce
-        response(409, replaced),
-        response(201, order_answer, Location=f"{BASE}/order/1"),
+        response(status, refusal),
+        response(201, ORDER_ANSWER, Location=f"{BASE}/order/1"),
     )
-    client.new_order(["a.test"], replaces=RFC_CERT_ID)
+    order = client.new_order(["a.test"], replaces=RFC_CERT_ID)
+    assert order.url == f"{BASE}/order/1"
     payloads = [json.loads(payload) for _url, _nonce, _kid, payload in signer.calls]
     assert payloads[0]["replaces"] == RFC_CERT_ID
-    assert "replaces" not in payloads[1]
+    assert "replaces" not in payloads[1] and len(payloads) == 2
+    assert any("without saying which certificate it replaces" in line for line in lines)
+
+
+def test_an_order_refused_again_without_replaces_fails_with_the_second_answer() -> None:
+    first = {"type": "urn:ietf:params:acme:error:serverInternal", "detail": "replaces: no"}
+    second = {"type": "urn:ietf:params:acme:error:rateLimited", "detail": "too many"}
+    client, _transport, signer, _sleeps, _lines = scripted(
+        response(200), response(500, first), response(429, second),
+    )  # fmt: skip
+    with pytest.raises(AcmeError, match="too many"):
+        client.new_order(["a.test"], replaces=RFC_CERT_ID)
+    assert len(signer.calls) == 2
+
+
+def test_an_order_without_replaces_is_not_resent_for_it() -> None:
+    refusal = {"type": "urn:ietf:params:acme:error:malformed", "detail": "no"}
+    client, _transport, signer, _sleeps, _lines = scripted(response(200), response(400, refusal))
+    with pytest.raises(AcmeError, match="no"):
+        client.new_order(["a.test"])
+    assert len(signer.calls) == 1
 
 
 # --- acctproc: replaces ---------------------------------------------------------------

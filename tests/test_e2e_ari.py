@@ -40,6 +40,24 @@ def replacements(server: Pebble) -> list[str]:
     return [line for line in server.log_text().splitlines() if "is a replacement of" in line]
 
 
+def pebble_finds(certificate: x509.Certificate) -> bool:
+    """Whether pebble 2.10 finds `certificate` by the ARI identifier in a
+    newOrder's `replaces`.  It indexes orders by the serial's minimal bytes
+    but looks the identifier's DER bytes up as they are, so a serial whose
+    top bit needs a leading zero byte (about 1 in 256 of its 63-bit serials)
+    is "not found" (HTTP 500).  The client then orders without `replaces`."""
+    return certificate.serial_number.bit_length() % 8 != 0
+
+
+def replaced_then_signed(paths: Paths, cert_id: str) -> dict[str, Any]:
+    """The audit entries of the last renewal's newOrders: the first says it
+    replaces `cert_id`; returns the last (what the CA took)."""
+    entries = order_audit(paths)
+    asked = [entry for entry in entries if entry.get("replaces") == cert_id]
+    assert asked and asked[0]["decision"] == "signed", entries
+    return entries[-1]
+
+
 def test_window_in_the_future_is_up_to_date(pebble_sid: Pebble, tmp_path: Path) -> None:
     paths = paths_for(tmp_path, pebble_sid)
     name = "future.ari.example.org"
@@ -77,11 +95,12 @@ def test_window_in_the_past_renews_with_replaces(pebble_sid: Pebble, tmp_path: P
     assert new_orders(pebble_sid, before) >= 1
     new = leaf(paths)
     assert new.serial_number != old.serial_number
-    # The newOrder said which certificate it replaces; acctproc signed it and pebble took it.
-    assert len(replacements(pebble_sid)) == replaced + 1
-    last = order_audit(paths)[-1]
+    # The newOrder said which certificate it replaces; acctproc signed it and pebble took it
+    # (or, for a serial pebble cannot find, the order was sent again without it).
+    assert len(replacements(pebble_sid)) == replaced + pebble_finds(old)
+    last = replaced_then_signed(paths, ari_cert_id(old))
     assert last["decision"] == "signed"
-    assert last["replaces"] == ari_cert_id(old)
+    assert ("replaces" in last) == pebble_finds(old)
     # The first order replaced nothing.
     assert "replaces" not in order_audit(paths)[0]
 
@@ -94,7 +113,8 @@ def test_forced_renewal_replaces_the_installed_certificate(
     assert run_client(pebble_sid, paths, "-n", "-N", name).code == 0
     old = leaf(paths)
     assert run_client(pebble_sid, paths, "-F", name).code == 0
-    assert order_audit(paths)[-1]["replaces"] == ari_cert_id(old)
+    last = replaced_then_signed(paths, ari_cert_id(old))
+    assert last.get("replaces") == (ari_cert_id(old) if pebble_finds(old) else None)
 
 
 def test_no_ari_never_asks(pebble_sid: Pebble, tmp_path: Path) -> None:
@@ -173,7 +193,7 @@ def test_config_run_keeps_the_window_and_asks_no_more(pebble_sid: Pebble, tmp_pa
     replaced = len(replacements(pebble_sid))
     renewed = run_config(config)
     assert renewed.code == 0, renewed.stderr
-    assert len(replacements(pebble_sid)) == replaced + 1
+    assert len(replacements(pebble_sid)) == replaced + pebble_finds(old)
     new = x509.load_pem_x509_certificate(cert_path.read_bytes())
     assert new.serial_number != old.serial_number
     text = subprocess.run(

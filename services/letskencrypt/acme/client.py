@@ -27,7 +27,6 @@ from urllib.parse import urljoin
 from letskencrypt import ari, pem
 from letskencrypt.acme.messages import (
     ACCOUNT_DOES_NOT_EXIST,
-    ALREADY_REPLACED,
     ALREADY_REVOKED,
     AUTHZ_FAILED,
     BAD_NONCE,
@@ -36,6 +35,7 @@ from letskencrypt.acme.messages import (
     JSON,
     PEM_CHAIN,
     RATE_LIMITED,
+    REPLACES_REFUSALS,
     Account,
     AcmeError,
     Authorization,
@@ -305,6 +305,7 @@ class AcmeClient:
         signer: Signer | None = None,
         key_change: bool = False,
         challenge_type: str = CHALLENGE_HTTP_01,
+        retry_busy: bool = True,
     ) -> HttpResponse:
         """Signed POST (payload None: POST-as-GET) whose answer must be of the
         media type `expect` (None: its body goes unread); with
@@ -312,7 +313,8 @@ class AcmeClient:
         `signer`, one other than the account's (a revocation with the
         certificate's key).
 
-        Retries badNonce at once, and a busy CA (429, 5xx) within the budget.
+        Retries badNonce at once, and a busy CA (429, 5xx) within the budget
+        unless not `retry_busy`.
         """
         url = self._check(url, "request")
         body = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
@@ -346,7 +348,7 @@ class AcmeClient:
                     bad_nonces += 1
                     self._log(f"CA rejected our nonce, retrying ({bad_nonces})")
                     continue
-                wait = self._busy_wait(budget, problem, busy)
+                wait = self._busy_wait(budget, problem, busy) if retry_busy else None
                 if wait is None:
                     raise problem.error()
                 busy += 1
@@ -466,7 +468,9 @@ class AcmeClient:
         """Order a certificate for `names` (domain names and IP addresses),
         of the CA's `profile` if given, saying that it `replaces` the
         certificate of that ARI identifier (RFC 9773 section 5), if given.
-        A CA that answers alreadyReplaced gets the same order again without it.
+        A CA that refuses the order because of `replaces` (REPLACES_REFUSALS)
+        gets the same order once more without it, at once: a 5xx answer to
+        one with `replaces` is not waited out first.
 
         RFC 8738 gives a CA no way to say in advance that it issues for
         addresses: one that does not refuses the order, and that refusal is
@@ -478,9 +482,11 @@ class AcmeClient:
         if replaces is not None:
             payload["replaces"] = replaces
         try:
-            response = self.post(new_order, payload, self._require_kid())
+            response = self.post(
+                new_order, payload, self._require_kid(), retry_busy=replaces is None
+            )
         except AcmeError as error:
-            if replaces is not None and error.problem_type == ALREADY_REPLACED:
+            if replaces is not None and error.problem_type in REPLACES_REFUSALS:
                 self._notice(f"{error}; ordering without saying which certificate it replaces")
                 return self.new_order(names, profile)
             if not _refuses_addresses(error, names):

@@ -43,6 +43,14 @@ IDENTIFIER_REFUSALS = frozenset(
 )
 MAX_SUBPROBLEMS = 100
 ALREADY_REPLACED = ERROR_PREFIX + "alreadyReplaced"
+# What a CA may answer a newOrder whose `replaces` (RFC 9773 section 5) it
+# cannot honour: already replaced, a certificate it cannot find (Boulder:
+# malformed; pebble: serverInternal, also while it is still indexing an order
+# it has just finalized).  `replaces` is advice, so such an order is sent again
+# without it rather than given up.
+REPLACES_REFUSALS = frozenset(
+    ERROR_PREFIX + kind for kind in ("alreadyReplaced", "malformed", "serverInternal")
+)
 
 # The media types RFC 8555 gives each kind of answer.
 JSON = "application/json"
