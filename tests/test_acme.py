@@ -1086,13 +1086,13 @@ def test_poll_backs_off_without_retry_after():
         response(200, {"status": "valid"}),
     )
     client.poll(f"{BASE}/order/1", {"valid"}, {"invalid"}, what="order")
-    assert sleeps == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0])
+    assert sleeps == pytest.approx([0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4])
 
 
 def test_poll_backoff_ends_with_the_budget():
     client, transport, _, sleeps, _ = scripted(
         response(200),
-        *[response(200, {"status": "processing"}) for _ in range(10)],
+        *[response(200, {"status": "processing"}) for _ in range(12)],
         poll_timeout=20,
     )
     with pytest.raises(AcmeError) as info:
@@ -1101,8 +1101,8 @@ def test_poll_backoff_ends_with_the_budget():
         f"order {BASE}/order/1 is still processing after 20 s (--poll-timeout); giving up"
     )
     # The last wait cut to what was left.
-    assert sleeps == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 7.3])
-    assert len(transport.responses) == 10 - 9  # and one poll at the very end
+    assert sleeps == pytest.approx([0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 7.225])
+    assert len(transport.responses) == 12 - 11  # and one poll at the very end
 
 
 def test_poll_retry_after_beyond_the_budget_fails_at_once():
@@ -1142,7 +1142,7 @@ def test_poll_garbage_retry_after_is_no_retry_after(value: str):
         response(200, {"status": "valid"}),
     )
     client.poll(f"{BASE}/authz/1", {"valid"}, {"invalid"}, what="authorization")
-    assert sleeps == pytest.approx([0.1, 0.2])
+    assert sleeps == pytest.approx([0.025, 0.05])
 
 
 def test_one_budget_covers_the_whole_order():
@@ -1157,7 +1157,7 @@ def test_one_budget_covers_the_whole_order():
         response(200, authz(), Retry_After="4"),
         response(200, authz(), Retry_After="4"),
         response(200, authz("valid")),
-        *[response(200, {**ORDER, "status": "pending"}) for _ in range(8)],
+        *[response(200, {**ORDER, "status": "pending"}) for _ in range(10)],
         poll_timeout=10,
     )
     with pytest.raises(AcmeError) as info:
@@ -1165,7 +1165,7 @@ def test_one_budget_covers_the_whole_order():
     assert str(info.value) == (
         f"order {BASE}/order/1 is still pending after 10 s (--poll-timeout); giving up"
     )
-    assert sleeps == pytest.approx([4.0, 4.0, 0.1, 0.2, 0.4, 0.8, 0.5])
+    assert sleeps == pytest.approx([4.0, 4.0, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 0.425])
     assert len(transport.responses) == 2
 
 
@@ -1209,7 +1209,7 @@ def test_finalize_polls_until_valid():
     final = client.finalize(order, b"csr")
     assert final.certificate == f"{BASE}/cert/1"
     # The finalize's own Retry-After comes first, then the backoff's 2nd wait.
-    assert sleeps == pytest.approx([5.0, 0.2, 2.0])
+    assert sleeps == pytest.approx([5.0, 0.05, 2.0])
     assert [call[1] for call in transport.calls[3:]] == [f"{BASE}/order/1"] * 3
 
 

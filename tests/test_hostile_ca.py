@@ -1003,9 +1003,10 @@ def test_poll_backs_off_without_retry_after(
     polls = run_slow_finish(material, template, workspace, "backoff", None, 2)
     assert len(polls) == 3, polls
     gaps = [polls[0], polls[1] - polls[0], polls[2] - polls[1]]
-    # 0.1 s first (acme/client.py POLL_BACKOFF), doubling.
-    assert gaps[0] >= 0.1 and gaps[1] >= 0.2 and gaps[2] >= 0.4, gaps
-    assert gaps[0] < gaps[1] < gaps[2], gaps
+    # 25 ms first (acme/client.py POLL_BACKOFF), doubling: never sooner.  (Each
+    # gap also holds a request's round trip, which under load can be longer
+    # than these waits: the order of the gaps proves nothing.)
+    assert gaps[0] >= 0.025 and gaps[1] >= 0.05 and gaps[2] >= 0.1, gaps
 
 
 @pytest.mark.parametrize(
