@@ -72,7 +72,7 @@ from letskencrypt.fsutil import (
     make_directories,
 )
 from letskencrypt.relay import LOG_FORMATS, STYLE, Relay, tell
-from letskencrypt.roles import spec_of
+from letskencrypt.roles import spec_of, specs
 from letskencrypt.settings import (
     AcctprocSettings,
     CertprocSettings,
@@ -633,12 +633,15 @@ def check_run_dir_reachable(user: RunUser, why: str) -> None:
             )
 
 
-def preflight(settings: dict[str, RoleSettings], user: RunUser | None) -> None:
+def preflight(
+    settings: dict[str, RoleSettings], user: RunUser | None, *, user_checked: bool = False
+) -> None:
     """What a native run can know before any role starts, and so before it
     spends a request: every directory a role's spec lets it write is there
     (or made by the role), writable by the user the role runs as, and has
     room; and, started as root, the roles' user can load their code and
-    reach the run directory."""
+    reach the run directory (check_roles_user; `user_checked`: done once
+    already for every certificate of a --config run)."""
     for role, role_settings in settings.items():
         spec = spec_of(role)
         if user is not None and spec.keeps_root is None:
@@ -651,11 +654,19 @@ def preflight(settings: dict[str, RoleSettings], user: RunUser | None) -> None:
             if not grant.created or os.path.lexists(grant.path):
                 check_writable_directory(grant.path, grant.what, role, uid, gids)
             check_room(grant.path, grant.what)
-    if user is not None:
-        unavailable = namespace.available()
-        check_code_readable(user, mirrored=unavailable is None)
-        if unavailable is not None:
-            check_run_dir_reachable(user, unavailable)
+    if user is not None and not user_checked:
+        check_roles_user(user)
+
+
+def check_roles_user(user: RunUser) -> None:
+    """Started as root: the roles' user can load their code and reach the
+    run directory.  The same for every certificate of a run, and not cheap
+    (a fork, a stat of every directory above every loaded module)."""
+    specs()  # every role's code loaded first: the check covers all of it
+    unavailable = namespace.available()
+    check_code_readable(user, mirrored=unavailable is None)
+    if unavailable is not None:
+        check_run_dir_reachable(user, unavailable)
 
 
 def check_keys(settings: dict[str, RoleSettings], cert_dir: str) -> list[str]:

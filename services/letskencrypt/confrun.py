@@ -138,6 +138,15 @@ def build_jobs(
     against the others: no two share a key or a certificate directory)."""
     jobs: list[fleet.Job] = []
     claimed: dict[str, str] = {}
+    # What the roles' user lacks fails every certificate alike: checked once.
+    user_refused = None
+    if user is not None:
+        try:
+            cli.check_roles_user(user)
+        except LetskencryptError as error:
+            user_refused = str(error)
+        except OSError as error:
+            user_refused = plain_words(error)
     for domain in conf.select(config, args.domains):
         where = f"{domain.location}: domain {domain.handle}"
         one = domain_arguments(args, config, domain)
@@ -147,9 +156,9 @@ def build_jobs(
             raise InputError(f"{where}: {error}") from None
         cert_dir = os.path.abspath(one.cert_dir)
         # What this host lacks for one certificate fails that one alone.
-        refused = None
+        refused = user_refused
         try:
-            cli.preflight(settings, user)
+            cli.preflight(settings, user, user_checked=True)
             for note in cli.check_keys(settings, cert_dir):
                 tell(f"letskencrypt: {note}", certificate=domain.handle)
         except LetskencryptError as error:
