@@ -6,9 +6,11 @@ Run by hand, after `make images`, not in CI:
     .venv/bin/python -m bench.compose_up [--runs 5] [--out bench/results/compose.md]
 
 Each run is a fresh compose project (new volumes, new keys, new account)
-against one local pebble, exactly as tests/test_compose.py runs it; the time
-is from starting `podman-compose up` to its exit with the certificate
-installed.  The import times are `python3 -X importtime` of the container
+against one local pebble, exactly as tests/test_compose.py runs it; two times
+are taken from starting `podman-compose up`: until the certificate is on
+disk (cert.pem in the certificate volume, the issue's measure), and until
+`podman-compose up` has exited (it then stops and removes the containers).
+The import times are `python3 -X importtime` of the container
 entry point and the role's module inside each role's own image.
 """
 
@@ -22,22 +24,36 @@ import time
 from pathlib import Path
 
 from tests.pebble import Pebble
-from tests.test_compose import CONTAINERS_CONF, ROLES, image, made_pod
+from tests.test_compose import CONTAINERS_CONF, PODMAN_COMPOSE, ROLES, ROOT, image, made_pod
 
 IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+(\d+) \| (\S+)$")
 
 
-def compose_up_seconds(pebble: Pebble) -> float:
+def compose_up_seconds(pebble: Pebble) -> tuple[float, float]:
+    """Seconds from `podman-compose up` to the certificate on disk, and to its exit."""
     with (
         tempfile.TemporaryDirectory(prefix="lk-compose-bench-") as base,
         made_pod(pebble, Path(base)) as pod,
     ):
+        certificate = pod.dirs["certs"] / "cert.pem"
         started = time.monotonic()
-        result = pod.up()
-        elapsed = time.monotonic() - started
-        if result.returncode != 0 or not (pod.dirs["certs"] / "cert.pem").exists():
-            raise SystemExit(f"compose up failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-        return elapsed
+        up = subprocess.Popen(
+            [PODMAN_COMPOSE, "-p", pod.project, "-f", str(ROOT / "compose.yaml"), "up",
+             "--abort-on-container-exit", "--exit-code-from", "netproc"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=pod.environment(),
+        )  # fmt: skip
+        on_disk = None
+        while up.poll() is None:
+            if on_disk is None and certificate.exists():
+                on_disk = time.monotonic() - started
+            time.sleep(0.01)
+        exited = time.monotonic() - started
+        output = up.stdout.read().decode(errors="replace") if up.stdout else ""
+        if on_disk is None and certificate.exists():
+            on_disk = exited
+        if up.returncode != 0 or on_disk is None:
+            raise SystemExit(f"compose up failed ({up.returncode}):\n{output[-3000:]}")
+        return on_disk, exited
 
 
 def import_milliseconds(role: str) -> float:
@@ -62,7 +78,9 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/compose.md")
     args = parser.parse_args()
     with Pebble() as pebble:
-        times = [compose_up_seconds(pebble) for _ in range(args.runs)]
+        runs = [compose_up_seconds(pebble) for _ in range(args.runs)]
+    on_disk = [run[0] for run in runs]
+    exited = [run[1] for run in runs]
     imports = {role: import_milliseconds(role) for role in ROLES}
     lines = [
         "# podman-compose up to a certificate on disk",
@@ -71,8 +89,11 @@ def main() -> None:
         "`python -m bench.compose_up` against a local pebble; load average at the end: "
         f"{os.getloadavg()[0]:.2f}.",
         "",
-        f"- {args.runs} runs, each a fresh project: median **{statistics.median(times):.2f} s** "
-        f"(range {min(times):.2f}-{max(times):.2f} s); target: at most 4 s.",
+        f"- {args.runs} runs, each a fresh project. To the certificate on disk: median "
+        f"**{statistics.median(on_disk):.2f} s** (range {min(on_disk):.2f}-{max(on_disk):.2f} s); "
+        "target: at most 4 s.",
+        f"- To `podman-compose up` exiting (containers stopped and removed): median "
+        f"{statistics.median(exited):.2f} s (range {min(exited):.2f}-{max(exited):.2f} s).",
         "",
         "| role | import time of its code in its image (ms) |",
         "| --- | ---: |",
