@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import sysconfig
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn
@@ -200,7 +199,7 @@ def prepare_to_fork() -> None:
     for module in LOADED_LATE:
         importlib.import_module(module)
     sandbox.import_pyseccomp()
-    sysconfig.get_paths()  # parses the interpreter's build settings, once
+    sandbox.library_paths()  # parses the interpreter's build settings, once
     gc.collect()
     gc.freeze()
 

@@ -32,6 +32,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 import platform
 import socket
@@ -207,12 +208,20 @@ class Profile:
     tcp_ports: tuple[int, ...] | None = ()
 
 
+@functools.cache
+def library_paths() -> tuple[str, ...]:
+    """The interpreter's library directories.  sysconfig expands its path
+    templates anew on every call, and each role asks twice: the fork server
+    asks once for all of them (launch.prepare_to_fork)."""
+    paths = sysconfig.get_paths()
+    return tuple(paths[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")
+                 if name in paths)  # fmt: skip
+
+
 def python_paths() -> list[str]:
     """Where the interpreter and our packages are: lazy imports read them."""
     paths = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
-    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
-        with contextlib.suppress(KeyError):
-            paths.append(sysconfig.get_paths()[name])
+    paths += library_paths()
     # `python -m` puts the working directory first on sys.path; roles run in
     # "/", and the working directory is no place of code anyway.
     try:
