@@ -15,6 +15,7 @@ import pytest
 import yaml
 from letskencrypt import container, rpc, sandbox
 from letskencrypt.context import RoleConfig
+from letskencrypt.errors import LetskencryptError
 from letskencrypt.roles import ROLES, spec_of, specs
 from letskencrypt.spec import Grant, Network
 
@@ -177,6 +178,71 @@ def test_compose_agrees_with_the_specs() -> None:
             assert mode == f"service:{next(r for r in ROLES if spec_of(r).drives)}", role
         else:
             assert mode != "none", f"compose.yaml: {role} needs a network"
+
+
+# A value other than the default for each variable compose.yaml passes, with
+# what it needs besides to be valid.
+ENVIRONMENT_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "ACME_SERVER": ("https://acme.test/dir", {}),
+    "CONTACT": ("mailto:admin@example.org", {}),
+    "KEY_TYPE": ("rsa2048", {}),
+    "ACCOUNT_KEY_TYPE": ("ecdsa384", {}),
+    "FORCE": ("1", {}),
+    "BACKUP": ("1", {}),
+    "DAEMON": ("1", {}),
+    "RENEW_INTERVAL": ("3600", {"DAEMON": "1"}),
+    "RENEW_JITTER": ("60", {"DAEMON": "1"}),
+    "RENEW_BACKOFF": ("600", {"DAEMON": "1"}),
+    "STRICT": ("1", {}),
+    "VERBOSE": ("2", {}),
+    "CHALLENGE": ("dns-01", {"DNS_SERVER": "127.0.0.1:53"}),
+    "DNS_SERVER": ("127.0.0.2:53", {"CHALLENGE": "dns-01"}),
+    "DNS_CHECK_SERVER": ("127.0.0.3", {"CHALLENGE": "dns-01", "DNS_SERVER": "127.0.0.1:53"}),
+}
+# Every role: the names, and what decides how they are validated (wildcards
+# only with dns-01, which needs its server); STRICT, VERBOSE; the file.
+EVERY_ROLE = {"DOMAINS", "CONFIG", "CHALLENGE", "DNS_SERVER", "STRICT", "VERBOSE"}
+
+
+def settings_depend_on(
+    role: str, tsig_key: Path, monkeypatch: pytest.MonkeyPatch
+) -> set[str]:
+    """The variables whose value changes `role`'s configuration in its container."""
+    monkeypatch.setattr(container, "TSIG_KEY", str(tsig_key))
+
+    def configured(environ: dict[str, str]) -> object:
+        try:
+            config = container.role_config(role, environ)
+        except LetskencryptError as error:  # an invalid mix is a value too
+            return ("refused", type(error).__name__)
+        return config.verbosity, config.settings
+
+    depends = set()
+    for name, (value, needs) in ENVIRONMENT_VARIANTS.items():
+        environ = {"DOMAINS": "a.example.org", **needs}
+        if configured(environ) != configured({**environ, name: value}):
+            depends.add(name)
+    return depends
+
+
+def test_compose_gives_each_role_the_variables_its_settings_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tsig_key = tmp_path / "tsig.key"
+    tsig_key.write_text('key "k" {\n\talgorithm hmac-sha256;\n\tsecret "c2VjcmV0";\n};\n')
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    for role, service in compose["services"].items():
+        given = set(service["environment"])
+        # dnsproc, in netproc's network namespace, must be recreated with it
+        # (podman-compose recreates what changed): it gets netproc's variables.
+        wanted = settings_depend_on("netproc" if role == "dnsproc" else role, tsig_key,
+                                    monkeypatch) | EVERY_ROLE  # fmt: skip
+        assert given == wanted, f"compose.yaml: {role} gets {sorted(given - wanted)} " \
+            f"it does not use, lacks {sorted(wanted - given)}"
+        # A wildcard name is refused without dns-01: every role must know the challenge.
+        environ = {"DOMAINS": "*.example.org", "CHALLENGE": "http-01"}
+        with pytest.raises(LetskencryptError, match="wildcard"):
+            container.role_config(role, environ)
 
 
 @pytest.mark.parametrize("workload", ["cronjob", "deployment"])
