@@ -389,6 +389,18 @@ def test_an_order_refused_again_without_replaces_fails_with_the_second_answer() 
     assert len(signer.calls) == 2
 
 
+def test_an_order_with_replaces_still_waits_out_a_rate_limit() -> None:
+    limited = {"type": "urn:ietf:params:acme:error:rateLimited", "detail": "slow down"}
+    client, _transport, signer, sleeps, _lines = scripted(
+        response(200),
+        response(429, limited, Retry_After="2"),
+        response(201, ORDER_ANSWER, Location=f"{BASE}/order/1"),
+    )
+    client.new_order(["a.test"], replaces=RFC_CERT_ID)
+    payloads = [json.loads(payload) for _url, _nonce, _kid, payload in signer.calls]
+    assert sleeps == [2.0] and all(p["replaces"] == RFC_CERT_ID for p in payloads)
+
+
 def test_an_order_without_replaces_is_not_resent_for_it() -> None:
     refusal = {"type": "urn:ietf:params:acme:error:malformed", "detail": "no"}
     client, _transport, signer, _sleeps, _lines = scripted(response(200), response(400, refusal))

@@ -305,7 +305,7 @@ class AcmeClient:
         signer: Signer | None = None,
         key_change: bool = False,
         challenge_type: str = CHALLENGE_HTTP_01,
-        retry_busy: bool = True,
+        retry_server_errors: bool = True,
     ) -> HttpResponse:
         """Signed POST (payload None: POST-as-GET) whose answer must be of the
         media type `expect` (None: its body goes unread); with
@@ -313,8 +313,8 @@ class AcmeClient:
         `signer`, one other than the account's (a revocation with the
         certificate's key).
 
-        Retries badNonce at once, and a busy CA (429, 5xx) within the budget
-        unless not `retry_busy`.
+        Retries badNonce at once, and a busy CA (429, and 5xx unless not
+        `retry_server_errors`) within the budget.
         """
         url = self._check(url, "request")
         body = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
@@ -348,7 +348,11 @@ class AcmeClient:
                     bad_nonces += 1
                     self._log(f"CA rejected our nonce, retrying ({bad_nonces})")
                     continue
-                wait = self._busy_wait(budget, problem, busy) if retry_busy else None
+                server_error = problem.status >= 500
+                wait = (
+                    None if server_error and not retry_server_errors
+                    else self._busy_wait(budget, problem, busy)
+                )  # fmt: skip
                 if wait is None:
                     raise problem.error()
                 busy += 1
@@ -470,7 +474,7 @@ class AcmeClient:
         certificate of that ARI identifier (RFC 9773 section 5), if given.
         A CA that refuses the order because of `replaces` (REPLACES_REFUSALS)
         gets the same order once more without it, at once: a 5xx answer to
-        one with `replaces` is not waited out first.
+        one with `replaces` is not waited out first (a 429 is, as always).
 
         RFC 8738 gives a CA no way to say in advance that it issues for
         addresses: one that does not refuses the order, and that refusal is
@@ -483,7 +487,7 @@ class AcmeClient:
             payload["replaces"] = replaces
         try:
             response = self.post(
-                new_order, payload, self._require_kid(), retry_busy=replaces is None
+                new_order, payload, self._require_kid(), retry_server_errors=replaces is None
             )
         except AcmeError as error:
             if replaces is not None and error.problem_type in REPLACES_REFUSALS:
