@@ -361,6 +361,7 @@ ORDER_ANSWER = {"status": "pending", "authorizations": [f"{BASE}/authz/1"],
         # pebble, for a certificate it has not indexed yet (it finalizes an
         # order in a goroutine and indexes it by serial afterwards).
         (500, "serverInternal"),
+        (403, "unauthorized"),  # Boulder, for another account's certificate
     ],
 )
 def test_a_new_order_carries_replaces_and_drops_it_when_refused(status: int, kind: str) -> None:

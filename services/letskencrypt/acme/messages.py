@@ -44,12 +44,14 @@ IDENTIFIER_REFUSALS = frozenset(
 MAX_SUBPROBLEMS = 100
 ALREADY_REPLACED = ERROR_PREFIX + "alreadyReplaced"
 # What a CA may answer a newOrder whose `replaces` (RFC 9773 section 5) it
-# cannot honour: already replaced, or a certificate it cannot find (Boulder:
-# malformed; pebble 2.10: serverInternal, for a serial whose DER needs a
-# leading zero byte).  `replaces` is advice, so such an order is sent again
-# without it rather than given up.
+# cannot honour: already replaced; a certificate it cannot find or an
+# identifier it cannot parse (Boulder: malformed; pebble 2.10: serverInternal,
+# for a serial whose DER needs a leading zero byte); a certificate of another
+# account (Boulder: unauthorized; after a switch of account, say).  `replaces`
+# is advice, so such an order is sent again without it rather than given up.
 REPLACES_REFUSALS = frozenset(
-    ERROR_PREFIX + kind for kind in ("alreadyReplaced", "malformed", "serverInternal")
+    ERROR_PREFIX + kind
+    for kind in ("alreadyReplaced", "malformed", "serverInternal", "unauthorized")
 )
 
 # The media types RFC 8555 gives each kind of answer.
