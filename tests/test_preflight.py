@@ -355,3 +355,48 @@ def test_a_run_directory_the_run_user_cannot_reach(
     monkeypatch.setattr(tempfile, "tempdir", str(private / "tmp"))
     with pytest.raises(InputError, match=r"TMPDIR .*: set TMPDIR to a directory it can reach"):
         cli.check_run_dir_reachable(RUN_USER, "turned off")
+
+
+def test_a_config_run_checks_the_roles_user_once_for_every_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--config: what the roles' user lacks is looked at once (it is the same
+    for every certificate, and costs a fork and a stat of every module's
+    directories), and refuses every certificate with the same line."""
+    from letskencrypt import conf, confrun
+
+    tmp_path.chmod(0o755)
+    challenges = tmp_path / "challenges"
+    challenges.mkdir(mode=0o777)
+    challenges.chmod(0o777)
+    blocks = [
+        "authority le {\n"
+        '  api url "https://acme-staging-v02.api.letsencrypt.org/directory"\n'
+        f'  account key "{tmp_path}/account.pem"\n'
+        "}\n"
+    ]
+    for index in range(3):
+        certs = tmp_path / f"certs-{index}"
+        certs.mkdir(mode=0o777)
+        certs.chmod(0o777)
+        blocks.append(
+            f"domain site{index}.example.org {{\n"
+            f'  domain key "{tmp_path}/key-{index}.pem"\n'
+            f'  certificate directory "{certs}"\n'
+            f'  challengedir "{challenges}"\n'
+            "  sign with le\n"
+            "}\n"
+        )
+    path = tmp_path / "acme-client.conf"
+    path.write_text("\n".join(blocks))
+    calls = []
+
+    def unreadable(user: cli.RunUser) -> None:
+        calls.append(user)
+        raise InputError("the roles cannot read their code")
+
+    monkeypatch.setattr(cli, "check_roles_user", unreadable)
+    args = cli.build_parser().parse_args(["--config", str(path), "-n", "-N"])
+    jobs = confrun.build_jobs(args, conf.load(str(path)), RUN_USER)
+    assert len(calls) == 1
+    assert [job.refused for job in jobs] == ["the roles cannot read their code"] * 3
