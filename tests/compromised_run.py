@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from letskencrypt import cli
+from letskencrypt import cli, options
 from letskencrypt.errors import InputError
 from letskencrypt.supervisor import Supervisor
 
@@ -34,9 +34,9 @@ class CompromisedSupervisor(Supervisor):
 def main(argv: list[str]) -> int:
     role, target_json, separator, *arguments = argv
     assert separator == "--", argv
-    args = cli.build_parser().parse_args(arguments)
+    args = options.build_parser().parse_args(arguments)
     try:
-        settings = cli.role_settings(args)
+        settings = options.role_settings(args)
         user = cli.run_user(args.user)
     except InputError as error:
         sys.stderr.write(f"letskencrypt: {error}\n")

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
-from letskencrypt import cli, container, keys, rpc
+from letskencrypt import container, keys, options, rpc
 from letskencrypt.b64 import b64url, b64url_decode
 from letskencrypt.context import Logger
 from letskencrypt.errors import InputError
@@ -1336,7 +1336,7 @@ def test_concurrent_records_stay_whole_lines(tmp_path: Path) -> None:
 
 
 def settings_for(*argv: str) -> dict[str, RoleSettings]:
-    return cli.role_settings(cli.build_parser().parse_args(list(argv)))
+    return options.role_settings(options.build_parser().parse_args(list(argv)))
 
 
 def test_cli_gives_acctproc_the_run_and_netproc_no_audit_log(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from letskencrypt import anchors, cli, container
+from letskencrypt import anchors, container, options
 from letskencrypt.errors import InputError
 
 from tests.certfactory import LEAF_KEY, ROOT_KEY, make_cert, pem
@@ -109,7 +109,7 @@ def write(path: Path, data: bytes) -> Path:
 
 
 def settings(*argv: str) -> dict[str, dict[str, object]]:
-    return cli.role_settings(cli.build_parser().parse_args([*argv, *NAMES]))
+    return options.role_settings(options.build_parser().parse_args([*argv, *NAMES]))
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from letskencrypt import ari, certs, cli, fleet, relay, runstate, status
+from letskencrypt import ari, certs, fleet, options, relay, runstate, status
 from letskencrypt.acme import AcmeError
 from letskencrypt.context import Logger
 from letskencrypt.roles import netproc
@@ -237,12 +237,12 @@ def test_the_lifetime_rule_or_the_ari_time_decides_a_fleet_job(tmp_path: Path) -
         (cert_dir / "chain.pem").write_bytes(certfactory.pem(pki.intermediate))
         return leaf
 
-    args = cli.build_parser().parse_args([
+    args = options.build_parser().parse_args([
         "--server", "https://ca.test/dir", "--trust-anchors", str(anchors(tmp_path, pki)),
         "-c", str(cert_dir), "-C", str(tmp_path / "chal"), "-f", str(tmp_path / "acct.pem"),
         "-k", str(tmp_path / "dom.pem"), *names,
     ])  # fmt: skip
-    job = fleet.Job(handle="a", names=tuple(names), settings=cli.role_settings(args),
+    job = fleet.Job(handle="a", names=tuple(names), settings=options.role_settings(args),
                     cert_dir=str(cert_dir), authority="ca", account_key="")  # fmt: skip
     fresh = install(now - timedelta(days=1), now + timedelta(days=89))
     cert_id = certs.ari_cert_id(fresh)
@@ -266,7 +266,7 @@ def test_the_lifetime_rule_or_the_ari_time_decides_a_fleet_job(tmp_path: Path) -
     assert settings["netproc"].ari_note == past  # type: ignore[attr-defined]
     assert settings["acctproc"].replaces == certs.ari_cert_id(old)  # type: ignore[attr-defined]
     # The command line computes acctproc's from the installed certificate too.
-    assert cli.role_settings(args)["acctproc"].replaces == certs.ari_cert_id(old)  # type: ignore[attr-defined]
+    assert options.role_settings(args)["acctproc"].replaces == certs.ari_cert_id(old)  # type: ignore[attr-defined]
 
 
 def leaf_with_key_id(names: list[str], not_before: datetime, not_after: datetime
@@ -508,11 +508,11 @@ def test_the_run_state_keeps_the_note(tmp_path: Path) -> None:
 def test_cli_names_the_installed_certificates_id_for_acctproc(tmp_path: Path) -> None:
     cert_dir = tmp_path / "certs"
     cert_dir.mkdir()
-    assert cli.installed_ari_cert_id(str(cert_dir)) is None
+    assert options.installed_ari_cert_id(str(cert_dir)) is None
     (cert_dir / "cert.pem").write_bytes(certificate().public_bytes(serialization.Encoding.PEM))
-    assert cli.installed_ari_cert_id(str(cert_dir)) == RFC_CERT_ID
+    assert options.installed_ari_cert_id(str(cert_dir)) == RFC_CERT_ID
     (cert_dir / "cert.pem").write_bytes(b"garbage")
-    assert cli.installed_ari_cert_id(str(cert_dir)) is None
+    assert options.installed_ari_cert_id(str(cert_dir)) is None
 
 
 # --- when the next check comes -------------------------------------------------------

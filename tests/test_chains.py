@@ -8,7 +8,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from letskencrypt import cli, pem
+from letskencrypt import options, pem
 from letskencrypt.acme.client import MAX_CHAINS_BYTES, Chains
 from letskencrypt.acme.messages import AcmeError, alternate_links
 from letskencrypt.constants import MAX_ALTERNATES
@@ -264,13 +264,13 @@ def test_a_default_chain_that_is_no_chain_is_still_an_error() -> None:
 
 @pytest.mark.parametrize("name", ["ISRG Root X1", "Pebble Root CA 2f1d2a", "x" * 64, "é"])
 def test_preferred_chain_names(name: str) -> None:
-    assert cli.check_preferred_chain(name) == name
+    assert options.check_preferred_chain(name) == name
 
 
 @pytest.mark.parametrize("name", ["", "x" * 65, "a\nb", "tab\there", "\x1b[31m"])
 def test_preferred_chain_refuses(name: str) -> None:
     with pytest.raises(InputError, match=r"--preferred-chain .*: give the issuer's Common Name"):
-        cli.check_preferred_chain(name)
+        options.check_preferred_chain(name)
 
 
 # --- which chain certproc installs ---------------------------------------------------

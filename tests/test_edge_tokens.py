@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-from letskencrypt import cli, keys, launch, rpc
+from letskencrypt import keys, launch, options, rpc
 from letskencrypt.b64 import b64url
 from letskencrypt.roles import ROLES
 from letskencrypt.rpc import EDGES
@@ -41,7 +41,7 @@ from tests.certfactory import make_pki, pem
 def test_each_role_learns_only_the_tokens_of_its_own_edges(tmp_path: Path) -> None:
     anchors = tmp_path / "anchors.pem"
     anchors.write_bytes(pem(make_pki().root))
-    settings = cli.role_settings(cli.build_parser().parse_args(
+    settings = options.role_settings(options.build_parser().parse_args(
         ["--server", "https://ca.example.org/dir", "--trust-anchors", str(anchors),
          "-f", str(tmp_path / "a.pem"), "-k", str(tmp_path / "d.pem"), "a.example.org"]))
     supervisor = Supervisor(settings=settings)
@@ -324,7 +324,7 @@ def test_acctproc_learns_the_domain_key_from_keyproc_over_its_own_edge(run_dir: 
     reach keyproc with the keyacct token."""
     anchors = run_dir / "anchors.pem"
     anchors.write_bytes(pem(make_pki().root))
-    settings = cli.role_settings(cli.build_parser().parse_args([
+    settings = options.role_settings(options.build_parser().parse_args([
         "--server", "https://ca.example.org/dir", "--trust-anchors", str(anchors), "-n", "-N",
         "-f", str(run_dir / "account.pem"), "-k", str(run_dir / "domain.pem"),
         "--audit-log", str(run_dir / "audit.log"), *NAMES,

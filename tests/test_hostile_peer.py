@@ -2,7 +2,7 @@
 
 The roles are started as the supervisor starts them (launch.start_role:
 `python -m letskencrypt.roles X`, the JSON configuration on stdin, settings from
-cli.role_settings for a realistic command line, a private run directory with
+options.role_settings for a realistic command line, a private run directory with
 one sub-directory per edge; dropping to `nobody` when we are root).  Then
 this test connects to their sockets with the generated stubs and does what a
 compromised netproc (or, for fileproc, certproc) could: ask for keys, for
@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import NameOID
-from letskencrypt import cli, keys, launch, rpc
+from letskencrypt import cli, keys, launch, options, rpc
 from letskencrypt.b64 import b64url, b64url_decode
 from letskencrypt.roles import specs
 from letskencrypt.settings import RoleSettings
@@ -273,7 +273,7 @@ def command_line(base: Path, *extra: str) -> list[str]:
 
 
 def role_settings(base: Path, *extra: str) -> dict[str, RoleSettings]:
-    return cli.role_settings(cli.build_parser().parse_args(command_line(base, *extra)))
+    return options.role_settings(options.build_parser().parse_args(command_line(base, *extra)))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from letskencrypt import cli, keyfiles, keys, launch
+from letskencrypt import keyfiles, keys, launch, options
 from letskencrypt.context import Logger
 from letskencrypt.errors import InputError, KeyFileError, KeyFileMissing
 from letskencrypt.roles import keyproc
@@ -338,13 +338,13 @@ def run_dir() -> Iterator[str]:
 def settings_for(base: Path, *extra: str) -> dict[str, RoleSettings]:
     anchors = base / "anchors.pem"
     anchors.write_bytes(pem(make_pki().root))
-    args = cli.build_parser().parse_args([
+    args = options.build_parser().parse_args([
         "--server", "https://ca.test/dir", "--trust-anchors", str(anchors),
         "-C", str(base / "challenge"), "-c", str(base / "certs"),
         "-f", str(base / "account" / "privkey.pem"), "-k", str(base / "domain" / "privkey.pem"),
         *extra, *NAMES,
     ])  # fmt: skip
-    return cli.role_settings(args)
+    return options.role_settings(args)
 
 
 def refused_at_start(role: str, settings: RoleSettings, run_dir: str) -> str:

@@ -12,7 +12,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from letskencrypt import cli, keys
+from letskencrypt import keys, options
 from letskencrypt.acme import AcmeError
 from letskencrypt.acme import client as acme_client
 from letskencrypt.b64 import b64url, b64url_decode
@@ -268,7 +268,7 @@ def test_an_idle_acctproc_opens_nothing() -> None:
 def role_settings(tmp_path: Path, *argv: str) -> dict[str, Any]:
     anchors = tmp_path / "roots.pem"
     anchors.write_bytes(certfactory.pem(PKI.root))
-    return cli.role_settings(cli.build_parser().parse_args([
+    return options.role_settings(options.build_parser().parse_args([
         "--server", "https://ca.test:8443/dir", "--trust-anchors", str(anchors),
         "-f", str(tmp_path / "account.pem"), "-k", str(tmp_path / "keys" / "domain.pem"),
         "-c", str(tmp_path / "certs"), "-C", str(tmp_path / "challenges"),

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from letskencrypt import cli, conf, confrun, fleet
+from letskencrypt import conf, confrun, fleet, options
 
 from tests.conftest import ROOT
 
@@ -95,7 +95,7 @@ def flags(lines: list[str]) -> set[str]:
     return {f"-{flag}" for arguments in macro_arguments(lines, "Fl") for flag in arguments}
 
 
-def option_strings(parser: cli.Parser) -> set[str]:
+def option_strings(parser: options.Parser) -> set[str]:
     return {option for action in parser._actions for option in action.option_strings}
 
 
@@ -126,7 +126,7 @@ def test_mandoc_lint_is_clean(path: Path) -> None:
 
 def test_every_option_of_the_command_is_documented() -> None:
     documented = flags(list_after(page(COMMAND_PAGE), "The options are as follows:"))
-    assert_same_options(option_strings(cli.build_parser()), documented, "letskencrypt")
+    assert_same_options(option_strings(options.build_parser()), documented, "letskencrypt")
 
 
 def test_every_option_of_status_is_documented() -> None:
@@ -153,7 +153,7 @@ def test_every_option_of_sandbox_check_is_documented() -> None:
 
 def test_the_synopsis_names_only_real_options() -> None:
     lines = section(page(COMMAND_PAGE), "SYNOPSIS")
-    known = option_strings(cli.build_parser()) | option_strings(confrun.status_parser())
+    known = option_strings(options.build_parser()) | option_strings(confrun.status_parser())
     for arguments in macro_arguments(lines, "Fl"):
         for flag in arguments:
             if flag.startswith("-"):
@@ -254,7 +254,7 @@ def test_the_conf_examples_parse() -> None:
 
 
 def test_the_command_examples_use_real_options() -> None:
-    known = option_strings(cli.build_parser()) | option_strings(confrun.status_parser())
+    known = option_strings(options.build_parser()) | option_strings(confrun.status_parser())
     for text in examples(COMMAND_PAGE):
         for word in text.split():
             if re.fullmatch(r"--?[A-Za-z][\w-]*", word):

@@ -1,6 +1,6 @@
 """Each native role lives in namespaces of its own (namespace.py): it sees
 only its own paths, and the roles without network have no network at all.
-And no key may live where a role writes (cli.check_key_places)."""
+And no key may live where a role writes (options.check_key_places)."""
 
 import os
 import shutil
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from letskencrypt import cli, launch, namespace, rpc, sandbox, supervisor
+from letskencrypt import cli, launch, namespace, options, rpc, sandbox, supervisor
 from letskencrypt.errors import InputError
 from letskencrypt.roles import ROLES
 
@@ -99,7 +99,7 @@ def settings_for(tmp_path: Path, *extra: str) -> dict:
             "-C", str(tmp_path / "challenge"),
             "-c", str(tmp_path / "certs"), "-f", str(tmp_path / "account.pem"),
             "-k", str(tmp_path / "keys" / "domain.pem"), *extra, "example.org"]  # fmt: skip
-    return cli.role_settings(cli.build_parser().parse_args(argv))
+    return options.role_settings(options.build_parser().parse_args(argv))
 
 
 @pytest.mark.parametrize(
@@ -145,9 +145,9 @@ def test_the_refusal_comes_before_any_role_starts(tmp_path: Path) -> None:
 
 
 def test_the_default_domain_key_is_outside_the_default_directories() -> None:
-    for directory in (cli.DEFAULT_CERT_DIR, cli.DEFAULT_CHALLENGE_DIR):
-        assert not cli.is_within(cli.DEFAULT_DOMAIN_KEY, directory)
-        assert not cli.is_within(cli.DEFAULT_ACCOUNT_KEY, directory)
+    for directory in (options.DEFAULT_CERT_DIR, options.DEFAULT_CHALLENGE_DIR):
+        assert not options.is_within(options.DEFAULT_DOMAIN_KEY, directory)
+        assert not options.is_within(options.DEFAULT_ACCOUNT_KEY, directory)
 
 
 def test_a_key_at_the_former_default_place_moves(
@@ -160,7 +160,7 @@ def test_a_key_at_the_former_default_place_moves(
     former.chmod(0o400)
     monkeypatch.setattr(cli, "FORMER_DEFAULT_DOMAIN_KEY", str(former))
     monkeypatch.setattr(cli, "DEFAULT_DOMAIN_KEY", str(new))
-    args = cli.build_parser().parse_args(["-k", str(new), "example.org"])
+    args = options.build_parser().parse_args(["-k", str(new), "example.org"])
     message = cli.move_former_default_domain_key(args)
     assert message is not None and str(new) in message
     assert new.read_bytes() == b"key bytes"
@@ -168,7 +168,7 @@ def test_a_key_at_the_former_default_place_moves(
     assert not former.exists() and not former.parent.exists()
     # Once moved, or with a key of the operator's choosing, nothing happens.
     assert cli.move_former_default_domain_key(args) is None
-    other = cli.build_parser().parse_args(["-k", str(tmp_path / "x.pem"), "example.org"])
+    other = options.build_parser().parse_args(["-k", str(tmp_path / "x.pem"), "example.org"])
     assert cli.move_former_default_domain_key(other) is None
 
 

@@ -13,7 +13,7 @@ import dns.rdtypes.ANY.TXT
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from letskencrypt import cli, dnsquery, persist
+from letskencrypt import cli, dnsquery, options, persist
 from letskencrypt.acme.messages import AcmeError, Authorization, Directory
 from letskencrypt.errors import InputError
 from letskencrypt.roles import dnsproc
@@ -292,7 +292,7 @@ def test_dnsproc_asks_only_an_address() -> None:
     (["[::1]"], ("[::1]:53",)),
 ])
 def test_dns_check_servers(texts: list[str], expected: tuple[str, ...]) -> None:
-    assert cli.check_dns_servers(texts) == expected
+    assert options.check_dns_servers(texts) == expected
 
 
 @pytest.mark.parametrize("text", [
@@ -301,12 +301,12 @@ def test_dns_check_servers(texts: list[str], expected: tuple[str, ...]) -> None:
 ])
 def test_a_bad_dns_check_server_is_refused_in_one_line(text: str) -> None:
     with pytest.raises(InputError, match="--dns-check-server"):
-        cli.check_dns_servers([text])
+        options.check_dns_servers([text])
 
 
 def test_at_most_eight_dns_check_servers() -> None:
     with pytest.raises(InputError, match="at most 8 --dns-check-server"):
-        cli.check_dns_servers([f"127.0.0.{i}" for i in range(1, 10)])
+        options.check_dns_servers([f"127.0.0.{i}" for i in range(1, 10)])
 
 
 def test_persist_records_one_per_name_wildcards_folded() -> None:
@@ -347,7 +347,7 @@ def test_a_report_netproc_could_fake_is_checked_for_form(report: object) -> None
     (["*.a.example.org"], "a wildcard name needs --challenge dns-01 or dns-persist-01"),
 ])
 def test_the_command_line_refuses_in_one_line(argv: list[str], said: str) -> None:
-    args = cli.build_parser().parse_args(["--server", "https://ca.test/dir", "--trust-anchors",
+    args = options.build_parser().parse_args(["--server", "https://ca.test/dir", "--trust-anchors",
                                           "/nonexistent", *argv])  # fmt: skip
     with pytest.raises(InputError, match=said.replace("*", r"\*")):
-        cli.role_settings(args, trust_anchors=False)
+        options.role_settings(args, trust_anchors=False)

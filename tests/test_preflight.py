@@ -9,7 +9,7 @@ import types
 from pathlib import Path
 
 import pytest
-from letskencrypt import cli
+from letskencrypt import cli, options
 from letskencrypt.errors import InputError
 
 from tests.certfactory import make_pki, pem
@@ -396,7 +396,7 @@ def test_a_config_run_checks_the_roles_user_once_for_every_certificate(
         raise InputError("the roles cannot read their code")
 
     monkeypatch.setattr(cli, "check_roles_user", unreadable)
-    args = cli.build_parser().parse_args(["--config", str(path), "-n", "-N"])
+    args = options.build_parser().parse_args(["--config", str(path), "-n", "-N"])
     jobs = confrun.build_jobs(args, conf.load(str(path)), RUN_USER)
     assert len(calls) == 1
     assert [job.refused for job in jobs] == ["the roles cannot read their code"] * 3

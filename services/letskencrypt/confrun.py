@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from letskencrypt import cli, conf, fleet, interrupts, metrics, runstate, status
-from letskencrypt.constants import EXIT_FAILED
+from letskencrypt import cli, conf, fleet, interrupts, metrics, options, runstate, status
+from letskencrypt.constants import CHALLENGE_HTTP_01, EXIT_FAILED
 from letskencrypt.errors import InputError, LetskencryptError, plain_words
 from letskencrypt.relay import STYLE, Relay, tell
 from letskencrypt.settings import KeyprocSettings, NetprocSettings, RoleSettings, Schedule
@@ -37,10 +37,10 @@ STOP_CHECK = 0.2
 STATE_FILE = "state.json"
 # With --config these come from the file; the command line may not give them.
 PER_CERTIFICATE = {
-    "cert_dir": ("-c/--cert-dir", "certificate directory", cli.DEFAULT_CERT_DIR),
-    "domain_key": ("-k/--domain-key", "domain key", cli.DEFAULT_DOMAIN_KEY),
-    "challenge_dir": ("-C/--challenge-dir", "challengedir", cli.DEFAULT_CHALLENGE_DIR),
-    "account_key": ("-f/--account-key", "account key", cli.DEFAULT_ACCOUNT_KEY),
+    "cert_dir": ("-c/--cert-dir", "certificate directory", options.DEFAULT_CERT_DIR),
+    "domain_key": ("-k/--domain-key", "domain key", options.DEFAULT_DOMAIN_KEY),
+    "challenge_dir": ("-C/--challenge-dir", "challengedir", options.DEFAULT_CHALLENGE_DIR),
+    "account_key": ("-f/--account-key", "account key", options.DEFAULT_ACCOUNT_KEY),
     "server": ("--server", "api url", None),
     "staging": ("-s/--staging", "api url", False),
     "trust_anchors": ("--trust-anchors", "trust anchors", None),
@@ -49,7 +49,7 @@ PER_CERTIFICATE = {
     "eab_hmac_key": ("--eab-hmac-key", "external account binding", None),
     "profile": ("--profile", "profile", None),
     "preferred_chain": ("--preferred-chain", "preferred chain", None),
-    "challenge": ("--challenge", "challenge", cli.CHALLENGE_HTTP_01),
+    "challenge": ("--challenge", "challenge", CHALLENGE_HTTP_01),
     "dns_server": ("--dns-server", "dns server", None),
     "tsig_key": ("--tsig-key", "tsig key", None),
 }
@@ -108,7 +108,7 @@ def domain_arguments(
     one.cert_dir = domain.certificate_directory or os.path.join(
         state_directory(config), "certs", domain.handle
     )
-    one.challenge_dir = domain.challenge_dir or cli.DEFAULT_CHALLENGE_DIR
+    one.challenge_dir = domain.challenge_dir or options.DEFAULT_CHALLENGE_DIR
     one.challenge = domain.challenge
     one.dns_server = domain.dns_server
     one.tsig_key = domain.tsig_key
@@ -151,7 +151,7 @@ def build_jobs(
         where = f"{domain.location}: domain {domain.handle}"
         one = domain_arguments(args, config, domain)
         try:
-            settings = cli.role_settings(one, account_type_follows=False)
+            settings = options.role_settings(one, account_type_follows=False)
         except LetskencryptError as error:
             raise InputError(f"{where}: {error}") from None
         cert_dir = os.path.abspath(one.cert_dir)
@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     refuse_per_certificate_options(args)
     if args.jobs is not None and not 1 <= args.jobs <= MAX_JOBS:
         raise InputError(f"-j/--jobs must be between 1 and {MAX_JOBS}")
-    schedule = cli.check_schedule(args) if args.daemon else None
+    schedule = options.check_schedule(args) if args.daemon else None
     config = conf.load(os.path.abspath(args.config))
     refuse_files_others_may_change(config)
     user = cli.run_user(args.user)
@@ -366,9 +366,9 @@ def record_accounts(state: runstate.State, runner: fleet.Fleet, now: float) -> r
     return state
 
 
-def status_parser() -> cli.Parser:
+def status_parser() -> options.Parser:
     """The command line of `letskencrypt status`."""
-    parser = cli.Parser(
+    parser = options.Parser(
         prog="letskencrypt status",
         description="What is installed for each configured certificate, when it is due "
         "for renewal and why, and how its last run went. Reads files only: no request "

@@ -12,6 +12,8 @@ import os
 EXIT_CHANGED = 0  # a certificate was issued, renewed or revoked
 EXIT_FAILED = 1
 EXIT_NOTHING_TO_DO = 2  # and then no request reached the CA
+# --log-format: plain lines, or one JSON object per line (relay.py).
+LOG_FORMATS = ("text", "json")
 EXIT_CODES = (EXIT_CHANGED, EXIT_FAILED, EXIT_NOTHING_TO_DO)
 
 # --- the environment ------------------------------------------------------------------

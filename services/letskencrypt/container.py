@@ -82,10 +82,11 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from letskencrypt import cli, process
+from letskencrypt import process
 from letskencrypt.constants import CHALLENGE_DNS_01, EXIT_FAILED, EXIT_NOTHING_TO_DO
 from letskencrypt.context import RoleConfig
 from letskencrypt.errors import InputError
+from letskencrypt.options import build_parser, role_settings
 from letskencrypt.roles import spec_of
 
 RUN_DIR = "/run/letskencrypt"
@@ -189,9 +190,9 @@ def role_config(
     """The role's configuration from the environment (or from `argv`, a
     command line built from it: domain_command_line)."""
     spec_of(role)  # an unknown role is refused here, in one line
-    args = cli.build_parser().parse_args(command_line(role, environ) if argv is None else argv)
+    args = build_parser().parse_args(command_line(role, environ) if argv is None else argv)
     # Not the certificate: acctproc's container cannot read it.
-    settings = cli.role_settings(
+    settings = role_settings(
         args,
         trust_anchors=uses(role, "trust_anchors"),
         knows_certificate=False,

@@ -41,7 +41,6 @@ from datetime import UTC, datetime
 
 from letskencrypt import ari, interrupts, launch
 from letskencrypt.certs import ari_cert_id, configured_anchors, trust_problem
-from letskencrypt.cli import installed_ari_cert_id
 from letskencrypt.constants import (
     EXIT_CHANGED,
     EXIT_CODES,
@@ -50,6 +49,7 @@ from letskencrypt.constants import (
 )
 from letskencrypt.errors import LetskencryptError, plain_words
 from letskencrypt.linux import PR_SET_PDEATHSIG, prctl
+from letskencrypt.options import installed_ari_cert_id
 from letskencrypt.relay import STYLE, Relay
 from letskencrypt.renewal import Decision, decide, load_certificate_file, load_chain_file
 from letskencrypt.settings import (

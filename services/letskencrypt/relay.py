@@ -30,7 +30,6 @@ from letskencrypt.roles import ROLES
 from letskencrypt.settings import AriNote
 from letskencrypt.validate import safe_text
 
-LOG_FORMATS = ("text", "json")
 PREFIX = "letskencrypt: "
 # A line that starts so, from a stream added with counts=True, is not shown:
 # it says, as JSON, how many requests and orders its role sent the CA, and

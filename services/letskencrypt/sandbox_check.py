@@ -42,7 +42,7 @@ from typing import Any
 
 import grpc
 
-from letskencrypt import anchors, cli, filestore, launch, linux, process, rpc, sandbox
+from letskencrypt import anchors, cli, filestore, launch, linux, options, process, rpc, sandbox
 from letskencrypt.constants import EXIT_FAILED
 from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.errors import InputError, LetskencryptError
@@ -673,8 +673,8 @@ def role_settings(base: Path) -> dict[str, RoleSettings]:
     # The CA here is no real one: any anchors do for the roles that hold them.
     # The certificate it writes is no real one either: no ARI id is taken
     # from it (and an image without cryptography could not).
-    settings = cli.role_settings(
-        cli.build_parser().parse_args(argv), trust_anchors=False, knows_certificate=False
+    settings = options.role_settings(
+        options.build_parser().parse_args(argv), trust_anchors=False, knows_certificate=False
     )
     pem_text = anchors.built_in("letsencrypt-production.pem").decode("ascii")
     return {
@@ -1034,7 +1034,7 @@ def main(argv: list[str] | None = None) -> None:
     arguments = sys.argv[1:] if argv is None else argv
     if arguments[:1] == ["--probe"] and len(arguments) == 4:
         probe_main(arguments[1], arguments[2], int(arguments[3]))
-    parser = cli.Parser(
+    parser = options.Parser(
         prog="letskencrypt sandbox-check",
         description="Try, for each role, what its sandbox forbids, and show what held.",
     )

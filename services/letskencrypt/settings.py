@@ -1,6 +1,6 @@
 """The settings model: what each role is told for one run, typed.
 
-The command line (cli.role_settings) or the container entry point builds one
+The command line (options.role_settings) or the container entry point builds one
 frozen dataclass per role; the supervisor serialises each role's own to JSON
 on the role's standard input, and `decode` turns it back into the same class,
 checking every field's type on the way (a role trusts its supervisor, but a
@@ -29,7 +29,7 @@ from letskencrypt.constants import (
 from letskencrypt.errors import InputError
 
 # What a run is for: certproc and fileproc know these two; acctproc also the
-# account's own operations (cli.role_settings says which a run is).
+# account's own operations (options.role_settings says which a run is).
 OPERATIONS = ("issue", "revoke")
 ACCOUNT_OPERATIONS = (
     *OPERATIONS, "rollover", "deactivate", "update-account", "persist-record"

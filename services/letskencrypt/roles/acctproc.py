@@ -59,7 +59,7 @@ account key file then holds a key that the CA does not know, and the old
 key, still known to the CA, is kept beside it.
 
 `replaces`: the supervisor computes the identifier from the installed
-certificate when it builds the settings (cli.role_settings), so netproc
+certificate when it builds the settings (options.role_settings), so netproc
 cannot choose it.  Where the settings cannot know the certificate - a
 --daemon run, whose certificate changes while acctproc runs, and a role in
 its own container, which cannot read the certificate directory - any
@@ -157,7 +157,7 @@ KEYPROC_DEADLINE = 10.0
 
 # --- what a run may have signed ------------------------------------------------------
 
-# The operations a run can be (settings.ACCOUNT_OPERATIONS; cli.role_settings
+# The operations a run can be (settings.ACCOUNT_OPERATIONS; options.role_settings
 # says which).  "update-account" has no command line of its own: an issue
 # or revoke run sets its --contact.
 ISSUE, REVOKE, ROLLOVER, DEACTIVATE, UPDATE_ACCOUNT, PERSIST_RECORD = ACCOUNT_OPERATIONS

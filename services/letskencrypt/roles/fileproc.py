@@ -35,7 +35,7 @@ from letskencrypt.v1 import files_pb2, files_pb2_grpc
 
 def cert_dir_grants(settings: FileprocSettings) -> list[Grant]:
     """Write, but not read, in the certificate directory (what it writes it
-    has been handed; no key lives there, see cli.check_key_places).  The only
+    has been handed; no key lives there, see options.check_key_places).  The only
     files it reads are certificates an older tool left at the stable names."""
     writer = (
         Fs.READ_DIR

@@ -54,7 +54,7 @@ from letskencrypt.v1 import renewal_pb2, renewal_pb2_grpc
 
 # Read the certificates (cert.pem -> .live/cert.pem -> .sets/<id>/cert.pem;
 # symlinks are resolved without any Landlock right).  No key lives beneath
-# the certificate directory: cli.check_key_places refuses one.
+# the certificate directory: options.check_key_places refuses one.
 SPEC = RoleSpec(
     name="revokeproc",
     summary="reads the current certificate and says whether a new one is due",
