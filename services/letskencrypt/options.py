@@ -340,7 +340,7 @@ def check_account_operation(args: argparse.Namespace) -> str | None:
 
 def check_new_account_key(path: str, secrets: dict[str, str]) -> str:
     """--rollover-account-key: a regular file (no symlink) of ours alone, no
-    other key of this run.  What is in it the roles check (check_keys)."""
+    other key of this run.  What is in it cli.check_keys checks."""
     path = os.path.abspath(path)
     what = f"--rollover-account-key {path}"
     try:
