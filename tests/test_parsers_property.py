@@ -25,8 +25,8 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from letskencrypt.acme import AcmeError, check_url, format_problem, parse_retry_after
 from letskencrypt.certs import check_chain, parse_pem_chain
-from letskencrypt.cli import check_contact
 from letskencrypt.errors import CertificateRejected, InputError
+from letskencrypt.options import check_contact
 from letskencrypt.urls import origin
 from letskencrypt.validate import (
     MAX_LABEL_LENGTH,
