@@ -598,30 +598,28 @@ class Challenge:
     def from_json(
         cls, document: Mapping[str, Any], base: str, kind: str = CHALLENGE_HTTP_01
     ) -> Self:
+        # dns-persist-01 has no token; it names the CA's issuer domains instead.
+        token = ""
+        names: tuple[str, ...] = ()
         if kind == CHALLENGE_DNS_PERSIST_01:
             try:
                 names = check_issuer_names(document.get("issuer-domain-names"))
             except InputError as error:
                 raise AcmeError(f"CA sent an unusable {error}") from None
-            return cls(
-                url=check_url(document.get("url"), base, "challenge"),
-                token="",
-                status=_status(document, CHALLENGE_STATUSES, "challenge"),
-                type=kind,
-                issuer_names=names,
-            )
-        article = "an" if kind == CHALLENGE_HTTP_01 else "a"
-        if not isinstance(document.get("token"), str):
-            raise AcmeError(f"CA sent {article} {kind} challenge whose token is not a string")
-        try:
-            token = validate_token(document.get("token"))
-        except InputError as error:
-            raise AcmeError(f"CA sent an unusable {kind} challenge: {error}") from None
+        else:
+            article = "an" if kind == CHALLENGE_HTTP_01 else "a"
+            if not isinstance(document.get("token"), str):
+                raise AcmeError(f"CA sent {article} {kind} challenge whose token is not a string")
+            try:
+                token = validate_token(document.get("token"))
+            except InputError as error:
+                raise AcmeError(f"CA sent an unusable {kind} challenge: {error}") from None
         return cls(
             url=check_url(document.get("url"), base, "challenge"),
             token=token,
             status=_status(document, CHALLENGE_STATUSES, "challenge"),
             type=kind,
+            issuer_names=names,
         )
 
 
