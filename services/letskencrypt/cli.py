@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import typing
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import NoReturn
 
@@ -455,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.jobs is not None:
         raise_usage("-j/--jobs goes with --config")
     cert_dir = os.path.abspath(args.cert_dir)
-    try:
+    with failing_in_one_line():
         settings = role_settings(args)
         user = run_user(args.user)
         preflight(settings, user)
@@ -466,12 +467,6 @@ def main(argv: list[str] | None = None) -> None:
             tell(f"letskencrypt: {note}")
         if args.deactivate_account and not args.force:
             confirm_deactivation(typing.cast(AcctprocSettings, settings["acctproc"]))
-    except OSError as error:
-        tell(f"letskencrypt: {plain_words(error)}")
-        sys.exit(EXIT_FAILED)
-    except LetskencryptError as error:
-        tell(f"letskencrypt: {error}")
-        sys.exit(EXIT_FAILED)
     # A daemon's lines carry the time; its refusals above are plain one-liners.
     STYLE.timestamps = args.daemon
     supervisor = Supervisor(
@@ -508,17 +503,25 @@ def raise_usage(message: str) -> NoReturn:
     build_parser().error(message)
 
 
-def run_config(args: argparse.Namespace) -> NoReturn:
-    from letskencrypt import confrun
-
+@contextlib.contextmanager
+def failing_in_one_line() -> Iterator[None]:
+    """Our refusals, and the host's (a missing file, a full disk), end the
+    command with one plain line and status 1."""
     try:
-        status = confrun.run(args)
+        yield
     except OSError as error:
         tell(f"letskencrypt: {plain_words(error)}")
         sys.exit(EXIT_FAILED)
     except LetskencryptError as error:
         tell(f"letskencrypt: {error}")
         sys.exit(EXIT_FAILED)
+
+
+def run_config(args: argparse.Namespace) -> NoReturn:
+    from letskencrypt import confrun
+
+    with failing_in_one_line():
+        status = confrun.run(args)
     interrupts.exit_with(status)
 
 
@@ -575,7 +578,7 @@ def persist_record_main(arguments: list[str]) -> NoReturn:
         raise_usage("persist-record does not go with --config: give the names")
     if not args.domains:
         build_parser().error("the following arguments are required: domain")
-    try:
+    with failing_in_one_line():
         settings = role_settings(args)
         until = persist.parse_persist_until(args.persist_until) if args.persist_until else None
         user = run_user(args.user)
@@ -592,12 +595,6 @@ def persist_record_main(arguments: list[str]) -> NoReturn:
             for line in persist_records(report, names, args.wildcard, until):
                 sys.stdout.write(line + "\n")
             sys.stdout.flush()
-    except OSError as error:
-        tell(f"letskencrypt: {plain_words(error)}")
-        sys.exit(EXIT_FAILED)
-    except LetskencryptError as error:
-        tell(f"letskencrypt: {error}")
-        sys.exit(EXIT_FAILED)
     interrupts.exit_with(status)
 
 
