@@ -82,7 +82,7 @@ def lookup_txt(name: str, server: str, port: int) -> list[str]:
     except dns.resolver.NXDOMAIN:
         return []
     except dns.exception.DNSException as error:
-        raise InputError(f"TXT {name}: {error}") from None
+        raise InputError(f"TXT {name}: {safe_text(str(error), 200)}") from None
     rcode = response.rcode()
     if rcode == dns.rcode.NXDOMAIN:
         return []
