@@ -44,8 +44,19 @@ def test_the_counts_line_carries_the_account_of_its_stream_only() -> None:
     assert relay.accounts == {"netproc": ACCOUNT}
     assert relay.counts == {"requests": 3, "orders": 0}
     assert shown == [f"letskencrypt: chngproc: {line.strip()}"]
-    # A lane passes it on in its own counts line.
-    assert json.loads(relay.counts_line().removeprefix(COUNTS_MARKER))["account"] == ACCOUNT
+
+    # A run of many certificates: netproc's result line for each names it,
+    # and the account is that certificate's.
+    result = {"requests": 1, "orders": 1, "account": ACCOUNT, "certificate": 1, "status": 0}
+    relay = Relay(output=os.open(os.devnull, os.O_WRONLY))
+    relay.handles = {0: "a.example", 1: "b.example"}
+    read_end, write_end = os.pipe()
+    os.write(write_end, f"{COUNTS_MARKER}{json.dumps(result)}\n".encode())
+    os.close(write_end)
+    relay.add("netproc", os.fdopen(read_end, "rb", buffering=0), counts=True, shared=True)
+    relay.drain()
+    assert relay.accounts == {"b.example": ACCOUNT}
+    assert relay.statuses == {"b.example": 0}
 
 
 @pytest.mark.parametrize(

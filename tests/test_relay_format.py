@@ -99,3 +99,53 @@ def test_a_counts_line_out_of_bounds_counts_nothing() -> None:
     os.close(write_out)
     os.close(read_out)
     assert relay.counts == {"requests": 0, "orders": 0}
+
+
+def shared_relay(data: bytes, handles: dict[int, str]) -> tuple[Relay, list[str]]:
+    read_out, write_out = os.pipe()
+    relay = Relay(output=write_out)
+    relay.handles = handles
+    read_end, write_end = os.pipe()
+    os.write(write_end, data)
+    os.close(write_end)
+    relay.add("acctproc", os.fdopen(read_end, "rb", buffering=0), counts=True, shared=True)
+    relay.drain()
+    relay.close()
+    os.close(write_out)
+    with os.fdopen(read_out, "rb") as output:
+        return relay, output.read().decode().splitlines()
+
+
+def test_a_shared_role_s_lines_carry_the_certificate_they_are_about() -> None:
+    relay, lines = shared_relay(
+        b"letskencrypt@1: acctproc: refused: a finalize for another key\n"
+        b"letskencrypt: acctproc: no certificate named\n"
+        # Its own name stays: a shared role cannot pass for another.
+        b"letskencrypt@0: netproc: forged\n"
+        b"letskencrypt@9: acctproc: a certificate the run does not have\n",
+        {0: "a.example", 1: "b.example"},
+    )
+    assert lines == [
+        "letskencrypt: b.example: acctproc: refused: a finalize for another key",
+        "letskencrypt: acctproc: no certificate named",
+        "letskencrypt: a.example: acctproc: letskencrypt: netproc: forged",
+        "letskencrypt: acctproc: a certificate the run does not have",
+    ]
+    # What a certificate's failure said is its own last line.
+    assert relay.last_lines["b.example"] == "acctproc: refused: a finalize for another key"
+
+
+def test_a_result_line_gives_its_certificate_s_status() -> None:
+    results = [
+        {"requests": 9, "orders": 1, "certificate": 0, "status": 0},
+        {"requests": 2, "orders": 0, "certificate": 1, "status": "interrupted"},
+        # Not a certificate of the run, not a status: nothing counted.
+        {"requests": 5, "orders": 5, "certificate": 5, "status": 0},
+        {"requests": 5, "orders": 5, "certificate": 0, "status": True},
+        {"requests": 5, "orders": 5, "certificate": 0, "status": 7},
+    ]
+    data = "".join(f"{COUNTS_MARKER}{json.dumps(result)}\n" for result in results)
+    relay, lines = shared_relay(data.encode(), {0: "a.example", 1: "b.example"})
+    assert lines == []
+    assert relay.statuses == {"a.example": 0, "b.example": "interrupted"}
+    assert relay.counts == {"requests": 11, "orders": 1}

@@ -31,15 +31,27 @@ class RoleConfig(Generic[SettingsType]):
     server_tokens: dict[str, str] = field(default_factory=dict)
     # A container pod renewing a configuration file's certificates one after
     # another: this one's number, which names its sockets (rpc.socket_path).
+    # A role serving every certificate of a native run (host.py): the
+    # certificate's number in the run.
     instance: int | None = None
+    # That role's own configuration: the other certificates' settings, whose
+    # paths its sandbox takes in too (sandbox.profile).
+    more_settings: tuple[SettingsType, ...] = ()
+
+    @property
+    def every_settings(self) -> tuple[SettingsType, ...]:
+        return (self.settings, *self.more_settings)
 
 
 class Logger:
     """One line per message on stderr, prefixed with the role, safe for a terminal."""
 
-    def __init__(self, role: str, verbosity: int) -> None:
+    def __init__(self, role: str, verbosity: int, certificate: int | None = None) -> None:
         self.role = role
         self.verbosity = verbosity
+        # A role serving every certificate of a run (host.py) says which
+        # one a line is about: "letskencrypt@<number>: ", see relay.py.
+        self.prefix = "letskencrypt: " if certificate is None else f"letskencrypt@{certificate}: "
 
     def error(self, message: str) -> None:
         self._write(message)
@@ -58,5 +70,5 @@ class Logger:
             self._write(message)
 
     def _write(self, message: str) -> None:
-        sys.stderr.write(f"letskencrypt: {self.role}: {safe_text(message, 2000)}\n")
+        sys.stderr.write(f"{self.prefix}{self.role}: {safe_text(message, 2000)}\n")
         sys.stderr.flush()

@@ -1,45 +1,57 @@
 """Many certificates in one run (`letskencrypt --config FILE`).
 
-Each certificate gets a lane: a supervisor of its own with its own eight
-roles, forked from this process, which has loaded every role's code once
-(launch.prepare_to_fork) and holds no key and no token.  A lane's roles know
-only that certificate: its keyproc holds its domain key and no other, its
-acctproc signs orders for its names only, its fileproc writes its
-certificate directory only, its chngproc its challenge directory only.  So
-what one certificate's roles may do, an attacker in them may do to that
-certificate alone; the account (one per authority) is the same in every lane
-of that authority.
+The due certificates are done by one set of roles (SharedRun, host.py):
+netproc, acctproc, dnsproc, chngproc, certproc, fileproc and revokeproc are
+forked once for the run, from this process, which has loaded every role's
+code once (launch.prepare_to_fork) and holds no key and no token; each is
+told every certificate's settings, opens what each needs, confines itself
+once to all their paths and serves each certificate while that
+certificate's run lasts.  keyproc is one process per certificate, forked
+when that certificate's turn comes: no process ever holds two domain keys.
+Each certificate's edge tokens are made by a short-lived dealer process
+(never here) and reach only that certificate's keyproc and the shared
+roles.  A shared role's servicer for a certificate knows that certificate
+alone: its acctproc signs orders for its names only and a finalize only for
+its own keyproc's key, its fileproc writes its certificate directory only,
+its chngproc its challenge directory only.  So an attacker in a shared role
+may do to every certificate of the run what one certificate's role may do
+to that one, and still reads no domain key; the account (one per
+authority) is shared anyway.
 
-Before any lane starts, the certificates that are not due are left out by
+Before any role starts, the certificates that are not due are left out by
 the same rule revokeproc applies (renewal.decide on the installed set) and
 by what an earlier run learnt of the CA's renewal information (ARI, the
 run state's note, see ari.judge): a rerun with nothing due starts no role
-and sends no request.  A certificate is due for a lane when its lifetime
-says so, when the time picked in the CA's renewal window has come, or when
-the CA is to be asked again (no note for it yet, or its Retry-After has
-passed); a lane's netproc gets the note, and its acctproc the ARI
-identifier of the certificate installed when the lane starts.  Lanes run
-`concurrency` at a time; the first lane of an authority whose account key
-does not exist yet runs alone, so that one account is made, not one per lane.
+and sends no request.  A certificate is due when its lifetime says so, when
+the time picked in the CA's renewal window has come, or when the CA is to
+be asked again (no note for it yet, or its Retry-After has passed);
+netproc gets the note, and acctproc the ARI identifier of the certificate
+installed when the run starts.  `concurrency` certificates are in flight
+at a time; netproc looks the account up once per authority.
 
-After a lane has changed its certificate (all its roles have exited), the
-certificate's files are published at the paths the configuration names for
-them (symlinks into the certificate directory), and its deploy hook runs.
+After the run (all its roles have exited), each changed certificate's
+files are published at the paths the configuration names for them
+(symlinks into the certificate directory), and its deploy hook runs.
 Exit status: 0 when something changed and nothing failed, 1 when anything
 failed (the others are still done), 2 when nothing was due.
 """
 
 import contextlib
 import dataclasses
-import fcntl
+import json
+import math
 import os
+import secrets
+import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from letskencrypt import ari, interrupts, launch
+from letskencrypt import ari, host, interrupts, launch
 from letskencrypt.certs import ari_cert_id, configured_anchors, trust_problem
 from letskencrypt.constants import (
     EXIT_CHANGED,
@@ -48,10 +60,13 @@ from letskencrypt.constants import (
     EXIT_NOTHING_TO_DO,
 )
 from letskencrypt.errors import LetskencryptError, plain_words
-from letskencrypt.linux import PR_SET_PDEATHSIG, prctl
+from letskencrypt.filestore import CertDir
+from letskencrypt.fsutil import make_directories, write_all
 from letskencrypt.options import installed_ari_cert_id
-from letskencrypt.relay import STYLE, Relay
+from letskencrypt.relay import Relay
 from letskencrypt.renewal import Decision, decide, load_certificate_file, load_chain_file
+from letskencrypt.roles import ROLES, spec_of
+from letskencrypt.rpc import EDGES
 from letskencrypt.settings import (
     AcctprocSettings,
     AriNote,
@@ -59,10 +74,17 @@ from letskencrypt.settings import (
     RevokeprocSettings,
     RoleSettings,
 )
-from letskencrypt.supervisor import RunUser, Supervisor, stop_signals_caught
+from letskencrypt.supervisor import (
+    CERT_DIR_MODE,
+    RunUser,
+    installed_set,
+    interruption,
+    make_run_dir,
+    stop_signals_caught,
+)
 
 POLL_INTERVAL = 0.02
-# How long the lanes get to stop once a stop signal has come.
+# How long the roles get to stop once a stop signal has come.
 STOP_GRACE = 10.0
 # The longest a deploy hook may run.
 HOOK_TIMEOUT = 300.0
@@ -87,7 +109,7 @@ class Job:
     always: bool = False
     # Why this host cannot run it (the command line's preflight), if it cannot.
     refused: str | None = None
-    # What the command line does after a lane (a key rotation's end).
+    # What the command line does after its run (a key rotation's end).
     finish: Callable[[int], int] = lambda status: status
 
 
@@ -98,12 +120,6 @@ class Outcome:
     result: str
     status: int
     reason: str = ""
-
-
-@dataclass
-class Lane:
-    job: Job
-    pid: int
 
 
 def due(job: Job, now: datetime, note: AriNote | None = None) -> tuple[bool, str]:
@@ -121,7 +137,7 @@ def due(job: Job, now: datetime, note: AriNote | None = None) -> tuple[bool, str
             anchors = configured_anchors(revokeproc.trust_anchors)
             distrust = trust_problem([certificate, *chain], anchors, now)
     except LetskencryptError as error:
-        # The lane's revokeproc says it again, as the run's failure.
+        # revokeproc says it again, as the certificate's failure.
         return True, str(error)
     # Not revokeproc's `force`: a domain's `rotate key` sets it, yet rotates
     # only a certificate that is due; -F and the like make `always`.
@@ -140,7 +156,7 @@ def due(job: Job, now: datetime, note: AriNote | None = None) -> tuple[bool, str
 
 
 def with_ari(job: Job, note: AriNote | None) -> dict[str, RoleSettings]:
-    """The job's settings for a lane starting now: netproc's with the ARI
+    """The job's settings for a run starting now: netproc's with the ARI
     note, acctproc's with the installed certificate's ARI identifier (it
     may have changed since the settings were made: a --config daemon)."""
     settings = dict(job.settings)
@@ -162,12 +178,11 @@ class Fleet:
     relay: Relay = field(default_factory=Relay)
     # Each certificate's ARI note from the run state (see ari.py).
     notes: dict[str, AriNote] = field(default_factory=dict)
-    lanes: dict[int, Lane] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     interrupted: signal.Signals | None = None
 
     def run(self) -> int:
-        """Every due job, `concurrency` lanes at a time; the run's exit status."""
+        """Every due job, `concurrency` at a time; the run's exit status."""
         now = datetime.now(UTC)
         waiting = []
         for job in self.jobs:
@@ -195,88 +210,13 @@ class Fleet:
         return status
 
     def drive(self, waiting: list[Job]) -> None:
-        # An authority whose account key does not exist yet: one lane at a
-        # time until one has made it.
-        opening = {job.authority for job in waiting if not os.path.exists(job.account_key)}
-        while waiting or self.lanes:
-            if self.interrupted is None:
-                self.interrupted = interrupts.received()
-                if self.interrupted is not None:
-                    for job in waiting:
-                        self.outcomes[job.handle] = Outcome(job.handle, "interrupted", EXIT_FAILED)
-                    waiting.clear()
-                    self.signal_lanes(signal.SIGTERM)
-            while waiting and len(self.lanes) < self.concurrency:
-                job = self.next_job(waiting, opening)
-                if job is None:
-                    break
-                self.start(job)
-            pid, status = os.waitpid(-1, os.WNOHANG) if self.lanes else (0, 0)
-            if pid == 0:
-                self.relay.pump(POLL_INTERVAL)
-                continue
-            lane = self.lanes.pop(pid, None)
-            if lane is None:
-                continue
-            self.relay.drain(lane.job.handle)
-            if os.path.exists(lane.job.account_key):
-                opening.discard(lane.job.authority)
-            self.finished(lane.job, os.waitstatus_to_exitcode(status))
-
-    def next_job(self, waiting: list[Job], opening: set[str]) -> Job | None:
-        """The next job that may start now: not one of an authority whose
-        account is being made, unless it is the one making it."""
-        running = {lane.job.authority for lane in self.lanes.values()}
-        for index, job in enumerate(waiting):
-            if job.authority in opening and job.authority in running:
-                continue
-            return waiting.pop(index)
-        return None
-
-    def start(self, job: Job) -> None:
-        read_end, write_end = os.pipe()
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            os._exit(self.lane_body(job, parent, write_end))
-        os.close(write_end)
-        self.relay.add(
-            job.handle, os.fdopen(read_end, "rb", buffering=0), nested=True, counts=True
-        )
-        self.lanes[pid] = Lane(job, pid)
-
-    def lane_body(self, job: Job, parent: int, output: int) -> int:
-        """In the lane's process: one certificate's run, as `letskencrypt`
-        without --config would do it; its output goes to `output`."""
-        status = EXIT_FAILED
+        """Every waiting job, by one set of roles (SharedRun)."""
+        run = SharedRun(self, waiting)
         try:
-            prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-            if os.getppid() != parent:
-                return EXIT_FAILED
-            moved = fcntl.fcntl(output, fcntl.F_DUPFD, launch.HIGH_FD)
-            nothing = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(nothing, 0)
-            os.dup2(moved, 1)
-            os.dup2(moved, 2)
-            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-            # The lane's lines go to us, plain; we give them the run's style.
-            STYLE.log_format, STYLE.timestamps = "text", False
-            supervisor = Supervisor(
-                settings=job.settings,
-                cert_dir=job.cert_dir,
-                verbosity=self.verbosity,
-                run_user=self.run_user,
-                prepared=True,
-            )
-            status = job.finish(supervisor.run())
-            os.write(2, f"{supervisor.relay.counts_line()}\n".encode())
-        except LetskencryptError as error:
-            os.write(2, f"letskencrypt: {error}\n".encode())
-        except OSError as error:
-            os.write(2, f"letskencrypt: {plain_words(error)}\n".encode())
-        except BaseException as error:  # one line, never a traceback
-            os.write(2, f"letskencrypt: internal error: {plain_words(error)}\n".encode())
-        return status
+            run.start()
+            run.see_through()
+        finally:
+            run.end()
 
     def finished(self, job: Job, status: int) -> None:
         said = self.relay.last_lines.get(job.handle, "")
@@ -292,11 +232,6 @@ class Fleet:
             outcome = Outcome(job.handle, "failed", status, said)
         self.outcomes[job.handle] = outcome
         self.say(job.handle, outcome.result, level=1)
-
-    def signal_lanes(self, signum: int) -> None:
-        for pid in self.lanes:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
 
     def publish_and_deploy(self) -> None:
         for job in self.jobs:
@@ -316,7 +251,7 @@ class Fleet:
         self.say(job.handle, message)
         self.outcomes[job.handle] = Outcome(job.handle, "failed", EXIT_FAILED, message)
 
-    def say(self, handle: str, message: str, level: int = 0) -> None:
+    def say(self, handle: str | None, message: str, level: int = 0) -> None:
         if self.verbosity >= level:
             self.relay.write(f"letskencrypt: {message}", certificate=handle)
 
@@ -396,6 +331,287 @@ def run_deploy_hook(job: Job) -> str | None:
 
 
 def default_concurrency() -> int:
-    """Lanes at a time: most of a lane's time is spent waiting on the CA."""
+    """Certificates in flight at a time: most of their time is spent
+    waiting on the CA."""
     return max(2, min(16, 4 * (os.cpu_count() or 1)))
 
+
+
+@dataclass
+class Flight:
+    """A certificate whose run has started: its keyproc, and what became of it."""
+
+    job: Job
+    instance: int
+    keyproc: launch.ForkedRole
+    # The certificate set installed when it started (supervisor.installed_set).
+    before: str | None
+    # netproc's status for it, from its result line (relay.statuses).
+    status: int | str | None = None
+    keyproc_done: bool = False
+
+
+class SharedRun:
+    """The due certificates of a run, by one set of roles (host.py).
+
+    Every role but keyproc is forked once, before any token exists, and
+    told every certificate's settings; then, `concurrency` certificates at
+    a time, each gets a keyproc of its own, forked from this process (which
+    holds no token and reads no key), and a dealer: a child that makes that
+    certificate's edge tokens, writes each role its own, and exits, so that
+    no token is ever in this process's memory and no keyproc inherits
+    another certificate's.  netproc runs each certificate in a thread of
+    its own and says, in its result line, how it ended; once that
+    certificate's keyproc has exited too, it is done.
+    """
+
+    def __init__(self, fleet: Fleet, jobs: list[Job]) -> None:
+        self.fleet = fleet
+        self.jobs = jobs
+        self.relay = fleet.relay
+        self.run_dir = ""
+        self.shared: dict[str, launch.ForkedRole] = {}
+        # pid -> the shared role, or the certificate number of a keyproc.
+        self.children: dict[int, str | int] = {}
+        self.flights: dict[int, Flight] = {}
+        self.started = 0
+        # Why the shared roles can no longer serve (one died), if so.
+        self.broken: str | None = None
+        self.made: set[str] = set()
+
+    def start(self) -> None:
+        self.jobs = [job for job in self.jobs if self.claim(job)]
+        if not self.jobs:
+            return
+        for instance, job in enumerate(self.jobs):
+            self.relay.handles[instance] = job.handle
+        run_user = self.fleet.run_user
+        self.run_dir = make_run_dir(run_user, len(self.jobs))
+        shared_edges = frozenset(
+            name for name, edge in EDGES.items() if not spec_of(edge.server).per_certificate
+        )
+        for role in ROLES:
+            spec = spec_of(role)
+            if spec.per_certificate:
+                continue
+            forked = launch.fork_role(role, shared=True)
+            self.relay.add(role, forked.stdout, counts=spec.drives, shared=True)
+            self.relay.add(role, forked.stderr, counts=spec.drives, shared=True)
+            self.shared[role] = forked
+            self.children[forked.pid] = role
+        for role, forked in self.shared.items():
+            document = host.run_document(
+                role,
+                self.run_dir,
+                [job.settings[role] for job in self.jobs],
+                shared_edges,
+                verbosity=self.fleet.verbosity,
+                run_user=(run_user.uid, run_user.gid) if run_user else None,
+                supervisor_pid=os.getpid(),
+            )
+            self.write(forked, document)
+
+    def claim(self, job: Job) -> bool:
+        """Make the job's certificate directory if need be, and see that no
+        other run holds its lock now (fileproc takes it for the run): one
+        that does fails this certificate at once, naming the holder."""
+        try:
+            if not os.path.lexists(job.cert_dir):
+                self.made.add(job.cert_dir)
+            make_directories(job.cert_dir, CERT_DIR_MODE)
+            with CertDir(job.cert_dir) as directory:
+                directory.lock(wait=0)
+        except LetskencryptError as error:
+            self.fleet.fail(job, str(error))
+            return False
+        except OSError as error:
+            self.fleet.fail(job, plain_words(error))
+            return False
+        return True
+
+    def write(self, forked: launch.ForkedRole, document: dict[str, Any]) -> None:
+        assert forked.stdin is not None
+        try:
+            write_all(forked.stdin.fileno(), (json.dumps(document) + "\n").encode())
+        except OSError as error:
+            self.broken = f"could not reach the roles: {plain_words(error)}"
+
+    def see_through(self) -> None:
+        fleet = self.fleet
+        stop_deadline = math.inf
+        while self.started < len(self.jobs) or self.flights:
+            if fleet.interrupted is None:
+                fleet.interrupted = interrupts.received()
+                if fleet.interrupted is not None:
+                    self.interrupt()
+                    stop_deadline = time.monotonic() + STOP_GRACE
+            elif time.monotonic() > stop_deadline:
+                fleet.say(None, "the roles did not stop; killing them")
+                self.signal(signal.SIGKILL)
+                stop_deadline = math.inf
+            while (
+                self.started < len(self.jobs)
+                and len(self.flights) < fleet.concurrency
+                and self.broken is None
+                and fleet.interrupted is None
+            ):
+                self.take_off(self.started)
+                self.started += 1
+            if self.started < len(self.jobs) and (self.broken or fleet.interrupted):
+                self.leave_the_rest()
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                self.relay.pump(POLL_INTERVAL)
+                self.land_finished()
+                continue
+            self.exited(pid, os.waitstatus_to_exitcode(status))
+            self.land_finished()
+
+    def leave_the_rest(self) -> None:
+        """The certificates not started yet: interrupted, or failed with why."""
+        fleet = self.fleet
+        for job in self.jobs[self.started :]:
+            if fleet.interrupted is not None:
+                fleet.outcomes[job.handle] = Outcome(job.handle, "interrupted", EXIT_FAILED)
+            else:
+                fleet.fail(job, self.broken or "not started")
+        self.started = len(self.jobs)
+
+    def take_off(self, instance: int) -> None:
+        job = self.jobs[instance]
+        if self.broken is not None:
+            return
+        keyproc = launch.fork_role("keyproc")
+        self.relay.add(job.handle, keyproc.stdout, nested=True)
+        self.relay.add(job.handle, keyproc.stderr, nested=True)
+        self.children[keyproc.pid] = instance
+        flight = Flight(job, instance, keyproc, installed_set(job.cert_dir))
+        self.flights[instance] = flight
+        dealer = os.fork()
+        if dealer == 0:
+            os._exit(self.deal(flight))
+        _, status = os.waitpid(dealer, 0)
+        assert keyproc.stdin is not None
+        keyproc.stdin.close()
+        keyproc.stdin = None
+        if os.waitstatus_to_exitcode(status) != 0:
+            self.broken = "could not hand a certificate its tokens"
+
+    def deal(self, flight: Flight) -> int:
+        """In the dealer: this certificate's tokens, to its roles; our status."""
+        try:
+            edge_tokens = {name: secrets.token_urlsafe(32) for name in EDGES}
+            server_tokens = {name: secrets.token_urlsafe(32) for name in EDGES}
+            run_user = self.fleet.run_user
+            document = launch.role_document(
+                "keyproc",
+                self.run_dir,
+                flight.job.settings["keyproc"],
+                verbosity=self.fleet.verbosity,
+                run_user=(run_user.uid, run_user.gid) if run_user else None,
+                supervisor_pid=os.getppid(),
+                edge_tokens=edge_tokens,
+                server_tokens=server_tokens,
+                instance=flight.instance,
+            )
+            assert flight.keyproc.stdin is not None
+            with contextlib.suppress(BrokenPipeError):  # it died: its status says why
+                write_all(flight.keyproc.stdin.fileno(), json.dumps(document).encode())
+            for role, forked in self.shared.items():
+                line = host.certificate_document(role, flight.instance, edge_tokens, server_tokens)
+                assert forked.stdin is not None
+                write_all(forked.stdin.fileno(), (json.dumps(line) + "\n").encode())
+        except BaseException:
+            return EXIT_FAILED
+        return 0
+
+    def exited(self, pid: int, code: int) -> None:
+        who = self.children.pop(pid, None)
+        if who is None:
+            return
+        if isinstance(who, int):
+            flight = self.flights.get(who)
+            if flight is not None:
+                self.relay.drain(flight.job.handle)
+                flight.keyproc_done = True
+            return
+        self.relay.drain(who)
+        if self.fleet.interrupted is not None:
+            if who == self.driver:
+                self.signal(signal.SIGTERM)
+            return
+        if code != 0 or self.started < len(self.jobs) or self.flights:
+            death = f"killed by signal {signal.Signals(-code).name}" if code < 0 else (
+                f"exited with status {code}")
+            self.broken = f"{who} {death}"
+            self.fleet.say(None, f"{self.broken}; the certificates not done fail")
+            self.signal(signal.SIGTERM)
+
+    def land_finished(self) -> None:
+        for instance, flight in list(self.flights.items()):
+            handle = flight.job.handle
+            if flight.status is None:
+                flight.status = self.relay.statuses.get(handle)
+            if not flight.keyproc_done:
+                continue
+            if flight.status is None and self.broken is None and self.fleet.interrupted is None:
+                continue  # netproc has not said yet
+            del self.flights[instance]
+            self.land(flight)
+
+    def land(self, flight: Flight) -> None:
+        job, fleet = flight.job, self.fleet
+        status = flight.status
+        if status == "interrupted" or (status is None and fleet.interrupted is not None):
+            signum = fleet.interrupted or signal.SIGTERM
+            fleet.say(job.handle, interruption(signum, job.cert_dir, flight.before))
+            fleet.outcomes[job.handle] = Outcome(job.handle, "interrupted", EXIT_FAILED)
+            return
+        if not isinstance(status, int):
+            status = EXIT_FAILED
+        fleet.finished(job, job.finish(status))
+
+    def interrupt(self) -> None:
+        """A stop signal: netproc first (it withdraws what it published in
+        DNS, and says which certificates it cut short), the others once it
+        has exited (exited())."""
+        self.signal(signal.SIGTERM, only=self.driver)
+
+    @property
+    def driver(self) -> str:
+        (role,) = [role for role in self.shared if spec_of(role).drives]
+        return role
+
+    def signal(self, signum: int, only: str | None = None) -> None:
+        for pid, who in self.children.items():
+            if only is None or who == only:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+
+    def end(self) -> None:
+        """Tell the shared roles no certificate is left, wait for them (and
+        whatever keyproc is left), then make sure nothing is."""
+        for forked in self.shared.values():
+            if forked.stdin is not None:
+                with contextlib.suppress(OSError):
+                    forked.stdin.close()
+                forked.stdin = None
+        deadline = time.monotonic() + STOP_GRACE
+        while self.children and time.monotonic() < deadline:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                self.relay.pump(POLL_INTERVAL)
+                continue
+            self.exited(pid, os.waitstatus_to_exitcode(status))
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            self.children.pop(pid)
+        self.relay.drain()
+        if self.run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        for cert_dir in self.made:
+            # Empty unless a certificate was installed: a failed run leaves no trace.
+            with contextlib.suppress(OSError):
+                os.rmdir(cert_dir)

@@ -62,6 +62,7 @@ def role_document(
     supervisor_pid: int | None = None,
     edge_tokens: Mapping[str, str] | None = None,
     server_tokens: Mapping[str, str] | None = None,
+    instance: int | None = None,
 ) -> dict[str, Any]:
     """What a role is told on its stdin: its own settings, and the tokens of
     its own edges only.  `run_user` (uid, gid): started as root, the role
@@ -86,6 +87,9 @@ def role_document(
     }
     if supervisor_pid is not None:
         document["supervisor_pid"] = supervisor_pid
+    if instance is not None:
+        # keyproc in a run of many certificates: its sockets are its own.
+        document["instance"] = instance
     if run_user is not None and spec.keeps_root is None:
         document["uid"], document["gid"] = run_user
     return document
@@ -192,7 +196,8 @@ LOADED_LATE = (
 def prepare_to_fork() -> None:
     """Load every role's code now, once, and keep the garbage collector off
     it: the roles forked afterwards share those pages rather than copy them."""
-    from letskencrypt import process, sandbox  # noqa: F401 - process: every role's start
+    # process: every role's start; host: the roles of a run of many certificates.
+    from letskencrypt import host, process, sandbox  # noqa: F401
     from letskencrypt.roles import specs
 
     specs()
@@ -204,13 +209,14 @@ def prepare_to_fork() -> None:
     gc.freeze()
 
 
-def fork_role(role: str, *, dies_with_us: bool = True) -> ForkedRole:
+def fork_role(role: str, *, dies_with_us: bool = True, shared: bool = False) -> ForkedRole:
     """`role` in a child of this process, waiting for its document (hand_over).
 
     The child inherits this process's memory: call it before anything secret
     exists here (the supervisor makes the edge tokens only once every role is
     forked, and reads no key).  It keeps none of our open files but its
-    three pipes."""
+    three pipes.  `shared`: the role serves every certificate of a run
+    (host.py), its stdin stays open for each certificate's tokens."""
     stdin_read, stdin_write = os.pipe()
     stdout_read, stdout_write = os.pipe()
     stderr_read, stderr_write = os.pipe()
@@ -226,7 +232,7 @@ def fork_role(role: str, *, dies_with_us: bool = True) -> ForkedRole:
         pid = os.fork()
         if pid == 0:
             stdio = (stdin_read, stdout_write, stderr_write)
-            become_role(role, parent, environment, stdio, mask)
+            become_role(role, parent, environment, stdio, mask, shared)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     for fd in (stdin_read, stdout_write, stderr_write):
@@ -255,6 +261,7 @@ def become_role(
     environment: Mapping[str, str],
     stdio: tuple[int, int, int],
     mask: Iterable[int] = (),
+    shared: bool = False,
 ) -> NoReturn:
     """In the forked child: what `spawn_role`'s exec would have given it,
     then the role itself; never returns.
@@ -288,6 +295,10 @@ def become_role(
         os.chdir("/")
         os.environ.clear()
         os.environ.update(environment)
+        if shared:
+            from letskencrypt import host
+
+            host.run_host(role)
         from letskencrypt import process
 
         process.run_role(role)

@@ -93,6 +93,7 @@ def read_config(role: str) -> RoleConfig:
         edge_tokens=document.get("edge_tokens", {}),
         server_tokens=document.get("server_tokens", {}),
         supervisor_pid=document.get("supervisor_pid"),
+        instance=instance if isinstance(instance := document.get("instance"), int) else None,
     )
 
 
@@ -239,19 +240,31 @@ def start(role: str, config: RoleConfig | None = None) -> tuple[RoleConfig, Logg
     Under the native supervisor the configuration comes on stdin; a container
     entry point builds it from the environment and passes it in.
     """
-    set_process_name(role)
     if config is None:
-        # Ctrl-C reaches the whole process group; the supervisor decides.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if os.geteuid() != 0:
-            # While this process holds nothing: see namespace.enter_user_namespace.
-            enter_user_namespace()
+        begin(role)
         config = read_config(role)
+    else:
+        set_process_name(role)
     rpc.use_edge_tokens(config.edge_tokens, config.server_tokens)
+    settle()
+    return config, Logger(role, config.verbosity)
+
+
+def begin(role: str) -> None:
+    """A native role's first steps, before it reads its configuration."""
+    set_process_name(role)
+    # Ctrl-C reaches the whole process group; the supervisor decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.geteuid() != 0:
+        # While this process holds nothing: see namespace.enter_user_namespace.
+        enter_user_namespace()
+
+
+def settle() -> None:
+    """Once the configuration is read: our files' mode, and no core dumps."""
     # Sockets and files we create are for our peer (same group), not for others.
     os.umask(0o007)
     harden()
-    return config, Logger(role, config.verbosity)
 
 
 def enter_user_namespace() -> None:
@@ -293,6 +306,17 @@ def confine(config: RoleConfig) -> list[str]:
     return gaps
 
 
+def serve(config: RoleConfig, serving: rpc.Serving) -> int:
+    """Serve until the run is over (rpc.serve_until_stopped), then the
+    role's own end of it; a role's status once it served is 0."""
+    failed = True
+    try:
+        failed = rpc.serve_until_stopped(config.run_dir, serving.services, config.instance)
+    finally:
+        serving.finish(failed)
+    return 0
+
+
 @dataclass(frozen=True)
 class RoleOutcome:
     """How a role's body ended: its exit status and, if it failed, why (the
@@ -300,6 +324,8 @@ class RoleOutcome:
 
     code: int
     error: str | None = None
+    # Its configuration, once read.
+    config: RoleConfig | None = None
 
 
 def role_outcome(
@@ -334,16 +360,29 @@ def role_outcome(
     except Exception as error:  # one line, never a traceback
         message = f"internal error (a bug; please report it): {plain_words(error)}"
     else:
-        return RoleOutcome(nothing_to_do if code == EXIT_NOTHING_TO_DO else code)
+        return RoleOutcome(nothing_to_do if code == EXIT_NOTHING_TO_DO else code, None, config)
     log.error(message)
-    return RoleOutcome(EXIT_FAILED, message)
+    return RoleOutcome(EXIT_FAILED, message, config)
 
 
 def run_role(
     role: str, config: RoleConfig | None = None, nothing_to_do: int = EXIT_NOTHING_TO_DO
 ) -> NoReturn:
-    """role_outcome, then exit with its status (see role_outcome)."""
-    code = role_outcome(role, config, nothing_to_do).code
+    """role_outcome, then exit with its status (see role_outcome).
+
+    One certificate's keyproc in a native run of many (fleet.py) that
+    failed before it served answers that certificate's calls with why
+    until stopped, as a container pod's roles do (pod.py): netproc fails
+    that certificate at once rather than wait for a server that never comes."""
+    outcome = role_outcome(role, config, nothing_to_do)
+    code = outcome.code
+    ran = outcome.config
+    one_of_many = ran is not None and ran.supervised and ran.instance is not None
+    if outcome.error and one_of_many and not rpc.has_served():
+        assert ran is not None and ran.instance is not None
+        edges = [edge.name for edge in rpc.edges_served_by(role)]
+        message = f"could not start: {outcome.error}"
+        rpc.refuse_until_stopped(ran.run_dir, edges, message, ran.instance)
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: gRPC's threads can make it slow or noisy.

@@ -10,14 +10,20 @@ behind us does not stop the run either.  No threads: the supervisor forks.
 
 Each line is "letskencrypt: [ROLE: ]MESSAGE" on the way in, and goes out as
 that, or with a timestamp first (`timestamps`, for a daemon's log), or as one
-JSON object (`log_format="json"`: time, certificate, role, event).  A lane
-of a many-certificate run (fleet.py) is a nested stream: its lines are its
-own relay's, and go out labelled with its certificate.
+JSON object (`log_format="json"`: time, certificate, role, event).  A
+nested stream is one certificate's (its keyproc's, in a run of many,
+fleet.py): its lines go out labelled with that certificate.  A role that serves
+every certificate of a run (host.py) says which one a line is about:
+"letskencrypt@N: ROLE: MESSAGE", N the certificate's number in `handles`;
+netproc's result line for each certificate (COUNTS_MARKER, with
+"certificate" and "status") goes to `statuses`, and its account and ARI
+note under that certificate's handle.
 """
 
 import contextlib
 import json
 import os
+import re
 import selectors
 import sys
 import time
@@ -48,6 +54,11 @@ MAX_ACCOUNT_CONTACTS = 10
 MAX_ACCOUNT_CONTACT = 320
 MAX_ACCOUNT_STATUS = 40
 
+# A shared role's line about one certificate (host.py).
+CERTIFICATE_LINE = re.compile(rb"letskencrypt@([0-9]{1,6}): ")
+# The statuses a certificate's result line may give (constants.EXIT_CODES).
+RESULT_STATUSES = (0, 1, 2, "interrupted")
+
 MAX_LINE = 2000
 # A line longer than this (bytes, before decoding) is cut; the rest of it dropped.
 MAX_LINE_BYTES = 4 * MAX_LINE
@@ -67,6 +78,8 @@ class _Stream:
     file: IO[bytes]
     nested: bool = False
     counts: bool = False
+    # A role serving every certificate of the run (host.py).
+    shared: bool = False
     buffer: bytearray = field(default_factory=bytearray)
     # Inside a line longer than MAX_LINE_BYTES: drop up to its end.
     skipping: bool = False
@@ -129,24 +142,35 @@ class Relay:
         self.volume: dict[str, int] = {}
         self.pending = bytearray()
         self.dropped = 0
-        # Each stream's (role's, lane's) last line: what a failure said.
+        # Each stream's (role's, certificate's) last line: what a failure said.
         self.last_lines: dict[str, str] = {}
         # Summed from the COUNTS_MARKER lines.
         self.counts = {"requests": 0, "orders": 0}
-        # The account each counts stream (netproc, a lane) last reported.
+        # The account each counts stream (netproc, a certificate) last reported.
         self.accounts: dict[str, dict[str, object]] = {}
         # Each role's last REPORT_MARKER object.
         self.reports: dict[str, dict[str, object]] = {}
-        # Each stream's (netproc's, a lane's) last ARI note, from those lines.
+        # Each stream's (netproc's, a certificate's) last ARI note, from those lines.
         self.ari: dict[str, AriNote] = {}
+        # A run of many certificates with shared roles: each certificate's
+        # number -> its handle, and its status from netproc's result line.
+        self.handles: dict[int, str] = {}
+        self.statuses: dict[str, int | str] = {}
         self.writing = False
 
     # --- reading the roles ---------------------------------------------------------
 
-    def add(self, role: str, file: IO[bytes], nested: bool = False, counts: bool = False) -> None:
+    def add(
+        self,
+        role: str,
+        file: IO[bytes],
+        nested: bool = False,
+        counts: bool = False,
+        shared: bool = False,
+    ) -> None:
         fd = file.fileno()
         os.set_blocking(fd, False)
-        self.streams[fd] = _Stream(role, file, nested, counts)
+        self.streams[fd] = _Stream(role, file, nested, counts, shared)
         self.selector.register(fd, selectors.EVENT_READ)
 
     def pump(self, timeout: float) -> None:
@@ -216,6 +240,8 @@ class Relay:
         role = stream.role
         used = self.volume.get(role, 0)
         limit = MAX_VOLUME * (len(ROLES) if stream.nested else 1)
+        if stream.shared:
+            limit = MAX_VOLUME * max(1, len(self.handles))
         if used > limit:
             return
         self.volume[role] = used + len(raw) + 1
@@ -225,7 +251,17 @@ class Relay:
                        f"{limit // 1024} KiB of output; dropping the rest",
                        certificate=certificate)  # fmt: skip
             return
+        about = CERTIFICATE_LINE.match(raw) if stream.shared else None
+        if about is not None:
+            handle = self.handles.get(int(about.group(1)))
+            raw = PREFIX.encode() + raw[about.end():]
         text = safe_text(raw.decode("utf-8", errors="replace"), MAX_LINE)
+        if about is not None:
+            prefix = f"{PREFIX}{role}: "
+            if handle is not None:
+                self.last_lines[handle] = text.removeprefix(PREFIX)
+            self.write(prefix + text.removeprefix(prefix), certificate=handle)
+            return
         self.last_lines[role] = text.removeprefix(PREFIX)
         if stream.nested:
             self.write(text if text.startswith(PREFIX) else PREFIX + text, certificate=role)
@@ -242,6 +278,14 @@ class Relay:
             return
         if not isinstance(counts, dict):
             return
+        if "certificate" in counts:
+            number = counts["certificate"]
+            handle = self.handles.get(number) if isinstance(number, int) else None
+            status = counts.get("status")
+            if handle is None or isinstance(status, bool) or status not in RESULT_STATUSES:
+                return
+            self.statuses[handle] = counts["status"]
+            role = handle
         for name in self.counts:
             value = counts.get(name)
             if isinstance(value, int) and 0 <= value <= MAX_COUNT:
@@ -260,16 +304,6 @@ class Relay:
             return
         if isinstance(report, dict):
             self.reports[role] = report
-
-    def counts_line(self) -> str:
-        """The marker line for the relay above (a lane's): the counts, and
-        the account and the ARI note when one stream gave one."""
-        counts: dict[str, object] = dict(self.counts)
-        if len(self.accounts) == 1:
-            (counts["account"],) = self.accounts.values()
-        if len(self.ari) == 1:
-            counts["ari"] = ari.note_to_json(next(iter(self.ari.values())))
-        return COUNTS_MARKER + json.dumps(counts)
 
     # --- writing ours -----------------------------------------------------------------
 

@@ -13,9 +13,10 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -122,15 +123,57 @@ def use_edge_tokens(
     _server_tokens.update(server_tokens or {})
 
 
+@dataclass(frozen=True)
+class Certificate:
+    """One certificate of a role process that serves every certificate of a
+    run (host.py): its edges' tokens, and which edges have one server for
+    every certificate (their socket is `sock`, a call names its certificate
+    by its token) rather than one per certificate (`sock-<instance>`)."""
+
+    instance: int
+    edge_tokens: Mapping[str, str]
+    server_tokens: Mapping[str, str]
+    shared_edges: frozenset[str]
+
+
+class _CurrentCertificate(threading.local):
+    certificate: Certificate | None = None
+
+
+_current = _CurrentCertificate()
+
+
+@contextlib.contextmanager
+def for_certificate(certificate: Certificate) -> Iterator[None]:
+    """In this thread, connect and serve as `certificate`'s: its tokens
+    instead of the process's (see host.py)."""
+    previous = _current.certificate
+    _current.certificate = certificate
+    try:
+        yield
+    finally:
+        _current.certificate = previous
+
+
+def _edge_token(edge: str) -> str | None:
+    certificate = _current.certificate
+    return (certificate.edge_tokens if certificate else _edge_tokens).get(edge)
+
+
+def _server_token(edge: str) -> str | None:
+    certificate = _current.certificate
+    return (certificate.server_tokens if certificate else _server_tokens).get(edge)
+
+
+def _refuse_stranger(_request: Any, context: grpc.ServicerContext) -> None:
+    context.abort(grpc.StatusCode.UNAUTHENTICATED, "not a peer on this edge")
+
+
 class _RequireToken(grpc.ServerInterceptor):
     def __init__(self, token: str, server_token: str | None = None) -> None:
         self._token = token.encode()
         self._server_token = server_token
-
-        def refuse(_request: Any, context: grpc.ServicerContext) -> None:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "not a peer on this edge")
-
-        self._refusal = grpc.unary_unary_rpc_method_handler(refuse)
+        self._refusal = grpc.unary_unary_rpc_method_handler(_refuse_stranger)
 
     def intercept_service(
         self,
@@ -242,27 +285,38 @@ def serve(
     instance: int | None = None,
 ) -> grpc.Server:
     """Bind `servicers` (plus Lifecycle) on the edge's socket and start serving."""
-    edge = EDGES[edge_name]
-    path = socket_path(run_dir, edge_name, instance)
-    if os.path.lexists(path):
-        os.unlink(path)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix=edge_name),
+    token = _edge_token(edge_name)
+    server = _new_server(
+        EDGES[edge_name], [_RequireToken(token, _server_token(edge_name))] if token else []
+    )
+    for register, servicer in servicers:
+        register(servicer, server)
+    lifecycle_pb2_grpc.add_LifecycleServicer_to_server(stopper, server)
+    _listen(server, socket_path(run_dir, edge_name, instance))
+    return server
+
+
+def _new_server(
+    edge: Edge,
+    interceptors: Sequence[grpc.ServerInterceptor],
+    workers: int = 2,
+    concurrent_rpcs: int = 4,
+) -> grpc.Server:
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=edge.name),
         options=[
             ("grpc.max_receive_message_length", edge.max_message),
             ("grpc.max_send_message_length", edge.max_message),
             ("grpc.max_metadata_size", 8 * KIB),
         ],
-        maximum_concurrent_rpcs=4,
-        interceptors=(
-            [_RequireToken(token, _server_tokens.get(edge_name))]
-            if (token := _edge_tokens.get(edge_name))
-            else []
-        ),
+        maximum_concurrent_rpcs=concurrent_rpcs,
+        interceptors=interceptors,
     )
-    for register, servicer in servicers:
-        register(servicer, server)
-    lifecycle_pb2_grpc.add_LifecycleServicer_to_server(stopper, server)
+
+
+def _listen(server: grpc.Server, path: str) -> None:
+    if os.path.lexists(path):
+        os.unlink(path)
     try:
         server.add_insecure_port(f"unix:{path}")
     except RuntimeError:
@@ -271,7 +325,6 @@ def serve(
             f"cannot listen on {path} (is {os.path.dirname(path)} writable by this role?)"
         ) from None
     server.start()
-    return server
 
 
 _after_serving: Callable[[], object] | None = None
@@ -302,16 +355,21 @@ def serve_until_stopped(
     file (see socket_path); None for a single certificate.
     Returns whether the run failed, so roles can clean up accordingly.
     """
-    global _served  # one per process, like the edge tokens
     stopper = Stopper()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stopper.stop(failed=True))
     servers = [
         serve(run_dir, edge, servicers, stopper, instance) for edge, servicers in services.items()
     ]
+    served()
+    return _wait_and_stop(stopper, servers)
+
+
+def served() -> None:
+    """Every socket of this process is bound: the after_serving hook now."""
+    global _served  # one per process, like the edge tokens
     _served = True
     if _after_serving is not None:
         _after_serving()
-    return _wait_and_stop(stopper, servers)
 
 
 def _wait_and_stop(stopper: Stopper, servers: list[grpc.Server]) -> bool:
@@ -361,6 +419,176 @@ def refuse_until_stopped(
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stopper.stop(failed=True))
     servers = [serve(run_dir, edge, [(_add_refusal, message)], stopper, instance) for edge in edges]
     return _wait_and_stop(stopper, servers)
+
+
+Services = dict[str, list[tuple[Registrar, Any]]]
+
+
+@dataclass
+class Serving:
+    """What a role serves for one certificate once it is confined, and
+    what it does when that ends (called with whether the run failed)."""
+
+    services: Services
+    finish: Callable[[bool], object] = lambda _failed: None
+
+
+class _Collector:
+    """Stands in for a grpc.Server while a generated add_*_to_server
+    registers a servicer: keeps its handlers for a _Router."""
+
+    def __init__(self) -> None:
+        self.handlers: list[grpc.GenericRpcHandler] = []
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self.handlers.extend(handlers)
+
+    def add_registered_method_handlers(self, _service: str, _handlers: object) -> None:
+        pass  # the generic handler above serves the same methods
+
+
+@dataclass
+class _Route:
+    token: bytes
+    certificate: Certificate
+    handlers: list[grpc.GenericRpcHandler] = field(default_factory=list)
+    # Set once the certificate's servicers are in `handlers`.
+    ready: threading.Event = field(default_factory=threading.Event)
+
+
+# How long a call to a role serving many certificates waits for its
+# certificate's turn there (the role reads the certificate's tokens a moment
+# after its caller may have); then a token it does not know is refused.
+TURN_WAIT = DEFAULT_READY_TIMEOUT
+
+
+class _Router(grpc.GenericRpcHandler):
+    """One edge's server for many certificates: a call goes to the
+    servicers of the certificate whose edge token it carries, and runs as
+    that certificate's (for_certificate).  The call's bytes are decoded by
+    that certificate's handler, in a worker thread, once its route is
+    there; a call with a token no certificate has gets UNAUTHENTICATED, as
+    from a one-certificate server."""
+
+    def __init__(self, edge: str) -> None:
+        self.edge = edge
+        self.routes: dict[int, _Route] = {}
+        self.changed = threading.Condition()
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        supplied = str(metadata.get(TOKEN_METADATA, "")).encode()
+
+        def dispatch(request: bytes, context: grpc.ServicerContext) -> Any:
+            return self.dispatch(supplied, handler_call_details, request, context)
+
+        return grpc.unary_unary_rpc_method_handler(dispatch)
+
+    def find(self, supplied: bytes, deadline: float) -> _Route | None:
+        with self.changed:
+            while True:
+                found = None
+                for route in self.routes.values():  # every one compared: no early exit to time
+                    if hmac.compare_digest(supplied, route.token):
+                        found = route
+                left = deadline - time.monotonic()
+                if found is not None or left <= 0:
+                    return found
+                self.changed.wait(left)
+
+    def dispatch(
+        self,
+        supplied: bytes,
+        details: grpc.HandlerCallDetails,
+        request: bytes,
+        context: grpc.ServicerContext,
+    ) -> Any:
+        deadline = time.monotonic() + TURN_WAIT
+        route = self.find(supplied, deadline)
+        if route is None:
+            _refuse_stranger(request, context)
+        assert route is not None
+        if not route.ready.wait(max(deadline - time.monotonic(), 0.0)):
+            context.abort(grpc.StatusCode.UNAVAILABLE, "not ready for this certificate")
+        method = None
+        for handler in route.handlers:
+            method = handler.service(details)
+            if method is not None and method.unary_unary is not None:
+                break
+        if method is None or method.unary_unary is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "no such method")
+        assert method is not None and method.unary_unary is not None
+        server_token = route.certificate.server_tokens.get(self.edge)
+        if server_token:
+            context.send_initial_metadata(((SERVER_TOKEN_METADATA, server_token),))
+        decode = method.request_deserializer
+        with for_certificate(route.certificate):
+            reply = method.unary_unary(decode(request) if decode else request, context)
+        encode = method.response_serializer
+        return encode(reply) if encode else reply
+
+
+class SharedServers:
+    """A role's servers when it serves every certificate of a run (host.py):
+    one gRPC server per edge, on the edge's `sock`, bound once; each
+    certificate is expected as soon as its tokens come, served once its
+    servicers are built, and removed when its run ends."""
+
+    # Certificates in flight at once call at once.
+    MAX_WORKERS = 16
+    MAX_CONCURRENT_RPCS = 64
+
+    def __init__(self, run_dir: str, edges: Iterable[str]) -> None:
+        self.routers = {edge: _Router(edge) for edge in edges}
+        self.servers: list[grpc.Server] = []
+        for edge, router in self.routers.items():
+            server = _new_server(EDGES[edge], [], self.MAX_WORKERS, self.MAX_CONCURRENT_RPCS)
+            server.add_generic_rpc_handlers((router,))
+            _listen(server, socket_path(run_dir, edge))
+            self.servers.append(server)
+
+    def expect(self, certificate: Certificate) -> None:
+        """Calls with the certificate's tokens wait for add() from now on."""
+        for edge, router in self.routers.items():
+            token = certificate.edge_tokens.get(edge)
+            if not token:
+                raise RpcError(f"no token for certificate {certificate.instance} on edge {edge}")
+            with router.changed:
+                router.routes[certificate.instance] = _Route(token.encode(), certificate)
+                router.changed.notify_all()
+
+    def add(
+        self,
+        instance: int,
+        stopper: Stopper,
+        services: Services | None = None,
+        refusal: str | None = None,
+    ) -> None:
+        """Serve `services` for the expected certificate `instance` (or, with
+        `refusal`, answer its every call but Stop with that one line); Stop
+        sets `stopper`."""
+        for edge, router in self.routers.items():
+            collector = _Collector()
+            if refusal is not None:
+                _add_refusal(refusal, collector)  # type: ignore[arg-type]
+            for register, servicer in (services or {}).get(edge, []):
+                register(servicer, collector)
+            lifecycle_pb2_grpc.add_LifecycleServicer_to_server(stopper, collector)
+            with router.changed:
+                route = router.routes[instance]
+            route.handlers = collector.handlers
+            route.ready.set()
+
+    def remove(self, instance: int) -> None:
+        for router in self.routers.values():
+            with router.changed:
+                router.routes.pop(instance, None)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop(grace=1.0).wait(2.0)
 
 
 class RoleLog(Protocol):
@@ -418,16 +646,20 @@ def guarded(
 # --- client side -----------------------------------------------------------------
 
 
-# The socket of each edge this process has connected to (see wait_ready).
-_sockets: dict[str, str] = {}
+# The socket of each channel this process has made (see wait_ready).
+_sockets: "weakref.WeakKeyDictionary[grpc.Channel, str]" = weakref.WeakKeyDictionary()
 
 
 def connect(run_dir: str, edge_name: str, instance: int | None = None) -> grpc.Channel:
-    """A channel to the edge's server (of certificate `instance`, see socket_path)."""
+    """A channel to the edge's server (of certificate `instance`, see socket_path;
+    for a certificate of a role serving many, see Certificate)."""
     edge = EDGES[edge_name]
-    _sockets[edge_name] = socket_path(run_dir, edge_name, instance)
+    certificate = _current.certificate
+    if certificate is not None and edge_name in certificate.shared_edges:
+        instance = None
+    path = socket_path(run_dir, edge_name, instance)
     channel = grpc.insecure_channel(
-        f"unix:{_sockets[edge_name]}",
+        f"unix:{path}",
         options=[
             ("grpc.max_receive_message_length", edge.max_message),
             ("grpc.max_send_message_length", edge.max_message),
@@ -439,12 +671,13 @@ def connect(run_dir: str, edge_name: str, instance: int | None = None) -> grpc.C
             ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ],
     )
-    token = _edge_tokens.get(edge_name)
-    if not token:
-        return channel
-    return grpc.intercept_channel(
-        channel, _SendToken(edge_name, token, _server_tokens.get(edge_name))
-    )
+    token = _edge_token(edge_name)
+    if token:
+        channel = grpc.intercept_channel(
+            channel, _SendToken(edge_name, token, _server_token(edge_name))
+        )
+    _sockets[channel] = path
+    return channel
 
 
 def wait_ready(
@@ -458,7 +691,7 @@ def wait_ready(
     starting absent, back off, and notice it 50 to 150 ms after it came up.
     """
     deadline = time.monotonic() + timeout
-    starting = [path for name in channels if (path := _sockets.get(name))]
+    starting = [path for channel in channels.values() if (path := _sockets.get(channel))]
     while starting and time.monotonic() < deadline:
         starting = [path for path in starting if not _accepts(path)]
         if starting:

@@ -259,9 +259,13 @@ def profile(config: RoleConfig) -> Profile:
     for edge in spec.serves:
         # grpc removes a stale socket before binding, and its own on shutdown.
         rules.append(Rule(os.path.join(config.run_dir, edge), Fs.MAKE_SOCK | Fs.REMOVE_FILE))
-    rules += [Rule(grant.path, grant.access) for grant in spec.grants(config.settings)]
+    for settings in config.every_settings:
+        rules += [Rule(grant.path, grant.access) for grant in spec.grants(settings)]
+    # Once each: many certificates of a run may share a directory.
     return Profile(
-        tuple(rules), network=spec.network is not Network.NONE, tcp_ports=spec.network.tcp_ports
+        tuple(dict.fromkeys(rules)),
+        network=spec.network is not Network.NONE,
+        tcp_ports=spec.network.tcp_ports,
     )
 
 

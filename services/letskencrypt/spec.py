@@ -123,6 +123,10 @@ class RoleSpec:
     wheels: tuple[str, ...] = ()
     # Its exit status is the run's; the others serve until it is done.
     drives: bool = False
+    # It holds one certificate's secret: a run of many certificates starts
+    # one such process per certificate; every other role serves them all
+    # (host.py).
+    per_certificate: bool = False
 
     @property
     def serves_only(self) -> bool:

@@ -147,31 +147,8 @@ class Supervisor:
         return self.interrupted is not None
 
     def make_run_dir(self) -> str:
-        run_dir = tempfile.mkdtemp(prefix="letskencrypt-")
-        longest = max(len(socket_path(run_dir, edge).encode()) for edge in EDGES)
-        if longest > MAX_SOCKET_PATH:
-            os.rmdir(run_dir)
-            raise InputError(
-                f"socket paths under {run_dir} would be {longest} bytes, more than unix "
-                f"sockets allow ({MAX_SOCKET_PATH}): set TMPDIR to a shorter directory"
-            )
-        group = self.run_user.gid if self.run_user else None
-        if group is not None and namespace.available() is not None:
-            # Without namespaces of their own (see namespace.py) the
-            # unprivileged roles get in through the group.  With them, each
-            # role mounts its own edges while still root, and the directory
-            # stays closed to everyone else in that group.
-            os.chown(run_dir, 0, group)
-            os.chmod(run_dir, 0o710)  # noqa: S103 - group only, see above
-        for edge in EDGES:
-            path = os.path.join(run_dir, edge)
-            os.mkdir(path, 0o700)
-            if group is not None:
-                os.chown(path, 0, group)
-                # setgid: a socket made by a role that kept root still gets
-                # the run group, so its unprivileged peer can connect.
-                os.chmod(path, 0o2770)  # noqa: S103 - group only, see above
-        return run_dir
+        return make_run_dir(self.run_user)
+
 
     def start(self, role: str) -> None:
         """Fork `role` (or spawn it: see role_argv); it waits for its document."""
@@ -301,6 +278,39 @@ class Supervisor:
             for pid in list(self.children):
                 os.waitpid(pid, 0)
                 self.children.pop(pid)
+
+
+def make_run_dir(run_user: RunUser | None, instances: int = 0) -> str:
+    """A private directory for the run's sockets, one sub-directory per
+    edge; `instances`: the certificates of a run whose keyprocs each have
+    sockets of their own there (fleet.py)."""
+    run_dir = tempfile.mkdtemp(prefix="letskencrypt-")
+    last = instances - 1 if instances else None
+    longest = max(len(socket_path(run_dir, edge, last).encode()) for edge in EDGES)
+    if longest > MAX_SOCKET_PATH:
+        os.rmdir(run_dir)
+        raise InputError(
+            f"socket paths under {run_dir} would be {longest} bytes, more than unix "
+            f"sockets allow ({MAX_SOCKET_PATH}): set TMPDIR to a shorter directory"
+        )
+    group = run_user.gid if run_user else None
+    if group is not None and namespace.available() is not None:
+        # Without namespaces of their own (see namespace.py) the
+        # unprivileged roles get in through the group.  With them, each
+        # role mounts its own edges while still root, and the directory
+        # stays closed to everyone else in that group.
+        os.chown(run_dir, 0, group)
+        os.chmod(run_dir, 0o710)  # noqa: S103 - group only, see above
+    for edge in EDGES:
+        path = os.path.join(run_dir, edge)
+        os.mkdir(path, 0o700)
+        if group is not None:
+            os.chown(path, 0, group)
+            # setgid: a socket made by a role that kept root still gets
+            # the run group, so its unprivileged peer can connect.
+            os.chmod(path, 0o2770)  # noqa: S103 - group only, see above
+    return run_dir
+    return run_dir
 
 
 @contextlib.contextmanager

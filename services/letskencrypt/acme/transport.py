@@ -41,9 +41,9 @@ from letskencrypt.validate import safe_text
 MAX_BODY = 1024 * 1024
 
 
-@dataclass
-class Counts:
-    """What this process has asked of CAs, for the run's metrics."""
+class Counts(threading.local):
+    """What this thread has asked of CAs, for the run's metrics (netproc
+    runs each certificate of a run of many in a thread of its own)."""
 
     requests: int = 0
     orders: int = 0

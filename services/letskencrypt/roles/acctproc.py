@@ -1114,16 +1114,15 @@ class IdleAccountService(rpc.Servicer, account_pb2_grpc.AccountServicer):
         raise self.refuse("sign")
 
 
-def run(config: RoleConfig[AcctprocSettings], log: Logger) -> int:
+def prepare(config: RoleConfig[AcctprocSettings], log: Logger) -> Callable[[], rpc.Serving]:
+    """Read (or create) the account key, the new key of a rollover, the
+    external account binding and the audit log; once confined, what it serves."""
     settings = config.settings
     if settings.idle:
-        process.confine(config)
-        rpc.serve_until_stopped(
-            config.run_dir,
-            {"acct": [(account_pb2_grpc.add_AccountServicer_to_server, IdleAccountService(log))]},
-            config.instance,
+        idle = IdleAccountService(log)
+        return lambda: rpc.Serving(
+            {"acct": [(account_pb2_grpc.add_AccountServicer_to_server, idle)]}
         )
-        return 0
     key_path = settings.key_path
     key, created = keys.load_or_create_key(
         key_path, settings.create, settings.key_type, "account key", "-n"
@@ -1147,13 +1146,14 @@ def run(config: RoleConfig[AcctprocSettings], log: Logger) -> int:
         new_key = read_new_key(settings.new_key_path, key)
     # Opened while we may still reach it: the sandbox keeps the descriptor.
     audit = AuditLog.open(settings.audit_log or default_audit_log(key_path), key_path)
-    process.confine(config)
     service = AccountService(key, policy, audit, log, new_key)
-    rpc.serve_until_stopped(
-        config.run_dir,
+    return lambda: rpc.Serving(
         {"acct": [(account_pb2_grpc.add_AccountServicer_to_server, service)]},
-        config.instance,
+        finish=lambda _failed: domain_key.close(),
     )
-    domain_key.close()
-    return 0
 
+
+def run(config: RoleConfig[AcctprocSettings], log: Logger) -> int:
+    serving = prepare(config, log)
+    process.confine(config)
+    return process.serve(config, serving())

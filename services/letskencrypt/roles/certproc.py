@@ -26,6 +26,8 @@ our own settings' preferred chain, else the default: which chain is
 installed is never netproc's choice.
 """
 
+from collections.abc import Callable
+
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -163,34 +165,30 @@ class CertificateService(rpc.Servicer, certificate_pb2_grpc.CertificateServicer)
         return certificate_pb2.RetireReply()
 
 
-def run(config: RoleConfig[CertprocSettings], log: Logger) -> int:
-    # Checked before anything is served.
+def prepare(config: RoleConfig[CertprocSettings], log: Logger) -> Callable[[], rpc.Serving]:
+    """Read the trust anchors (checked before anything is served); once
+    confined, reach keyproc and fileproc and serve Certificate."""
     anchors = configured_anchors(config.settings.trust_anchors)
-    operation = config.settings.operation
+    settings = config.settings
+
+    def serving() -> rpc.Serving:
+        key_info = rpc.connect(config.run_dir, "keyinfo", config.instance)
+        files = rpc.connect(config.run_dir, "file", config.instance)
+        rpc.wait_ready({"file": files}, settings.ready_timeout)
+        service = CertificateService(
+            key_info, files, anchors, settings.operation, settings.preferred_chain, log
+        )
+        return rpc.Serving(
+            {"cert": [(certificate_pb2_grpc.add_CertificateServicer_to_server, service)]},
+            # fileproc has no edge to netproc: the end of the run reaches it through us.
+            finish=lambda failed: rpc.stop_peer(files, "fileproc", failed),
+        )
+
+    return serving
+
+
+def run(config: RoleConfig[CertprocSettings], log: Logger) -> int:
+    serving = prepare(config, log)
     process.confine(config)
-    key_info = rpc.connect(config.run_dir, "keyinfo", config.instance)
-    files = rpc.connect(config.run_dir, "file", config.instance)
-    rpc.wait_ready({"file": files}, config.settings.ready_timeout)
-    failed = rpc.serve_until_stopped(
-        config.run_dir,
-        {
-            "cert": [
-                (
-                    certificate_pb2_grpc.add_CertificateServicer_to_server,
-                    CertificateService(
-                        key_info,
-                        files,
-                        anchors,
-                        operation,
-                        config.settings.preferred_chain,
-                        log,
-                    ),
-                )
-            ]
-        },
-        config.instance,
-    )
-    # fileproc has no edge to netproc: the end of the run reaches it through us.
-    rpc.stop_peer(files, "fileproc", failed)
-    return 0
+    return process.serve(config, serving())
 

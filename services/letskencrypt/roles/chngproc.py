@@ -34,6 +34,7 @@ import secrets
 import signal
 import threading
 import types
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -326,7 +327,9 @@ class ChallengeService(rpc.Servicer, challenge_pb2_grpc.ChallengeServicer):
         return challenge_pb2.DnsAnswerReply()
 
 
-def run(config: RoleConfig[ChngprocSettings], log: Logger) -> int:
+def prepare(config: RoleConfig[ChngprocSettings], log: Logger) -> Callable[[], rpc.Serving]:
+    """Open the challenge directory (or read the TSIG key); what it serves,
+    and, at the end, every file and record it published is withdrawn."""
     settings = config.settings
     directory = records = None
     if settings.challenge == CHALLENGE_DNS_01:
@@ -334,24 +337,21 @@ def run(config: RoleConfig[ChngprocSettings], log: Logger) -> int:
         records = DnsRecords(settings, settings.dns_server)
     if settings.challenge_dir is not None:
         directory = ChallengeDirectory(settings.challenge_dir)
-    process.confine(config)
-    try:
-        rpc.serve_until_stopped(
-            config.run_dir,
-            {
-                "chng": [
-                    (
-                        challenge_pb2_grpc.add_ChallengeServicer_to_server,
-                        ChallengeService(directory, records, log),
-                    )
-                ]
-            },
-            config.instance,
-        )
-    finally:
+
+    def finish(_failed: bool) -> None:
         if directory is not None:
             directory.withdraw_all()
         for record in records.left_behind() if records is not None else ():
             log.error(f"left {record} in DNS: the next run for this name removes it")
-    return 0
+
+    service = ChallengeService(directory, records, log)
+    return lambda: rpc.Serving(
+        {"chng": [(challenge_pb2_grpc.add_ChallengeServicer_to_server, service)]}, finish
+    )
+
+
+def run(config: RoleConfig[ChngprocSettings], log: Logger) -> int:
+    serving = prepare(config, log)
+    process.confine(config)
+    return process.serve(config, serving())
 

@@ -22,6 +22,7 @@ import re
 import socket
 import time
 import types
+from collections.abc import Callable
 
 import grpc
 
@@ -206,12 +207,15 @@ class ResolverService(rpc.Servicer, resolver_pb2_grpc.ResolverServicer):
         return resolver_pb2.ExchangeReply(answer=exchange(request.message, server, port))
 
 
-def run(config: RoleConfig, log: Logger) -> int:
-    process.confine(config)
-    rpc.serve_until_stopped(
-        config.run_dir,
-        {"dns": [(resolver_pb2_grpc.add_ResolverServicer_to_server, ResolverService(log))]},
-        config.instance,
+def prepare(config: RoleConfig, log: Logger) -> Callable[[], rpc.Serving]:
+    """Nothing to open: what it serves, once confined."""
+    return lambda: rpc.Serving(
+        {"dns": [(resolver_pb2_grpc.add_ResolverServicer_to_server, ResolverService(log))]}
     )
-    return 0
+
+
+def run(config: RoleConfig, log: Logger) -> int:
+    serving = prepare(config, log)
+    process.confine(config)
+    return process.serve(config, serving())
 

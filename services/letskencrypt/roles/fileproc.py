@@ -21,6 +21,7 @@ stayed empty (see filestore).
 """
 
 import os
+from collections.abc import Callable
 
 import grpc
 
@@ -94,29 +95,29 @@ class FilesService(rpc.Servicer, files_pb2_grpc.FilesServicer):
         return files_pb2.RemoveReply()
 
 
-def run(config: RoleConfig[FileprocSettings], log: Logger) -> int:
+def prepare(config: RoleConfig[FileprocSettings], log: Logger) -> Callable[[], rpc.Serving]:
+    """Open and lock the certificate directory and finish whatever an
+    earlier crash left half done; what it serves, and the lock let go at
+    the end."""
     settings = config.settings
     directory = CertDir(settings.cert_dir, create=True)
     try:
         directory.lock()
-        # Whatever an earlier crash left half done is finished before we serve.
         directory.tidy(settings.backup)
         if settings.operation == "issue":
             directory.prepare_install()
-        process.confine(config)
-        rpc.serve_until_stopped(
-            config.run_dir,
-            {
-                "file": [
-                    (
-                        files_pb2_grpc.add_FilesServicer_to_server,
-                        FilesService(directory, settings.backup, settings.operation, log),
-                    )
-                ]
-            },
-            config.instance,
-        )
-    finally:
+    except BaseException:
         directory.close()
-    return 0
+        raise
+    service = FilesService(directory, settings.backup, settings.operation, log)
+    return lambda: rpc.Serving(
+        {"file": [(files_pb2_grpc.add_FilesServicer_to_server, service)]},
+        finish=lambda _failed: directory.close(),
+    )
+
+
+def run(config: RoleConfig[FileprocSettings], log: Logger) -> int:
+    serving = prepare(config, log)
+    process.confine(config)
+    return process.serve(config, serving())
 

@@ -34,6 +34,7 @@ writes anything; see keyfiles.py):
 import json
 import os
 import threading
+from collections.abc import Callable
 
 import grpc
 from cryptography import x509
@@ -65,6 +66,7 @@ SPEC = RoleSpec(
         )
     ],
     wheels=("cryptography",),
+    per_certificate=True,
 )
 
 # One revokeCert and a retry for each badNonce netproc retries
@@ -241,23 +243,27 @@ def start_rotation(settings: KeyprocSettings, log: Logger) -> keys.PrivateKey:
     return key
 
 
-def run(config: RoleConfig[KeyprocSettings], log: Logger) -> int:
+def prepare(config: RoleConfig[KeyprocSettings], log: Logger) -> Callable[[], rpc.Serving]:
+    """Read (or create) the domain key; once confined, what it serves."""
     settings = config.settings
     names = list(settings.names)
     key = open_key(settings, log)
-    process.confine(config)
-    # Both answers are fixed for the run: compute them once, before serving.
-    csr_der = keys.build_csr(key, names)
-    public_key_der = keys.public_key_der(key)
-    key_info = KeyInfoService(public_key_der, names, log)
-    domain_key = DomainKeyService(key, csr_der, RevocationPolicy(settings, key), log)
-    rpc.serve_until_stopped(
-        config.run_dir,
-        {
+
+    def serving() -> rpc.Serving:
+        # Both answers are fixed for the run: compute them once, before serving.
+        csr_der = keys.build_csr(key, names)
+        key_info = KeyInfoService(keys.public_key_der(key), names, log)
+        domain_key = DomainKeyService(key, csr_der, RevocationPolicy(settings, key), log)
+        return rpc.Serving({
             "key": [(domainkey_pb2_grpc.add_DomainKeyServicer_to_server, domain_key)],
             "keyinfo": [(keyinfo_pb2_grpc.add_KeyInfoServicer_to_server, key_info)],
             "keyacct": [(keyinfo_pb2_grpc.add_KeyInfoServicer_to_server, key_info)],
-        },
-        config.instance,
-    )
-    return 0
+        })  # fmt: skip
+
+    return serving
+
+
+def run(config: RoleConfig[KeyprocSettings], log: Logger) -> int:
+    serving = prepare(config, log)
+    process.confine(config)
+    return process.serve(config, serving())

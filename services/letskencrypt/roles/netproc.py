@@ -79,11 +79,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
 
-from letskencrypt import acme, ari, persist, process, rpc
+from letskencrypt import acme, ari, host, persist, process, rpc
 from letskencrypt.b64 import b64url
 from letskencrypt.constants import (
     CHALLENGE_DNS_01,
@@ -283,6 +284,10 @@ class Interrupted(LetskencryptError):
     """SIGTERM, caught in a dns-01 run so that its records are withdrawn."""
 
 
+class Stopped(Exception):
+    """SIGTERM in a run of many certificates (drive_many)."""
+
+
 # The propagation check: first wait, doubling up to the longest.
 FIRST_CHECK_WAIT = 0.25
 MAX_CHECK_WAIT = 8.0
@@ -338,6 +343,8 @@ class DnsChallenge:
         self.interrupted = False
 
     def publish(self, token: str, key_authorization: str, *, name: str | None = None) -> None:
+        if self.interrupted:
+            raise Interrupted("stopped by SIGTERM")
         if name is None:  # an IP address: http-01
             self.peers.publish(token, key_authorization)
             return
@@ -504,7 +511,11 @@ def obtain(
         raise InputError("revokeproc gave no decision")
     client = client or connect_ca(peers, settings, ca_pem, log)
     check_profile(client.directory(), settings.profile)
-    find_account(client, settings, log)
+    thumbprint = peers.signer.thumbprint()
+    if BOOK is None:
+        find_account(client, settings, log)
+    else:
+        BOOK.find(client, settings, log, thumbprint)
     note_account(client)
     # The order replaces the installed certificate (RFC 9773 5) where the CA speaks ARI.
     replaces = None
@@ -515,7 +526,9 @@ def obtain(
     dns = DnsChallenge(peers, settings, log) if settings.challenge == CHALLENGE_DNS_01 else None
     if dns is not None:
         publish, withdraw = dns.publish, dns.withdraw
-        if not settings.daemon:
+        if threading.current_thread() is not threading.main_thread():
+            ACTIVE_DNS.add(dns)  # drive_many withdraws its records on SIGTERM
+        elif not settings.daemon:
             signal.signal(signal.SIGTERM, dns.on_sigterm)
     try:
         chains = client.issue(
@@ -523,7 +536,7 @@ def obtain(
             csr_provider=peers.csr,
             publish=publish,
             withdraw=withdraw,
-            thumbprint=peers.signer.thumbprint(),
+            thumbprint=thumbprint,
             profile=settings.profile,
             replaces=replaces,
             challenge_type=settings.challenge,
@@ -532,6 +545,7 @@ def obtain(
     finally:
         if dns is not None:
             dns.withdraw_all()
+            ACTIVE_DNS.discard(dns)
     reply = rpc.call(
         peers.certificate.Submit,
         certificate_pb2.SubmitRequest(
@@ -752,17 +766,23 @@ def deactivate(peers: Peers, settings: NetprocSettings, ca_pem: bytes, log: Logg
     return EXIT_CHANGED
 
 
-# The account as the CA last showed it in this run (the counts line's "account").
-ACCOUNT: dict[str, object] = {}
+class Seen(threading.local):
+    """The account as the CA last showed it to this thread's run (the
+    result line's "account"; a run of many certificates has a thread each)."""
+
+    account: dict[str, object] | None = None
+
+
+SEEN = Seen()
 
 
 def note_account(client: acme.AcmeClient) -> None:
     if client.kid is not None:
-        ACCOUNT.update(
-            url=client.kid,
-            contact=list(client.account_contact or ()),
-            status=client.account_status or "valid",
-        )
+        SEEN.account = {
+            "url": client.kid,
+            "contact": list(client.account_contact or ()),
+            "status": client.account_status or "valid",
+        }
 
 
 def check_profile(directory: acme.Directory, profile: str | None) -> None:
@@ -801,6 +821,38 @@ def find_account(client: acme.AcmeClient, settings: NetprocSettings, log: Logger
             "going on with the account as it is"
         )
         return
+
+
+class AccountBook:
+    """A run of many certificates (drive_many): the account is looked up
+    (or registered) once per CA and account key, by the first certificate's
+    run; the others wait for it and go on with what the CA showed it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.locks: dict[tuple[str, str], threading.Lock] = {}
+        self.accounts: dict[tuple[str, str], tuple[str, tuple[str, ...] | None, str | None]] = {}
+
+    def find(
+        self, client: acme.AcmeClient, settings: NetprocSettings, log: Logger, thumbprint: str
+    ) -> None:
+        key = (settings.directory_url, thumbprint)
+        with self.lock:
+            lock = self.locks.setdefault(key, threading.Lock())
+        with lock:
+            known = self.accounts.get(key)
+            if known is None:
+                find_account(client, settings, log)
+                assert client.kid is not None
+                self.accounts[key] = (client.kid, client.account_contact, client.account_status)
+                return
+        client.kid, client.account_contact, client.account_status = known
+
+
+# Set by drive_many.
+BOOK: AccountBook | None = None
+# The dns-01 challenges of the certificates in flight (drive_many).
+ACTIVE_DNS: set["DnsChallenge"] = set()
 
 
 def connect_ca(
@@ -881,21 +933,48 @@ def keep_renewing(
     return 0
 
 
-def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
+@dataclass
+class Drive:
+    """How one certificate's run went: netproc's status, whether SIGTERM
+    cut it short, and what its result line says of it."""
+
+    code: int
+    interrupted: bool = False
+    requests: int = 0
+    orders: int = 0
+    ari_note: AriNote | None = None
+    account: dict[str, object] | None = None
+
+    def result_line(self, instance: int | None = None) -> str:
+        """For the run's metrics (and, for a run of many certificates, its
+        status): the supervisor's relay takes this line, it is not shown."""
+        counts: dict[str, object] = {"requests": self.requests, "orders": self.orders}
+        if self.ari_note is not None:
+            counts["ari"] = ari.note_to_json(self.ari_note)
+        if self.account:
+            counts["account"] = self.account
+        if instance is not None:
+            counts["certificate"] = instance
+            counts["status"] = "interrupted" if self.interrupted else self.code
+        return f"{COUNTS_MARKER}{json.dumps(counts)}\n"
+
+
+def drive(
+    config: RoleConfig[NetprocSettings],
+    log: Logger,
+    ca_pem: bytes,
+    problem: LetskencryptError | None = None,
+) -> Drive:
+    """One certificate's run, once confined: wait for the peers, do the
+    run's operation, and stop the peers whatever became of it.  `problem`:
+    why the run cannot be done (the peers are still stopped)."""
     settings = config.settings
-    # A failure before the peers are reached still stops them (below): the
-    # other roles must not wait for a run that will not come.
-    problem: LetskencryptError | None = None
-    ca_pem = b""
-    try:
-        ca_pem = load_trust_anchors(settings.ca_bundle)
-        process.confine(config)
-    except LetskencryptError as error:
-        problem = error
     peers = Peers(config.run_dir, config.instance)
     ari_state = AriState(settings)
     code = EXIT_FAILED
     interrupted = False
+    acme.COUNTS.requests = acme.COUNTS.orders = 0
+    SEEN.account = None
     try:
         if problem is not None:
             # Stop whoever came (a peer that is missing cannot be stopped).
@@ -921,20 +1000,95 @@ def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
         log.error(str(error))
     finally:
         peers.stop_all(failed=code == EXIT_FAILED)
-        if config.supervised:
-            # For the run's metrics; the supervisor's relay takes this line, it is not shown.
-            counts: dict[str, object] = {
-                "requests": acme.COUNTS.requests, "orders": acme.COUNTS.orders
-            }
-            if ari_state.note is not None:
-                counts["ari"] = ari.note_to_json(ari_state.note)
-            if ACCOUNT:
-                counts["account"] = ACCOUNT
-            sys.stdout.write(f"{COUNTS_MARKER}{json.dumps(counts)}\n")
-    if interrupted:
+    return Drive(
+        code, interrupted, acme.COUNTS.requests, acme.COUNTS.orders, ari_state.note, SEEN.account
+    )
+
+
+def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
+    # A failure before the peers are reached still stops them (drive): the
+    # other roles must not wait for a run that will not come.
+    problem: LetskencryptError | None = None
+    ca_pem = b""
+    try:
+        ca_pem = load_trust_anchors(config.settings.ca_bundle)
+        process.confine(config)
+    except LetskencryptError as error:
+        problem = error
+    result = drive(config, log, ca_pem, problem)
+    if config.supervised:
+        sys.stdout.write(result.result_line())
+    if result.interrupted:
         # Its records are gone: now die of the SIGTERM, as a run without any would have.
         sys.stdout.flush()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
-    return code
+    return result.code
 
+
+def drive_many(
+    configs: list[RoleConfig[NetprocSettings]], shared: frozenset[str], lines: host.Lines
+) -> int:
+    """A run of many certificates (host.py): each certificate's run, in a
+    thread of its own, as its turn comes; one result line for each.
+    Returns once the supervisor says no certificate is left.
+
+    SIGTERM: the dns-01 records of the certificates in flight are withdrawn
+    (as a one-certificate run does), each of them gets its result line,
+    "interrupted", and netproc dies of the signal."""
+    logs = [Logger("netproc", config.verbosity, config.instance) for config in configs]
+    problems: list[LetskencryptError | None] = []
+    anchors: list[bytes] = []
+    for config in configs:
+        try:
+            anchors.append(load_trust_anchors(config.settings.ca_bundle))
+            problems.append(None)
+        except LetskencryptError as error:
+            anchors.append(b"")
+            problems.append(error)
+    process.confine(host.union(configs))
+    output = threading.Lock()
+    said: set[int] = set()
+    global BOOK  # one per process, like the transport's counts
+    BOOK = AccountBook()
+
+    def say(instance: int, result: Drive) -> None:
+        with output:
+            if instance in said:
+                return
+            said.add(instance)
+            sys.stdout.write(result.result_line(instance))
+            sys.stdout.flush()
+
+    def drive_certificate(certificate: rpc.Certificate) -> None:
+        instance = certificate.instance
+        with rpc.for_certificate(certificate):
+            result = drive(configs[instance], logs[instance], anchors[instance], problems[instance])
+        say(instance, result)
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Stopped
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    started: list[int] = []
+    threads = []
+    try:
+        while (document := lines.next(host.MAX_CERTIFICATE_DOCUMENT)) is not None:
+            certificate = host.read_certificate(document, len(configs), shared)
+            thread = threading.Thread(target=drive_certificate, args=(certificate,), daemon=True)
+            threads.append(thread)
+            started.append(certificate.instance)
+            thread.start()
+        for thread in threads:
+            thread.join()
+    except Stopped:
+        for dns in list(ACTIVE_DNS):
+            dns.interrupted = True
+            with contextlib.suppress(LetskencryptError):
+                dns.withdraw_all()
+        for instance in started:
+            say(instance, Drive(EXIT_FAILED, interrupted=True))
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return 0

@@ -25,6 +25,7 @@ configuration names).  Only for a trusted certificate for this run's names.
 """
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import grpc
@@ -169,7 +170,8 @@ def replaced(
     return ari_cert_id(certificate) or "", int(due.at.timestamp())
 
 
-def run(config: RoleConfig[RevokeprocSettings], log: Logger) -> int:
+def prepare(config: RoleConfig[RevokeprocSettings], log: Logger) -> Callable[[], rpc.Serving]:
+    """Open the certificate directory (the certificate is read once confined)."""
     settings = config.settings
     anchors = configured_anchors(settings.trust_anchors)
     cert_dir = settings.cert_dir
@@ -179,16 +181,23 @@ def run(config: RoleConfig[RevokeprocSettings], log: Logger) -> int:
         cert_dir_fd = os.open(cert_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as error:
         raise InputError(f"certificate directory {cert_dir}: {error.strerror}") from None
+
+    def serving() -> rpc.Serving:
+        service = RenewalService(
+            cert_dir_fd, cert_path, list(settings.names), settings.force, anchors, log
+        )
+        # An unreadable certificate fails the run before anything else happens.
+        service.read_certificate()
+        return rpc.Serving(
+            {"rvk": [(renewal_pb2_grpc.add_RenewalServicer_to_server, service)]},
+            finish=lambda _failed: os.close(cert_dir_fd),
+        )
+
+    return serving
+
+
+def run(config: RoleConfig[RevokeprocSettings], log: Logger) -> int:
+    serving = prepare(config, log)
     process.confine(config)
-    service = RenewalService(
-        cert_dir_fd, cert_path, list(settings.names), settings.force, anchors, log
-    )
-    # An unreadable certificate fails the run before anything else happens.
-    service.read_certificate()
-    rpc.serve_until_stopped(
-        config.run_dir,
-        {"rvk": [(renewal_pb2_grpc.add_RenewalServicer_to_server, service)]},
-        config.instance,
-    )
-    return 0
+    return process.serve(config, serving())
 

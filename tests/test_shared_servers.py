@@ -1,0 +1,163 @@
+"""A role that serves every certificate of a run (host.py) has one server per
+edge; each call reaches the servicers of the certificate whose edge token it
+carries, and nobody else's (rpc.SharedServers)."""
+
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from letskencrypt import rpc
+from letskencrypt.v1 import resolver_pb2, resolver_pb2_grpc
+
+
+class Answers(resolver_pb2_grpc.ResolverServicer):
+    """Resolves every name to one address that says whose servicer it is,
+    and to which certificate's context the call ran in."""
+
+    def __init__(self, instance: int) -> None:
+        self.instance = instance
+
+    def Resolve(
+        self, request: resolver_pb2.ResolveRequest, context: grpc.ServicerContext
+    ) -> resolver_pb2.ResolveReply:
+        current = rpc._current.certificate
+        running_as = current.instance if current is not None else -1
+        return resolver_pb2.ResolveReply(
+            addresses=[f"10.0.{self.instance}.1", f"10.1.{running_as}.1"]
+        )
+
+
+def certificate(instance: int) -> rpc.Certificate:
+    return rpc.Certificate(
+        instance,
+        {"dns": secrets.token_urlsafe(32)},
+        {"dns": secrets.token_urlsafe(32)},
+        frozenset({"dns"}),
+    )
+
+
+@pytest.fixture
+def run_dir() -> Iterator[str]:
+    # A short path: unix socket paths are limited to 107 bytes.
+    with tempfile.TemporaryDirectory(prefix="lk-", dir="/tmp") as directory:
+        (Path(directory) / "dns").mkdir()
+        yield directory
+
+
+@pytest.fixture
+def servers(run_dir: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[rpc.SharedServers]:
+    monkeypatch.setattr(rpc, "TURN_WAIT", 1.0)
+    shared = rpc.SharedServers(run_dir, ["dns"])
+    yield shared
+    shared.stop()
+
+
+def serve(servers: rpc.SharedServers, cert: rpc.Certificate) -> rpc.Stopper:
+    stopper = rpc.Stopper()
+    servers.expect(cert)
+    registrar = resolver_pb2_grpc.add_ResolverServicer_to_server
+    servers.add(cert.instance, stopper, {"dns": [(registrar, Answers(cert.instance))]})
+    return stopper
+
+
+def resolve(run_dir: str, cert: rpc.Certificate) -> list[str]:
+    with rpc.for_certificate(cert):
+        channel = rpc.connect(run_dir, "dns", cert.instance)
+    try:
+        stub = resolver_pb2_grpc.ResolverStub(channel)
+        reply = rpc.call(stub.Resolve, resolver_pb2.ResolveRequest(host="a.test"), peer="dnsproc")
+        return list(reply.addresses)
+    finally:
+        channel.close()
+
+
+def test_each_call_reaches_its_own_certificate_s_servicer(
+    run_dir: str, servers: rpc.SharedServers
+) -> None:
+    first, second = certificate(0), certificate(1)
+    serve(servers, first)
+    serve(servers, second)
+    # The one socket of the edge, not a socket per certificate.
+    assert sorted(p.name for p in (Path(run_dir) / "dns").iterdir()) == ["sock"]
+    for _ in range(3):
+        assert resolve(run_dir, first) == ["10.0.0.1", "10.1.0.1"]
+        assert resolve(run_dir, second) == ["10.0.1.1", "10.1.1.1"]
+
+
+def test_a_token_of_no_certificate_is_refused(run_dir: str, servers: rpc.SharedServers) -> None:
+    serve(servers, certificate(0))
+    stranger = certificate(7)
+    started = time.monotonic()
+    with pytest.raises(rpc.RpcError, match="failed to authenticate"):
+        resolve(run_dir, stranger)
+    # It waited for the certificate's turn (TURN_WAIT), then said no.
+    assert time.monotonic() - started >= 0.9
+    with (
+        grpc.insecure_channel(f"unix:{rpc.socket_path(run_dir, 'dns')}") as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        resolver_pb2_grpc.ResolverStub(channel).Resolve(
+            resolver_pb2.ResolveRequest(host="a.test"), timeout=5
+        )
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_reply_with_another_certificate_s_server_token_is_not_believed(
+    run_dir: str, servers: rpc.SharedServers
+) -> None:
+    first, second = certificate(0), certificate(1)
+    serve(servers, first)
+    serve(servers, second)
+    # First's edge token, but expecting second's server token: the server
+    # proves itself as first's, which this caller does not take.
+    crossed = rpc.Certificate(
+        0, first.edge_tokens, second.server_tokens, frozenset({"dns"})
+    )
+    with pytest.raises(rpc.RpcError, match="failed to authenticate"):
+        resolve(run_dir, crossed)
+
+
+def test_a_call_before_the_certificate_s_turn_waits_for_it(
+    run_dir: str, servers: rpc.SharedServers
+) -> None:
+    cert = certificate(3)
+    answers: list[list[str]] = []
+    caller = threading.Thread(target=lambda: answers.append(resolve(run_dir, cert)))
+    caller.start()
+    time.sleep(0.2)
+    serve(servers, cert)
+    caller.join(timeout=10)
+    assert answers == [["10.0.3.1", "10.1.3.1"]]
+
+
+def test_a_refused_certificate_says_why_and_can_still_be_stopped(
+    run_dir: str, servers: rpc.SharedServers
+) -> None:
+    refused, served = certificate(0), certificate(1)
+    refused_stopper, served_stopper = rpc.Stopper(), serve(servers, served)
+    servers.expect(refused)
+    servers.add(0, refused_stopper, refusal="could not start: the key is not ECDSA")
+    with pytest.raises(rpc.RpcError, match="dnsproc: could not start: the key is not ECDSA"):
+        resolve(run_dir, refused)
+    with rpc.for_certificate(refused):
+        channel = rpc.connect(run_dir, "dns", 0)
+    rpc.stop_peer(channel, "dnsproc", failed=True)
+    channel.close()
+    assert refused_stopper.wait(5) and refused_stopper.failed
+    # Stopping one certificate stops nothing of another's.
+    assert not served_stopper.wait(0.1)
+    assert resolve(run_dir, served) == ["10.0.1.1", "10.1.1.1"]
+
+
+def test_a_certificate_removed_is_refused(run_dir: str, servers: rpc.SharedServers) -> None:
+    cert = certificate(0)
+    serve(servers, cert)
+    assert resolve(run_dir, cert)
+    servers.remove(0)
+    with pytest.raises(rpc.RpcError, match="failed to authenticate"):
+        resolve(run_dir, cert)
