@@ -73,7 +73,7 @@ def resolve(run_dir: str, cert: rpc.Certificate) -> list[str]:
         reply = rpc.call(stub.Resolve, resolver_pb2.ResolveRequest(host="a.test"), peer="dnsproc")
         return list(reply.addresses)
     finally:
-        channel.close()
+        rpc.release(channel)
 
 
 def test_each_call_reaches_its_own_certificate_s_servicer(
@@ -147,7 +147,7 @@ def test_a_refused_certificate_says_why_and_can_still_be_stopped(
     with rpc.for_certificate(refused):
         channel = rpc.connect(run_dir, "dns", 0)
     rpc.stop_peer(channel, "dnsproc", failed=True)
-    channel.close()
+    rpc.release(channel)
     assert refused_stopper.wait(5) and refused_stopper.failed
     # Stopping one certificate stops nothing of another's.
     assert not served_stopper.wait(0.1)
@@ -161,3 +161,21 @@ def test_a_certificate_removed_is_refused(run_dir: str, servers: rpc.SharedServe
     servers.remove(0)
     with pytest.raises(rpc.RpcError, match="failed to authenticate"):
         resolve(run_dir, cert)
+
+
+def test_certificates_share_one_connection_to_a_shared_edge(
+    run_dir: str, servers: rpc.SharedServers
+) -> None:
+    first, second = certificate(0), certificate(1)
+    serve(servers, first)
+    serve(servers, second)
+    channels = []
+    for cert in (first, second):
+        with rpc.for_certificate(cert):
+            channels.append(rpc.connect(run_dir, "dns", cert.instance))
+    socket = rpc.socket_path(run_dir, "dns")
+    assert socket in rpc._shared_connections
+    for channel in channels:
+        rpc.release(channel)
+    # Released, each certificate's channel leaves the connection to the others.
+    assert resolve(run_dir, second) == ["10.0.1.1", "10.1.1.1"]

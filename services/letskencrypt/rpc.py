@@ -650,15 +650,43 @@ def guarded(
 _sockets: "weakref.WeakKeyDictionary[grpc.Channel, str]" = weakref.WeakKeyDictionary()
 
 
+# A role serving many certificates: one connection per shared socket,
+# which each certificate's channel wraps with its own token (see connect).
+_shared_connections: dict[str, grpc.Channel] = {}
+_shared_lock = threading.Lock()
+# The channels that wrap one of those: release() leaves them open.
+_wrapping_shared: "weakref.WeakSet[grpc.Channel]" = weakref.WeakSet()
+
+
 def connect(run_dir: str, edge_name: str, instance: int | None = None) -> grpc.Channel:
     """A channel to the edge's server (of certificate `instance`, see socket_path;
-    for a certificate of a role serving many, see Certificate)."""
-    edge = EDGES[edge_name]
+    for a certificate of a role serving many, see Certificate: a channel to
+    a shared edge shares the process's one connection to it)."""
     certificate = _current.certificate
-    if certificate is not None and edge_name in certificate.shared_edges:
-        instance = None
-    path = socket_path(run_dir, edge_name, instance)
-    channel = grpc.insecure_channel(
+    shared = certificate is not None and edge_name in certificate.shared_edges
+    path = socket_path(run_dir, edge_name, None if shared else instance)
+    if shared:
+        with _shared_lock:
+            connection = _shared_connections.get(path)
+            if connection is None:
+                connection = _shared_connections[path] = _channel(edge_name, path)
+    else:
+        connection = _channel(edge_name, path)
+    channel = connection
+    token = _edge_token(edge_name)
+    if token:
+        channel = grpc.intercept_channel(
+            connection, _SendToken(edge_name, token, _server_token(edge_name))
+        )
+    if shared:
+        _wrapping_shared.add(channel)
+    _sockets[channel] = path
+    return channel
+
+
+def _channel(edge_name: str, path: str) -> grpc.Channel:
+    edge = EDGES[edge_name]
+    return grpc.insecure_channel(
         f"unix:{path}",
         options=[
             ("grpc.max_receive_message_length", edge.max_message),
@@ -671,13 +699,12 @@ def connect(run_dir: str, edge_name: str, instance: int | None = None) -> grpc.C
             ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ],
     )
-    token = _edge_token(edge_name)
-    if token:
-        channel = grpc.intercept_channel(
-            channel, _SendToken(edge_name, token, _server_token(edge_name))
-        )
-    _sockets[channel] = path
-    return channel
+
+
+def release(channel: grpc.Channel) -> None:
+    """Done with `channel`: closed, unless its connection is shared."""
+    if channel not in _wrapping_shared:
+        channel.close()
 
 
 def wait_ready(

@@ -180,11 +180,17 @@ def prepare(config: RoleConfig[CertprocSettings], log: Logger) -> Callable[[], r
         )
         return rpc.Serving(
             {"cert": [(certificate_pb2_grpc.add_CertificateServicer_to_server, service)]},
-            # fileproc has no edge to netproc: the end of the run reaches it through us.
-            finish=lambda failed: rpc.stop_peer(files, "fileproc", failed),
+            finish=lambda failed: finish(key_info, files, failed),
         )
 
     return serving
+
+
+def finish(key_info: grpc.Channel, files: grpc.Channel, failed: bool) -> None:
+    # fileproc has no edge to netproc: the end of the run reaches it through us.
+    rpc.stop_peer(files, "fileproc", failed)
+    rpc.release(files)
+    rpc.release(key_info)
 
 
 def run(config: RoleConfig[CertprocSettings], log: Logger) -> int:

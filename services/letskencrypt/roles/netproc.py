@@ -279,6 +279,10 @@ class Peers:
         for edge, channel in self.channels.items():
             rpc.stop_peer(channel, rpc.EDGES[edge].server, failed)
 
+    def close(self) -> None:
+        for channel in self.channels.values():
+            rpc.release(channel)
+
 
 class Interrupted(LetskencryptError):
     """SIGTERM, caught in a dns-01 run so that its records are withdrawn."""
@@ -1000,6 +1004,7 @@ def drive(
         log.error(str(error))
     finally:
         peers.stop_all(failed=code == EXIT_FAILED)
+        peers.close()
     return Drive(
         code, interrupted, acme.COUNTS.requests, acme.COUNTS.orders, ari_state.note, SEEN.account
     )
