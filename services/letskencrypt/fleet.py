@@ -209,9 +209,12 @@ class Fleet:
         self.relay.close()
         return status
 
+    def shared_run(self, jobs: list[Job]) -> "SharedRun":
+        return SharedRun(self, jobs)
+
     def drive(self, waiting: list[Job]) -> None:
         """Every waiting job, by one set of roles (SharedRun)."""
-        run = SharedRun(self, waiting)
+        run = self.shared_run(waiting)
         try:
             run.start()
             run.see_through()
@@ -370,7 +373,7 @@ class SharedRun:
         self.jobs = jobs
         self.relay = fleet.relay
         self.run_dir = ""
-        self.shared: dict[str, launch.ForkedRole] = {}
+        self.shared: dict[str, launch.ForkedRole | subprocess.Popen[bytes]] = {}
         # pid -> the shared role, or the certificate number of a keyproc.
         self.children: dict[int, str | int] = {}
         self.flights: dict[int, Flight] = {}
@@ -394,7 +397,7 @@ class SharedRun:
             spec = spec_of(role)
             if spec.per_certificate:
                 continue
-            forked = launch.fork_role(role, shared=True)
+            forked = self.start_role(role)
             self.relay.add(role, forked.stdout, counts=spec.drives, shared=True)
             self.relay.add(role, forked.stderr, counts=spec.drives, shared=True)
             self.shared[role] = forked
@@ -410,6 +413,10 @@ class SharedRun:
                 supervisor_pid=os.getpid(),
             )
             self.write(forked, document)
+
+    def start_role(self, role: str) -> "launch.ForkedRole | subprocess.Popen[bytes]":
+        """Fork a shared role (the compromised-role tests start another program)."""
+        return launch.fork_role(role, shared=True)
 
     def claim(self, job: Job) -> bool:
         """Make the job's certificate directory if need be, and see that no
@@ -429,7 +436,9 @@ class SharedRun:
             return False
         return True
 
-    def write(self, forked: launch.ForkedRole, document: dict[str, Any]) -> None:
+    def write(
+        self, forked: "launch.ForkedRole | subprocess.Popen[bytes]", document: dict[str, Any]
+    ) -> None:
         assert forked.stdin is not None
         try:
             write_all(forked.stdin.fileno(), (json.dumps(document) + "\n").encode())

@@ -1041,7 +1041,15 @@ def drive_many(
     SIGTERM: the dns-01 records of the certificates in flight are withdrawn
     (as a one-certificate run does), each of them gets its result line,
     "interrupted", and netproc dies of the signal."""
-    logs = [Logger("netproc", config.verbosity, config.instance) for config in configs]
+    anchors, problems = every_ca_bundle(configs)
+    process.confine(host.union(configs))
+    return drive_each(configs, shared, lines, anchors, problems)
+
+
+def every_ca_bundle(
+    configs: list[RoleConfig[NetprocSettings]],
+) -> tuple[list[bytes], list[LetskencryptError | None]]:
+    """Each certificate's CA bundle (read before confinement), or why not."""
     problems: list[LetskencryptError | None] = []
     anchors: list[bytes] = []
     for config in configs:
@@ -1051,7 +1059,18 @@ def drive_many(
         except LetskencryptError as error:
             anchors.append(b"")
             problems.append(error)
-    process.confine(host.union(configs))
+    return anchors, problems
+
+
+def drive_each(
+    configs: list[RoleConfig[NetprocSettings]],
+    shared: frozenset[str],
+    lines: host.Lines,
+    anchors: list[bytes],
+    problems: list[LetskencryptError | None],
+) -> int:
+    """drive_many, once confined."""
+    logs = [Logger("netproc", config.verbosity, config.instance) for config in configs]
     output = threading.Lock()
     said: set[int] = set()
     global BOOK  # one per process, like the transport's counts
