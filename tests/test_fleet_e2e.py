@@ -238,3 +238,39 @@ def test_rotate_key_makes_a_new_key_only_when_renewing(pebble: Pebble, base: Pat
     assert forced.returncode == 0, forced.stderr
     assert key.read_bytes() != issued
     assert list((base / "keys").glob("r0.example.test.pem.old-*"))
+
+
+def test_a_certificate_another_run_holds_fails_at_once_and_the_others_go_on(
+    pebble: Pebble, base: Path
+) -> None:
+    """One certificate directory is locked by another run (as fileproc locks
+    it): that certificate fails before any role starts, naming the holder;
+    the other is issued."""
+    fleet = sites(2, "held")
+    config = write_config(base, pebble, fleet)
+    held = base / "certs" / fleet[0].handle
+    held.mkdir(parents=True)
+    holder = subprocess.Popen(
+        ["python3", "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)", str(held)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        started = time.monotonic()
+        result = run(config)
+        took = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(
+        line.startswith(f"letskencrypt: {fleet[0].handle}: ") and "another run holds its lock"
+        and f"pid {holder.pid}" in line for line in lines
+    ), result.stderr  # fmt: skip
+    assert lines[-1] == f"letskencrypt: 1 of 2 certificates failed: {fleet[0].handle}"
+    assert (base / "certs" / fleet[1].handle / "cert.pem").exists()
+    assert not (held / "cert.pem").exists()
+    # Not after waiting out the lock as a one-certificate run would.
+    assert took < 30

@@ -179,3 +179,62 @@ def test_certificates_share_one_connection_to_a_shared_edge(
         rpc.release(channel)
     # Released, each certificate's channel leaves the connection to the others.
     assert resolve(run_dir, second) == ["10.0.1.1", "10.1.1.1"]
+
+
+# --- host.Host: one certificate that cannot be served, the others served ---------
+
+
+def test_a_certificate_a_shared_role_cannot_prepare_is_refused_with_why(
+    run_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dnsproc serving two certificates, whose prepare fails for the second:
+    the first is served, the second's calls get the failure (and Stop)."""
+    import json
+    import os
+
+    from letskencrypt import host
+    from letskencrypt.context import RoleConfig
+    from letskencrypt.roles import dnsproc
+    from letskencrypt.settings import DnsprocSettings
+
+    real_prepare = dnsproc.prepare
+
+    def prepare(config: RoleConfig, log: object) -> object:
+        if config.instance == 1:
+            raise rpc.RpcError("resolver configuration unreadable")
+        return real_prepare(config, log)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dnsproc, "prepare", prepare)
+    monkeypatch.setattr(rpc, "_after_serving", None)
+    configs = [RoleConfig("dnsproc", run_dir, DnsprocSettings(), instance=i) for i in (0, 1)]
+    shared = frozenset({"dns"})
+    served = host.Host("dnsproc", configs, shared)
+    served.prepare()
+    assert served.prepared[1] == "resolver configuration unreadable"
+    read_end, write_end = os.pipe()
+    certificates = [certificate(0), certificate(1)]
+    for cert in certificates:
+        document = {"certificate": cert.instance, "edge_tokens": dict(cert.edge_tokens),
+                    "server_tokens": dict(cert.server_tokens)}  # fmt: skip
+        os.write(write_end, (json.dumps(document) + "\n").encode())
+    os.close(write_end)
+    thread = threading.Thread(target=served.serve, args=(host.Lines(read_end),), daemon=True)
+    monkeypatch.setattr(host.signal, "signal", lambda *_args: None)  # not the main thread
+    thread.start()
+    try:
+        with rpc.for_certificate(certificates[0]):
+            channel = rpc.connect(run_dir, "dns", 0)
+        stub = resolver_pb2_grpc.ResolverStub(channel)
+        reply = rpc.call(stub.Resolve, resolver_pb2.ResolveRequest(host="localhost"),
+                         peer="dnsproc")  # fmt: skip
+        assert reply.addresses
+        with pytest.raises(rpc.RpcError, match="dnsproc: resolver configuration unreadable"):
+            resolve(run_dir, certificates[1])
+    finally:
+        for cert in certificates:
+            with rpc.for_certificate(cert):
+                channel = rpc.connect(run_dir, "dns", cert.instance)
+            rpc.stop_peer(channel, "dnsproc", failed=False)
+        thread.join(timeout=10)
+        os.close(read_end)
+    assert not thread.is_alive()

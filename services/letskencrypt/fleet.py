@@ -180,6 +180,8 @@ class Fleet:
     notes: dict[str, AriNote] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     interrupted: signal.Signals | None = None
+    # A role of the run ended badly once every certificate was done.
+    role_failed: bool = False
 
     def run(self) -> int:
         """Every due job, `concurrency` at a time; the run's exit status."""
@@ -266,7 +268,7 @@ class Fleet:
                              f"failed: {', '.join(failed)}")  # fmt: skip
         if self.interrupted is not None:
             return interrupts.exit_status(self.interrupted)
-        if failed or "interrupted" in results:
+        if failed or "interrupted" in results or self.role_failed:
             return EXIT_FAILED
         if "changed" in results:
             return EXIT_CHANGED
@@ -549,12 +551,15 @@ class SharedRun:
             if who == self.driver:
                 self.signal(signal.SIGTERM)
             return
-        if code != 0 or self.started < len(self.jobs) or self.flights:
-            death = f"killed by signal {signal.Signals(-code).name}" if code < 0 else (
-                f"exited with status {code}")
+        death = f"killed by signal {signal.Signals(-code).name}" if code < 0 else (
+            f"exited with status {code}")  # fmt: skip
+        if self.started < len(self.jobs) or self.flights:
             self.broken = f"{who} {death}"
             self.fleet.say(None, f"{self.broken}; the certificates not done fail")
             self.signal(signal.SIGTERM)
+        elif code != 0:
+            self.fleet.say(None, f"{who} {death}")
+            self.fleet.role_failed = True
 
     def land_finished(self) -> None:
         for instance, flight in list(self.flights.items()):
