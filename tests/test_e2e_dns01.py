@@ -357,3 +357,44 @@ def test_a_malformed_tsig_key_fails_in_one_line(
     assert f"TSIG key {bad}: algorithm 'hmac-md5' is not one of hmac-sha256" in result.stderr
     assert "c2VjcmV0" not in result.stderr
     assert ca.request_count() == before
+
+
+def test_sigterm_to_a_config_run_withdraws_every_certificate_s_record(
+    ca: Pebble, named: AuthoritativeDns, tmp_path: Path
+) -> None:
+    """Two dns-01 certificates of one --config run, in flight at once in its
+    one netproc, each waiting for a propagation check that never succeeds:
+    SIGTERM removes both records, says of each that nothing was installed,
+    and the run dies of the signal."""
+    tmp_path.chmod(0o755)
+    with AuthoritativeDns(a_records=HOSTS) as elsewhere:
+        config = write_config(
+            tmp_path, ca,
+            {"one": [f'domain name "web.{ZONE}"'], "two": [f'domain name "www.{ZONE}"']},
+            authority=(
+                "challenge dns-01",
+                f'dns server "{named.dns_server}"',
+                f'tsig key "{named.tsig_key_file}"',
+                f'dns check server "{elsewhere.dns_server}"',
+            ),
+        )  # fmt: skip
+        process = subprocess.Popen(
+            [LETSKENCRYPT, "--config", str(config), "-n", "-N"], stderr=subprocess.PIPE, text=True
+        )
+        try:
+            deadline = time.monotonic() + RUN_TIMEOUT
+            while len(acme_records(named)) < 2 and time.monotonic() < deadline:
+                assert process.poll() is None, process.communicate()[1]
+                time.sleep(0.05)
+            assert len(acme_records(named)) == 2, "both records were never published"
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == -signal.SIGTERM, stderr
+    assert acme_records(named) == {}, stderr
+    for handle in ("one", "two"):
+        assert (f"letskencrypt: {handle}: interrupted by SIGTERM; no certificate was installed "
+                "or removed") in stderr.splitlines(), stderr  # fmt: skip
+        assert not (tmp_path / "state" / "certs" / handle / "cert.pem").exists()

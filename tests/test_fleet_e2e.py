@@ -274,3 +274,37 @@ def test_a_certificate_another_run_holds_fails_at_once_and_the_others_go_on(
     assert not (held / "cert.pem").exists()
     # Not after waiting out the lock as a one-certificate run would.
     assert took < 30
+
+
+def test_sigterm_mid_run_ends_every_certificate_cleanly(pebble: Pebble, base: Path) -> None:
+    """SIGTERM once some of 30 certificates are installed: the run dies of
+    it; each certificate is whole or absent; those cut short say so; the
+    run leaves no socket directory behind."""
+    fleet = sites(30, "t")
+    config = write_config(base, pebble, fleet)
+    tmpdir = base / "tmp"
+    tmpdir.mkdir()
+    process = subprocess.Popen(
+        [LETSKENCRYPT, "--config", str(config), "-n", "-N", "-j", "4"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmpdir)},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        installed = lambda: [s for s in fleet if (base / "certs" / s.handle / "cert.pem").exists()]  # noqa: E731
+        while not installed() and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()[1]
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGTERM, stderr
+    done = installed()
+    assert 0 < len(done) < len(fleet), stderr
+    for site in fleet:
+        files = {p.name for p in (base / "certs" / site.handle).glob("*.pem")}
+        assert files in (set(), {"cert.pem", "chain.pem", "fullchain.pem"}), (site, files)
+    assert re.search(r": interrupted by SIGTERM; no certificate was installed or removed$",
+                     stderr, re.MULTILINE), stderr  # fmt: skip
+    assert list(tmpdir.iterdir()) == []
