@@ -32,6 +32,7 @@ one-certificate flow in a thread (netproc.drive_certificate) and writes one
 result line per certificate.
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -43,7 +44,7 @@ from typing import Any, NoReturn
 from letskencrypt import process, rpc
 from letskencrypt.constants import EXIT_FAILED
 from letskencrypt.context import Logger, RoleConfig
-from letskencrypt.errors import InputError, LetskencryptError, plain_words
+from letskencrypt.errors import InputError
 from letskencrypt.roles import module_of, spec_of
 from letskencrypt.settings import RoleSettings, decode, encode
 
@@ -174,25 +175,8 @@ def read_certificate(
 
 def union(configs: list[RoleConfig]) -> RoleConfig:
     """One configuration whose sandbox takes in every certificate's paths."""
-    first = configs[0]
-    return RoleConfig(
-        role=first.role,
-        run_dir=first.run_dir,
-        settings=first.settings,
-        verbosity=first.verbosity,
-        uid=first.uid,
-        gid=first.gid,
-        supervisor_pid=first.supervisor_pid,
-        more_settings=tuple(config.settings for config in configs[1:]),
-    )
-
-
-def failure_text(error: BaseException) -> str:
-    if isinstance(error, LetskencryptError):
-        return str(error)
-    if isinstance(error, OSError):
-        return plain_words(error)
-    return f"internal error (a bug; please report it): {plain_words(error)}"
+    more = tuple(config.settings for config in configs[1:])
+    return dataclasses.replace(configs[0], instance=None, more_settings=more)
 
 
 class Stopped(Exception):
@@ -225,7 +209,7 @@ class Host:
             try:
                 self.prepared.append(prepare(config, log))
             except Exception as error:
-                message = failure_text(error)
+                message = process.failure_message(error)
                 log.error(message)
                 self.prepared.append(message)
 
@@ -275,7 +259,7 @@ class Host:
                 try:
                     serving = prepared()
                 except Exception as error:
-                    message = failure_text(error)
+                    message = process.failure_message(error)
                     self.logs[instance].error(message)
                     self.servers.add(instance, stopper, refusal=message)
                 else:
@@ -287,7 +271,7 @@ class Host:
                 try:
                     serving.finish(stopper.failed)
                 except Exception as error:
-                    self.logs[instance].error(failure_text(error))
+                    self.logs[instance].error(process.failure_message(error))
 
     def stop_all(self) -> None:
         """SIGTERM: every certificate's run is over, failed."""
@@ -303,10 +287,8 @@ def run_host(role: str) -> NoReturn:
     code = EXIT_FAILED
     try:
         code = host_body(role)
-    except LetskencryptError as error:
-        sys.stderr.write(f"letskencrypt: {role}: {error}\n")
     except Exception as error:  # one line, never a traceback
-        sys.stderr.write(f"letskencrypt: {role}: {failure_text(error)}\n")
+        sys.stderr.write(f"letskencrypt: {role}: {process.failure_message(error)}\n")
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

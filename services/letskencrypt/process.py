@@ -350,19 +350,24 @@ def role_outcome(
         return RoleOutcome(EXIT_FAILED, message)
     try:
         code = body(config, log)
-    except LetskencryptError as error:
-        message = str(error)
-    except OSError as error:
-        # A file or directory of this host that is missing, full, or closed to us.
-        message = plain_words(error)
-    except ImportError as error:
-        message = f"cannot load its code ({plain_words(error)}): is the installation readable?"
     except Exception as error:  # one line, never a traceback
-        message = f"internal error (a bug; please report it): {plain_words(error)}"
+        message = failure_message(error)
     else:
         return RoleOutcome(nothing_to_do if code == EXIT_NOTHING_TO_DO else code, None, config)
     log.error(message)
     return RoleOutcome(EXIT_FAILED, message, config)
+
+
+def failure_message(error: Exception) -> str:
+    """What a role's failure says, in one line."""
+    if isinstance(error, LetskencryptError):
+        return str(error)
+    if isinstance(error, OSError):
+        # A file or directory of this host that is missing, full, or closed to us.
+        return plain_words(error)
+    if isinstance(error, ImportError):
+        return f"cannot load its code ({plain_words(error)}): is the installation readable?"
+    return f"internal error (a bug; please report it): {plain_words(error)}"
 
 
 def run_role(
