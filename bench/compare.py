@@ -17,9 +17,12 @@ acme-client.conf-style configuration file (``--config``) when it has that
 option, and once per certificate otherwise.
 
 Per (client, N) it records the wall time of the whole run (median, min and
-max over the runs), the peak PSS summed over the client's process tree and
-the peak RSS of its largest process (bench/sampler.py).  It writes
-results.md, results.json and plot.png into --out.
+max over the timed runs), and, from one more run before them whose memory
+is sampled every 5 ms, the peak PSS summed over the client's process tree
+and the peak RSS of its largest process (bench/sampler.py).  The timed runs
+are not sampled: reading smaps_rollup of a tree of many processes every
+5 ms takes most of a CPU, which on a small machine slows the clients with
+many processes.  It writes results.md, results.json and plot.png into --out.
 """
 
 from __future__ import annotations
@@ -134,6 +137,10 @@ class Context:
     pebble: Pebble
     webroot: Path  # pebble's challenge directory is WEBROOT/.well-known/acme-challenge
     has_config: bool
+    # Memory is sampled (every 5 ms, reading /proc/PID/smaps_rollup of the
+    # whole tree); a timed run is not: the sampler needs most of a CPU for
+    # a tree of many processes, which would slow the clients that have them.
+    sampling: bool = True
 
     @property
     def challenge_dir(self) -> Path:
@@ -159,15 +166,16 @@ class Run:
 class Steps:
     """Runs commands one after the other, each measured; stops at the first failure."""
 
-    def __init__(self, client: str) -> None:
+    def __init__(self, client: str, sampling: bool) -> None:
         self.client = client
+        self.sampling = sampling
         self.parts: list[Measurement] = []
         self.argvs: list[list[str]] = []
 
     def run(
         self, argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None
     ) -> Measurement:
-        result = measure(argv, env=env, cwd=cwd)
+        result = measure(argv, env=env, cwd=cwd, sample=self.sampling)
         self.parts.append(result)
         self.argvs.append(list(argv))
         if result.returncode != 0:
@@ -194,7 +202,7 @@ def check_certificate(path: Path, name: str) -> None:
 
 def run_letskencrypt(ctx: Context, workdir: Path, names: Sequence[str]) -> Run:
     """One run with a configuration file for all names, or one run per name."""
-    steps = Steps("letskencrypt")
+    steps = Steps("letskencrypt", ctx.sampling)
     pebble = ctx.pebble
     env = ctx.env()
     (workdir / "keys").mkdir(mode=0o755)
@@ -280,7 +288,7 @@ def uacme_prefix(ca_file: str) -> list[str]:
 
 def run_uacme(ctx: Context, workdir: Path, names: Sequence[str]) -> Run:
     """``uacme new`` for the account, then ``uacme issue`` per name."""
-    steps = Steps("uacme")
+    steps = Steps("uacme", ctx.sampling)
     hook = workdir / "hook.sh"
     hook.write_text(UACME_HOOK.format(challenge_dir=shlex.quote(str(ctx.challenge_dir))))
     hook.chmod(0o755)
@@ -300,7 +308,7 @@ def run_uacme(ctx: Context, workdir: Path, names: Sequence[str]) -> Run:
 
 def run_acme_tiny(ctx: Context, workdir: Path, names: Sequence[str]) -> Run:
     """openssl for the keys and CSRs (acme-tiny makes none itself), acme-tiny per name."""
-    steps = Steps("acme-tiny")
+    steps = Steps("acme-tiny", ctx.sampling)
     env = ctx.env({"SSL_CERT_FILE": ctx.pebble.ca_bundle})  # urllib's default context
     account = workdir / "account.pem"
     # acme-tiny signs with RSA account keys only.
@@ -334,7 +342,7 @@ def run_acme_tiny(ctx: Context, workdir: Path, names: Sequence[str]) -> Run:
 
 def run_certbot(ctx: Context, workdir: Path, names: Sequence[str]) -> Run:
     """``certbot certonly --webroot`` per name; the first run registers the account."""
-    steps = Steps("certbot")
+    steps = Steps("certbot", ctx.sampling)
     env = ctx.env({"REQUESTS_CA_BUNDLE": ctx.pebble.ca_bundle})
     dirs = {part: workdir / part for part in ("config", "work", "logs")}
     for name in names:
@@ -381,11 +389,14 @@ class Cell:
     client: str
     count: int
     mode: str
+    # Timed runs (not sampled), and the one run whose memory was sampled.
     runs: list[Run] = field(default_factory=list)
+    memory: Run | None = None
     error: str = ""
 
     def summary(self) -> dict[str, Any]:
         seconds = [run.measurement.seconds for run in self.runs]
+        sampled = [self.memory] if self.memory is not None else []
         return {
             "client": self.client,
             "count": self.count,
@@ -395,16 +406,16 @@ class Cell:
             "median_s": statistics.median(seconds) if seconds else None,
             "min_s": min(seconds, default=None),
             "max_s": max(seconds, default=None),
-            "peak_pss_mib": _mib(max((r.measurement.peak_pss_kib for r in self.runs), default=0)),
+            "peak_pss_mib": _mib(max((r.measurement.peak_pss_kib for r in sampled), default=0)),
             "peak_rss_sum_mib": _mib(
-                max((r.measurement.peak_rss_kib for r in self.runs), default=0)
+                max((r.measurement.peak_rss_kib for r in sampled), default=0)
             ),
             "peak_process_rss_mib": _mib(
-                max((r.measurement.peak_process_rss_kib for r in self.runs), default=0)
+                max((r.measurement.peak_process_rss_kib for r in sampled), default=0)
             ),
-            "peak_processes": max((r.measurement.peak_processes for r in self.runs), default=0),
+            "peak_processes": max((r.measurement.peak_processes for r in sampled), default=0),
             "seconds": seconds,
-            "peak_pss_mib_per_run": [_mib(r.measurement.peak_pss_kib) for r in self.runs],
+            "sampled_run_s": self.memory.measurement.seconds if self.memory else None,
             "argv_first_run": self.runs[0].argvs[:4] if self.runs else [],
         }
 
@@ -433,13 +444,17 @@ def measure_cell(ctx: Context, base: Path, cell: Cell, serial: int) -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     run.argvs = [[_placeholders(arg, base, ctx.pebble) for arg in argv] for argv in run.argvs]
-    cell.runs.append(run)
     m = run.measurement
-    print(
-        f" {m.seconds:.2f} s, peak PSS {m.peak_pss_kib / 1024:.1f} MiB, "
-        f"largest process {m.peak_process_rss_kib / 1024:.1f} MiB",
-        flush=True,
-    )
+    if ctx.sampling:
+        cell.memory = run
+        print(
+            f" memory: peak PSS {m.peak_pss_kib / 1024:.1f} MiB, "
+            f"largest process {m.peak_process_rss_kib / 1024:.1f} MiB ({m.seconds:.2f} s)",
+            flush=True,
+        )
+    else:
+        cell.runs.append(run)
+        print(f" {m.seconds:.2f} s", flush=True)
 
 
 def benchmark(
@@ -462,15 +477,17 @@ def benchmark(
             ctx = Context(pebble, webroot, has_config)
             serial = 0
             for count in counts:
-                for index in range(runs[count]):
+                # Run 0 samples the memory; the others are timed.
+                for index in range(runs[count] + 1):
+                    ctx.sampling = index == 0
                     shift = index % len(clients)
                     for client in [*clients[shift:], *clients[:shift]]:
                         cell = cells[client, count]
                         if cell.error:
                             continue  # a client that failed once is not timed again
                         serial += 1
-                        print(f"N={count} run {index + 1}/{runs[count]} {client} ...", end="",
-                              flush=True)
+                        what = "memory" if ctx.sampling else f"run {index}/{runs[count]}"
+                        print(f"N={count} {what} {client} ...", end="", flush=True)
                         measure_cell(ctx, base, cell, serial)
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -599,7 +616,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"- letskencrypt {versions['letskencrypt']} (Python {info['python']}), "
         f"uacme {versions['uacme']}, acme-tiny {versions['acme-tiny']} (Debian), "
         f"{versions['certbot']} (PyPI)",
-        "- Runs per N: " + ", ".join(f"N={n}: {runs[str(n)]}" for n in counts),
+        "- Timed runs per N: " + ", ".join(f"N={n}: {runs[str(n)]}" for n in counts)
+        + "; memory from one more run per client and N, sampled every 5 ms (not timed)",
         "- Each run starts with a new account and new keys; the peers run once per "
         "certificate, one after the other.",
         "",

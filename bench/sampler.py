@@ -83,8 +83,10 @@ def measure(
     argv: Sequence[str],
     env: Mapping[str, str] | None = None,
     cwd: str | Path | None = None,
+    sample: bool = True,
 ) -> Measurement:
-    """Run ``argv`` to its end, sampling its process tree; output is captured."""
+    """Run ``argv`` to its end, sampling its process tree (unless not
+    `sample`: a run timed alone, see bench/compare.py); output is captured."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.monotonic()
         process = subprocess.Popen(
@@ -96,6 +98,8 @@ def measure(
             stderr=err,
         )
         peak_rss = peak_pss = peak_process = peak_processes = 0
+        if not sample:
+            process.wait()
         while process.poll() is None:
             pids = descendants(process.pid)
             samples = [memory_kib(pid) for pid in pids]
