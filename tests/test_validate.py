@@ -361,3 +361,14 @@ def test_safe_text_keeps_printable_ascii(text):
 
 def test_errors_share_a_base():
     assert issubclass(InputError, LetskencryptError)
+
+
+def test_safe_text_treats_ascii_as_the_unicode_categories_do() -> None:
+    """The ASCII fast path replaces exactly what the per-character one would."""
+    from letskencrypt import validate
+
+    for code in range(0x80):
+        char = chr(code)
+        unsafe = unicodedata.category(char) in validate._UNSAFE_CATEGORIES
+        assert validate._replace_unsafe(f"a{char}b") == ("a?b" if unsafe else f"a{char}b")
+    assert validate._replace_unsafe("é\u202eb\x1b") == "é?b?"

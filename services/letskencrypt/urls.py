@@ -1,5 +1,6 @@
 """URL rules shared by netproc and acctproc: https only, and one origin."""
 
+import functools
 from urllib.parse import urlsplit
 
 from letskencrypt.errors import InputError
@@ -16,8 +17,10 @@ def well_formed(url: str) -> bool:
     return 0 < len(url) <= MAX_URL_LENGTH and set(url) <= URL_CHARS
 
 
+@functools.lru_cache(maxsize=256)
 def origin(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of an https URL, or InputError."""
+    """(scheme, host, port) of an https URL, or InputError.  Cached: every
+    URL a CA sends is checked against the directory's origin."""
     try:
         parts = urlsplit(url)
         port = parts.port or 443

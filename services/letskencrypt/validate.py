@@ -328,7 +328,13 @@ def validate_key_authorization(token: str, key_authorization: str) -> str:
     return key_authorization
 
 
+# The characters of _UNSAFE_CATEGORIES in ASCII: C0 controls and DEL (Cc).
+_ASCII_UNSAFE = {code: "?" for code in (*range(0x20), 0x7F)}
+
+
 def _replace_unsafe(text: str) -> str:
+    if text.isascii():  # most text, and a character at a time is slow
+        return text.translate(_ASCII_UNSAFE)
     return "".join("?" if unicodedata.category(ch) in _UNSAFE_CATEGORIES else ch for ch in text)
 
 

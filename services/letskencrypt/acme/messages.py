@@ -250,12 +250,13 @@ def check_url(url: object, base: str, what: str) -> str:
     """
     if not isinstance(url, str):
         raise AcmeError(f"CA sent {_a(what)} URL that is not a string")
-    shown = safe_text(url, 200)
     if not well_formed(url):
-        raise AcmeError(f"CA sent a malformed {what} URL {shown!r}")
+        raise AcmeError(f"CA sent a malformed {what} URL {safe_text(url, 200)!r}")
     try:
         if origin(url) != origin(base):
-            raise AcmeError(f"{what} URL {shown!r} is not on the CA's origin {base!r}")
+            raise AcmeError(
+                f"{what} URL {safe_text(url, 200)!r} is not on the CA's origin {base!r}"
+            )
     except InputError as error:
         raise AcmeError(f"unusable {what} URL: {error}") from None
     return url
