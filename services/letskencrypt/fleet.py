@@ -8,12 +8,12 @@ told every certificate's settings, opens what each needs, confines itself
 once to all their paths and serves each certificate while that
 certificate's run lasts.  keyproc is one process per certificate, forked
 when that certificate's turn comes: no process ever holds two domain keys.
-Each certificate's edge tokens are made by a short-lived dealer process
-(never here) and reach only that certificate's keyproc and the shared
-roles.  A shared role's servicer for a certificate knows that certificate
-alone: its acctproc signs orders for its names only and a finalize only for
-its own keyproc's key, its fileproc writes its certificate directory only,
-its chngproc its challenge directory only.  So an attacker in a shared role
+Each certificate's edge tokens are made by a dealer process (never here)
+and reach only that certificate's keyproc and the shared roles.  A shared
+role's servicer for a certificate knows that certificate alone: its
+acctproc signs orders for its names only and a finalize only for its own
+keyproc's key, its fileproc writes its certificate directory only, its
+chngproc its challenge directory only.  So an attacker in a shared role
 may do to every certificate of the run what one certificate's role may do
 to that one, and still reads no domain key; the account (one per
 authority) is shared anyway.
@@ -44,6 +44,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -62,6 +63,7 @@ from letskencrypt.constants import (
 from letskencrypt.errors import LetskencryptError, plain_words
 from letskencrypt.filestore import CertDir
 from letskencrypt.fsutil import make_directories, write_all
+from letskencrypt.linux import PR_SET_PDEATHSIG, prctl
 from letskencrypt.options import installed_ari_cert_id
 from letskencrypt.relay import Relay
 from letskencrypt.renewal import Decision, decide, load_certificate_file, load_chain_file
@@ -360,13 +362,13 @@ class SharedRun:
     """The due certificates of a run, by one set of roles (host.py).
 
     Every role but keyproc is forked once, before any token exists, and
-    told every certificate's settings; then, `concurrency` certificates at
-    a time, each gets a keyproc of its own, forked from this process (which
-    holds no token and reads no key), and a dealer: a child that makes that
-    certificate's edge tokens, writes each role its own, and exits, so that
-    no token is ever in this process's memory and no keyproc inherits
-    another certificate's.  netproc runs each certificate in a thread of
-    its own and says, in its result line, how it ended; once that
+    told every certificate's settings; so is the Dealer.  Then,
+    `concurrency` certificates at a time, each gets a keyproc of its own,
+    forked from this process (which holds no token and reads no key), and
+    the dealer makes that certificate's edge tokens and writes each role
+    its own: no token is ever in this process's memory, and no keyproc
+    inherits another certificate's.  netproc runs each certificate in a
+    thread of its own and says, in its result line, how it ended; once that
     certificate's keyproc has exited too, it is done.
     """
 
@@ -382,6 +384,7 @@ class SharedRun:
         self.started = 0
         # Why the shared roles can no longer serve (one died), if so.
         self.broken: str | None = None
+        self.dealer: Dealer | None = None
         self.made: set[str] = set()
 
     def start(self) -> None:
@@ -404,6 +407,7 @@ class SharedRun:
             self.relay.add(role, forked.stderr, counts=spec.drives, shared=True)
             self.shared[role] = forked
             self.children[forked.pid] = role
+        self.dealer = Dealer.start(self, os.getpid())
         for role, forked in self.shared.items():
             document = host.run_document(
                 role,
@@ -498,43 +502,11 @@ class SharedRun:
         self.children[keyproc.pid] = instance
         flight = Flight(job, instance, keyproc, installed_set(job.cert_dir))
         self.flights[instance] = flight
-        dealer = os.fork()
-        if dealer == 0:
-            os._exit(self.deal(flight))
-        _, status = os.waitpid(dealer, 0)
         assert keyproc.stdin is not None
+        if not self.dealer.deal(instance, keyproc.stdin.fileno()):
+            self.broken = "could not hand a certificate its tokens"
         keyproc.stdin.close()
         keyproc.stdin = None
-        if os.waitstatus_to_exitcode(status) != 0:
-            self.broken = "could not hand a certificate its tokens"
-
-    def deal(self, flight: Flight) -> int:
-        """In the dealer: this certificate's tokens, to its roles; our status."""
-        try:
-            edge_tokens = {name: secrets.token_urlsafe(32) for name in EDGES}
-            server_tokens = {name: secrets.token_urlsafe(32) for name in EDGES}
-            run_user = self.fleet.run_user
-            document = launch.role_document(
-                "keyproc",
-                self.run_dir,
-                flight.job.settings["keyproc"],
-                verbosity=self.fleet.verbosity,
-                run_user=(run_user.uid, run_user.gid) if run_user else None,
-                supervisor_pid=os.getppid(),
-                edge_tokens=edge_tokens,
-                server_tokens=server_tokens,
-                instance=flight.instance,
-            )
-            assert flight.keyproc.stdin is not None
-            with contextlib.suppress(BrokenPipeError):  # it died: its status says why
-                write_all(flight.keyproc.stdin.fileno(), json.dumps(document).encode())
-            for role, forked in self.shared.items():
-                line = host.certificate_document(role, flight.instance, edge_tokens, server_tokens)
-                assert forked.stdin is not None
-                write_all(forked.stdin.fileno(), (json.dumps(line) + "\n").encode())
-        except BaseException:
-            return EXIT_FAILED
-        return 0
 
     def exited(self, pid: int, code: int) -> None:
         who = self.children.pop(pid, None)
@@ -605,6 +577,8 @@ class SharedRun:
     def end(self) -> None:
         """Tell the shared roles no certificate is left, wait for them (and
         whatever keyproc is left), then make sure nothing is."""
+        if self.dealer is not None:
+            self.dealer.close()
         for forked in self.shared.values():
             if forked.stdin is not None:
                 with contextlib.suppress(OSError):
@@ -629,3 +603,80 @@ class SharedRun:
             # Empty unless a certificate was installed: a failed run leaves no trace.
             with contextlib.suppress(OSError):
                 os.rmdir(cert_dir)
+
+
+class Dealer:
+    """The child that makes each certificate's edge tokens and writes each
+    role its own (fleet.SharedRun): forked before any token exists, it
+    holds the write ends of the shared roles' stdin, and gets each keyproc's
+    stdin over a socket pair as that certificate's turn comes.  So the
+    supervisor never holds a token, and no keyproc, forked from the
+    supervisor, inherits one."""
+
+    def __init__(self, pid: int, channel: socket.socket) -> None:
+        self.pid = pid
+        self.channel = channel
+
+    @classmethod
+    def start(cls, run: "SharedRun", supervisor: int) -> "Dealer":
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            status = EXIT_FAILED
+            try:
+                ours.close()
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+                if os.getppid() == supervisor:
+                    status = deal_until_closed(run, supervisor, theirs)
+            finally:
+                os._exit(status)
+        theirs.close()
+        return cls(pid, ours)
+
+    def deal(self, instance: int, keyproc_stdin: int) -> bool:
+        """Have the certificate `instance`'s tokens made and handed out;
+        whether that was done."""
+        try:
+            socket.send_fds(self.channel, [str(instance).encode()], [keyproc_stdin])
+            return self.channel.recv(16) == b"dealt"
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        self.channel.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+def deal_until_closed(run: "SharedRun", supervisor: int, channel: socket.socket) -> int:
+    """In the dealer: for each certificate asked for, its tokens, to its
+    keyproc (on the descriptor that came with the request) and to the shared
+    roles; then "dealt" back."""
+    run_user = run.fleet.run_user
+    while True:
+        data, fds, _flags, _address = socket.recv_fds(channel, 32, 1)
+        if not data:
+            return 0
+        instance = int(data)
+        job = run.jobs[instance]
+        edge_tokens = {name: secrets.token_urlsafe(32) for name in EDGES}
+        server_tokens = {name: secrets.token_urlsafe(32) for name in EDGES}
+        document = launch.role_document(
+            "keyproc",
+            run.run_dir,
+            job.settings["keyproc"],
+            verbosity=run.fleet.verbosity,
+            run_user=(run_user.uid, run_user.gid) if run_user else None,
+            supervisor_pid=supervisor,
+            edge_tokens=edge_tokens,
+            server_tokens=server_tokens,
+            instance=instance,
+        )
+        with contextlib.suppress(BrokenPipeError):  # it died: its status says why
+            write_all(fds[0], json.dumps(document).encode())
+        os.close(fds[0])
+        for role, forked in run.shared.items():
+            line = host.certificate_document(role, instance, edge_tokens, server_tokens)
+            assert forked.stdin is not None
+            write_all(forked.stdin.fileno(), (json.dumps(line) + "\n").encode())
+        channel.send(b"dealt")
