@@ -3,6 +3,7 @@ edge; each call reaches the servicers of the certificate whose edge token it
 carries, and nobody else's (rpc.SharedServers)."""
 
 import secrets
+import shutil
 import tempfile
 import threading
 import time
@@ -12,7 +13,14 @@ from pathlib import Path
 import grpc
 import pytest
 from letskencrypt import rpc
-from letskencrypt.v1 import resolver_pb2, resolver_pb2_grpc
+from letskencrypt.v1 import (
+    domainkey_pb2,
+    domainkey_pb2_grpc,
+    keyinfo_pb2,
+    keyinfo_pb2_grpc,
+    resolver_pb2,
+    resolver_pb2_grpc,
+)
 
 
 class Answers(resolver_pb2_grpc.ResolverServicer):
@@ -238,3 +246,83 @@ def test_a_certificate_a_shared_role_cannot_prepare_is_refused_with_why(
         thread.join(timeout=10)
         os.close(read_end)
     assert not thread.is_alive()
+
+
+# --- one server for a role's several edges (keyproc) ----------------------------------
+
+
+class KeyInfo(keyinfo_pb2_grpc.KeyInfoServicer):
+    def Describe(
+        self, request: keyinfo_pb2.KeyInfoRequest, context: grpc.ServicerContext
+    ) -> keyinfo_pb2.KeyInfoReply:
+        return keyinfo_pb2.KeyInfoReply(public_key_der=b"public", names=["a.test"])
+
+
+class DomainKey(domainkey_pb2_grpc.DomainKeyServicer):
+    def Csr(
+        self, request: domainkey_pb2.CsrRequest, context: grpc.ServicerContext
+    ) -> domainkey_pb2.CsrReply:
+        return domainkey_pb2.CsrReply(der=b"csr")
+
+
+@pytest.fixture
+def keyproc_like() -> Iterator[tuple[str, dict[str, str]]]:
+    run_dir = tempfile.mkdtemp(prefix="lk-", dir="/tmp")
+    for edge in ("key", "keyinfo"):
+        (Path(run_dir) / edge).mkdir()
+    tokens = {edge: secrets.token_urlsafe(32) for edge in ("key", "keyinfo")}
+    servers = {edge: secrets.token_urlsafe(32) for edge in ("key", "keyinfo")}
+    rpc.use_edge_tokens(tokens, servers)
+    services = {
+        "key": [(domainkey_pb2_grpc.add_DomainKeyServicer_to_server, DomainKey())],
+        "keyinfo": [(keyinfo_pb2_grpc.add_KeyInfoServicer_to_server, KeyInfo())],
+    }
+    server = rpc._serve_by_token(run_dir, services, rpc.Stopper(), None)
+    try:
+        yield run_dir, tokens
+    finally:
+        server.stop(None)
+        rpc.use_edge_tokens({})
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_one_server_serves_each_edge_what_its_token_allows(
+    keyproc_like: tuple[str, dict[str, str]],
+) -> None:
+    run_dir, tokens = keyproc_like
+    key = rpc.connect(run_dir, "key")
+    info = rpc.connect(run_dir, "keyinfo")
+    assert rpc.call(domainkey_pb2_grpc.DomainKeyStub(key).Csr, domainkey_pb2.CsrRequest(),
+                    peer="keyproc").der == b"csr"  # fmt: skip
+    assert rpc.call(keyinfo_pb2_grpc.KeyInfoStub(info).Describe, keyinfo_pb2.KeyInfoRequest(),
+                    peer="keyproc").names == ["a.test"]  # fmt: skip
+    # The keyinfo edge's caller (certproc) reaches no DomainKey method, even
+    # on the key edge's socket.
+    socket = f"unix:{rpc.socket_path(run_dir, 'key')}"
+    for token, code in (
+        (tokens["keyinfo"], grpc.StatusCode.UNIMPLEMENTED),
+        ("x" * 43, grpc.StatusCode.UNAUTHENTICATED),
+    ):
+        with grpc.insecure_channel(socket) as channel, pytest.raises(grpc.RpcError) as refused:
+            domainkey_pb2_grpc.DomainKeyStub(channel).Csr(
+                domainkey_pb2.CsrRequest(), timeout=5,
+                metadata=((rpc.TOKEN_METADATA, token),),
+            )  # fmt: skip
+        assert refused.value.code() == code
+    key.close()
+    info.close()
+
+
+def test_each_edge_keeps_its_own_size_cap_on_a_shared_server(
+    keyproc_like: tuple[str, dict[str, str]],
+) -> None:
+    run_dir, tokens = keyproc_like
+    # Under the key edge's 64 KiB, over the keyinfo edge's 16 KiB.
+    # An unknown field 99 (length-delimited) of 32 KiB: still a valid request.
+    padded = b"\x9a\x06\x80\x80\x02" + b"x" * 32768
+    socket = f"unix:{rpc.socket_path(run_dir, 'keyinfo')}"
+    with grpc.insecure_channel(socket) as channel, pytest.raises(grpc.RpcError) as refused:
+        channel.unary_unary("/letskencrypt.v1.KeyInfo/Describe")(
+            padded, timeout=5, metadata=((rpc.TOKEN_METADATA, tokens["keyinfo"]),)
+        )
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -315,6 +315,11 @@ def _new_server(
 
 
 def _listen(server: grpc.Server, path: str) -> None:
+    _bind(server, path)
+    server.start()
+
+
+def _bind(server: grpc.Server, path: str) -> None:
     if os.path.lexists(path):
         os.unlink(path)
     try:
@@ -324,7 +329,6 @@ def _listen(server: grpc.Server, path: str) -> None:
         raise RpcError(
             f"cannot listen on {path} (is {os.path.dirname(path)} writable by this role?)"
         ) from None
-    server.start()
 
 
 _after_serving: Callable[[], object] | None = None
@@ -357,11 +361,74 @@ def serve_until_stopped(
     """
     stopper = Stopper()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stopper.stop(failed=True))
-    servers = [
-        serve(run_dir, edge, servicers, stopper, instance) for edge, servicers in services.items()
-    ]
+    if len(services) > 1 and all(_edge_token(edge) for edge in services):
+        servers = [_serve_by_token(run_dir, services, stopper, instance)]
+    else:
+        servers = [
+            serve(run_dir, edge, servicers, stopper, instance)
+            for edge, servicers in services.items()
+        ]
     served()
     return _wait_and_stop(stopper, servers)
+
+
+def _serve_by_token(
+    run_dir: str, services: "Services", stopper: Stopper, instance: int | None
+) -> grpc.Server:
+    """Natively, a role serving several edges (keyproc) needs no server per
+    edge: one server listens on each edge's socket, and a call's edge token
+    says which edge's servicers it reaches (each edge's size cap kept)."""
+    router = _EdgeRouter()
+    for edge, servicers in services.items():
+        collector = _Collector()
+        for register, servicer in servicers:
+            register(servicer, collector)
+        lifecycle_pb2_grpc.add_LifecycleServicer_to_server(stopper, collector)
+        token = _edge_token(edge)
+        assert token is not None
+        router.edges.append((token.encode(), edge, collector.handlers))
+    largest = max((EDGES[edge] for edge in services), key=lambda edge: edge.max_message)
+    server = _new_server(largest, [], concurrent_rpcs=4 * len(services))
+    server.add_generic_rpc_handlers((router,))
+    for edge in services:
+        _bind(server, socket_path(run_dir, edge, instance))
+    server.start()
+    return server
+
+
+class _EdgeRouter(grpc.GenericRpcHandler):
+    """The one server of _serve_by_token: a call goes to the servicers of
+    the edge whose token it carries, with that edge's server token; one
+    without a known token gets UNAUTHENTICATED, one larger than its edge
+    allows RESOURCE_EXHAUSTED."""
+
+    def __init__(self) -> None:
+        self.edges: list[tuple[bytes, str, list[grpc.GenericRpcHandler]]] = []
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        supplied = str(metadata.get(TOKEN_METADATA, "")).encode()
+        found = None
+        for token, edge, handlers in self.edges:  # every one compared: no early exit to time
+            if hmac.compare_digest(supplied, token):
+                found = (edge, handlers)
+        if found is None:
+            return grpc.unary_unary_rpc_method_handler(_refuse_stranger)
+        edge, handlers = found
+        method = _method_of(handlers, handler_call_details)
+        if method is None:
+            return None
+        limit = EDGES[edge].max_message
+        server_token = _server_token(edge)
+
+        def on_edge(request: bytes, context: grpc.ServicerContext) -> Any:
+            if len(request) > limit:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than the edge allows")
+            return _invoke(method, request, context, server_token)
+
+        return grpc.unary_unary_rpc_method_handler(on_edge)
 
 
 def served() -> None:
@@ -512,22 +579,38 @@ class _Router(grpc.GenericRpcHandler):
         assert route is not None
         if not route.ready.wait(max(deadline - time.monotonic(), 0.0)):
             context.abort(grpc.StatusCode.UNAVAILABLE, "not ready for this certificate")
-        method = None
-        for handler in route.handlers:
-            method = handler.service(details)
-            if method is not None and method.unary_unary is not None:
-                break
-        if method is None or method.unary_unary is None:
+        method = _method_of(route.handlers, details)
+        if method is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "no such method")
-        assert method is not None and method.unary_unary is not None
+        assert method is not None
         server_token = route.certificate.server_tokens.get(self.edge)
-        if server_token:
-            context.send_initial_metadata(((SERVER_TOKEN_METADATA, server_token),))
-        decode = method.request_deserializer
         with for_certificate(route.certificate):
-            reply = method.unary_unary(decode(request) if decode else request, context)
-        encode = method.response_serializer
-        return encode(reply) if encode else reply
+            return _invoke(method, request, context, server_token)
+
+
+def _method_of(
+    handlers: list[grpc.GenericRpcHandler], details: grpc.HandlerCallDetails
+) -> grpc.RpcMethodHandler | None:
+    """The unary handler of the method called, from a _Collector's handlers."""
+    for handler in handlers:
+        method = handler.service(details)
+        if method is not None and method.unary_unary is not None:
+            return method
+    return None
+
+
+def _invoke(
+    method: grpc.RpcMethodHandler,
+    request: bytes,
+    context: grpc.ServicerContext,
+    server_token: str | None,
+) -> Any:
+    """Call `method` on the call's raw bytes, sending the server token first."""
+    if server_token:
+        context.send_initial_metadata(((SERVER_TOKEN_METADATA, server_token),))
+    decode, encode = method.request_deserializer, method.response_serializer
+    reply = method.unary_unary(decode(request) if decode else request, context)
+    return encode(reply) if encode else reply
 
 
 class SharedServers:
