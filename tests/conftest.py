@@ -3,9 +3,11 @@
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +104,29 @@ class Result:
 def paths(tmp_path: Path, pebble: Pebble) -> Paths:
     tmp_path.chmod(0o755)
     return Paths(base=tmp_path, challenge_dir=pebble.challenge_dir)
+
+
+def stop_when(
+    process: "subprocess.Popen[str]",
+    ready: Callable[[], object],
+    signum: int = signal.SIGTERM,
+    poll: float = 0.05,
+) -> str:
+    """Wait (RUN_TIMEOUT at most) until `ready()` is true while `process`
+    runs, send it `signum`, and return its stderr once it has ended (killed
+    if it has not within 60 s)."""
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not ready() and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()[1]
+            time.sleep(poll)
+        assert ready(), "never ready to be stopped"
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return stderr
 
 
 def run_client(

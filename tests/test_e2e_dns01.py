@@ -26,6 +26,7 @@ from tests.conftest import (
     Result,
     run_client,
     run_config,
+    stop_when,
     without_terms,
     write_config,
 )
@@ -233,17 +234,7 @@ def test_sigterm_during_the_propagation_check_leaves_no_record(
             "--dns-propagation-timeout", "100", f"www.{ZONE}",
         ]  # fmt: skip
         process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + RUN_TIMEOUT
-            while not acme_records(named) and time.monotonic() < deadline:
-                assert process.poll() is None, process.communicate()[1]
-                time.sleep(0.05)
-            assert acme_records(named), "the record was never published"
-            process.send_signal(signal.SIGTERM)
-            _, stderr = process.communicate(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
+        stderr = stop_when(process, lambda: acme_records(named))
     assert process.returncode == -signal.SIGTERM, stderr
     assert acme_records(named) == {}, stderr
     assert not (paths.cert_dir / "cert.pem").exists()
@@ -381,17 +372,7 @@ def test_sigterm_to_a_config_run_withdraws_every_certificate_s_record(
         process = subprocess.Popen(
             [LETSKENCRYPT, "--config", str(config), "-n", "-N"], stderr=subprocess.PIPE, text=True
         )
-        try:
-            deadline = time.monotonic() + RUN_TIMEOUT
-            while len(acme_records(named)) < 2 and time.monotonic() < deadline:
-                assert process.poll() is None, process.communicate()[1]
-                time.sleep(0.05)
-            assert len(acme_records(named)) == 2, "both records were never published"
-            process.send_signal(signal.SIGTERM)
-            _, stderr = process.communicate(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
+        stderr = stop_when(process, lambda: len(acme_records(named)) == 2)
     assert process.returncode == -signal.SIGTERM, stderr
     assert acme_records(named) == {}, stderr
     for handle in ("one", "two"):

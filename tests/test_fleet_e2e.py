@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from tests.conftest import LETSKENCRYPT
+from tests.conftest import LETSKENCRYPT, stop_when
 from tests.pebble import Pebble
 
 RUN_TIMEOUT = 600
@@ -288,17 +288,8 @@ def test_sigterm_mid_run_ends_every_certificate_cleanly(pebble: Pebble, base: Pa
         [LETSKENCRYPT, "--config", str(config), "-n", "-N", "-j", "4"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmpdir)},
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + RUN_TIMEOUT
-        installed = lambda: [s for s in fleet if (base / "certs" / s.handle / "cert.pem").exists()]  # noqa: E731
-        while not installed() and time.monotonic() < deadline:
-            assert process.poll() is None, process.communicate()[1]
-            time.sleep(0.01)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    installed = lambda: [s for s in fleet if (base / "certs" / s.handle / "cert.pem").exists()]  # noqa: E731
+    stderr = stop_when(process, installed, poll=0.01)
     assert process.returncode == -signal.SIGTERM, stderr
     done = installed()
     assert 0 < len(done) < len(fleet), stderr
