@@ -534,6 +534,10 @@ class SharedRun:
             self.fleet.role_failed = True
 
     def land_finished(self) -> None:
+        if self.fleet.interrupted is not None and self.shared_alive():
+            # What became of each certificate is known once fileproc and
+            # certproc are gone (an install may still be under way).
+            return
         for instance, flight in list(self.flights.items()):
             handle = flight.job.handle
             if flight.status is None:
@@ -544,6 +548,9 @@ class SharedRun:
                 continue  # netproc has not said yet
             del self.flights[instance]
             self.land(flight)
+
+    def shared_alive(self) -> bool:
+        return any(isinstance(who, str) for who in self.children.values())
 
     def land(self, flight: Flight) -> None:
         job, fleet = flight.job, self.fleet
