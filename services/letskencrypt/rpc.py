@@ -380,13 +380,9 @@ def _serve_by_token(
     says which edge's servicers it reaches (each edge's size cap kept)."""
     router = _EdgeRouter()
     for edge, servicers in services.items():
-        collector = _Collector()
-        for register, servicer in servicers:
-            register(servicer, collector)
-        lifecycle_pb2_grpc.add_LifecycleServicer_to_server(stopper, collector)
         token = _edge_token(edge)
         assert token is not None
-        router.edges.append((token.encode(), edge, collector.handlers))
+        router.edges.append((token.encode(), edge, _handlers(servicers, stopper)))
     largest = max((EDGES[edge] for edge in services), key=lambda edge: edge.max_message)
     server = _new_server(largest, [], concurrent_rpcs=4 * len(services))
     server.add_generic_rpc_handlers((router,))
@@ -512,6 +508,18 @@ class _Collector:
 
     def add_registered_method_handlers(self, _service: str, _handlers: object) -> None:
         pass  # the generic handler above serves the same methods
+
+
+def _handlers(
+    servicers: list[tuple[Registrar, Any]], stopper: Stopper
+) -> list[grpc.GenericRpcHandler]:
+    """The handlers of `servicers` and of Lifecycle (Stop sets `stopper`),
+    for a router to pick from (_method_of)."""
+    collector = _Collector()
+    for register, servicer in servicers:
+        register(servicer, collector)
+    lifecycle_pb2_grpc.add_LifecycleServicer_to_server(stopper, collector)
+    return collector.handlers
 
 
 @dataclass
@@ -653,15 +661,12 @@ class SharedServers:
         `refusal`, answer its every call but Stop with that one line); Stop
         sets `stopper`."""
         for edge, router in self.routers.items():
-            collector = _Collector()
+            servicers = (services or {}).get(edge, [])
             if refusal is not None:
-                _add_refusal(refusal, collector)  # type: ignore[arg-type]
-            for register, servicer in (services or {}).get(edge, []):
-                register(servicer, collector)
-            lifecycle_pb2_grpc.add_LifecycleServicer_to_server(stopper, collector)
+                servicers = [(_add_refusal, refusal)]
             with router.changed:
                 route = router.routes[instance]
-            route.handlers = collector.handlers
+            route.handlers = _handlers(servicers, stopper)
             route.ready.set()
 
     def remove(self, instance: int) -> None:
