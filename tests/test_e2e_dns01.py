@@ -374,6 +374,7 @@ def test_sigterm_to_a_config_run_withdraws_every_certificate_s_record(
         )
         stderr = stop_when(process, lambda: len(acme_records(named)) == 2)
     assert process.returncode == -signal.SIGTERM, stderr
+    assert "did not stop" not in stderr
     assert acme_records(named) == {}, stderr
     for handle in ("one", "two"):
         assert (f"letskencrypt: {handle}: interrupted by SIGTERM; no certificate was installed "

@@ -291,6 +291,7 @@ def test_sigterm_mid_run_ends_every_certificate_cleanly(pebble: Pebble, base: Pa
     installed = lambda: [s for s in fleet if (base / "certs" / s.handle / "cert.pem").exists()]  # noqa: E731
     stderr = stop_when(process, installed, poll=0.01)
     assert process.returncode == -signal.SIGTERM, stderr
+    assert "did not stop" not in stderr
     done = installed()
     assert 0 < len(done) < len(fleet), stderr
     for site in fleet:

@@ -4,6 +4,8 @@ carries, and nobody else's (rpc.SharedServers)."""
 
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -326,3 +328,62 @@ def test_each_edge_keeps_its_own_size_cap_on_a_shared_server(
             padded, timeout=5, metadata=((rpc.TOKEN_METADATA, tokens["keyinfo"]),)
         )
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+
+# A SIGTERM that lands on a thread other than the main one (gRPC's, a
+# certificate's) while the main thread waits on stdin or for the threads.
+SIGTERM_ON_ANOTHER_THREAD = """
+import os, signal, sys, threading, time
+from letskencrypt import host
+
+def on_sigterm(_signum, _frame):
+    raise host.Stopped
+
+def sigterm_from_here():
+    time.sleep(0.3)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+signal.signal(signal.SIGTERM, on_sigterm)
+never = threading.Thread(target=threading.Event().wait, daemon=True)
+never.start()
+started = time.monotonic()
+threading.Thread(target=sigterm_from_here).start()
+try:
+    if sys.argv[1] == "stdin":
+        read_end, _write_end = os.pipe()
+        host.Lines(read_end).next(1024)
+    else:
+        host.join_all([never])
+except host.Stopped:
+    print(f"stopped after {time.monotonic() - started:.2f} s")
+"""
+
+
+@pytest.mark.parametrize("waiting_on", ["stdin", "threads"])
+def test_a_sigterm_on_another_thread_reaches_a_main_thread_that_waits(waiting_on: str) -> None:
+    """CPython runs a handler in the main thread only once it is back in
+    Python code: a shared role waiting on stdin or for its certificates'
+    threads must still stop at once (it waited for the supervisor's SIGKILL)."""
+    completed = subprocess.run(
+        [sys.executable, "-c", SIGTERM_ON_ANOTHER_THREAD, waiting_on],
+        capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+    assert completed.stdout.startswith("stopped after "), completed
+    assert float(completed.stdout.split()[2]) < 1.5, completed.stdout
+
+
+def test_a_wait_for_a_peer_that_never_comes_ends_when_the_role_is_told_to_stop(
+    run_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """certproc waits for fileproc's socket; stopped meanwhile (fileproc is
+    stopping too and may never bind it), it gives up at once, not after its
+    ready timeout."""
+    monkeypatch.setattr(rpc, "STOPPING", threading.Event())
+    channel = rpc.connect(run_dir, "dns", 0)
+    threading.Timer(0.2, rpc.STOPPING.set).start()
+    started = time.monotonic()
+    with pytest.raises(rpc.RpcError, match="stopped while waiting"):
+        rpc.wait_ready({"dns": channel}, 30)
+    assert time.monotonic() - started < 2
+    channel.close()

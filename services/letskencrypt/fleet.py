@@ -461,7 +461,8 @@ class SharedRun:
                     self.interrupt()
                     stop_deadline = time.monotonic() + STOP_GRACE
             elif time.monotonic() > stop_deadline:
-                fleet.say(None, "the roles did not stop; killing them")
+                alive = sorted({who for who in self.children.values() if isinstance(who, str)})
+                fleet.say(None, f"{', '.join(alive) or 'keyproc'} did not stop; killing the roles")
                 self.signal(signal.SIGKILL)
                 stop_deadline = math.inf
             while (

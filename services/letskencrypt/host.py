@@ -35,6 +35,7 @@ result line per certificate.
 import dataclasses
 import json
 import os
+import select
 import signal
 import sys
 import threading
@@ -52,6 +53,12 @@ from letskencrypt.settings import RoleSettings, decode, encode
 MAX_RUN_DOCUMENT = 64 * 1024 * 1024
 MAX_CERTIFICATE_DOCUMENT = 64 * 1024
 MAX_CERTIFICATES = 10_000
+
+# How long the main thread waits at most before it looks for a signal.  A
+# process-directed SIGTERM may land on any thread (gRPC's, a certificate's);
+# CPython then runs the handler in the main thread only once that thread is
+# back in Python code, so it must never wait without a bound (stdin, a join).
+SIGNAL_CHECK = 0.2
 
 
 def run_document(
@@ -110,6 +117,8 @@ class Lines:
         while b"\n" not in self.buffer:
             if len(self.buffer) > limit:
                 raise InputError(f"a document of more than {limit} bytes on stdin")
+            while not select.select([self.fd], [], [], SIGNAL_CHECK)[0]:
+                pass
             chunk = os.read(self.fd, 64 * 1024)
             if not chunk:
                 if self.buffer:
@@ -171,6 +180,13 @@ def read_certificate(
         return value
 
     return rpc.Certificate(instance, tokens("edge_tokens"), tokens("server_tokens"), shared)
+
+
+def join_all(threads: list[threading.Thread]) -> None:
+    """Wait for `threads` to end, looking for signals meanwhile (SIGNAL_CHECK)."""
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(SIGNAL_CHECK)
 
 
 def union(configs: list[RoleConfig]) -> RoleConfig:
@@ -238,8 +254,7 @@ class Host:
             reading = False
         except Stopped:
             pass
-        for thread in self.threads:
-            thread.join()
+        join_all(self.threads)
         self.servers.stop()
 
     def serve_certificate(self, certificate: rpc.Certificate) -> None:
@@ -260,7 +275,8 @@ class Host:
                     serving = prepared()
                 except Exception as error:
                     message = process.failure_message(error)
-                    self.logs[instance].error(message)
+                    if not rpc.STOPPING.is_set():  # else the supervisor says it was cut short
+                        self.logs[instance].error(message)
                     self.servers.add(instance, stopper, refusal=message)
                 else:
                     self.servers.add(instance, stopper, serving.services)
@@ -275,6 +291,7 @@ class Host:
 
     def stop_all(self) -> None:
         """SIGTERM: every certificate's run is over, failed."""
+        rpc.STOPPING.set()
         with self.lock:
             self.stopping = True
             stoppers = list(self.stoppers.values())

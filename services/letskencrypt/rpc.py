@@ -63,6 +63,9 @@ RECONNECT_BACKOFF_MS = 20
 MAX_RECONNECT_BACKOFF_MS = 500
 # How often wait_ready tries a peer's socket with a plain connect().
 READY_POLL = 0.002
+# Set once this process is told to stop (SIGTERM): whoever still waits for a
+# peer to come up gives up at once (the peer may never come: it is stopping too).
+STOPPING = threading.Event()
 
 
 class RpcError(LetskencryptError):
@@ -360,7 +363,12 @@ def serve_until_stopped(
     Returns whether the run failed, so roles can clean up accordingly.
     """
     stopper = Stopper()
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: stopper.stop(failed=True))
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        STOPPING.set()
+        stopper.stop(failed=True)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     if len(services) > 1 and all(_edge_token(edge) for edge in services):
         servers = [_serve_by_token(run_dir, services, stopper, instance)]
     else:
@@ -479,7 +487,12 @@ def refuse_until_stopped(
     Returns whether the run failed, as serve_until_stopped does.
     """
     stopper = Stopper()
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: stopper.stop(failed=True))
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        STOPPING.set()
+        stopper.stop(failed=True)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     servers = [serve(run_dir, edge, [(_add_refusal, message)], stopper, instance) for edge in edges]
     return _wait_and_stop(stopper, servers)
 
@@ -809,8 +822,8 @@ def wait_ready(
     starting = [path for channel in channels.values() if (path := _sockets.get(channel))]
     while starting and time.monotonic() < deadline:
         starting = [path for path in starting if not _accepts(path)]
-        if starting:
-            time.sleep(READY_POLL)
+        if starting and STOPPING.wait(READY_POLL):
+            raise RpcError("stopped while waiting for its peers to come up")
     pending = {name: grpc.channel_ready_future(ch) for name, ch in channels.items()}
     for name, ready in pending.items():
         try:

@@ -1104,8 +1104,7 @@ def drive_each(
             threads.append(thread)
             started.append(certificate.instance)
             thread.start()
-        for thread in threads:
-            thread.join()
+        host.join_all(threads)
     except Stopped:
         for dns in list(ACTIVE_DNS):
             dns.interrupted = True
