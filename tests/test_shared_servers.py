@@ -335,7 +335,7 @@ def test_each_edge_keeps_its_own_size_cap_on_a_shared_server(
 # certificate's) while the main thread waits on stdin or for the threads.
 SIGTERM_ON_ANOTHER_THREAD = """
 import os, signal, sys, threading, time
-from letskencrypt import host
+from letskencrypt import host, process
 
 def on_sigterm(_signum, _frame):
     raise host.Stopped
@@ -353,18 +353,21 @@ try:
     if sys.argv[1] == "stdin":
         read_end, _write_end = os.pipe()
         host.Lines(read_end).next(1024)
+    elif sys.argv[1] == "threads":
+        process.join_all([never])
     else:
-        host.join_all([never])
+        process.sleep(30)
 except host.Stopped:
     print(f"stopped after {time.monotonic() - started:.2f} s")
 """
 
 
-@pytest.mark.parametrize("waiting_on", ["stdin", "threads"])
+@pytest.mark.parametrize("waiting_on", ["stdin", "threads", "sleep"])
 def test_a_sigterm_on_another_thread_reaches_a_main_thread_that_waits(waiting_on: str) -> None:
     """CPython runs a handler in the main thread only once it is back in
     Python code: a shared role waiting on stdin or for its certificates'
-    threads must still stop at once (it waited for the supervisor's SIGKILL)."""
+    threads, or netproc between two polls of the CA, must still stop at once
+    (a shared role sat until the supervisor's SIGKILL)."""
     completed = subprocess.run(
         [sys.executable, "-c", SIGTERM_ON_ANOTHER_THREAD, waiting_on],
         capture_output=True, text=True, timeout=10, check=False,

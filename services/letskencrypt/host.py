@@ -54,12 +54,6 @@ MAX_RUN_DOCUMENT = 64 * 1024 * 1024
 MAX_CERTIFICATE_DOCUMENT = 64 * 1024
 MAX_CERTIFICATES = 10_000
 
-# How long the main thread waits at most before it looks for a signal.  A
-# process-directed SIGTERM may land on any thread (gRPC's, a certificate's);
-# CPython then runs the handler in the main thread only once that thread is
-# back in Python code, so it must never wait without a bound (stdin, a join).
-SIGNAL_CHECK = 0.2
-
 
 def run_document(
     role: str,
@@ -117,7 +111,7 @@ class Lines:
         while b"\n" not in self.buffer:
             if len(self.buffer) > limit:
                 raise InputError(f"a document of more than {limit} bytes on stdin")
-            while not select.select([self.fd], [], [], SIGNAL_CHECK)[0]:
+            while not select.select([self.fd], [], [], process.SIGNAL_CHECK)[0]:
                 pass
             chunk = os.read(self.fd, 64 * 1024)
             if not chunk:
@@ -180,13 +174,6 @@ def read_certificate(
         return value
 
     return rpc.Certificate(instance, tokens("edge_tokens"), tokens("server_tokens"), shared)
-
-
-def join_all(threads: list[threading.Thread]) -> None:
-    """Wait for `threads` to end, looking for signals meanwhile (SIGNAL_CHECK)."""
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(SIGNAL_CHECK)
 
 
 def union(configs: list[RoleConfig]) -> RoleConfig:
@@ -254,7 +241,7 @@ class Host:
             reading = False
         except Stopped:
             pass
-        join_all(self.threads)
+        process.join_all(self.threads)
         self.servers.stop()
 
     def serve_certificate(self, certificate: rpc.Certificate) -> None:

@@ -14,6 +14,8 @@ import platform
 import resource
 import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -37,6 +39,11 @@ from letskencrypt.roles import module_of, spec_of
 from letskencrypt.settings import decode
 
 MAX_CONFIG_BYTES = 64 * 1024
+# How long a role's main thread waits at most before it looks for a signal.
+# A process-directed SIGTERM may land on any thread (gRPC's, a certificate's);
+# CPython runs the handler in the main thread, and only once that thread is
+# back in Python code: so it never waits longer than this at once.
+SIGNAL_CHECK = 0.2
 
 # securebits(7): uid 0 gains nothing by execve, a change of uid does not touch
 # the capability sets, no capability is kept across setuid or raised into the
@@ -392,3 +399,17 @@ def run_role(
     sys.stderr.flush()
     # Skip interpreter teardown: gRPC's threads can make it slow or noisy.
     os._exit(code)
+
+
+def sleep(seconds: float) -> None:
+    """time.sleep, looking for signals meanwhile (SIGNAL_CHECK)."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, SIGNAL_CHECK))
+
+
+def join_all(threads: list[threading.Thread]) -> None:
+    """Wait for `threads` to end, looking for signals meanwhile (SIGNAL_CHECK)."""
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(SIGNAL_CHECK)

@@ -304,7 +304,7 @@ def wait_until_served(
     serves: Callable[[str, int], bool],
     timeout: float,
     *,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = process.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[str]:
     """Ask each server until every one `serves` the record, waiting
@@ -870,6 +870,7 @@ def connect_ca(
         log=log.info,
         notice=log.notice,
         poll_timeout=settings.poll_timeout,
+        sleep=process.sleep,
     )
 
 
@@ -1104,7 +1105,7 @@ def drive_each(
             threads.append(thread)
             started.append(certificate.instance)
             thread.start()
-        host.join_all(threads)
+        process.join_all(threads)
     except Stopped:
         for dns in list(ACTIVE_DNS):
             dns.interrupted = True
