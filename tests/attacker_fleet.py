@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from letskencrypt import host, process, rpc
 from letskencrypt.context import Logger, RoleConfig
 from letskencrypt.roles import netproc
-from letskencrypt.v1 import account_pb2, domainkey_pb2, domainkey_pb2_grpc
+from letskencrypt.v1 import account_pb2, account_pb2_grpc, domainkey_pb2, domainkey_pb2_grpc
 
 NONCE = "QUJDREVGR0hJSktMTU5PUA"
 
@@ -57,7 +57,9 @@ def report(name: str, expect: str, attempt: Callable[[], str]) -> None:
 
 
 def attack(
-    configs: list[RoleConfig], certificates: dict[int, rpc.Certificate], anchors: list[bytes]
+    configs: dict[int, RoleConfig],
+    certificates: dict[int, rpc.Certificate],
+    anchors: dict[int, bytes],
 ) -> None:
     run_dir = configs[0].run_dir
     a, b = certificates[0], certificates[1]
@@ -104,6 +106,24 @@ def attack(
 
     report("acct-b-order-for-a-names", "refused", order_a_names_with_b)
 
+    def account_a_signs_for_b() -> str:
+        # a and b sign with two authorities' accounts: each has an acctproc of
+        # its own (RoleSpec.one_process_per), which knows its certificates'
+        # tokens only.  b's token at a's acctproc: no answer (it waits for a
+        # turn of b that never comes, then refuses), never a signature.
+        assert a.parts["acct"] != b.parts["acct"], (a.parts, b.parts)
+        crossed = rpc.Certificate(1, b.edge_tokens, b.server_tokens, b.shared_edges, a.parts)
+        with rpc.for_certificate(crossed):
+            stub = account_pb2_grpc.AccountStub(rpc.connect(run_dir, "acct", 1))
+        identifiers = [{"type": "dns", "value": name} for name in settings_b.names]
+        payload = json.dumps({"identifiers": identifiers}).encode()
+        request = account_pb2.SignRequest(url=origin + "/order-plz", nonce=NONCE, kid=kid,
+                                          payload=payload)  # fmt: skip
+        reply = rpc.call(stub.Sign, request, peer="acctproc", timeout=3)
+        return f"a's acctproc signed for b with b's token: {reply.protected[:60]}"
+
+    report("acct-a-with-b-token", "refused", account_a_signs_for_b)
+
     def finalize_b_with_a_csr() -> str:
         with rpc.for_certificate(b):
             chain = client_b.issue(
@@ -123,7 +143,8 @@ def attack(
 def main() -> None:
     process.begin("netproc")
     lines = host.Lines(0)
-    configs, shared = host.read_run("netproc", lines)
+    run = host.read_run("netproc", lines)
+    configs, shared = run.configs, run.shared
     process.settle()
     anchors, problems = netproc.every_ca_bundle(configs)
     process.confine(host.union(configs))
@@ -133,7 +154,7 @@ def main() -> None:
         document = lines.next(host.MAX_CERTIFICATE_DOCUMENT)
         assert document is not None, "the run ended before both certificates started"
         documents.append(document)
-        certificate = host.read_certificate(document, len(configs), shared)
+        certificate = host.read_certificate(document, configs, shared)
         certificates[certificate.instance] = certificate
     attack(configs, certificates, anchors)
     sys.stderr.write("ATTACK-DONE\n")

@@ -3,7 +3,9 @@
     python -m tests.compromised_fleet <letskencrypt arguments with --config>
 
 The supervisor, the shared roles and each certificate's keyproc are the
-real ones; only netproc is started as that file instead of forked.
+real ones; only netproc is started as that file instead of forked, and each
+acctproc as tests/spy_role.py (which says what it was given, then serves as
+the real one).
 """
 
 import os
@@ -16,12 +18,15 @@ from letskencrypt.errors import LetskencryptError
 from letskencrypt.relay import Relay
 
 ATTACKER = str(Path(__file__).resolve().with_name("attacker_fleet.py"))
+SPY = str(Path(__file__).resolve().with_name("spy_role.py"))
 
 
 class CompromisedRun(fleet.SharedRun):
     def start_role(self, role: str) -> "launch.ForkedRole | subprocess.Popen[bytes]":
         if role == "netproc":
             return launch.spawn_role(role, argv=[sys.executable, ATTACKER], dies_with_us=True)
+        if role == "acctproc":
+            return launch.spawn_role(role, argv=[sys.executable, SPY, role], dies_with_us=True)
         return super().start_role(role)
 
 

@@ -25,11 +25,14 @@ from tests.test_fleet_e2e import Site, write_config
 
 SITES = [Site("a.fleet.example.org", ["a.fleet.example.org"]),
          Site("b.fleet.example.org", ["b.fleet.example.org"])]  # fmt: skip
+# a and b sign with two authorities' accounts.
+AUTHORITY_OF = {"a.fleet.example.org": "first", "b.fleet.example.org": "second"}
 EXPECTED = {
     "key-a-csr": "allowed",
     "key-b-csr": "allowed",
     "key-b-with-a-token": "refused",
     "acct-b-order-for-a-names": "refused",
+    "acct-a-with-b-token": "refused",
     "acct-b-finalize-with-a-csr": "refused",
 }
 
@@ -44,7 +47,7 @@ def compromised(
         (base / directory).mkdir()
     with Pebble() as pebble:
         pebble.challenge_dir.chmod(0o755)
-        config = write_config(base, pebble, SITES)
+        config = write_config(base, pebble, SITES, authority_of=AUTHORITY_OF)
         completed = subprocess.run(
             [sys.executable, "-m", "tests.compromised_fleet", "--config", str(config), "-n", "-N"],
             cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
@@ -85,3 +88,18 @@ def test_the_run_still_issues_each_certificate_for_its_own_key(
         assert leaf.public_key() == key.public_key()
         names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert names.get_values_for_type(x509.DNSName) == site.names
+
+
+def test_each_account_has_an_acctproc_that_is_given_its_secrets_only(
+    compromised: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    """Two authorities, two account keys: two acctprocs, each told of its
+    own account's certificate only (tests/spy_role.py reports what each was
+    given before it served), so no process ever loads both keys."""
+    base, completed = compromised
+    spied = [json.loads(line.partition("SPY ")[2]) for line in completed.stderr.splitlines()
+             if "SPY {" in line]  # fmt: skip
+    assert len(spied) == 2, completed.stderr[-3000:]
+    given = {tuple(spy["certificates"]): spy["secrets"] for spy in spied}
+    assert given == {(0,): [str(base / "first.pem")], (1,): [str(base / "second.pem")]}, spied
+    assert sorted(spy["part"] for spy in spied) == [0, 1]

@@ -38,19 +38,30 @@ def sites(count: int, prefix: str) -> list[Site]:
 
 
 def write_config(
-    base: Path, pebble: Pebble, sites: list[Site], challenge_dirs: dict[str, Path] | None = None
+    base: Path,
+    pebble: Pebble,
+    sites: list[Site],
+    challenge_dirs: dict[str, Path] | None = None,
+    authority_of: dict[str, str] | None = None,
 ) -> Path:
+    """`authority_of`: the authority each certificate signs with (default
+    "pebble", whose account key is account.pem; another's is <name>.pem)."""
     lines = [
         f'pebble_url = "{pebble.directory_url}"',
         f'state directory "{base / "state"}"',
         f'deploy hook "echo $LETSKENCRYPT_CERTIFICATE >> {base / "hook.log"}"',
-        "authority pebble {",
-        "    api url $pebble_url",
-        f'    account key "{base / "account.pem"}" ecdsa',
-        f'    trust anchors "{pebble.trust_anchors}"',
-        f'    ca bundle "{pebble.ca_bundle}"',
-        "}",
     ]
+    authority_of = authority_of or {}
+    for authority in sorted({"pebble", *authority_of.values()}):
+        account_key = base / ("account.pem" if authority == "pebble" else f"{authority}.pem")
+        lines += [
+            f"authority {authority} {{",
+            "    api url $pebble_url",
+            f'    account key "{account_key}" ecdsa',
+            f'    trust anchors "{pebble.trust_anchors}"',
+            f'    ca bundle "{pebble.ca_bundle}"',
+            "}",
+        ]
     for site in sites:
         challenge_dir = (challenge_dirs or {}).get(site.handle, pebble.challenge_dir)
         alternatives = " ".join(site.names[1:])
@@ -61,7 +72,7 @@ def write_config(
             f'    certificate directory "{base / "certs" / site.handle}"',
             f'    domain full chain certificate "{base / "published" / site.handle}.pem"',
             f'    challengedir "{challenge_dir}"',
-            "    sign with pebble",
+            f"    sign with {authority_of.get(site.handle, 'pebble')}",
             "}",
         ]
     path = base / "acme-client.conf"

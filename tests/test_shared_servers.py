@@ -216,9 +216,8 @@ def test_a_certificate_a_shared_role_cannot_prepare_is_refused_with_why(
 
     monkeypatch.setattr(dnsproc, "prepare", prepare)
     monkeypatch.setattr(rpc, "_after_serving", None)
-    configs = [RoleConfig("dnsproc", run_dir, DnsprocSettings(), instance=i) for i in (0, 1)]
-    shared = frozenset({"dns"})
-    served = host.Host("dnsproc", configs, shared)
+    configs = {i: RoleConfig("dnsproc", run_dir, DnsprocSettings(), instance=i) for i in (0, 1)}
+    served = host.Host("dnsproc", host.Run(configs, frozenset({"dns"}), None))
     served.prepare()
     assert served.prepared[1] == "resolver configuration unreadable"
     read_end, write_end = os.pipe()

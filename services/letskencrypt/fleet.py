@@ -7,7 +7,10 @@ code once (launch.prepare_to_fork) and holds no key and no token; each is
 told every certificate's settings, opens what each needs, confines itself
 once to all their paths and serves each certificate while that
 certificate's run lasts.  keyproc is one process per certificate, forked
-when that certificate's turn comes: no process ever holds two domain keys.
+when that certificate's turn comes: no process ever holds two domain keys;
+and acctproc one per account (RoleSpec.one_process_per: each serves the
+certificates that sign with its account key, on sockets of its own), so no
+process holds two accounts' keys either.
 Each certificate's edge tokens are made by a dealer process (never here)
 and reach only that certificate's keyproc and the shared roles.  A shared
 role's servicer for a certificate knows that certificate alone: its
@@ -15,8 +18,7 @@ acctproc signs orders for its names only and a finalize only for its own
 keyproc's key, its fileproc writes its certificate directory only, its
 chngproc its challenge directory only.  So an attacker in a shared role
 may do to every certificate of the run what one certificate's role may do
-to that one, and still reads no domain key; the account (one per
-authority) is shared anyway.
+to that one, and still reads no domain key and no other account's key.
 
 Before any role starts, the certificates that are not due are left out by
 the same rule revokeproc applies (renewal.decide on the installed set) and
@@ -358,6 +360,26 @@ class Flight:
     keyproc_done: bool = False
 
 
+@dataclass
+class SharedProcess:
+    """A process of a role that serves many certificates of the run (host.py)."""
+
+    role: str
+    forked: "launch.ForkedRole | subprocess.Popen[bytes]"
+    # The certificates it serves (by number): all of them, unless the role
+    # has one process per account (RoleSpec.one_process_per).
+    instances: frozenset[int]
+    # Which of the role's processes it is, then (its sockets' `sock.<part>`).
+    part: int | None = None
+    # Of how many.
+    parts: int = 1
+
+    @property
+    def name(self) -> str:
+        """How the run's messages name it."""
+        return self.role if self.part is None or self.parts == 1 else f"{self.role}.{self.part}"
+
+
 class SharedRun:
     """The due certificates of a run, by one set of roles (host.py).
 
@@ -377,9 +399,12 @@ class SharedRun:
         self.jobs = jobs
         self.relay = fleet.relay
         self.run_dir = ""
-        self.shared: dict[str, launch.ForkedRole | subprocess.Popen[bytes]] = {}
-        # pid -> the shared role, or the certificate number of a keyproc.
-        self.children: dict[int, str | int] = {}
+        self.shared: list[SharedProcess] = []
+        # Each certificate's part on the edges served by a role with one
+        # process per account (rpc.Certificate.parts).
+        self.parts: list[dict[str, int]] = []
+        # pid -> a shared role's process, or the certificate number of a keyproc.
+        self.children: dict[int, SharedProcess | int] = {}
         self.flights: dict[int, Flight] = {}
         self.started = 0
         # Why the shared roles can no longer serve (one died), if so.
@@ -398,27 +423,52 @@ class SharedRun:
         shared_edges = frozenset(
             name for name, edge in EDGES.items() if not spec_of(edge.server).per_certificate
         )
+        self.parts = [{} for _job in self.jobs]
         for role in ROLES:
             spec = spec_of(role)
             if spec.per_certificate:
                 continue
-            forked = self.start_role(role)
-            self.relay.add(role, forked.stdout, counts=spec.drives, shared=True)
-            self.relay.add(role, forked.stderr, counts=spec.drives, shared=True)
-            self.shared[role] = forked
-            self.children[forked.pid] = role
+            groups = self.split(role)
+            for part, instances in enumerate(groups):
+                forked = self.start_role(role)
+                self.relay.add(role, forked.stdout, counts=spec.drives, shared=True)
+                self.relay.add(role, forked.stderr, counts=spec.drives, shared=True)
+                split = spec.one_process_per is not None
+                shared = SharedProcess(
+                    role, forked, instances, part if split else None, len(groups)
+                )
+                self.shared.append(shared)
+                self.children[forked.pid] = shared
+                for instance in instances if split else ():
+                    self.parts[instance].update(dict.fromkeys(spec.serves, part))
         self.dealer = Dealer.start(self, os.getpid())
-        for role, forked in self.shared.items():
+        for shared in self.shared:
             document = host.run_document(
-                role,
+                shared.role,
                 self.run_dir,
-                [job.settings[role] for job in self.jobs],
+                [
+                    job.settings[shared.role] if instance in shared.instances else None
+                    for instance, job in enumerate(self.jobs)
+                ],
                 shared_edges,
                 verbosity=self.fleet.verbosity,
                 run_user=(run_user.uid, run_user.gid) if run_user else None,
                 supervisor_pid=os.getpid(),
+                part=shared.part,
             )
-            self.write(forked, document)
+            self.write(shared.forked, document)
+
+    def split(self, role: str) -> list[frozenset[int]]:
+        """The certificates each of the role's processes serves: all in one,
+        or one process for each account (RoleSpec.one_process_per), so that
+        no process holds two accounts' keys."""
+        one_process_per = spec_of(role).one_process_per
+        if one_process_per is None:
+            return [frozenset(range(len(self.jobs)))]
+        groups: dict[object, set[int]] = {}
+        for instance, job in enumerate(self.jobs):
+            groups.setdefault(one_process_per(job.settings[role]), set()).add(instance)
+        return [frozenset(instances) for instances in groups.values()]
 
     def start_role(self, role: str) -> "launch.ForkedRole | subprocess.Popen[bytes]":
         """Fork a shared role (the compromised-role tests start another program)."""
@@ -461,7 +511,7 @@ class SharedRun:
                     self.interrupt()
                     stop_deadline = time.monotonic() + STOP_GRACE
             elif time.monotonic() > stop_deadline:
-                alive = sorted({who for who in self.children.values() if isinstance(who, str)})
+                alive = [who.name for who in self.children.values() if not isinstance(who, int)]
                 fleet.say(None, f"{', '.join(alive) or 'keyproc'} did not stop; killing the roles")
                 self.signal(signal.SIGKILL)
                 stop_deadline = math.inf
@@ -519,19 +569,19 @@ class SharedRun:
                 self.relay.drain(flight.job.handle)
                 flight.keyproc_done = True
             return
-        self.relay.drain(who)
+        self.relay.drain(who.role)
         if self.fleet.interrupted is not None:
-            if who == self.driver:
+            if who is self.driver:
                 self.signal(signal.SIGTERM)
             return
         death = f"killed by signal {signal.Signals(-code).name}" if code < 0 else (
             f"exited with status {code}")  # fmt: skip
         if self.started < len(self.jobs) or self.flights:
-            self.broken = f"{who} {death}"
+            self.broken = f"{who.name} {death}"
             self.fleet.say(None, f"{self.broken}; the certificates not done fail")
             self.signal(signal.SIGTERM)
         elif code != 0:
-            self.fleet.say(None, f"{who} {death}")
+            self.fleet.say(None, f"{who.name} {death}")
             self.fleet.role_failed = True
 
     def land_finished(self) -> None:
@@ -551,7 +601,7 @@ class SharedRun:
             self.land(flight)
 
     def shared_alive(self) -> bool:
-        return any(isinstance(who, str) for who in self.children.values())
+        return any(isinstance(who, SharedProcess) for who in self.children.values())
 
     def land(self, flight: Flight) -> None:
         job, fleet = flight.job, self.fleet
@@ -572,13 +622,13 @@ class SharedRun:
         self.signal(signal.SIGTERM, only=self.driver)
 
     @property
-    def driver(self) -> str:
-        (role,) = [role for role in self.shared if spec_of(role).drives]
-        return role
+    def driver(self) -> SharedProcess:
+        (driver,) = [shared for shared in self.shared if spec_of(shared.role).drives]
+        return driver
 
-    def signal(self, signum: int, only: str | None = None) -> None:
+    def signal(self, signum: int, only: SharedProcess | None = None) -> None:
         for pid, who in self.children.items():
-            if only is None or who == only:
+            if only is None or who is only:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signum)
 
@@ -587,7 +637,7 @@ class SharedRun:
         whatever keyproc is left), then make sure nothing is."""
         if self.dealer is not None:
             self.dealer.close()
-        for forked in self.shared.values():
+        for forked in (shared.forked for shared in self.shared):
             if forked.stdin is not None:
                 with contextlib.suppress(OSError):
                     forked.stdin.close()
@@ -683,8 +733,12 @@ def deal_until_closed(run: "SharedRun", supervisor: int, channel: socket.socket)
         with contextlib.suppress(BrokenPipeError):  # it died: its status says why
             write_all(fds[0], json.dumps(document).encode())
         os.close(fds[0])
-        for role, forked in run.shared.items():
-            line = host.certificate_document(role, instance, edge_tokens, server_tokens)
-            assert forked.stdin is not None
-            write_all(forked.stdin.fileno(), (json.dumps(line) + "\n").encode())
+        for shared in run.shared:
+            if instance not in shared.instances:
+                continue
+            line = host.certificate_document(
+                shared.role, instance, edge_tokens, server_tokens, run.parts[instance]
+            )
+            assert shared.forked.stdin is not None
+            write_all(shared.forked.stdin.fileno(), (json.dumps(line) + "\n").encode())
         channel.send(b"dealt")

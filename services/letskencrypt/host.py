@@ -39,7 +39,8 @@ import select
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from letskencrypt import process, rpc
@@ -58,22 +59,27 @@ MAX_CERTIFICATES = 10_000
 def run_document(
     role: str,
     run_dir: str,
-    certificates: list[RoleSettings],
+    certificates: list[RoleSettings | None],
     shared_edges: frozenset[str],
     *,
     verbosity: int,
     run_user: tuple[int, int] | None,
     supervisor_pid: int,
+    part: int | None = None,
 ) -> dict[str, Any]:
-    """The first line a shared role reads: the run, and every certificate's
-    settings (no token: those come with each certificate's turn)."""
+    """The first line a shared role reads: the run, and the settings of each
+    certificate it serves (None for one another process of the role serves:
+    `part` numbers this one); no token: those come with each certificate's turn."""
     spec = spec_of(role)
     document: dict[str, Any] = {
         "run_dir": run_dir,
         "verbosity": verbosity,
         "supervisor_pid": supervisor_pid,
         "shared_edges": sorted(shared_edges),
-        "certificates": [encode(settings) for settings in certificates],
+        "certificates": [
+            None if settings is None else encode(settings) for settings in certificates
+        ],
+        "part": part,
     }
     if run_user is not None and spec.keeps_root is None:
         document["uid"], document["gid"] = run_user
@@ -81,9 +87,15 @@ def run_document(
 
 
 def certificate_document(
-    role: str, instance: int, edge_tokens: Mapping[str, str], server_tokens: Mapping[str, str]
+    role: str,
+    instance: int,
+    edge_tokens: Mapping[str, str],
+    server_tokens: Mapping[str, str],
+    parts: Mapping[str, int],
 ) -> dict[str, Any]:
-    """A certificate's turn: its number and the tokens of the role's own edges."""
+    """A certificate's turn: its number, the tokens of the role's own edges,
+    and which server serves it on the edges whose certificates are split
+    among several (rpc.Certificate.parts)."""
 
     def own(tokens: Mapping[str, str]) -> dict[str, str]:
         return {
@@ -96,6 +108,7 @@ def certificate_document(
         "certificate": instance,
         "edge_tokens": own(edge_tokens),
         "server_tokens": own(server_tokens),
+        "parts": {name: part for name, part in parts.items() if role == rpc.EDGES[name].client},
     }
 
 
@@ -130,8 +143,20 @@ class Lines:
         return document
 
 
-def read_run(role: str, lines: Lines) -> tuple[list[RoleConfig], frozenset[str]]:
-    """Each certificate's configuration (without tokens), from the first line."""
+@dataclass(frozen=True)
+class Run:
+    """What a shared role is told first (run_document)."""
+
+    # The configuration (without tokens) of each certificate it serves, by
+    # the certificate's number in the run.
+    configs: dict[int, RoleConfig]
+    shared: frozenset[str]
+    # Which of the role's processes this is, when there are several.
+    part: int | None
+
+
+def read_run(role: str, lines: Lines) -> Run:
+    """The run, from the first line."""
     document = lines.next(MAX_RUN_DOCUMENT)
     if document is None:
         raise InputError("no run document on stdin")
@@ -139,8 +164,8 @@ def read_run(role: str, lines: Lines) -> tuple[list[RoleConfig], frozenset[str]]
     if not isinstance(certificates, list) or not 0 < len(certificates) <= MAX_CERTIFICATES:
         raise InputError("the run document names no certificates")
     spec = spec_of(role)
-    configs = [
-        RoleConfig(
+    configs = {
+        instance: RoleConfig(
             role=role,
             run_dir=str(document["run_dir"]),
             settings=decode(spec.settings, settings),
@@ -151,19 +176,25 @@ def read_run(role: str, lines: Lines) -> tuple[list[RoleConfig], frozenset[str]]
             instance=instance,
         )
         for instance, settings in enumerate(certificates)
-    ]
+        if settings is not None
+    }
+    if not configs:
+        raise InputError("the run document gives this process no certificate")
     shared = frozenset(str(edge) for edge in document.get("shared_edges", ()))
     if not shared <= set(rpc.EDGES):
         raise InputError("the run document names an unknown edge")
-    return configs, shared
+    part = document.get("part")
+    if part is not None and not isinstance(part, int):
+        raise InputError("the run document's part is not a number")
+    return Run(configs, shared, part)
 
 
 def read_certificate(
-    document: dict[str, Any], count: int, shared: frozenset[str]
+    document: dict[str, Any], served: Container[int], shared: frozenset[str]
 ) -> rpc.Certificate:
     instance = document.get("certificate")
-    if not isinstance(instance, int) or not 0 <= instance < count:
-        raise InputError("a certificate document names no certificate of the run")
+    if not isinstance(instance, int) or instance not in served:
+        raise InputError("a certificate document names no certificate this process serves")
 
     def tokens(name: str) -> dict[str, str]:
         value = document.get(name, {})
@@ -173,13 +204,21 @@ def read_certificate(
             raise InputError(f"{name} of certificate {instance} are not strings")
         return value
 
-    return rpc.Certificate(instance, tokens("edge_tokens"), tokens("server_tokens"), shared)
+    parts = document.get("parts", {})
+    if not isinstance(parts, dict) or not all(
+        edge in shared and isinstance(part, int) for edge, part in parts.items()
+    ):
+        raise InputError(f"the parts of certificate {instance} are not shared edges' numbers")
+    return rpc.Certificate(
+        instance, tokens("edge_tokens"), tokens("server_tokens"), shared, parts
+    )
 
 
-def union(configs: list[RoleConfig]) -> RoleConfig:
+def union(configs: Mapping[int, RoleConfig]) -> RoleConfig:
     """One configuration whose sandbox takes in every certificate's paths."""
-    more = tuple(config.settings for config in configs[1:])
-    return dataclasses.replace(configs[0], instance=None, more_settings=more)
+    first, *others = configs.values()
+    more = tuple(config.settings for config in others)
+    return dataclasses.replace(first, instance=None, more_settings=more)
 
 
 class Stopped(Exception):
@@ -193,13 +232,15 @@ Prepared = Callable[[], rpc.Serving]
 class Host:
     """A serving role (every role but netproc and keyproc) for many certificates."""
 
-    def __init__(self, role: str, configs: list[RoleConfig], shared: frozenset[str]) -> None:
+    def __init__(self, role: str, run: Run) -> None:
         self.role = role
-        self.configs = configs
-        self.shared = shared
-        self.logs = [Logger(role, config.verbosity, config.instance) for config in configs]
+        self.run = run
+        self.logs = {
+            instance: Logger(role, config.verbosity, instance)
+            for instance, config in run.configs.items()
+        }
         # Each certificate's prepare, or why it failed.
-        self.prepared: list[Prepared | str] = []
+        self.prepared: dict[int, Prepared | str] = {}
         self.stoppers: dict[int, rpc.Stopper] = {}
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
@@ -208,18 +249,18 @@ class Host:
 
     def prepare(self) -> None:
         prepare = module_of(self.role).prepare
-        for config, log in zip(self.configs, self.logs, strict=True):
+        for instance, config in self.run.configs.items():
             try:
-                self.prepared.append(prepare(config, log))
+                self.prepared[instance] = prepare(config, self.logs[instance])
             except Exception as error:
                 message = process.failure_message(error)
-                log.error(message)
-                self.prepared.append(message)
+                self.logs[instance].error(message)
+                self.prepared[instance] = message
 
     def serve(self, lines: Lines) -> None:
         """Bind the sockets, then serve each certificate whose turn comes."""
-        config = self.configs[0]
-        self.servers = rpc.SharedServers(config.run_dir, spec_of(self.role).serves)
+        config = next(iter(self.run.configs.values()))
+        self.servers = rpc.SharedServers(config.run_dir, spec_of(self.role).serves, self.run.part)
         rpc.served()
         reading = True
 
@@ -231,7 +272,7 @@ class Host:
         signal.signal(signal.SIGTERM, on_sigterm)
         try:
             while (document := lines.next(MAX_CERTIFICATE_DOCUMENT)) is not None:
-                certificate = read_certificate(document, len(self.configs), self.shared)
+                certificate = read_certificate(document, self.run.configs, self.run.shared)
                 self.servers.expect(certificate)
                 thread = threading.Thread(
                     target=self.serve_certificate, args=(certificate,), daemon=True
@@ -301,14 +342,18 @@ def run_host(role: str) -> NoReturn:
 def host_body(role: str) -> int:
     process.begin(role)
     lines = Lines(0)
-    configs, shared = read_run(role, lines)
+    return serve_run(role, read_run(role, lines), lines)
+
+
+def serve_run(role: str, run: Run, lines: Lines) -> int:
+    """The role's part in the run it was told of (read_run)."""
     process.settle()
     if spec_of(role).drives:
         from letskencrypt.roles import netproc
 
-        return netproc.drive_many(configs, shared, lines)
-    host = Host(role, configs, shared)
+        return netproc.drive_many(run.configs, run.shared, lines)
+    host = Host(role, run)
     host.prepare()
-    process.confine(union(configs))
+    process.confine(union(run.configs))
     host.serve(lines)
     return 0

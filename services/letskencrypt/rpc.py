@@ -72,12 +72,18 @@ class RpcError(LetskencryptError):
     """A call to another role failed; the message names the role and the reason."""
 
 
-def socket_path(run_dir: str, edge: str, instance: int | None = None) -> str:
+def socket_path(
+    run_dir: str, edge: str, instance: int | None = None, part: int | None = None
+) -> str:
     """The edge's socket: `<run_dir>/<edge>/sock`, or `sock-<instance>` for
     the certificate numbered `instance` of a container pod that renews every
     certificate of a configuration file one after another (container.py), so
-    that a client for one certificate never reaches a server of another."""
+    that a client for one certificate never reaches a server of another; or
+    `sock.<part>` for the server of part of a run's certificates (one
+    acctproc per account, see Certificate)."""
     name = "sock" if instance is None else f"sock-{instance}"
+    if part is not None:
+        name = f"sock.{part}"
     return os.path.join(run_dir, edge, name)
 
 
@@ -137,6 +143,9 @@ class Certificate:
     edge_tokens: Mapping[str, str]
     server_tokens: Mapping[str, str]
     shared_edges: frozenset[str]
+    # The shared edges whose certificates are split among several servers
+    # (RoleSpec.one_process_per), and which of them serves this one.
+    parts: Mapping[str, int] = field(default_factory=dict)
 
 
 class _CurrentCertificate(threading.local):
@@ -644,13 +653,13 @@ class SharedServers:
     MAX_WORKERS = 16
     MAX_CONCURRENT_RPCS = 64
 
-    def __init__(self, run_dir: str, edges: Iterable[str]) -> None:
+    def __init__(self, run_dir: str, edges: Iterable[str], part: int | None = None) -> None:
         self.routers = {edge: _Router(edge) for edge in edges}
         self.servers: list[grpc.Server] = []
         for edge, router in self.routers.items():
             server = _new_server(EDGES[edge], [], self.MAX_WORKERS, self.MAX_CONCURRENT_RPCS)
             server.add_generic_rpc_handlers((router,))
-            _listen(server, socket_path(run_dir, edge))
+            _listen(server, socket_path(run_dir, edge, part=part))
             self.servers.append(server)
 
     def expect(self, certificate: Certificate) -> None:
@@ -765,7 +774,11 @@ def connect(run_dir: str, edge_name: str, instance: int | None = None) -> grpc.C
     a shared edge shares the process's one connection to it)."""
     certificate = _current.certificate
     shared = certificate is not None and edge_name in certificate.shared_edges
-    path = socket_path(run_dir, edge_name, None if shared else instance)
+    if shared:
+        assert certificate is not None
+        path = socket_path(run_dir, edge_name, part=certificate.parts.get(edge_name))
+    else:
+        path = socket_path(run_dir, edge_name, instance)
     if shared:
         with _shared_lock:
             connection = _shared_connections.get(path)

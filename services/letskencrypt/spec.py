@@ -127,6 +127,10 @@ class RoleSpec:
     # one such process per certificate; every other role serves them all
     # (host.py).
     per_certificate: bool = False
+    # It holds an account's secrets: a run of many certificates starts one
+    # such process for each value this gives a certificate's settings (the
+    # secrets' paths), serving the certificates that have it (host.py).
+    one_process_per: Callable[[Any], object] | None = None
 
     @property
     def serves_only(self) -> bool:

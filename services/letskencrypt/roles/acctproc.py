@@ -136,6 +136,11 @@ SPEC = RoleSpec(
         ),
     ],
     wheels=("cryptography",),
+    # No process holds two accounts' secrets (a run's account key, its new
+    # key for a rollover and its EAB key are one account's).
+    one_process_per=lambda settings: (
+        settings.key_path, settings.new_key_path, settings.eab_hmac_key
+    ),
 )
 
 MAX_PAYLOAD = 32 * 1024

@@ -1033,7 +1033,7 @@ def run(config: RoleConfig[NetprocSettings], log: Logger) -> int:
 
 
 def drive_many(
-    configs: list[RoleConfig[NetprocSettings]], shared: frozenset[str], lines: host.Lines
+    configs: dict[int, RoleConfig[NetprocSettings]], shared: frozenset[str], lines: host.Lines
 ) -> int:
     """A run of many certificates (host.py): each certificate's run, in a
     thread of its own, as its turn comes; one result line for each.
@@ -1048,30 +1048,33 @@ def drive_many(
 
 
 def every_ca_bundle(
-    configs: list[RoleConfig[NetprocSettings]],
-) -> tuple[list[bytes], list[LetskencryptError | None]]:
+    configs: dict[int, RoleConfig[NetprocSettings]],
+) -> tuple[dict[int, bytes], dict[int, LetskencryptError | None]]:
     """Each certificate's CA bundle (read before confinement), or why not."""
-    problems: list[LetskencryptError | None] = []
-    anchors: list[bytes] = []
-    for config in configs:
+    problems: dict[int, LetskencryptError | None] = {}
+    anchors: dict[int, bytes] = {}
+    for instance, config in configs.items():
         try:
-            anchors.append(load_trust_anchors(config.settings.ca_bundle))
-            problems.append(None)
+            anchors[instance] = load_trust_anchors(config.settings.ca_bundle)
+            problems[instance] = None
         except LetskencryptError as error:
-            anchors.append(b"")
-            problems.append(error)
+            anchors[instance] = b""
+            problems[instance] = error
     return anchors, problems
 
 
 def drive_each(
-    configs: list[RoleConfig[NetprocSettings]],
+    configs: dict[int, RoleConfig[NetprocSettings]],
     shared: frozenset[str],
     lines: host.Lines,
-    anchors: list[bytes],
-    problems: list[LetskencryptError | None],
+    anchors: dict[int, bytes],
+    problems: dict[int, LetskencryptError | None],
 ) -> int:
     """drive_many, once confined."""
-    logs = [Logger("netproc", config.verbosity, config.instance) for config in configs]
+    logs = {
+        instance: Logger("netproc", config.verbosity, instance)
+        for instance, config in configs.items()
+    }
     output = threading.Lock()
     said: set[int] = set()
     global BOOK  # one per process, like the transport's counts
@@ -1100,7 +1103,7 @@ def drive_each(
     threads = []
     try:
         while (document := lines.next(host.MAX_CERTIFICATE_DOCUMENT)) is not None:
-            certificate = host.read_certificate(document, len(configs), shared)
+            certificate = host.read_certificate(document, configs, shared)
             thread = threading.Thread(target=drive_certificate, args=(certificate,), daemon=True)
             threads.append(thread)
             started.append(certificate.instance)
