@@ -290,7 +290,9 @@ def test_a_certificate_another_run_holds_fails_at_once_and_the_others_go_on(
 def test_sigterm_mid_run_ends_every_certificate_cleanly(pebble: Pebble, base: Path) -> None:
     """SIGTERM once some of 30 certificates are installed: the run dies of
     it; each certificate is whole or absent; those in flight say whether
-    theirs was installed; the run leaves no socket directory behind."""
+    theirs was installed; the run leaves no socket directory behind and runs
+    no deploy hook.  The next run deploys each certificate exactly once:
+    those the stopped run installed, and those it issues itself."""
     fleet = sites(30, "t")
     config = write_config(base, pebble, fleet)
     tmpdir = base / "tmp"
@@ -318,3 +320,40 @@ def test_sigterm_mid_run_ends_every_certificate_cleanly(pebble: Pebble, base: Pa
         else:
             assert what == "; no certificate was installed or removed", stderr
     assert list(tmpdir.iterdir()) == []
+    assert hook_lines(base) == []
+    rerun = run(config, "-j", "4")
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(hook_lines(base)) == sorted(site.handle for site in fleet), rerun.stderr
+    for site in done:
+        assert (f"letskencrypt: {site.handle}: deploy hook: ran for the certificate an earlier "
+                "run installed") in rerun.stderr.splitlines(), rerun.stderr  # fmt: skip
+
+
+def test_a_failed_deploy_hook_runs_again_at_the_next_run(pebble: Pebble, base: Path) -> None:
+    """The hook fails: the certificates stay installed and the run exits 1;
+    the next run, with nothing due, tries the hook again (and fails again);
+    once it succeeds, each certificate is deployed once, and a later run has
+    nothing to do."""
+    fleet = sites(2, "h")
+    config = write_config(base, pebble, fleet)
+    ready = base / "hook-can-run"
+    text = config.read_text()
+    config.write_text(text.replace('deploy hook "echo', f'deploy hook "test -e {ready} && echo'))
+    for attempt in range(2):
+        failed = run(config)
+        assert failed.returncode == 1, failed.stderr
+        for site in fleet:
+            assert (base / "certs" / site.handle / "cert.pem").exists()
+            assert (f"letskencrypt: {site.handle}: deploy hook: exited with status 1 (the "
+                    "certificate stays installed; the hook runs again at the next run)"
+                    ) in failed.stderr.splitlines(), (attempt, failed.stderr)  # fmt: skip
+        assert hook_lines(base) == []
+    ready.touch()
+    deployed = run(config)
+    assert deployed.returncode == 0, deployed.stderr
+    assert sorted(hook_lines(base)) == sorted(site.handle for site in fleet)
+    idle = run(config)
+    assert idle.returncode == 2, idle.stderr
+    assert len(hook_lines(base)) == len(fleet)
+    state = json.loads((base / "state" / "state.json").read_text())
+    assert all(entry["undeployed"] is None for entry in state["certificates"].values()), state

@@ -182,16 +182,22 @@ class Fleet:
     relay: Relay = field(default_factory=Relay)
     # Each certificate's ARI note from the run state (see ari.py).
     notes: dict[str, AriNote] = field(default_factory=dict)
+    # Each certificate's set whose deploy hook is owed (runstate.CertRecord.
+    # undeployed): from the run state, and as this run leaves it.
+    undeployed: dict[str, str] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     interrupted: signal.Signals | None = None
     # A role of the run ended badly once every certificate was done.
     role_failed: bool = False
+    # Each certificate's set installed when the run started.
+    installed_before: dict[str, str | None] = field(default_factory=dict)
 
     def run(self) -> int:
         """Every due job, `concurrency` at a time; the run's exit status."""
         now = datetime.now(UTC)
         waiting = []
         for job in self.jobs:
+            self.installed_before[job.handle] = installed_set(job.cert_dir)
             if job.refused is not None:
                 self.fail(job, job.refused)
                 continue
@@ -243,18 +249,43 @@ class Fleet:
         self.say(job.handle, outcome.result, level=1)
 
     def publish_and_deploy(self) -> None:
+        """Publish each certificate installed; run the deploy hook of each
+        new one, and of each whose hook an earlier run owes (it was stopped
+        first, or the hook failed) while that one is still installed.  A
+        stopped run runs no hook: the next run does."""
         for job in self.jobs:
-            outcome = self.outcomes.get(job.handle)
             try:
                 publish(job)
             except OSError as error:
                 self.fail(job, f"could not publish the certificate: {plain_words(error)}")
                 continue
-            if outcome is None or outcome.result != "changed" or not job.deploy_hook:
-                continue
-            problem = run_deploy_hook(job)
-            if problem is not None:
-                self.fail(job, f"deploy hook: {problem} (the certificate stays installed)")
+            self.deploy(job)
+
+    def deploy(self, job: Job) -> None:
+        handle = job.handle
+        live = installed_set(job.cert_dir)
+        new = live is not None and live != self.installed_before.get(handle)
+        owed = live is not None and self.undeployed.get(handle) == live
+        if not job.deploy_hook or not (new or owed):
+            self.undeployed.pop(handle, None)
+            return
+        assert live is not None
+        self.undeployed[handle] = live
+        outcome = self.outcomes.get(handle)
+        if self.interrupted is not None:
+            if outcome is None or outcome.result != "interrupted":  # else its line says so
+                self.say(handle, "deploy hook: the run was stopped; it runs at the next run")
+            return
+        problem = run_deploy_hook(job)
+        if problem is not None:
+            self.fail(job, f"deploy hook: {problem} (the certificate stays installed; "
+                           "the hook runs again at the next run)")  # fmt: skip
+            return
+        del self.undeployed[handle]
+        if not new:
+            self.say(handle, "deploy hook: ran for the certificate an earlier run installed")
+            if outcome is not None and outcome.result == "not due":
+                self.outcomes[handle] = Outcome(handle, "changed", EXIT_CHANGED)
 
     def fail(self, job: Job, message: str) -> None:
         self.say(job.handle, message)
@@ -608,7 +639,10 @@ class SharedRun:
         status = flight.status
         if status == "interrupted" or (status is None and fleet.interrupted is not None):
             signum = fleet.interrupted or signal.SIGTERM
-            fleet.say(job.handle, interruption(signum, job.cert_dir, flight.before))
+            message = interruption(signum, job.cert_dir, flight.before)
+            if job.deploy_hook and installed_set(job.cert_dir) != flight.before:
+                message += "; its deploy hook runs at the next run"
+            fleet.say(job.handle, message)
             fleet.outcomes[job.handle] = Outcome(job.handle, "interrupted", EXIT_FAILED)
             return
         if not isinstance(status, int):
