@@ -348,6 +348,7 @@ def test_a_failed_deploy_hook_runs_again_at_the_next_run(pebble: Pebble, base: P
                     "certificate stays installed; the hook runs again at the next run)"
                     ) in failed.stderr.splitlines(), (attempt, failed.stderr)  # fmt: skip
         assert hook_lines(base) == []
+        assert [entry["deploy_hook_owed"] for entry in status(config)] == [True, True]
     ready.touch()
     deployed = run(config)
     assert deployed.returncode == 0, deployed.stderr
@@ -355,5 +356,13 @@ def test_a_failed_deploy_hook_runs_again_at_the_next_run(pebble: Pebble, base: P
     idle = run(config)
     assert idle.returncode == 2, idle.stderr
     assert len(hook_lines(base)) == len(fleet)
-    state = json.loads((base / "state" / "state.json").read_text())
-    assert all(entry["undeployed"] is None for entry in state["certificates"].values()), state
+    assert [entry["deploy_hook_owed"] for entry in status(config)] == [False, False]
+
+
+def status(config: Path) -> list[dict[str, object]]:
+    """`letskencrypt status --json`: each certificate's entry."""
+    completed = subprocess.run(
+        [LETSKENCRYPT, "status", "--config", str(config), "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return json.loads(completed.stdout)["certificates"]

@@ -84,6 +84,9 @@ class Facts:
     # The CA's renewal information for the installed certificate, as the
     # last run that asked learnt it (None: none known).
     ari: AriNote | None = None
+    # A run installed a certificate whose deploy hook has not run to
+    # success: the next run runs it (runstate.CertRecord.undeployed).
+    deploy_hook_owed: bool = False
 
 
 # --- gathering ---------------------------------------------------------------
@@ -150,6 +153,7 @@ def _facts(entry: Entry, state: runstate.State, now: datetime) -> Facts:
         last_message=record.last_message if record else None,
         error=error,
         ari=note,
+        deploy_hook_owed=bool(record and record.undeployed),
     )
 
 
@@ -253,6 +257,8 @@ def _block(facts: Facts) -> str:
         rows.append(("last run", last))
     else:
         rows.append(("last run", "(none recorded)"))
+    if facts.deploy_hook_owed:
+        rows.append(("deploy hook", "owed: the next run runs it"))
     if facts.error is not None:
         rows.append(("error", safe_text(facts.error)))
     width = max(len(label) for label, _ in rows)
@@ -309,6 +315,7 @@ def _document(facts: Facts) -> dict[str, object]:
         "last_message": facts.last_message,
         "error": facts.error,
         "ari": None if facts.ari is None else _ari_document(facts.ari),
+        "deploy_hook_owed": facts.deploy_hook_owed,
     }
 
 
