@@ -151,8 +151,9 @@ def test_a_handle_that_is_no_file_name_fails_that_certificate_alone(tmp_path: Pa
 
 def test_socket_per_certificate() -> None:
     assert rpc.socket_path("/run/x", "key") == "/run/x/key/sock"
-    assert rpc.socket_path("/run/x", "key", 0) == "/run/x/key/sock-0"
-    assert rpc.socket_path("/run/x", "key", 12) == "/run/x/key/sock-12"
+    assert rpc.socket_path("/run/x", "key", 0) == "/run/x/key/0/sock"
+    assert rpc.socket_path("/run/x", "key", 12) == "/run/x/key/12/sock"
+    assert rpc.socket_path("/run/x", "acct", part=1) == "/run/x/acct/p1/sock"
 
 
 def test_summary_of_netproc() -> None:
@@ -186,8 +187,8 @@ def test_a_refusing_server_answers_with_why_until_stopped(tmp_path: Path) -> Non
         channel = rpc.connect(str(tmp_path), "key", 3)
         # Both edges, each served once it is bound (one after the other).
         rpc.wait_ready({"key": channel, "keyinfo": rpc.connect(str(tmp_path), "keyinfo", 3)}, 30)
-        assert os.path.exists(tmp_path / "key" / "sock-3")
-        assert os.path.exists(tmp_path / "keyinfo" / "sock-3")
+        assert os.path.exists(tmp_path / "key" / "3" / "sock")
+        assert os.path.exists(tmp_path / "keyinfo" / "3" / "sock")
         stub = domainkey_pb2_grpc.DomainKeyStub(channel)
         started = time.monotonic()
         with pytest.raises(rpc.RpcError, match=r"^keyproc: bad key$"):

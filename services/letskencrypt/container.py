@@ -50,7 +50,7 @@ Kubernetes manifests) and no DOMAINS, every container reads the file and
 takes its `domain` blocks in file order; for the i-th (from 0) each role runs
 once, in a child process of its own (a fresh sandbox, and nothing of one
 certificate's run left in the next), exactly as a one-certificate container
-would, except that every socket is `<edge dir>/sock-<i>` instead of `sock`
+would, except that every socket is `<edge dir>/<i>/sock` instead of `sock`
 (rpc.socket_path): a client for one certificate never reaches a server still
 serving the one before.  From the file come each certificate's names and key
 type, and its authority's `api url`, contact and account key type (KEY_TYPE

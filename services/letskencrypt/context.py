@@ -34,6 +34,10 @@ class RoleConfig(Generic[SettingsType]):
     # A role serving every certificate of a native run (host.py): the
     # certificate's number in the run.
     instance: int | None = None
+    # Which of a role's processes that serve part of a native run's
+    # certificates this is (acctproc: one per account, see host.py); it
+    # names its sockets' directory (rpc.socket_path).
+    part: int | None = None
     # That role's own configuration: the other certificates' settings, whose
     # paths its sandbox takes in too (sandbox.profile).
     more_settings: tuple[SettingsType, ...] = ()

@@ -400,7 +400,7 @@ class SharedProcess:
     # The certificates it serves (by number): all of them, unless the role
     # has one process per account (RoleSpec.one_process_per).
     instances: frozenset[int]
-    # Which of the role's processes it is, then (its sockets' `sock.<part>`).
+    # Which of the role's processes it is, then (its sockets' directory, `p<part>`).
     part: int | None = None
     # Of how many.
     parts: int = 1
@@ -450,16 +450,22 @@ class SharedRun:
         for instance, job in enumerate(self.jobs):
             self.relay.handles[instance] = job.handle
         run_user = self.fleet.run_user
-        self.run_dir = make_run_dir(run_user, len(self.jobs))
+        shared_roles = [role for role in ROLES if not spec_of(role).per_certificate]
+        groups_of = {role: self.split(role) for role in shared_roles}
+        parts = {
+            edge: len(groups_of[role])
+            for role in shared_roles
+            if spec_of(role).one_process_per is not None
+            for edge in spec_of(role).serves
+        }
+        self.run_dir = make_run_dir(run_user, len(self.jobs), parts)
         shared_edges = frozenset(
             name for name, edge in EDGES.items() if not spec_of(edge.server).per_certificate
         )
         self.parts = [{} for _job in self.jobs]
-        for role in ROLES:
+        for role in shared_roles:
             spec = spec_of(role)
-            if spec.per_certificate:
-                continue
-            groups = self.split(role)
+            groups = groups_of[role]
             for part, instances in enumerate(groups):
                 forked = self.start_role(role)
                 self.relay.add(role, forked.stdout, counts=spec.drives, shared=True)

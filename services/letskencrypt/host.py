@@ -214,11 +214,12 @@ def read_certificate(
     )
 
 
-def union(configs: Mapping[int, RoleConfig]) -> RoleConfig:
-    """One configuration whose sandbox takes in every certificate's paths."""
+def union(configs: Mapping[int, RoleConfig], part: int | None = None) -> RoleConfig:
+    """One configuration whose sandbox takes in every certificate's paths
+    (and, for one of a role's processes, its part's socket directory)."""
     first, *others = configs.values()
     more = tuple(config.settings for config in others)
-    return dataclasses.replace(first, instance=None, more_settings=more)
+    return dataclasses.replace(first, instance=None, part=part, more_settings=more)
 
 
 class Stopped(Exception):
@@ -354,6 +355,6 @@ def serve_run(role: str, run: Run, lines: Lines) -> int:
         return netproc.drive_many(run.configs, run.shared, lines)
     host = Host(role, run)
     host.prepare()
-    process.confine(union(run.configs))
+    process.confine(union(run.configs, run.part))
     host.serve(lines)
     return 0

@@ -1,6 +1,6 @@
 """A container of the pod with CONFIG: its role for every certificate of an
 acme-client.conf(5) file, one after another (see container.py for what the
-containers agree on: the file order, the fixed paths, the `sock-<i>` sockets).
+containers agree on: the file order, the fixed paths, the `<i>/sock` sockets).
 
 Each certificate's run is a child of this process, forked before anything of
 that certificate is read: its own sandbox (process.confine), nothing of one

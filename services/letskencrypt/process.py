@@ -287,6 +287,9 @@ def confine(config: RoleConfig) -> list[str]:
     Returns what of the sandbox the kernel could not apply (see sandbox.apply).
     """
     log = Logger(config.role, config.verbosity)
+    if not config.supervised:
+        for edge in spec_of(config.role).serves:
+            rpc.make_socket_dir(rpc.socket_dir(config.run_dir, edge, config.instance))
     # While we may still reach every path of the role's profile.
     opened = sandbox.open_profile(config, log)
     namespace_gaps: list[str] = []

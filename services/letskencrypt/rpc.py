@@ -75,16 +75,36 @@ class RpcError(LetskencryptError):
 def socket_path(
     run_dir: str, edge: str, instance: int | None = None, part: int | None = None
 ) -> str:
-    """The edge's socket: `<run_dir>/<edge>/sock`, or `sock-<instance>` for
-    the certificate numbered `instance` of a container pod that renews every
-    certificate of a configuration file one after another (container.py), so
-    that a client for one certificate never reaches a server of another; or
-    `sock.<part>` for the server of part of a run's certificates (one
-    acctproc per account, see Certificate)."""
-    name = "sock" if instance is None else f"sock-{instance}"
+    """The edge's socket: `<run_dir>/<edge>/sock`; `<edge>/<instance>/sock`
+    for the certificate numbered `instance` (its keyproc in a native run of
+    many certificates; a container pod that renews every certificate of a
+    configuration file one after another, container.py), so that a client
+    for one certificate never reaches a server of another; `<edge>/p<part>/
+    sock` for the server of part of a run's certificates (one acctproc per
+    account, see Certificate).  Each server's sockets have a directory of
+    their own: its sandbox lets it make sockets there only, never where
+    another certificate's or account's server listens (sandbox.profile)."""
     if part is not None:
-        name = f"sock.{part}"
-    return os.path.join(run_dir, edge, name)
+        return os.path.join(run_dir, edge, f"p{part}", "sock")
+    if instance is not None:
+        return os.path.join(run_dir, edge, str(instance), "sock")
+    return os.path.join(run_dir, edge, "sock")
+
+
+def socket_dir(
+    run_dir: str, edge: str, instance: int | None = None, part: int | None = None
+) -> str:
+    """The directory of the edge's socket (socket_path)."""
+    return os.path.dirname(socket_path(run_dir, edge, instance, part))
+
+
+def make_socket_dir(path: str) -> None:
+    """A certificate's socket directory in a container's edge volume (the
+    native supervisor makes them all beforehand, supervisor.make_run_dir):
+    open to the client's container, the only other one mounting the volume."""
+    if not os.path.isdir(path):
+        os.makedirs(path, exist_ok=True)
+        os.chmod(path, 0o755)  # noqa: S103 - see above
 
 
 def edges_served_by(role: str) -> list[Edge]:
@@ -137,7 +157,7 @@ class Certificate:
     """One certificate of a role process that serves every certificate of a
     run (host.py): its edges' tokens, and which edges have one server for
     every certificate (their socket is `sock`, a call names its certificate
-    by its token) rather than one per certificate (`sock-<instance>`)."""
+    by its token) rather than one per certificate (`<instance>/sock`)."""
 
     instance: int
     edge_tokens: Mapping[str, str]
@@ -332,6 +352,7 @@ def _listen(server: grpc.Server, path: str) -> None:
 
 
 def _bind(server: grpc.Server, path: str) -> None:
+    make_socket_dir(os.path.dirname(path))
     if os.path.lexists(path):
         os.unlink(path)
     try:

@@ -48,6 +48,7 @@ from letskencrypt.errors import LetskencryptError
 from letskencrypt.linux import PR_SET_NO_NEW_PRIVS, prctl
 from letskencrypt.namespace import Mirror
 from letskencrypt.roles import spec_of
+from letskencrypt.rpc import socket_dir
 from letskencrypt.spec import READ, WRITE_ACCESS, Fs, Network
 
 NO_NEW_PRIVS = "no_new_privs"
@@ -258,7 +259,9 @@ def profile(config: RoleConfig) -> Profile:
     rules.append(Rule("/dev/urandom", Fs.READ_FILE))
     for edge in spec.serves:
         # grpc removes a stale socket before binding, and its own on shutdown.
-        rules.append(Rule(os.path.join(config.run_dir, edge), Fs.MAKE_SOCK | Fs.REMOVE_FILE))
+        # Its own socket's directory only: not another certificate's server's.
+        directory = socket_dir(config.run_dir, edge, config.instance, config.part)
+        rules.append(Rule(directory, Fs.MAKE_SOCK | Fs.REMOVE_FILE))
     for settings in config.every_settings:
         rules += [Rule(grant.path, grant.access) for grant in spec.grants(settings)]
     # Once each: many certificates of a run may share a directory.

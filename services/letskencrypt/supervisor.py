@@ -31,7 +31,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from letskencrypt.filestore import LIVE, CertDir
 from letskencrypt.fsutil import make_directories
 from letskencrypt.relay import Relay
 from letskencrypt.roles import ROLES, spec_of
-from letskencrypt.rpc import EDGES, socket_path
+from letskencrypt.rpc import EDGES, socket_dir
 from letskencrypt.settings import RoleSettings
 
 # How long the roles get to stop by themselves once netproc is done.
@@ -280,13 +280,29 @@ class Supervisor:
                 self.children.pop(pid)
 
 
-def make_run_dir(run_user: RunUser | None, instances: int = 0) -> str:
+def make_run_dir(
+    run_user: RunUser | None, instances: int = 0, parts: Mapping[str, int] | None = None
+) -> str:
     """A private directory for the run's sockets, one sub-directory per
-    edge; `instances`: the certificates of a run whose keyprocs each have
-    sockets of their own there (fleet.py)."""
+    edge; `instances`: the certificates of a run (fleet.py) whose keyprocs
+    each have a directory of their own for their sockets in the edges they
+    serve; `parts`: for an edge, the processes of its role that each serve
+    part of the certificates, each with a directory of its own (rpc.socket_path)."""
+    parts = parts or {}
     run_dir = tempfile.mkdtemp(prefix="letskencrypt-")
-    last = instances - 1 if instances else None
-    longest = max(len(socket_path(run_dir, edge, last).encode()) for edge in EDGES)
+    each_certificate = [edge for edge in EDGES if spec_of(EDGES[edge].server).per_certificate]
+    directories = [socket_dir(run_dir, edge) for edge in EDGES]
+    directories += [
+        socket_dir(run_dir, edge, instance)
+        for edge in each_certificate
+        for instance in range(instances)
+    ]
+    directories += [
+        socket_dir(run_dir, edge, part=part)
+        for edge, count in parts.items()
+        for part in range(count)
+    ]
+    longest = max(len(os.path.join(path, "sock").encode()) for path in directories)
     if longest > MAX_SOCKET_PATH:
         os.rmdir(run_dir)
         raise InputError(
@@ -301,15 +317,13 @@ def make_run_dir(run_user: RunUser | None, instances: int = 0) -> str:
         # stays closed to everyone else in that group.
         os.chown(run_dir, 0, group)
         os.chmod(run_dir, 0o710)  # noqa: S103 - group only, see above
-    for edge in EDGES:
-        path = os.path.join(run_dir, edge)
+    for path in directories:
         os.mkdir(path, 0o700)
         if group is not None:
             os.chown(path, 0, group)
             # setgid: a socket made by a role that kept root still gets
             # the run group, so its unprivileged peer can connect.
             os.chmod(path, 0o2770)  # noqa: S103 - group only, see above
-    return run_dir
     return run_dir
 
 
