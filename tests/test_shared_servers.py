@@ -372,7 +372,7 @@ def test_a_sigterm_on_another_thread_reaches_a_main_thread_that_waits(waiting_on
         capture_output=True, text=True, timeout=10, check=False,
     )  # fmt: skip
     assert completed.stdout.startswith("stopped after "), completed
-    assert float(completed.stdout.split()[2]) < 1.5, completed.stdout
+    assert float(completed.stdout.split()[2]) < 5, completed.stdout
 
 
 def test_a_wait_for_a_peer_that_never_comes_ends_when_the_role_is_told_to_stop(
@@ -387,5 +387,5 @@ def test_a_wait_for_a_peer_that_never_comes_ends_when_the_role_is_told_to_stop(
     started = time.monotonic()
     with pytest.raises(rpc.RpcError, match="stopped while waiting"):
         rpc.wait_ready({"dns": channel}, 30)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10
     channel.close()
