@@ -42,7 +42,7 @@ from letskencrypt.filestore import LIVE, CertDir
 from letskencrypt.fsutil import make_directories
 from letskencrypt.relay import Relay
 from letskencrypt.roles import ROLES, spec_of
-from letskencrypt.rpc import EDGES, socket_dir
+from letskencrypt.rpc import EDGES, socket_path
 from letskencrypt.settings import RoleSettings
 
 # How long the roles get to stop by themselves once netproc is done.
@@ -291,18 +291,18 @@ def make_run_dir(
     parts = parts or {}
     run_dir = tempfile.mkdtemp(prefix="letskencrypt-")
     each_certificate = [edge for edge in EDGES if spec_of(EDGES[edge].server).per_certificate]
-    directories = [socket_dir(run_dir, edge) for edge in EDGES]
-    directories += [
-        socket_dir(run_dir, edge, instance)
+    sockets = [socket_path(run_dir, edge) for edge in EDGES]
+    sockets += [
+        socket_path(run_dir, edge, instance)
         for edge in each_certificate
         for instance in range(instances)
     ]
-    directories += [
-        socket_dir(run_dir, edge, part=part)
+    sockets += [
+        socket_path(run_dir, edge, part=part)
         for edge, count in parts.items()
         for part in range(count)
     ]
-    longest = max(len(os.path.join(path, "sock").encode()) for path in directories)
+    longest = max(len(path.encode()) for path in sockets)
     if longest > MAX_SOCKET_PATH:
         os.rmdir(run_dir)
         raise InputError(
@@ -317,7 +317,7 @@ def make_run_dir(
         # stays closed to everyone else in that group.
         os.chown(run_dir, 0, group)
         os.chmod(run_dir, 0o710)  # noqa: S103 - group only, see above
-    for path in directories:
+    for path in (os.path.dirname(socket) for socket in sockets):
         os.mkdir(path, 0o700)
         if group is not None:
             os.chown(path, 0, group)
