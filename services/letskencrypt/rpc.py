@@ -666,7 +666,8 @@ def _invoke(
 
 class SharedServers:
     """A role's servers when it serves every certificate of a run (host.py):
-    one gRPC server per edge, on the edge's `sock`, bound once; each
+    one gRPC server per edge, on the edge's `sock` (`p<part>/sock` when
+    `part` numbers this process among several of its role), bound once; each
     certificate is expected as soon as its tokens come, served once its
     servicers are built, and removed when its run ends."""
 
