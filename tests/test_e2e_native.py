@@ -412,3 +412,33 @@ def test_a_changed_contact_updates_the_account(pebble: Pebble, paths: Paths) -> 
     assert left.code == 0, left.stderr
     assert account_contact(pebble, paths) == ("mailto:two@example.org",
                                               "mailto:three@example.org")  # fmt: skip
+
+
+def test_a_deploy_hook_that_failed_runs_again_at_the_next_run(
+    pebble: Pebble, paths: Paths, tmp_path: Path
+) -> None:
+    """One certificate, --deploy-hook: run after an issue; when it fails, the
+    certificate stays installed, the run exits 1, and the certificate
+    directory remembers the hook is owed; the next runs, with nothing due,
+    try it again until it succeeds (exit 0), then there is nothing to do."""
+    ready, log = tmp_path / "hook-can-run", tmp_path / "hook.log"
+    hook = ("--deploy-hook", f'test -e {ready} && echo "$LETSKENCRYPT_CERTIFICATE" >> {log}')
+    names = ["hook.example.org"]
+    for attempt in range(2):
+        failed = run_client(pebble, paths, "-n", "-N", *hook, *names)
+        assert failed.code == 1, (attempt, failed.stderr)
+        assert ("letskencrypt: deploy hook: exited with status 1 (the certificate stays "
+                "installed; the hook runs again at the next run)") in failed.stderr.splitlines()
+        assert_installed(paths, names)
+        assert (paths.cert_dir / ".deploy-owed").read_text().startswith(".sets/")
+    assert not log.exists()
+    ready.touch()
+    deployed = run_client(pebble, paths, *hook, *names)
+    assert deployed.code == 0, deployed.stderr
+    assert ("letskencrypt: deploy hook: ran for the certificate an earlier run installed"
+            in deployed.stderr.splitlines()), deployed.stderr  # fmt: skip
+    assert log.read_text() == "hook.example.org\n"
+    assert not (paths.cert_dir / ".deploy-owed").exists()
+    idle = run_client(pebble, paths, *hook, *names)
+    assert idle.code == 2, idle.stderr
+    assert log.read_text() == "hook.example.org\n"

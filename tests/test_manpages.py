@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from letskencrypt import conf, confrun, fleet, options
+from letskencrypt import conf, confrun, deploy, fleet, options
 
 from tests.conftest import ROOT
 
@@ -165,7 +165,7 @@ def test_the_synopsis_names_only_real_options() -> None:
 def test_the_deploy_hook_environment_is_documented() -> None:
     job = fleet.Job(handle="example.org", names=("example.org",), settings={},
                     cert_dir="/etc/ssl/acme", authority="", account_key="")  # fmt: skip
-    ours = {name for name in fleet.hook_environment(job) if name.startswith("LETSKENCRYPT_")}
+    ours = {name for name in deploy.hook_environment(job) if name.startswith("LETSKENCRYPT_")}
     hook = list_after(page(COMMAND_PAGE), ".Ss Deploy hook")
     documented = {arguments[0] for arguments in macro_arguments(hook, "Ev") if arguments}
     assert ours == documented - {"LETSKENCRYPT_"}

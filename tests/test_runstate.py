@@ -185,35 +185,3 @@ def test_a_stored_message_is_made_safe_again(tmp_path):
     path = tmp_path / "state.json"
     path.write_text(json.dumps(document))
     assert runstate.load(str(path)).certificates["web"].last_message == "line one line two ?"
-
-
-def test_an_owed_deploy_hook_is_kept_until_a_run_clears_it(tmp_path):
-    """`undeployed`: the set a run installed whose hook has not run; it
-    survives the file, is cleared by the next record without it, and a
-    file of before it (no such field) loads as none owed."""
-    path = tmp_path / "state.json"
-    owed = runstate.record(State(), "web", "failed", "interrupted", T0, undeployed=".sets/a1")
-    runstate.save(str(path), owed)
-    assert runstate.load(str(path)).certificates["web"].undeployed == ".sets/a1"
-    cleared = runstate.record(owed, "web", "changed", "", T0 + 1)
-    assert cleared.certificates["web"].undeployed is None
-    document = json.loads(path.read_text())
-    del document["certificates"]["web"]["undeployed"]
-    path.write_text(json.dumps(document))
-    loaded = runstate.load(str(path))
-    assert loaded.warning is None and loaded.certificates["web"].undeployed is None
-
-
-@pytest.mark.parametrize(
-    "name", ["../etc", ".sets/..", "/etc/passwd", ".sets/a b", ".sets/" + "x" * 300, 7]
-)
-def test_an_owed_deploy_hook_names_a_set_or_the_file_is_no_history(tmp_path, name):
-    path = tmp_path / "state.json"
-    runstate.save(str(path), runstate.record(State(), "web", "changed", "", T0))
-    document = json.loads(path.read_text())
-    document["certificates"]["web"]["undeployed"] = name
-    path.write_text(json.dumps(document))
-    loaded = runstate.load(str(path))
-    assert loaded.certificates == {} and "undeployed" in (loaded.warning or "")
-    with pytest.raises(ValueError, match="undeployed"):
-        runstate.record(State(), "web", "failed", "", T0, undeployed=str(name))

@@ -46,6 +46,7 @@ from letskencrypt.errors import (
     LetskencryptError,
     plain_words,
 )
+from letskencrypt.filestore import installed_set
 from letskencrypt.fsutil import (
     KEY_DIR_MODE,
     KEY_FILE_MODE,
@@ -477,6 +478,7 @@ def main(argv: list[str] | None = None) -> None:
         relay=Relay(certificate=args.domains[0]),
     )
     started = time.time()
+    before = installed_set(cert_dir)
     try:
         status = supervisor.run()
     except (InputError, FileStoreError) as error:
@@ -488,8 +490,8 @@ def main(argv: list[str] | None = None) -> None:
     status = finish_run(settings, cert_dir, status)
     status = finish_account(settings, supervisor.relay.reports.get("acctproc", {}), status)
     account_run = args.rollover_account_key is not None or args.deactivate_account
-    if status == EXIT_CHANGED and args.deploy_hook and not args.revoke and not account_run:
-        status = deploy(args, settings, cert_dir)
+    if not args.revoke and not account_run:
+        status = run_deploy_hook(args, settings, cert_dir, before, status)
     if args.metrics_file:
         run = runstate.RunRecord(
             started=started, duration=time.time() - started,
@@ -525,18 +527,33 @@ def run_config(args: argparse.Namespace) -> NoReturn:
     interrupts.exit_with(status)
 
 
-def deploy(args: argparse.Namespace, settings: dict[str, RoleSettings], cert_dir: str) -> int:
-    """The deploy hook after a single-certificate run that changed it."""
-    from letskencrypt import fleet
+def run_deploy_hook(
+    args: argparse.Namespace,
+    settings: dict[str, RoleSettings],
+    cert_dir: str,
+    before: str | None,
+    status: int,
+) -> int:
+    """The deploy hook after a single-certificate run that installed a new
+    certificate, or that an earlier run owes (deploy.py); the run's status."""
+    from letskencrypt import deploy, fleet
 
     job = fleet.Job(handle=args.domains[0], names=tuple(args.domains), settings=settings,
                     cert_dir=cert_dir, authority="", account_key="",
                     deploy_hook=args.deploy_hook)  # fmt: skip
-    problem = fleet.run_deploy_hook(job)
-    if problem is None:
-        return EXIT_CHANGED
-    tell(f"letskencrypt: deploy hook: {problem} (the certificate stays installed)")
-    return EXIT_FAILED
+    deployed = deploy.deploy(job, before, stopped=interrupts.received() is not None)
+    if deployed is None:
+        return status
+    if deployed.result == "deferred":
+        tell(f"letskencrypt: {deploy.deferred_line(deployed)}")
+        return status
+    if deployed.result == "failed":
+        tell(f"letskencrypt: {deploy.failure_line(deployed)}")
+        return EXIT_FAILED
+    if deployed.earlier:
+        tell(f"letskencrypt: {deploy.EARLIER_LINE}")
+        return EXIT_CHANGED if status == EXIT_NOTHING_TO_DO else status
+    return status
 
 
 def write_metrics(

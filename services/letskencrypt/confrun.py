@@ -252,11 +252,6 @@ def run_once(
         run_user=user,
         relay=Relay(),
         notes={handle: entry.ari for handle, entry in state.certificates.items() if entry.ari},
-        undeployed={
-            handle: entry.undeployed
-            for handle, entry in state.certificates.items()
-            if entry.undeployed
-        },
     )
     exit_status = runner.run()
     record(config, args, runner, started)
@@ -332,10 +327,7 @@ def record(
         if args.revoke and result == "changed":
             result = "revoked"
         note = runner.relay.ari.get(outcome.handle)
-        undeployed = runner.undeployed.get(outcome.handle)
-        state = runstate.record(
-            state, outcome.handle, result, outcome.reason, now, note, undeployed
-        )
+        state = runstate.record(state, outcome.handle, result, outcome.reason, now, note)
     state = record_accounts(state, runner, now)
     counts = runner.relay.counts
     state = runstate.record_run(

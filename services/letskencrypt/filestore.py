@@ -108,6 +108,16 @@ _SUBDIR_FLAGS = fsutil.DIRECTORY_FLAGS | os.O_NOFOLLOW
 # --- small fd-relative helpers ----------------------------------------------
 
 
+def installed_set(cert_dir: str | None) -> str | None:
+    """Which certificate set is live in `cert_dir` (`.sets/<id>`), if any."""
+    if cert_dir is None:
+        return None
+    try:
+        return os.readlink(os.path.join(cert_dir, LIVE))
+    except OSError:
+        return None
+
+
 class _EntryError(Exception):
     """A problem with one entry; CertDir adds the directory to the message."""
 

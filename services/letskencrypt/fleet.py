@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from letskencrypt import ari, host, interrupts, launch
+from letskencrypt import ari, deploy, host, interrupts, launch
 from letskencrypt.certs import ari_cert_id, configured_anchors, trust_problem
 from letskencrypt.constants import (
     EXIT_CHANGED,
@@ -63,7 +63,7 @@ from letskencrypt.constants import (
     EXIT_NOTHING_TO_DO,
 )
 from letskencrypt.errors import LetskencryptError, plain_words
-from letskencrypt.filestore import CertDir
+from letskencrypt.filestore import CertDir, installed_set
 from letskencrypt.fsutil import make_directories, write_all
 from letskencrypt.linux import PR_SET_PDEATHSIG, prctl
 from letskencrypt.options import installed_ari_cert_id
@@ -81,7 +81,6 @@ from letskencrypt.settings import (
 from letskencrypt.supervisor import (
     CERT_DIR_MODE,
     RunUser,
-    installed_set,
     interruption,
     make_run_dir,
     stop_signals_caught,
@@ -90,8 +89,6 @@ from letskencrypt.supervisor import (
 POLL_INTERVAL = 0.02
 # How long the roles get to stop once a stop signal has come.
 STOP_GRACE = 10.0
-# The longest a deploy hook may run.
-HOOK_TIMEOUT = 300.0
 # The stable names fileproc keeps in a certificate directory.
 PUBLISHED_FILES = ("cert.pem", "chain.pem", "fullchain.pem")
 
@@ -182,9 +179,6 @@ class Fleet:
     relay: Relay = field(default_factory=Relay)
     # Each certificate's ARI note from the run state (see ari.py).
     notes: dict[str, AriNote] = field(default_factory=dict)
-    # Each certificate's set whose deploy hook is owed (runstate.CertRecord.
-    # undeployed): from the run state, and as this run leaves it.
-    undeployed: dict[str, str] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     interrupted: signal.Signals | None = None
     # A role of the run ended badly once every certificate was done.
@@ -259,31 +253,22 @@ class Fleet:
             except OSError as error:
                 self.fail(job, f"could not publish the certificate: {plain_words(error)}")
                 continue
-            self.deploy(job)
+            self.run_hook(job)
 
-    def deploy(self, job: Job) -> None:
+    def run_hook(self, job: Job) -> None:
         handle = job.handle
-        live = installed_set(job.cert_dir)
-        new = live is not None and live != self.installed_before.get(handle)
-        owed = live is not None and self.undeployed.get(handle) == live
-        if not job.deploy_hook or not (new or owed):
-            self.undeployed.pop(handle, None)
+        before = self.installed_before.get(handle)
+        deployed = deploy.deploy(job, before, stopped=self.interrupted is not None)
+        if deployed is None:
             return
-        assert live is not None
-        self.undeployed[handle] = live
         outcome = self.outcomes.get(handle)
-        if self.interrupted is not None:
+        if deployed.result == "deferred":
             if outcome is None or outcome.result != "interrupted":  # else its line says so
-                self.say(handle, "deploy hook: the run was stopped; it runs at the next run")
-            return
-        problem = run_deploy_hook(job)
-        if problem is not None:
-            self.fail(job, f"deploy hook: {problem} (the certificate stays installed; "
-                           "the hook runs again at the next run)")  # fmt: skip
-            return
-        del self.undeployed[handle]
-        if not new:
-            self.say(handle, "deploy hook: ran for the certificate an earlier run installed")
+                self.say(handle, deploy.deferred_line(deployed))
+        elif deployed.result == "failed":
+            self.fail(job, deploy.failure_line(deployed))
+        elif deployed.earlier:
+            self.say(handle, deploy.EARLIER_LINE)
             if outcome is not None and outcome.result == "not due":
                 self.outcomes[handle] = Outcome(handle, "changed", EXIT_CHANGED)
 
@@ -333,43 +318,6 @@ def publish(job: Job) -> None:
         os.rename(temporary, path)
 
 
-def hook_environment(job: Job) -> dict[str, str]:
-    environment = {
-        key: value for key, value in os.environ.items() if not key.startswith("LETSKENCRYPT_")
-    }
-    environment.update(
-        LETSKENCRYPT_CERTIFICATE=job.handle,
-        LETSKENCRYPT_NAMES=" ".join(job.names),
-        LETSKENCRYPT_CERT_DIR=job.cert_dir,
-        LETSKENCRYPT_CERT=os.path.join(job.cert_dir, "cert.pem"),
-        LETSKENCRYPT_CHAIN=os.path.join(job.cert_dir, "chain.pem"),
-        LETSKENCRYPT_FULLCHAIN=os.path.join(job.cert_dir, "fullchain.pem"),
-    )
-    return environment
-
-
-def run_deploy_hook(job: Job) -> str | None:
-    """Run the job's deploy hook with /bin/sh; None if it succeeded, else why not."""
-    assert job.deploy_hook is not None
-    try:
-        completed = subprocess.run(
-            ["/bin/sh", "-c", job.deploy_hook],
-            env=hook_environment(job),
-            stdin=subprocess.DEVNULL,
-            timeout=HOOK_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return f"still running after {HOOK_TIMEOUT:.0f} s; killed"
-    except OSError as error:
-        return plain_words(error)
-    if completed.returncode < 0:
-        return f"killed by signal {signal.Signals(-completed.returncode).name}"
-    if completed.returncode != 0:
-        return f"exited with status {completed.returncode}"
-    return None
-
-
 def default_concurrency() -> int:
     """Certificates in flight at a time: most of their time is spent
     waiting on the CA."""
@@ -384,7 +332,7 @@ class Flight:
     job: Job
     instance: int
     keyproc: launch.ForkedRole
-    # The certificate set installed when it started (supervisor.installed_set).
+    # The certificate set installed when it started (filestore.installed_set).
     before: str | None
     # netproc's status for it, from its result line (relay.statuses).
     status: int | str | None = None

@@ -20,12 +20,10 @@ import dataclasses
 import errno
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from letskencrypt import ari, fsutil, publicfile
-from letskencrypt.filestore import SETS
 from letskencrypt.relay import (
     MAX_ACCOUNT_CONTACT,
     MAX_ACCOUNT_CONTACTS,
@@ -40,10 +38,6 @@ MAX_STATE_BYTES = 4 * 1024 * 1024
 MAX_MESSAGE = 500
 MAX_HANDLE = 200
 FORMAT_VERSION = 1
-# Fields of a certificate's record that files written before them lack.
-OPTIONAL_FIELDS = ("ari", "undeployed")
-# What the certificate directory's live link points to (filestore).
-SET_NAME = re.compile(re.escape(SETS) + r"/[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 
 CHANGED = "changed"
 NOT_DUE = "not-due"
@@ -64,11 +58,6 @@ class CertRecord:
     failures_in_row: int
     # The CA's renewal information for the certificate (see ari.py).
     ari: AriNote | None = None
-    # The certificate set (its name in the certificate directory, see
-    # filestore) that a run installed but whose deploy hook has not run to
-    # success (the run was stopped, or the hook failed): the next run runs
-    # it while that set is still the one installed.
-    undeployed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,24 +108,18 @@ def record(
     message: str,
     now: float,
     ari_note: AriNote | None = None,
-    undeployed: str | None = None,
 ) -> State:
     """`state` with the outcome of one run for `handle`; `state` is unchanged.
 
     `message` is kept as one line of at most MAX_MESSAGE characters.  Any
     result but "failed" counts as a success and ends a series of failures.
-    `ari_note` replaces the ARI note kept (None: the one before stays);
-    `undeployed` the set whose deploy hook is owed (None: none is).
+    `ari_note` replaces the ARI note kept (None: the one before stays).
     ValueError for a result not in RESULTS or a handle `load` would refuse.
     """
     if not handle or len(handle) > MAX_HANDLE:
         raise ValueError(f"a certificate's handle must have 1 to {MAX_HANDLE} characters")
     if result not in RESULTS:
         raise ValueError(f"unknown run result {result!r} (one of {', '.join(RESULTS)})")
-    try:
-        undeployed = _set_name(undeployed, "undeployed")
-    except _Invalid as error:
-        raise ValueError(str(error)) from None
     previous = state.certificates.get(handle)
     last_success = previous.last_success if previous else None
     last_failure = previous.last_failure if previous else None
@@ -153,7 +136,6 @@ def record(
         last_failure=last_failure,
         failures_in_row=failures,
         ari=ari_note or (previous.ari if previous else None),
-        undeployed=undeployed,
     )
     return dataclasses.replace(state, certificates={**state.certificates, handle: entry})
 
@@ -292,8 +274,8 @@ def _count(value: Any, what: str) -> int:
 def _cert_record(handle: str, value: Any) -> CertRecord:
     what = f"certificate {safe_text(handle, 100)!r}"
     names = tuple(f.name for f in dataclasses.fields(CertRecord))
-    if isinstance(value, dict):  # absent in files written before them
-        names = tuple(name for name in names if name in value or name not in OPTIONAL_FIELDS)
+    if isinstance(value, dict) and "ari" not in value:
+        names = tuple(name for name in names if name != "ari")
     entry = _fields(value, what, names)
     note = None
     if entry.get("ari") is not None:
@@ -313,17 +295,7 @@ def _cert_record(handle: str, value: Any) -> CertRecord:
         last_failure=_optional_number(entry["last_failure"], f"{what}: last_failure"),
         failures_in_row=_count(entry["failures_in_row"], f"{what}: failures_in_row"),
         ari=note,
-        undeployed=_set_name(entry.get("undeployed"), f"{what}: undeployed"),
     )
-
-
-def _set_name(value: Any, what: str) -> str | None:
-    """A certificate set's name in its directory (filestore: `sets/<id>`)."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not SET_NAME.fullmatch(value):
-        raise _Invalid(f"{what} is not the name of a certificate set")
-    return value
 
 
 def _run_record(value: Any) -> RunRecord:

@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from letskencrypt import ari, filestore, runstate
+from letskencrypt import ari, deploy, filestore, runstate
 from letskencrypt.certs import ari_cert_id, cert_names
 from letskencrypt.errors import CertificateFileError, CertificateRejected, InputError
 from letskencrypt.keys import key_type_of
@@ -85,7 +85,7 @@ class Facts:
     # last run that asked learnt it (None: none known).
     ari: AriNote | None = None
     # A run installed a certificate whose deploy hook has not run to
-    # success: the next run runs it (runstate.CertRecord.undeployed).
+    # success: the next run runs it (deploy.py).
     deploy_hook_owed: bool = False
 
 
@@ -153,7 +153,7 @@ def _facts(entry: Entry, state: runstate.State, now: datetime) -> Facts:
         last_message=record.last_message if record else None,
         error=error,
         ari=note,
-        deploy_hook_owed=bool(record and record.undeployed),
+        deploy_hook_owed=deploy.owed(entry.cert_dir) is not None,
     )
 
 

@@ -38,7 +38,7 @@ from typing import Any
 from letskencrypt import interrupts, launch, namespace
 from letskencrypt.constants import EXIT_CODES, EXIT_FAILED
 from letskencrypt.errors import InputError
-from letskencrypt.filestore import LIVE, CertDir
+from letskencrypt.filestore import CertDir, installed_set
 from letskencrypt.fsutil import make_directories
 from letskencrypt.relay import Relay
 from letskencrypt.roles import ROLES, spec_of
@@ -338,16 +338,6 @@ def stop_signals_caught() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def installed_set(cert_dir: str | None) -> str | None:
-    """Which certificate set is live in `cert_dir` (see filestore), if any."""
-    if cert_dir is None:
-        return None
-    try:
-        return os.readlink(os.path.join(cert_dir, LIVE))
-    except OSError:
-        return None
 
 
 def interruption(signum: signal.Signals, cert_dir: str | None, before: str | None) -> str:
