@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
     status = finish_run(settings, cert_dir, status)
     status = finish_account(settings, supervisor.relay.reports.get("acctproc", {}), status)
     account_run = args.rollover_account_key is not None or args.deactivate_account
-    if not args.revoke and not account_run:
+    if args.deploy_hook and not args.revoke and not account_run:
         status = run_deploy_hook(args, settings, cert_dir, before, status)
     if args.metrics_file:
         run = runstate.RunRecord(
